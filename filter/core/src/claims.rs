@@ -1,0 +1,272 @@
+//! The agent's identity, taken from the JWT payload that Envoy's jwt_authn
+//! filter verified and stored in dynamic metadata.
+//!
+//! Nothing here verifies a signature: [`trust_jwt_authn_payload`] says so in
+//! its name. It is only sound because jwt_authn runs before this filter and
+//! only jwt_authn writes its metadata namespace.
+
+use crate::config::IdentityConfig;
+use crate::host::Host;
+use crate::pbstruct::{self, DecodeError, Limits};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Why no identity could be established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimsError {
+    /// jwt_authn left no payload: no token, or a route that does not require one.
+    Missing,
+    /// The metadata is not a well-formed, bounded `Struct`.
+    Metadata(DecodeError),
+    /// The payload under the configured key is not an object.
+    PayloadNotObject,
+    /// `sub` is missing or empty.
+    MissingSubject,
+    /// A claim has the wrong JSON type.
+    WrongType {
+        /// The claim's name.
+        claim: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for ClaimsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimsError::Missing => write!(f, "no verified token"),
+            ClaimsError::Metadata(e) => write!(f, "verified token metadata unreadable: {e}"),
+            ClaimsError::PayloadNotObject => write!(f, "token payload is not an object"),
+            ClaimsError::MissingSubject => write!(f, "token has no subject (sub)"),
+            ClaimsError::WrongType { claim, expected } => {
+                write!(f, "claim {claim:?} must be {expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClaimsError {}
+
+/// The agent as the policy and the upstream see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// `sub`: the agent id.
+    pub id: String,
+    /// Namespaced `agent_type` claim.
+    pub agent_type: Option<String>,
+    /// Namespaced `team` claim.
+    pub team: Option<String>,
+    /// Namespaced `environment` claim.
+    pub environment: Option<String>,
+    /// `permissions` (array) and `scope` (space-separated), merged, in order,
+    /// without duplicates.
+    pub permissions: Vec<String>,
+    /// The whole verified payload, for `input.jwt.payload`.
+    pub payload: Map<String, Value>,
+}
+
+/// Reads the payload jwt_authn verified. Trusts it without checking any
+/// signature: correct only behind jwt_authn (see the module docs).
+pub fn trust_jwt_authn_payload<H: Host>(
+    host: &H,
+    cfg: &IdentityConfig,
+) -> Result<Map<String, Value>, ClaimsError> {
+    let raw = host
+        .property(&["metadata", "filter_metadata", &cfg.metadata_namespace])
+        .ok_or(ClaimsError::Missing)?;
+    if raw.is_empty() {
+        return Err(ClaimsError::Missing);
+    }
+    let limits = Limits {
+        max_depth: cfg.max_depth,
+        max_bytes: cfg.max_payload_bytes,
+    };
+    let mut ns = pbstruct::decode_struct(&raw, limits).map_err(ClaimsError::Metadata)?;
+    match ns.remove(&cfg.payload_key) {
+        None => Err(ClaimsError::Missing),
+        Some(Value::Object(m)) => Ok(m),
+        Some(_) => Err(ClaimsError::PayloadNotObject),
+    }
+}
+
+fn optional_string(
+    payload: &Map<String, Value>,
+    claim: &str,
+) -> Result<Option<String>, ClaimsError> {
+    match payload.get(claim) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ClaimsError::WrongType {
+            claim: claim.to_string(),
+            expected: "a string",
+        }),
+    }
+}
+
+/// Extracts the identity from a verified payload.
+pub fn identity(payload: Map<String, Value>, cfg: &IdentityConfig) -> Result<Identity, ClaimsError> {
+    let id = optional_string(&payload, "sub")?
+        .filter(|s| !s.is_empty())
+        .ok_or(ClaimsError::MissingSubject)?;
+    let ns = |name: &str| format!("{}{}", cfg.claims_namespace, name);
+    let agent_type = optional_string(&payload, &ns("agent_type"))?;
+    let team = optional_string(&payload, &ns("team"))?;
+    let environment = optional_string(&payload, &ns("environment"))?;
+
+    let mut permissions: Vec<String> = Vec::new();
+    let mut add = |p: &str| {
+        if !p.is_empty() && !permissions.iter().any(|q| q == p) {
+            permissions.push(p.to_string());
+        }
+    };
+    match payload.get("permissions") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for item in items {
+                match item {
+                    Value::String(s) => add(s),
+                    _ => {
+                        return Err(ClaimsError::WrongType {
+                            claim: "permissions".into(),
+                            expected: "an array of strings",
+                        })
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ClaimsError::WrongType {
+                claim: "permissions".into(),
+                expected: "an array of strings",
+            })
+        }
+    }
+    if let Some(scope) = optional_string(&payload, "scope")? {
+        scope.split_ascii_whitespace().for_each(&mut add);
+    }
+    Ok(Identity {
+        id,
+        agent_type,
+        team,
+        environment,
+        permissions,
+        payload,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::host::MockHost;
+    use serde_json::json;
+
+    fn host_with(payload: Value) -> MockHost {
+        let mut ns = Map::new();
+        ns.insert("jwt_payload".into(), payload);
+        MockHost::new().with_property(
+            &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"],
+            pbstruct::encode_struct(&ns),
+        )
+    }
+
+    fn ident(payload: Value) -> Result<Identity, ClaimsError> {
+        let cfg = IdentityConfig::default();
+        let p = trust_jwt_authn_payload(&host_with(payload), &cfg)?;
+        identity(p, &cfg)
+    }
+
+    #[test]
+    fn reads_standard_and_namespaced_claims() {
+        let id = ident(json!({
+            "sub": "support-triage@clients",
+            "permissions": ["skills:invoke", "data:read"],
+            "scope": "data:read tools:access",
+            "https://mcp.example.com/agent_type": "support",
+            "https://mcp.example.com/team": "customer-success",
+            "https://mcp.example.com/environment": "production",
+            "exp": 1746277200
+        }))
+        .unwrap();
+        assert_eq!(id.id, "support-triage@clients");
+        assert_eq!(id.agent_type.as_deref(), Some("support"));
+        assert_eq!(id.team.as_deref(), Some("customer-success"));
+        assert_eq!(id.environment.as_deref(), Some("production"));
+        assert_eq!(id.permissions, ["skills:invoke", "data:read", "tools:access"]);
+        assert_eq!(id.payload["exp"], json!(1746277200));
+    }
+
+    #[test]
+    fn missing_metadata_or_key_is_missing() {
+        let cfg = IdentityConfig::default();
+        assert_eq!(
+            trust_jwt_authn_payload(&MockHost::new(), &cfg),
+            Err(ClaimsError::Missing)
+        );
+        let mut ns = Map::new();
+        ns.insert("other".into(), json!({"sub": "x"}));
+        let h = MockHost::new().with_property(
+            &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"],
+            pbstruct::encode_struct(&ns),
+        );
+        assert_eq!(trust_jwt_authn_payload(&h, &cfg), Err(ClaimsError::Missing));
+    }
+
+    #[test]
+    fn istio_style_issuer_key() {
+        let cfg = IdentityConfig {
+            payload_key: "https://issuer.example/".into(),
+            ..Default::default()
+        };
+        let mut ns = Map::new();
+        ns.insert("https://issuer.example/".into(), json!({"sub": "a"}));
+        let h = MockHost::new().with_property(
+            &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"],
+            pbstruct::encode_struct(&ns),
+        );
+        let p = trust_jwt_authn_payload(&h, &cfg).unwrap();
+        assert_eq!(identity(p, &cfg).unwrap().id, "a");
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        let cases = [
+            (json!({"sub": 5}), "\"sub\" must be a string"),
+            (json!({"sub": ""}), "no subject"),
+            (json!({}), "no subject"),
+            (json!({"sub": "a", "permissions": "skills:invoke"}), "array of strings"),
+            (json!({"sub": "a", "permissions": [1]}), "array of strings"),
+            (json!({"sub": "a", "scope": ["x"]}), "\"scope\" must be a string"),
+            (json!({"sub": "a", "https://mcp.example.com/team": {"x": 1}}), "team"),
+            (json!("just a string"), "not an object"),
+        ];
+        for (payload, want) in cases {
+            let e = ident(payload.clone()).unwrap_err().to_string();
+            assert!(e.contains(want), "{payload}: {e}");
+        }
+    }
+
+    #[test]
+    fn malformed_and_oversized_metadata_fail() {
+        let cfg = IdentityConfig::default();
+        let h = MockHost::new().with_property(
+            &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"],
+            vec![0x0a, 0x10, 0x01],
+        );
+        assert!(matches!(
+            trust_jwt_authn_payload(&h, &cfg),
+            Err(ClaimsError::Metadata(_))
+        ));
+        let huge = json!({"sub": "a", "blob": "x".repeat(20_000)});
+        assert!(matches!(ident(huge), Err(ClaimsError::Metadata(DecodeError::TooLarge { .. }))));
+        let mut deep = json!("leaf");
+        for _ in 0..40 {
+            deep = json!([deep]);
+        }
+        assert!(matches!(
+            ident(json!({"sub": "a", "deep": deep})),
+            Err(ClaimsError::Metadata(DecodeError::TooDeep))
+        ));
+    }
+}

@@ -1,0 +1,162 @@
+//! The seam between request logic and the proxy: [`Host`], and [`MockHost`]
+//! which implements it in memory for tests.
+//!
+//! Header names passed to and returned from a host are lower-case, as HTTP/2
+//! and Envoy's header map present them.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// Severity of a log line handed to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Per-request detail; off in production.
+    Debug,
+    /// Configuration and lifecycle events.
+    Info,
+    /// Something an operator should look at.
+    Warn,
+    /// The filter could not do what it was asked.
+    Error,
+}
+
+/// What the filter needs from the proxy for one request.
+pub trait Host {
+    /// Reads a proxy property (an Envoy attribute path such as
+    /// `["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"]`) as
+    /// raw bytes. `None` when the property does not exist.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// All request headers (pseudo-headers included), in order.
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// One request header, or `None`.
+    fn request_header(&self, name: &str) -> Option<String>;
+    /// Sets (replaces) a request header.
+    fn set_request_header(&mut self, name: &str, value: &str);
+    /// Removes every value of a request header.
+    fn remove_request_header(&mut self, name: &str);
+    /// Sets (replaces) a response header; only valid in the response phase.
+    fn set_response_header(&mut self, name: &str, value: &str);
+    /// Ends the request with a local reply; nothing is forwarded upstream.
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    /// Wall-clock time in nanoseconds since the Unix epoch.
+    fn now_ns(&self) -> u64;
+    /// Writes a line to the proxy's log.
+    fn log(&self, level: LogLevel, message: &str);
+}
+
+/// A local reply recorded by [`MockHost`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// Response body.
+    pub body: Vec<u8>,
+}
+
+/// An in-memory [`Host`] for tests: properties and headers in, reply and
+/// modified headers out.
+#[derive(Debug, Default)]
+pub struct MockHost {
+    properties: BTreeMap<Vec<String>, Vec<u8>>,
+    headers: Vec<(String, String)>,
+    /// The local reply, if the filter sent one.
+    pub reply: Option<Reply>,
+    /// Clock reading returned by [`Host::now_ns`].
+    pub now_ns: u64,
+    /// Response headers set by the filter.
+    pub response_headers: Vec<(String, String)>,
+    /// Every line logged, with its level.
+    pub logs: RefCell<Vec<(LogLevel, String)>>,
+}
+
+impl MockHost {
+    /// An empty host at 2025-05-03T12:00:00Z.
+    pub fn new() -> Self {
+        MockHost {
+            now_ns: 1_746_273_600_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    /// Adds a property at `path`.
+    pub fn with_property(mut self, path: &[&str], value: impl Into<Vec<u8>>) -> Self {
+        self.properties
+            .insert(path.iter().map(|s| s.to_string()).collect(), value.into());
+        self
+    }
+
+    /// Appends a request header (the name is lower-cased as Envoy does).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    /// Sets the clock.
+    pub fn at(mut self, now_ns: u64) -> Self {
+        self.now_ns = now_ns;
+        self
+    }
+
+    /// Every value of a request header as it would go upstream.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+impl Host for MockHost {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        self.properties.get(&key).cloned()
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.headers.clone()
+    }
+
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        self.remove_request_header(name);
+        self.headers.push((name.to_string(), value.to_string()));
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        self.headers.retain(|(k, _)| k != name);
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        self.response_headers.retain(|(k, _)| k != name);
+        self.response_headers.push((name.to_string(), value.to_string()));
+    }
+
+    fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        self.reply = Some(Reply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        });
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_string()));
+    }
+}

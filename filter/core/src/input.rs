@@ -1,0 +1,275 @@
+//! Builds the OPA input document from the request, the identity and the
+//! resource registry. Its shape is documented in the README ("Input
+//! document"); keep the two in step.
+
+use crate::claims::Identity;
+use crate::config::Config;
+use crate::host::Host;
+use serde_json::{json, Map, Value};
+use std::fmt;
+
+/// A path the filter refuses to route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// A `.`/`..` segment, an encoded slash or a backslash: the policy and
+    /// the upstream could disagree on which resource is meant.
+    Ambiguous(String),
+    /// The `:path` header is missing or not origin-form.
+    Malformed,
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::Ambiguous(seg) => write!(f, "ambiguous path segment {seg:?}"),
+            RouteError::Malformed => write!(f, "malformed request path"),
+        }
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+/// The parts of `:path` the policy sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// The service (resource id), if the path names one.
+    pub service: Option<&'a str>,
+    /// Non-empty segments; the first is the service.
+    pub segments: Vec<&'a str>,
+    /// The path without the query string.
+    pub raw_path: &'a str,
+    /// The raw query string (after `?`), possibly empty.
+    pub query: &'a str,
+}
+
+/// Splits `:path` into service, segments and query.
+///
+/// `/mcp://svc/a/b?x=1` (when `routing.mcp_scheme`) and `/svc/a/b?x=1` (when
+/// `routing.first_segment`) both give service `svc` and segments
+/// `["svc", "a", "b"]`.
+pub fn parse_route<'a>(path: &'a str, config: &Config) -> Result<Route<'a>, RouteError> {
+    if !path.starts_with('/') {
+        return Err(RouteError::Malformed);
+    }
+    let (raw_path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (path, ""),
+    };
+    let raw_path = raw_path.split_once('#').map_or(raw_path, |(p, _)| p);
+    let rest = match raw_path.strip_prefix("/mcp://") {
+        Some(rest) if config.routing.mcp_scheme => Some(rest),
+        _ if config.routing.first_segment => raw_path.get(1..),
+        _ => None,
+    };
+    let segments: Vec<&str> = rest
+        .map(|r| r.split('/').filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    for seg in &segments {
+        let lower = seg.to_ascii_lowercase();
+        if *seg == "." || *seg == ".." || lower.contains("%2f") || lower.contains("%5c")
+            || seg.contains('\\') || lower.contains("%2e")
+        {
+            return Err(RouteError::Ambiguous((*seg).to_string()));
+        }
+    }
+    Ok(Route {
+        service: segments.first().copied(),
+        segments,
+        raw_path,
+        query,
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses a query string into `{name: [values...]}`, decoded.
+pub fn parse_query(query: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let entry = out
+            .entry(percent_decode(k))
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(values) = entry {
+            values.push(Value::String(percent_decode(v)));
+        }
+    }
+    out
+}
+
+/// Everything request-specific the input document needs.
+pub struct RequestFacts<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// The parsed `:path`.
+    pub route: &'a Route<'a>,
+    /// `:authority`.
+    pub host: &'a str,
+    /// The request id (Envoy's `x-request-id`).
+    pub id: &'a str,
+    /// When the decision is made, ns since the epoch.
+    pub time_ns: u64,
+}
+
+/// Builds the input document.
+pub fn build<H: Host>(
+    host: &H,
+    config: &Config,
+    identity: &Identity,
+    facts: &RequestFacts<'_>,
+) -> Value {
+    let mut headers = Map::new();
+    for name in &config.headers.input {
+        if let Some(v) = host.request_header(name) {
+            headers.insert(name.clone(), Value::String(v));
+        }
+    }
+    let service = facts.route.service.unwrap_or("");
+    let resource = config.resource(service);
+    let action = config
+        .action_for(resource, facts.method)
+        .map_or(Value::Null, |a| Value::String(a.to_string()));
+    json!({
+        "jwt": {"valid": true, "payload": Value::Object(identity.payload.clone())},
+        "agent": {
+            "id": identity.id,
+            "type": identity.agent_type,
+            "team": identity.team,
+            "environment": identity.environment,
+            "permissions": identity.permissions,
+        },
+        "request": {
+            "id": facts.id,
+            "method": facts.method,
+            "host": facts.host,
+            "path": facts.route.segments,
+            "raw_path": facts.route.raw_path,
+            "query": parse_query(facts.route.query),
+            "headers": headers,
+            "time_ns": facts.time_ns,
+        },
+        "resource": {
+            "type": resource.kind,
+            "id": facts.route.service,
+            "registered": config.resources.contains_key(service),
+            "metadata": Value::Object(resource.metadata.clone()),
+        },
+        "action": action,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::host::MockHost;
+
+    fn cfg() -> Config {
+        Config::from_json(
+            br#"{"resources": {"sentiment-analysis": {"type": "skill",
+                "metadata": {"team": "ml", "environment": "production"}}}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn both_route_forms_name_the_service() {
+        let c = cfg();
+        let r = parse_route("/mcp://sentiment-analysis/v1/analyze?lang=en", &c).unwrap();
+        assert_eq!(r.service, Some("sentiment-analysis"));
+        assert_eq!(r.segments, ["sentiment-analysis", "v1", "analyze"]);
+        assert_eq!(r.raw_path, "/mcp://sentiment-analysis/v1/analyze");
+        assert_eq!(r.query, "lang=en");
+        let r = parse_route("/sentiment-analysis//v1/", &c).unwrap();
+        assert_eq!(r.segments, ["sentiment-analysis", "v1"]);
+        assert_eq!(parse_route("/", &c).unwrap().service, None);
+    }
+
+    #[test]
+    fn routing_modes_are_honoured() {
+        let only_mcp = Config::from_json(br#"{"routing": {"first_segment": false}}"#).unwrap();
+        assert_eq!(parse_route("/svc/x", &only_mcp).unwrap().service, None);
+        assert_eq!(parse_route("/mcp://svc/x", &only_mcp).unwrap().service, Some("svc"));
+        let only_seg = Config::from_json(br#"{"routing": {"mcp_scheme": false}}"#).unwrap();
+        assert_eq!(parse_route("/mcp://svc/x", &only_seg).unwrap().service, Some("mcp:"));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        let c = cfg();
+        for p in [
+            "/mcp://svc/../billing",
+            "/svc/./x",
+            "/svc/a%2Fb",
+            "/svc/%2e%2e/x",
+            "/svc/a\\b",
+            "/mcp://../x",
+        ] {
+            assert!(matches!(parse_route(p, &c), Err(RouteError::Ambiguous(_))), "{p}");
+        }
+        assert_eq!(parse_route("svc", &c), Err(RouteError::Malformed));
+    }
+
+    #[test]
+    fn query_is_decoded_into_lists() {
+        let q = parse_query("a=1&a=2&b=hello+world&c&d=%41%zz");
+        assert_eq!(Value::Object(q), json!({"a": ["1", "2"], "b": ["hello world"], "c": [""], "d": ["A%zz"]}));
+    }
+
+    #[test]
+    fn document_has_the_documented_shape() {
+        let c = cfg();
+        let h = MockHost::new()
+            .with_header("content-type", "application/json")
+            .with_header("authorization", "Bearer secret-token")
+            .with_header("cookie", "session=1");
+        let ident = Identity {
+            id: "agent@clients".into(),
+            agent_type: Some("support".into()),
+            team: Some("customer-success".into()),
+            environment: None,
+            permissions: vec!["skills:invoke".into()],
+            payload: json!({"sub": "agent@clients"}).as_object().unwrap().clone(),
+        };
+        let route = parse_route("/mcp://sentiment-analysis/analyze", &c).unwrap();
+        let facts = RequestFacts { method: "POST", route: &route, host: "localhost", id: "rid", time_ns: 7 };
+        let doc = build(&h, &c, &ident, &facts);
+        assert_eq!(doc["action"], "invoke_skill");
+        assert_eq!(doc["resource"], json!({"type": "skill", "id": "sentiment-analysis", "registered": true,
+            "metadata": {"team": "ml", "environment": "production"}}));
+        assert_eq!(doc["request"]["path"], json!(["sentiment-analysis", "analyze"]));
+        assert_eq!(doc["request"]["headers"], json!({"content-type": "application/json"}));
+        assert_eq!(doc["agent"]["environment"], Value::Null);
+        let text = doc.to_string();
+        assert!(!text.contains("secret-token") && !text.contains("session=1"));
+
+        let route = parse_route("/nope/x", &c).unwrap();
+        let facts = RequestFacts { method: "GET", route: &route, host: "h", id: "r", time_ns: 7 };
+        let doc = build(&h, &c, &ident, &facts);
+        assert_eq!(doc["resource"]["metadata"]["team"], "unknown");
+        assert_eq!(doc["resource"]["registered"], false);
+        assert_eq!(doc["action"], Value::Null);
+    }
+}

@@ -1,0 +1,26 @@
+//! agentplane's data-plane logic, independent of any proxy ABI.
+//!
+//! A request flows through [`Filter::on_request_headers`]: strip untrusted
+//! identity headers, read the verified JWT payload ([`claims`]), build the
+//! OPA input document ([`input`]), evaluate the embedded Rego ([`policy`]),
+//! then either reply (401/403) or forward with trusted agent headers.
+//!
+//! Everything the host does goes through the small [`Host`] trait; the wasm
+//! crate implements it over proxy-wasm and tests use [`MockHost`]. Nothing
+//! here depends on proxy-wasm, so the whole request path runs under plain
+//! `cargo test`.
+
+pub mod bundle;
+pub mod claims;
+pub mod config;
+pub mod filter;
+pub mod headers;
+pub mod host;
+pub mod ids;
+pub mod input;
+pub mod pbstruct;
+pub mod policy;
+
+pub use config::{Config, ConfigError};
+pub use filter::{Decision, Filter, Flow};
+pub use host::{Host, LogLevel, MockHost};

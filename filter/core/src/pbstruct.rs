@@ -1,0 +1,363 @@
+//! Decodes `google.protobuf.Struct` bytes (how Envoy hands out dynamic
+//! metadata to wasm) into JSON, faithfully and within limits.
+//!
+//! Numbers arrive as doubles; an integral value that a double represents
+//! exactly (|x| ≤ 2^53) becomes a JSON integer, so `exp: 1700000000` stays
+//! an integer for the policy. NaN and infinities have no JSON form and are
+//! rejected. Unknown fields are skipped, as protobuf requires.
+
+use serde_json::{Map, Number, Value};
+use std::fmt;
+
+/// Bounds on what the decoder accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Maximum nesting of structs and lists.
+    pub max_depth: usize,
+    /// Maximum encoded size in bytes.
+    pub max_bytes: usize,
+}
+
+/// Why a buffer is not an acceptable `Struct`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The buffer ended inside a field.
+    Truncated,
+    /// A varint longer than 10 bytes.
+    VarintOverflow,
+    /// A wire type protobuf does not define (or groups, which Struct never uses).
+    BadWireType(u8),
+    /// A string field that is not UTF-8.
+    InvalidUtf8,
+    /// A number that JSON cannot represent.
+    NonFiniteNumber,
+    /// Nested deeper than [`Limits::max_depth`].
+    TooDeep,
+    /// Larger than [`Limits::max_bytes`].
+    TooLarge { size: usize, max: usize },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Truncated => write!(f, "truncated protobuf"),
+            DecodeError::VarintOverflow => write!(f, "varint overflow"),
+            DecodeError::BadWireType(t) => write!(f, "unsupported wire type {t}"),
+            DecodeError::InvalidUtf8 => write!(f, "string is not UTF-8"),
+            DecodeError::NonFiniteNumber => write!(f, "number is NaN or infinite"),
+            DecodeError::TooDeep => write!(f, "nested too deeply"),
+            DecodeError::TooLarge { size, max } => {
+                write!(f, "{size} bytes exceeds the limit of {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes a serialized `google.protobuf.Struct` into a JSON object.
+pub fn decode_struct(buf: &[u8], limits: Limits) -> Result<Map<String, Value>, DecodeError> {
+    if buf.len() > limits.max_bytes {
+        return Err(DecodeError::TooLarge {
+            size: buf.len(),
+            max: limits.max_bytes,
+        });
+    }
+    struct_fields(buf, limits.max_depth)
+}
+
+enum Field<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut out: u64 = 0;
+        for i in 0..10 {
+            let (&b, rest) = self.buf.split_first().ok_or(DecodeError::Truncated)?;
+            self.buf = rest;
+            out |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(out);
+            }
+        }
+        Err(DecodeError::VarintOverflow)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.buf.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// Next (field number, value), or `None` at the end.
+    fn field(&mut self) -> Result<Option<(u64, Field<'a>)>, DecodeError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let tag = self.varint()?;
+        let number = tag >> 3;
+        let field = match tag & 7 {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                let b = self.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                Field::Fixed64(u64::from_le_bytes(a))
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?).map_err(|_| DecodeError::Truncated)?;
+                Field::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Field::Fixed32
+            }
+            t => return Err(DecodeError::BadWireType(t as u8)),
+        };
+        Ok(Some((number, field)))
+    }
+}
+
+fn struct_fields(buf: &[u8], depth: usize) -> Result<Map<String, Value>, DecodeError> {
+    let mut map = Map::new();
+    let mut r = Reader { buf };
+    while let Some((number, field)) = r.field()? {
+        if let (1, Field::Bytes(entry)) = (number, field) {
+            let (k, v) = map_entry(entry, depth)?;
+            map.insert(k, v);
+        }
+    }
+    Ok(map)
+}
+
+fn map_entry(buf: &[u8], depth: usize) -> Result<(String, Value), DecodeError> {
+    let mut key = String::new();
+    let mut value = Value::Null;
+    let mut r = Reader { buf };
+    while let Some((number, field)) = r.field()? {
+        match (number, field) {
+            (1, Field::Bytes(b)) => key = utf8(b)?,
+            (2, Field::Bytes(b)) => value = value_of(b, depth)?,
+            _ => {}
+        }
+    }
+    Ok((key, value))
+}
+
+fn value_of(buf: &[u8], depth: usize) -> Result<Value, DecodeError> {
+    let mut out = Value::Null;
+    let mut r = Reader { buf };
+    while let Some((number, field)) = r.field()? {
+        out = match (number, field) {
+            (1, Field::Varint(_)) => Value::Null,
+            (2, Field::Fixed64(bits)) => json_number(f64::from_bits(bits))?,
+            (3, Field::Bytes(b)) => Value::String(utf8(b)?),
+            (4, Field::Varint(v)) => Value::Bool(v != 0),
+            (5, Field::Bytes(b)) => Value::Object(struct_fields(b, nested(depth)?)?),
+            (6, Field::Bytes(b)) => list(b, nested(depth)?)?,
+            _ => continue,
+        };
+    }
+    Ok(out)
+}
+
+fn list(buf: &[u8], depth: usize) -> Result<Value, DecodeError> {
+    let mut items = Vec::new();
+    let mut r = Reader { buf };
+    while let Some((number, field)) = r.field()? {
+        if let (1, Field::Bytes(b)) = (number, field) {
+            items.push(value_of(b, depth)?);
+        }
+    }
+    Ok(Value::Array(items))
+}
+
+fn nested(depth: usize) -> Result<usize, DecodeError> {
+    depth
+        .checked_sub(1)
+        .filter(|d| *d > 0)
+        .ok_or(DecodeError::TooDeep)
+}
+
+fn utf8(b: &[u8]) -> Result<String, DecodeError> {
+    std::str::from_utf8(b)
+        .map(str::to_owned)
+        .map_err(|_| DecodeError::InvalidUtf8)
+}
+
+const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+fn json_number(x: f64) -> Result<Value, DecodeError> {
+    if !x.is_finite() {
+        return Err(DecodeError::NonFiniteNumber);
+    }
+    if x.fract() == 0.0 && x.abs() <= MAX_EXACT_INT {
+        // Exact: the range check above keeps the cast lossless.
+        #[allow(clippy::cast_possible_truncation)]
+        return Ok(Value::Number(Number::from(x as i64)));
+    }
+    Number::from_f64(x)
+        .map(Value::Number)
+        .ok_or(DecodeError::NonFiniteNumber)
+}
+
+/// Encodes JSON as a serialized `google.protobuf.Struct`, the inverse of
+/// [`decode_struct`]. Used by tests and fixtures to produce exactly what
+/// Envoy hands the filter.
+pub fn encode_struct(map: &Map<String, Value>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, k.as_bytes());
+        put_bytes(&mut entry, 2, &encode_value(v));
+        put_bytes(&mut out, 1, &entry);
+    }
+    out
+}
+
+fn encode_value(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    match v {
+        Value::Null => {
+            put_varint(&mut out, 1 << 3);
+            put_varint(&mut out, 0);
+        }
+        Value::Number(n) => {
+            put_varint(&mut out, (2 << 3) | 1);
+            out.extend_from_slice(&n.as_f64().unwrap_or(0.0).to_le_bytes());
+        }
+        Value::String(s) => put_bytes(&mut out, 3, s.as_bytes()),
+        Value::Bool(b) => {
+            put_varint(&mut out, 4 << 3);
+            put_varint(&mut out, u64::from(*b));
+        }
+        Value::Object(m) => put_bytes(&mut out, 5, &encode_struct(m)),
+        Value::Array(items) => {
+            let mut l = Vec::new();
+            for i in items {
+                put_bytes(&mut l, 1, &encode_value(i));
+            }
+            put_bytes(&mut out, 6, &l);
+        }
+    }
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+    put_varint(out, (field << 3) | 2);
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const L: Limits = Limits {
+        max_depth: 8,
+        max_bytes: 4096,
+    };
+
+    fn roundtrip(v: Value) -> Value {
+        let m = v.as_object().unwrap().clone();
+        Value::Object(decode_struct(&encode_struct(&m), L).unwrap())
+    }
+
+    #[test]
+    fn roundtrips_every_kind() {
+        let v = json!({
+            "sub": "agent@clients", "exp": 1700000000, "ratio": 0.5, "neg": -3,
+            "ok": true, "no": false, "nil": null,
+            "permissions": ["a", "b"], "nested": {"l": [1, {"x": "y"}, []]}
+        });
+        assert_eq!(roundtrip(v.clone()), v);
+    }
+
+    #[test]
+    fn integers_beyond_2_53_stay_floats() {
+        let v = roundtrip(json!({"big": 1.0e16}));
+        assert!(v["big"].is_f64());
+        let v = roundtrip(json!({"edge": 9007199254740992_i64}));
+        assert_eq!(v["edge"], json!(9007199254740992_i64));
+    }
+
+    #[test]
+    fn rejects_truncated_and_garbage() {
+        let m = json!({"k": "value"}).as_object().unwrap().clone();
+        let b = encode_struct(&m);
+        for cut in 1..b.len() {
+            assert!(decode_struct(&b[..cut], L).is_err(), "cut at {cut}");
+        }
+        assert_eq!(
+            decode_struct(&[0x0b], L),
+            Err(DecodeError::BadWireType(3))
+        );
+        assert_eq!(
+            decode_struct(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], L),
+            Err(DecodeError::VarintOverflow)
+        );
+    }
+
+    #[test]
+    fn rejects_non_finite_and_bad_utf8() {
+        // Value{number_value: NaN} inside an entry.
+        let mut val = vec![(2 << 3) | 1];
+        val.extend_from_slice(&f64::NAN.to_le_bytes());
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, b"n");
+        put_bytes(&mut entry, 2, &val);
+        let mut s = Vec::new();
+        put_bytes(&mut s, 1, &entry);
+        assert_eq!(decode_struct(&s, L), Err(DecodeError::NonFiniteNumber));
+
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, &[0xff, 0xfe]);
+        let mut s = Vec::new();
+        put_bytes(&mut s, 1, &entry);
+        assert_eq!(decode_struct(&s, L), Err(DecodeError::InvalidUtf8));
+    }
+
+    #[test]
+    fn enforces_depth_and_size() {
+        let mut v = json!("leaf");
+        for _ in 0..20 {
+            v = json!({ "n": v });
+        }
+        let b = encode_struct(v.as_object().unwrap());
+        assert!(matches!(decode_struct(&b, L), Err(DecodeError::TooDeep)));
+        let big = json!({"k": "x".repeat(5000)});
+        let b = encode_struct(big.as_object().unwrap());
+        assert!(matches!(decode_struct(&b, L), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn skips_unknown_fields() {
+        let m = json!({"k": 1}).as_object().unwrap().clone();
+        let mut b = encode_struct(&m);
+        // field 9, varint 5; field 10, fixed32
+        b.extend_from_slice(&[0x48, 0x05, 0x55, 1, 2, 3, 4]);
+        assert_eq!(Value::Object(decode_struct(&b, L).unwrap()), json!({"k": 1}));
+    }
+}

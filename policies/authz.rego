@@ -1,0 +1,5 @@
+package mcp.authz
+
+default allow := false
+
+allow if true
