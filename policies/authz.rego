@@ -1,5 +1,113 @@
+# agentplane base policy: the seed's rules, made correct Rego v1.
+#
+# Entrypoint: data.mcp.authz. The filter allows a request only when `allow`
+# is true AND `deny` is empty; every deny carries a human-readable reason.
+# The input document is described in README.md ("Input document").
+#
+# Seed fixes: one combined decision instead of four independent `allow`
+# rules (any of which used to grant access on its own); the action comes from
+# input.action, not a path index; off-hours really denies; HTTP methods, not
+# CRUD words; a clock (input.request.time_ns) that tests can fix.
 package mcp.authz
+
+cfg := data.mcp.config
 
 default allow := false
 
-allow if true
+allow if {
+	count(deny) == 0
+	token_valid
+	token_not_expired
+	has_permission_for_action
+	layer_allows
+}
+
+token_valid if input.jwt.valid == true
+
+# Defined even when the claim is absent, so both engines agree on `not`.
+exp := object.get(input, ["jwt", "payload", "exp"], null)
+
+token_not_expired if {
+	is_number(exp)
+	input.request.time_ns < exp * 1000000000
+}
+
+permissions contains p if some p in input.agent.permissions
+
+required_permission := cfg.action_permissions[input.action]
+
+has_permission_for_action if required_permission in permissions
+
+# --- token -------------------------------------------------------------
+
+deny contains "token is not valid" if not token_valid
+
+deny contains "token has no numeric exp claim" if not is_number(exp)
+
+deny contains "token has expired" if {
+	is_number(exp)
+	not token_not_expired
+}
+
+# --- action and permissions ----------------------------------------------
+
+deny contains msg if {
+	not is_string(input.action)
+	msg := sprintf("no action is defined for resource type %v", [input.resource.type])
+}
+
+deny contains msg if {
+	is_string(input.action)
+	not cfg.action_permissions[input.action]
+	msg := sprintf("action %v requires a permission the policy does not know", [input.action])
+}
+
+deny contains msg if {
+	not required_permission in permissions
+	msg := sprintf("missing permission %v for action %v", [required_permission, input.action])
+}
+
+# Some services demand extra permissions on top of the action's.
+deny contains msg if {
+	some needed in cfg.service_permissions[input.resource.id]
+	not needed in permissions
+	msg := sprintf("service %v requires permission %v", [input.resource.id, needed])
+}
+
+# --- resource ------------------------------------------------------------
+
+deny contains msg if {
+	input.resource.registered == false
+	msg := sprintf("service %v is not registered", [input.resource.id])
+}
+
+# Only production agents reach production resources.
+deny contains msg if {
+	input.resource.metadata.environment == "production"
+	input.agent.environment != "production"
+	msg := sprintf("production resource %v requires a production agent, not %v", [input.resource.id, input.agent.environment])
+}
+
+# Teams reach their own resources, resources of shared teams, and resources
+# marked shared.
+deny contains msg if {
+	owner := input.resource.metadata.team
+	owner != input.agent.team
+	not owner in cfg.shared_teams
+	not input.resource.metadata.shared == true
+	msg := sprintf("resource %v belongs to team %v, not %v", [input.resource.id, owner, input.agent.team])
+}
+
+# --- time ----------------------------------------------------------------
+
+hour_utc := (input.request.time_ns - (input.request.time_ns % 3600000000000)) / 3600000000000 % 24
+
+off_hours if hour_utc < cfg.business_hours.start_hour_utc
+
+off_hours if hour_utc >= cfg.business_hours.end_hour_utc
+
+deny contains msg if {
+	input.request.method in cfg.high_risk_methods
+	off_hours
+	msg := sprintf("%v is not permitted outside business hours (%v:00-%v:00 UTC)", [input.request.method, cfg.business_hours.start_hour_utc, cfg.business_hours.end_hour_utc])
+}

@@ -1,0 +1,172 @@
+# Tests for the base policy and the layered model, run by agentplane's own
+# runner (regorus, `cargo test -p agentplane-core --test rego`) and by the
+# real OPA engine in the differential test.
+package mcp.authz_test
+
+import data.mcp.authz
+
+noon := 1746273600000000000 # 2025-05-03T12:00:00Z
+
+early := 1746252000000000000 # 2025-05-03T06:00:00Z
+
+support_agent := {
+	"id": "support-triage@clients",
+	"type": "support",
+	"team": "customer-success",
+	"environment": "production",
+	"permissions": ["skills:invoke", "data:read"],
+}
+
+skill := {"type": "skill", "id": "sentiment-analysis", "registered": true, "metadata": {"team": "customer-success", "environment": "production"}}
+
+req(agent, resource, action, method, now) := {
+	"jwt": {"valid": true, "payload": {"sub": agent.id, "exp": 1746277200}},
+	"agent": agent,
+	"request": {"method": method, "path": [resource.id], "time_ns": now},
+	"resource": resource,
+	"action": action,
+}
+
+ok := req(support_agent, skill, "invoke_skill", "POST", noon)
+
+test_allows_permitted_action if {
+	authz.allow with input as ok
+	count(authz.deny) == 0 with input as ok
+}
+
+test_deny_missing_permission if {
+	inp := req(support_agent, skill, "write_data", "POST", noon)
+	not authz.allow with input as inp
+	authz.deny["missing permission data:write for action write_data"] with input as inp
+}
+
+test_deny_invalid_token if {
+	inp := object.union(ok, {"jwt": {"valid": false}})
+	not authz.allow with input as inp
+	authz.deny["token is not valid"] with input as inp
+}
+
+test_deny_expired_token if {
+	inp := object.union(ok, {"jwt": {"payload": {"exp": 1746270000}}})
+	not authz.allow with input as inp
+	authz.deny["token has expired"] with input as inp
+}
+
+test_deny_token_without_exp if {
+	inp := object.union(ok, {"jwt": {"payload": {"exp": null}}})
+	not authz.allow with input as inp
+	authz.deny["token has no numeric exp claim"] with input as inp
+}
+
+test_deny_unknown_action if {
+	inp := object.union(ok, {"action": null})
+	not authz.allow with input as inp
+}
+
+test_service_permissions_are_all_required if {
+	res := {"type": "data", "id": "customer-data", "registered": true, "metadata": {"team": "customer-success", "environment": "production"}}
+	inp := req(support_agent, res, "read_data", "GET", noon)
+	not authz.allow with input as inp
+	authz.deny["service customer-data requires permission customer:access"] with input as inp
+	agent := object.union(support_agent, {"permissions": ["skills:invoke", "data:read", "customer:access"]})
+	authz.allow with input as req(agent, res, "read_data", "GET", noon)
+}
+
+test_production_resources_need_production_agents if {
+	agent := object.union(support_agent, {"environment": "staging"})
+	inp := req(agent, skill, "invoke_skill", "POST", noon)
+	not authz.allow with input as inp
+	authz.deny["production resource sentiment-analysis requires a production agent, not staging"] with input as inp
+}
+
+test_staging_resources_are_open_to_any_environment if {
+	agent := object.union(support_agent, {"environment": "staging"})
+	res := object.union(skill, {"metadata": {"environment": "staging"}})
+	authz.allow with input as req(agent, res, "invoke_skill", "POST", noon)
+}
+
+test_teams_reach_only_their_own_resources if {
+	res := object.union(skill, {"metadata": {"team": "ml"}})
+	inp := req(support_agent, res, "invoke_skill", "POST", noon)
+	not authz.allow with input as inp
+	authz.deny["resource sentiment-analysis belongs to team ml, not customer-success"] with input as inp
+}
+
+test_shared_resources_and_teams if {
+	shared := object.union(skill, {"metadata": {"team": "ml", "shared": true}})
+	authz.allow with input as req(support_agent, shared, "invoke_skill", "POST", noon)
+	platform := object.union(skill, {"metadata": {"team": "platform"}})
+	authz.allow with input as req(support_agent, platform, "invoke_skill", "POST", noon)
+}
+
+test_unregistered_service_is_denied if {
+	res := {"type": "unknown", "id": "mystery", "registered": false, "metadata": {"team": "unknown", "environment": "unknown"}}
+	inp := req(support_agent, res, null, "GET", noon)
+	not authz.allow with input as inp
+	authz.deny["service mystery is not registered"] with input as inp
+}
+
+test_off_hours_denies_high_risk_methods if {
+	data_res := {"type": "data", "id": "tickets", "registered": true, "metadata": {"team": "customer-success", "environment": "production"}}
+	agent := object.union(support_agent, {"permissions": ["skills:invoke", "data:read", "data:write"]})
+	authz.allow with input as req(agent, data_res, "write_data", "DELETE", noon)
+	inp := req(agent, data_res, "write_data", "DELETE", early)
+	not authz.allow with input as inp
+	authz.deny["DELETE is not permitted outside business hours (9:00-17:00 UTC)"] with input as inp
+}
+
+test_off_hours_allows_low_risk_methods if {
+	data_res := {"type": "data", "id": "tickets", "registered": true, "metadata": {"team": "customer-success", "environment": "production"}}
+	authz.allow with input as req(support_agent, data_res, "read_data", "GET", early)
+}
+
+test_business_hours_boundaries if {
+	five_pm := 1746291600000000000 # 17:00:00Z
+	authz.hour_utc == 17 with input as req(support_agent, skill, "invoke_skill", "PUT", five_pm)
+	authz.off_hours with input as req(support_agent, skill, "invoke_skill", "PUT", five_pm)
+	nine_am := 1746262800000000000 # 09:00:00Z
+	not authz.off_hours with input as req(support_agent, skill, "invoke_skill", "PUT", nine_am)
+}
+
+test_layer_deny_overrides_allow if {
+	agent := object.union(support_agent, {"id": "revoked-agent@clients"})
+	inp := req(agent, skill, "invoke_skill", "POST", noon)
+	not authz.allow with input as inp
+	authz.deny["denied by the agent revoked-agent@clients layer: credentials revoked"] with input as inp
+}
+
+test_team_layer_deny if {
+	agent := object.union(support_agent, {"team": "quarantine"})
+	res := object.union(skill, {"metadata": {"team": "quarantine"}})
+	inp := req(agent, res, "invoke_skill", "POST", noon)
+	not authz.allow with input as inp
+	authz.deny["denied by the team quarantine layer: team is quarantined"] with input as inp
+}
+
+test_agent_type_layer_denies_actions if {
+	agent := object.union(support_agent, {"type": "experimental", "permissions": ["skills:invoke", "data:read", "data:write"]})
+	data_res := {"type": "data", "id": "tickets", "registered": true, "metadata": {"team": "customer-success", "environment": "production"}}
+	inp := req(agent, data_res, "write_data", "POST", noon)
+	not authz.allow with input as inp
+	authz.deny["action write_data denied by the agent type experimental layer"] with input as inp
+	authz.allow with input as req(agent, data_res, "read_data", "GET", noon)
+}
+
+test_layers_must_allow if {
+	not authz.allow with input as ok with data.global as {} with data.teams as {}
+	authz.deny["no policy layer allows this agent"] with input as ok with data.global as {} with data.teams as {}
+	authz.allow with input as ok with data.global as {} with data.teams as {"customer-success": {"allow": true}}
+}
+
+test_explicit_global_deny_wins if {
+	not authz.allow with input as ok with data.global as {"allow": true, "deny": true}
+	authz.deny["denied by the global layer"] with input as ok with data.global as {"allow": true, "deny": true}
+}
+
+# Absent (not null) exp: regorus and OPA once disagreed on `not` over an
+# undefined argument; the differential corpus caught it.
+test_deny_token_with_absent_exp if {
+	inp := object.union(object.remove(ok, ["jwt"]), {"jwt": {"valid": true, "payload": {"sub": "support-triage@clients"}}})
+	not authz.allow with input as inp
+	authz.deny["token has no numeric exp claim"] with input as inp
+}

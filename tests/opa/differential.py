@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Differential test: agentplane's embedded policy (regorus) against the real
+OPA engine, on the same modules, data and inputs.
+
+1. Every `test_*` rule in policies/*_test.rego must be true under OPA too.
+2. Every case in policies/cases/ must give the expected decision under OPA.
+3. A generated corpus (agents x resources x actions x methods x clocks x
+   token states) must give identical `allow` and `deny` under both engines.
+
+Usage: differential.py <opa_bindings dir> <agentplane eval binary>
+Prints 'N passed, M failed' and exits non-zero on any difference.
+"""
+import itertools
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+POLICIES = ROOT / "policies"
+
+
+def opa_engine(bindings_dir):
+    sys.path.insert(0, str(bindings_dir))
+    from opa_bindings import OpaEngine  # noqa: E402
+
+    eng = OpaEngine()
+    for f in sorted(POLICIES.glob("*.rego")):
+        eng.add_policy(f.name, f.read_text())
+    eng.add_data(json.loads((POLICIES / "data.json").read_text()))
+    return eng
+
+
+def opa_decision(eng, inp):
+    allow = eng.eval_query("x := data.mcp.authz.allow", inp)
+    deny = eng.eval_query("x := data.mcp.authz.deny", inp)
+    a = allow[0]["x"] if allow else False
+    d = sorted(deny[0]["x"]) if deny else []
+    return {"allow": bool(a) and not d, "deny": d}
+
+
+def corpus():
+    agents = []
+    for team, env, typ, perms, sub in itertools.product(
+        ["customer-success", "ml", "quarantine", None],
+        ["production", "staging", None],
+        ["support", "experimental"],
+        [[], ["skills:invoke"], ["skills:invoke", "data:read", "data:write", "tools:access"],
+         ["data:read", "customer:access"]],
+        ["support-triage@clients", "revoked-agent@clients"],
+    ):
+        agents.append({"id": sub, "type": typ, "team": team, "environment": env, "permissions": perms})
+    resources = [
+        {"type": "skill", "id": "sentiment-analysis", "registered": True,
+         "metadata": {"team": "ml", "environment": "production", "shared": True}},
+        {"type": "skill", "id": "hello-skill", "registered": True,
+         "metadata": {"team": "platform", "environment": "production"}},
+        {"type": "data", "id": "customer-data", "registered": True,
+         "metadata": {"team": "customer-success", "environment": "production"}},
+        {"type": "tool", "id": "staging-tool", "registered": True,
+         "metadata": {"team": "ml", "environment": "staging"}},
+        {"type": "unknown", "id": "mystery", "registered": False,
+         "metadata": {"team": "unknown", "environment": "unknown"}},
+    ]
+    actions = {"skill": ["invoke_skill"], "tool": ["access_tool"],
+               "data": ["read_data", "write_data"], "unknown": [None]}
+    clocks = [1746273600000000000, 1746252000000000000, 1746291600000000000, 1746262800000000000]
+    tokens = [{"valid": True, "exp": 1746300000}, {"valid": True, "exp": 1746200000},
+              {"valid": True, "exp": None}, {"valid": False, "exp": 1746300000}]
+    out = []
+    for i, (agent, res, method, now) in enumerate(
+        itertools.product(agents, resources, ["GET", "POST", "DELETE", "PATCH"], clocks)
+    ):
+        tok = tokens[i % len(tokens)]
+        for action in actions[res["type"]]:
+            payload = {"sub": agent["id"]}
+            if tok["exp"] is not None:
+                payload["exp"] = tok["exp"]
+            out.append({
+                "jwt": {"valid": tok["valid"], "payload": payload},
+                "agent": agent,
+                "request": {"id": f"r{i}", "method": method, "host": "localhost",
+                            "path": [res["id"], "x"], "raw_path": f"/{res['id']}/x",
+                            "query": {}, "headers": {}, "time_ns": now},
+                "resource": res,
+                "action": action,
+            })
+    return out
+
+
+def main():
+    bindings, eval_bin = sys.argv[1], sys.argv[2]
+    eng = opa_engine(bindings)
+    passed = failed = 0
+
+    tests = []
+    for f in sorted(POLICIES.glob("*_test.rego")):
+        src = f.read_text()
+        pkg = next(l.split()[1] for l in src.splitlines() if l.startswith("package "))
+        for line in src.splitlines():
+            if line.startswith("test_"):
+                name = line.split()[0]
+                tests.append(f"data.{pkg}.{name}")
+    for t in tests:
+        rs = eng.eval_query(f"x := {t}")
+        if rs and rs[0]["x"] is True:
+            passed += 1
+        else:
+            failed += 1
+            print(f"FAIL (OPA) {t}: {rs}")
+
+    for case in sorted((POLICIES / "cases").iterdir()):
+        inp = json.loads((case / "input.json").read_text())
+        want = json.loads((case / "expected.json").read_text())
+        got = opa_decision(eng, inp)
+        want = {"allow": want["allow"], "deny": sorted(want["deny"])}
+        if got == want:
+            passed += 1
+        else:
+            failed += 1
+            print(f"FAIL (OPA) case {case.name}: got {got}, want {want}")
+
+    inputs = corpus()
+    proc = subprocess.run([eval_bin], input=json.dumps(inputs), capture_output=True, text=True, check=True)
+    ours = json.loads(proc.stdout)
+    assert len(ours) == len(inputs), "eval returned a different number of results"
+    allowed = 0
+    for inp, mine in zip(inputs, ours):
+        theirs = opa_decision(eng, inp)
+        mine = {"allow": mine.get("allow"), "deny": sorted(mine.get("deny", [])), **({"error": mine["error"]} if "error" in mine else {})}
+        if mine == theirs:
+            passed += 1
+            allowed += theirs["allow"]
+        else:
+            failed += 1
+            if failed < 20:
+                print(f"DIFF input={json.dumps(inp)}\n  regorus={mine}\n  opa    ={theirs}")
+    print(f"differential: {len(tests)} Rego tests, {len(inputs)} corpus inputs ({allowed} allowed)")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
