@@ -1,1 +1,490 @@
-//! placeholder
+//! End-to-end harness: a real Envoy running the built filter, an identity
+//! provider that mints RS256 tokens, and an upstream that echoes what it
+//! received. Everything binds to 127.0.0.1 on ports picked at run time and
+//! is stopped on drop, also when a test fails (the Envoy log is printed
+//! then).
+//!
+//! Nothing here skips: a missing Envoy binary or filter is a test failure
+//! that says how to build it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jwt_compact::alg::{Rsa, RsaPrivateKey};
+use jwt_compact::prelude::*;
+use rsa::traits::PublicKeyParts;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the repo-local venv's.
+pub fn envoy_bin() -> PathBuf {
+    let p = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
+    assert!(
+        p.exists(),
+        "Envoy not found at {} (run ./build.sh test, which installs it)",
+        p.display()
+    );
+    p
+}
+
+/// The filter: `$AGENTPLANE_WASM`, else the release build.
+pub fn wasm_path() -> PathBuf {
+    let p = std::env::var_os("AGENTPLANE_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/agentplane.wasm"));
+    assert!(
+        p.exists(),
+        "filter not found at {} (run ./build.sh build)",
+        p.display()
+    );
+    p
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Fills `${NAME}` placeholders. A placeholder alone on its line is replaced
+/// by the value's lines, each indented like the placeholder.
+pub fn render(template: &str, vars: &HashMap<&str, String>) -> String {
+    let mut out = String::new();
+    for line in template.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let whole = vars
+            .iter()
+            .find(|(k, _)| trimmed.trim_end() == format!("${{{k}}}"));
+        if let Some((_, v)) = whole {
+            for l in v.lines() {
+                out.push_str(indent);
+                out.push_str(l);
+                out.push('\n');
+            }
+            continue;
+        }
+        let mut l = line.to_string();
+        for (k, v) in vars {
+            l = l.replace(&format!("${{{k}}}"), v);
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    assert!(!out.contains("${"), "unfilled placeholder in:\n{out}");
+    out
+}
+
+/// Issuer used by the harness's identity provider.
+pub const ISSUER: &str = "https://idp.agentplane.test/";
+/// Audience the control plane expects.
+pub const AUDIENCE: &str = "https://mcp.example.com/";
+
+/// An identity provider with one RS256 key.
+pub struct Idp {
+    key: RsaPrivateKey,
+    kid: String,
+}
+
+impl Idp {
+    /// Generates a fresh 2048-bit key.
+    pub fn new() -> Idp {
+        let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        Idp { key, kid: "agentplane-test-1".into() }
+    }
+
+    /// The JWKS document Envoy (and later Vault) verify against.
+    pub fn jwks(&self) -> String {
+        let pk = self.key.to_public_key();
+        json!({"keys": [{
+            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.kid,
+            "n": URL_SAFE_NO_PAD.encode(pk.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(pk.e().to_bytes_be()),
+        }]})
+        .to_string()
+    }
+
+    /// Mints a token with `claims` plus iss/aud defaults and `exp` in
+    /// `ttl_secs` (negative: already expired).
+    pub fn mint(&self, claims: Value, ttl_secs: i64) -> String {
+        let mut custom: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
+        custom.entry("iss").or_insert(json!(ISSUER));
+        custom.entry("aud").or_insert(json!(AUDIENCE));
+        let now = chrono_now();
+        let mut c = Claims::new(custom);
+        c.issued_at = Some(now - chrono::Duration::seconds(60));
+        c.expiration = Some(now + chrono::Duration::seconds(ttl_secs));
+        let header = Header::empty().with_key_id(&self.kid);
+        Rsa::rs256().token(&header, &c, &self.key).unwrap()
+    }
+
+    /// A token for an agent with the seed's claim layout.
+    pub fn agent_token(&self, sub: &str, team: &str, agent_type: &str, env: &str, perms: &[&str]) -> String {
+        self.mint(
+            json!({
+                "sub": sub, "azp": sub, "gty": "client-credentials",
+                "permissions": perms,
+                "https://mcp.example.com/agent_type": agent_type,
+                "https://mcp.example.com/team": team,
+                "https://mcp.example.com/environment": env,
+            }),
+            3600,
+        )
+    }
+}
+
+impl Default for Idp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Method.
+    pub method: String,
+    /// Path as forwarded.
+    pub path: String,
+    /// Headers in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// Every value of a header.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+    }
+    /// The single value of a header; fails if it appears more than once.
+    pub fn one(&self, name: &str) -> Option<String> {
+        let all = self.all(name);
+        assert!(all.len() <= 1, "{name} appears {} times: {all:?}", all.len());
+        all.into_iter().next()
+    }
+}
+
+/// An HTTP/1.1 echo server that records every request.
+pub struct Upstream {
+    /// Its port.
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    /// Starts the server on a free loopback port.
+    pub fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, st2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let s3 = s2.clone();
+                std::thread::spawn(move || serve(conn, s3));
+            }
+        });
+        Upstream { port, seen, stop }
+    }
+
+    /// Everything received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Forgets what was received.
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                if k == "content-length" {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                headers.push((k, v.trim().to_string()));
+            }
+        }
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let rec = Seen { method: method.clone(), path: path.clone(), headers: headers.clone() };
+        seen.lock().unwrap().push(rec);
+        let hdrs: Vec<Value> = headers.iter().map(|(k, v)| json!([k, v])).collect();
+        let out = json!({"method": method, "path": path, "headers": hdrs}).to_string();
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            out.len(),
+            out
+        );
+        if conn.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl Response {
+    /// A header's first value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", self.body))
+    }
+}
+
+/// Sends one HTTP/1.1 request with exactly the given headers (duplicates and
+/// odd casing preserved) and reads the whole response; panics on I/O errors.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+    try_http(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http`], returning I/O and parse errors instead of panicking.
+pub fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Response, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Response { status, headers, body: body.to_string() })
+}
+
+/// A running Envoy. Killed on drop; its log is printed if a test panicked.
+pub struct Envoy {
+    child: Child,
+    /// Admin port.
+    pub admin_port: u16,
+    /// Agent-facing port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+/// Values for `envoy/envoy.yaml`'s placeholders.
+pub struct EnvoySetup {
+    /// JWKS JSON.
+    pub jwks: String,
+    /// Upstream port.
+    pub upstream_port: u16,
+    /// agentplane's JSON configuration.
+    pub plugin_config: String,
+}
+
+impl Envoy {
+    /// Starts Envoy with `envoy/envoy.yaml` filled in; does not wait.
+    pub fn spawn(setup: &EnvoySetup) -> Envoy {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut vars = HashMap::new();
+        vars.insert("LISTEN_PORT", port.to_string());
+        vars.insert("ADMIN_PORT", admin_port.to_string());
+        vars.insert("UPSTREAM_PORT", setup.upstream_port.to_string());
+        vars.insert("WASM", wasm_path().display().to_string());
+        vars.insert("ISSUER", ISSUER.to_string());
+        vars.insert("AUDIENCE", AUDIENCE.to_string());
+        vars.insert("JWKS", setup.jwks.clone());
+        vars.insert("PLUGIN_CONFIG", setup.plugin_config.clone());
+        let template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
+        let yaml = render(&template, &vars);
+        let dir = std::env::temp_dir().join(format!("agentplane-e2e-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("envoy.yaml"), &yaml).unwrap();
+        let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(dir.join("envoy.yaml"))
+            .args(["--use-dynamic-base-id", "--concurrency", "1", "-l", "info"])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        Envoy { child, admin_port, port, dir }
+    }
+
+    /// Starts Envoy and waits until the admin says it is ready; panics with
+    /// the log if it exits or does not get ready in 60 s.
+    pub fn start(setup: &EnvoySetup) -> Envoy {
+        let mut e = Envoy::spawn(setup);
+        if let Err(why) = e.wait_ready(Duration::from_secs(60)) {
+            panic!("Envoy did not become ready: {why}\n--- envoy log ---\n{}", e.log());
+        }
+        e
+    }
+
+    /// Polls `/ready` until it answers 200.
+    pub fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("Envoy exited with {status}"));
+            }
+            let ready = try_http(self.admin_port, "GET", "/ready", &[], "")
+                .is_ok_and(|r| r.status == 200);
+            if ready && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("not ready after {limit:?}"))
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// A request to the agent-facing listener.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        http(self.port, method, path, headers, "")
+    }
+
+    /// An admin endpoint's body.
+    pub fn admin(&self, path: &str) -> String {
+        http(self.admin_port, "GET", path, &[], "").body
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- envoy log ({}) ---\n{}", self.dir.display(), self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The demo/test plugin configuration (`envoy/agentplane.json`).
+pub fn default_plugin_config() -> String {
+    std::fs::read_to_string(repo_root().join("envoy/agentplane.json")).unwrap()
+}
+
+/// Envoy + upstream + identity provider, ready to take requests.
+pub struct Stack {
+    /// The identity provider.
+    pub idp: Idp,
+    /// The echo upstream.
+    pub upstream: Upstream,
+    /// Envoy.
+    pub envoy: Envoy,
+}
+
+impl Stack {
+    /// Starts everything with the given plugin configuration.
+    pub fn start_with(plugin_config: &str) -> Stack {
+        let idp = Idp::new();
+        let upstream = Upstream::start();
+        let envoy = Envoy::start(&EnvoySetup {
+            jwks: idp.jwks(),
+            upstream_port: upstream.port,
+            plugin_config: plugin_config.to_string(),
+        });
+        Stack { idp, upstream, envoy }
+    }
+
+    /// Starts everything with `envoy/agentplane.json`.
+    pub fn start() -> Stack {
+        Stack::start_with(&default_plugin_config())
+    }
+}

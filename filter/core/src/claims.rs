@@ -72,17 +72,14 @@ pub fn trust_jwt_authn_payload<H: Host>(
     host: &H,
     cfg: &IdentityConfig,
 ) -> Result<Map<String, Value>, ClaimsError> {
-    let raw = host
-        .property(&["metadata", "filter_metadata", &cfg.metadata_namespace])
-        .ok_or(ClaimsError::Missing)?;
-    if raw.is_empty() {
-        return Err(ClaimsError::Missing);
-    }
+    let raw = host.property(&["metadata"]).ok_or(ClaimsError::Missing)?;
     let limits = Limits {
         max_depth: cfg.max_depth,
         max_bytes: cfg.max_payload_bytes,
     };
-    let mut ns = pbstruct::decode_struct(&raw, limits).map_err(ClaimsError::Metadata)?;
+    let mut ns = pbstruct::decode_metadata_namespace(&raw, &cfg.metadata_namespace, limits)
+        .map_err(ClaimsError::Metadata)?
+        .ok_or(ClaimsError::Missing)?;
     match ns.remove(&cfg.payload_key) {
         None => Err(ClaimsError::Missing),
         Some(Value::Object(m)) => Ok(m),
@@ -166,8 +163,8 @@ mod tests {
         let mut ns = Map::new();
         ns.insert("jwt_payload".into(), payload);
         MockHost::new().with_property(
-            &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"],
-            pbstruct::encode_struct(&ns),
+            &["metadata"],
+            pbstruct::encode_metadata(&[("envoy.filters.http.jwt_authn", &ns)]),
         )
     }
 
@@ -207,8 +204,8 @@ mod tests {
         let mut ns = Map::new();
         ns.insert("other".into(), json!({"sub": "x"}));
         let h = MockHost::new().with_property(
-            &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"],
-            pbstruct::encode_struct(&ns),
+            &["metadata"],
+            pbstruct::encode_metadata(&[("envoy.filters.http.jwt_authn", &ns)]),
         );
         assert_eq!(trust_jwt_authn_payload(&h, &cfg), Err(ClaimsError::Missing));
     }
@@ -222,8 +219,8 @@ mod tests {
         let mut ns = Map::new();
         ns.insert("https://issuer.example/".into(), json!({"sub": "a"}));
         let h = MockHost::new().with_property(
-            &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"],
-            pbstruct::encode_struct(&ns),
+            &["metadata"],
+            pbstruct::encode_metadata(&[("envoy.filters.http.jwt_authn", &ns)]),
         );
         let p = trust_jwt_authn_payload(&h, &cfg).unwrap();
         assert_eq!(identity(p, &cfg).unwrap().id, "a");
@@ -250,10 +247,7 @@ mod tests {
     #[test]
     fn malformed_and_oversized_metadata_fail() {
         let cfg = IdentityConfig::default();
-        let h = MockHost::new().with_property(
-            &["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"],
-            vec![0x0a, 0x10, 0x01],
-        );
+        let h = MockHost::new().with_property(&["metadata"], vec![0x0a, 0x10, 0x01]);
         assert!(matches!(
             trust_jwt_authn_payload(&h, &cfg),
             Err(ClaimsError::Metadata(_))

@@ -67,6 +67,51 @@ pub fn decode_struct(buf: &[u8], limits: Limits) -> Result<Map<String, Value>, D
     struct_fields(buf, limits.max_depth)
 }
 
+/// Finds `filter_metadata[namespace]` in a serialized
+/// `envoy.config.core.v3.Metadata` (what Envoy returns for the `metadata`
+/// attribute) and decodes that `Struct`. `Ok(None)` when the namespace is
+/// absent. Other namespaces are skipped unparsed.
+pub fn decode_metadata_namespace(
+    buf: &[u8],
+    namespace: &str,
+    limits: Limits,
+) -> Result<Option<Map<String, Value>>, DecodeError> {
+    let mut found = None;
+    let mut r = Reader { buf };
+    while let Some((number, field)) = r.field()? {
+        let (1, Field::Bytes(entry)) = (number, field) else {
+            continue;
+        };
+        let mut key: &[u8] = &[];
+        let mut value: &[u8] = &[];
+        let mut e = Reader { buf: entry };
+        while let Some((n, f)) = e.field()? {
+            match (n, f) {
+                (1, Field::Bytes(b)) => key = b,
+                (2, Field::Bytes(b)) => value = b,
+                _ => {}
+            }
+        }
+        if key == namespace.as_bytes() {
+            found = Some(value);
+        }
+    }
+    found.map(|v| decode_struct(v, limits)).transpose()
+}
+
+/// Encodes `filter_metadata` namespaces as a serialized
+/// `envoy.config.core.v3.Metadata`, as Envoy returns it (tests, fixtures).
+pub fn encode_metadata(namespaces: &[(&str, &Map<String, Value>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (ns, m) in namespaces {
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, ns.as_bytes());
+        put_bytes(&mut entry, 2, &encode_struct(m));
+        put_bytes(&mut out, 1, &entry);
+    }
+    out
+}
+
 enum Field<'a> {
     Varint(u64),
     Fixed64(u64),
@@ -350,6 +395,18 @@ mod tests {
         let big = json!({"k": "x".repeat(5000)});
         let b = encode_struct(big.as_object().unwrap());
         assert!(matches!(decode_struct(&b, L), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn metadata_namespaces() {
+        let jwt = json!({"jwt_payload": {"sub": "a"}}).as_object().unwrap().clone();
+        let other = json!({"x": 1}).as_object().unwrap().clone();
+        let md = encode_metadata(&[("other.filter", &other), ("envoy.filters.http.jwt_authn", &jwt)]);
+        let got = decode_metadata_namespace(&md, "envoy.filters.http.jwt_authn", L).unwrap();
+        assert_eq!(got.map(Value::Object), Some(json!({"jwt_payload": {"sub": "a"}})));
+        assert_eq!(decode_metadata_namespace(&md, "missing", L).unwrap(), None);
+        assert_eq!(decode_metadata_namespace(&[], "missing", L).unwrap(), None);
+        assert!(decode_metadata_namespace(&md[..md.len() - 1], "x", L).is_err());
     }
 
     #[test]

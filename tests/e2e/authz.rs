@@ -1,0 +1,131 @@
+//! Authorization: the embedded policy decides, with reasons and decision ids.
+
+use agentplane_e2e::Stack;
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+/// An allowed call reaches the service with the trusted agent headers and
+/// the request id, on the path the seed's route rewrite produces; the
+/// response carries the decision id.
+#[test]
+fn allowed_call_reaches_upstream_with_trusted_headers() {
+    let s = Stack::start();
+    let tok = s.idp.agent_token(
+        "support-triage@clients",
+        "customer-success",
+        "support",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    let r = s.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/v1/analyze?lang=en",
+        &[("authorization", &bearer(&tok)), ("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let decision = r.header("x-decision-id").expect("decision id on allowed response");
+    assert_eq!(decision.len(), 36);
+    let seen = s.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let up = &seen[0];
+    assert_eq!(up.path, "/v1/analyze?lang=en");
+    assert_eq!(up.one("x-agent-id").as_deref(), Some("support-triage@clients"));
+    assert_eq!(up.one("x-agent-type").as_deref(), Some("support"));
+    assert_eq!(up.one("x-agent-team").as_deref(), Some("customer-success"));
+    assert!(up.one("x-request-id").is_some_and(|v| !v.is_empty()));
+
+    // Plain first-segment routing works too.
+    let r = s.envoy.request("GET", "/customer-lookup/tickets/42", &[("authorization", &bearer(&tok))]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Missing permission: 403, a JSON body with the reason and the decision id,
+/// the same id in the header; upstream not called.
+#[test]
+fn missing_permission_is_403_with_reason() {
+    let s = Stack::start();
+    let tok = s.idp.agent_token("reader@clients", "platform", "support", "production", &["data:read"]);
+    let r = s.envoy.request("POST", "/mcp://hello-skill/greet", &[("authorization", &bearer(&tok))]);
+    assert_eq!(r.status, 403, "{r:?}");
+    let body = r.json();
+    assert_eq!(body["error"], "forbidden");
+    assert_eq!(body["reason"], "missing permission skills:invoke for action invoke_skill");
+    assert_eq!(body["decision_id"].as_str(), r.header("x-decision-id"));
+    assert!(s.upstream.seen().is_empty());
+}
+
+/// The scope claim (space-separated) grants like the permissions array.
+#[test]
+fn oauth_scope_claim_grants() {
+    let s = Stack::start();
+    let tok = s.idp.mint(
+        serde_json::json!({
+            "sub": "scoped@clients", "scope": "tools:access data:read",
+            "https://mcp.example.com/team": "platform",
+            "https://mcp.example.com/environment": "production",
+        }),
+        3600,
+    );
+    let r = s.envoy.request("GET", "/mcp://web-search/q", &[("authorization", &bearer(&tok))]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Team rule: an agent reaches its own team's and shared resources only.
+/// Environment rule: production resources need production agents.
+#[test]
+fn team_and_environment_rules() {
+    let s = Stack::start();
+    let ml = s.idp.agent_token("ml-bot@clients", "ml", "analysis", "production", &["skills:invoke", "data:read"]);
+    let r = s.envoy.request("GET", "/mcp://customer-lookup/tickets", &[("authorization", &bearer(&ml))]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["reason"], "resource customer-lookup belongs to team customer-success, not ml");
+    let r = s.envoy.request("GET", "/mcp://model-registry/models", &[("authorization", &bearer(&ml))]);
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let staging = s.idp.agent_token("ml-dev@clients", "ml", "analysis", "staging", &["skills:invoke", "data:read"]);
+    let r = s.envoy.request("GET", "/mcp://model-registry/models", &[("authorization", &bearer(&staging))]);
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["reason"],
+        "production resource model-registry requires a production agent, not staging"
+    );
+    assert_eq!(s.upstream.seen().len(), 1);
+}
+
+/// Unknown service: the default resource applies and the policy denies,
+/// saying the service is not registered.
+#[test]
+fn unknown_service_is_denied() {
+    let s = Stack::start();
+    let tok = s.idp.agent_token("a@clients", "platform", "support", "production", &["skills:invoke", "data:read"]);
+    let r = s.envoy.request("GET", "/mcp://shadow-it/x", &[("authorization", &bearer(&tok))]);
+    assert_eq!(r.status, 403);
+    let reason = r.json()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("service shadow-it is not registered"), "{reason}");
+    assert!(s.upstream.seen().is_empty());
+}
+
+/// The layered model: a revoked agent is denied even with every permission.
+#[test]
+fn agent_layer_deny_wins() {
+    let s = Stack::start();
+    let tok = s.idp.agent_token("revoked-agent@clients", "platform", "support", "production", &["skills:invoke"]);
+    let r = s.envoy.request("POST", "/mcp://hello-skill/greet", &[("authorization", &bearer(&tok))]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["reason"], "denied by the agent revoked-agent@clients layer: credentials revoked");
+}
+
+/// Path tricks that could make the policy and the upstream disagree are
+/// refused with 400.
+#[test]
+fn ambiguous_paths_are_refused() {
+    let s = Stack::start();
+    let tok = s.idp.agent_token("a@clients", "platform", "support", "production", &["skills:invoke"]);
+    for p in ["/mcp://hello-skill/../customer-lookup/x", "/hello-skill/%2e%2e/customer-lookup"] {
+        let r = s.envoy.request("POST", p, &[("authorization", &bearer(&tok))]);
+        assert_eq!(r.status, 400, "{p}: {r:?}");
+    }
+    assert!(s.upstream.seen().is_empty());
+}
