@@ -52,11 +52,18 @@ fn run() -> Result<(), String> {
     };
     let mut out = String::from("/// Rego modules compiled into the filter: (file name, source).\npub static MODULES: &[(&str, &str)] = &[\n");
     for m in &modules {
-        let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("policy.rego");
+        let name = m
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("policy.rego");
         let body = fs::read(m).map_err(|e| format!("{}: {e}", m.display()))?;
         feed(name.as_bytes());
         feed(&body);
-        let _ = writeln!(out, "    ({name:?}, include_str!({:?})),", m.display().to_string());
+        let _ = writeln!(
+            out,
+            "    ({name:?}, include_str!({:?})),",
+            m.display().to_string()
+        );
     }
     out.push_str("];\n");
     if data.exists() {
@@ -69,7 +76,9 @@ fn run() -> Result<(), String> {
             data.display().to_string()
         );
     } else {
-        out.push_str("/// The bundle's `data.json` (absent: empty).\npub static DATA_JSON: &str = \"{}\";\n");
+        out.push_str(
+            "/// The bundle's `data.json` (absent: empty).\npub static DATA_JSON: &str = \"{}\";\n",
+        );
     }
     let _ = writeln!(
         out,

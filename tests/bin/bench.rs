@@ -4,7 +4,12 @@
 //!
 //! Usage: agentplane-bench [seconds per run (default 10)] [repetitions (default 3)]
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use agentplane_e2e::{default_plugin_config, render_envoy, Envoy, EnvoySetup, Idp, Upstream};
 use std::process::Command;
@@ -13,7 +18,9 @@ fn wrk(port: u16, token: &str, secs: u32) -> f64 {
     let out = Command::new("wrk")
         .args(["-t1", "-c16", &format!("-d{secs}s")])
         .args(["-H", &format!("authorization: Bearer {token}")])
-        .arg(format!("http://127.0.0.1:{port}/mcp://sentiment-analysis/analyze"))
+        .arg(format!(
+            "http://127.0.0.1:{port}/mcp://sentiment-analysis/analyze"
+        ))
         .output()
         .expect("wrk (./build.sh bench installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -45,12 +52,21 @@ fn main() {
         &["skills:invoke", "data:read"],
     );
     let up = Upstream::start();
-    let setup = EnvoySetup { jwks: idp.jwks(), upstream_port: up.port, plugin_config: default_plugin_config() };
-    let arms: Vec<(&str, bool)> = vec![("S2 jwt_authn", false), ("S4 jwt_authn + agentplane", true)];
+    let setup = EnvoySetup {
+        jwks: idp.jwks(),
+        upstream_port: up.port,
+        plugin_config: default_plugin_config(),
+    };
+    let arms: Vec<(&str, bool)> =
+        vec![("S2 jwt_authn", false), ("S4 jwt_authn + agentplane", true)];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     for rep in 0..reps {
         for (i, (name, with_filter)) in arms.iter().enumerate() {
-            let envoy = if *with_filter { Envoy::start(&setup) } else { Envoy::start_yaml(&render_envoy(&setup, false)) };
+            let envoy = if *with_filter {
+                Envoy::start(&setup)
+            } else {
+                Envoy::start_yaml(&render_envoy(&setup, false))
+            };
             wrk(envoy.port, &token, 1); // warm-up
             let rps = wrk(envoy.port, &token, secs);
             eprintln!("rep {rep} {name}: {rps:.0} req/s");
@@ -69,5 +85,8 @@ fn main() {
     let added_us = (1.0 / median(results[1].clone()) - 1.0 / base) * 1e6;
     println!("\nagentplane adds {added_us:.1} µs per request over jwt_authn (1 worker, wrk -t1 -c16, {secs}s runs)");
     let wasm = agentplane_e2e::wasm_path();
-    println!("agentplane.wasm: {} bytes", std::fs::metadata(wasm).unwrap().len());
+    println!(
+        "agentplane.wasm: {} bytes",
+        std::fs::metadata(wasm).unwrap().len()
+    );
 }

@@ -1,13 +1,24 @@
 //! `./build.sh demo`: Envoy with agentplane in front of sample services,
 //! a handful of agents, and a transcript of what each call got and why.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use agentplane_e2e::Stack;
 
+/// Who calls, with which token, what, and any extra (spoofed) headers.
+type Call<'a> = (&'a str, Option<&'a str>, &'a str, &'a str, Vec<(&'a str, &'a str)>);
+
 fn main() {
     let s = Stack::start();
-    println!("agentplane demo: Envoy on 127.0.0.1:{} -> sample services on 127.0.0.1:{}", s.envoy.port, s.upstream.port);
+    println!(
+        "agentplane demo: Envoy on 127.0.0.1:{} -> sample services on 127.0.0.1:{}",
+        s.envoy.port, s.upstream.port
+    );
     println!("policy revision {}\n", agentplane_core::bundle::REVISION);
 
     let support = s.idp.agent_token(
@@ -17,20 +28,92 @@ fn main() {
         "production",
         &["skills:invoke", "data:read"],
     );
-    let ml = s.idp.agent_token("ml-bot@clients", "ml", "analysis", "production", &["skills:invoke", "data:read"]);
-    let staging = s.idp.agent_token("ml-dev@clients", "ml", "analysis", "staging", &["skills:invoke", "data:read"]);
-    let revoked = s.idp.agent_token("revoked-agent@clients", "platform", "support", "production", &["skills:invoke"]);
+    let ml = s.idp.agent_token(
+        "ml-bot@clients",
+        "ml",
+        "analysis",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    let staging = s.idp.agent_token(
+        "ml-dev@clients",
+        "ml",
+        "analysis",
+        "staging",
+        &["skills:invoke", "data:read"],
+    );
+    let revoked = s.idp.agent_token(
+        "revoked-agent@clients",
+        "platform",
+        "support",
+        "production",
+        &["skills:invoke"],
+    );
 
-    let calls: Vec<(&str, Option<&str>, &str, &str, Vec<(&str, &str)>)> = vec![
-        ("support-triage", Some(&support), "POST", "/mcp://sentiment-analysis/analyze", vec![]),
-        ("support-triage", Some(&support), "GET", "/mcp://customer-lookup/tickets/42", vec![("x-agent-id", "root@clients")]),
-        ("support-triage", Some(&support), "GET", "/mcp://web-search/q?text=refund", vec![]),
-        ("ml-bot", Some(&ml), "GET", "/mcp://customer-lookup/tickets/42", vec![]),
-        ("ml-bot", Some(&ml), "GET", "/mcp://model-registry/models", vec![]),
-        ("ml-dev (staging)", Some(&staging), "GET", "/mcp://model-registry/models", vec![]),
-        ("revoked-agent", Some(&revoked), "POST", "/mcp://hello-skill/greet", vec![]),
-        ("support-triage", Some(&support), "GET", "/mcp://shadow-it/export", vec![]),
-        ("(no token)", None, "POST", "/mcp://hello-skill/greet", vec![]),
+    let calls: Vec<Call> = vec![
+        (
+            "support-triage",
+            Some(&support),
+            "POST",
+            "/mcp://sentiment-analysis/analyze",
+            vec![],
+        ),
+        (
+            "support-triage",
+            Some(&support),
+            "GET",
+            "/mcp://customer-lookup/tickets/42",
+            vec![("x-agent-id", "root@clients")],
+        ),
+        (
+            "support-triage",
+            Some(&support),
+            "GET",
+            "/mcp://web-search/q?text=refund",
+            vec![],
+        ),
+        (
+            "ml-bot",
+            Some(&ml),
+            "GET",
+            "/mcp://customer-lookup/tickets/42",
+            vec![],
+        ),
+        (
+            "ml-bot",
+            Some(&ml),
+            "GET",
+            "/mcp://model-registry/models",
+            vec![],
+        ),
+        (
+            "ml-dev (staging)",
+            Some(&staging),
+            "GET",
+            "/mcp://model-registry/models",
+            vec![],
+        ),
+        (
+            "revoked-agent",
+            Some(&revoked),
+            "POST",
+            "/mcp://hello-skill/greet",
+            vec![],
+        ),
+        (
+            "support-triage",
+            Some(&support),
+            "GET",
+            "/mcp://shadow-it/export",
+            vec![],
+        ),
+        (
+            "(no token)",
+            None,
+            "POST",
+            "/mcp://hello-skill/greet",
+            vec![],
+        ),
     ];
     for (who, token, method, path, extra) in calls {
         let auth = token.map(|t| format!("Bearer {t}"));
@@ -40,7 +123,11 @@ fn main() {
         }
         s.upstream.clear();
         let r = s.envoy.request(method, path, &headers);
-        let spoof = if extra.is_empty() { String::new() } else { format!(" (client sent {}: {})", extra[0].0, extra[0].1) };
+        let spoof = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" (client sent {}: {})", extra[0].0, extra[0].1)
+        };
         println!("{who:>18}  {method:<4} {path}{spoof}");
         if r.status == 200 {
             let seen = s.upstream.seen();
@@ -64,7 +151,10 @@ fn main() {
                 body["reason"].as_str().unwrap_or(""),
                 body["decision_id"].as_str().unwrap_or("")
             );
-            assert!(s.upstream.seen().is_empty(), "a denied call reached upstream");
+            assert!(
+                s.upstream.seen().is_empty(),
+                "a denied call reached upstream"
+            );
         }
     }
     println!("\nstopping Envoy and the sample services");

@@ -22,22 +22,34 @@ fn allowed_call_reaches_upstream_with_trusted_headers() {
     let r = s.envoy.request(
         "POST",
         "/mcp://sentiment-analysis/v1/analyze?lang=en",
-        &[("authorization", &bearer(&tok)), ("content-type", "application/json")],
+        &[
+            ("authorization", &bearer(&tok)),
+            ("content-type", "application/json"),
+        ],
     );
     assert_eq!(r.status, 200, "{r:?}");
-    let decision = r.header("x-decision-id").expect("decision id on allowed response");
+    let decision = r
+        .header("x-decision-id")
+        .expect("decision id on allowed response");
     assert_eq!(decision.len(), 36);
     let seen = s.upstream.seen();
     assert_eq!(seen.len(), 1);
     let up = &seen[0];
     assert_eq!(up.path, "/v1/analyze?lang=en");
-    assert_eq!(up.one("x-agent-id").as_deref(), Some("support-triage@clients"));
+    assert_eq!(
+        up.one("x-agent-id").as_deref(),
+        Some("support-triage@clients")
+    );
     assert_eq!(up.one("x-agent-type").as_deref(), Some("support"));
     assert_eq!(up.one("x-agent-team").as_deref(), Some("customer-success"));
     assert!(up.one("x-request-id").is_some_and(|v| !v.is_empty()));
 
     // Plain first-segment routing works too.
-    let r = s.envoy.request("GET", "/customer-lookup/tickets/42", &[("authorization", &bearer(&tok))]);
+    let r = s.envoy.request(
+        "GET",
+        "/customer-lookup/tickets/42",
+        &[("authorization", &bearer(&tok))],
+    );
     assert_eq!(r.status, 200, "{r:?}");
 }
 
@@ -46,12 +58,25 @@ fn allowed_call_reaches_upstream_with_trusted_headers() {
 #[test]
 fn missing_permission_is_403_with_reason() {
     let s = Stack::start();
-    let tok = s.idp.agent_token("reader@clients", "platform", "support", "production", &["data:read"]);
-    let r = s.envoy.request("POST", "/mcp://hello-skill/greet", &[("authorization", &bearer(&tok))]);
+    let tok = s.idp.agent_token(
+        "reader@clients",
+        "platform",
+        "support",
+        "production",
+        &["data:read"],
+    );
+    let r = s.envoy.request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        &[("authorization", &bearer(&tok))],
+    );
     assert_eq!(r.status, 403, "{r:?}");
     let body = r.json();
     assert_eq!(body["error"], "forbidden");
-    assert_eq!(body["reason"], "missing permission skills:invoke for action invoke_skill");
+    assert_eq!(
+        body["reason"],
+        "missing permission skills:invoke for action invoke_skill"
+    );
     assert_eq!(body["decision_id"].as_str(), r.header("x-decision-id"));
     assert!(s.upstream.seen().is_empty());
 }
@@ -68,7 +93,11 @@ fn oauth_scope_claim_grants() {
         }),
         3600,
     );
-    let r = s.envoy.request("GET", "/mcp://web-search/q", &[("authorization", &bearer(&tok))]);
+    let r = s.envoy.request(
+        "GET",
+        "/mcp://web-search/q",
+        &[("authorization", &bearer(&tok))],
+    );
     assert_eq!(r.status, 200, "{r:?}");
 }
 
@@ -77,15 +106,42 @@ fn oauth_scope_claim_grants() {
 #[test]
 fn team_and_environment_rules() {
     let s = Stack::start();
-    let ml = s.idp.agent_token("ml-bot@clients", "ml", "analysis", "production", &["skills:invoke", "data:read"]);
-    let r = s.envoy.request("GET", "/mcp://customer-lookup/tickets", &[("authorization", &bearer(&ml))]);
+    let ml = s.idp.agent_token(
+        "ml-bot@clients",
+        "ml",
+        "analysis",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    let r = s.envoy.request(
+        "GET",
+        "/mcp://customer-lookup/tickets",
+        &[("authorization", &bearer(&ml))],
+    );
     assert_eq!(r.status, 403);
-    assert_eq!(r.json()["reason"], "resource customer-lookup belongs to team customer-success, not ml");
-    let r = s.envoy.request("GET", "/mcp://model-registry/models", &[("authorization", &bearer(&ml))]);
+    assert_eq!(
+        r.json()["reason"],
+        "resource customer-lookup belongs to team customer-success, not ml"
+    );
+    let r = s.envoy.request(
+        "GET",
+        "/mcp://model-registry/models",
+        &[("authorization", &bearer(&ml))],
+    );
     assert_eq!(r.status, 200, "{r:?}");
 
-    let staging = s.idp.agent_token("ml-dev@clients", "ml", "analysis", "staging", &["skills:invoke", "data:read"]);
-    let r = s.envoy.request("GET", "/mcp://model-registry/models", &[("authorization", &bearer(&staging))]);
+    let staging = s.idp.agent_token(
+        "ml-dev@clients",
+        "ml",
+        "analysis",
+        "staging",
+        &["skills:invoke", "data:read"],
+    );
+    let r = s.envoy.request(
+        "GET",
+        "/mcp://model-registry/models",
+        &[("authorization", &bearer(&staging))],
+    );
     assert_eq!(r.status, 403);
     assert_eq!(
         r.json()["reason"],
@@ -99,11 +155,24 @@ fn team_and_environment_rules() {
 #[test]
 fn unknown_service_is_denied() {
     let s = Stack::start();
-    let tok = s.idp.agent_token("a@clients", "platform", "support", "production", &["skills:invoke", "data:read"]);
-    let r = s.envoy.request("GET", "/mcp://shadow-it/x", &[("authorization", &bearer(&tok))]);
+    let tok = s.idp.agent_token(
+        "a@clients",
+        "platform",
+        "support",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    let r = s.envoy.request(
+        "GET",
+        "/mcp://shadow-it/x",
+        &[("authorization", &bearer(&tok))],
+    );
     assert_eq!(r.status, 403);
     let reason = r.json()["reason"].as_str().unwrap().to_string();
-    assert!(reason.contains("service shadow-it is not registered"), "{reason}");
+    assert!(
+        reason.contains("service shadow-it is not registered"),
+        "{reason}"
+    );
     assert!(s.upstream.seen().is_empty());
 }
 
@@ -111,10 +180,23 @@ fn unknown_service_is_denied() {
 #[test]
 fn agent_layer_deny_wins() {
     let s = Stack::start();
-    let tok = s.idp.agent_token("revoked-agent@clients", "platform", "support", "production", &["skills:invoke"]);
-    let r = s.envoy.request("POST", "/mcp://hello-skill/greet", &[("authorization", &bearer(&tok))]);
+    let tok = s.idp.agent_token(
+        "revoked-agent@clients",
+        "platform",
+        "support",
+        "production",
+        &["skills:invoke"],
+    );
+    let r = s.envoy.request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        &[("authorization", &bearer(&tok))],
+    );
     assert_eq!(r.status, 403);
-    assert_eq!(r.json()["reason"], "denied by the agent revoked-agent@clients layer: credentials revoked");
+    assert_eq!(
+        r.json()["reason"],
+        "denied by the agent revoked-agent@clients layer: credentials revoked"
+    );
 }
 
 /// Path tricks that could make the policy and the upstream disagree are
@@ -122,9 +204,20 @@ fn agent_layer_deny_wins() {
 #[test]
 fn ambiguous_paths_are_refused() {
     let s = Stack::start();
-    let tok = s.idp.agent_token("a@clients", "platform", "support", "production", &["skills:invoke"]);
-    for p in ["/mcp://hello-skill/../customer-lookup/x", "/hello-skill/%2e%2e/customer-lookup"] {
-        let r = s.envoy.request("POST", p, &[("authorization", &bearer(&tok))]);
+    let tok = s.idp.agent_token(
+        "a@clients",
+        "platform",
+        "support",
+        "production",
+        &["skills:invoke"],
+    );
+    for p in [
+        "/mcp://hello-skill/../customer-lookup/x",
+        "/hello-skill/%2e%2e/customer-lookup",
+    ] {
+        let r = s
+            .envoy
+            .request("POST", p, &[("authorization", &bearer(&tok))]);
         assert_eq!(r.status, 400, "{p}: {r:?}");
     }
     assert!(s.upstream.seen().is_empty());

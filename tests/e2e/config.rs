@@ -16,10 +16,14 @@ fn invalid_plugin_config_keeps_listener_down() {
     });
     let ready = e.wait_ready(Duration::from_secs(20));
     assert!(ready.is_err(), "Envoy became ready with a bad config");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", e.port)).is_err(), "listener is serving");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", e.port)).is_err(),
+        "listener is serving"
+    );
     let log = e.log();
     assert!(
-        log.contains("agentplane: refusing configuration") && log.contains("unknown field `payload_kye`"),
+        log.contains("agentplane: refusing configuration")
+            && log.contains("unknown field `payload_kye`"),
         "log does not explain the problem:\n{log}"
     );
 }

@@ -22,13 +22,22 @@ fn no_token_is_401_and_not_forwarded() {
 #[test]
 fn bad_tokens_are_rejected() {
     let s = Stack::start();
-    let expired = s.idp.mint(serde_json::json!({"sub": "a@clients", "permissions": ["skills:invoke"]}), -600);
+    let expired = s.idp.mint(
+        serde_json::json!({"sub": "a@clients", "permissions": ["skills:invoke"]}),
+        -600,
+    );
     let wrong_aud = s.idp.mint(
         serde_json::json!({"sub": "a@clients", "aud": "https://elsewhere.example/"}),
         3600,
     );
     let other_idp = agentplane_e2e::Idp::new();
-    let foreign = other_idp.agent_token("a@clients", "platform", "support", "production", &["skills:invoke"]);
+    let foreign = other_idp.agent_token(
+        "a@clients",
+        "platform",
+        "support",
+        "production",
+        &["skills:invoke"],
+    );
     // jwt_authn answers 401 for unverifiable tokens and 403 for a verified
     // token addressed to someone else.
     for (name, tok, status) in [
@@ -38,7 +47,11 @@ fn bad_tokens_are_rejected() {
         ("garbage", "not.a.jwt".to_string(), 401),
     ] {
         let auth = format!("Bearer {tok}");
-        let r = s.envoy.request("POST", "/mcp://hello-skill/greet", &[("authorization", &auth)]);
+        let r = s.envoy.request(
+            "POST",
+            "/mcp://hello-skill/greet",
+            &[("authorization", &auth)],
+        );
         assert_eq!(r.status, status, "{name}: {r:?}");
     }
     assert!(s.upstream.seen().is_empty());
@@ -74,7 +87,10 @@ fn spoofed_identity_headers_never_reach_upstream() {
     let seen = s.upstream.seen();
     assert_eq!(seen.len(), 1);
     let up = &seen[0];
-    assert_eq!(up.one("x-agent-id").as_deref(), Some("support-triage@clients"));
+    assert_eq!(
+        up.one("x-agent-id").as_deref(),
+        Some("support-triage@clients")
+    );
     assert_eq!(up.one("x-agent-team").as_deref(), Some("customer-success"));
     assert_eq!(up.one("x-agent-type").as_deref(), Some("support"));
     assert!(up.all("x-mcp-secret").is_empty());
@@ -82,7 +98,11 @@ fn spoofed_identity_headers_never_reach_upstream() {
     assert!(up.all("authorization").is_empty());
 
     // Also when the request is denied: nothing forged in the reply path.
-    let r = s.envoy.request("GET", "/mcp://model-registry/x", &[("authorization", &auth), ("x-agent-id", "ml-bot@clients")]);
+    let r = s.envoy.request(
+        "GET",
+        "/mcp://model-registry/x",
+        &[("authorization", &auth), ("x-agent-id", "ml-bot@clients")],
+    );
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(s.upstream.seen().len(), 1);
 }

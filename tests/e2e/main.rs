@@ -2,7 +2,12 @@
 //! JWKS, the release `agentplane.wasm`, tokens minted per test.
 //! Each module guards one area; each test names what it guards.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod authz;
 mod config;

@@ -7,7 +7,12 @@
 //! Nothing here skips: a missing Envoy binary or filter is a test failure
 //! that says how to build it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -26,7 +31,10 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else the repo-local venv's.
@@ -57,7 +65,11 @@ pub fn wasm_path() -> PathBuf {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Fills `${NAME}` placeholders. A placeholder alone on its line is replaced
@@ -104,7 +116,10 @@ impl Idp {
     /// Generates a fresh 2048-bit key.
     pub fn new() -> Idp {
         let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-        Idp { key, kid: "agentplane-test-1".into() }
+        Idp {
+            key,
+            kid: "agentplane-test-1".into(),
+        }
     }
 
     /// The JWKS document Envoy (and later Vault) verify against.
@@ -133,7 +148,14 @@ impl Idp {
     }
 
     /// A token for an agent with the seed's claim layout.
-    pub fn agent_token(&self, sub: &str, team: &str, agent_type: &str, env: &str, perms: &[&str]) -> String {
+    pub fn agent_token(
+        &self,
+        sub: &str,
+        team: &str,
+        agent_type: &str,
+        env: &str,
+        perms: &[&str],
+    ) -> String {
         self.mint(
             json!({
                 "sub": sub, "azp": sub, "gty": "client-credentials",
@@ -171,12 +193,20 @@ pub struct Seen {
 impl Seen {
     /// Every value of a header.
     pub fn all(&self, name: &str) -> Vec<String> {
-        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
     /// The single value of a header; fails if it appears more than once.
     pub fn one(&self, name: &str) -> Option<String> {
         let all = self.all(name);
-        assert!(all.len() <= 1, "{name} appears {} times: {all:?}", all.len());
+        assert!(
+            all.len() <= 1,
+            "{name} appears {} times: {all:?}",
+            all.len()
+        );
         all.into_iter().next()
     }
 }
@@ -262,7 +292,11 @@ fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let rec = Seen { method: method.clone(), path: path.clone(), headers: headers.clone() };
+        let rec = Seen {
+            method: method.clone(),
+            path: path.clone(),
+            headers: headers.clone(),
+        };
         seen.lock().unwrap().push(rec);
         let hdrs: Vec<Value> = headers.iter().map(|(k, v)| json!([k, v])).collect();
         let out = json!({"method": method, "path": path, "headers": hdrs}).to_string();
@@ -291,11 +325,15 @@ pub struct Response {
 impl Response {
     /// A header's first value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     /// The body as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", self.body))
     }
 }
 
@@ -314,7 +352,8 @@ pub fn try_http(
     body: &str,
 ) -> Result<Response, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -335,7 +374,11 @@ pub fn try_http(
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Ok(Response { status, headers, body: body.to_string() })
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }
 
 /// A running Envoy. Killed on drop; its log is printed if a test panicked.
@@ -375,11 +418,19 @@ pub fn render_envoy(setup: &EnvoySetup, with_filter: bool) -> RenderedEnvoy {
         vars.insert("WASM", wasm_path().display().to_string());
         vars.insert("PLUGIN_CONFIG", setup.plugin_config.clone());
     } else {
-        let start = template.find("          - name: envoy.filters.http.wasm").expect("wasm filter in template");
-        let end = template.find("          - name: envoy.filters.http.router").expect("router in template");
+        let start = template
+            .find("          - name: envoy.filters.http.wasm")
+            .expect("wasm filter in template");
+        let end = template
+            .find("          - name: envoy.filters.http.router")
+            .expect("router in template");
         template.replace_range(start..end, "");
     }
-    RenderedEnvoy { yaml: render(&template, &vars), port, admin_port }
+    RenderedEnvoy {
+        yaml: render(&template, &vars),
+        port,
+        admin_port,
+    }
 }
 
 /// Values for `envoy/envoy.yaml`'s placeholders.
@@ -400,7 +451,11 @@ impl Envoy {
 
     /// Starts Envoy with a rendered configuration (see [`render_envoy`]).
     pub fn spawn_yaml(rendered: &RenderedEnvoy) -> Envoy {
-        let dir = std::env::temp_dir().join(format!("agentplane-e2e-{}-{}", std::process::id(), rendered.port));
+        let dir = std::env::temp_dir().join(format!(
+            "agentplane-e2e-{}-{}",
+            std::process::id(),
+            rendered.port
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("envoy.yaml"), &rendered.yaml).unwrap();
         let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
@@ -412,14 +467,22 @@ impl Envoy {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        Envoy { child, admin_port: rendered.admin_port, port: rendered.port, dir }
+        Envoy {
+            child,
+            admin_port: rendered.admin_port,
+            port: rendered.port,
+            dir,
+        }
     }
 
     /// [`Envoy::spawn_yaml`], then waits for readiness (panics with the log).
     pub fn start_yaml(rendered: &RenderedEnvoy) -> Envoy {
         let mut e = Envoy::spawn_yaml(rendered);
         if let Err(why) = e.wait_ready(Duration::from_secs(60)) {
-            panic!("Envoy did not become ready: {why}\n--- envoy log ---\n{}", e.log());
+            panic!(
+                "Envoy did not become ready: {why}\n--- envoy log ---\n{}",
+                e.log()
+            );
         }
         e
     }
@@ -429,7 +492,10 @@ impl Envoy {
     pub fn start(setup: &EnvoySetup) -> Envoy {
         let mut e = Envoy::spawn(setup);
         if let Err(why) = e.wait_ready(Duration::from_secs(60)) {
-            panic!("Envoy did not become ready: {why}\n--- envoy log ---\n{}", e.log());
+            panic!(
+                "Envoy did not become ready: {why}\n--- envoy log ---\n{}",
+                e.log()
+            );
         }
         e
     }
@@ -441,8 +507,8 @@ impl Envoy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("Envoy exited with {status}"));
             }
-            let ready = try_http(self.admin_port, "GET", "/ready", &[], "")
-                .is_ok_and(|r| r.status == 200);
+            let ready =
+                try_http(self.admin_port, "GET", "/ready", &[], "").is_ok_and(|r| r.status == 200);
             if ready && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
             }
@@ -515,7 +581,11 @@ impl Stack {
             upstream_port: upstream.port,
             plugin_config: plugin_config.to_string(),
         });
-        Stack { idp, upstream, envoy }
+        Stack {
+            idp,
+            upstream,
+            envoy,
+        }
     }
 
     /// Starts everything with `envoy/agentplane.json`.

@@ -19,7 +19,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let entry = std::env::args().nth(1).unwrap_or_else(|| "data.mcp.authz".into());
+    let entry = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "data.mcp.authz".into());
     let policy = match Policy::embedded(&entry) {
         Ok(p) => p,
         Err(e) => {

@@ -102,7 +102,10 @@ fn optional_string(
 }
 
 /// Extracts the identity from a verified payload.
-pub fn identity(payload: Map<String, Value>, cfg: &IdentityConfig) -> Result<Identity, ClaimsError> {
+pub fn identity(
+    payload: Map<String, Value>,
+    cfg: &IdentityConfig,
+) -> Result<Identity, ClaimsError> {
     let id = optional_string(&payload, "sub")?
         .filter(|s| !s.is_empty())
         .ok_or(ClaimsError::MissingSubject)?;
@@ -155,11 +158,11 @@ pub fn identity(payload: Map<String, Value>, cfg: &IdentityConfig) -> Result<Ide
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use crate::host::MockHost;
     use serde_json::json;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn host_with(payload: Value) -> MockHost {
         let mut ns = Map::new();
@@ -192,7 +195,10 @@ mod tests {
         assert_eq!(id.agent_type.as_deref(), Some("support"));
         assert_eq!(id.team.as_deref(), Some("customer-success"));
         assert_eq!(id.environment.as_deref(), Some("production"));
-        assert_eq!(id.permissions, ["skills:invoke", "data:read", "tools:access"]);
+        assert_eq!(
+            id.permissions,
+            ["skills:invoke", "data:read", "tools:access"]
+        );
         assert_eq!(id.payload["exp"], json!(1746277200));
     }
 
@@ -234,10 +240,19 @@ mod tests {
             (json!({"sub": 5}), "\"sub\" must be a string"),
             (json!({"sub": ""}), "no subject"),
             (json!({}), "no subject"),
-            (json!({"sub": "a", "permissions": "skills:invoke"}), "array of strings"),
+            (
+                json!({"sub": "a", "permissions": "skills:invoke"}),
+                "array of strings",
+            ),
             (json!({"sub": "a", "permissions": [1]}), "array of strings"),
-            (json!({"sub": "a", "scope": ["x"]}), "\"scope\" must be a string"),
-            (json!({"sub": "a", "https://mcp.example.com/team": {"x": 1}}), "team"),
+            (
+                json!({"sub": "a", "scope": ["x"]}),
+                "\"scope\" must be a string",
+            ),
+            (
+                json!({"sub": "a", "https://mcp.example.com/team": {"x": 1}}),
+                "team",
+            ),
             (json!("just a string"), "not an object"),
         ];
         for (payload, want) in cases {
@@ -255,7 +270,10 @@ mod tests {
             Err(ClaimsError::Metadata(_))
         ));
         let huge = json!({"sub": "a", "blob": "x".repeat(20_000)});
-        assert!(matches!(ident(huge), Err(ClaimsError::Metadata(DecodeError::TooLarge { .. }))));
+        assert!(matches!(
+            ident(huge),
+            Err(ClaimsError::Metadata(DecodeError::TooLarge { .. }))
+        ));
         let mut deep = json!("leaf");
         for _ in 0..40 {
             deep = json!([deep]);

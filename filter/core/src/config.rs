@@ -239,7 +239,9 @@ fn default_actions() -> BTreeMap<String, BTreeMap<String, String>> {
         .map(|(t, m)| {
             (
                 t.to_string(),
-                m.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             )
         })
         .collect()
@@ -247,17 +249,15 @@ fn default_actions() -> BTreeMap<String, BTreeMap<String, String>> {
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_service_name(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~:@".contains(&b))
 }
 
@@ -267,7 +267,8 @@ fn is_rego_path(s: &str) -> bool {
         && s.len() > 5
         && parts.all(|p| {
             let mut c = p.chars();
-            c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+            c.next()
+                .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
                 && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
         })
 }
@@ -332,7 +333,10 @@ impl Config {
                 ));
             }
             if r.kind.is_empty() {
-                return Err(invalid(format!("resources.{name}.type"), "must not be empty"));
+                return Err(invalid(
+                    format!("resources.{name}.type"),
+                    "must not be empty",
+                ));
             }
         }
         let default_resource = default_res.unwrap_or_else(default_resource);
@@ -349,7 +353,10 @@ impl Config {
                     ));
                 }
                 if action.is_empty() {
-                    return Err(invalid(format!("actions.{kind}.{method}"), "must not be empty"));
+                    return Err(invalid(
+                        format!("actions.{kind}.{method}"),
+                        "must not be empty",
+                    ));
                 }
             }
         }
@@ -381,7 +388,9 @@ impl Config {
         {
             return Err(invalid(
                 "headers.input",
-                format!("{bad:?} carries credentials and never enters the input document; remove it"),
+                format!(
+                    "{bad:?} carries credentials and never enters the input document; remove it"
+                ),
             ));
         }
         for t in TRUSTED_HEADERS {
@@ -390,7 +399,10 @@ impl Config {
             }
         }
         if !(16..=8192).contains(&headers.max_value_bytes) {
-            return Err(invalid("headers.max_value_bytes", "must be between 16 and 8192"));
+            return Err(invalid(
+                "headers.max_value_bytes",
+                "must be between 16 and 8192",
+            ));
         }
 
         Ok(Config {
@@ -406,7 +418,9 @@ impl Config {
 
     /// The resource for a service: its registry entry or the default.
     pub fn resource(&self, service: &str) -> &ResourceConfig {
-        self.resources.get(service).unwrap_or(&self.default_resource)
+        self.resources
+            .get(service)
+            .unwrap_or(&self.default_resource)
     }
 
     /// The action for a resource and method, if the table defines one.
@@ -434,9 +448,9 @@ impl Config {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
+    use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use super::*;
 
     fn err(json: &str) -> String {
         match Config::from_json(json.as_bytes()) {
@@ -462,21 +476,63 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("{", "not valid"),
             (r#"{"bogus": 1}"#, "unknown field `bogus`"),
-            (r#"{"identity": {"payload_kye": "x"}}"#, "unknown field `payload_kye`"),
-            (r#"{"identity": {"payload_key": ""}}"#, "`identity.payload_key`"),
-            (r#"{"policy": {"entrypoint": "mcp.authz"}}"#, "not a Rego data path"),
-            (r#"{"policy": {"entrypoint": "data.mcp..x"}}"#, "not a Rego data path"),
-            (r#"{"routing": {"mcp_scheme": false, "first_segment": false}}"#, "at least one"),
-            (r#"{"resources": {"a/b": {"type": "skill"}}}"#, "`resources.a/b`"),
-            (r#"{"resources": {"a": {"kind": "skill"}}}"#, "unknown field `kind`"),
-            (r#"{"resources": {"a": {"type": ""}}}"#, "`resources.a.type`"),
-            (r#"{"headers": {"input": ["Authorization"]}}"#, "never enters the input"),
-            (r#"{"headers": {"input": ["cookie"]}}"#, "never enters the input"),
-            (r#"{"headers": {"strip": ["bad header"]}}"#, "is not a header name"),
-            (r#"{"headers": {"strip_prefixes": [""]}}"#, "`headers.strip_prefixes[0]`"),
-            (r#"{"headers": {"max_value_bytes": 1}}"#, "between 16 and 8192"),
+            (
+                r#"{"identity": {"payload_kye": "x"}}"#,
+                "unknown field `payload_kye`",
+            ),
+            (
+                r#"{"identity": {"payload_key": ""}}"#,
+                "`identity.payload_key`",
+            ),
+            (
+                r#"{"policy": {"entrypoint": "mcp.authz"}}"#,
+                "not a Rego data path",
+            ),
+            (
+                r#"{"policy": {"entrypoint": "data.mcp..x"}}"#,
+                "not a Rego data path",
+            ),
+            (
+                r#"{"routing": {"mcp_scheme": false, "first_segment": false}}"#,
+                "at least one",
+            ),
+            (
+                r#"{"resources": {"a/b": {"type": "skill"}}}"#,
+                "`resources.a/b`",
+            ),
+            (
+                r#"{"resources": {"a": {"kind": "skill"}}}"#,
+                "unknown field `kind`",
+            ),
+            (
+                r#"{"resources": {"a": {"type": ""}}}"#,
+                "`resources.a.type`",
+            ),
+            (
+                r#"{"headers": {"input": ["Authorization"]}}"#,
+                "never enters the input",
+            ),
+            (
+                r#"{"headers": {"input": ["cookie"]}}"#,
+                "never enters the input",
+            ),
+            (
+                r#"{"headers": {"strip": ["bad header"]}}"#,
+                "is not a header name",
+            ),
+            (
+                r#"{"headers": {"strip_prefixes": [""]}}"#,
+                "`headers.strip_prefixes[0]`",
+            ),
+            (
+                r#"{"headers": {"max_value_bytes": 1}}"#,
+                "between 16 and 8192",
+            ),
             (r#"{"identity": {"max_depth": 1000}}"#, "between 2 and 64"),
-            (r#"{"actions": {"data": {"bad method": "x"}}}"#, "HTTP methods"),
+            (
+                r#"{"actions": {"data": {"bad method": "x"}}}"#,
+                "HTTP methods",
+            ),
             (r#"{"policy": {"entrypoint": 5}}"#, "invalid type"),
         ];
         for (json, want) in cases {

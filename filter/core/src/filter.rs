@@ -116,7 +116,12 @@ impl Filter {
                     ("content-type", "application/json"),
                     (DECISION_ID_HEADER, id.as_str()),
                 ];
-                hdrs.extend(refusal.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                hdrs.extend(
+                    refusal
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
                 host.send_reply(refusal.status, &hdrs, body.as_bytes());
                 host.log(
                     LogLevel::Debug,
@@ -160,7 +165,8 @@ impl Filter {
                 _ => r#"Bearer realm="agentplane", error="invalid_token""#,
             };
             let mut r = Refusal::new(401, "unauthorized", e.to_string());
-            r.headers.push(("www-authenticate".into(), challenge.into()));
+            r.headers
+                .push(("www-authenticate".into(), challenge.into()));
             r
         };
         let payload =
@@ -219,7 +225,10 @@ impl Filter {
         } = verdict;
         for (k, v) in &extra {
             if k.is_empty() || k.starts_with(':') || check_value(v, max).is_err() {
-                host.log(LogLevel::Warn, &format!("agentplane: policy header {k:?} rejected"));
+                host.log(
+                    LogLevel::Warn,
+                    &format!("agentplane: policy header {k:?} rejected"),
+                );
                 return Err(Refusal::new(403, "forbidden", "policy_error"));
             }
         }
@@ -251,12 +260,12 @@ impl Filter {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use crate::host::MockHost;
     use crate::pbstruct;
     use serde_json::{json, Value};
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const NOON: u64 = 1_746_273_600_000_000_000;
     const EARLY: u64 = 1_746_252_000_000_000_000;
@@ -330,17 +339,24 @@ mod tests {
         assert_eq!(h.header_values("x-agent-type"), ["support"]);
         assert_eq!(h.header_values("x-request-id"), ["req-123"]);
         f.on_response_headers(&mut h, &d);
-        assert_eq!(h.response_headers, [(DECISION_ID_HEADER.to_string(), d.id.clone())]);
+        assert_eq!(
+            h.response_headers,
+            [(DECISION_ID_HEADER.to_string(), d.id.clone())]
+        );
     }
 
     #[test]
     fn no_identity_is_401_with_challenge() {
         let f = filter();
-        let mut h = request("POST", "/mcp://hello-skill/greet", None).with_header("x-agent-id", "forged");
+        let mut h =
+            request("POST", "/mcp://hello-skill/greet", None).with_header("x-agent-id", "forged");
         let (flow, d) = f.on_request_headers(&mut h);
         assert_eq!(flow, Flow::Replied);
         assert_eq!(h.reply.as_ref().unwrap().status, 401);
-        assert_eq!(reply_header(&h, "www-authenticate"), Some(r#"Bearer realm="agentplane""#));
+        assert_eq!(
+            reply_header(&h, "www-authenticate"),
+            Some(r#"Bearer realm="agentplane""#)
+        );
         assert_eq!(body(&h)["decision_id"], d.id);
         assert_eq!(reply_header(&h, DECISION_ID_HEADER), Some(d.id.as_str()));
         assert!(h.header_values("x-agent-id").is_empty());
@@ -349,11 +365,20 @@ mod tests {
     #[test]
     fn wrong_claim_types_are_401_invalid_token() {
         let f = filter();
-        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({"permissions": "all"}))));
+        let mut h = request(
+            "POST",
+            "/mcp://hello-skill/greet",
+            Some(claims(json!({"permissions": "all"}))),
+        );
         f.on_request_headers(&mut h);
         assert_eq!(h.reply.as_ref().unwrap().status, 401);
-        assert!(reply_header(&h, "www-authenticate").unwrap().contains("invalid_token"));
-        assert_eq!(body(&h)["reason"], "claim \"permissions\" must be an array of strings");
+        assert!(reply_header(&h, "www-authenticate")
+            .unwrap()
+            .contains("invalid_token"));
+        assert_eq!(
+            body(&h)["reason"],
+            "claim \"permissions\" must be an array of strings"
+        );
     }
 
     #[test]
@@ -371,7 +396,10 @@ mod tests {
             let (flow, _) = f.on_request_headers(&mut h);
             assert_eq!(flow, Flow::Replied);
             assert_eq!(h.reply.as_ref().unwrap().status, 403);
-            assert_eq!(body(&h)["reason"], format!("identity for {name} contains a control character"));
+            assert_eq!(
+                body(&h)["reason"],
+                format!("identity for {name} contains a control character")
+            );
         }
         let mut h = request(
             "POST",
@@ -379,7 +407,10 @@ mod tests {
             Some(claims(json!({"sub": "a".repeat(300)}))),
         );
         f.on_request_headers(&mut h);
-        assert_eq!(body(&h)["reason"], "identity for x-agent-id is 300 bytes, over 256");
+        assert_eq!(
+            body(&h)["reason"],
+            "identity for x-agent-id is 300 bytes, over 256"
+        );
     }
 
     #[test]
@@ -392,10 +423,19 @@ mod tests {
         );
         let (_, d) = f.on_request_headers(&mut h);
         assert_eq!(h.reply.as_ref().unwrap().status, 403);
-        assert_eq!(body(&h)["reason"], "missing permission skills:invoke for action invoke_skill");
-        assert_eq!(d.reason, "missing permission skills:invoke for action invoke_skill");
+        assert_eq!(
+            body(&h)["reason"],
+            "missing permission skills:invoke for action invoke_skill"
+        );
+        assert_eq!(
+            d.reason,
+            "missing permission skills:invoke for action invoke_skill"
+        );
         assert_eq!(d.agent.as_deref(), Some("support-triage@clients"));
-        assert!(h.header_values("x-agent-id").is_empty(), "nothing set on deny");
+        assert!(
+            h.header_values("x-agent-id").is_empty(),
+            "nothing set on deny"
+        );
     }
 
     #[test]
@@ -405,20 +445,29 @@ mod tests {
         f.on_request_headers(&mut h);
         assert_eq!(h.reply.as_ref().unwrap().status, 403);
         let reason = body(&h)["reason"].as_str().unwrap().to_string();
-        assert!(reason.contains("service nowhere is not registered"), "{reason}");
+        assert!(
+            reason.contains("service nowhere is not registered"),
+            "{reason}"
+        );
     }
 
     #[test]
     fn ambiguous_or_missing_path_is_400() {
         let f = filter();
-        let mut h = request("GET", "/mcp://hello-skill/../tickets", Some(claims(json!({}))));
+        let mut h = request(
+            "GET",
+            "/mcp://hello-skill/../tickets",
+            Some(claims(json!({}))),
+        );
         f.on_request_headers(&mut h);
         assert_eq!(h.reply.as_ref().unwrap().status, 400);
         let mut h = MockHost::new().with_property(
             &["metadata"],
             pbstruct::encode_metadata(&[(
                 "envoy.filters.http.jwt_authn",
-                json!({"jwt_payload": claims(json!({}))}).as_object().unwrap(),
+                json!({"jwt_payload": claims(json!({}))})
+                    .as_object()
+                    .unwrap(),
             )]),
         );
         f.on_request_headers(&mut h);
@@ -442,7 +491,10 @@ mod tests {
     fn policy_errors_fail_closed() {
         let config = Config::from_json(b"").unwrap();
         let policy = Policy::compile(
-            &[("p.rego", "package t\nallow := true if input.agent.id\nallow := false if input.agent.id\n")],
+            &[(
+                "p.rego",
+                "package t\nallow := true if input.agent.id\nallow := false if input.agent.id\n",
+            )],
             "{}",
             "data.t",
         )
@@ -453,12 +505,17 @@ mod tests {
         assert_eq!(flow, Flow::Replied);
         assert_eq!(h.reply.as_ref().unwrap().status, 403);
         assert_eq!(d.reason, "policy_error");
-        assert!(h.logs.borrow().iter().any(|(l, m)| *l == LogLevel::Warn && m.contains("policy")));
+        assert!(h
+            .logs
+            .borrow()
+            .iter()
+            .any(|(l, m)| *l == LogLevel::Warn && m.contains("policy")));
     }
 
     #[test]
     fn response_object_shapes_the_reply() {
-        let config = Config::from_json(br#"{"policy": {"entrypoint": "data.t.decision"}}"#).unwrap();
+        let config =
+            Config::from_json(br#"{"policy": {"entrypoint": "data.t.decision"}}"#).unwrap();
         let src = r#"package t
 decision := {"allowed": false, "status": 429, "reason": "slow down", "headers": {"retry-after": "5"}} if input.agent.team == "customer-success"
 decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.agent.team != "customer-success"
@@ -484,7 +541,10 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         let f = filter();
         let mut a = request("POST", "/mcp://hello-skill/x", None);
         let mut b = request("POST", "/mcp://hello-skill/x", None);
-        assert_ne!(f.on_request_headers(&mut a).1.id, f.on_request_headers(&mut b).1.id);
+        assert_ne!(
+            f.on_request_headers(&mut a).1.id,
+            f.on_request_headers(&mut b).1.id
+        );
     }
 
     #[test]

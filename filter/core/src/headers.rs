@@ -62,10 +62,10 @@ pub fn check_value(value: &str, max: usize) -> Result<(), HeaderValueError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use crate::host::MockHost;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn strips_any_case_and_prefix() {
@@ -87,7 +87,11 @@ mod tests {
         assert!(check_value("support", 16).is_ok());
         assert!(check_value("a\tb", 16).is_ok());
         for bad in ["a\r\nx-agent-id: root", "a\nb", "a\0b", "a\x7f"] {
-            assert_eq!(check_value(bad, 64), Err(HeaderValueError::ControlCharacter), "{bad:?}");
+            assert_eq!(
+                check_value(bad, 64),
+                Err(HeaderValueError::ControlCharacter),
+                "{bad:?}"
+            );
         }
         assert_eq!(
             check_value(&"x".repeat(17), 16),

@@ -138,7 +138,8 @@ impl Host for MockHost {
 
     fn set_response_header(&mut self, name: &str, value: &str) {
         self.response_headers.retain(|(k, _)| k != name);
-        self.response_headers.push((name.to_string(), value.to_string()));
+        self.response_headers
+            .push((name.to_string(), value.to_string()));
     }
 
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {

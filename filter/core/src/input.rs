@@ -67,8 +67,12 @@ pub fn parse_route<'a>(path: &'a str, config: &Config) -> Result<Route<'a>, Rout
         .unwrap_or_default();
     for seg in &segments {
         let lower = seg.to_ascii_lowercase();
-        if *seg == "." || *seg == ".." || lower.contains("%2f") || lower.contains("%5c")
-            || seg.contains('\\') || lower.contains("%2e")
+        if *seg == "."
+            || *seg == ".."
+            || lower.contains("%2f")
+            || lower.contains("%5c")
+            || seg.contains('\\')
+            || lower.contains("%2e")
         {
             return Err(RouteError::Ambiguous((*seg).to_string()));
         }
@@ -183,10 +187,10 @@ pub fn build<H: Host>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use crate::host::MockHost;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn cfg() -> Config {
         Config::from_json(
@@ -213,9 +217,15 @@ mod tests {
     fn routing_modes_are_honoured() {
         let only_mcp = Config::from_json(br#"{"routing": {"first_segment": false}}"#).unwrap();
         assert_eq!(parse_route("/svc/x", &only_mcp).unwrap().service, None);
-        assert_eq!(parse_route("/mcp://svc/x", &only_mcp).unwrap().service, Some("svc"));
+        assert_eq!(
+            parse_route("/mcp://svc/x", &only_mcp).unwrap().service,
+            Some("svc")
+        );
         let only_seg = Config::from_json(br#"{"routing": {"mcp_scheme": false}}"#).unwrap();
-        assert_eq!(parse_route("/mcp://svc/x", &only_seg).unwrap().service, Some("mcp:"));
+        assert_eq!(
+            parse_route("/mcp://svc/x", &only_seg).unwrap().service,
+            Some("mcp:")
+        );
     }
 
     #[test]
@@ -229,7 +239,10 @@ mod tests {
             "/svc/a\\b",
             "/mcp://../x",
         ] {
-            assert!(matches!(parse_route(p, &c), Err(RouteError::Ambiguous(_))), "{p}");
+            assert!(
+                matches!(parse_route(p, &c), Err(RouteError::Ambiguous(_))),
+                "{p}"
+            );
         }
         assert_eq!(parse_route("svc", &c), Err(RouteError::Malformed));
     }
@@ -237,7 +250,10 @@ mod tests {
     #[test]
     fn query_is_decoded_into_lists() {
         let q = parse_query("a=1&a=2&b=hello+world&c&d=%41%zz");
-        assert_eq!(Value::Object(q), json!({"a": ["1", "2"], "b": ["hello world"], "c": [""], "d": ["A%zz"]}));
+        assert_eq!(
+            Value::Object(q),
+            json!({"a": ["1", "2"], "b": ["hello world"], "c": [""], "d": ["A%zz"]})
+        );
     }
 
     #[test]
@@ -256,19 +272,40 @@ mod tests {
             payload: json!({"sub": "agent@clients"}).as_object().unwrap().clone(),
         };
         let route = parse_route("/mcp://sentiment-analysis/analyze", &c).unwrap();
-        let facts = RequestFacts { method: "POST", route: &route, host: "localhost", id: "rid", time_ns: 7 };
+        let facts = RequestFacts {
+            method: "POST",
+            route: &route,
+            host: "localhost",
+            id: "rid",
+            time_ns: 7,
+        };
         let doc = build(&h, &c, &ident, &facts);
         assert_eq!(doc["action"], "invoke_skill");
-        assert_eq!(doc["resource"], json!({"type": "skill", "id": "sentiment-analysis", "registered": true,
-            "metadata": {"team": "ml", "environment": "production"}}));
-        assert_eq!(doc["request"]["path"], json!(["sentiment-analysis", "analyze"]));
-        assert_eq!(doc["request"]["headers"], json!({"content-type": "application/json"}));
+        assert_eq!(
+            doc["resource"],
+            json!({"type": "skill", "id": "sentiment-analysis", "registered": true,
+            "metadata": {"team": "ml", "environment": "production"}})
+        );
+        assert_eq!(
+            doc["request"]["path"],
+            json!(["sentiment-analysis", "analyze"])
+        );
+        assert_eq!(
+            doc["request"]["headers"],
+            json!({"content-type": "application/json"})
+        );
         assert_eq!(doc["agent"]["environment"], Value::Null);
         let text = doc.to_string();
         assert!(!text.contains("secret-token") && !text.contains("session=1"));
 
         let route = parse_route("/nope/x", &c).unwrap();
-        let facts = RequestFacts { method: "GET", route: &route, host: "h", id: "r", time_ns: 7 };
+        let facts = RequestFacts {
+            method: "GET",
+            route: &route,
+            host: "h",
+            id: "r",
+            time_ns: 7,
+        };
         let doc = build(&h, &c, &ident, &facts);
         assert_eq!(doc["resource"]["metadata"]["team"], "unknown");
         assert_eq!(doc["resource"]["registered"], false);

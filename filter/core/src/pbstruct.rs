@@ -317,10 +317,10 @@ fn put_bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use serde_json::json;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const L: Limits = Limits {
         max_depth: 8,
@@ -357,12 +357,12 @@ mod tests {
         for cut in 1..b.len() {
             assert!(decode_struct(&b[..cut], L).is_err(), "cut at {cut}");
         }
+        assert_eq!(decode_struct(&[0x0b], L), Err(DecodeError::BadWireType(3)));
         assert_eq!(
-            decode_struct(&[0x0b], L),
-            Err(DecodeError::BadWireType(3))
-        );
-        assert_eq!(
-            decode_struct(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], L),
+            decode_struct(
+                &[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+                L
+            ),
             Err(DecodeError::VarintOverflow)
         );
     }
@@ -396,16 +396,28 @@ mod tests {
         assert!(matches!(decode_struct(&b, L), Err(DecodeError::TooDeep)));
         let big = json!({"k": "x".repeat(5000)});
         let b = encode_struct(big.as_object().unwrap());
-        assert!(matches!(decode_struct(&b, L), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            decode_struct(&b, L),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn metadata_namespaces() {
-        let jwt = json!({"jwt_payload": {"sub": "a"}}).as_object().unwrap().clone();
+        let jwt = json!({"jwt_payload": {"sub": "a"}})
+            .as_object()
+            .unwrap()
+            .clone();
         let other = json!({"x": 1}).as_object().unwrap().clone();
-        let md = encode_metadata(&[("other.filter", &other), ("envoy.filters.http.jwt_authn", &jwt)]);
+        let md = encode_metadata(&[
+            ("other.filter", &other),
+            ("envoy.filters.http.jwt_authn", &jwt),
+        ]);
         let got = decode_metadata_namespace(&md, "envoy.filters.http.jwt_authn", L).unwrap();
-        assert_eq!(got.map(Value::Object), Some(json!({"jwt_payload": {"sub": "a"}})));
+        assert_eq!(
+            got.map(Value::Object),
+            Some(json!({"jwt_payload": {"sub": "a"}}))
+        );
         assert_eq!(decode_metadata_namespace(&md, "missing", L).unwrap(), None);
         assert_eq!(decode_metadata_namespace(&[], "missing", L).unwrap(), None);
         assert!(decode_metadata_namespace(&md[..md.len() - 1], "x", L).is_err());
@@ -417,6 +429,9 @@ mod tests {
         let mut b = encode_struct(&m);
         // field 9, varint 5; field 10, fixed32
         b.extend_from_slice(&[0x48, 0x05, 0x55, 1, 2, 3, 4]);
-        assert_eq!(Value::Object(decode_struct(&b, L).unwrap()), json!({"k": 1}));
+        assert_eq!(
+            Value::Object(decode_struct(&b, L).unwrap()),
+            json!({"k": 1})
+        );
     }
 }

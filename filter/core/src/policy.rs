@@ -286,7 +286,10 @@ fn response_object(v: Value) -> Result<Verdict, PolicyError> {
             }
         }
         Some(other) => {
-            return Err(PolicyError::BadResult(format!("`headers` is {}", kind(other))))
+            return Err(PolicyError::BadResult(format!(
+                "`headers` is {}",
+                kind(other)
+            )))
         }
     }
     let reasons = match obj.get("reason") {
@@ -305,10 +308,10 @@ fn response_object(v: Value) -> Result<Verdict, PolicyError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
     use super::*;
     use serde_json::json;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn pol(src: &str, entry: &str) -> Result<Policy, PolicyError> {
         Policy::compile(&[("p.rego", src)], "{}", entry)
@@ -334,8 +337,15 @@ mod tests {
     fn boolean_and_string_denies() {
         let p = pol("package t\nallow := true\ndeny if input.x\n", "data.t").unwrap();
         let v = p.evaluate(&json!({"x": true})).unwrap();
-        assert_eq!((v.allowed, v.reasons), (false, vec!["denied by policy".to_string()]));
-        let p = pol("package t\nallow := true\ndeny := \"nope\" if input.x\n", "data.t").unwrap();
+        assert_eq!(
+            (v.allowed, v.reasons),
+            (false, vec!["denied by policy".to_string()])
+        );
+        let p = pol(
+            "package t\nallow := true\ndeny := \"nope\" if input.x\n",
+            "data.t",
+        )
+        .unwrap();
         assert_eq!(p.evaluate(&json!({"x": true})).unwrap().reasons, ["nope"]);
         assert!(p.evaluate(&json!({})).unwrap().allowed);
     }
@@ -343,15 +353,25 @@ mod tests {
     #[test]
     fn non_boolean_allow_is_an_error() {
         let p = pol("package t\nallow := \"yes\"\n", "data.t").unwrap();
-        assert!(matches!(p.evaluate(&json!({})), Err(PolicyError::BadResult(_))));
+        assert!(matches!(
+            p.evaluate(&json!({})),
+            Err(PolicyError::BadResult(_))
+        ));
         let p = pol("package t\nallow := true\ndeny := 5\n", "data.t").unwrap();
-        assert!(matches!(p.evaluate(&json!({})), Err(PolicyError::BadResult(_))));
+        assert!(matches!(
+            p.evaluate(&json!({})),
+            Err(PolicyError::BadResult(_))
+        ));
     }
 
     #[test]
     fn runtime_errors_deny() {
         // Conflicting complete-rule values are an evaluation error.
-        let p = pol("package t\nallow := true if input.a\nallow := false if input.b\n", "data.t").unwrap();
+        let p = pol(
+            "package t\nallow := true if input.a\nallow := false if input.b\n",
+            "data.t",
+        )
+        .unwrap();
         assert!(p.evaluate(&json!({"a": true, "b": true})).is_err());
     }
 
@@ -372,7 +392,10 @@ flag := input.f
         let p = pol(src, "data.t.flag").unwrap();
         assert!(p.evaluate(&json!({"f": true})).unwrap().allowed);
         assert!(!p.evaluate(&json!({})).unwrap().allowed);
-        assert!(matches!(p.evaluate(&json!({"f": 3})), Err(PolicyError::BadResult(_))));
+        assert!(matches!(
+            p.evaluate(&json!({"f": 3})),
+            Err(PolicyError::BadResult(_))
+        ));
     }
 
     #[test]
@@ -384,17 +407,33 @@ flag := input.f
             r#"{"allowed": false, "headers": {"a": 1}}"#,
         ] {
             let p = pol(&format!("package t\nd := {r}\n"), "data.t.d").unwrap();
-            assert!(matches!(p.evaluate(&json!({})), Err(PolicyError::BadResult(_))), "{r}");
+            assert!(
+                matches!(p.evaluate(&json!({})), Err(PolicyError::BadResult(_))),
+                "{r}"
+            );
         }
     }
 
     #[test]
     fn configuration_errors() {
-        assert!(matches!(pol("package t\nallow if {", "data.t"), Err(PolicyError::Compile(_))));
-        assert!(matches!(pol("package t\nx := 1\n", "data.t"), Err(PolicyError::Entrypoint(_))));
-        assert!(matches!(pol("package t\nallow := true\n", "data.nope.allow"), Err(PolicyError::Entrypoint(_))));
         assert!(matches!(
-            Policy::compile(&[("p.rego", "package t\nallow := true\n")], "{not json", "data.t"),
+            pol("package t\nallow if {", "data.t"),
+            Err(PolicyError::Compile(_))
+        ));
+        assert!(matches!(
+            pol("package t\nx := 1\n", "data.t"),
+            Err(PolicyError::Entrypoint(_))
+        ));
+        assert!(matches!(
+            pol("package t\nallow := true\n", "data.nope.allow"),
+            Err(PolicyError::Entrypoint(_))
+        ));
+        assert!(matches!(
+            Policy::compile(
+                &[("p.rego", "package t\nallow := true\n")],
+                "{not json",
+                "data.t"
+            ),
             Err(PolicyError::Compile(_))
         ));
     }

@@ -3,7 +3,12 @@
 //! `test_*` rule to be true. Also checks the policy "kata" in
 //! `policies/cases/*/{input,expected}.json` against the embedded bundle.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use agentplane_core::policy::Policy;
 use std::fs;
@@ -19,9 +24,15 @@ fn rego_unit_tests() {
     let mut engine = regorus::Engine::new();
     engine.set_rego_v0(false);
     let mut tests: Vec<String> = Vec::new();
-    let mut files: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    for path in files.iter().filter(|p| p.extension().is_some_and(|e| e == "rego")) {
+    for path in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rego"))
+    {
         let src = fs::read_to_string(path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         engine.add_policy(name.clone(), src.clone()).unwrap();
@@ -56,7 +67,11 @@ fn rego_unit_tests() {
         }
     }
     println!("{} Rego tests, {} failed", tests.len(), failed.len());
-    assert!(failed.is_empty(), "failing Rego tests:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "failing Rego tests:\n{}",
+        failed.join("\n")
+    );
 }
 
 #[test]
@@ -64,7 +79,10 @@ fn policy_cases() {
     let policy = Policy::embedded("data.mcp.authz").unwrap();
     let cases = policy_dir().join("cases");
     let mut n = 0;
-    let mut dirs: Vec<_> = fs::read_dir(&cases).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dirs: Vec<_> = fs::read_dir(&cases)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     dirs.sort();
     for case in dirs {
         let input: serde_json::Value =
