@@ -11,7 +11,13 @@
 use agentplane_e2e::Stack;
 
 /// Who calls, with which token, what, and any extra (spoofed) headers.
-type Call<'a> = (&'a str, Option<&'a str>, &'a str, &'a str, Vec<(&'a str, &'a str)>);
+type Call<'a> = (
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+);
 
 fn main() {
     let s = Stack::start();

@@ -59,8 +59,31 @@ pub struct Verdict {
 
 #[derive(Debug)]
 enum Mode {
-    Package { allow: String, deny: Option<String> },
+    /// Evaluates the generated `__agentplane_decision` rule, which reads
+    /// `allow` and `deny` in one evaluation so `deny` is computed once.
+    Package(String),
     Rule(String),
+}
+
+/// Name of the module agentplane adds to a package entrypoint.
+const ENTRY_MODULE: &str = "__agentplane_entry.rego";
+
+/// One rule that gathers `allow` (false when undefined) and `deny` (empty
+/// when undefined or not declared) so a single evaluation decides.
+fn entry_module(package: &str, has_deny: bool) -> String {
+    let deny = if has_deny {
+        "__agentplane_deny := deny\n"
+    } else {
+        ""
+    };
+    format!(
+        "package {package}\n\n\
+         default __agentplane_allow := false\n\
+         __agentplane_allow := allow\n\n\
+         default __agentplane_deny := []\n\
+         {deny}\n\
+         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny}}\n"
+    )
 }
 
 /// A compiled policy bundle with its entrypoint resolved.
@@ -119,10 +142,12 @@ impl Policy {
                     "package {entrypoint} declares no `allow` rule"
                 )));
             }
-            Mode::Package {
-                allow: format!("{entrypoint}.allow"),
-                deny: declared("deny")?.then(|| format!("{entrypoint}.deny")),
-            }
+            let package = entrypoint.strip_prefix("data.").unwrap_or(entrypoint);
+            let module = entry_module(package, declared("deny")?);
+            engine
+                .add_policy(ENTRY_MODULE.to_string(), module)
+                .map_err(|e| PolicyError::Compile(format!("{ENTRY_MODULE}: {e}")))?;
+            Mode::Package(format!("{entrypoint}.__agentplane_decision"))
         };
         let policy = Policy {
             engine: RefCell::new(engine),
@@ -132,7 +157,7 @@ impl Policy {
         // first request: a missing rule is an error here.
         let probe = regorus::Value::new_object();
         match &policy.mode {
-            Mode::Rule(r) | Mode::Package { allow: r, .. } => {
+            Mode::Rule(r) | Mode::Package(r) => {
                 policy
                     .eval_rule(r, probe.clone())
                     .map_err(|e| PolicyError::Entrypoint(format!("{r}: {e}")))?;
@@ -166,21 +191,27 @@ impl Policy {
         let input: regorus::Value = serde_json::from_value(input.clone())
             .map_err(|e| PolicyError::Eval(format!("input: {e}")))?;
         match &self.mode {
-            Mode::Package { allow, deny } => {
-                let allowed = match self.eval_rule(allow, input.clone())? {
-                    Value::Bool(b) => b,
-                    Value::Null => false,
+            Mode::Package(rule) => {
+                let mut decision = match self.eval_rule(rule, input)? {
+                    Value::Object(o) => o,
                     other => {
+                        return Err(PolicyError::BadResult(format!(
+                            "package decision is {}",
+                            kind(&other)
+                        )))
+                    }
+                };
+                let allowed = match decision.remove("allow") {
+                    Some(Value::Bool(b)) => b,
+                    Some(other) => {
                         return Err(PolicyError::BadResult(format!(
                             "`allow` is {}, not a boolean",
                             kind(&other)
                         )))
                     }
+                    None => false,
                 };
-                let reasons = match deny {
-                    Some(d) => deny_reasons(self.eval_rule(d, input)?)?,
-                    None => Vec::new(),
-                };
+                let reasons = deny_reasons(decision.remove("deny").unwrap_or(Value::Null))?;
                 Ok(Verdict {
                     allowed: allowed && reasons.is_empty(),
                     reasons,
