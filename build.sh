@@ -114,7 +114,7 @@ run_tests() {
   python3 tests/opa/differential.py "$TOOLS/opa" "$ROOT/target/debug/examples/eval"
   log "end-to-end tests (real Envoy $ENVOY_VERSION)"
   ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
-    cargo test -p agentplane-e2e -- --test-threads 2
+    cargo test -p agentplane-e2e --test e2e -- --test-threads 2
 }
 
 demo() {
