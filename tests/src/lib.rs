@@ -490,14 +490,7 @@ impl Envoy {
     /// Starts Envoy and waits until the admin says it is ready; panics with
     /// the log if it exits or does not get ready in 60 s.
     pub fn start(setup: &EnvoySetup) -> Envoy {
-        let mut e = Envoy::spawn(setup);
-        if let Err(why) = e.wait_ready(Duration::from_secs(60)) {
-            panic!(
-                "Envoy did not become ready: {why}\n--- envoy log ---\n{}",
-                e.log()
-            );
-        }
-        e
+        Envoy::start_yaml(&render_envoy(setup, true))
     }
 
     /// Polls `/ready` until it answers 200.
