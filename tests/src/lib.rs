@@ -37,30 +37,34 @@ pub fn repo_root() -> PathBuf {
         .unwrap()
 }
 
+/// A file the tests need: `$var` if set, else `default` under the repo.
+/// Missing is a failure that says how to get it, never a skip.
+fn artifact(var: &str, default: &str, what: &str, hint: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(default));
+    assert!(p.exists(), "{what} not found at {} ({hint})", p.display());
+    p
+}
+
 /// The Envoy binary: `$ENVOY_BIN`, else the repo-local venv's.
 pub fn envoy_bin() -> PathBuf {
-    let p = std::env::var_os("ENVOY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"));
-    assert!(
-        p.exists(),
-        "Envoy not found at {} (run ./build.sh test, which installs it)",
-        p.display()
-    );
-    p
+    artifact(
+        "ENVOY_BIN",
+        ".venv/bin/envoy",
+        "Envoy",
+        "run ./build.sh test, which installs it",
+    )
 }
 
 /// The filter: `$AGENTPLANE_WASM`, else the release build.
 pub fn wasm_path() -> PathBuf {
-    let p = std::env::var_os("AGENTPLANE_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/agentplane.wasm"));
-    assert!(
-        p.exists(),
-        "filter not found at {} (run ./build.sh build)",
-        p.display()
-    );
-    p
+    artifact(
+        "AGENTPLANE_WASM",
+        "target/wasm32-wasip1/release/agentplane.wasm",
+        "filter",
+        "run ./build.sh build",
+    )
 }
 
 /// A port that was free a moment ago.

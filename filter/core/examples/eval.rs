@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         }
     };
     let out: Vec<serde_json::Value> = inputs
-        .iter()
+        .into_iter()
         .map(|i| match policy.evaluate(i) {
             Ok(v) => serde_json::json!({"allow": v.allowed, "deny": v.reasons}),
             Err(e) => serde_json::json!({"error": e.to_string()}),

@@ -120,27 +120,18 @@ pub fn identity(
             permissions.push(p.to_string());
         }
     };
+    let not_string_array = || ClaimsError::WrongType {
+        claim: "permissions".into(),
+        expected: "an array of strings",
+    };
     match payload.get("permissions") {
         None | Some(Value::Null) => {}
         Some(Value::Array(items)) => {
             for item in items {
-                match item {
-                    Value::String(s) => add(s),
-                    _ => {
-                        return Err(ClaimsError::WrongType {
-                            claim: "permissions".into(),
-                            expected: "an array of strings",
-                        })
-                    }
-                }
+                add(item.as_str().ok_or_else(not_string_array)?);
             }
         }
-        Some(_) => {
-            return Err(ClaimsError::WrongType {
-                claim: "permissions".into(),
-                expected: "an array of strings",
-            })
-        }
+        Some(_) => return Err(not_string_array()),
     }
     if let Some(scope) = optional_string(&payload, "scope")? {
         scope.split_ascii_whitespace().for_each(&mut add);

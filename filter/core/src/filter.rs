@@ -213,7 +213,7 @@ impl Filter {
             time_ns: host.now_ns(),
         };
         let doc = input::build(host, &self.config, identity, &facts);
-        let verdict = self.policy.evaluate(&doc).map_err(|e| {
+        let verdict = self.policy.evaluate(doc).map_err(|e| {
             host.log(LogLevel::Warn, &format!("agentplane: {e}"));
             Refusal::new(403, "forbidden", "policy_error")
         })?;

@@ -186,10 +186,11 @@ impl Policy {
         serde_json::to_value(&v).map_err(|e| PolicyError::BadResult(e.to_string()))
     }
 
-    /// Evaluates the policy for one input document.
-    pub fn evaluate(&self, input: &Value) -> Result<Verdict, PolicyError> {
-        let input: regorus::Value = serde_json::from_value(input.clone())
-            .map_err(|e| PolicyError::Eval(format!("input: {e}")))?;
+    /// Evaluates the policy for one input document (consumed: the request
+    /// path builds it for this call only).
+    pub fn evaluate(&self, input: Value) -> Result<Verdict, PolicyError> {
+        let input: regorus::Value =
+            serde_json::from_value(input).map_err(|e| PolicyError::Eval(format!("input: {e}")))?;
         match &self.mode {
             Mode::Package(rule) => {
                 let mut decision = match self.eval_rule(rule, input)? {
@@ -355,11 +356,11 @@ mod tests {
             "data.t",
         )
         .unwrap();
-        assert!(p.evaluate(&json!({"ok": true})).unwrap().allowed);
-        let v = p.evaluate(&json!({"ok": true, "block": true})).unwrap();
+        assert!(p.evaluate(json!({"ok": true})).unwrap().allowed);
+        let v = p.evaluate(json!({"ok": true, "block": true})).unwrap();
         assert!(!v.allowed);
         assert_eq!(v.reasons, ["blocked"]);
-        let v = p.evaluate(&json!({})).unwrap();
+        let v = p.evaluate(json!({})).unwrap();
         assert!(!v.allowed);
         assert!(v.reasons.is_empty());
     }
@@ -367,7 +368,7 @@ mod tests {
     #[test]
     fn boolean_and_string_denies() {
         let p = pol("package t\nallow := true\ndeny if input.x\n", "data.t").unwrap();
-        let v = p.evaluate(&json!({"x": true})).unwrap();
+        let v = p.evaluate(json!({"x": true})).unwrap();
         assert_eq!(
             (v.allowed, v.reasons),
             (false, vec!["denied by policy".to_string()])
@@ -377,20 +378,20 @@ mod tests {
             "data.t",
         )
         .unwrap();
-        assert_eq!(p.evaluate(&json!({"x": true})).unwrap().reasons, ["nope"]);
-        assert!(p.evaluate(&json!({})).unwrap().allowed);
+        assert_eq!(p.evaluate(json!({"x": true})).unwrap().reasons, ["nope"]);
+        assert!(p.evaluate(json!({})).unwrap().allowed);
     }
 
     #[test]
     fn non_boolean_allow_is_an_error() {
         let p = pol("package t\nallow := \"yes\"\n", "data.t").unwrap();
         assert!(matches!(
-            p.evaluate(&json!({})),
+            p.evaluate(json!({})),
             Err(PolicyError::BadResult(_))
         ));
         let p = pol("package t\nallow := true\ndeny := 5\n", "data.t").unwrap();
         assert!(matches!(
-            p.evaluate(&json!({})),
+            p.evaluate(json!({})),
             Err(PolicyError::BadResult(_))
         ));
     }
@@ -403,7 +404,7 @@ mod tests {
             "data.t",
         )
         .unwrap();
-        assert!(p.evaluate(&json!({"a": true, "b": true})).is_err());
+        assert!(p.evaluate(json!({"a": true, "b": true})).is_err());
     }
 
     #[test]
@@ -414,17 +415,17 @@ decision := {"allowed": true} if not input.busy
 flag := input.f
 "#;
         let p = pol(src, "data.t.decision").unwrap();
-        let v = p.evaluate(&json!({"busy": true})).unwrap();
+        let v = p.evaluate(json!({"busy": true})).unwrap();
         assert_eq!(v.status, Some(429));
         assert_eq!(v.reasons, ["slow down"]);
         assert_eq!(v.headers, [("retry-after".to_string(), "5".to_string())]);
-        assert!(p.evaluate(&json!({})).unwrap().allowed);
+        assert!(p.evaluate(json!({})).unwrap().allowed);
 
         let p = pol(src, "data.t.flag").unwrap();
-        assert!(p.evaluate(&json!({"f": true})).unwrap().allowed);
-        assert!(!p.evaluate(&json!({})).unwrap().allowed);
+        assert!(p.evaluate(json!({"f": true})).unwrap().allowed);
+        assert!(!p.evaluate(json!({})).unwrap().allowed);
         assert!(matches!(
-            p.evaluate(&json!({"f": 3})),
+            p.evaluate(json!({"f": 3})),
             Err(PolicyError::BadResult(_))
         ));
     }
@@ -439,7 +440,7 @@ flag := input.f
         ] {
             let p = pol(&format!("package t\nd := {r}\n"), "data.t.d").unwrap();
             assert!(
-                matches!(p.evaluate(&json!({})), Err(PolicyError::BadResult(_))),
+                matches!(p.evaluate(json!({})), Err(PolicyError::BadResult(_))),
                 "{r}"
             );
         }

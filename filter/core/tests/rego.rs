@@ -89,7 +89,7 @@ fn policy_cases() {
             serde_json::from_str(&fs::read_to_string(case.join("input.json")).unwrap()).unwrap();
         let expected: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(case.join("expected.json")).unwrap()).unwrap();
-        let v = policy.evaluate(&input).unwrap();
+        let v = policy.evaluate(input).unwrap();
         let got = serde_json::json!({"allow": v.allowed, "deny": v.reasons});
         assert_eq!(got, expected, "case {}", case.display());
         n += 1;
