@@ -4,7 +4,7 @@
 # cost does not grow with the number of agents.
 package mcp.authz
 
-layers["global"] := data.global
+layers[name] := data.global if name := "global"
 
 layers[name] := data.teams[input.agent.team] if name := sprintf("team %v", [input.agent.team])
 

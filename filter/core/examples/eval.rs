@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     let entry = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "data.mcp.authz".into());
-    let policy = match Policy::embedded(&entry) {
+    let policy = match Policy::embedded(&entry, agentplane_core::policy::EngineChoice::Rvm) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("eval: {e}");
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     };
     let out: Vec<serde_json::Value> = inputs
         .into_iter()
-        .map(|i| match policy.evaluate(i) {
+        .map(|i| match policy.evaluate_json(&i) {
             Ok(v) => serde_json::json!({"allow": v.allowed, "deny": v.reasons}),
             Err(e) => serde_json::json!({"error": e.to_string()}),
         })

@@ -96,12 +96,15 @@ pub struct PolicyConfig {
     /// A package (`data.mcp.authz`: its `allow` and `deny` rules decide) or a
     /// rule whose value is a boolean or a response object.
     pub entrypoint: String,
+    /// `"rvm"` (default) or `"interpreter"`.
+    pub engine: crate::policy::EngineChoice,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             entrypoint: "data.mcp.authz".into(),
+            engine: crate::policy::EngineChoice::Rvm,
         }
     }
 }
@@ -534,6 +537,10 @@ mod tests {
                 "HTTP methods",
             ),
             (r#"{"policy": {"entrypoint": 5}}"#, "invalid type"),
+            (
+                r#"{"policy": {"engine": "wasm"}}"#,
+                "unknown variant `wasm`",
+            ),
         ];
         for (json, want) in cases {
             let e = err(json);

@@ -69,7 +69,7 @@ impl Filter {
     /// `seed` feeds the decision-id generator.
     pub fn new(config_json: &[u8], seed: u64) -> Result<Filter, ConfigError> {
         let config = Config::from_json(config_json)?;
-        let policy = Policy::embedded(&config.policy.entrypoint)
+        let policy = Policy::embedded(&config.policy.entrypoint, config.policy.engine)
             .map_err(|e| ConfigError::Policy(e.to_string()))?;
         Ok(Filter::with_policy(config, policy, seed))
     }
@@ -86,6 +86,11 @@ impl Filter {
     /// The validated configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The compiled policy (backend, fallback reason).
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// Handles the request headers. On [`Flow::Replied`] the reply has been
@@ -491,10 +496,8 @@ mod tests {
     fn policy_errors_fail_closed() {
         let config = Config::from_json(b"").unwrap();
         let policy = Policy::compile(
-            &[(
-                "p.rego",
-                "package t\nallow := true if input.agent.id\nallow := false if input.agent.id\n",
-            )],
+            // A non-boolean `allow` is an error on every engine.
+            &[("p.rego", "package t\nallow := input.agent.id\n")],
             "{}",
             "data.t",
         )

@@ -5,7 +5,9 @@
 use crate::claims::Identity;
 use crate::config::Config;
 use crate::host::Host;
-use serde_json::{json, Map, Value};
+use crate::value;
+use regorus::Value as Rego;
+use serde_json::{Map, Value};
 use std::fmt;
 
 /// A path the filter refuses to route.
@@ -137,51 +139,90 @@ pub struct RequestFacts<'a> {
     pub time_ns: u64,
 }
 
-/// Builds the input document.
+/// Builds the input document, directly as a regorus value (see
+/// [`crate::value`] for why).
 pub fn build<H: Host>(
     host: &H,
     config: &Config,
     identity: &Identity,
     facts: &RequestFacts<'_>,
-) -> Value {
-    let mut headers = Map::new();
-    for name in &config.headers.input {
-        if let Some(v) = host.request_header(name) {
-            headers.insert(name.clone(), Value::String(v));
-        }
-    }
+) -> Rego {
+    let headers = value::object(
+        config
+            .headers
+            .input
+            .iter()
+            .filter_map(|name| Some((name.as_str(), Rego::from(host.request_header(name)?)))),
+    );
     let service = facts.route.service.unwrap_or("");
     let resource = config.resource(service);
     let action = config
         .action_for(resource, facts.method)
-        .map_or(Value::Null, |a| Value::String(a.to_string()));
-    json!({
-        "jwt": {"valid": true, "payload": Value::Object(identity.payload.clone())},
-        "agent": {
-            "id": identity.id,
-            "type": identity.agent_type,
-            "team": identity.team,
-            "environment": identity.environment,
-            "permissions": identity.permissions,
-        },
-        "request": {
-            "id": facts.id,
-            "method": facts.method,
-            "host": facts.host,
-            "path": facts.route.segments,
-            "raw_path": facts.route.raw_path,
-            "query": parse_query(facts.route.query),
-            "headers": headers,
-            "time_ns": facts.time_ns,
-        },
-        "resource": {
-            "type": resource.kind,
-            "id": facts.route.service,
-            "registered": config.resources.contains_key(service),
-            "metadata": Value::Object(resource.metadata.clone()),
-        },
-        "action": action,
-    })
+        .map_or(Rego::Null, Rego::from);
+    let query = if facts.route.query.is_empty() {
+        Rego::new_object()
+    } else {
+        value::to_rego(&Value::Object(parse_query(facts.route.query)))
+    };
+    let payload = value::object(
+        identity
+            .payload
+            .iter()
+            .map(|(k, v)| (k.as_str(), value::to_rego(v))),
+    );
+    value::object([
+        (
+            "jwt",
+            value::object([("valid", Rego::from(true)), ("payload", payload)]),
+        ),
+        (
+            "agent",
+            value::object([
+                ("id", Rego::from(identity.id.as_str())),
+                ("type", value::opt_str(identity.agent_type.as_deref())),
+                ("team", value::opt_str(identity.team.as_deref())),
+                (
+                    "environment",
+                    value::opt_str(identity.environment.as_deref()),
+                ),
+                ("permissions", value::strings(&identity.permissions)),
+            ]),
+        ),
+        (
+            "request",
+            value::object([
+                ("id", Rego::from(facts.id)),
+                ("method", Rego::from(facts.method)),
+                ("host", Rego::from(facts.host)),
+                ("path", value::strings(&facts.route.segments)),
+                ("raw_path", Rego::from(facts.route.raw_path)),
+                ("query", query),
+                ("headers", headers),
+                ("time_ns", Rego::from(facts.time_ns)),
+            ]),
+        ),
+        (
+            "resource",
+            value::object([
+                ("type", Rego::from(resource.kind.as_str())),
+                ("id", value::opt_str(facts.route.service)),
+                (
+                    "registered",
+                    Rego::from(config.resources.contains_key(service)),
+                ),
+                (
+                    "metadata",
+                    value::object(
+                        resource
+                            .metadata
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), value::to_rego(v))),
+                    ),
+                ),
+            ]),
+        ),
+        ("action", action),
+    ])
 }
 
 #[cfg(test)]
@@ -189,6 +230,7 @@ pub fn build<H: Host>(
 mod tests {
     use super::*;
     use crate::host::MockHost;
+    use serde_json::json;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -279,7 +321,7 @@ mod tests {
             id: "rid",
             time_ns: 7,
         };
-        let doc = build(&h, &c, &ident, &facts);
+        let doc = crate::value::from_rego(&build(&h, &c, &ident, &facts));
         assert_eq!(doc["action"], "invoke_skill");
         assert_eq!(
             doc["resource"],
@@ -306,7 +348,7 @@ mod tests {
             id: "r",
             time_ns: 7,
         };
-        let doc = build(&h, &c, &ident, &facts);
+        let doc = crate::value::from_rego(&build(&h, &c, &ident, &facts));
         assert_eq!(doc["resource"]["metadata"]["team"], "unknown");
         assert_eq!(doc["resource"]["registered"], false);
         assert_eq!(doc["action"], Value::Null);

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod input;
 pub mod pbstruct;
 pub mod policy;
+pub mod value;
 
 pub use config::{Config, ConfigError};
 pub use filter::{Decision, Filter, Flow};

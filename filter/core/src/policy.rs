@@ -11,6 +11,8 @@
 //!
 //! Undefined, mistyped or erroring results deny.
 
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::RegoVM;
 use regorus::Engine;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -65,6 +67,47 @@ enum Mode {
     Rule(String),
 }
 
+impl Mode {
+    fn rule(&self) -> &str {
+        match self {
+            Mode::Package(r) | Mode::Rule(r) => r,
+        }
+    }
+}
+
+/// How the compiled bundle runs.
+enum Backend {
+    /// regorus' register VM: the entry rule compiled to bytecode once.
+    Rvm(RefCell<RegoVM>),
+    /// regorus' tree interpreter, for policies the RVM cannot compile yet.
+    Interpreter(RefCell<Engine>),
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Rvm(_) => "Rvm",
+            Backend::Interpreter(_) => "Interpreter",
+        })
+    }
+}
+
+/// Which regorus engine evaluates requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// The register VM (bytecode compiled once at configure time), falling
+    /// back to the interpreter for bundles it cannot compile. Like OPA
+    /// without strict builtin errors, builtin errors are undefined; unlike
+    /// OPA, a complete rule with conflicting values is undefined rather
+    /// than an error.
+    #[default]
+    Rvm,
+    /// The tree interpreter: conflicting complete-rule values are errors
+    /// (and deny), as in OPA. Slower.
+    Interpreter,
+}
+
 /// Name of the module agentplane adds to a package entrypoint.
 const ENTRY_MODULE: &str = "__agentplane_entry.rego";
 
@@ -89,17 +132,31 @@ fn entry_module(package: &str, has_deny: bool) -> String {
 /// A compiled policy bundle with its entrypoint resolved.
 #[derive(Debug)]
 pub struct Policy {
-    engine: RefCell<Engine>,
+    backend: Backend,
     mode: Mode,
+    /// Why the RVM was not used, when it was not.
+    rvm_fallback: Option<String>,
 }
 
 impl Policy {
-    /// Loads modules and data and resolves the entrypoint. All errors here
-    /// are configuration errors: the filter must not start.
+    /// [`Policy::compile_for`] with the RVM preferred.
     pub fn compile(
         modules: &[(&str, &str)],
         data_json: &str,
         entrypoint: &str,
+    ) -> Result<Policy, PolicyError> {
+        Policy::compile_for(modules, data_json, entrypoint, EngineChoice::Rvm)
+    }
+
+    /// Loads modules and data and resolves the entrypoint. All errors here
+    /// are configuration errors: the filter must not start. With
+    /// [`EngineChoice::Rvm`], a bundle the RVM cannot compile runs on the
+    /// interpreter and [`Policy::rvm_fallback`] says why.
+    pub fn compile_for(
+        modules: &[(&str, &str)],
+        data_json: &str,
+        entrypoint: &str,
+        choice: EngineChoice,
     ) -> Result<Policy, PolicyError> {
         let mut engine = Engine::new();
         engine.set_rego_v0(false);
@@ -149,48 +206,83 @@ impl Policy {
                 .map_err(|e| PolicyError::Compile(format!("{ENTRY_MODULE}: {e}")))?;
             Mode::Package(format!("{entrypoint}.__agentplane_decision"))
         };
-        let policy = Policy {
-            engine: RefCell::new(engine),
+        // Resolve the entry rule with the interpreter first: a missing rule is
+        // a configuration error, whichever backend runs requests.
+        let rule = mode.rule().to_string();
+        let mut interpreter = Policy {
+            backend: Backend::Interpreter(RefCell::new(engine.clone())),
             mode,
+            rvm_fallback: None,
         };
-        // Resolve rule paths and type-check the whole bundle now, not on the
-        // first request: a missing rule is an error here.
-        let probe = regorus::Value::new_object();
-        match &policy.mode {
-            Mode::Rule(r) | Mode::Package(r) => {
-                policy
-                    .eval_rule(r, probe.clone())
-                    .map_err(|e| PolicyError::Entrypoint(format!("{r}: {e}")))?;
+        interpreter
+            .eval_rule(&rule, regorus::Value::new_object())
+            .map_err(|e| PolicyError::Entrypoint(format!("{rule}: {e}")))?;
+        if choice == EngineChoice::Interpreter {
+            return Ok(interpreter);
+        }
+        match compile_rvm(&mut engine, &rule, data_json) {
+            Ok(vm) => Ok(Policy {
+                backend: Backend::Rvm(RefCell::new(vm)),
+                mode: interpreter.mode,
+                rvm_fallback: None,
+            }),
+            Err(why) => {
+                interpreter.rvm_fallback = Some(why);
+                Ok(interpreter)
             }
         }
-        Ok(policy)
+    }
+
+    /// Which backend evaluates requests: `"rvm"` or `"interpreter"`.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Rvm(_) => "rvm",
+            Backend::Interpreter(_) => "interpreter",
+        }
+    }
+
+    /// Why the RVM could not take this bundle, if it could not.
+    pub fn rvm_fallback(&self) -> Option<&str> {
+        self.rvm_fallback.as_deref()
     }
 
     /// Compiles the bundle embedded at build time.
-    pub fn embedded(entrypoint: &str) -> Result<Policy, PolicyError> {
-        Policy::compile(crate::bundle::MODULES, crate::bundle::DATA_JSON, entrypoint)
+    pub fn embedded(entrypoint: &str, choice: EngineChoice) -> Result<Policy, PolicyError> {
+        Policy::compile_for(
+            crate::bundle::MODULES,
+            crate::bundle::DATA_JSON,
+            entrypoint,
+            choice,
+        )
     }
 
     fn eval_rule(&self, rule: &str, input: regorus::Value) -> Result<Value, PolicyError> {
-        let mut engine = self
-            .engine
-            .try_borrow_mut()
-            .map_err(|_| PolicyError::Eval("re-entrant evaluation".into()))?;
-        engine.set_input(input);
-        let v = engine
-            .eval_rule(rule.to_string())
-            .map_err(|e| PolicyError::Eval(e.to_string()))?;
-        if v == regorus::Value::Undefined {
-            return Ok(Value::Null);
-        }
-        serde_json::to_value(&v).map_err(|e| PolicyError::BadResult(e.to_string()))
+        let reentrant = |_| PolicyError::Eval("re-entrant evaluation".into());
+        let v = match &self.backend {
+            Backend::Rvm(vm) => {
+                let mut vm = vm.try_borrow_mut().map_err(reentrant)?;
+                vm.set_input(input);
+                vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))?
+            }
+            Backend::Interpreter(engine) => {
+                let mut engine = engine.try_borrow_mut().map_err(reentrant)?;
+                engine.set_input(input);
+                engine
+                    .eval_rule(rule.to_string())
+                    .map_err(|e| PolicyError::Eval(e.to_string()))?
+            }
+        };
+        Ok(crate::value::from_rego(&v))
+    }
+
+    /// [`Policy::evaluate`] for a JSON input (tests, tools).
+    pub fn evaluate_json(&self, input: &Value) -> Result<Verdict, PolicyError> {
+        self.evaluate(crate::value::to_rego(input))
     }
 
     /// Evaluates the policy for one input document (consumed: the request
     /// path builds it for this call only).
-    pub fn evaluate(&self, input: Value) -> Result<Verdict, PolicyError> {
-        let input: regorus::Value =
-            serde_json::from_value(input).map_err(|e| PolicyError::Eval(format!("input: {e}")))?;
+    pub fn evaluate(&self, input: regorus::Value) -> Result<Verdict, PolicyError> {
         match &self.mode {
             Mode::Package(rule) => {
                 let mut decision = match self.eval_rule(rule, input)? {
@@ -222,6 +314,23 @@ impl Policy {
             Mode::Rule(r) => response_object(self.eval_rule(r, input)?),
         }
     }
+}
+
+/// Compiles the entry rule to RVM bytecode and loads program and data into
+/// a VM, checking that it answers the empty input like the interpreter.
+fn compile_rvm(engine: &mut Engine, rule: &str, data_json: &str) -> Result<RegoVM, String> {
+    let entry: regorus::Rc<str> = regorus::Rc::from(rule);
+    let compiled = engine
+        .compile_with_entrypoint(&entry)
+        .map_err(|e| e.to_string())?;
+    let program = Compiler::compile_from_policy(&compiled, &[rule]).map_err(|e| e.to_string())?;
+    let mut vm = RegoVM::new();
+    vm.load_program(program);
+    let data = regorus::Value::from_json_str(data_json).map_err(|e| e.to_string())?;
+    vm.set_data(data).map_err(|e| e.to_string())?;
+    vm.set_input(regorus::Value::new_object());
+    vm.execute().map_err(|e| e.to_string())?;
+    Ok(vm)
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -356,11 +465,13 @@ mod tests {
             "data.t",
         )
         .unwrap();
-        assert!(p.evaluate(json!({"ok": true})).unwrap().allowed);
-        let v = p.evaluate(json!({"ok": true, "block": true})).unwrap();
+        assert!(p.evaluate_json(&json!({"ok": true})).unwrap().allowed);
+        let v = p
+            .evaluate_json(&json!({"ok": true, "block": true}))
+            .unwrap();
         assert!(!v.allowed);
         assert_eq!(v.reasons, ["blocked"]);
-        let v = p.evaluate(json!({})).unwrap();
+        let v = p.evaluate_json(&json!({})).unwrap();
         assert!(!v.allowed);
         assert!(v.reasons.is_empty());
     }
@@ -368,7 +479,7 @@ mod tests {
     #[test]
     fn boolean_and_string_denies() {
         let p = pol("package t\nallow := true\ndeny if input.x\n", "data.t").unwrap();
-        let v = p.evaluate(json!({"x": true})).unwrap();
+        let v = p.evaluate_json(&json!({"x": true})).unwrap();
         assert_eq!(
             (v.allowed, v.reasons),
             (false, vec!["denied by policy".to_string()])
@@ -378,33 +489,47 @@ mod tests {
             "data.t",
         )
         .unwrap();
-        assert_eq!(p.evaluate(json!({"x": true})).unwrap().reasons, ["nope"]);
-        assert!(p.evaluate(json!({})).unwrap().allowed);
+        assert_eq!(
+            p.evaluate_json(&json!({"x": true})).unwrap().reasons,
+            ["nope"]
+        );
+        assert!(p.evaluate_json(&json!({})).unwrap().allowed);
     }
 
     #[test]
     fn non_boolean_allow_is_an_error() {
         let p = pol("package t\nallow := \"yes\"\n", "data.t").unwrap();
         assert!(matches!(
-            p.evaluate(json!({})),
+            p.evaluate_json(&json!({})),
             Err(PolicyError::BadResult(_))
         ));
         let p = pol("package t\nallow := true\ndeny := 5\n", "data.t").unwrap();
         assert!(matches!(
-            p.evaluate(json!({})),
+            p.evaluate_json(&json!({})),
             Err(PolicyError::BadResult(_))
         ));
     }
 
     #[test]
-    fn runtime_errors_deny() {
-        // Conflicting complete-rule values are an evaluation error.
-        let p = pol(
-            "package t\nallow := true if input.a\nallow := false if input.b\n",
-            "data.t",
-        )
-        .unwrap();
-        assert!(p.evaluate(json!({"a": true, "b": true})).is_err());
+    fn conflicting_values_deny_on_both_engines() {
+        let src = "package t\nallow := true if input.a\nallow := false if input.b\n";
+        let modules = [("p.rego", src)];
+        let both = json!({"a": true, "b": true});
+        // The interpreter reports OPA's "multiple outputs" error.
+        let p = Policy::compile_for(&modules, "{}", "data.t", EngineChoice::Interpreter).unwrap();
+        assert_eq!(p.backend(), "interpreter");
+        assert!(p.evaluate_json(&both).is_err());
+        // The RVM makes the rule undefined: still a deny.
+        let p = Policy::compile_for(&modules, "{}", "data.t", EngineChoice::Rvm).unwrap();
+        assert_eq!(p.backend(), "rvm");
+        assert!(!p.evaluate_json(&both).unwrap().allowed);
+        assert!(p.evaluate_json(&json!({"a": true})).unwrap().allowed);
+    }
+
+    #[test]
+    fn embedded_bundle_runs_on_the_rvm() {
+        let p = Policy::embedded("data.mcp.authz", EngineChoice::Rvm).unwrap();
+        assert_eq!(p.backend(), "rvm", "fell back: {:?}", p.rvm_fallback());
     }
 
     #[test]
@@ -415,17 +540,17 @@ decision := {"allowed": true} if not input.busy
 flag := input.f
 "#;
         let p = pol(src, "data.t.decision").unwrap();
-        let v = p.evaluate(json!({"busy": true})).unwrap();
+        let v = p.evaluate_json(&json!({"busy": true})).unwrap();
         assert_eq!(v.status, Some(429));
         assert_eq!(v.reasons, ["slow down"]);
         assert_eq!(v.headers, [("retry-after".to_string(), "5".to_string())]);
-        assert!(p.evaluate(json!({})).unwrap().allowed);
+        assert!(p.evaluate_json(&json!({})).unwrap().allowed);
 
         let p = pol(src, "data.t.flag").unwrap();
-        assert!(p.evaluate(json!({"f": true})).unwrap().allowed);
-        assert!(!p.evaluate(json!({})).unwrap().allowed);
+        assert!(p.evaluate_json(&json!({"f": true})).unwrap().allowed);
+        assert!(!p.evaluate_json(&json!({})).unwrap().allowed);
         assert!(matches!(
-            p.evaluate(json!({"f": 3})),
+            p.evaluate_json(&json!({"f": 3})),
             Err(PolicyError::BadResult(_))
         ));
     }
@@ -440,7 +565,7 @@ flag := input.f
         ] {
             let p = pol(&format!("package t\nd := {r}\n"), "data.t.d").unwrap();
             assert!(
-                matches!(p.evaluate(json!({})), Err(PolicyError::BadResult(_))),
+                matches!(p.evaluate_json(&json!({})), Err(PolicyError::BadResult(_))),
                 "{r}"
             );
         }
@@ -472,7 +597,7 @@ flag := input.f
 
     #[test]
     fn embedded_bundle_compiles() {
-        Policy::embedded("data.mcp.authz").unwrap();
+        Policy::embedded("data.mcp.authz", EngineChoice::Interpreter).unwrap();
         assert_eq!(crate::bundle::REVISION.len(), 16);
     }
 }

@@ -76,7 +76,8 @@ fn rego_unit_tests() {
 
 #[test]
 fn policy_cases() {
-    let policy = Policy::embedded("data.mcp.authz").unwrap();
+    let policy =
+        Policy::embedded("data.mcp.authz", agentplane_core::policy::EngineChoice::Rvm).unwrap();
     let cases = policy_dir().join("cases");
     let mut n = 0;
     let mut dirs: Vec<_> = fs::read_dir(&cases)
@@ -89,7 +90,7 @@ fn policy_cases() {
             serde_json::from_str(&fs::read_to_string(case.join("input.json")).unwrap()).unwrap();
         let expected: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(case.join("expected.json")).unwrap()).unwrap();
-        let v = policy.evaluate(input).unwrap();
+        let v = policy.evaluate_json(&input).unwrap();
         let got = serde_json::json!({"allow": v.allowed, "deny": v.reasons});
         assert_eq!(got, expected, "case {}", case.display());
         n += 1;

@@ -39,11 +39,18 @@ impl RootContext for Root {
                 EnvoyHost.log(
                     LogLevel::Info,
                     &format!(
-                        "agentplane {VERSION} configured: policy revision {}, entrypoint {}",
+                        "agentplane {VERSION} configured: policy revision {}, entrypoint {}, engine {}",
                         agentplane_core::bundle::REVISION,
-                        filter.config().policy.entrypoint
+                        filter.config().policy.entrypoint,
+                        filter.policy().backend(),
                     ),
                 );
+                if let Some(why) = filter.policy().rvm_fallback() {
+                    EnvoyHost.log(
+                        LogLevel::Warn,
+                        &format!("agentplane: policy runs on the interpreter; the RVM cannot compile it: {why}"),
+                    );
+                }
                 self.filter = Some(Rc::new(filter));
                 true
             }

@@ -1,0 +1,96 @@
+//! Micro-benchmarks of the request path, natively: claims decode, input
+//! build, policy evaluation, whole decision through `MockHost`.
+//! `cargo bench -p agentplane-core --bench core`.
+
+use agentplane_core::claims;
+use agentplane_core::config::IdentityConfig;
+use agentplane_core::input::{self, RequestFacts};
+use agentplane_core::pbstruct;
+use agentplane_core::policy::{EngineChoice, Policy};
+use agentplane_core::{Filter, MockHost};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use serde_json::json;
+
+const CONFIG: &str = include_str!("../../../envoy/agentplane.json");
+
+fn payload() -> serde_json::Value {
+    json!({
+        "iss": "https://idp.agentplane.test/", "aud": "https://mcp.example.com/",
+        "sub": "support-triage@clients", "azp": "support-triage@clients",
+        "gty": "client-credentials", "iat": 1746270000, "exp": 1746277200,
+        "permissions": ["skills:invoke", "data:read"],
+        "https://mcp.example.com/agent_type": "support",
+        "https://mcp.example.com/team": "customer-success",
+        "https://mcp.example.com/environment": "production",
+    })
+}
+
+fn host() -> MockHost {
+    let ns = json!({ "jwt_payload": payload() });
+    MockHost::new()
+        .with_header(":method", "POST")
+        .with_header(":path", "/mcp://sentiment-analysis/analyze")
+        .with_header(":authority", "localhost:15000")
+        .with_header("content-type", "application/json")
+        .with_property(&["request", "id"], "d6a6db44-a797-4c31-8540-aa62826572a4")
+        .with_property(
+            &["metadata"],
+            pbstruct::encode_metadata(&[(
+                "envoy.filters.http.jwt_authn",
+                ns.as_object().unwrap_or(&serde_json::Map::new()),
+            )]),
+        )
+}
+
+fn benches(c: &mut Criterion) {
+    let h = host();
+    let id_cfg = IdentityConfig::default();
+    c.bench_function("claims_decode", |b| {
+        b.iter(|| {
+            let p = claims::trust_jwt_authn_payload(black_box(&h), &id_cfg).ok();
+            p.and_then(|p| claims::identity(p, &id_cfg).ok())
+        })
+    });
+
+    let filter = Filter::new(CONFIG.as_bytes(), 1).ok();
+    let Some(filter) = filter else { return };
+    let config = filter.config().clone();
+    let p = claims::trust_jwt_authn_payload(&h, &id_cfg).ok();
+    let Some(ident) = p.and_then(|p| claims::identity(p, &id_cfg).ok()) else {
+        return;
+    };
+    let route = input::parse_route("/mcp://sentiment-analysis/analyze", &config).ok();
+    let Some(route) = route else { return };
+    let facts = RequestFacts {
+        method: "POST",
+        route: &route,
+        host: "localhost:15000",
+        id: "d6a6db44-a797-4c31-8540-aa62826572a4",
+        time_ns: h.now_ns,
+    };
+    c.bench_function("input_build", |b| {
+        b.iter(|| input::build(black_box(&h), &config, &ident, &facts))
+    });
+
+    let doc = input::build(&h, &config, &ident, &facts);
+    for (name, choice) in [
+        ("policy_eval_rvm", EngineChoice::Rvm),
+        ("policy_eval_interpreter", EngineChoice::Interpreter),
+    ] {
+        let Ok(policy) = Policy::embedded("data.mcp.authz", choice) else {
+            return;
+        };
+        c.bench_function(name, |b| b.iter(|| policy.evaluate(black_box(doc.clone()))));
+    }
+
+    c.bench_function("whole_decision", |b| {
+        b.iter_batched(
+            host,
+            |mut h| filter.on_request_headers(&mut h),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(core, benches);
+criterion_main!(core);
