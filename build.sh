@@ -112,6 +112,10 @@ run_tests() {
   log "differential test against the real OPA engine"
   cargo build -q -p agentplane-core --example eval
   python3 tests/opa/differential.py "$TOOLS/opa" "$ROOT/target/debug/examples/eval"
+  log "benchmark smoke run (1 s per arm: proves ./build.sh bench still works, measures nothing)"
+  ensure_wrk
+  cargo build -q --release -p agentplane-e2e --bin agentplane-bench
+  ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" "$ROOT/target/release/agentplane-bench" 1 1
   log "end-to-end tests (real Envoy $ENVOY_VERSION)"
   ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
     cargo test -p agentplane-e2e --test e2e -- --test-threads 2
