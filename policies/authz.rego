@@ -8,13 +8,25 @@
 # rules (any of which used to grant access on its own); the action comes from
 # input.action, not a path index; off-hours really denies; HTTP methods, not
 # CRUD words; a clock (input.request.time_ns) that tests can fix.
+#
+# Cost: the reasons live in `reasons` (one rule body per reason). `deny`
+# evaluates them only when `fast_ok`, one body, cannot prove that none holds.
+# `fast_ok` must imply that `reasons` is empty (the OPA differential test
+# checks this on its whole corpus); it may be stricter, which only costs time.
 package mcp.authz
 
 cfg := data.mcp.config
 
 default allow := false
 
+# On the fast path `fast_ok` already holds every positive check below.
 allow if {
+	fast_ok
+	count(deny) == 0
+}
+
+allow if {
+	not fast_ok
 	count(deny) == 0
 	token_valid
 	token_not_expired
@@ -32,57 +44,91 @@ token_not_expired if {
 	input.request.time_ns < exp * 1000000000
 }
 
-permissions contains p if some p in input.agent.permissions
-
 required_permission := cfg.action_permissions[input.action]
 
-has_permission_for_action if required_permission in permissions
+has_permission_for_action if required_permission in input.agent.permissions
+
+default deny := set()
+
+deny := reasons if not fast_ok
+
+# Every requirement at once; each line negates one or more `reasons`.
+fast_ok if {
+	input.jwt.valid == true
+	is_number(exp)
+	input.request.time_ns < exp * 1000000000
+	is_string(input.action)
+	cfg.action_permissions[input.action] in input.agent.permissions
+	every needed in object.get(cfg.service_permissions, input.resource.id, []) {
+		needed in input.agent.permissions
+	}
+	input.resource.registered == true
+	environment_ok
+	team_ok
+	not high_risk_off_hours
+	layers_clear
+}
+
+environment_ok if input.agent.environment == "production"
+
+environment_ok if not input.resource.metadata.environment == "production"
+
+team_ok if input.resource.metadata.team == input.agent.team
+
+team_ok if input.resource.metadata.team in cfg.shared_teams
+
+team_ok if input.resource.metadata.shared == true
+
+high_risk_off_hours if {
+	input.request.method in cfg.high_risk_methods
+	off_hours
+}
 
 # --- token -------------------------------------------------------------
 
-deny contains "token is not valid" if not token_valid
+reasons contains "token is not valid" if not token_valid
 
-deny contains "token has no numeric exp claim" if not is_number(exp)
+reasons contains "token has no numeric exp claim" if not is_number(exp)
 
-deny contains "token has expired" if {
+reasons contains "token has expired" if {
 	is_number(exp)
 	not token_not_expired
 }
 
 # --- action and permissions ----------------------------------------------
 
-deny contains msg if {
+reasons contains msg if {
 	not is_string(input.action)
 	msg := sprintf("no action is defined for resource type %v", [input.resource.type])
 }
 
-deny contains msg if {
+reasons contains msg if {
 	is_string(input.action)
 	not cfg.action_permissions[input.action]
 	msg := sprintf("action %v requires a permission the policy does not know", [input.action])
 }
 
-deny contains msg if {
-	not required_permission in permissions
+reasons contains msg if {
+	not required_permission in input.agent.permissions
 	msg := sprintf("missing permission %v for action %v", [required_permission, input.action])
 }
 
 # Some services demand extra permissions on top of the action's.
-deny contains msg if {
+reasons contains msg if {
 	some needed in cfg.service_permissions[input.resource.id]
-	not needed in permissions
+	not needed in input.agent.permissions
 	msg := sprintf("service %v requires permission %v", [input.resource.id, needed])
 }
 
 # --- resource ------------------------------------------------------------
 
-deny contains msg if {
+reasons contains msg if {
 	input.resource.registered == false
 	msg := sprintf("service %v is not registered", [input.resource.id])
 }
 
 # Only production agents reach production resources.
-deny contains msg if {
+reasons contains msg if {
 	input.resource.metadata.environment == "production"
 	input.agent.environment != "production"
 	msg := sprintf("production resource %v requires a production agent, not %v", [input.resource.id, input.agent.environment])
@@ -90,7 +136,7 @@ deny contains msg if {
 
 # Teams reach their own resources, resources of shared teams, and resources
 # marked shared.
-deny contains msg if {
+reasons contains msg if {
 	owner := input.resource.metadata.team
 	owner != input.agent.team
 	not owner in cfg.shared_teams
@@ -106,8 +152,7 @@ off_hours if hour_utc < cfg.business_hours.start_hour_utc
 
 off_hours if hour_utc >= cfg.business_hours.end_hour_utc
 
-deny contains msg if {
-	input.request.method in cfg.high_risk_methods
-	off_hours
+reasons contains msg if {
+	high_risk_off_hours
 	msg := sprintf("%v is not permitted outside business hours (%v:00-%v:00 UTC)", [input.request.method, cfg.business_hours.start_hour_utc, cfg.business_hours.end_hour_utc])
 }

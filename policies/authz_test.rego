@@ -170,3 +170,15 @@ test_deny_token_with_absent_exp if {
 	not authz.allow with input as inp
 	authz.deny["token has no numeric exp claim"] with input as inp
 }
+
+# The fast path is taken for an ordinary allowed call and skipped when
+# anything is wrong (the reasons are then computed one by one).
+test_fast_path_for_ordinary_allow if {
+	authz.fast_ok with input as ok
+}
+
+test_no_fast_path_when_denied if {
+	inp := req(support_agent, skill, "write_data", "POST", noon)
+	not authz.fast_ok with input as inp
+	authz.deny == authz.reasons with input as inp
+}

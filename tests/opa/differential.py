@@ -6,6 +6,8 @@ OPA engine, on the same modules, data and inputs.
 2. Every case in policies/cases/ must give the expected decision under OPA.
 3. A generated corpus (agents x resources x actions x methods x clocks x
    token states) must give identical `allow` and `deny` under both engines.
+4. Soundness of the policy's fast path: wherever OPA finds `fast_ok` true,
+   `reasons` must be empty (`deny` skips the reasons when `fast_ok` holds).
 
 Usage: differential.py <opa_bindings dir> <agentplane eval binary>
 Prints 'N passed, M failed' and exits non-zero on any difference.
@@ -61,6 +63,13 @@ def corpus():
          "metadata": {"team": "ml", "environment": "staging"}},
         {"type": "unknown", "id": "mystery", "registered": False,
          "metadata": {"team": "unknown", "environment": "unknown"}},
+        # Edge cases for the fast path: absent, null or false metadata.
+        {"type": "skill", "id": "no-metadata", "registered": True, "metadata": {}},
+        {"type": "skill", "id": "null-team", "registered": True,
+         "metadata": {"team": None, "environment": None, "shared": False}},
+        {"type": "tool", "id": "false-team", "registered": True,
+         "metadata": {"team": False, "environment": "production"}},
+        {"type": "data", "id": "unflagged", "metadata": {"team": "customer-success"}},
     ]
     actions = {"skill": ["invoke_skill"], "tool": ["access_tool"],
                "data": ["read_data", "write_data"], "unknown": [None]}
@@ -135,7 +144,17 @@ def main():
             failed += 1
             if failed < 20:
                 print(f"DIFF input={json.dumps(inp)}\n  regorus={mine}\n  opa    ={theirs}")
-    print(f"differential: {len(tests)} Rego tests, {len(inputs)} corpus inputs ({allowed} allowed)")
+    fast = 0
+    for inp in inputs:
+        rs = eng.eval_query("f := data.mcp.authz.fast_ok; r := data.mcp.authz.reasons", inp)
+        if rs and rs[0]["f"] is True:
+            fast += 1
+            if rs[0]["r"]:
+                failed += 1
+                print(f"UNSOUND fast_ok with reasons {rs[0]['r']}: {json.dumps(inp)}")
+            else:
+                passed += 1
+    print(f"differential: {len(tests)} Rego tests, {len(inputs)} corpus inputs ({allowed} allowed, {fast} on the fast path)")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
