@@ -3,6 +3,9 @@
 //! request, arms interleaved, median of the repetitions.
 //!
 //! Usage: agentplane-bench [seconds per run (default 10)] [repetitions (default 3)]
+//!
+//! `AGENTPLANE_BENCH_EXTRA="name=/path/a.wasm,other=/path/b.wasm"` adds arms
+//! running other builds of the filter, measured in the same interleaved run.
 
 #![allow(
     clippy::unwrap_used,
@@ -57,15 +60,32 @@ fn main() {
         upstream_port: up.port,
         plugin_config: default_plugin_config(),
     };
-    let arms: Vec<(&str, bool)> =
-        vec![("S2 jwt_authn", false), ("S4 jwt_authn + agentplane", true)];
+    let mut arms: Vec<(String, Option<String>)> = vec![
+        ("S2 jwt_authn".into(), None),
+        (
+            "S4 jwt_authn + agentplane".into(),
+            Some(agentplane_e2e::wasm_path().display().to_string()),
+        ),
+    ];
+    for extra in std::env::var("AGENTPLANE_BENCH_EXTRA")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((name, path)) = extra.split_once('=') {
+            arms.push((format!("S4 {name}"), Some(path.to_string())));
+        }
+    }
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     for rep in 0..reps {
-        for (i, (name, with_filter)) in arms.iter().enumerate() {
-            let envoy = if *with_filter {
-                Envoy::start(&setup)
-            } else {
-                Envoy::start_yaml(&render_envoy(&setup, false))
+        for (i, (name, wasm)) in arms.iter().enumerate() {
+            let envoy = match wasm {
+                Some(path) => {
+                    let mut r = render_envoy(&setup, true);
+                    let default = agentplane_e2e::wasm_path().display().to_string();
+                    r.yaml = r.yaml.replace(&default, path);
+                    Envoy::start_yaml(&r)
+                }
+                None => Envoy::start_yaml(&render_envoy(&setup, false)),
             };
             wrk(envoy.port, &token, 1); // warm-up
             let rps = wrk(envoy.port, &token, secs);
@@ -82,8 +102,11 @@ fn main() {
         let hi = results[i].iter().cloned().fold(0.0, f64::max);
         println!("| {name} | {m:.0} | {lo:.0}-{hi:.0} | {:.2} |", m / base);
     }
-    let added_us = (1.0 / median(results[1].clone()) - 1.0 / base) * 1e6;
-    println!("\nagentplane adds {added_us:.1} µs per request over jwt_authn (1 worker, wrk -t1 -c16, {secs}s runs)");
+    println!();
+    for (i, (name, _)) in arms.iter().enumerate().skip(1) {
+        let added_us = (1.0 / median(results[i].clone()) - 1.0 / base) * 1e6;
+        println!("{name} adds {added_us:.1} µs per request over jwt_authn (1 worker, wrk -t1 -c16, {secs}s runs)");
+    }
     let wasm = agentplane_e2e::wasm_path();
     println!(
         "agentplane.wasm: {} bytes",

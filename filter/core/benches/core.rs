@@ -68,11 +68,13 @@ fn benches(c: &mut Criterion) {
         id: "d6a6db44-a797-4c31-8540-aa62826572a4",
         time_ns: h.now_ns,
     };
+    let mut h2 = host();
+    let headers = agentplane_core::headers::strip_untrusted(&mut h2, &config);
     c.bench_function("input_build", |b| {
-        b.iter(|| input::build(black_box(&h), &config, &ident, &facts))
+        b.iter(|| input::build(black_box(&headers), &config, &ident, &facts))
     });
 
-    let doc = input::build(&h, &config, &ident, &facts);
+    let doc = input::build(&headers, &config, &ident, &facts);
     for (name, choice) in [
         ("policy_eval_rvm", EngineChoice::Rvm),
         ("policy_eval_interpreter", EngineChoice::Interpreter),

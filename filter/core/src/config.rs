@@ -220,6 +220,9 @@ pub struct Config {
     pub actions: BTreeMap<String, BTreeMap<String, String>>,
     /// Header handling, names lower-cased.
     pub headers: HeadersConfig,
+    /// `input.resource` for each registered service, built once here
+    /// rather than on every request.
+    resource_docs: BTreeMap<String, regorus::Value>,
 }
 
 /// The seed's actions: skills are invoked, tools accessed, data read or written.
@@ -274,6 +277,23 @@ fn is_rego_path(s: &str) -> bool {
                 .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
                 && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
         })
+}
+
+fn resource_doc(r: &ResourceConfig, id: Option<&str>, registered: bool) -> regorus::Value {
+    use crate::value;
+    value::object([
+        ("type", regorus::Value::from(r.kind.as_str())),
+        ("id", value::opt_str(id)),
+        ("registered", regorus::Value::from(registered)),
+        (
+            "metadata",
+            value::object(
+                r.metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), value::to_rego(v))),
+            ),
+        ),
+    ])
 }
 
 impl Config {
@@ -408,6 +428,10 @@ impl Config {
             ));
         }
 
+        let resource_docs = resources
+            .iter()
+            .map(|(name, r)| (name.clone(), resource_doc(r, Some(name), true)))
+            .collect();
         Ok(Config {
             identity,
             policy,
@@ -416,7 +440,16 @@ impl Config {
             default_resource,
             actions,
             headers,
+            resource_docs,
         })
+    }
+
+    /// `input.resource` for a service (or for a path that names none).
+    pub fn resource_doc(&self, service: Option<&str>) -> regorus::Value {
+        match service.and_then(|s| self.resource_docs.get(s)) {
+            Some(doc) => doc.clone(),
+            None => resource_doc(&self.default_resource, service, false),
+        }
     }
 
     /// The resource for a service: its registry entry or the default.

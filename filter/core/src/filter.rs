@@ -4,7 +4,7 @@
 
 use crate::claims::{self, ClaimsError, Identity};
 use crate::config::{Config, ConfigError};
-use crate::headers::{self, check_value};
+use crate::headers::{self, check_value, RequestHeaders};
 use crate::host::{Host, LogLevel};
 use crate::ids::DecisionIds;
 use crate::input::{self, RequestFacts};
@@ -97,9 +97,9 @@ impl Filter {
     /// sent through the host and nothing may be forwarded.
     pub fn on_request_headers<H: Host>(&self, host: &mut H) -> (Flow, Decision) {
         // Before anything else: nothing the client says about identity survives.
-        headers::strip_untrusted(host, &self.config);
+        let headers = headers::strip_untrusted(host, &self.config);
         let id = self.ids.next_id();
-        match self.decide(host) {
+        match self.decide(host, &headers) {
             Ok(agent) => (
                 Flow::Continue,
                 Decision {
@@ -156,10 +156,15 @@ impl Filter {
         host.set_response_header(DECISION_ID_HEADER, &decision.id);
     }
 
-    fn decide<H: Host>(&self, host: &mut H) -> Result<String, (Refusal, Option<String>)> {
+    fn decide<H: Host>(
+        &self,
+        host: &mut H,
+        headers: &RequestHeaders,
+    ) -> Result<String, (Refusal, Option<String>)> {
         let identity = self.identify(host).map_err(|r| (r, None))?;
         let agent = Some(identity.id.clone());
-        self.authorize(host, &identity).map_err(|r| (r, agent))?;
+        self.authorize(host, headers, &identity)
+            .map_err(|r| (r, agent))?;
         Ok(identity.id)
     }
 
@@ -179,7 +184,12 @@ impl Filter {
         claims::identity(payload, &self.config.identity).map_err(unauthorized)
     }
 
-    fn authorize<H: Host>(&self, host: &mut H, identity: &Identity) -> Result<(), Refusal> {
+    fn authorize<H: Host>(
+        &self,
+        host: &mut H,
+        headers: &RequestHeaders,
+        identity: &Identity,
+    ) -> Result<(), Refusal> {
         let max = self.config.headers.max_value_bytes;
         let trusted = [
             ("x-agent-id", Some(&identity.id)),
@@ -194,30 +204,30 @@ impl Filter {
             }
         }
 
-        let method = host
-            .request_header(":method")
+        let method = headers
+            .get(":method")
             .ok_or_else(|| Refusal::new(400, "bad_request", "missing :method"))?;
-        let path = host
-            .request_header(":path")
+        let path = headers
+            .get(":path")
             .ok_or_else(|| Refusal::new(400, "bad_request", "missing :path"))?;
-        let authority = host.request_header(":authority").unwrap_or_default();
+        let authority = headers.get(":authority").unwrap_or_default();
         let request_id = host
             .property(&["request", "id"])
             .and_then(|b| String::from_utf8(b).ok())
-            .or_else(|| host.request_header("x-request-id"))
+            .or_else(|| headers.get("x-request-id").map(str::to_owned))
             .unwrap_or_default();
         check_value(&request_id, max)
             .map_err(|e| Refusal::new(400, "bad_request", format!("request id {e}")))?;
-        let route = input::parse_route(&path, &self.config)
+        let route = input::parse_route(path, &self.config)
             .map_err(|e| Refusal::new(400, "bad_request", e.to_string()))?;
         let facts = RequestFacts {
-            method: &method,
+            method,
             route: &route,
-            host: &authority,
+            host: authority,
             id: &request_id,
             time_ns: host.now_ns(),
         };
-        let doc = input::build(host, &self.config, identity, &facts);
+        let doc = input::build(headers, &self.config, identity, &facts);
         let verdict = self.policy.evaluate(doc).map_err(|e| {
             host.log(LogLevel::Warn, &format!("agentplane: {e}"));
             Refusal::new(403, "forbidden", "policy_error")

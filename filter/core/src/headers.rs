@@ -4,21 +4,48 @@
 use crate::config::Config;
 use crate::host::Host;
 
-/// Removes every client header the configuration reserves for the filter.
-/// Returns how many distinct header names were removed.
-pub fn strip_untrusted<H: Host>(host: &mut H, config: &Config) -> usize {
-    let mut doomed: Vec<String> = host
-        .request_headers()
-        .into_iter()
-        .map(|(k, _)| k.to_ascii_lowercase())
-        .filter(|k| !k.starts_with(':') && config.must_strip(k))
-        .collect();
+/// The request headers after stripping, read from the host once: every
+/// later lookup is answered here instead of by another host call.
+#[derive(Debug, Default)]
+pub struct RequestHeaders {
+    list: Vec<(String, String)>,
+    /// How many distinct header names were stripped.
+    pub stripped: usize,
+}
+
+impl RequestHeaders {
+    /// The first value of a header (lower-case name), if present and not stripped.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.list
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Removes every client header the configuration reserves for the filter
+/// and returns what is left.
+pub fn strip_untrusted<H: Host>(host: &mut H, config: &Config) -> RequestHeaders {
+    let all = host.request_headers();
+    let mut list = Vec::with_capacity(all.len());
+    let mut doomed: Vec<String> = Vec::new();
+    for (k, v) in all {
+        let k = k.to_ascii_lowercase();
+        if !k.starts_with(':') && config.must_strip(&k) {
+            doomed.push(k);
+        } else {
+            list.push((k, v));
+        }
+    }
     doomed.sort();
     doomed.dedup();
     for name in &doomed {
         host.remove_request_header(name);
     }
-    doomed.len()
+    RequestHeaders {
+        list,
+        stripped: doomed.len(),
+    }
 }
 
 /// Why a value cannot be sent as a header.
@@ -76,7 +103,10 @@ mod tests {
             .with_header("x-mcp-secret", "forged")
             .with_header("x-agent-id", "forged-again")
             .with_header("content-type", "application/json");
-        assert_eq!(strip_untrusted(&mut h, &c), 3);
+        let left = strip_untrusted(&mut h, &c);
+        assert_eq!(left.stripped, 3);
+        assert_eq!(left.get("x-agent-id"), None);
+        assert_eq!(left.get("content-type"), Some("application/json"));
         assert!(h.header_values("x-agent-id").is_empty());
         assert!(h.header_values("x-agent-team").is_empty());
         assert_eq!(h.header_values("content-type"), ["application/json"]);

@@ -4,7 +4,7 @@
 
 use crate::claims::Identity;
 use crate::config::Config;
-use crate::host::Host;
+use crate::headers::RequestHeaders;
 use crate::value;
 use regorus::Value as Rego;
 use serde_json::{Map, Value};
@@ -141,8 +141,8 @@ pub struct RequestFacts<'a> {
 
 /// Builds the input document, directly as a regorus value (see
 /// [`crate::value`] for why).
-pub fn build<H: Host>(
-    host: &H,
+pub fn build(
+    headers: &RequestHeaders,
     config: &Config,
     identity: &Identity,
     facts: &RequestFacts<'_>,
@@ -152,7 +152,7 @@ pub fn build<H: Host>(
             .headers
             .input
             .iter()
-            .filter_map(|name| Some((name.as_str(), Rego::from(host.request_header(name)?)))),
+            .filter_map(|name| Some((name.as_str(), Rego::from(headers.get(name)?)))),
     );
     let service = facts.route.service.unwrap_or("");
     let resource = config.resource(service);
@@ -201,26 +201,7 @@ pub fn build<H: Host>(
                 ("time_ns", Rego::from(facts.time_ns)),
             ]),
         ),
-        (
-            "resource",
-            value::object([
-                ("type", Rego::from(resource.kind.as_str())),
-                ("id", value::opt_str(facts.route.service)),
-                (
-                    "registered",
-                    Rego::from(config.resources.contains_key(service)),
-                ),
-                (
-                    "metadata",
-                    value::object(
-                        resource
-                            .metadata
-                            .iter()
-                            .map(|(k, v)| (k.as_str(), value::to_rego(v))),
-                    ),
-                ),
-            ]),
-        ),
+        ("resource", config.resource_doc(facts.route.service)),
         ("action", action),
     ])
 }
@@ -301,7 +282,7 @@ mod tests {
     #[test]
     fn document_has_the_documented_shape() {
         let c = cfg();
-        let h = MockHost::new()
+        let mut h = MockHost::new()
             .with_header("content-type", "application/json")
             .with_header("authorization", "Bearer secret-token")
             .with_header("cookie", "session=1");
@@ -321,7 +302,8 @@ mod tests {
             id: "rid",
             time_ns: 7,
         };
-        let doc = crate::value::from_rego(&build(&h, &c, &ident, &facts));
+        let hdrs = crate::headers::strip_untrusted(&mut h, &c);
+        let doc = crate::value::from_rego(&build(&hdrs, &c, &ident, &facts));
         assert_eq!(doc["action"], "invoke_skill");
         assert_eq!(
             doc["resource"],
@@ -348,7 +330,7 @@ mod tests {
             id: "r",
             time_ns: 7,
         };
-        let doc = crate::value::from_rego(&build(&h, &c, &ident, &facts));
+        let doc = crate::value::from_rego(&build(&hdrs, &c, &ident, &facts));
         assert_eq!(doc["resource"]["metadata"]["team"], "unknown");
         assert_eq!(doc["resource"]["registered"], false);
         assert_eq!(doc["action"], Value::Null);
