@@ -76,8 +76,12 @@ fn main() {
         }
     }
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    // Per arm: seconds from spawn to ready, RSS after warm-up and after the run.
+    let mut startup: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    let mut rss: Vec<Vec<(u64, u64)>> = vec![Vec::new(); arms.len()];
     for rep in 0..reps {
         for (i, (name, wasm)) in arms.iter().enumerate() {
+            let t0 = std::time::Instant::now();
             let envoy = match wasm {
                 Some(path) => {
                     let mut r = render_envoy(&setup, true);
@@ -87,20 +91,31 @@ fn main() {
                 }
                 None => Envoy::start_yaml(&render_envoy(&setup, false)),
             };
+            startup[i].push(t0.elapsed().as_secs_f64());
             wrk(envoy.port, &token, 1); // warm-up
+            let warm = envoy.rss_kib().unwrap_or(0);
             let rps = wrk(envoy.port, &token, secs);
-            eprintln!("rep {rep} {name}: {rps:.0} req/s");
+            let after = envoy.rss_kib().unwrap_or(0);
+            eprintln!("rep {rep} {name}: {rps:.0} req/s, RSS {warm} -> {after} KiB");
             results[i].push(rps);
+            rss[i].push((warm, after));
         }
     }
     let base = median(results[0].clone());
-    println!("\n| arm | req/s (median of {reps}) | min-max | vs S2 |");
-    println!("|---|---|---|---|");
+    println!("\n| arm | req/s (median of {reps}) | min-max | vs S2 | start to ready (s) | RSS warm -> end (MiB) |");
+    println!("|---|---|---|---|---|---|");
     for (i, (name, _)) in arms.iter().enumerate() {
         let m = median(results[i].clone());
         let lo = results[i].iter().cloned().fold(f64::MAX, f64::min);
         let hi = results[i].iter().cloned().fold(0.0, f64::max);
-        println!("| {name} | {m:.0} | {lo:.0}-{hi:.0} | {:.2} |", m / base);
+        let up = median(startup[i].clone());
+        let (w, a) = rss[i].last().copied().unwrap_or((0, 0));
+        println!(
+            "| {name} | {m:.0} | {lo:.0}-{hi:.0} | {:.2} | {up:.2} | {:.1} -> {:.1} |",
+            m / base,
+            w as f64 / 1024.0,
+            a as f64 / 1024.0
+        );
     }
     println!();
     for (i, (name, _)) in arms.iter().enumerate().skip(1) {
