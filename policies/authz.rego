@@ -156,3 +156,19 @@ reasons contains msg if {
 	high_risk_off_hours
 	msg := sprintf("%v is not permitted outside business hours (%v:00-%v:00 UTC)", [input.request.method, cfg.business_hours.start_hour_utc, cfg.business_hours.end_hour_utc])
 }
+
+# --- decision lifetime -----------------------------------------------------
+
+# The filter's decision cache (config `decision_cache`) may reuse this
+# decision for the same request (same verified token, method, path, host and
+# input headers) until this time, in ns since the epoch, exclusive. Time
+# enters this policy only through the token's expiry and the UTC hour (for
+# business hours), so the decision holds until the next of those changes.
+# Keep this true when adding a time-dependent rule; a policy that cannot say
+# leaves this rule out and nothing is cached. The core's cache-safety test
+# checks it on the decision corpus. Nothing here reads input.request.id.
+next_hour_ns := (input.request.time_ns - (input.request.time_ns % 3600000000000)) + 3600000000000
+
+valid_until_ns := min({next_hour_ns, exp * 1000000000}) if is_number(exp)
+
+valid_until_ns := next_hour_ns if not is_number(exp)

@@ -182,3 +182,16 @@ test_no_fast_path_when_denied if {
 	not authz.fast_ok with input as inp
 	authz.deny == authz.reasons with input as inp
 }
+
+# The decision cache's lifetime: the next UTC hour, or the token's expiry
+# when that comes first (ok's token expires at 13:00, noon + 1h).
+test_valid_until_is_next_hour_or_expiry if {
+	authz.valid_until_ns == 1746277200000000000 with input as ok
+	later := object.union(ok, {"jwt": {"payload": {"exp": 1746273900}}})
+	authz.valid_until_ns == 1746273900000000000 with input as later
+	long := object.union(ok, {"jwt": {"payload": {"exp": 1846273900}}})
+	at_1230 := object.union(long, {"request": {"time_ns": noon + 1800000000000}})
+	authz.valid_until_ns == 1746277200000000000 with input as at_1230
+	no_exp := object.union(ok, {"jwt": {"payload": {"exp": "soon"}}})
+	authz.valid_until_ns == 1746277200000000000 with input as no_exp
+}

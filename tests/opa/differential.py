@@ -36,9 +36,13 @@ def opa_engine(bindings_dir):
 def opa_decision(eng, inp):
     allow = eng.eval_query("x := data.mcp.authz.allow", inp)
     deny = eng.eval_query("x := data.mcp.authz.deny", inp)
+    until = eng.eval_query("x := data.mcp.authz.valid_until_ns", inp)
     a = allow[0]["x"] if allow else False
     d = sorted(deny[0]["x"]) if deny else []
-    return {"allow": bool(a) and not d, "deny": d}
+    u = until[0]["x"] if until else None
+    # The filter reuses a decision only for a positive integer lifetime.
+    u = u if isinstance(u, int) and not isinstance(u, bool) and u > 0 else None
+    return {"allow": bool(a) and not d, "deny": d, "valid_until_ns": u}
 
 
 def corpus():
@@ -122,6 +126,7 @@ def main():
         inp = json.loads((case / "input.json").read_text())
         want = json.loads((case / "expected.json").read_text())
         got = opa_decision(eng, inp)
+        got.pop("valid_until_ns")  # cases fix the decision, not its lifetime
         want = {"allow": want["allow"], "deny": sorted(want["deny"])}
         if got == want:
             passed += 1
@@ -136,7 +141,7 @@ def main():
     allowed = 0
     for inp, mine in zip(inputs, ours):
         theirs = opa_decision(eng, inp)
-        mine = {"allow": mine.get("allow"), "deny": sorted(mine.get("deny", [])), **({"error": mine["error"]} if "error" in mine else {})}
+        mine = {"allow": mine.get("allow"), "deny": sorted(mine.get("deny", [])), "valid_until_ns": mine.get("valid_until_ns"), **({"error": mine["error"]} if "error" in mine else {})}
         if mine == theirs:
             passed += 1
             allowed += theirs["allow"]

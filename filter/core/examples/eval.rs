@@ -1,5 +1,5 @@
 //! Evaluates the embedded policy for a JSON array of input documents read
-//! from stdin and prints a JSON array of `{"allow", "deny"}` (or `{"error"}`)
+//! from stdin and prints a JSON array of `{"allow", "deny", "valid_until_ns"}` (or `{"error"}`)
 //! results. The OPA differential test drives it.
 
 use agentplane_core::policy::Policy;
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let out: Vec<serde_json::Value> = inputs
         .into_iter()
         .map(|i| match policy.evaluate_json(&i) {
-            Ok(v) => serde_json::json!({"allow": v.allowed, "deny": v.reasons}),
+            Ok(v) => serde_json::json!({"allow": v.allowed, "deny": v.reasons, "valid_until_ns": v.valid_until_ns}),
             Err(e) => serde_json::json!({"error": e.to_string()}),
         })
         .collect();

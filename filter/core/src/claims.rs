@@ -73,11 +73,19 @@ pub fn trust_jwt_authn_payload<H: Host>(
     cfg: &IdentityConfig,
 ) -> Result<Map<String, Value>, ClaimsError> {
     let raw = host.property(&["metadata"]).ok_or(ClaimsError::Missing)?;
+    payload_from_metadata(&raw, cfg)
+}
+
+/// [`trust_jwt_authn_payload`] for metadata bytes already read from the host.
+pub fn payload_from_metadata(
+    raw: &[u8],
+    cfg: &IdentityConfig,
+) -> Result<Map<String, Value>, ClaimsError> {
     let limits = Limits {
         max_depth: cfg.max_depth,
         max_bytes: cfg.max_payload_bytes,
     };
-    let mut ns = pbstruct::decode_metadata_namespace(&raw, &cfg.metadata_namespace, limits)
+    let mut ns = pbstruct::decode_metadata_namespace(raw, &cfg.metadata_namespace, limits)
         .map_err(ClaimsError::Metadata)?
         .ok_or(ClaimsError::Missing)?;
     match ns.remove(&cfg.payload_key) {

@@ -184,9 +184,31 @@ impl Default for HeadersConfig {
     }
 }
 
+/// The decision cache (see [`crate::cache`]). Absent from the config: off.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionCacheConfig {
+    /// Most decisions kept per worker.
+    pub max_entries: usize,
+    /// Longest any decision is reused, whatever the policy's
+    /// `valid_until_ns` says, in milliseconds.
+    pub max_ttl_ms: u64,
+}
+
+impl Default for DecisionCacheConfig {
+    fn default() -> Self {
+        DecisionCacheConfig {
+            max_entries: 1024,
+            max_ttl_ms: 60_000,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(default)]
+    decision_cache: Option<DecisionCacheConfig>,
     #[serde(default)]
     identity: IdentityConfig,
     #[serde(default)]
@@ -220,6 +242,8 @@ pub struct Config {
     pub actions: BTreeMap<String, BTreeMap<String, String>>,
     /// Header handling, names lower-cased.
     pub headers: HeadersConfig,
+    /// The decision cache, when enabled.
+    pub decision_cache: Option<DecisionCacheConfig>,
     /// `input.resource` for each registered service, built once here
     /// rather than on every request.
     resource_docs: BTreeMap<String, regorus::Value>,
@@ -313,6 +337,7 @@ impl Config {
             default_resource: default_res,
             actions,
             mut headers,
+            decision_cache,
         } = raw;
 
         if identity.metadata_namespace.is_empty() {
@@ -428,6 +453,21 @@ impl Config {
             ));
         }
 
+        if let Some(c) = &decision_cache {
+            if !(1..=1_000_000).contains(&c.max_entries) {
+                return Err(invalid(
+                    "decision_cache.max_entries",
+                    "must be between 1 and 1000000",
+                ));
+            }
+            if !(1..=3_600_000).contains(&c.max_ttl_ms) {
+                return Err(invalid(
+                    "decision_cache.max_ttl_ms",
+                    "must be between 1 and 3600000 (one hour)",
+                ));
+            }
+        }
+
         let resource_docs = resources
             .iter()
             .map(|(name, r)| (name.clone(), resource_doc(r, Some(name), true)))
@@ -440,6 +480,7 @@ impl Config {
             default_resource,
             actions,
             headers,
+            decision_cache,
             resource_docs,
         })
     }

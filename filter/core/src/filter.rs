@@ -2,6 +2,7 @@
 //! reply or forward with trusted headers. Every path that does not end in
 //! an explicit allow ends in a local reply carrying a decision id.
 
+use crate::cache::{DecisionCache, Key};
 use crate::claims::{self, ClaimsError, Identity};
 use crate::config::{Config, ConfigError};
 use crate::headers::{self, check_value, RequestHeaders};
@@ -9,6 +10,7 @@ use crate::host::{Host, LogLevel};
 use crate::ids::DecisionIds;
 use crate::input::{self, RequestFacts};
 use crate::policy::{Policy, Verdict};
+use std::cell::RefCell;
 
 /// Response (and reply) header carrying the decision id.
 pub const DECISION_ID_HEADER: &str = "x-decision-id";
@@ -44,8 +46,10 @@ pub struct Filter {
     config: Config,
     policy: Policy,
     ids: DecisionIds,
+    cache: Option<RefCell<DecisionCache<Outcome>>>,
 }
 
+#[derive(Debug, Clone)]
 struct Refusal {
     status: u16,
     error: &'static str,
@@ -76,10 +80,15 @@ impl Filter {
 
     /// A filter over an explicitly supplied policy (tests, benchmarks).
     pub fn with_policy(config: Config, policy: Policy, seed: u64) -> Filter {
+        let cache = config
+            .decision_cache
+            .as_ref()
+            .map(|c| RefCell::new(DecisionCache::new(c)));
         Filter {
             config,
             policy,
             ids: DecisionIds::new(seed),
+            cache,
         }
     }
 
@@ -161,82 +170,115 @@ impl Filter {
         host: &mut H,
         headers: &RequestHeaders,
     ) -> Result<String, (Refusal, Option<String>)> {
-        let identity = self.identify(host).map_err(|r| (r, None))?;
-        let agent = Some(identity.id.clone());
-        self.authorize(host, headers, &identity)
-            .map_err(|r| (r, agent))?;
-        Ok(identity.id)
-    }
-
-    fn identify<H: Host>(&self, host: &H) -> Result<Identity, Refusal> {
-        let unauthorized = |e: ClaimsError| {
-            let challenge = match e {
-                ClaimsError::Missing => r#"Bearer realm="agentplane""#,
-                _ => r#"Bearer realm="agentplane", error="invalid_token""#,
-            };
-            let mut r = Refusal::new(401, "unauthorized", e.to_string());
-            r.headers
-                .push(("www-authenticate".into(), challenge.into()));
-            r
-        };
-        let payload =
-            claims::trust_jwt_authn_payload(host, &self.config.identity).map_err(unauthorized)?;
-        claims::identity(payload, &self.config.identity).map_err(unauthorized)
-    }
-
-    fn authorize<H: Host>(
-        &self,
-        host: &mut H,
-        headers: &RequestHeaders,
-        identity: &Identity,
-    ) -> Result<(), Refusal> {
+        let raw = host
+            .property(&["metadata"])
+            .ok_or_else(|| (unauthorized(ClaimsError::Missing), None))?;
+        let bad = |m: String| (Refusal::new(400, "bad_request", m), None);
         let max = self.config.headers.max_value_bytes;
-        let trusted = [
-            ("x-agent-id", Some(&identity.id)),
-            ("x-agent-type", identity.agent_type.as_ref()),
-            ("x-agent-team", identity.team.as_ref()),
-        ];
-        for (name, value) in &trusted {
-            if let Some(v) = value {
-                check_value(v, max).map_err(|e| {
-                    Refusal::new(403, "forbidden", format!("identity for {name} {e}"))
-                })?;
-            }
-        }
-
         let method = headers
             .get(":method")
-            .ok_or_else(|| Refusal::new(400, "bad_request", "missing :method"))?;
+            .ok_or_else(|| bad("missing :method".into()))?;
         let path = headers
             .get(":path")
-            .ok_or_else(|| Refusal::new(400, "bad_request", "missing :path"))?;
-        let authority = headers.get(":authority").unwrap_or_default();
+            .ok_or_else(|| bad("missing :path".into()))?;
+        let authority = headers.get(":authority");
         let request_id = host
             .property(&["request", "id"])
             .and_then(|b| String::from_utf8(b).ok())
             .or_else(|| headers.get("x-request-id").map(str::to_owned))
             .unwrap_or_default();
-        check_value(&request_id, max)
-            .map_err(|e| Refusal::new(400, "bad_request", format!("request id {e}")))?;
-        let route = input::parse_route(path, &self.config)
-            .map_err(|e| Refusal::new(400, "bad_request", e.to_string()))?;
+        check_value(&request_id, max).map_err(|e| bad(format!("request id {e}")))?;
+        let route = input::parse_route(path, &self.config).map_err(|e| bad(e.to_string()))?;
+        let now = host.now_ns();
+
+        let key = self.cache.as_ref().map(|_| {
+            let mut k = Key::with_capacity(raw.len() + path.len() + 128);
+            k.field(&raw)
+                .field(method.as_bytes())
+                .field(path.as_bytes())
+                .optional(authority.map(str::as_bytes));
+            for name in &self.config.headers.input {
+                k.optional(headers.get(name).map(str::as_bytes));
+            }
+            k.into_bytes()
+        });
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            let hit = cache
+                .try_borrow_mut()
+                .ok()
+                .and_then(|mut c| c.get(key, now));
+            if let Some(outcome) = hit {
+                return apply(host, outcome, &request_id);
+            }
+        }
+
+        let payload = claims::payload_from_metadata(&raw, &self.config.identity)
+            .map_err(|e| (unauthorized(e), None))?;
+        let identity = claims::identity(payload, &self.config.identity)
+            .map_err(|e| (unauthorized(e), None))?;
         let facts = RequestFacts {
             method,
             route: &route,
-            host: authority,
+            host: authority.unwrap_or_default(),
             id: &request_id,
-            time_ns: host.now_ns(),
+            time_ns: now,
         };
-        let doc = input::build(headers, &self.config, identity, &facts);
-        let verdict = self.policy.evaluate(doc).map_err(|e| {
-            host.log(LogLevel::Warn, &format!("agentplane: {e}"));
-            Refusal::new(403, "forbidden", "policy_error")
-        })?;
+        let (outcome, valid_until) = self.authorize(host, headers, identity, &facts);
+        if let (Some(cache), Some(key), Some(until)) = (&self.cache, key, valid_until) {
+            if let Ok(mut c) = cache.try_borrow_mut() {
+                c.insert(key, outcome.clone(), now, until);
+            }
+        }
+        apply(host, outcome, &request_id)
+    }
+
+    /// Decides for an identified request. Returns the outcome and, when the
+    /// policy said so, until when the same request gets the same outcome.
+    fn authorize<H: Host>(
+        &self,
+        host: &mut H,
+        headers: &RequestHeaders,
+        identity: Identity,
+        facts: &RequestFacts<'_>,
+    ) -> (Outcome, Option<u64>) {
+        let refuse = |agent: &str, r: Refusal| {
+            (
+                Outcome {
+                    agent: agent.to_string(),
+                    result: Err(r),
+                },
+                None,
+            )
+        };
+        let max = self.config.headers.max_value_bytes;
+        let mut trusted = Vec::with_capacity(3);
+        for (name, value) in [
+            ("x-agent-id", Some(&identity.id)),
+            ("x-agent-type", identity.agent_type.as_ref()),
+            ("x-agent-team", identity.team.as_ref()),
+        ] {
+            if let Some(v) = value {
+                if let Err(e) = check_value(v, max) {
+                    let r = Refusal::new(403, "forbidden", format!("identity for {name} {e}"));
+                    return refuse(&identity.id, r);
+                }
+                trusted.push((name.to_string(), v.clone()));
+            }
+        }
+        let doc = input::build(headers, &self.config, &identity, facts);
+        let verdict = match self.policy.evaluate(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                host.log(LogLevel::Warn, &format!("agentplane: {e}"));
+                return refuse(&identity.id, Refusal::new(403, "forbidden", "policy_error"));
+            }
+        };
         let Verdict {
             allowed,
             reasons,
             status,
             headers: extra,
+            valid_until_ns,
         } = verdict;
         for (k, v) in &extra {
             if k.is_empty() || k.starts_with(':') || check_value(v, max).is_err() {
@@ -244,10 +286,12 @@ impl Filter {
                     LogLevel::Warn,
                     &format!("agentplane: policy header {k:?} rejected"),
                 );
-                return Err(Refusal::new(403, "forbidden", "policy_error"));
+                return refuse(&identity.id, Refusal::new(403, "forbidden", "policy_error"));
             }
         }
-        if !allowed {
+        let result = if allowed {
+            Ok(Allowed { trusted, extra })
+        } else {
             let reason = if reasons.is_empty() {
                 "no policy rule allowed the request".to_string()
             } else {
@@ -255,21 +299,71 @@ impl Filter {
             };
             let mut r = Refusal::new(status.unwrap_or(403), "forbidden", reason);
             r.headers = extra;
-            return Err(r);
-        }
-        for (name, value) in trusted {
-            if let Some(v) = value {
-                host.set_request_header(name, v);
-            }
-        }
-        if !request_id.is_empty() {
-            host.set_request_header("x-request-id", &request_id);
-        }
-        for (k, v) in &extra {
-            host.set_request_header(k, v);
-        }
-        Ok(())
+            Err(r)
+        };
+        (
+            Outcome {
+                agent: identity.id,
+                result,
+            },
+            valid_until_ns,
+        )
     }
+
+    /// Decision-cache counters `(hits, misses, entries)`, when the cache is on.
+    pub fn cache_stats(&self) -> Option<(u64, u64, usize)> {
+        let c = self.cache.as_ref()?.try_borrow().ok()?;
+        Some((c.hits, c.misses, c.len()))
+    }
+}
+
+/// What to do with an identified request: reusable as is for an equal
+/// request (the decision cache stores these).
+#[derive(Debug, Clone)]
+struct Outcome {
+    agent: String,
+    result: Result<Allowed, Refusal>,
+}
+
+#[derive(Debug, Clone)]
+struct Allowed {
+    /// `x-agent-*` headers, checked.
+    trusted: Vec<(String, String)>,
+    /// Headers a response-object policy added, checked.
+    extra: Vec<(String, String)>,
+}
+
+fn apply<H: Host>(
+    host: &mut H,
+    outcome: Outcome,
+    request_id: &str,
+) -> Result<String, (Refusal, Option<String>)> {
+    match outcome.result {
+        Ok(allowed) => {
+            for (name, value) in &allowed.trusted {
+                host.set_request_header(name, value);
+            }
+            if !request_id.is_empty() {
+                host.set_request_header("x-request-id", request_id);
+            }
+            for (k, v) in &allowed.extra {
+                host.set_request_header(k, v);
+            }
+            Ok(outcome.agent)
+        }
+        Err(r) => Err((r, Some(outcome.agent))),
+    }
+}
+
+fn unauthorized(e: ClaimsError) -> Refusal {
+    let challenge = match e {
+        ClaimsError::Missing => r#"Bearer realm="agentplane""#,
+        _ => r#"Bearer realm="agentplane", error="invalid_token""#,
+    };
+    let mut r = Refusal::new(401, "unauthorized", e.to_string());
+    r.headers
+        .push(("www-authenticate".into(), challenge.into()));
+    r
 }
 
 #[cfg(test)]
@@ -566,5 +660,113 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         assert!(e.to_string().contains("data.nope"), "{e}");
         let e = Filter::new(br#"{"resources": []}"#, 1).unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
+    }
+
+    fn cached_filter() -> Filter {
+        let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
+        cfg["decision_cache"] = json!({"max_entries": 16});
+        Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
+    }
+
+    const HOUR: u64 = 3_600_000_000_000;
+
+    #[test]
+    fn cache_reuses_decisions_for_equal_requests_only() {
+        let f = cached_filter();
+        let run = |path: &str, payload: Value, ua: Option<&str>, rid: &str| {
+            let mut h = request("POST", path, Some(payload))
+                .with_property(&["request", "id"], rid)
+                .with_header("x-agent-team", "forged");
+            if let Some(ua) = ua {
+                h = h.with_header("user-agent", ua);
+            }
+            let (flow, d) = f.on_request_headers(&mut h);
+            (flow, d, h)
+        };
+        let (flow, d1, _) = run("/mcp://hello-skill/greet", claims(json!({})), None, "r1");
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(f.cache_stats(), Some((0, 1, 1)));
+        let (flow, d2, h) = run("/mcp://hello-skill/greet", claims(json!({})), None, "r2");
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(f.cache_stats(), Some((1, 1, 1)), "second request is a hit");
+        assert_ne!(d1.id, d2.id, "every request gets its own decision id");
+        assert_eq!(h.header_values("x-agent-team"), ["customer-success"]);
+        assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
+        assert_eq!(h.header_values("x-request-id"), ["r2"]);
+        // Anything the input depends on changes the key.
+        run("/mcp://hello-skill/other", claims(json!({})), None, "r3");
+        run(
+            "/mcp://hello-skill/greet",
+            claims(json!({"sub": "other@clients"})),
+            None,
+            "r4",
+        );
+        run(
+            "/mcp://hello-skill/greet",
+            claims(json!({})),
+            Some("x"),
+            "r5",
+        );
+        assert_eq!(f.cache_stats(), Some((1, 4, 4)));
+        // A cached deny is still a deny, with its reason and a fresh id.
+        let no_perm = claims(json!({"permissions": ["data:read"]}));
+        let (_, d6, _) = run("/mcp://hello-skill/greet", no_perm.clone(), None, "r6");
+        let (flow, d7, h) = run("/mcp://hello-skill/greet", no_perm, None, "r7");
+        assert_eq!(f.cache_stats(), Some((2, 5, 5)));
+        assert_eq!(flow, Flow::Replied);
+        assert!(!d7.allowed && d7.reason == d6.reason && d7.id != d6.id);
+        assert_eq!(body(&h)["decision_id"], d7.id);
+        assert!(h.header_values("x-agent-team").is_empty());
+    }
+
+    #[test]
+    fn cache_never_outlives_the_hour_or_the_token() {
+        // DELETE on data is allowed in business hours only (9-17 UTC).
+        let f = cached_filter();
+        let day = NOON - 12 * HOUR;
+        let at = |t: u64, exp_s: u64| {
+            let mut h = request(
+                "DELETE",
+                "/mcp://tickets/1",
+                Some(claims(json!({"exp": exp_s}))),
+            )
+            .at(t);
+            f.on_request_headers(&mut h).1
+        };
+        let late = day + 17 * HOUR;
+        assert!(at(late - 1, 4_000_000_000).allowed);
+        assert!(at(late - 1, 4_000_000_000).allowed);
+        assert_eq!(f.cache_stats().unwrap().0, 1);
+        let d = at(late, 4_000_000_000);
+        assert!(!d.allowed, "17:00 is off hours, whatever the cache held");
+        assert!(d.reason.contains("outside business hours"), "{}", d.reason);
+        // Token expiry inside the hour.
+        let exp = (NOON + 10 * 60 * 1_000_000_000) / 1_000_000_000;
+        assert!(at(NOON, exp).allowed);
+        assert!(at(exp * 1_000_000_000 - 1, exp).allowed);
+        let d = at(exp * 1_000_000_000, exp);
+        assert!(!d.allowed && d.reason.contains("expired"), "{}", d.reason);
+    }
+
+    #[test]
+    fn cache_ignores_policies_that_do_not_say_how_long_they_hold() {
+        let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
+        cfg["decision_cache"] = json!({});
+        let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+        let policy = Policy::compile(
+            &[(
+                "p.rego",
+                "package p\nallow if input.agent.team == \"customer-success\"\n",
+            )],
+            "{}",
+            "data.p",
+        )
+        .unwrap();
+        let f = Filter::with_policy(config, policy, 1);
+        for _ in 0..3 {
+            let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+            assert!(f.on_request_headers(&mut h).1.allowed);
+        }
+        assert_eq!(f.cache_stats(), Some((0, 3, 0)));
     }
 }

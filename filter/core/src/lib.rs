@@ -11,6 +11,7 @@
 //! `cargo test`.
 
 pub mod bundle;
+pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod filter;

@@ -57,6 +57,11 @@ pub struct Verdict {
     /// Headers chosen by a response-object policy: added upstream on allow,
     /// to the reply on deny.
     pub headers: Vec<(String, String)>,
+    /// Until when (ns since the epoch, exclusive) the same input, at a later
+    /// `input.request.time_ns`, gets the same decision: the package's
+    /// `valid_until_ns` rule. `None` when the policy does not say; the
+    /// decision cache then never reuses the decision.
+    pub valid_until_ns: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -111,11 +116,17 @@ pub enum EngineChoice {
 /// Name of the module agentplane adds to a package entrypoint.
 const ENTRY_MODULE: &str = "__agentplane_entry.rego";
 
-/// One rule that gathers `allow` (false when undefined) and `deny` (empty
+/// One rule that gathers `allow` (false when undefined), `deny` (empty
+/// when undefined or not declared) and `valid_until_ns` (0, "do not reuse",
 /// when undefined or not declared) so a single evaluation decides.
-fn entry_module(package: &str, has_deny: bool) -> String {
+fn entry_module(package: &str, has_deny: bool, has_valid_until: bool) -> String {
     let deny = if has_deny {
         "__agentplane_deny := deny\n"
+    } else {
+        ""
+    };
+    let until = if has_valid_until {
+        "__agentplane_valid_until := valid_until_ns\n"
     } else {
         ""
     };
@@ -125,7 +136,9 @@ fn entry_module(package: &str, has_deny: bool) -> String {
          __agentplane_allow := allow\n\n\
          default __agentplane_deny := []\n\
          {deny}\n\
-         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny}}\n"
+         default __agentplane_valid_until := 0\n\
+         {until}\n\
+         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until}}\n"
     )
 }
 
@@ -200,7 +213,7 @@ impl Policy {
                 )));
             }
             let package = entrypoint.strip_prefix("data.").unwrap_or(entrypoint);
-            let module = entry_module(package, declared("deny")?);
+            let module = entry_module(package, declared("deny")?, declared("valid_until_ns")?);
             engine
                 .add_policy(ENTRY_MODULE.to_string(), module)
                 .map_err(|e| PolicyError::Compile(format!("{ENTRY_MODULE}: {e}")))?;
@@ -305,9 +318,15 @@ impl Policy {
                     None => false,
                 };
                 let reasons = deny_reasons(decision.remove("deny").unwrap_or(Value::Null))?;
+                // Anything but a positive integer means "do not reuse".
+                let valid_until_ns = decision
+                    .remove("valid_until_ns")
+                    .and_then(|v| v.as_u64())
+                    .filter(|&t| t > 0);
                 Ok(Verdict {
                     allowed: allowed && reasons.is_empty(),
                     reasons,
+                    valid_until_ns,
                     ..Verdict::default()
                 })
             }
@@ -438,11 +457,13 @@ fn response_object(v: Value) -> Result<Verdict, PolicyError> {
         Some(Value::String(s)) => vec![s.clone()],
         Some(other) => deny_reasons(other.clone())?,
     };
+    // A rule entrypoint cannot say how long its answer holds: never reused.
     Ok(Verdict {
         allowed,
         reasons,
         status,
         headers,
+        valid_until_ns: None,
     })
 }
 
