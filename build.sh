@@ -133,8 +133,15 @@ bench() {
   ensure_wrk
   build
   cargo build -q --release -p agentplane-e2e --bin agentplane-bench
+  # Envoy's one worker gets core 0 to itself; wrk, the upstream and the
+  # latency generator share the other core (fewer scheduler collisions).
+  local pin=()
+  if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    pin=(taskset -c 1)
+    export AGENTPLANE_ENVOY_CPU=0
+  fi
   ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
-    "$ROOT/target/release/agentplane-bench" "$@"
+    "${pin[@]}" "$ROOT/target/release/agentplane-bench" "$@"
 }
 
 cmd="${1:-test}"

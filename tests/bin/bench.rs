@@ -12,8 +12,10 @@
 //! - S2  + jwt_authn (local JWKS; every later arm has it too)
 //! - S2R S2 + Envoy's native RBAC enforcing the permission rule (`envoy/bench/rbac.yaml`)
 //! - S3L S2 + the seed's Lua half, input document built by hand (`envoy/bench/seed_lua.yaml`)
-//! - S4  S2 + agentplane with the project's policies
-//! - S4C S4 with the decision cache on (`decision_cache` in the plugin config)
+//! - S4  S2 + agentplane with the project's policies (default config,
+//!   decision cache on)
+//! - S4U S4 with the decision cache off: every request evaluated (the
+//!   cost of a miss, e.g. a new token or path)
 //!
 //! Per arm: requests/s at saturation (wrk -t1 -c16), Envoy's own CPU time
 //! per request (from /proc), p50/p99 latency at a fixed rate below
@@ -368,8 +370,8 @@ fn main() {
         upstream_port: up.port,
         plugin_config: base_config.clone(),
     };
-    let mut cached: serde_json::Value = serde_json::from_str(&base_config).unwrap();
-    cached["decision_cache"] = serde_json::json!({ "max_entries": 4096 });
+    let mut uncached: serde_json::Value = serde_json::from_str(&base_config).unwrap();
+    uncached["decision_cache"] = serde_json::json!({ "enabled": false });
     let arm = |name: &str, kind: Kind, enforces: bool| Arm {
         name: name.into(),
         kind,
@@ -384,8 +386,8 @@ fn main() {
         arm("S3L S2 + seed Lua (no OPA call)", Kind::Lua, false),
         arm("S4 S2 + agentplane", Kind::Filter, true),
         Arm {
-            plugin_config: Some(cached.to_string()),
-            ..arm("S4C S4 + decision cache", Kind::Filter, true)
+            plugin_config: Some(uncached.to_string()),
+            ..arm("S4U S4, decision cache off", Kind::Filter, true)
         },
     ];
     for extra in std::env::var("AGENTPLANE_BENCH_EXTRA")

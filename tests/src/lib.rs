@@ -463,7 +463,16 @@ impl Envoy {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("envoy.yaml"), &rendered.yaml).unwrap();
         let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
-        let child = Command::new(envoy_bin())
+        // The benchmark pins Envoy to its own core (AGENTPLANE_ENVOY_CPU).
+        let mut cmd = match std::env::var("AGENTPLANE_ENVOY_CPU") {
+            Ok(cpu) if !cpu.is_empty() => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu).arg(envoy_bin());
+                c
+            }
+            _ => Command::new(envoy_bin()),
+        };
+        let child = cmd
             .arg("-c")
             .arg(dir.join("envoy.yaml"))
             .args(["--use-dynamic-base-id", "--concurrency", "1", "-l", "info"])

@@ -32,7 +32,8 @@ use std::collections::HashMap;
 pub struct DecisionCache<T> {
     max_entries: usize,
     max_ttl_ns: u64,
-    map: HashMap<Vec<u8>, (u64, T)>,
+    /// key → (decided at, valid until (exclusive), decision).
+    map: HashMap<Vec<u8>, (u64, u64, T)>,
     /// Lookups answered from the cache.
     pub hits: u64,
     /// Lookups that had to evaluate.
@@ -51,10 +52,12 @@ impl<T: Clone> DecisionCache<T> {
         }
     }
 
-    /// The decision stored for `key`, if it is still valid at `now_ns`.
+    /// The decision stored for `key`, if it is valid at `now_ns`: not
+    /// before it was made (the policy vouches only for later times, and a
+    /// wall clock can step back) and before its expiry.
     pub fn get(&mut self, key: &[u8], now_ns: u64) -> Option<T> {
         let found = match self.map.get(key) {
-            Some((until, v)) if now_ns < *until => Some(v.clone()),
+            Some((from, until, v)) if *from <= now_ns && now_ns < *until => Some(v.clone()),
             Some(_) => {
                 self.map.remove(key);
                 None
@@ -83,14 +86,14 @@ impl<T: Clone> DecisionCache<T> {
                 .map
                 .iter()
                 .take(8)
-                .find(|(_, (u, _))| *u <= now_ns)
+                .find(|(_, (_, u, _))| *u <= now_ns)
                 .or_else(|| self.map.iter().next())
                 .map(|(k, _)| k.clone());
             if let Some(k) = victim {
                 self.map.remove(&k);
             }
         }
-        self.map.insert(key, (until, value));
+        self.map.insert(key, (now_ns, until, value));
     }
 
     /// Entries held (some may have expired).
@@ -149,6 +152,7 @@ mod tests {
 
     fn cache(max: usize) -> DecisionCache<u32> {
         DecisionCache::new(&DecisionCacheConfig {
+            enabled: true,
             max_entries: max,
             max_ttl_ms: 1_000,
         })
@@ -163,6 +167,13 @@ mod tests {
         assert_eq!(c.get(b"k", 500), None);
         assert!(c.is_empty(), "expired entry dropped on lookup");
         assert_eq!((c.hits, c.misses), (2, 1));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_misses() {
+        let mut c = cache(8);
+        c.insert(b"k".to_vec(), 1, 100, 500);
+        assert_eq!(c.get(b"k", 99), None);
     }
 
     #[test]

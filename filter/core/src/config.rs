@@ -184,10 +184,13 @@ impl Default for HeadersConfig {
     }
 }
 
-/// The decision cache (see [`crate::cache`]). Absent from the config: off.
+/// The decision cache (see [`crate::cache`]). On by default; it only ever
+/// holds decisions of a policy that defines `valid_until_ns`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecisionCacheConfig {
+    /// `false` evaluates every request.
+    pub enabled: bool,
     /// Most decisions kept per worker.
     pub max_entries: usize,
     /// Longest any decision is reused, whatever the policy's
@@ -198,6 +201,7 @@ pub struct DecisionCacheConfig {
 impl Default for DecisionCacheConfig {
     fn default() -> Self {
         DecisionCacheConfig {
+            enabled: true,
             max_entries: 1024,
             max_ttl_ms: 60_000,
         }
@@ -208,7 +212,7 @@ impl Default for DecisionCacheConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    decision_cache: Option<DecisionCacheConfig>,
+    decision_cache: DecisionCacheConfig,
     #[serde(default)]
     identity: IdentityConfig,
     #[serde(default)]
@@ -242,7 +246,7 @@ pub struct Config {
     pub actions: BTreeMap<String, BTreeMap<String, String>>,
     /// Header handling, names lower-cased.
     pub headers: HeadersConfig,
-    /// The decision cache, when enabled.
+    /// The decision cache, unless disabled.
     pub decision_cache: Option<DecisionCacheConfig>,
     /// `input.resource` for each registered service, built once here
     /// rather than on every request.
@@ -453,6 +457,7 @@ impl Config {
             ));
         }
 
+        let decision_cache = decision_cache.enabled.then_some(decision_cache);
         if let Some(c) = &decision_cache {
             if !(1..=1_000_000).contains(&c.max_entries) {
                 return Err(invalid(
