@@ -191,9 +191,18 @@ impl Filter {
         let route = input::parse_route(path, &self.config).map_err(|e| bad(e.to_string()))?;
         let now = host.now_ns();
 
-        let key = self.cache.as_ref().map(|_| {
-            let mut k = Key::with_capacity(raw.len() + path.len() + 128);
-            k.field(&raw)
+        let payload = claims::payload_from_metadata(&raw, &self.config.identity)
+            .map_err(|e| (unauthorized(e), None))?;
+        // The payload, not the metadata bytes: Envoy serializes protobuf
+        // maps in no fixed order, so equal payloads arrive as different
+        // bytes. serde_json's map is sorted, which makes this canonical.
+        let canonical = self
+            .cache
+            .as_ref()
+            .and_then(|_| serde_json::to_vec(&payload).ok());
+        let key = canonical.map(|canonical| {
+            let mut k = Key::with_capacity(canonical.len() + path.len() + 128);
+            k.field(&canonical)
                 .field(method.as_bytes())
                 .field(path.as_bytes())
                 .optional(authority.map(str::as_bytes));
@@ -212,8 +221,6 @@ impl Filter {
             }
         }
 
-        let payload = claims::payload_from_metadata(&raw, &self.config.identity)
-            .map_err(|e| (unauthorized(e), None))?;
         let identity = claims::identity(payload, &self.config.identity)
             .map_err(|e| (unauthorized(e), None))?;
         let facts = RequestFacts {
@@ -768,5 +775,64 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
             assert!(f.on_request_headers(&mut h).1.allowed);
         }
         assert_eq!(f.cache_stats(), Some((0, 3, 0)));
+    }
+
+    /// A length-delimited protobuf field (for hand-built metadata).
+    fn pb_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+        out.push((field << 3) | 2);
+        let mut n = bytes.len();
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+        out.extend_from_slice(bytes);
+    }
+
+    #[test]
+    fn cache_key_ignores_protobuf_map_order() {
+        // Envoy serializes Struct maps in no fixed order: the same payload
+        // must still hit.
+        let f = filter();
+        let payload = claims(json!({}));
+        let fields: Vec<(String, Value)> =
+            payload.as_object().unwrap().clone().into_iter().collect();
+        let metadata = |reverse: bool| {
+            let mut st = Vec::new();
+            let mut order: Vec<_> = fields.iter().collect();
+            if reverse {
+                order.reverse();
+            }
+            for (k, v) in order {
+                let mut one = serde_json::Map::new();
+                one.insert(k.clone(), v.clone());
+                st.extend(pbstruct::encode_struct(&one));
+            }
+            // {"jwt_payload": <struct>} as a Struct, then the Metadata entry.
+            let mut value = Vec::new();
+            pb_field(&mut value, 5, &st);
+            let mut entry = Vec::new();
+            pb_field(&mut entry, 1, b"jwt_payload");
+            pb_field(&mut entry, 2, &value);
+            let mut ns = Vec::new();
+            pb_field(&mut ns, 1, &entry);
+            let mut md_entry = Vec::new();
+            pb_field(&mut md_entry, 1, b"envoy.filters.http.jwt_authn");
+            pb_field(&mut md_entry, 2, &ns);
+            let mut md = Vec::new();
+            pb_field(&mut md, 1, &md_entry);
+            md
+        };
+        assert_ne!(metadata(false), metadata(true));
+        for reverse in [false, true] {
+            let mut h = request("POST", "/mcp://hello-skill/greet", None)
+                .with_property(&["metadata"], metadata(reverse));
+            assert!(f.on_request_headers(&mut h).1.allowed, "{:?}", h.reply);
+        }
+        assert_eq!(f.cache_stats(), Some((1, 1, 1)));
     }
 }
