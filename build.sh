@@ -115,7 +115,9 @@ run_tests() {
   log "benchmark smoke run (1 s per arm: proves ./build.sh bench still works, measures nothing)"
   ensure_wrk
   cargo build -q --release -p agentplane-e2e --bin agentplane-bench
-  ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" "$ROOT/target/release/agentplane-bench" 1 1
+  AGENTPLANE_BENCH_SOAK=3000 ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
+    "$ROOT/target/release/agentplane-bench" 1 1
+  core_benches 20
   log "end-to-end tests (real Envoy $ENVOY_VERSION)"
   ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
     cargo test -p agentplane-e2e --test e2e -- --test-threads 2
@@ -128,7 +130,19 @@ demo() {
     cargo run -q -p agentplane-e2e --bin agentplane-demo
 }
 
+# Native figures: decision cost as the layered data grows to 100k agents,
+# and per-evaluation cost against the real OPA engine. $1: iterations.
+core_benches() {
+  log "policy cost with 10, 1k and 100k agents in the data (native, regorus RVM)"
+  cargo run -q --release -p agentplane-core --example scale -- "$1"
+  log "policy evaluation: OPA engine vs agentplane (native), same policies and inputs"
+  cargo build -q --release -p agentplane-core --example eval
+  python3 tests/opa/opa_cost.py "$TOOLS/opa" "$ROOT/target/release/examples/eval" "$1"
+}
+
 bench() {
+  ensure_rust_targets
+  ensure_opa
   ensure_envoy
   ensure_wrk
   build
@@ -142,6 +156,8 @@ bench() {
   fi
   ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
     "${pin[@]}" "$ROOT/target/release/agentplane-bench" "$@"
+  core_benches 20000
+  log "micro-benchmarks of the request path: cargo bench -p agentplane-core --bench core"
 }
 
 cmd="${1:-test}"

@@ -222,3 +222,59 @@ fn ambiguous_paths_are_refused() {
     }
     assert!(s.upstream.seen().is_empty());
 }
+
+/// With the decision cache (on by default), repeated identical requests get
+/// the same decision with fresh ids and request ids; forged headers are
+/// still stripped on every hit; a cached deny never reaches upstream.
+#[test]
+fn repeated_requests_answer_the_same_from_the_decision_cache() {
+    let s = Stack::start();
+    let tok = s.idp.agent_token(
+        "support-triage@clients",
+        "customer-success",
+        "support",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    let auth = bearer(&tok);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = s.envoy.request(
+            "POST",
+            "/mcp://sentiment-analysis/analyze",
+            &[("authorization", &auth), ("x-agent-team", "platform")],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        ids.push(r.header("x-decision-id").unwrap().to_string());
+    }
+    let seen = s.upstream.seen();
+    assert_eq!(seen.len(), 3);
+    let mut request_ids: Vec<_> = seen.iter().map(|u| u.one("x-request-id")).collect();
+    for up in &seen {
+        assert_eq!(up.all("x-agent-team"), ["customer-success"]);
+    }
+    ids.sort();
+    ids.dedup();
+    request_ids.sort();
+    request_ids.dedup();
+    assert_eq!(
+        (ids.len(), request_ids.len()),
+        (3, 3),
+        "fresh ids per request"
+    );
+
+    s.upstream.clear();
+    for _ in 0..3 {
+        let r = s.envoy.request(
+            "GET",
+            "/mcp://web-search/search?q=x",
+            &[("authorization", &auth)],
+        );
+        assert_eq!(r.status, 403, "{r:?}");
+        assert_eq!(
+            r.json()["reason"],
+            "missing permission tools:access for action access_tool"
+        );
+    }
+    assert!(s.upstream.seen().is_empty());
+}

@@ -85,10 +85,24 @@ fn benches(c: &mut Criterion) {
         c.bench_function(name, |b| b.iter(|| policy.evaluate(black_box(doc.clone()))));
     }
 
-    c.bench_function("whole_decision", |b| {
+    // The default config caches decisions: after the first iteration every
+    // request is a hit. The uncached filter evaluates each time.
+    c.bench_function("whole_decision_cache_hit", |b| {
         b.iter_batched(
             host,
             |mut h| filter.on_request_headers(&mut h),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut uncached: serde_json::Value = serde_json::from_str(CONFIG).unwrap_or_default();
+    uncached["decision_cache"] = json!({"enabled": false});
+    let Ok(plain) = Filter::new(uncached.to_string().as_bytes(), 1) else {
+        return;
+    };
+    c.bench_function("whole_decision_uncached", |b| {
+        b.iter_batched(
+            host,
+            |mut h| plain.on_request_headers(&mut h),
             criterion::BatchSize::SmallInput,
         )
     });

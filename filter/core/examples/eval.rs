@@ -1,6 +1,10 @@
 //! Evaluates the embedded policy for a JSON array of input documents read
 //! from stdin and prints a JSON array of `{"allow", "deny", "valid_until_ns"}` (or `{"error"}`)
 //! results. The OPA differential test drives it.
+//!
+//! With `AGENTPLANE_EVAL_REPEAT=N` it instead evaluates each input N times
+//! and prints the mean µs per evaluation for each (the OPA cost comparison
+//! in `./build.sh bench`; build it with `--release`).
 
 use agentplane_core::policy::Policy;
 use std::io::Read;
@@ -29,6 +33,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(n) = std::env::var("AGENTPLANE_EVAL_REPEAT")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        let times: Vec<f64> = inputs
+            .iter()
+            .map(|i| {
+                let doc = agentplane_core::value::to_rego(i);
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    std::hint::black_box(policy.evaluate(doc.clone()).ok());
+                }
+                t.elapsed().as_secs_f64() * 1e6 / f64::from(n.max(1))
+            })
+            .collect();
+        println!("{}", serde_json::json!(times));
+        return ExitCode::SUCCESS;
+    }
     let out: Vec<serde_json::Value> = inputs
         .into_iter()
         .map(|i| match policy.evaluate_json(&i) {

@@ -182,10 +182,16 @@ impl Filter {
             .get(":path")
             .ok_or_else(|| bad("missing :path".into()))?;
         let authority = headers.get(":authority");
-        let request_id = host
-            .property(&["request", "id"])
-            .and_then(|b| String::from_utf8(b).ok())
-            .or_else(|| headers.get("x-request-id").map(str::to_owned))
+        // Envoy's `request.id` attribute is the x-request-id header that the
+        // connection manager set or kept, so the header saves a host call;
+        // the attribute covers hosts that do not put it in the headers.
+        let request_id = headers
+            .get("x-request-id")
+            .map(str::to_owned)
+            .or_else(|| {
+                host.property(&["request", "id"])
+                    .and_then(|b| String::from_utf8(b).ok())
+            })
             .unwrap_or_default();
         check_value(&request_id, max).map_err(|e| bad(format!("request id {e}")))?;
         let route = input::parse_route(path, &self.config).map_err(|e| bad(e.to_string()))?;
