@@ -95,7 +95,9 @@ fn benches(c: &mut Criterion) {
         )
     });
     let mut uncached: serde_json::Value = serde_json::from_str(CONFIG).unwrap_or_default();
-    uncached["decision_cache"] = json!({"enabled": false});
+    if let Some(o) = uncached.as_object_mut() {
+        o.insert("decision_cache".into(), json!({"enabled": false}));
+    }
     let Ok(plain) = Filter::new(uncached.to_string().as_bytes(), 1) else {
         return;
     };
