@@ -94,6 +94,7 @@ fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
         jwks: setup.jwks.clone(),
         upstream_port: setup.upstream_port,
         plugin_config: setup.plugin_config.clone(),
+        vault_port: setup.vault_port,
     };
     if let Some(pc) = &arm.plugin_config {
         setup2.plugin_config = pc.clone();
@@ -369,6 +370,7 @@ fn main() {
         jwks: idp.jwks(),
         upstream_port: up.port,
         plugin_config: base_config.clone(),
+        vault_port: agentplane_e2e::free_port(),
     };
     let mut uncached: serde_json::Value = serde_json::from_str(&base_config).unwrap();
     uncached["decision_cache"] = serde_json::json!({ "enabled": false });

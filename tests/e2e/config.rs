@@ -13,6 +13,7 @@ fn invalid_plugin_config_keeps_listener_down() {
         jwks: idp.jwks(),
         upstream_port: up.port,
         plugin_config: r#"{"identity": {"payload_kye": "jwt_payload"}}"#.into(),
+        vault_port: agentplane_e2e::free_port(),
     });
     let ready = e.wait_ready(Duration::from_secs(20));
     assert!(ready.is_err(), "Envoy became ready with a bad config");

@@ -151,6 +151,15 @@ impl Idp {
         Rsa::rs256().token(&header, &c, &self.key).unwrap()
     }
 
+    /// The public key as PEM (Vault's `jwt_validation_pubkeys`).
+    pub fn public_pem(&self) -> String {
+        use rsa::pkcs8::EncodePublicKey;
+        self.key
+            .to_public_key()
+            .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap()
+    }
+
     /// A token for an agent with the seed's claim layout.
     pub fn agent_token(
         &self,
@@ -414,6 +423,7 @@ pub fn render_envoy(setup: &EnvoySetup, with_filter: bool) -> RenderedEnvoy {
     vars.insert("LISTEN_PORT", port.to_string());
     vars.insert("ADMIN_PORT", admin_port.to_string());
     vars.insert("UPSTREAM_PORT", setup.upstream_port.to_string());
+    vars.insert("VAULT_PORT", setup.vault_port.to_string());
     vars.insert("ISSUER", ISSUER.to_string());
     vars.insert("AUDIENCE", AUDIENCE.to_string());
     vars.insert("JWKS", setup.jwks.clone());
@@ -437,6 +447,171 @@ pub fn render_envoy(setup: &EnvoySetup, with_filter: bool) -> RenderedEnvoy {
     }
 }
 
+/// A running OpenBao dev server (`bao server -dev`) on a loopback port,
+/// killed on drop. Configured over its HTTP API by [`Bao::setup_agents`].
+pub struct Bao {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    /// The root token.
+    pub root: String,
+    dir: PathBuf,
+}
+
+/// OpenBao's CLI: `$BAO_BIN`, else `.venv/bin/bao` (./build.sh installs it).
+pub fn bao_bin() -> PathBuf {
+    artifact("BAO_BIN", ".venv/bin/bao", "OpenBao", "run ./build.sh deps")
+}
+
+impl Bao {
+    /// Starts a dev server on a fresh port and waits until it is unsealed.
+    pub fn start() -> Bao {
+        let port = free_port();
+        Bao::start_on(port)
+    }
+
+    /// Starts a dev server on `port` (a restart keeps nothing: dev servers
+    /// are in memory).
+    pub fn start_on(port: u16) -> Bao {
+        let root = format!("root-{}", std::process::id());
+        let dir =
+            std::env::temp_dir().join(format!("agentplane-bao-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("bao.log")).unwrap();
+        let child = Command::new(bao_bin())
+            .args(["server", "-dev", "-dev-no-store-token"])
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .arg(format!("-dev-root-token-id={root}"))
+            .env("HOME", &dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let mut b = Bao {
+            child: Some(child),
+            port,
+            root,
+            dir,
+        };
+        let t0 = Instant::now();
+        loop {
+            if let Ok(r) = try_http(port, "GET", "/v1/sys/health", &[], "") {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            if let Some(c) = b.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("bao exited with {st}:\n{}", b.log());
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "bao not ready:\n{}",
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b
+    }
+
+    /// Stops the server (tests of an unavailable Vault).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("bao.log")).unwrap_or_default()
+    }
+
+    /// An API call with the root token; panics unless it succeeds.
+    pub fn api(&self, method: &str, path: &str, body: Value) -> Value {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let r = try_http(
+            self.port,
+            method,
+            path,
+            &[
+                ("x-vault-token", &self.root),
+                ("content-type", "application/json"),
+            ],
+            &body,
+        )
+        .unwrap();
+        assert!(
+            (200..300).contains(&r.status),
+            "bao {method} {path}: {} {}",
+            r.status,
+            r.body
+        );
+        if r.body.trim().is_empty() {
+            Value::Null
+        } else {
+            r.json()
+        }
+    }
+
+    /// JWT auth trusting `idp`'s key for its issuer; role `agent` bound to
+    /// the audience, `sub` as the alias; policy `agent-kv` lets each agent
+    /// read only `secret/data/mcp/agents/<its own sub>/*` (entity alias
+    /// templating), and `agent-db` its database role.
+    pub fn setup_agents(&self, idp: &Idp) {
+        self.api("POST", "/v1/sys/auth/jwt", json!({"type": "jwt"}));
+        self.api(
+            "POST",
+            "/v1/auth/jwt/config",
+            json!({"jwt_validation_pubkeys": [idp.public_pem()], "bound_issuer": ISSUER}),
+        );
+        let mounts = self.api("GET", "/v1/sys/auth", Value::Null);
+        let accessor = mounts["data"]["jwt/"]["accessor"]
+            .as_str()
+            .or_else(|| mounts["jwt/"]["accessor"].as_str())
+            .expect("jwt mount accessor")
+            .to_string();
+        let policy = format!(
+            "path \"secret/data/mcp/agents/{{{{identity.entity.aliases.{accessor}.name}}}}/*\" {{ capabilities = [\"read\"] }}\npath \"database/creds/readonly\" {{ capabilities = [\"read\"] }}\n"
+        );
+        self.api(
+            "PUT",
+            "/v1/sys/policies/acl/agent-kv",
+            json!({"policy": policy}),
+        );
+        self.api(
+            "POST",
+            "/v1/auth/jwt/role/agent",
+            json!({"role_type": "jwt", "bound_audiences": [AUDIENCE], "user_claim": "sub",
+                   "token_policies": ["agent-kv"], "token_ttl": "1h"}),
+        );
+    }
+
+    /// Writes a KV v2 secret for an agent.
+    pub fn put_agent_secret(&self, agent: &str, data: Value) {
+        self.api(
+            "POST",
+            &format!("/v1/secret/data/mcp/agents/{agent}/credentials"),
+            json!({ "data": data }),
+        );
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- bao log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Values for `envoy/envoy.yaml`'s placeholders.
 pub struct EnvoySetup {
     /// JWKS JSON.
@@ -445,6 +620,8 @@ pub struct EnvoySetup {
     pub upstream_port: u16,
     /// agentplane's JSON configuration.
     pub plugin_config: String,
+    /// OpenBao's port (the `vault` cluster); any closed port when unused.
+    pub vault_port: u16,
 }
 
 impl Envoy {
@@ -601,6 +778,7 @@ impl Stack {
             jwks: idp.jwks(),
             upstream_port: upstream.port,
             plugin_config: plugin_config.to_string(),
+            vault_port: free_port(),
         });
         Stack {
             idp,

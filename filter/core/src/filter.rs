@@ -10,6 +10,7 @@ use crate::host::{Host, LogLevel};
 use crate::ids::DecisionIds;
 use crate::input::{self, RequestFacts};
 use crate::policy::{Policy, Verdict};
+use crate::secrets::{self, Lookup};
 use std::cell::RefCell;
 
 /// Response (and reply) header carrying the decision id.
@@ -22,6 +23,9 @@ pub enum Flow {
     Continue,
     /// A local reply was sent; stop processing.
     Replied,
+    /// Allowed, waiting for secrets: the worker's root context resumes the
+    /// stream (or replies 503) when they arrive.
+    Paused,
 }
 
 /// The outcome of one request, for logs, metrics and the response phase.
@@ -47,6 +51,7 @@ pub struct Filter {
     policy: Policy,
     ids: DecisionIds,
     cache: Option<RefCell<DecisionCache<Outcome>>>,
+    broker: Option<RefCell<secrets::Broker>>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,11 +89,17 @@ impl Filter {
             .decision_cache
             .as_ref()
             .map(|c| RefCell::new(DecisionCache::new(c)));
+        let broker = config
+            .vault
+            .as_ref()
+            .filter(|_| config.resources.values().any(|r| !r.secrets.is_empty()))
+            .map(|v| RefCell::new(secrets::Broker::new(v.clone())));
         Filter {
             config,
             policy,
             ids: DecisionIds::new(seed),
             cache,
+            broker,
         }
     }
 
@@ -108,9 +119,9 @@ impl Filter {
         // Before anything else: nothing the client says about identity survives.
         let headers = headers::strip_untrusted(host, &self.config);
         let id = self.ids.next_id();
-        match self.decide(host, &headers) {
-            Ok(agent) => (
-                Flow::Continue,
+        match self.decide(host, &headers, &id) {
+            Ok((agent, flow)) => (
+                flow,
                 Decision {
                     id,
                     allowed: true,
@@ -169,7 +180,8 @@ impl Filter {
         &self,
         host: &mut H,
         headers: &RequestHeaders,
-    ) -> Result<String, (Refusal, Option<String>)> {
+        decision_id: &str,
+    ) -> Result<(String, Flow), (Refusal, Option<String>)> {
         let raw = host
             .property(&["metadata"])
             .ok_or_else(|| (unauthorized(ClaimsError::Missing), None))?;
@@ -223,7 +235,13 @@ impl Filter {
                 .ok()
                 .and_then(|mut c| c.get(key, now));
             if let Some(outcome) = hit {
-                return apply(host, outcome, &request_id);
+                let who = apply(
+                    host,
+                    outcome,
+                    &request_id,
+                    self.config.identity.forward_token,
+                )?;
+                return self.secrets(host, headers, route.service, who, decision_id);
             }
         }
 
@@ -242,7 +260,120 @@ impl Filter {
                 c.insert(key, outcome.clone(), now, until);
             }
         }
-        apply(host, outcome, &request_id)
+        let who = apply(
+            host,
+            outcome,
+            &request_id,
+            self.config.identity.forward_token,
+        )?;
+        self.secrets(host, headers, route.service, who, decision_id)
+    }
+
+    /// After an allow: injects the service's secrets from the cache, or
+    /// pauses the stream until a job fetches them, or answers 503.
+    fn secrets<H: Host>(
+        &self,
+        host: &mut H,
+        headers: &RequestHeaders,
+        service: Option<&str>,
+        who: Who,
+        decision_id: &str,
+    ) -> Result<(String, Flow), (Refusal, Option<String>)> {
+        let specs = &self.config.resource(service.unwrap_or("")).secrets;
+        let Some(broker) = self.broker.as_ref().filter(|_| !specs.is_empty()) else {
+            return Ok((who.agent, Flow::Continue));
+        };
+        let unavailable = |agent: &str, why: String| {
+            let mut r = Refusal::new(503, "unavailable", format!("secrets_unavailable: {why}"));
+            r.headers.clear();
+            (r, Some(agent.to_string()))
+        };
+        let needs = secrets::plan(specs, &who.agent, who.team.as_deref(), who.kind.as_deref())
+            .map_err(|e| unavailable(&who.agent, e))?;
+        let jwt = headers
+            .get("authorization")
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                    .and_then(|_| v.get(7..))
+            })
+            .map(|t| secrets::Secret::new(t.trim()));
+        let waiter = secrets::Waiter {
+            stream: host.stream_id(),
+            decision_id: decision_id.to_string(),
+        };
+        let now = host.now_ns();
+        let mut b = broker
+            .try_borrow_mut()
+            .map_err(|_| unavailable(&who.agent, "busy".into()))?;
+        match b.request(&who.agent, service.unwrap_or(""), needs, jwt, waiter, now) {
+            Lookup::Ready(set) => {
+                for (k, v) in &set {
+                    host.set_request_header(k, v.expose());
+                }
+                Ok((who.agent, Flow::Continue))
+            }
+            Lookup::Pending => Ok((who.agent, Flow::Paused)),
+            Lookup::Failed(why) => Err(unavailable(&who.agent, why)),
+        }
+    }
+
+    /// Whether any service has secrets (the root then ticks).
+    pub fn has_secrets(&self) -> bool {
+        self.broker.is_some()
+    }
+
+    /// Root context tick: dispatches due secret fetches. Returns whether
+    /// work is pending (the host may keep ticking either way).
+    pub fn on_tick<H: Host>(&self, host: &mut H) -> bool {
+        match self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
+            Some(mut b) => {
+                b.on_tick(host);
+                b.wants_tick()
+            }
+            None => false,
+        }
+    }
+
+    /// Root context: a callout answered (`status` `None` when it failed;
+    /// `body` `None` when it was too large).
+    pub fn on_callout_response<H: Host>(
+        &self,
+        host: &mut H,
+        token: u32,
+        status: Option<u16>,
+        body: Option<&[u8]>,
+    ) {
+        if let Some(mut b) = self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
+            if !b.on_response(host, token, status, body) {
+                host.log(
+                    LogLevel::Debug,
+                    &format!("agentplane: stale callout {token}"),
+                );
+            }
+            // Steps that can go at once (the next read) go now.
+            b.on_tick(host);
+        }
+    }
+
+    /// A stream ended (possibly while waiting for secrets).
+    pub fn on_stream_done(&self, stream: u32) {
+        if let Some(mut b) = self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
+            b.forget_stream(stream);
+        }
+    }
+
+    /// Largest callout response the filter reads.
+    pub fn max_callout_bytes(&self) -> usize {
+        self.config
+            .vault
+            .as_ref()
+            .map_or(0, |v| v.max_response_bytes)
+    }
+
+    /// Secrets counters, when secrets are configured.
+    pub fn secrets_stats(&self) -> Option<secrets::BrokerStats> {
+        Some(self.broker.as_ref()?.try_borrow().ok()?.stats)
     }
 
     /// Decides for an identified request. Returns the outcome and, when the
@@ -346,13 +477,24 @@ struct Allowed {
     extra: Vec<(String, String)>,
 }
 
+/// Who an allowed request is from, for secret paths.
+struct Who {
+    agent: String,
+    team: Option<String>,
+    kind: Option<String>,
+}
+
 fn apply<H: Host>(
     host: &mut H,
     outcome: Outcome,
     request_id: &str,
-) -> Result<String, (Refusal, Option<String>)> {
+    forward_token: bool,
+) -> Result<Who, (Refusal, Option<String>)> {
     match outcome.result {
         Ok(allowed) => {
+            if !forward_token {
+                host.remove_request_header("authorization");
+            }
             for (name, value) in &allowed.trusted {
                 host.set_request_header(name, value);
             }
@@ -362,7 +504,18 @@ fn apply<H: Host>(
             for (k, v) in &allowed.extra {
                 host.set_request_header(k, v);
             }
-            Ok(outcome.agent)
+            let find = |n: &str| {
+                allowed
+                    .trusted
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.clone())
+            };
+            Ok(Who {
+                team: find("x-agent-team"),
+                kind: find("x-agent-type"),
+                agent: outcome.agent,
+            })
         }
         Err(r) => Err((r, Some(outcome.agent))),
     }
@@ -840,5 +993,135 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
             assert!(f.on_request_headers(&mut h).1.allowed, "{:?}", h.reply);
         }
         assert_eq!(f.cache_stats(), Some((1, 1, 1)));
+    }
+
+    fn secrets_filter() -> Filter {
+        let cfg = json!({
+            "vault": {"cluster": "vault", "role": "agent"},
+            "resources": {
+                "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"},
+                    "secrets": [{"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}]},
+                "tickets": {"type": "data", "metadata": {"team": "customer-success", "environment": "production"}}
+            }
+        });
+        Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
+    }
+
+    #[test]
+    fn allowed_requests_wait_for_their_secrets_denied_ones_fetch_nothing() {
+        let f = secrets_filter();
+        assert!(f.has_secrets());
+        // Denied (missing permission): no callout, ever.
+        let mut h = request(
+            "POST",
+            "/mcp://hello-skill/greet",
+            Some(claims(json!({"permissions": []}))),
+        )
+        .with_header("authorization", "Bearer the.agent.jwt");
+        assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+        f.on_tick(&mut h);
+        assert!(h.dispatched.is_empty());
+
+        // Allowed: paused; the root logs in with the agent's JWT, reads, resumes.
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+            .with_header("authorization", "Bearer the.agent.jwt");
+        h.stream = 42;
+        let (flow, d) = f.on_request_headers(&mut h);
+        assert_eq!(flow, Flow::Paused);
+        assert!(d.allowed);
+        assert!(
+            h.header_values("authorization").is_empty(),
+            "agent JWT not forwarded"
+        );
+        assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
+        let mut root = MockHost::new();
+        f.on_tick(&mut root);
+        assert_eq!(root.dispatched.len(), 1);
+        let login: Value =
+            serde_json::from_slice(root.dispatched[0].body.as_ref().unwrap()).unwrap();
+        assert_eq!(login["jwt"], "the.agent.jwt");
+        let t = root.dispatched[0].token;
+        f.on_callout_response(
+            &mut root,
+            t,
+            Some(200),
+            Some(br#"{"auth":{"client_token":"s.x","lease_duration":600}}"#),
+        );
+        // The read goes out at once (no need to wait for the next tick).
+        assert_eq!(root.dispatched.len(), 2);
+        let t = root.dispatched[1].token;
+        f.on_callout_response(
+            &mut root,
+            t,
+            Some(200),
+            Some(br#"{"data":{"data":{"api_key":"k-123"}}}"#),
+        );
+        assert_eq!(
+            root.resumed,
+            [(42, vec![("x-api-key".to_string(), "k-123".to_string())])]
+        );
+
+        // Next request: straight from the cache, not paused.
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+            .with_header("authorization", "Bearer the.agent.jwt");
+        assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+        assert_eq!(h.header_values("x-api-key"), ["k-123"]);
+
+        // Services without secrets never pause.
+        let mut h = request("GET", "/tickets/1", Some(claims(json!({}))));
+        assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+        assert_eq!(f.secrets_stats().unwrap().logins, 1);
+    }
+
+    #[test]
+    fn secrets_without_a_token_or_vault_config_fail_closed() {
+        let f = secrets_filter();
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+        let (flow, d) = f.on_request_headers(&mut h);
+        assert_eq!(flow, Flow::Replied);
+        assert_eq!((d.status, h.reply.as_ref().unwrap().status), (503, 503));
+        assert_eq!(
+            body(&h)["reason"],
+            "secrets_unavailable: no bearer token to log in to Vault with"
+        );
+        assert_eq!(body(&h)["error"], "unavailable");
+
+        let e = Filter::new(
+            br#"{"resources": {"s": {"type": "skill", "secrets": [{"kv": "secret/data/x", "field": "k", "header": "x-k"}]}}}"#,
+            1,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("secrets need a `vault` section"),
+            "{e}"
+        );
+        for (bad, want) in [
+            (
+                json!({"kv": "secret/data/{agentt}/x", "field": "k", "header": "x-k"}),
+                "placeholders",
+            ),
+            (
+                json!({"kv": "../x", "field": "k", "header": "x-k"}),
+                "relative Vault path",
+            ),
+            (json!({"kv": "secret/data/x", "header": "x-k"}), "field"),
+            (
+                json!({"kv": "secret/data/x", "field": "k", "header": "x-agent-id"}),
+                "sets itself",
+            ),
+            (
+                json!({"kv": "secret/data/x", "field": "k", "header": "x-k", "bearer": true}),
+                "not both",
+            ),
+            (
+                json!({"database": "database/creds/r", "username_header": "x-u"}),
+                "password_header",
+            ),
+            (json!({"field": "k"}), "exactly one of kv and database"),
+        ] {
+            let cfg = json!({"vault": {}, "resources": {"s": {"type": "skill", "secrets": [bad]}}});
+            let e = Filter::new(cfg.to_string().as_bytes(), 1).unwrap_err();
+            assert!(e.to_string().contains(want), "{e} (wanted {want})");
+        }
     }
 }

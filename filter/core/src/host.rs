@@ -42,6 +42,66 @@ pub trait Host {
     fn now_ns(&self) -> u64;
     /// Writes a line to the proxy's log.
     fn log(&self, level: LogLevel, message: &str);
+
+    // --- callouts (secrets): used from the worker's root context ---------
+
+    /// The id of the stream being handled (proxy-wasm context id).
+    fn stream_id(&self) -> u32 {
+        0
+    }
+    /// Asks for [`crate::Filter::on_tick`] every `period_ms` (0: stop).
+    fn arm_tick(&mut self, _period_ms: u64) {}
+    /// Sends an HTTP request to a proxy cluster; the answer arrives later
+    /// through [`crate::Filter::on_callout_response`] with the returned token.
+    fn dispatch_http_call(
+        &mut self,
+        _cluster: &str,
+        _headers: &[(&str, &str)],
+        _body: Option<&[u8]>,
+        _timeout_ms: u64,
+    ) -> Result<u32, String> {
+        Err("this host cannot make callouts".into())
+    }
+    /// Sets request headers on a paused stream and lets it continue. False
+    /// when the stream is gone.
+    fn resume_stream(&mut self, _stream: u32, _set: &[(String, String)]) -> bool {
+        false
+    }
+    /// Ends a paused stream with a local reply. False when it is gone.
+    fn reply_stream(
+        &mut self,
+        _stream: u32,
+        _status: u16,
+        _headers: &[(&str, &str)],
+        _body: &[u8],
+    ) -> bool {
+        false
+    }
+}
+
+/// A callout recorded by [`MockHost`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatched {
+    /// Token returned to the filter.
+    pub token: u32,
+    /// Target cluster.
+    pub cluster: String,
+    /// Request headers (pseudo-headers included).
+    pub headers: Vec<(String, String)>,
+    /// Request body.
+    pub body: Option<Vec<u8>>,
+    /// Timeout.
+    pub timeout_ms: u64,
+}
+
+impl Dispatched {
+    /// A header of the callout.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A local reply recorded by [`MockHost`].
@@ -69,6 +129,20 @@ pub struct MockHost {
     pub response_headers: Vec<(String, String)>,
     /// Every line logged, with its level.
     pub logs: RefCell<Vec<(LogLevel, String)>>,
+    /// The stream id [`Host::stream_id`] returns.
+    pub stream: u32,
+    /// Callouts sent, in order.
+    pub dispatched: Vec<Dispatched>,
+    /// When set, dispatching fails with this error.
+    pub dispatch_error: Option<String>,
+    /// Streams resumed, with the headers set on them.
+    pub resumed: Vec<(u32, Vec<(String, String)>)>,
+    /// Local replies sent to other streams.
+    pub stream_replies: Vec<(u32, Reply)>,
+    /// Streams that no longer exist (resume/reply fail).
+    pub gone: Vec<u32>,
+    /// The last tick period asked for.
+    pub tick_ms: Option<u64>,
 }
 
 impl MockHost {
@@ -159,5 +233,69 @@ impl Host for MockHost {
 
     fn log(&self, level: LogLevel, message: &str) {
         self.logs.borrow_mut().push((level, message.to_string()));
+    }
+
+    fn stream_id(&self) -> u32 {
+        self.stream
+    }
+
+    fn arm_tick(&mut self, period_ms: u64) {
+        self.tick_ms = Some(period_ms);
+    }
+
+    fn dispatch_http_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
+        if let Some(e) = &self.dispatch_error {
+            return Err(e.clone());
+        }
+        let token = u32::try_from(self.dispatched.len()).unwrap_or(u32::MAX) + 1;
+        self.dispatched.push(Dispatched {
+            token,
+            cluster: cluster.to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.map(<[u8]>::to_vec),
+            timeout_ms,
+        });
+        Ok(token)
+    }
+
+    fn resume_stream(&mut self, stream: u32, set: &[(String, String)]) -> bool {
+        if self.gone.contains(&stream) {
+            return false;
+        }
+        self.resumed.push((stream, set.to_vec()));
+        true
+    }
+
+    fn reply_stream(
+        &mut self,
+        stream: u32,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> bool {
+        if self.gone.contains(&stream) {
+            return false;
+        }
+        self.stream_replies.push((
+            stream,
+            Reply {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: body.to_vec(),
+            },
+        ));
+        true
     }
 }

@@ -21,6 +21,7 @@ pub mod ids;
 pub mod input;
 pub mod pbstruct;
 pub mod policy;
+pub mod secrets;
 pub mod value;
 
 pub use config::{Config, ConfigError};

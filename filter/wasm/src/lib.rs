@@ -8,27 +8,61 @@
 use agentplane_core::{filter::Decision, Filter, Flow, Host, LogLevel};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel as PwLogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel as PwLogLevel, MapType};
 use std::hash::BuildHasher;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(PwLogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { filter: None }) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, filter: None }) });
 }}
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 struct Root {
+    id: u32,
     filter: Option<Rc<Filter>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(filter) = self.filter.clone() else {
+            return;
+        };
+        // No headers: the call failed (timeout, refused, reset).
+        let status = if num_headers == 0 {
+            None
+        } else {
+            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u16>().ok())
+        };
+        let body = if body_size > filter.max_callout_bytes() {
+            None
+        } else {
+            Some(
+                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+            )
+        };
+        let mut host = EnvoyHost::root(self.id);
+        filter.on_callout_response(&mut host, token_id, status, body.as_deref());
+    }
+}
 
 fn seed() -> u64 {
     // std's RandomState draws its keys from the host's randomness (WASI random_get).
-    std::collections::hash_map::RandomState::new().hash_one(EnvoyHost.now_ns())
+    std::collections::hash_map::RandomState::new().hash_one(EnvoyHost::root(0).now_ns())
 }
 
 impl RootContext for Root {
@@ -36,7 +70,11 @@ impl RootContext for Root {
         let config = self.get_plugin_configuration().unwrap_or_default();
         match Filter::new(&config, seed()) {
             Ok(filter) => {
-                EnvoyHost.log(
+                if filter.has_secrets() {
+                    // Secret fetches run on this root context's tick.
+                    self.set_tick_period(TICK);
+                }
+                EnvoyHost::root(0).log(
                     LogLevel::Info,
                     &format!(
                         "agentplane {VERSION} configured: policy revision {}, entrypoint {}, engine {}",
@@ -46,7 +84,7 @@ impl RootContext for Root {
                     ),
                 );
                 if let Some(why) = filter.policy().rvm_fallback() {
-                    EnvoyHost.log(
+                    EnvoyHost::root(0).log(
                         LogLevel::Warn,
                         &format!("agentplane: policy runs on the interpreter; the RVM cannot compile it: {why}"),
                     );
@@ -55,7 +93,7 @@ impl RootContext for Root {
                 true
             }
             Err(e) => {
-                EnvoyHost.log(
+                EnvoyHost::root(0).log(
                     LogLevel::Error,
                     &format!("agentplane: refusing configuration: {e}"),
                 );
@@ -64,8 +102,16 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        if let Some(filter) = self.filter.clone() {
+            filter.on_tick(&mut EnvoyHost::root(self.id));
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
+            id: context_id,
+            root: self.id,
             filter: self.filter.clone(),
             decision: None,
         }))
@@ -77,43 +123,82 @@ impl RootContext for Root {
 }
 
 struct Stream {
+    id: u32,
+    root: u32,
     filter: Option<Rc<Filter>>,
     decision: Option<Decision>,
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        if let Some(filter) = &self.filter {
+            filter.on_stream_done(self.id);
+        }
+        true
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(filter) = self.filter.clone() else {
             // Not configured: fail closed.
-            EnvoyHost.send_reply(
+            EnvoyHost::stream(self.id, self.root).send_reply(
                 503,
                 &[("content-type", "application/json")],
                 br#"{"error":"unavailable","reason":"filter_not_configured"}"#,
             );
             return Action::Pause;
         };
-        let (flow, decision) = filter.on_request_headers(&mut EnvoyHost);
+        let (flow, decision) =
+            filter.on_request_headers(&mut EnvoyHost::stream(self.id, self.root));
         self.decision = Some(decision);
         match flow {
             Flow::Continue => Action::Continue,
-            Flow::Replied => Action::Pause,
+            Flow::Replied | Flow::Paused => Action::Pause,
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let (Some(filter), Some(d)) = (&self.filter, &self.decision) {
             if d.allowed {
-                filter.on_response_headers(&mut EnvoyHost, d);
+                filter.on_response_headers(&mut EnvoyHost::stream(self.id, self.root), d);
             }
         }
         Action::Continue
     }
 }
 
-/// `Host` over the proxy-wasm hostcalls of the current stream.
-struct EnvoyHost;
+/// `Host` over the proxy-wasm hostcalls of the current context: a stream,
+/// or the worker's root context (ticks, callout responses), which may act
+/// on other streams by switching the effective context and back.
+struct EnvoyHost {
+    stream: u32,
+    root: u32,
+}
+
+const TICK: Duration = Duration::from_millis(5);
+
+impl EnvoyHost {
+    fn stream(stream: u32, root: u32) -> EnvoyHost {
+        EnvoyHost { stream, root }
+    }
+
+    fn root(root: u32) -> EnvoyHost {
+        EnvoyHost { stream: 0, root }
+    }
+
+    /// Runs `f` with `stream` as the effective context, then returns to the
+    /// root. False when the stream no longer exists.
+    fn on_stream(&self, stream: u32, f: impl FnOnce()) -> bool {
+        if hostcalls::set_effective_context(stream).is_err() {
+            let _ = hostcalls::set_effective_context(self.root);
+            return false;
+        }
+        f();
+        let _ = hostcalls::set_effective_context(self.root);
+        true
+    }
+}
 
 impl Host for EnvoyHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
@@ -151,6 +236,48 @@ impl Host for EnvoyHost {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn stream_id(&self) -> u32 {
+        self.stream
+    }
+
+    fn dispatch_http_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            body,
+            vec![],
+            Duration::from_millis(timeout_ms),
+        )
+        .map_err(|s| format!("{s:?}"))
+    }
+
+    fn resume_stream(&mut self, stream: u32, set: &[(String, String)]) -> bool {
+        self.on_stream(stream, || {
+            for (k, v) in set {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, k, Some(v));
+            }
+            let _ = hostcalls::resume_http_request();
+        })
+    }
+
+    fn reply_stream(
+        &mut self,
+        stream: u32,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> bool {
+        self.on_stream(stream, || {
+            let _ = hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body));
+        })
     }
 
     fn log(&self, level: LogLevel, message: &str) {

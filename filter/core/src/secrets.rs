@@ -1,0 +1,1086 @@
+//! Secrets from OpenBao/Vault, fetched through proxy callouts, cached per
+//! agent and injected into allowed requests.
+//!
+//! # Flow
+//!
+//! The policy decides first. An allowed request to a service with secrets
+//! either finds every secret in the cache (injected at once, no callout) or
+//! pauses and joins a *job* for its (agent, service): concurrent requests
+//! for the same agent and service share one job, so N cold requests cost one
+//! login and one read per secret (single-flight). Jobs run on the worker's
+//! root context (its tick dispatches, its callout responses advance them),
+//! never on a stream that may go away: a client that disconnects only
+//! leaves its job's waiter list. When a job ends, every waiting stream is
+//! resumed with its headers, or answered 503 `secrets_unavailable`.
+//!
+//! A job's steps: log in with the agent's own JWT (`auth/<mount>/login`)
+//! unless a Vault token for the agent is cached, then read each secret that
+//! is not cached. Failures: no answer, 429 or 5xx are retried
+//! (`vault.retries`, exponential backoff); a 403 on a read gets one fresh
+//! login (the token may have expired); anything else fails the job.
+//!
+//! # Safety
+//!
+//! Everything cached is keyed by the agent id (the verified `sub`), so a
+//! secret fetched with agent A's token can only be injected for agent A.
+//! Values are held in [`Secret`], whose `Debug` prints nothing; error texts
+//! carry statuses and classes, never response bodies.
+
+use crate::config::{SecretConfig, VaultConfig};
+use crate::host::{Host, LogLevel};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// A secret value: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(v: impl Into<String>) -> Secret {
+        Secret(v.into())
+    }
+    /// The value, for injection only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// One secret a request needs: its spec and the resolved Vault path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    /// How it is injected.
+    pub spec: SecretConfig,
+    /// The path with placeholders filled in.
+    pub path: String,
+}
+
+/// Fills `{agent}`, `{team}`, `{type}` in every spec's path. Identity values
+/// that could escape their path segment are refused.
+pub fn plan(
+    specs: &[SecretConfig],
+    agent: &str,
+    team: Option<&str>,
+    kind: Option<&str>,
+) -> Result<Vec<Need>, String> {
+    let safe = |name: &str, v: Option<&str>| -> Result<String, String> {
+        match v {
+            Some(v)
+                if !v.is_empty()
+                    && v != "."
+                    && v != ".."
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~:@".contains(&b)) =>
+            {
+                Ok(v.to_string())
+            }
+            Some(_) => Err(format!(
+                "the agent's {name} cannot be used in a secret path"
+            )),
+            None => Err(format!("the agent has no {name} for a secret path")),
+        }
+    };
+    specs
+        .iter()
+        .map(|spec| {
+            let template = spec
+                .kv
+                .as_deref()
+                .or(spec.database.as_deref())
+                .unwrap_or("");
+            let mut path = template.to_string();
+            if path.contains("{agent}") {
+                path = path.replace("{agent}", &safe("id", Some(agent))?);
+            }
+            if path.contains("{team}") {
+                path = path.replace("{team}", &safe("team", team)?);
+            }
+            if path.contains("{type}") {
+                path = path.replace("{type}", &safe("type", kind)?);
+            }
+            Ok(Need {
+                spec: spec.clone(),
+                path,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct Lease<T> {
+    value: T,
+    /// Usable while now < until (the renewal margin already subtracted).
+    until_ns: u64,
+}
+
+type Fields = BTreeMap<String, Secret>;
+
+/// A stream waiting for a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter {
+    /// Its context id.
+    pub stream: u32,
+    /// Its decision id, for the 503 body.
+    pub decision_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Login,
+    Read(usize),
+}
+
+#[derive(Debug)]
+struct Job {
+    agent: String,
+    service: String,
+    jwt: Option<Secret>,
+    needs: Vec<Need>,
+    waiters: Vec<Waiter>,
+    step: Step,
+    inflight: Option<u32>,
+    due_ns: u64,
+    attempts: u32,
+    relogged: bool,
+    token: Option<Secret>,
+    fetched: HashMap<String, Fields>,
+}
+
+/// What happened to a request that needs secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Everything was cached: set these headers and continue.
+    Ready(Vec<(String, Secret)>),
+    /// The stream waits for a job.
+    Pending,
+    /// Cannot be served (reason for the 503).
+    Failed(String),
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Requests served from the cache.
+    pub hits: u64,
+    /// Logins sent.
+    pub logins: u64,
+    /// Secret reads sent.
+    pub reads: u64,
+    /// Jobs that failed.
+    pub failures: u64,
+}
+
+/// The per-worker secrets cache and job runner.
+#[derive(Debug)]
+pub struct Broker {
+    cfg: VaultConfig,
+    tokens: HashMap<String, Lease<Secret>>,
+    values: HashMap<(String, String), Lease<Fields>>,
+    jobs: Vec<Job>,
+    /// Counters.
+    pub stats: BrokerStats,
+}
+
+const SEC: u64 = 1_000_000_000;
+
+/// Why a callout result ends or repeats a step.
+enum Outcome {
+    Done,
+    Retry(String),
+    Relogin,
+    Fail(String),
+}
+
+impl Broker {
+    /// An empty broker.
+    pub fn new(cfg: VaultConfig) -> Broker {
+        Broker {
+            cfg,
+            tokens: HashMap::new(),
+            values: HashMap::new(),
+            jobs: Vec::new(),
+            stats: BrokerStats::default(),
+        }
+    }
+
+    /// Jobs not finished yet.
+    pub fn pending_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn cached(&self, agent: &str, path: &str, now: u64) -> Option<&Fields> {
+        self.values
+            .get(&(agent.to_string(), path.to_string()))
+            .filter(|l| now < l.until_ns)
+            .map(|l| &l.value)
+    }
+
+    /// Serves a request from the cache, or makes it wait for a job
+    /// (starting one unless one for this agent and service is running).
+    pub fn request(
+        &mut self,
+        agent: &str,
+        service: &str,
+        needs: Vec<Need>,
+        jwt: Option<Secret>,
+        waiter: Waiter,
+        now: u64,
+    ) -> Lookup {
+        let mut fields: HashMap<String, Fields> = HashMap::new();
+        for n in &needs {
+            match self.cached(agent, &n.path, now) {
+                Some(f) => {
+                    fields.insert(n.path.clone(), f.clone());
+                }
+                None => break,
+            }
+        }
+        if fields.len() == needs.len() {
+            return match inject(&needs, &fields) {
+                Ok(h) => {
+                    self.stats.hits += 1;
+                    Lookup::Ready(h)
+                }
+                Err(e) => Lookup::Failed(e),
+            };
+        }
+        if let Some(job) = self
+            .jobs
+            .iter_mut()
+            .find(|j| j.agent == agent && j.service == service)
+        {
+            job.waiters.push(waiter);
+            return Lookup::Pending;
+        }
+        let token = self
+            .tokens
+            .get(agent)
+            .filter(|l| now < l.until_ns)
+            .map(|l| l.value.clone());
+        if token.is_none() && jwt.is_none() {
+            return Lookup::Failed("no bearer token to log in to Vault with".into());
+        }
+        let mut job = Job {
+            agent: agent.to_string(),
+            service: service.to_string(),
+            jwt,
+            needs,
+            waiters: vec![waiter],
+            step: Step::Login,
+            inflight: None,
+            due_ns: now,
+            attempts: 0,
+            relogged: false,
+            token,
+            fetched: fields,
+        };
+        job.step = self.next_step(&job).unwrap_or(Step::Login);
+        self.jobs.push(job);
+        Lookup::Pending
+    }
+
+    fn next_step(&self, job: &Job) -> Option<Step> {
+        let missing = job
+            .needs
+            .iter()
+            .position(|n| !job.fetched.contains_key(&n.path))?;
+        Some(if job.token.is_none() {
+            Step::Login
+        } else {
+            Step::Read(missing)
+        })
+    }
+
+    /// A stream went away: it no longer waits for anything.
+    pub fn forget_stream(&mut self, stream: u32) {
+        for j in &mut self.jobs {
+            j.waiters.retain(|w| w.stream != stream);
+        }
+    }
+
+    /// Dispatches every job step that is due (called from the root's tick).
+    pub fn on_tick<H: Host>(&mut self, host: &mut H) {
+        let now = host.now_ns();
+        let mut failed = Vec::new();
+        for (i, job) in self.jobs.iter_mut().enumerate() {
+            if job.inflight.is_some() || job.due_ns > now {
+                continue;
+            }
+            match dispatch(&self.cfg, host, job) {
+                Ok(token) => {
+                    job.inflight = Some(token);
+                    match job.step {
+                        Step::Login => self.stats.logins += 1,
+                        Step::Read(_) => self.stats.reads += 1,
+                    }
+                }
+                Err(e) => {
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "agentplane: secrets for {}: cannot call Vault: {e}",
+                            job.agent
+                        ),
+                    );
+                    failed.push(i);
+                }
+            }
+        }
+        for i in failed.into_iter().rev() {
+            self.finish(host, i, Err("vault unreachable".into()));
+        }
+    }
+
+    /// Whether the tick has work now or soon.
+    pub fn wants_tick(&self) -> bool {
+        self.jobs.iter().any(|j| j.inflight.is_none())
+    }
+
+    /// Handles a callout's answer. `status` is `None` when the call failed
+    /// (timeout, connection refused, reset); `body` is `None` when it was
+    /// larger than `max_response_bytes`. Returns false for unknown tokens.
+    pub fn on_response<H: Host>(
+        &mut self,
+        host: &mut H,
+        token: u32,
+        status: Option<u16>,
+        body: Option<&[u8]>,
+    ) -> bool {
+        let Some(i) = self.jobs.iter().position(|j| j.inflight == Some(token)) else {
+            return false;
+        };
+        let now = host.now_ns();
+        let margin = self.cfg.renew_margin_s.saturating_mul(SEC);
+        let kv_ttl = self.cfg.kv_ttl_s.saturating_mul(SEC);
+        let Some(job) = self.jobs.get_mut(i) else {
+            return false;
+        };
+        job.inflight = None;
+        let what = match job.step {
+            Step::Login => "vault login".to_string(),
+            Step::Read(n) => format!("secret #{n}"),
+        };
+        let outcome = match (status, body) {
+            (None, _) => Outcome::Retry("vault unreachable".into()),
+            (Some(_), None) => Outcome::Fail(format!("{what}: response too large")),
+            (Some(200), Some(body)) => match serde_json::from_slice::<Value>(body) {
+                Err(_) => Outcome::Fail(format!("{what}: malformed response")),
+                Ok(v) => match job.step {
+                    Step::Login => match parse_login(&v) {
+                        Some((tok, ttl)) => {
+                            let until = now.saturating_add(ttl.saturating_mul(SEC));
+                            if until.saturating_sub(margin) > now {
+                                self.tokens.insert(
+                                    job.agent.clone(),
+                                    Lease {
+                                        value: tok.clone(),
+                                        until_ns: until - margin,
+                                    },
+                                );
+                            }
+                            job.token = Some(tok);
+                            Outcome::Done
+                        }
+                        None => Outcome::Fail(format!("{what}: malformed response")),
+                    },
+                    Step::Read(n) => {
+                        let need = job.needs.get(n);
+                        let is_kv = need.is_some_and(|n| n.spec.kv.is_some());
+                        match (need, parse_read(&v, is_kv)) {
+                            (Some(need), Some((fields, lease))) => {
+                                let ttl = if is_kv {
+                                    kv_ttl
+                                } else {
+                                    lease.saturating_mul(SEC)
+                                };
+                                let until = now.saturating_add(ttl);
+                                if until.saturating_sub(margin) > now {
+                                    self.values.insert(
+                                        (job.agent.clone(), need.path.clone()),
+                                        Lease {
+                                            value: fields.clone(),
+                                            until_ns: until - margin,
+                                        },
+                                    );
+                                }
+                                job.fetched.insert(need.path.clone(), fields);
+                                Outcome::Done
+                            }
+                            _ => Outcome::Fail(format!("{what}: no secret data")),
+                        }
+                    }
+                },
+            },
+            (Some(s @ (429 | 500 | 502 | 503 | 504)), _) => {
+                Outcome::Retry(format!("{what}: vault answered {s}"))
+            }
+            (Some(403), _) if matches!(job.step, Step::Read(_)) && !job.relogged => {
+                Outcome::Relogin
+            }
+            (Some(s), _) => Outcome::Fail(format!("{what}: vault answered {s}")),
+        };
+        match outcome {
+            Outcome::Done => {
+                job.attempts = 0;
+                match self.next_step_of(i) {
+                    Some(step) => {
+                        if let Some(job) = self.jobs.get_mut(i) {
+                            job.step = step;
+                            job.due_ns = now;
+                        }
+                    }
+                    None => {
+                        let result = self
+                            .jobs
+                            .get(i)
+                            .map(|j| inject(&j.needs, &j.fetched))
+                            .unwrap_or_else(|| Err("job lost".into()));
+                        self.finish(host, i, result);
+                    }
+                }
+            }
+            Outcome::Relogin => {
+                self.tokens.remove(&job.agent);
+                job.token = None;
+                job.relogged = true;
+                if job.jwt.is_some() {
+                    job.step = Step::Login;
+                    job.due_ns = now;
+                } else {
+                    self.finish(
+                        host,
+                        i,
+                        Err("vault token refused; no JWT to log in again".into()),
+                    );
+                }
+            }
+            Outcome::Retry(why) if job.attempts < self.cfg.retries => {
+                job.attempts += 1;
+                let backoff = self
+                    .cfg
+                    .backoff_ms
+                    .saturating_mul(1 << (job.attempts - 1).min(10))
+                    .saturating_mul(1_000_000);
+                job.due_ns = now.saturating_add(backoff);
+                host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "agentplane: secrets for {}: {why}; retry {}",
+                        job.agent, job.attempts
+                    ),
+                );
+            }
+            Outcome::Retry(why) | Outcome::Fail(why) => {
+                if matches!(job.step, Step::Login) {
+                    self.tokens.remove(&job.agent);
+                }
+                self.finish(host, i, Err(why));
+            }
+        }
+        true
+    }
+
+    fn next_step_of(&self, i: usize) -> Option<Step> {
+        self.jobs.get(i).and_then(|j| self.next_step(j))
+    }
+
+    fn finish<H: Host>(
+        &mut self,
+        host: &mut H,
+        i: usize,
+        result: Result<Vec<(String, Secret)>, String>,
+    ) {
+        if i >= self.jobs.len() {
+            return;
+        }
+        let job = self.jobs.swap_remove(i);
+        match result {
+            Ok(headers) => {
+                let set: Vec<(String, String)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                    .collect();
+                for w in &job.waiters {
+                    host.resume_stream(w.stream, &set);
+                }
+            }
+            Err(why) => {
+                self.stats.failures += 1;
+                host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "agentplane: secrets for agent {} (service {}) unavailable: {why}",
+                        job.agent, job.service
+                    ),
+                );
+                for w in &job.waiters {
+                    let (body, hdrs) = unavailable(&w.decision_id, &why);
+                    let hdrs: Vec<(&str, &str)> =
+                        hdrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    host.reply_stream(w.stream, 503, &hdrs, body.as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// The 503 a request gets when its secrets cannot be had.
+pub fn unavailable(decision_id: &str, why: &str) -> (String, Vec<(&'static str, String)>) {
+    let body = serde_json::json!({
+        "error": "unavailable",
+        "reason": format!("secrets_unavailable: {why}"),
+        "decision_id": decision_id,
+    })
+    .to_string();
+    (
+        body,
+        vec![
+            ("content-type", "application/json".to_string()),
+            (crate::filter::DECISION_ID_HEADER, decision_id.to_string()),
+        ],
+    )
+}
+
+fn dispatch<H: Host>(cfg: &VaultConfig, host: &mut H, job: &Job) -> Result<u32, String> {
+    match job.step {
+        Step::Login => {
+            let jwt = job.jwt.as_ref().ok_or("no JWT to log in with")?;
+            let path = format!("/v1/auth/{}/login", cfg.auth_mount);
+            let body = serde_json::json!({"role": cfg.role, "jwt": jwt.expose()}).to_string();
+            host.dispatch_http_call(
+                &cfg.cluster,
+                &[
+                    (":method", "POST"),
+                    (":path", &path),
+                    (":authority", &cfg.authority),
+                    ("content-type", "application/json"),
+                ],
+                Some(body.as_bytes()),
+                cfg.timeout_ms,
+            )
+        }
+        Step::Read(n) => {
+            let need = job.needs.get(n).ok_or("no such secret")?;
+            let token = job.token.as_ref().ok_or("no vault token")?;
+            let path = format!("/v1/{}", need.path);
+            host.dispatch_http_call(
+                &cfg.cluster,
+                &[
+                    (":method", "GET"),
+                    (":path", &path),
+                    (":authority", &cfg.authority),
+                    ("x-vault-token", token.expose()),
+                ],
+                None,
+                cfg.timeout_ms,
+            )
+        }
+    }
+}
+
+fn parse_login(v: &Value) -> Option<(Secret, u64)> {
+    let auth = v.get("auth")?;
+    let token = auth
+        .get("client_token")?
+        .as_str()
+        .filter(|t| !t.is_empty())?;
+    let ttl = auth
+        .get("lease_duration")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    Some((Secret::new(token), ttl))
+}
+
+/// KV v2: `data.data` holds the fields; dynamic credentials: `data` and
+/// `lease_duration`. Only string fields are kept; a deleted KV version
+/// (`data.data: null`) has none.
+fn parse_read(v: &Value, kv: bool) -> Option<(Fields, u64)> {
+    let data = if kv {
+        v.get("data")?.get("data")?
+    } else {
+        v.get("data")?
+    };
+    let obj = data.as_object()?;
+    let fields: Fields = obj
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), Secret::new(s))))
+        .collect();
+    let lease = v.get("lease_duration").and_then(Value::as_u64).unwrap_or(0);
+    Some((fields, lease))
+}
+
+/// The headers a request gets from its secrets.
+fn inject(
+    needs: &[Need],
+    fetched: &HashMap<String, Fields>,
+) -> Result<Vec<(String, Secret)>, String> {
+    let mut out = Vec::new();
+    for (i, n) in needs.iter().enumerate() {
+        let fields = fetched
+            .get(&n.path)
+            .ok_or_else(|| format!("secret #{i} missing"))?;
+        let get = |name: &str| {
+            fields
+                .get(name)
+                .filter(|v| {
+                    !v.expose().is_empty() && crate::headers::check_value(v.expose(), 8192).is_ok()
+                })
+                .ok_or_else(|| format!("secret #{i} has no usable field {name:?}"))
+        };
+        if n.spec.kv.is_some() {
+            let field = n.spec.field.as_deref().unwrap_or("");
+            let v = get(field)?;
+            if n.spec.bearer {
+                out.push((
+                    "authorization".into(),
+                    Secret::new(format!("Bearer {}", v.expose())),
+                ));
+            } else if let Some(h) = &n.spec.header {
+                out.push((h.to_ascii_lowercase(), v.clone()));
+            }
+        } else {
+            if let Some(h) = &n.spec.username_header {
+                out.push((h.to_ascii_lowercase(), get("username")?.clone()));
+            }
+            if let Some(h) = &n.spec.password_header {
+                out.push((h.to_ascii_lowercase(), get("password")?.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::host::MockHost;
+    use serde_json::json;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const CANARY: &str = "canary-7f3a9b-do-not-leak";
+
+    fn cfg() -> VaultConfig {
+        VaultConfig {
+            retries: 2,
+            ..VaultConfig::default()
+        }
+    }
+
+    fn kv_spec() -> SecretConfig {
+        SecretConfig {
+            kv: Some("secret/data/mcp/agents/{agent}/credentials".into()),
+            field: Some("api_key".into()),
+            header: Some("x-api-key".into()),
+            bearer: false,
+            database: None,
+            username_header: None,
+            password_header: None,
+        }
+    }
+
+    fn db_spec() -> SecretConfig {
+        SecretConfig {
+            kv: None,
+            field: None,
+            header: None,
+            bearer: false,
+            database: Some("database/creds/readonly".into()),
+            username_header: Some("x-db-username".into()),
+            password_header: Some("x-db-password".into()),
+        }
+    }
+
+    fn ask(
+        b: &mut Broker,
+        h: &MockHost,
+        agent: &str,
+        stream: u32,
+        specs: &[SecretConfig],
+    ) -> Lookup {
+        let needs = plan(specs, agent, Some("team"), Some("support")).unwrap();
+        b.request(
+            agent,
+            "svc",
+            needs,
+            Some(Secret::new(format!("jwt-of-{agent}"))),
+            Waiter {
+                stream,
+                decision_id: format!("d{stream}"),
+            },
+            h.now_ns,
+        )
+    }
+
+    fn login_ok(token: &str) -> Vec<u8> {
+        json!({"auth": {"client_token": token, "lease_duration": 3600}})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn kv_ok(v: &str) -> Vec<u8> {
+        json!({"data": {"data": {"api_key": v}, "metadata": {"version": 1}}, "lease_duration": 0})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn last(h: &MockHost) -> u32 {
+        h.dispatched.last().unwrap().token
+    }
+
+    fn answer(b: &mut Broker, h: &mut MockHost, status: Option<u16>, body: Option<&[u8]>) -> bool {
+        let t = last(h);
+        b.on_response(h, t, status, body)
+    }
+
+    fn no_leak(h: &MockHost) {
+        for (_, line) in h.logs.borrow().iter() {
+            assert!(
+                !line.contains(CANARY) && !line.contains("jwt-of-"),
+                "leaked: {line}"
+            );
+        }
+        for (_, r) in &h.stream_replies {
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(
+                !body.contains(CANARY) && !body.contains("s.tok"),
+                "leaked: {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn cold_fetch_logs_in_reads_injects_then_serves_from_cache() {
+        let mut b = Broker::new(cfg());
+        let mut h = MockHost::new();
+        assert_eq!(
+            ask(&mut b, &h, "a@clients", 1, &[kv_spec()]),
+            Lookup::Pending
+        );
+        b.on_tick(&mut h);
+        let login = &h.dispatched[0];
+        assert_eq!(login.cluster, "vault");
+        assert_eq!(login.header(":path"), Some("/v1/auth/jwt/login"));
+        let body: Value = serde_json::from_slice(login.body.as_ref().unwrap()).unwrap();
+        assert_eq!(body, json!({"role": "agent", "jwt": "jwt-of-a@clients"}));
+        assert!(answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tokA"))));
+        b.on_tick(&mut h);
+        let read = &h.dispatched[1];
+        assert_eq!(
+            read.header(":path"),
+            Some("/v1/secret/data/mcp/agents/a@clients/credentials")
+        );
+        assert_eq!(read.header("x-vault-token"), Some("s.tokA"));
+        assert!(answer(&mut b, &mut h, Some(200), Some(&kv_ok(CANARY))));
+        assert_eq!(
+            h.resumed,
+            [(1, vec![("x-api-key".to_string(), CANARY.to_string())])]
+        );
+        assert_eq!(b.pending_jobs(), 0);
+        // Cached now: no callout.
+        let again = ask(&mut b, &h, "a@clients", 2, &[kv_spec()]);
+        assert_eq!(
+            again,
+            Lookup::Ready(vec![("x-api-key".into(), Secret::new(CANARY))])
+        );
+        assert_eq!(h.dispatched.len(), 2);
+        assert_eq!(
+            b.stats,
+            BrokerStats {
+                hits: 1,
+                logins: 1,
+                reads: 1,
+                failures: 0
+            }
+        );
+        no_leak(&h);
+    }
+
+    #[test]
+    fn concurrent_cold_requests_share_one_login_and_read() {
+        let mut b = Broker::new(cfg());
+        let mut h = MockHost::new();
+        for s in 1..=20 {
+            assert_eq!(
+                ask(&mut b, &h, "a@clients", s, &[kv_spec()]),
+                Lookup::Pending
+            );
+        }
+        b.on_tick(&mut h);
+        answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tokA")));
+        b.on_tick(&mut h);
+        answer(&mut b, &mut h, Some(200), Some(&kv_ok(CANARY)));
+        assert_eq!(h.dispatched.len(), 2, "one login, one read for 20 requests");
+        assert_eq!(h.resumed.len(), 20);
+    }
+
+    #[test]
+    fn agents_never_get_each_others_secrets() {
+        let mut b = Broker::new(cfg());
+        let mut h = MockHost::new();
+        ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+        ask(&mut b, &h, "b@clients", 2, &[kv_spec()]);
+        ask(&mut b, &h, "a@clients", 3, &[kv_spec()]);
+        b.on_tick(&mut h);
+        assert_eq!(h.dispatched.len(), 2, "one login per agent");
+        // Answer B first, A second, with tokens and values per agent.
+        let (ta, tb) = (h.dispatched[0].token, h.dispatched[1].token);
+        b.on_response(&mut h, tb, Some(200), Some(&login_ok("s.tokB")));
+        b.on_response(&mut h, ta, Some(200), Some(&login_ok("s.tokA")));
+        b.on_tick(&mut h);
+        for d in h.dispatched.clone().iter().skip(2) {
+            let who = if d.header("x-vault-token") == Some("s.tokA") {
+                "A"
+            } else {
+                "B"
+            };
+            assert!(d
+                .header(":path")
+                .unwrap()
+                .contains(&format!("{}@clients", who.to_lowercase())));
+            b.on_response(
+                &mut h,
+                d.token,
+                Some(200),
+                Some(&kv_ok(&format!("secret-{who}"))),
+            );
+        }
+        let got: BTreeMap<u32, String> = h
+            .resumed
+            .iter()
+            .map(|(s, v)| (*s, v[0].1.clone()))
+            .collect();
+        assert_eq!(got[&1], "secret-A");
+        assert_eq!(got[&3], "secret-A");
+        assert_eq!(got[&2], "secret-B");
+    }
+
+    #[test]
+    fn retryable_failures_back_off_then_fail_closed() {
+        let mut b = Broker::new(cfg());
+        let mut h = MockHost::new();
+        ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+        for (i, status) in [Some(503), None, Some(429)].into_iter().enumerate() {
+            b.on_tick(&mut h);
+            assert_eq!(
+                h.dispatched.len(),
+                i + 1,
+                "attempt {i} dispatched after its backoff"
+            );
+            answer(&mut b, &mut h, status, Some(b"{}"));
+            b.on_tick(&mut h);
+            assert_eq!(h.dispatched.len(), i + 1, "not before the backoff");
+            h.now_ns += 1_000_000_000;
+        }
+        assert_eq!(b.pending_jobs(), 0);
+        let (stream, reply) = &h.stream_replies[0];
+        assert_eq!((*stream, reply.status), (1, 503));
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            body["reason"],
+            "secrets_unavailable: vault login: vault answered 429"
+        );
+        assert_eq!(body["decision_id"], "d1");
+        assert_eq!(b.stats.failures, 1);
+    }
+
+    #[test]
+    fn permanent_failures_are_not_retried() {
+        type Case<'a> = (Option<u16>, Option<&'a [u8]>, &'a str);
+        let cases: [Case; 5] = [
+            (Some(400), Some(b"{}"), "vault login: vault answered 400"),
+            (Some(403), Some(b"{}"), "vault login: vault answered 403"),
+            (
+                Some(200),
+                Some(b"not json"),
+                "vault login: malformed response",
+            ),
+            (
+                Some(200),
+                Some(b"{\"auth\": null}"),
+                "vault login: malformed response",
+            ),
+            (Some(200), None, "vault login: response too large"),
+        ];
+        for (status, body, want) in cases {
+            let mut b = Broker::new(cfg());
+            let mut h = MockHost::new();
+            ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+            b.on_tick(&mut h);
+            answer(&mut b, &mut h, status, body);
+            b.on_tick(&mut h);
+            assert_eq!(h.dispatched.len(), 1, "{want}");
+            let reply: Value = serde_json::from_slice(&h.stream_replies[0].1.body).unwrap();
+            assert_eq!(reply["reason"], format!("secrets_unavailable: {want}"));
+        }
+    }
+
+    #[test]
+    fn deleted_kv_versions_and_missing_fields_are_never_injected() {
+        for (status, body) in [
+            (404, json!({"errors": []})),
+            (
+                200,
+                json!({"data": {"data": null, "metadata": {"deletion_time": "2025-01-01T00:00:00Z"}}}),
+            ),
+            (200, json!({"data": {"data": {"other": "x"}}})),
+            (200, json!({"data": {"data": {"api_key": 42}}})),
+        ] {
+            let mut b = Broker::new(cfg());
+            let mut h = MockHost::new();
+            ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+            b.on_tick(&mut h);
+            answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tok")));
+            b.on_tick(&mut h);
+            answer(
+                &mut b,
+                &mut h,
+                Some(status),
+                Some(body.to_string().as_bytes()),
+            );
+            assert!(h.resumed.is_empty(), "{body}");
+            assert_eq!(h.stream_replies[0].1.status, 503, "{body}");
+        }
+    }
+
+    #[test]
+    fn an_expired_vault_token_gets_one_relogin() {
+        let mut b = Broker::new(cfg());
+        let mut h = MockHost::new();
+        ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+        b.on_tick(&mut h);
+        answer(&mut b, &mut h, Some(200), Some(&login_ok("s.old")));
+        b.on_tick(&mut h);
+        answer(
+            &mut b,
+            &mut h,
+            Some(403),
+            Some(b"{\"errors\":[\"permission denied\"]}"),
+        );
+        b.on_tick(&mut h);
+        assert_eq!(h.dispatched[2].header(":path"), Some("/v1/auth/jwt/login"));
+        answer(&mut b, &mut h, Some(200), Some(&login_ok("s.new")));
+        b.on_tick(&mut h);
+        assert_eq!(h.dispatched[3].header("x-vault-token"), Some("s.new"));
+        // A second 403 is final.
+        answer(&mut b, &mut h, Some(403), Some(b"{}"));
+        b.on_tick(&mut h);
+        assert_eq!(h.dispatched.len(), 4);
+        assert_eq!(h.stream_replies[0].1.status, 503);
+    }
+
+    #[test]
+    fn leases_expire_before_their_ttl_and_are_refetched() {
+        let mut b = Broker::new(cfg());
+        let mut h = MockHost::new();
+        ask(&mut b, &h, "a@clients", 1, &[db_spec()]);
+        b.on_tick(&mut h);
+        answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tok")));
+        b.on_tick(&mut h);
+        let creds = json!({"lease_id": "database/creds/readonly/x", "lease_duration": 60,
+                           "data": {"username": "v-user-1", "password": CANARY}});
+        answer(
+            &mut b,
+            &mut h,
+            Some(200),
+            Some(creds.to_string().as_bytes()),
+        );
+        assert_eq!(
+            h.resumed[0].1,
+            [
+                ("x-db-username".to_string(), "v-user-1".to_string()),
+                ("x-db-password".to_string(), CANARY.to_string())
+            ]
+        );
+        // 49 s later (60 s lease, 10 s margin): still cached.
+        h.now_ns += 49 * SEC;
+        assert!(matches!(
+            ask(&mut b, &h, "a@clients", 2, &[db_spec()]),
+            Lookup::Ready(_)
+        ));
+        // 50 s: refetched with the cached Vault token (no login).
+        h.now_ns += SEC;
+        assert_eq!(
+            ask(&mut b, &h, "a@clients", 3, &[db_spec()]),
+            Lookup::Pending
+        );
+        b.on_tick(&mut h);
+        assert_eq!(h.dispatched.len(), 3);
+        assert_eq!(
+            h.dispatched[2].header(":path"),
+            Some("/v1/database/creds/readonly")
+        );
+        // A lease shorter than the margin is used once, never cached.
+        let short =
+            json!({"lease_duration": 5, "data": {"username": "v-user-2", "password": "p2"}});
+        answer(
+            &mut b,
+            &mut h,
+            Some(200),
+            Some(short.to_string().as_bytes()),
+        );
+        assert_eq!(h.resumed[1].1[0].1, "v-user-2");
+        assert_eq!(
+            ask(&mut b, &h, "a@clients", 4, &[db_spec()]),
+            Lookup::Pending
+        );
+        no_leak(&h);
+    }
+
+    #[test]
+    fn disconnected_streams_are_skipped_and_late_answers_ignored() {
+        let mut b = Broker::new(cfg());
+        let mut h = MockHost::new();
+        ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+        ask(&mut b, &h, "a@clients", 2, &[kv_spec()]);
+        ask(&mut b, &h, "a@clients", 3, &[kv_spec()]);
+        b.on_tick(&mut h);
+        b.forget_stream(1);
+        h.gone.push(3); // gone without Envoy telling the filter yet
+        answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tok")));
+        b.on_tick(&mut h);
+        let read = last(&h);
+        b.on_response(&mut h, read, Some(200), Some(&kv_ok(CANARY)));
+        assert_eq!(h.resumed.len(), 1);
+        assert_eq!(h.resumed[0].0, 2);
+        // The same token again (a duplicate or late answer): ignored.
+        assert!(!b.on_response(&mut h, read, Some(200), Some(&kv_ok("other"))));
+        assert!(!b.on_response(&mut h, 999, None, None));
+    }
+
+    #[test]
+    fn identity_values_cannot_escape_the_path() {
+        for bad in ["../root", "a/b", "", ".."] {
+            assert!(plan(&[kv_spec()], bad, None, None).is_err(), "{bad:?}");
+        }
+        let p = plan(&[kv_spec()], "a@clients", None, None).unwrap();
+        assert_eq!(p[0].path, "secret/data/mcp/agents/a@clients/credentials");
+        let team = SecretConfig {
+            kv: Some("secret/data/teams/{team}/k".into()),
+            ..kv_spec()
+        };
+        assert!(
+            plan(std::slice::from_ref(&team), "a", None, None).is_err(),
+            "no team claim"
+        );
+        assert_eq!(
+            plan(&[team], "a", Some("ml"), None).unwrap()[0].path,
+            "secret/data/teams/ml/k"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new(CANARY)), "Secret(..)");
+        let l = Lookup::Ready(vec![("x".into(), Secret::new(CANARY))]);
+        assert!(!format!("{l:?}").contains(CANARY));
+    }
+}
