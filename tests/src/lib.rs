@@ -592,6 +592,23 @@ impl Bao {
         );
     }
 
+    /// A counter from OpenBao's Prometheus metrics (0 when absent).
+    pub fn metric(&self, name: &str) -> u64 {
+        let r = try_http(
+            self.port,
+            "GET",
+            "/v1/sys/metrics?format=prometheus",
+            &[("x-vault-token", &self.root)],
+            "",
+        )
+        .unwrap();
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
     /// Writes a KV v2 secret for an agent.
     pub fn put_agent_secret(&self, agent: &str, data: Value) {
         self.api(

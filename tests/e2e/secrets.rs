@@ -1,0 +1,213 @@
+//! Secrets: real OpenBao (dev server) with JWT auth and per-agent KV paths;
+//! the filter logs in as the agent, reads, injects, caches, fails closed.
+
+use agentplane_e2e::{default_plugin_config, Bao, Envoy, EnvoySetup, Idp, Upstream};
+use serde_json::{json, Value};
+
+const CANARY_A: &str = "canary-a-5b1f0e3c-never-log";
+const CANARY_B: &str = "canary-b-9d2c7a41-never-log";
+
+struct World {
+    idp: Idp,
+    bao: Bao,
+    upstream: Upstream,
+    envoy: Envoy,
+}
+
+/// `sentiment-analysis` injects the agent's own `api_key` as `x-api-key`;
+/// `model-registry` asks for agent B's path whoever calls (Vault must refuse
+/// anyone else).
+fn world() -> World {
+    let idp = Idp::new();
+    let bao = Bao::start();
+    bao.setup_agents(&idp);
+    bao.put_agent_secret("a@clients", json!({"api_key": CANARY_A}));
+    bao.put_agent_secret("b@clients", json!({"api_key": CANARY_B}));
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["vault"] =
+        json!({"cluster": "vault", "authority": "127.0.0.1", "role": "agent", "retries": 1});
+    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
+        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
+    ]);
+    cfg["resources"]["model-registry"]["secrets"] = json!([
+        {"kv": "secret/data/mcp/agents/b@clients/credentials", "field": "api_key", "header": "x-api-key"}
+    ]);
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&EnvoySetup {
+        jwks: idp.jwks(),
+        upstream_port: upstream.port,
+        plugin_config: cfg.to_string(),
+        vault_port: bao.port,
+    });
+    World {
+        idp,
+        bao,
+        upstream,
+        envoy,
+    }
+}
+
+fn token(w: &World, sub: &str, team: &str) -> String {
+    let t = w.idp.agent_token(
+        sub,
+        team,
+        "support",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    format!("Bearer {t}")
+}
+
+fn no_canary_anywhere(w: &World) {
+    let log = w.envoy.log();
+    let stats = w.envoy.admin("/stats");
+    for c in [CANARY_A, CANARY_B] {
+        assert!(!log.contains(c), "secret in Envoy's log");
+        assert!(!stats.contains(c), "secret in Envoy's stats");
+    }
+}
+
+/// Each agent receives its own secret, and only in its target header; the
+/// agent's JWT is not forwarded; a second call is served from the cache
+/// (it still works with OpenBao stopped).
+#[test]
+fn agents_receive_their_own_secrets() {
+    let mut w = world();
+    let a = token(&w, "a@clients", "ml");
+    let b = token(&w, "b@clients", "ml");
+    for (auth, want) in [(&a, CANARY_A), (&b, CANARY_B), (&a, CANARY_A)] {
+        let r = w.envoy.request(
+            "POST",
+            "/mcp://sentiment-analysis/analyze",
+            &[("authorization", auth)],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(!r.body.contains(CANARY_A) || want == CANARY_A);
+    }
+    let seen = w.upstream.seen();
+    let got: Vec<_> = seen.iter().map(|s| s.all("x-api-key")).collect();
+    assert_eq!(got, [vec![CANARY_A], vec![CANARY_B], vec![CANARY_A]]);
+    for s in &seen {
+        assert!(s.all("authorization").is_empty(), "agent JWT forwarded");
+        let others: Vec<_> = s
+            .headers
+            .iter()
+            .filter(|(k, v)| k != "x-api-key" && (v.contains(CANARY_A) || v.contains(CANARY_B)))
+            .collect();
+        assert!(others.is_empty(), "secret in another header: {others:?}");
+    }
+
+    // Cached: OpenBao can go away.
+    w.bao.stop();
+    w.upstream.clear();
+    let r = w.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/analyze",
+        &[("authorization", &a)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(w.upstream.seen()[0].all("x-api-key"), [CANARY_A]);
+    no_canary_anywhere(&w);
+}
+
+/// OpenBao enforces isolation too: agent A's Vault token cannot read B's
+/// path (403, one re-login, 403 again), so A gets 503 and nothing upstream.
+#[test]
+fn vault_policy_keeps_agents_apart() {
+    let w = world();
+    let a = token(&w, "a@clients", "ml");
+    let r = w.envoy.request(
+        "GET",
+        "/mcp://model-registry/models",
+        &[("authorization", &a)],
+    );
+    assert_eq!(r.status, 503, "{r:?}");
+    let body = r.json();
+    assert_eq!(body["error"], "unavailable");
+    assert_eq!(
+        body["reason"],
+        "secrets_unavailable: secret #0: vault answered 403"
+    );
+    assert_eq!(r.header("x-decision-id"), body["decision_id"].as_str());
+    assert!(w.upstream.seen().is_empty());
+    // B may read its own path through the same service.
+    let b = token(&w, "b@clients", "ml");
+    let r = w.envoy.request(
+        "GET",
+        "/mcp://model-registry/models",
+        &[("authorization", &b)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    no_canary_anywhere(&w);
+}
+
+/// OpenBao down: 503 `secrets_unavailable` with a decision id, nothing
+/// forwarded; back up: served again.
+#[test]
+fn vault_outage_fails_closed_then_recovers() {
+    let mut w = world();
+    let port = w.bao.port;
+    w.bao.stop();
+    let a = token(&w, "a@clients", "ml");
+    let r = w.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/analyze",
+        &[("authorization", &a)],
+    );
+    assert_eq!(r.status, 503, "{r:?}");
+    // Envoy answers the callout itself (503: no connection to the cluster).
+    assert_eq!(
+        r.json()["reason"],
+        "secrets_unavailable: vault login: vault answered 503"
+    );
+    assert!(w.upstream.seen().is_empty());
+
+    // A dev server keeps nothing: configure the new one again.
+    w.bao = Bao::start_on(port);
+    w.bao.setup_agents(&w.idp);
+    w.bao
+        .put_agent_secret("a@clients", json!({"api_key": CANARY_A}));
+    let r = w.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/analyze",
+        &[("authorization", &a)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(w.upstream.seen()[0].all("x-api-key"), [CANARY_A]);
+    no_canary_anywhere(&w);
+}
+
+/// Many concurrent cold requests for one agent: one login and one read
+/// (single-flight), every request served with the right secret.
+#[test]
+fn concurrent_cold_requests_share_one_fetch() {
+    let w = world();
+    let a = token(&w, "a@clients", "ml");
+    let port = w.envoy.port;
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                agentplane_e2e::http(
+                    port,
+                    "POST",
+                    "/mcp://sentiment-analysis/analyze",
+                    &[("authorization", &a)],
+                    "",
+                )
+                .status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    assert_eq!(w.upstream.seen().len(), 16);
+    for s in w.upstream.seen() {
+        assert_eq!(s.all("x-api-key"), [CANARY_A]);
+    }
+    // OpenBao's own counters: one login, one KV read for 16 requests.
+    assert_eq!(w.bao.metric("vault_core_handle_login_request_count"), 1);
+    assert_eq!(w.bao.metric("vault_route_read_secret__count"), 1);
+    no_canary_anywhere(&w);
+}
