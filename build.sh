@@ -19,7 +19,10 @@ TOOLS="$ROOT/.tools"
 ENVOY_VERSION=1.40.0
 OPA_BINDINGS_VERSION=0.4.4
 BAO_VERSION=2.7.2
-WASM="$ROOT/target/wasm32-wasip1/release/agentplane.wasm"
+RAW_WASM="$ROOT/target/wasm32-wasip1/release/agentplane.wasm"
+# The shipped filter: the release build after binaryen's wasm-opt -O3.
+WASM="$ROOT/target/agentplane.wasm"
+BINARYEN_VERSION=132.0.0
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -64,9 +67,9 @@ ensure_opa() {
 }
 
 ensure_node() {
-  command -v node >/dev/null && return
-  log "installing Node.js (Debian) for the wasm-bindgen tests"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+  command -v node >/dev/null && command -v npm >/dev/null && return
+  log "installing Node.js and npm (Debian) for the wasm-bindgen tests and binaryen"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 }
 
 ensure_wasm_bindgen() {
@@ -95,11 +98,26 @@ deps() {
   ensure_wasm_bindgen
 }
 
+ensure_binaryen() {
+  [ -x "$TOOLS/binaryen/node_modules/binaryen/bin/wasm-opt" ] && return
+  ensure_node
+  log "installing binaryen $BINARYEN_VERSION (npm) for wasm-opt"
+  mkdir -p "$TOOLS/binaryen"
+  npm install --silent --prefix "$TOOLS/binaryen" "binaryen@$BINARYEN_VERSION" >/dev/null
+}
+
 build() {
   ensure_rust_targets
-  log "building agentplane.wasm (release, wasm32-wasip1)"
+  ensure_binaryen
+  log "building agentplane.wasm (release, wasm32-wasip1, then wasm-opt -O3)"
   cargo build -q --release -p agentplane-filter --target wasm32-wasip1
-  printf 'agentplane.wasm: %s bytes\n' "$(stat -c %s "$WASM")" >&2
+  if [ ! -f "$WASM" ] || [ "$RAW_WASM" -nt "$WASM" ]; then
+    "$TOOLS/binaryen/node_modules/binaryen/bin/wasm-opt" -O3 \
+      --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+      --enable-mutable-globals "$RAW_WASM" -o "$WASM.tmp"
+    mv "$WASM.tmp" "$WASM"
+  fi
+  printf 'agentplane.wasm: %s bytes (cargo: %s)\n' "$(stat -c %s "$WASM")" "$(stat -c %s "$RAW_WASM")" >&2
 }
 
 lint() {
@@ -127,7 +145,7 @@ run_tests() {
   log "benchmark smoke run (1 s per arm: proves ./build.sh bench still works, measures nothing)"
   ensure_wrk
   cargo build -q --release -p agentplane-e2e --bin agentplane-bench
-  AGENTPLANE_BENCH_SOAK=3000 ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
+  AGENTPLANE_BENCH_SOAK=3000 ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
     "$ROOT/target/release/agentplane-bench" 1 1
   core_benches 20
   log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION)"
@@ -154,6 +172,7 @@ core_benches() {
 
 bench() {
   ensure_rust_targets
+  ensure_bao
   ensure_opa
   ensure_envoy
   ensure_wrk
@@ -166,9 +185,9 @@ bench() {
     pin=(taskset -c 1)
     export AGENTPLANE_ENVOY_CPU=0
   fi
-  ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
+  ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
     "${pin[@]}" "$ROOT/target/release/agentplane-bench" "$@"
-  core_benches 20000
+  core_benches 3000
   log "micro-benchmarks of the request path: cargo bench -p agentplane-core --bench core"
 }
 

@@ -16,6 +16,8 @@
 //!   decision cache on)
 //! - S4U S4 with the decision cache off: every request evaluated (the
 //!   cost of a miss, e.g. a new token or path)
+//! - S4S S4 + the agent's API key from OpenBao injected into every allowed
+//!   request (cached after the first fetch)
 //!
 //! Per arm: requests/s at saturation (wrk -t1 -c16), Envoy's own CPU time
 //! per request (from /proc), p50/p99 latency at a fixed rate below
@@ -322,6 +324,13 @@ fn probe(arm: &Arm, envoy: &Envoy, token: &str) {
             &[("authorization", &format!("Bearer {token}"))],
         );
         let want_ok = ok || !arm.enforces;
+        if ok && arm.name.starts_with("S4S") {
+            assert!(
+                r.body.contains("bench-key"),
+                "{path}: no secret upstream: {}",
+                r.body
+            );
+        }
         assert_eq!(
             r.status == 200,
             want_ok,
@@ -366,11 +375,26 @@ fn main() {
     );
     let up = Upstream::start();
     let base_config = default_plugin_config();
+    // S4S: the agent's API key from OpenBao, injected into every allowed
+    // request of the mix (cached after the first).
+    let bao = agentplane_e2e::Bao::start();
+    bao.setup_agents(&idp);
+    bao.put_agent_secret(
+        "support-triage@clients",
+        serde_json::json!({"api_key": "bench-key"}),
+    );
+    let mut with_secrets: serde_json::Value = serde_json::from_str(&base_config).unwrap();
+    with_secrets["vault"] = serde_json::json!({"cluster": "vault", "authority": "127.0.0.1"});
+    for svc in ["sentiment-analysis", "customer-lookup", "hello-skill"] {
+        with_secrets["resources"][svc]["secrets"] = serde_json::json!([{
+            "kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"
+        }]);
+    }
     let setup = EnvoySetup {
         jwks: idp.jwks(),
         upstream_port: up.port,
         plugin_config: base_config.clone(),
-        vault_port: agentplane_e2e::free_port(),
+        vault_port: bao.port,
     };
     let mut uncached: serde_json::Value = serde_json::from_str(&base_config).unwrap();
     uncached["decision_cache"] = serde_json::json!({ "enabled": false });
@@ -390,6 +414,10 @@ fn main() {
         Arm {
             plugin_config: Some(uncached.to_string()),
             ..arm("S4U S4, decision cache off", Kind::Filter, true)
+        },
+        Arm {
+            plugin_config: Some(with_secrets.to_string()),
+            ..arm("S4S S4 + cached secret injection", Kind::Filter, true)
         },
     ];
     for extra in std::env::var("AGENTPLANE_BENCH_EXTRA")
@@ -466,8 +494,6 @@ fn main() {
             s.rss.last().copied().unwrap_or(0) as f64 / 1024.0
         );
     }
-    println!("| S4S S4 + cached secret injection | — | | | | | | | | |");
-    println!("\nS4S: not measured: secret injection (issue 4) is not implemented yet.");
     println!(
         "wrk -t1 -c16, {secs} s runs after a 1 s warm-up, one Envoy worker; mix: {} requests, {} denied.",
         MIX.len(),

@@ -61,7 +61,7 @@ pub fn envoy_bin() -> PathBuf {
 pub fn wasm_path() -> PathBuf {
     artifact(
         "AGENTPLANE_WASM",
-        "target/wasm32-wasip1/release/agentplane.wasm",
+        "target/agentplane.wasm",
         "filter",
         "run ./build.sh build",
     )
