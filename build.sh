@@ -2,9 +2,9 @@
 # agentplane's one entry point.
 #
 #   ./build.sh test    lint, unit + Rego + wasm-bindgen tests, OPA differential, end-to-end
-#   ./build.sh demo    build the filter, run Envoy with it, print allowed and denied calls
-#   ./build.sh bench   requests/s through Envoy: jwt_authn only vs jwt_authn + agentplane
-#   ./build.sh build   build target/wasm32-wasip1/release/agentplane.wasm
+#   ./build.sh demo    Envoy + agentplane + OpenBao + PostgreSQL: allowed, denied calls, injected secrets
+#   ./build.sh bench   the side-by-side benchmark (README "Performance"); not part of test
+#   ./build.sh build   build target/agentplane.wasm (cargo release build, then wasm-opt -O3)
 #   ./build.sh lint    cargo fmt --check and clippy -D warnings (host and wasm32-wasip1)
 #   ./build.sh deps    install what the above need (idempotent; runs automatically)
 #
@@ -54,6 +54,12 @@ ensure_bao() {
   "$VENV/bin/bao" version
 }
 
+ensure_postgres() {
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && command -v psql >/dev/null && return
+  log "installing PostgreSQL (Debian) for the dynamic database credentials tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+}
+
 ensure_opa() {
   [ -f "$TOOLS/opa/opa_bindings/libopabridge.so" ] && return
   log "fetching the OPA engine (PyPI opa-golib-python-bindings $OPA_BINDINGS_VERSION)"
@@ -93,6 +99,7 @@ deps() {
   ensure_rust_targets
   ensure_envoy
   ensure_bao
+  ensure_postgres
   ensure_opa
   ensure_node
   ensure_wasm_bindgen
@@ -155,8 +162,10 @@ run_tests() {
 
 demo() {
   ensure_envoy
+  ensure_bao
+  ensure_postgres
   build
-  ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
+  ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
     cargo run -q -p agentplane-e2e --bin agentplane-demo
 }
 

@@ -29,7 +29,8 @@
 //! Environment: `AGENTPLANE_BENCH_RATE` (open-loop rate, default 2000/s),
 //! `AGENTPLANE_BENCH_SOAK` (soak requests, default 1000000, 0 skips),
 //! `AGENTPLANE_BENCH_EXTRA="name=/path/a.wasm,..."` (more filter builds),
-//! `AGENTPLANE_BENCH_ARMS=S2,S4` (only these arms; S2 must be among them).
+//! `AGENTPLANE_BENCH_ARMS=S2,S4` (only these arms; S2 must be among them),
+//! `AGENTPLANE_BENCH_MIX=allowed` (only the allowed requests).
 
 #![allow(
     clippy::unwrap_used,
@@ -47,13 +48,24 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The request mix: (path, allowed by the policy). One in five is denied.
-const MIX: [(&str, bool); 5] = [
+const FULL_MIX: [(&str, bool); 5] = [
     ("/mcp://sentiment-analysis/analyze", true),
     ("/mcp://customer-lookup/customers/42", true),
     ("/mcp://hello-skill/hello?name=bench", true),
     ("/mcp://sentiment-analysis/analyze?lang=en", true),
     ("/mcp://web-search/search?q=envoy", false),
 ];
+
+/// The mix in use: `AGENTPLANE_BENCH_MIX=allowed` drops the denied request
+/// (a denied request skips the upstream hop, which flatters every arm that
+/// denies; the allowed-only mix measures what authorization adds).
+fn mix() -> &'static [(&'static str, bool)] {
+    if std::env::var("AGENTPLANE_BENCH_MIX").as_deref() == Ok("allowed") {
+        &FULL_MIX[..4]
+    } else {
+        &FULL_MIX
+    }
+}
 
 const JWT: &str = "          - name: envoy.filters.http.jwt_authn";
 const WASM: &str = "          - name: envoy.filters.http.wasm";
@@ -128,7 +140,7 @@ fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
 
 fn wrk_script() -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("agentplane-bench-{}.lua", std::process::id()));
-    let paths: Vec<String> = MIX.iter().map(|(p, _)| format!("{p:?}")).collect();
+    let paths: Vec<String> = mix().iter().map(|(p, _)| format!("{p:?}")).collect();
     let script = format!(
         "local paths = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", paths[(i % #paths) + 1])\nend\n",
         paths.join(", ")
@@ -182,7 +194,7 @@ fn wrk(port: u16, token: &str, secs: u32, script: &std::path::Path) -> WrkRun {
 /// that allows or denies everything would otherwise look fast.
 fn check_mix(arm: &Arm, run: &WrkRun) {
     let share = run.non2xx as f64 / run.requests.max(1) as f64;
-    let denied = MIX.iter().filter(|(_, ok)| !ok).count() as f64 / MIX.len() as f64;
+    let denied = mix().iter().filter(|(_, ok)| !ok).count() as f64 / mix().len() as f64;
     if arm.enforces {
         assert!(
             (share - denied).abs() < 0.02,
@@ -274,7 +286,7 @@ fn open_loop(port: u16, token: &str, rate: f64, secs: f64, conns: usize) -> Vec<
                     if due > now {
                         std::thread::sleep(due - now);
                     }
-                    let (path, ok) = MIX[(k as usize + c) % MIX.len()];
+                    let (path, ok) = mix()[(k as usize + c) % mix().len()];
                     let status = roundtrip(&mut reader, path, &token).unwrap();
                     assert!(status < 500, "{path}: status {status}");
                     let _ = ok;
@@ -317,7 +329,7 @@ fn range(v: &[f64]) -> (f64, f64) {
 
 /// Checks that an arm answers the mix as it should before measuring it.
 fn probe(arm: &Arm, envoy: &Envoy, token: &str) {
-    for (path, ok) in MIX {
+    for &(path, ok) in mix() {
         let r = envoy.request(
             "GET",
             path,
@@ -373,7 +385,7 @@ fn main() {
         "production",
         &["skills:invoke", "data:read"],
     );
-    let up = Upstream::start();
+    let up = Upstream::start_unrecorded();
     let base_config = default_plugin_config();
     // S4S: the agent's API key from OpenBao, injected into every allowed
     // request of the mix (cached after the first).
@@ -496,8 +508,8 @@ fn main() {
     }
     println!(
         "wrk -t1 -c16, {secs} s runs after a 1 s warm-up, one Envoy worker; mix: {} requests, {} denied.",
-        MIX.len(),
-        MIX.iter().filter(|(_, ok)| !ok).count()
+        mix().len(),
+        mix().iter().filter(|(_, ok)| !ok).count()
     );
     let wasm = agentplane_e2e::wasm_path();
     println!(

@@ -1,5 +1,7 @@
 //! `./build.sh demo`: Envoy with agentplane in front of sample services,
 //! a handful of agents, and a transcript of what each call got and why.
+//! OpenBao (dev server) holds each agent's API key and issues PostgreSQL
+//! credentials; the transcript shows them arriving upstream (masked).
 
 #![allow(
     clippy::unwrap_used,
@@ -8,7 +10,22 @@
     clippy::indexing_slicing
 )]
 
-use agentplane_e2e::Stack;
+use agentplane_e2e::{default_plugin_config, Bao, Envoy, EnvoySetup, Idp, Postgres, Upstream};
+use serde_json::{json, Value};
+
+struct Stack {
+    idp: Idp,
+    upstream: Upstream,
+    envoy: Envoy,
+    pg: Postgres,
+    _bao: Bao,
+}
+
+/// The first characters of a secret, for the transcript.
+fn mask(v: &str) -> String {
+    let head: String = v.chars().take(6).collect();
+    format!("{head}…({} chars)", v.chars().count())
+}
 
 /// Who calls, with which token, what, and any extra (spoofed) headers.
 type Call<'a> = (
@@ -20,10 +37,45 @@ type Call<'a> = (
 );
 
 fn main() {
-    let s = Stack::start();
+    let idp = Idp::new();
+    let pg = Postgres::start();
+    let bao = Bao::start();
+    bao.setup_agents(&idp);
+    bao.setup_database(&pg, "1h");
+    bao.put_agent_secret(
+        "support-triage@clients",
+        json!({"api_key": "sk-support-3f9a1c77e2"}),
+    );
+    bao.put_agent_secret("ml-bot@clients", json!({"api_key": "sk-mlbot-b41d09aa5f"}));
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["vault"] = json!({"cluster": "vault", "authority": "127.0.0.1"});
+    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
+        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
+    ]);
+    cfg["resources"]["model-registry"]["secrets"] = json!([
+        {"database": "database/creds/readonly", "username_header": "x-db-username", "password_header": "x-db-password"}
+    ]);
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&EnvoySetup {
+        jwks: idp.jwks(),
+        upstream_port: upstream.port,
+        plugin_config: cfg.to_string(),
+        vault_port: bao.port,
+    });
+    let s = Stack {
+        idp,
+        upstream,
+        envoy,
+        pg,
+        _bao: bao,
+    };
     println!(
         "agentplane demo: Envoy on 127.0.0.1:{} -> sample services on 127.0.0.1:{}",
         s.envoy.port, s.upstream.port
+    );
+    println!(
+        "OpenBao on 127.0.0.1:{} (agents' API keys; PostgreSQL credentials for 127.0.0.1:{})",
+        s._bao.port, s.pg.port
     );
     println!("policy revision {}\n", agentplane_core::bundle::REVISION);
 
@@ -93,6 +145,13 @@ fn main() {
             vec![],
         ),
         (
+            "ml-bot",
+            Some(&ml),
+            "POST",
+            "/mcp://sentiment-analysis/analyze",
+            vec![],
+        ),
+        (
             "ml-dev (staging)",
             Some(&staging),
             "GET",
@@ -147,6 +206,21 @@ fn main() {
                 up.one("x-agent-team").unwrap_or_default(),
                 up.one("x-request-id").unwrap_or_default(),
             );
+            if let Some(key) = up.one("x-api-key") {
+                println!(
+                    "{:>18}     secret from OpenBao: x-api-key={}",
+                    "",
+                    mask(&key)
+                );
+            }
+            if let (Some(u), Some(p)) = (up.one("x-db-username"), up.one("x-db-password")) {
+                let who = s.pg.login(&u, &p, "select current_user").unwrap();
+                println!(
+                    "{:>18}     database credential: x-db-username={u} x-db-password={} (logs in to PostgreSQL as {who})",
+                    "",
+                    mask(&p)
+                );
+            }
         } else {
             let body = r.json();
             println!(

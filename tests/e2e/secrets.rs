@@ -211,3 +211,134 @@ fn concurrent_cold_requests_share_one_fetch() {
     assert_eq!(w.bao.metric("vault_route_read_secret__count"), 1);
     no_canary_anywhere(&w);
 }
+
+/// Dynamic database credentials from OpenBao's database engine against a
+/// real PostgreSQL: the injected username and password log in; they are
+/// reused while their lease holds (minus the renewal margin) and replaced by
+/// new ones after.
+#[test]
+fn database_credentials_log_in_and_rotate() {
+    let pg = agentplane_e2e::Postgres::start();
+    let idp = Idp::new();
+    let bao = Bao::start();
+    bao.setup_agents(&idp);
+    // 13 s leases, 10 s margin: each credential is reused for 3 s.
+    bao.setup_database(&pg, "13s");
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["vault"] = json!({"cluster": "vault", "authority": "127.0.0.1", "renew_margin_s": 10});
+    cfg["resources"]["customer-lookup"]["secrets"] = json!([{
+        "database": "database/creds/readonly",
+        "username_header": "x-db-username",
+        "password_header": "x-db-password"
+    }]);
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&EnvoySetup {
+        jwks: idp.jwks(),
+        upstream_port: upstream.port,
+        plugin_config: cfg.to_string(),
+        vault_port: bao.port,
+    });
+    let auth = format!(
+        "Bearer {}",
+        idp.agent_token(
+            "a@clients",
+            "customer-success",
+            "support",
+            "production",
+            &["data:read"]
+        )
+    );
+    let call = || {
+        let r = envoy.request(
+            "GET",
+            "/mcp://customer-lookup/customers/7",
+            &[("authorization", &auth)],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = upstream.seen();
+        let last = seen.last().unwrap();
+        (
+            last.one("x-db-username").unwrap(),
+            last.one("x-db-password").unwrap(),
+        )
+    };
+    let (u1, p1) = call();
+    assert_eq!(pg.login(&u1, &p1, "select current_user").unwrap(), u1);
+    assert_eq!(call().0, u1, "reused while the lease holds");
+    // Waiting out a lease is the behaviour under test, not a readiness wait.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let (u2, p2) = call();
+    assert_ne!(u2, u1, "a new credential after the lease");
+    assert_eq!(pg.login(&u2, &p2, "select current_user").unwrap(), u2);
+    assert!(
+        pg.login(&u1, "wrong", "select 1").is_err(),
+        "passwords are checked"
+    );
+    for p in [&p1, &p2] {
+        assert!(!envoy.log().contains(p.as_str()), "password in Envoy's log");
+        assert!(!envoy.admin("/stats").contains(p.as_str()));
+    }
+}
+
+/// Two Envoy workers: concurrent cold requests for one agent still cost
+/// OpenBao exactly one login and one read; the worker that did not fetch
+/// takes the result from shared data.
+#[test]
+fn two_workers_share_one_fetch() {
+    let idp = Idp::new();
+    let bao = Bao::start();
+    bao.setup_agents(&idp);
+    bao.put_agent_secret("a@clients", json!({"api_key": CANARY_A}));
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["vault"] = json!({"cluster": "vault", "authority": "127.0.0.1"});
+    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
+        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
+    ]);
+    let upstream = Upstream::start();
+    let mut r = agentplane_e2e::render_envoy(
+        &EnvoySetup {
+            jwks: idp.jwks(),
+            upstream_port: upstream.port,
+            plugin_config: cfg.to_string(),
+            vault_port: bao.port,
+        },
+        true,
+    );
+    r.workers = 2;
+    let envoy = Envoy::start_yaml(&r);
+    let auth = format!(
+        "Bearer {}",
+        idp.agent_token(
+            "a@clients",
+            "ml",
+            "support",
+            "production",
+            &["skills:invoke"]
+        )
+    );
+    let port = envoy.port;
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let auth = auth.clone();
+            std::thread::spawn(move || {
+                agentplane_e2e::http(
+                    port,
+                    "POST",
+                    "/mcp://sentiment-analysis/analyze",
+                    &[("authorization", &auth)],
+                    "",
+                )
+                .status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    for s in upstream.seen() {
+        assert_eq!(s.all("x-api-key"), [CANARY_A]);
+    }
+    assert_eq!(bao.metric("vault_core_handle_login_request_count"), 1);
+    assert_eq!(bao.metric("vault_route_read_secret__count"), 1);
+    assert!(!envoy.log().contains(CANARY_A));
+}

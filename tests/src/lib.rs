@@ -235,6 +235,16 @@ pub struct Upstream {
 impl Upstream {
     /// Starts the server on a free loopback port.
     pub fn start() -> Upstream {
+        Upstream::start_with(true)
+    }
+
+    /// An echo server that keeps no record (the benchmark: millions of
+    /// requests).
+    pub fn start_unrecorded() -> Upstream {
+        Upstream::start_with(false)
+    }
+
+    fn start_with(record: bool) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -247,7 +257,7 @@ impl Upstream {
                 }
                 let Ok(conn) = conn else { continue };
                 let s3 = s2.clone();
-                std::thread::spawn(move || serve(conn, s3));
+                std::thread::spawn(move || serve(conn, s3, record));
             }
         });
         Upstream { port, seen, stop }
@@ -271,7 +281,7 @@ impl Drop for Upstream {
     }
 }
 
-fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, record: bool) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
     loop {
@@ -310,7 +320,9 @@ fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
             path: path.clone(),
             headers: headers.clone(),
         };
-        seen.lock().unwrap().push(rec);
+        if record {
+            seen.lock().unwrap().push(rec);
+        }
         let hdrs: Vec<Value> = headers.iter().map(|(k, v)| json!([k, v])).collect();
         let out = json!({"method": method, "path": path, "headers": hdrs}).to_string();
         let resp = format!(
@@ -408,6 +420,8 @@ pub struct Envoy {
 pub struct RenderedEnvoy {
     /// The YAML.
     pub yaml: String,
+    /// Worker threads (`--concurrency`), 1 unless a test wants more.
+    pub workers: u32,
     /// Agent-facing port.
     pub port: u16,
     /// Admin port.
@@ -441,6 +455,7 @@ pub fn render_envoy(setup: &EnvoySetup, with_filter: bool) -> RenderedEnvoy {
         template.replace_range(start..end, "");
     }
     RenderedEnvoy {
+        workers: 1,
         yaml: render(&template, &vars),
         port,
         admin_port,
@@ -609,6 +624,37 @@ impl Bao {
             .map_or(0, |v| v as u64)
     }
 
+    /// The database secrets engine against `pg`: connection `pg`, role
+    /// `readonly` issuing login roles that live `ttl`.
+    pub fn setup_database(&self, pg: &Postgres, ttl: &str) {
+        self.api(
+            "POST",
+            "/v1/sys/mounts/database",
+            json!({"type": "database"}),
+        );
+        self.api(
+            "POST",
+            "/v1/database/config/pg",
+            json!({
+                "plugin_name": "postgresql-database-plugin",
+                "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable", pg.port),
+                "username": "postgres",
+                "password": pg.password,
+                "allowed_roles": ["readonly"],
+            }),
+        );
+        self.api(
+            "POST",
+            "/v1/database/roles/readonly",
+            json!({
+                "db_name": "pg",
+                "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+                "default_ttl": ttl,
+                "max_ttl": "1h",
+            }),
+        );
+    }
+
     /// Writes a KV v2 secret for an agent.
     pub fn put_agent_secret(&self, agent: &str, data: Value) {
         self.api(
@@ -624,6 +670,175 @@ impl Drop for Bao {
         self.stop();
         if std::thread::panicking() {
             eprintln!("--- bao log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL server of its own (initdb in a temp dir, 127.0.0.1 on a
+/// fresh port, password authentication for TCP), stopped on drop.
+pub struct Postgres {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    /// The superuser (`postgres`) password.
+    pub password: String,
+    dir: PathBuf,
+}
+
+/// A PostgreSQL program: `$PG_BIN_DIR/<name>`, else the newest
+/// `/usr/lib/postgresql/*/bin/<name>` (Debian's `postgresql` package).
+pub fn pg_bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin").join(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.retain(|p| p.exists());
+    found.sort();
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("PostgreSQL's {name} not found (run ./build.sh deps)"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a PostgreSQL program, as the `postgres` user when we are root
+/// (the server refuses to run as root).
+fn pg_command(name: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(pg_bin(name));
+        c
+    } else {
+        Command::new(pg_bin(name))
+    }
+}
+
+impl Postgres {
+    /// initdb + start; waits until it accepts password logins.
+    pub fn start() -> Postgres {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("agentplane-pg-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = format!("pg-{}-{port}", std::process::id());
+        std::fs::write(dir.join("pw"), &password).unwrap();
+        if is_root() {
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(st.success(), "chown {}", dir.display());
+        }
+        let out = pg_command("initdb")
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .arg(format!("--pwfile={}", dir.join("pw").display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = std::fs::File::create(dir.join("pg.log")).unwrap();
+        let child = pg_command("postgres")
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let mut pg = Postgres {
+            child: Some(child),
+            port,
+            password,
+            dir,
+        };
+        let t0 = Instant::now();
+        loop {
+            if pg
+                .login("postgres", &pg.password.clone(), "select 1")
+                .is_ok()
+            {
+                return pg;
+            }
+            if let Some(c) = pg.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("postgres exited with {st}:\n{}", pg.log());
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "postgres not ready:\n{}",
+                pg.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Logs in over TCP with a password and runs one statement; the
+    /// result's first column, or psql's error.
+    pub fn login(&self, user: &str, password: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
+            .args(["-d", "postgres", "-tAc", sql])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pg.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGINT: fast shutdown, backends included.
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- postgres log ---\n{}", self.log());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -669,7 +884,8 @@ impl Envoy {
         let child = cmd
             .arg("-c")
             .arg(dir.join("envoy.yaml"))
-            .args(["--use-dynamic-base-id", "--concurrency", "1", "-l", "info"])
+            .args(["--use-dynamic-base-id", "-l", "info", "--concurrency"])
+            .arg(rendered.workers.to_string())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

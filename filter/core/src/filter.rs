@@ -93,7 +93,7 @@ impl Filter {
             .vault
             .as_ref()
             .filter(|_| config.resources.values().any(|r| !r.secrets.is_empty()))
-            .map(|v| RefCell::new(secrets::Broker::new(v.clone())));
+            .map(|v| RefCell::new(secrets::Broker::new(v.clone(), seed)));
         Filter {
             config,
             policy,
@@ -302,11 +302,10 @@ impl Filter {
             stream: host.stream_id(),
             decision_id: decision_id.to_string(),
         };
-        let now = host.now_ns();
         let mut b = broker
             .try_borrow_mut()
             .map_err(|_| unavailable(&who.agent, "busy".into()))?;
-        match b.request(&who.agent, service.unwrap_or(""), needs, jwt, waiter, now) {
+        match b.request(host, &who.agent, service.unwrap_or(""), needs, jwt, waiter) {
             Lookup::Ready(set) => {
                 for (k, v) in &set {
                     host.set_request_header(k, v.expose());

@@ -77,7 +77,20 @@ pub trait Host {
     ) -> bool {
         false
     }
+    /// Data shared by every worker's VM (same `vm_id`): value and its CAS.
+    fn shared_get(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
+        None
+    }
+    /// Stores shared data; with `cas`, only if the value has not changed
+    /// since it was read. False when refused.
+    fn shared_set(&mut self, _key: &str, _value: &[u8], _cas: Option<u32>) -> bool {
+        false
+    }
 }
+
+/// Shared data as [`MockHost`] keeps it: give two hosts the same one to
+/// play two workers.
+pub type SharedData = std::rc::Rc<RefCell<BTreeMap<String, (Vec<u8>, u32)>>>;
 
 /// A callout recorded by [`MockHost`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +156,8 @@ pub struct MockHost {
     pub gone: Vec<u32>,
     /// The last tick period asked for.
     pub tick_ms: Option<u64>,
+    /// Shared data (see [`SharedData`]).
+    pub shared: SharedData,
 }
 
 impl MockHost {
@@ -265,6 +280,20 @@ impl Host for MockHost {
             timeout_ms,
         });
         Ok(token)
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.shared.borrow().get(key).cloned()
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut m = self.shared.borrow_mut();
+        let current = m.get(key).map_or(0, |(_, c)| *c);
+        if cas.is_some_and(|c| c != 0 && c != current) {
+            return false;
+        }
+        m.insert(key.to_string(), (value.to_vec(), current + 1));
+        true
     }
 
     fn resume_stream(&mut self, stream: u32, set: &[(String, String)]) -> bool {

@@ -133,6 +133,8 @@ pub struct Waiter {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
+    /// Another worker claimed this fetch: watch shared data until this time.
+    AwaitPeer(u64),
     Login,
     Read(usize),
 }
@@ -151,6 +153,8 @@ struct Job {
     relogged: bool,
     token: Option<Secret>,
     fetched: HashMap<String, Fields>,
+    /// This worker holds the cross-worker claim for the fetch.
+    claimed: bool,
 }
 
 /// What happened to a request that needs secrets.
@@ -181,6 +185,8 @@ pub struct BrokerStats {
 #[derive(Debug)]
 pub struct Broker {
     cfg: VaultConfig,
+    /// This worker's id in cross-worker claims.
+    id: u64,
     tokens: HashMap<String, Lease<Secret>>,
     values: HashMap<(String, String), Lease<Fields>>,
     jobs: Vec<Job>,
@@ -199,10 +205,11 @@ enum Outcome {
 }
 
 impl Broker {
-    /// An empty broker.
-    pub fn new(cfg: VaultConfig) -> Broker {
+    /// An empty broker. `id` tells this worker's claims from others'.
+    pub fn new(cfg: VaultConfig, id: u64) -> Broker {
         Broker {
             cfg,
+            id,
             tokens: HashMap::new(),
             values: HashMap::new(),
             jobs: Vec::new(),
@@ -222,22 +229,28 @@ impl Broker {
             .map(|l| &l.value)
     }
 
-    /// Serves a request from the cache, or makes it wait for a job
-    /// (starting one unless one for this agent and service is running).
-    pub fn request(
+    /// Serves a request from the cache (this worker's, then the one all
+    /// workers share), or makes it wait for a job (starting one unless one
+    /// for this agent and service is running).
+    pub fn request<H: Host>(
         &mut self,
+        host: &mut H,
         agent: &str,
         service: &str,
         needs: Vec<Need>,
         jwt: Option<Secret>,
         waiter: Waiter,
-        now: u64,
     ) -> Lookup {
+        let now = host.now_ns();
         let mut fields: HashMap<String, Fields> = HashMap::new();
         for n in &needs {
-            match self.cached(agent, &n.path, now) {
+            let found = match self.cached(agent, &n.path, now) {
+                Some(f) => Some(f.clone()),
+                None => self.load_shared(host, agent, &n.path, now),
+            };
+            match found {
                 Some(f) => {
-                    fields.insert(n.path.clone(), f.clone());
+                    fields.insert(n.path.clone(), f);
                 }
                 None => break,
             }
@@ -259,11 +272,7 @@ impl Broker {
             job.waiters.push(waiter);
             return Lookup::Pending;
         }
-        let token = self
-            .tokens
-            .get(agent)
-            .filter(|l| now < l.until_ns)
-            .map(|l| l.value.clone());
+        let token = self.token(host, agent, now);
         if token.is_none() && jwt.is_none() {
             return Lookup::Failed("no bearer token to log in to Vault with".into());
         }
@@ -280,10 +289,129 @@ impl Broker {
             relogged: false,
             token,
             fetched: fields,
+            claimed: false,
         };
-        job.step = self.next_step(&job).unwrap_or(Step::Login);
+        job.step = match self.claim(host, &job.agent, &job.service, now) {
+            Ok(()) => {
+                job.claimed = true;
+                self.next_step(&job).unwrap_or(Step::Login)
+            }
+            Err(until) => Step::AwaitPeer(until),
+        };
         self.jobs.push(job);
         Lookup::Pending
+    }
+
+    fn token<H: Host>(&mut self, host: &H, agent: &str, now: u64) -> Option<Secret> {
+        if let Some(l) = self.tokens.get(agent).filter(|l| now < l.until_ns) {
+            return Some(l.value.clone());
+        }
+        let (until, v) = read_shared(host, &token_key(agent), now)?;
+        let t = Secret::new(v.get("token")?.as_str()?);
+        self.tokens.insert(
+            agent.to_string(),
+            Lease {
+                value: t.clone(),
+                until_ns: until,
+            },
+        );
+        Some(t)
+    }
+
+    /// A value another worker fetched, copied into this worker's cache.
+    fn load_shared<H: Host>(
+        &mut self,
+        host: &H,
+        agent: &str,
+        path: &str,
+        now: u64,
+    ) -> Option<Fields> {
+        let (until, v) = read_shared(host, &value_key(agent, path), now)?;
+        let fields: Fields = v
+            .get("fields")?
+            .as_object()?
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), Secret::new(v.as_str()?))))
+            .collect();
+        self.values.insert(
+            (agent.to_string(), path.to_string()),
+            Lease {
+                value: fields.clone(),
+                until_ns: until,
+            },
+        );
+        Some(fields)
+    }
+
+    /// Claims the fetch for (agent, service) across workers. `Err(until)`:
+    /// another worker holds it until then. All claims live in one shared
+    /// map updated with compare-and-swap, so two workers cannot both win.
+    fn claim<H: Host>(
+        &self,
+        host: &mut H,
+        agent: &str,
+        service: &str,
+        now: u64,
+    ) -> Result<(), u64> {
+        let lease = self
+            .cfg
+            .timeout_ms
+            .saturating_mul(u64::from(self.cfg.retries) + 2)
+            .saturating_mul(2_000_000);
+        let until = now.saturating_add(lease);
+        let key = format!("{agent} {service}");
+        for _ in 0..8 {
+            let (mut map, cas) = claims(host);
+            if let Some(c) = map.get(&key) {
+                let owner = c.get("owner").and_then(Value::as_u64).unwrap_or(0);
+                let held = c.get("until").and_then(Value::as_u64).unwrap_or(0);
+                if owner != self.id && now < held {
+                    return Err(held);
+                }
+            }
+            map.retain(|_, c| c.get("until").and_then(Value::as_u64).unwrap_or(0) > now);
+            map.insert(
+                key.clone(),
+                serde_json::json!({"owner": self.id, "until": until}),
+            );
+            let bytes = Value::Object(map).to_string();
+            if host.shared_set(CLAIMS_KEY, bytes.as_bytes(), cas) {
+                if cas.is_some() {
+                    return Ok(());
+                }
+                // The map did not exist (the root creates it at configure;
+                // a host without shared data never has it): read back.
+                return match host.shared_get(CLAIMS_KEY) {
+                    Some((b, _)) if b == bytes.as_bytes() => Ok(()),
+                    Some(_) => Err(until),
+                    None => Ok(()),
+                };
+            }
+            if host.shared_get(CLAIMS_KEY).is_none() {
+                // No shared data at all: every worker fetches for itself.
+                return Ok(());
+            }
+        }
+        Err(now.saturating_add(5_000_000))
+    }
+
+    fn release<H: Host>(&self, host: &mut H, agent: &str, service: &str) {
+        let key = format!("{agent} {service}");
+        for _ in 0..8 {
+            let (mut map, cas) = claims(host);
+            let mine = map
+                .get(&key)
+                .and_then(|c| c.get("owner"))
+                .and_then(Value::as_u64)
+                == Some(self.id);
+            if !mine {
+                return;
+            }
+            map.remove(&key);
+            if host.shared_set(CLAIMS_KEY, Value::Object(map).to_string().as_bytes(), cas) {
+                return;
+            }
+        }
     }
 
     fn next_step(&self, job: &Job) -> Option<Step> {
@@ -305,12 +433,73 @@ impl Broker {
         }
     }
 
+    /// Jobs waiting for another worker: done when its results appear in
+    /// shared data; taken over when its claim lapses.
+    fn watch_peers<H: Host>(&mut self, host: &mut H, now: u64) {
+        let mut i = 0;
+        while i < self.jobs.len() {
+            let Some(job) = self.jobs.get(i) else { break };
+            let Step::AwaitPeer(until) = job.step else {
+                i += 1;
+                continue;
+            };
+            let (agent, service, needs) =
+                (job.agent.clone(), job.service.clone(), job.needs.clone());
+            let mut fetched = HashMap::new();
+            for n in &needs {
+                let f = self
+                    .cached(&agent, &n.path, now)
+                    .cloned()
+                    .or_else(|| self.load_shared(host, &agent, &n.path, now));
+                match f {
+                    Some(f) => {
+                        fetched.insert(n.path.clone(), f);
+                    }
+                    None => break,
+                }
+            }
+            if fetched.len() == needs.len() {
+                self.stats.hits += 1;
+                let result = inject(&needs, &fetched);
+                self.finish(host, i, result);
+                continue; // swap_remove moved another job to i
+            }
+            if now >= until {
+                let claimed = self.claim(host, &agent, &service, now);
+                let token = self.token(host, &agent, now);
+                if let Some(job) = self.jobs.get_mut(i) {
+                    match claimed {
+                        Ok(()) => {
+                            job.claimed = true;
+                            job.fetched = fetched;
+                            if job.token.is_none() {
+                                job.token = token;
+                            }
+                            job.step = Step::Login;
+                            job.due_ns = now;
+                        }
+                        Err(later) => job.step = Step::AwaitPeer(later),
+                    }
+                }
+                let next = self.next_step_of(i);
+                if let (Some(job), Some(step)) = (self.jobs.get_mut(i), next) {
+                    if job.claimed {
+                        job.step = step;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+
     /// Dispatches every job step that is due (called from the root's tick).
     pub fn on_tick<H: Host>(&mut self, host: &mut H) {
         let now = host.now_ns();
+        self.watch_peers(host, now);
         let mut failed = Vec::new();
         for (i, job) in self.jobs.iter_mut().enumerate() {
-            if job.inflight.is_some() || job.due_ns > now {
+            if job.inflight.is_some() || job.due_ns > now || matches!(job.step, Step::AwaitPeer(_))
+            {
                 continue;
             }
             match dispatch(&self.cfg, host, job) {
@@ -319,6 +508,7 @@ impl Broker {
                     match job.step {
                         Step::Login => self.stats.logins += 1,
                         Step::Read(_) => self.stats.reads += 1,
+                        Step::AwaitPeer(_) => {}
                     }
                 }
                 Err(e) => {
@@ -364,7 +554,7 @@ impl Broker {
         };
         job.inflight = None;
         let what = match job.step {
-            Step::Login => "vault login".to_string(),
+            Step::Login | Step::AwaitPeer(_) => "vault login".to_string(),
             Step::Read(n) => format!("secret #{n}"),
         };
         let outcome = match (status, body) {
@@ -373,6 +563,7 @@ impl Broker {
             (Some(200), Some(body)) => match serde_json::from_slice::<Value>(body) {
                 Err(_) => Outcome::Fail(format!("{what}: malformed response")),
                 Ok(v) => match job.step {
+                    Step::AwaitPeer(_) => Outcome::Fail(format!("{what}: unexpected answer")),
                     Step::Login => match parse_login(&v) {
                         Some((tok, ttl)) => {
                             let until = now.saturating_add(ttl.saturating_mul(SEC));
@@ -383,6 +574,12 @@ impl Broker {
                                         value: tok.clone(),
                                         until_ns: until - margin,
                                     },
+                                );
+                                let v = serde_json::json!({"until": until - margin, "token": tok.expose()});
+                                host.shared_set(
+                                    &token_key(&job.agent),
+                                    v.to_string().as_bytes(),
+                                    None,
                                 );
                             }
                             job.token = Some(tok);
@@ -408,6 +605,17 @@ impl Broker {
                                             value: fields.clone(),
                                             until_ns: until - margin,
                                         },
+                                    );
+                                    let map: serde_json::Map<String, Value> = fields
+                                        .iter()
+                                        .map(|(k, v)| (k.clone(), Value::from(v.expose())))
+                                        .collect();
+                                    let v =
+                                        serde_json::json!({"until": until - margin, "fields": map});
+                                    host.shared_set(
+                                        &value_key(&job.agent, &need.path),
+                                        v.to_string().as_bytes(),
+                                        None,
                                     );
                                 }
                                 job.fetched.insert(need.path.clone(), fields);
@@ -448,6 +656,7 @@ impl Broker {
             }
             Outcome::Relogin => {
                 self.tokens.remove(&job.agent);
+                host.shared_set(&token_key(&job.agent), b"{}", None);
                 job.token = None;
                 job.relogged = true;
                 if job.jwt.is_some() {
@@ -501,6 +710,9 @@ impl Broker {
             return;
         }
         let job = self.jobs.swap_remove(i);
+        if job.claimed {
+            self.release(host, &job.agent, &job.service);
+        }
         match result {
             Ok(headers) => {
                 let set: Vec<(String, String)> = headers
@@ -548,8 +760,41 @@ pub fn unavailable(decision_id: &str, why: &str) -> (String, Vec<(&'static str, 
     )
 }
 
+fn token_key(agent: &str) -> String {
+    format!("agentplane/v1/token/{agent}")
+}
+
+fn value_key(agent: &str, path: &str) -> String {
+    format!("agentplane/v1/secret/{agent}/{path}")
+}
+
+/// Shared data key of the cross-worker claims map.
+pub const CLAIMS_KEY: &str = "agentplane/v1/claims";
+
+fn claims<H: Host>(host: &H) -> (serde_json::Map<String, Value>, Option<u32>) {
+    match host.shared_get(CLAIMS_KEY) {
+        Some((bytes, cas)) => (
+            serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.as_object().cloned())
+                .unwrap_or_default(),
+            Some(cas),
+        ),
+        None => (serde_json::Map::new(), None),
+    }
+}
+
+/// A shared entry `{"until": ns, ...}` still valid at `now`.
+fn read_shared<H: Host>(host: &H, key: &str, now: u64) -> Option<(u64, Value)> {
+    let (bytes, _) = host.shared_get(key)?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    let until = v.get("until")?.as_u64()?;
+    (now < until).then_some((until, v))
+}
+
 fn dispatch<H: Host>(cfg: &VaultConfig, host: &mut H, job: &Job) -> Result<u32, String> {
     match job.step {
+        Step::AwaitPeer(_) => Err("waiting for another worker".into()),
         Step::Login => {
             let jwt = job.jwt.as_ref().ok_or("no JWT to log in with")?;
             let path = format!("/v1/auth/{}/login", cfg.auth_mount);
@@ -701,13 +946,14 @@ mod tests {
 
     fn ask(
         b: &mut Broker,
-        h: &MockHost,
+        h: &mut MockHost,
         agent: &str,
         stream: u32,
         specs: &[SecretConfig],
     ) -> Lookup {
         let needs = plan(specs, agent, Some("team"), Some("support")).unwrap();
         b.request(
+            h,
             agent,
             "svc",
             needs,
@@ -716,7 +962,6 @@ mod tests {
                 stream,
                 decision_id: format!("d{stream}"),
             },
-            h.now_ns,
         )
     }
 
@@ -759,10 +1004,10 @@ mod tests {
 
     #[test]
     fn cold_fetch_logs_in_reads_injects_then_serves_from_cache() {
-        let mut b = Broker::new(cfg());
+        let mut b = Broker::new(cfg(), 1);
         let mut h = MockHost::new();
         assert_eq!(
-            ask(&mut b, &h, "a@clients", 1, &[kv_spec()]),
+            ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]),
             Lookup::Pending
         );
         b.on_tick(&mut h);
@@ -786,7 +1031,7 @@ mod tests {
         );
         assert_eq!(b.pending_jobs(), 0);
         // Cached now: no callout.
-        let again = ask(&mut b, &h, "a@clients", 2, &[kv_spec()]);
+        let again = ask(&mut b, &mut h, "a@clients", 2, &[kv_spec()]);
         assert_eq!(
             again,
             Lookup::Ready(vec![("x-api-key".into(), Secret::new(CANARY))])
@@ -806,11 +1051,11 @@ mod tests {
 
     #[test]
     fn concurrent_cold_requests_share_one_login_and_read() {
-        let mut b = Broker::new(cfg());
+        let mut b = Broker::new(cfg(), 1);
         let mut h = MockHost::new();
         for s in 1..=20 {
             assert_eq!(
-                ask(&mut b, &h, "a@clients", s, &[kv_spec()]),
+                ask(&mut b, &mut h, "a@clients", s, &[kv_spec()]),
                 Lookup::Pending
             );
         }
@@ -824,11 +1069,11 @@ mod tests {
 
     #[test]
     fn agents_never_get_each_others_secrets() {
-        let mut b = Broker::new(cfg());
+        let mut b = Broker::new(cfg(), 1);
         let mut h = MockHost::new();
-        ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
-        ask(&mut b, &h, "b@clients", 2, &[kv_spec()]);
-        ask(&mut b, &h, "a@clients", 3, &[kv_spec()]);
+        ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
+        ask(&mut b, &mut h, "b@clients", 2, &[kv_spec()]);
+        ask(&mut b, &mut h, "a@clients", 3, &[kv_spec()]);
         b.on_tick(&mut h);
         assert_eq!(h.dispatched.len(), 2, "one login per agent");
         // Answer B first, A second, with tokens and values per agent.
@@ -865,9 +1110,9 @@ mod tests {
 
     #[test]
     fn retryable_failures_back_off_then_fail_closed() {
-        let mut b = Broker::new(cfg());
+        let mut b = Broker::new(cfg(), 1);
         let mut h = MockHost::new();
-        ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+        ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
         for (i, status) in [Some(503), None, Some(429)].into_iter().enumerate() {
             b.on_tick(&mut h);
             assert_eq!(
@@ -911,9 +1156,9 @@ mod tests {
             (Some(200), None, "vault login: response too large"),
         ];
         for (status, body, want) in cases {
-            let mut b = Broker::new(cfg());
+            let mut b = Broker::new(cfg(), 1);
             let mut h = MockHost::new();
-            ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+            ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
             b.on_tick(&mut h);
             answer(&mut b, &mut h, status, body);
             b.on_tick(&mut h);
@@ -934,9 +1179,9 @@ mod tests {
             (200, json!({"data": {"data": {"other": "x"}}})),
             (200, json!({"data": {"data": {"api_key": 42}}})),
         ] {
-            let mut b = Broker::new(cfg());
+            let mut b = Broker::new(cfg(), 1);
             let mut h = MockHost::new();
-            ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+            ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
             b.on_tick(&mut h);
             answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tok")));
             b.on_tick(&mut h);
@@ -953,9 +1198,9 @@ mod tests {
 
     #[test]
     fn an_expired_vault_token_gets_one_relogin() {
-        let mut b = Broker::new(cfg());
+        let mut b = Broker::new(cfg(), 1);
         let mut h = MockHost::new();
-        ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
+        ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
         b.on_tick(&mut h);
         answer(&mut b, &mut h, Some(200), Some(&login_ok("s.old")));
         b.on_tick(&mut h);
@@ -979,9 +1224,9 @@ mod tests {
 
     #[test]
     fn leases_expire_before_their_ttl_and_are_refetched() {
-        let mut b = Broker::new(cfg());
+        let mut b = Broker::new(cfg(), 1);
         let mut h = MockHost::new();
-        ask(&mut b, &h, "a@clients", 1, &[db_spec()]);
+        ask(&mut b, &mut h, "a@clients", 1, &[db_spec()]);
         b.on_tick(&mut h);
         answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tok")));
         b.on_tick(&mut h);
@@ -1003,13 +1248,13 @@ mod tests {
         // 49 s later (60 s lease, 10 s margin): still cached.
         h.now_ns += 49 * SEC;
         assert!(matches!(
-            ask(&mut b, &h, "a@clients", 2, &[db_spec()]),
+            ask(&mut b, &mut h, "a@clients", 2, &[db_spec()]),
             Lookup::Ready(_)
         ));
         // 50 s: refetched with the cached Vault token (no login).
         h.now_ns += SEC;
         assert_eq!(
-            ask(&mut b, &h, "a@clients", 3, &[db_spec()]),
+            ask(&mut b, &mut h, "a@clients", 3, &[db_spec()]),
             Lookup::Pending
         );
         b.on_tick(&mut h);
@@ -1029,7 +1274,7 @@ mod tests {
         );
         assert_eq!(h.resumed[1].1[0].1, "v-user-2");
         assert_eq!(
-            ask(&mut b, &h, "a@clients", 4, &[db_spec()]),
+            ask(&mut b, &mut h, "a@clients", 4, &[db_spec()]),
             Lookup::Pending
         );
         no_leak(&h);
@@ -1037,11 +1282,11 @@ mod tests {
 
     #[test]
     fn disconnected_streams_are_skipped_and_late_answers_ignored() {
-        let mut b = Broker::new(cfg());
+        let mut b = Broker::new(cfg(), 1);
         let mut h = MockHost::new();
-        ask(&mut b, &h, "a@clients", 1, &[kv_spec()]);
-        ask(&mut b, &h, "a@clients", 2, &[kv_spec()]);
-        ask(&mut b, &h, "a@clients", 3, &[kv_spec()]);
+        ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
+        ask(&mut b, &mut h, "a@clients", 2, &[kv_spec()]);
+        ask(&mut b, &mut h, "a@clients", 3, &[kv_spec()]);
         b.on_tick(&mut h);
         b.forget_stream(1);
         h.gone.push(3); // gone without Envoy telling the filter yet
@@ -1082,5 +1327,64 @@ mod tests {
         assert_eq!(format!("{:?}", Secret::new(CANARY)), "Secret(..)");
         let l = Lookup::Ready(vec![("x".into(), Secret::new(CANARY))]);
         assert!(!format!("{l:?}").contains(CANARY));
+    }
+
+    #[test]
+    fn workers_share_fetches_through_shared_data() {
+        let shared = crate::host::SharedData::default();
+        let (mut w1, mut w2) = (Broker::new(cfg(), 1), Broker::new(cfg(), 2));
+        let mut h1 = MockHost::new();
+        let mut h2 = MockHost::new();
+        h1.shared = shared.clone();
+        h2.shared = shared.clone();
+        // Worker 1 claims the fetch; worker 2 waits for it instead of
+        // logging in too.
+        assert_eq!(
+            ask(&mut w1, &mut h1, "a@clients", 1, &[kv_spec()]),
+            Lookup::Pending
+        );
+        assert_eq!(
+            ask(&mut w2, &mut h2, "a@clients", 7, &[kv_spec()]),
+            Lookup::Pending
+        );
+        w1.on_tick(&mut h1);
+        w2.on_tick(&mut h2);
+        assert_eq!((h1.dispatched.len(), h2.dispatched.len()), (1, 0));
+        answer(&mut w1, &mut h1, Some(200), Some(&login_ok("s.tok")));
+        w1.on_tick(&mut h1);
+        answer(&mut w1, &mut h1, Some(200), Some(&kv_ok(CANARY)));
+        w2.on_tick(&mut h2);
+        assert!(h2.dispatched.is_empty(), "worker 2 made no callout");
+        assert_eq!(
+            h2.resumed,
+            [(7, vec![("x-api-key".to_string(), CANARY.to_string())])]
+        );
+        // Later requests on worker 2 hit its own cache.
+        assert!(matches!(
+            ask(&mut w2, &mut h2, "a@clients", 8, &[kv_spec()]),
+            Lookup::Ready(_)
+        ));
+        // Another agent's entry is never read for this one.
+        assert_eq!(
+            ask(&mut w2, &mut h2, "b@clients", 9, &[kv_spec()]),
+            Lookup::Pending
+        );
+    }
+
+    #[test]
+    fn a_lapsed_claim_is_taken_over() {
+        let shared = crate::host::SharedData::default();
+        let (mut w1, mut w2) = (Broker::new(cfg(), 1), Broker::new(cfg(), 2));
+        let mut h1 = MockHost::new();
+        let mut h2 = MockHost::new();
+        h1.shared = shared.clone();
+        h2.shared = shared.clone();
+        ask(&mut w1, &mut h1, "a@clients", 1, &[kv_spec()]);
+        ask(&mut w2, &mut h2, "a@clients", 2, &[kv_spec()]);
+        w1.on_tick(&mut h1); // worker 1 then stalls forever
+        h2.now_ns += 60 * SEC;
+        w2.on_tick(&mut h2);
+        assert_eq!(h2.dispatched.len(), 1, "worker 2 fetches itself");
+        assert_eq!(h2.dispatched[0].header(":path"), Some("/v1/auth/jwt/login"));
     }
 }

@@ -73,6 +73,19 @@ impl RootContext for Root {
                 if filter.has_secrets() {
                     // Secret fetches run on this root context's tick.
                     self.set_tick_period(TICK);
+                    // The cross-worker claims map exists before any claim,
+                    // so every claim is a compare-and-swap.
+                    let host = EnvoyHost::root(self.id);
+                    if host
+                        .shared_get(agentplane_core::secrets::CLAIMS_KEY)
+                        .is_none()
+                    {
+                        let _ = hostcalls::set_shared_data(
+                            agentplane_core::secrets::CLAIMS_KEY,
+                            Some(b"{}"),
+                            None,
+                        );
+                    }
                 }
                 EnvoyHost::root(0).log(
                     LogLevel::Info,
@@ -257,6 +270,17 @@ impl Host for EnvoyHost {
             Duration::from_millis(timeout_ms),
         )
         .map_err(|s| format!("{s:?}"))
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
+            _ => None,
+        }
+    }
+
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
     }
 
     fn resume_stream(&mut self, stream: u32, set: &[(String, String)]) -> bool {
