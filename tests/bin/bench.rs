@@ -28,6 +28,7 @@
 //!
 //! Environment: `AGENTPLANE_BENCH_RATE` (open-loop rate, default 2000/s),
 //! `AGENTPLANE_BENCH_SOAK` (soak requests, default 1000000, 0 skips),
+//! `AGENTPLANE_BENCH_WARMUP` (seconds of load before measuring, default 3),
 //! `AGENTPLANE_BENCH_EXTRA="name=/path/a.wasm,..."` (more filter builds),
 //! `AGENTPLANE_BENCH_ARMS=S2,S4` (only these arms; S2 must be among them),
 //! `AGENTPLANE_BENCH_MIX=allowed` (only the allowed requests).
@@ -376,6 +377,7 @@ fn main() {
     };
     let rate = env_num("AGENTPLANE_BENCH_RATE", 2000.0);
     let soak = env_num("AGENTPLANE_BENCH_SOAK", 1_000_000.0) as u64;
+    let warmup = env_num("AGENTPLANE_BENCH_WARMUP", 3.0).max(1.0) as u32;
 
     let idp = Idp::new();
     let token = idp.agent_token(
@@ -450,13 +452,17 @@ fn main() {
     let script = wrk_script();
     let mut samples: Vec<Samples> = arms.iter().map(|_| Samples::default()).collect();
     for rep in 0..reps {
-        for (i, a) in arms.iter().enumerate() {
+        // Each repetition starts one arm later, so no arm always runs
+        // right after the same neighbour.
+        for k in 0..arms.len() {
+            let i = (k + rep) % arms.len();
+            let a = &arms[i];
             let t0 = Instant::now();
             let envoy = Envoy::start_yaml(&render(a, &setup));
             let s = &mut samples[i];
             s.startup.push(t0.elapsed().as_secs_f64());
             probe(a, &envoy, &token);
-            wrk(envoy.port, &token, 1, &script); // warm-up
+            wrk(envoy.port, &token, warmup, &script); // warm-up (V8 tiers up hot code)
             let cpu0 = cpu_secs(envoy.pid());
             let run = wrk(envoy.port, &token, secs, &script);
             let cpu = cpu_secs(envoy.pid()) - cpu0;
@@ -507,7 +513,7 @@ fn main() {
         );
     }
     println!(
-        "wrk -t1 -c16, {secs} s runs after a 1 s warm-up, one Envoy worker; mix: {} requests, {} denied.",
+        "wrk -t1 -c16, {secs} s runs after a {warmup} s warm-up, one Envoy worker; mix: {} requests, {} denied.",
         mix().len(),
         mix().iter().filter(|(_, ok)| !ok).count()
     );
