@@ -9,6 +9,7 @@
     clippy::indexing_slicing
 )]
 
+mod audit;
 mod authz;
 mod config;
 mod identity;

@@ -380,9 +380,34 @@ impl Default for DecisionCacheConfig {
     }
 }
 
+/// The decision log (see [`crate::audit`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionLogConfig {
+    /// Write one record per logged decision to Envoy's log.
+    pub enabled: bool,
+    /// Share of allowed decisions logged (0.0–1.0); denies are always logged.
+    pub sample_allowed: f64,
+    /// JSON pointers removed from every record's input, e.g.
+    /// `/input/jwt/payload/email` (like OPA's `system.log.mask`).
+    pub mask: Vec<String>,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        DecisionLogConfig {
+            enabled: false,
+            sample_allowed: 1.0,
+            mask: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(default)]
+    decision_log: DecisionLogConfig,
     #[serde(default)]
     decision_cache: DecisionCacheConfig,
     #[serde(default)]
@@ -424,6 +449,8 @@ pub struct Config {
     pub decision_cache: Option<DecisionCacheConfig>,
     /// The secrets server, when any service has secrets.
     pub vault: Option<VaultConfig>,
+    /// The decision log.
+    pub decision_log: DecisionLogConfig,
     /// `input.resource` for each registered service, built once here
     /// rather than on every request.
     resource_docs: BTreeMap<String, regorus::Value>,
@@ -519,6 +546,7 @@ impl Config {
             mut headers,
             decision_cache,
             vault,
+            decision_log,
         } = raw;
 
         if identity.metadata_namespace.is_empty() {
@@ -692,6 +720,21 @@ impl Config {
             }
         }
 
+        if !(0.0..=1.0).contains(&decision_log.sample_allowed) {
+            return Err(invalid(
+                "decision_log.sample_allowed",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        for (i, m) in decision_log.mask.iter().enumerate() {
+            if !m.starts_with("/input/") || m.ends_with('/') {
+                return Err(invalid(
+                    format!("decision_log.mask[{i}]"),
+                    "a JSON pointer into the input, like \"/input/jwt/payload/email\"",
+                ));
+            }
+        }
+
         let resource_docs = resources
             .iter()
             .map(|(name, r)| (name.clone(), resource_doc(r, Some(name), true)))
@@ -706,6 +749,7 @@ impl Config {
             headers,
             decision_cache,
             vault,
+            decision_log,
             resource_docs,
         })
     }

@@ -2,6 +2,7 @@
 //! reply or forward with trusted headers. Every path that does not end in
 //! an explicit allow ends in a local reply carrying a decision id.
 
+use crate::audit::{self, Trail};
 use crate::cache::{DecisionCache, Key};
 use crate::claims::{self, ClaimsError, Identity};
 use crate::config::{Config, ConfigError};
@@ -9,12 +10,17 @@ use crate::headers::{self, check_value, RequestHeaders};
 use crate::host::{Host, LogLevel};
 use crate::ids::DecisionIds;
 use crate::input::{self, RequestFacts};
+use crate::metrics::{Metrics, M};
 use crate::policy::{Policy, Verdict};
 use crate::secrets::{self, Lookup};
 use std::cell::RefCell;
 
 /// Response (and reply) header carrying the decision id.
 pub const DECISION_ID_HEADER: &str = "x-decision-id";
+
+/// Response (and reply) header carrying the request id, as the seed's
+/// design names it.
+pub const TRACE_ID_HEADER: &str = "x-mcp-trace-id";
 
 /// What the proxy should do with the request after the filter ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +47,11 @@ pub struct Decision {
     pub reason: String,
     /// The agent id, when one was established.
     pub agent: Option<String>,
+    /// The decision-log record, when this decision is logged; written by
+    /// [`Filter::on_log`] with the final status.
+    pub record: Option<serde_json::Value>,
+    /// The request id (`x-request-id`), echoed as `x-mcp-trace-id`.
+    pub request_id: String,
 }
 
 /// The configured filter: immutable config and compiled policy, shared by
@@ -52,6 +63,9 @@ pub struct Filter {
     ids: DecisionIds,
     cache: Option<RefCell<DecisionCache<Outcome>>>,
     broker: Option<RefCell<secrets::Broker>>,
+    metrics: Metrics,
+    /// Broker counters already exported as metrics.
+    exported: std::cell::Cell<secrets::BrokerStats>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +114,8 @@ impl Filter {
             ids: DecisionIds::new(seed),
             cache,
             broker,
+            metrics: Metrics::default(),
+            exported: std::cell::Cell::new(secrets::BrokerStats::default()),
         }
     }
 
@@ -119,7 +135,21 @@ impl Filter {
         // Before anything else: nothing the client says about identity survives.
         let headers = headers::strip_untrusted(host, &self.config);
         let id = self.ids.next_id();
-        match self.decide(host, &headers, &id) {
+        // Envoy's `request.id` attribute is the x-request-id header that the
+        // connection manager set or kept, so the header saves a host call;
+        // the attribute covers hosts that do not put it in the headers.
+        let mut trail = Trail {
+            request_id: headers
+                .get("x-request-id")
+                .map(str::to_owned)
+                .or_else(|| {
+                    host.property(&["request", "id"])
+                        .and_then(|b| String::from_utf8(b).ok())
+                })
+                .unwrap_or_default(),
+            ..Trail::default()
+        };
+        let (flow, mut decision) = match self.decide(host, &headers, &id, &mut trail) {
             Ok((agent, flow)) => (
                 flow,
                 Decision {
@@ -128,6 +158,8 @@ impl Filter {
                     status: 0,
                     reason: String::new(),
                     agent: Some(agent),
+                    record: None,
+                    request_id: trail.request_id.clone(),
                 },
             ),
             Err((refusal, agent)) => {
@@ -141,6 +173,11 @@ impl Filter {
                     ("content-type", "application/json"),
                     (DECISION_ID_HEADER, id.as_str()),
                 ];
+                if check_value(&trail.request_id, self.config.headers.max_value_bytes).is_ok()
+                    && !trail.request_id.is_empty()
+                {
+                    hdrs.push((TRACE_ID_HEADER, trail.request_id.as_str()));
+                }
                 hdrs.extend(
                     refusal
                         .headers
@@ -148,15 +185,6 @@ impl Filter {
                         .map(|(k, v)| (k.as_str(), v.as_str())),
                 );
                 host.send_reply(refusal.status, &hdrs, body.as_bytes());
-                host.log(
-                    LogLevel::Debug,
-                    &format!(
-                        "agentplane: denied {} decision_id={id} agent={} reason={}",
-                        refusal.status,
-                        agent.as_deref().unwrap_or("-"),
-                        refusal.reason
-                    ),
-                );
                 (
                     Flow::Replied,
                     Decision {
@@ -165,15 +193,58 @@ impl Filter {
                         status: refusal.status,
                         reason: refusal.reason,
                         agent,
+                        record: None,
+                        request_id: trail.request_id.clone(),
                     },
                 )
             }
+        };
+        self.metrics
+            .add(host, M::HeadersStripped, headers.stripped as u64);
+        let m = match (decision.allowed, decision.status) {
+            (true, _) => M::Allowed,
+            (false, 401) => M::Unauthorized,
+            (false, 400) => M::BadRequest,
+            (false, 503) => M::SecretsUnavailable,
+            (false, _) if decision.reason == "policy_error" => M::PolicyError,
+            (false, _) => M::Denied,
+        };
+        self.metrics.add(host, m, 1);
+        let log = &self.config.decision_log;
+        if log.enabled && (!decision.allowed || audit::sampled(log, &decision.id)) {
+            let facts = audit::Facts {
+                decision_id: &decision.id,
+                now_ns: host.now_ns(),
+                entrypoint: &self.config.policy.entrypoint,
+                revision: crate::bundle::REVISION,
+                allowed: decision.allowed,
+                reason: &decision.reason,
+                status: decision.status,
+                agent: decision.agent.as_deref(),
+            };
+            decision.record = Some(audit::record(log, &facts, &trail));
+        }
+        (flow, decision)
+    }
+
+    /// End of the stream: writes the decision-log record, if any, with the
+    /// status the client got.
+    pub fn on_log<H: Host>(&self, host: &mut H, decision: &Decision) {
+        if let Some(record) = &decision.record {
+            let status = host
+                .property(&["response", "code"])
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .and_then(|b| u16::try_from(u64::from_le_bytes(b)).ok());
+            host.log(LogLevel::Info, &audit::finish(record.clone(), status));
         }
     }
 
     /// Adds the decision id to the upstream response of an allowed request.
     pub fn on_response_headers<H: Host>(&self, host: &mut H, decision: &Decision) {
         host.set_response_header(DECISION_ID_HEADER, &decision.id);
+        if !decision.request_id.is_empty() {
+            host.set_response_header(TRACE_ID_HEADER, &decision.request_id);
+        }
     }
 
     fn decide<H: Host>(
@@ -181,6 +252,7 @@ impl Filter {
         host: &mut H,
         headers: &RequestHeaders,
         decision_id: &str,
+        trail: &mut Trail,
     ) -> Result<(String, Flow), (Refusal, Option<String>)> {
         let raw = host
             .property(&["metadata"])
@@ -194,20 +266,11 @@ impl Filter {
             .get(":path")
             .ok_or_else(|| bad("missing :path".into()))?;
         let authority = headers.get(":authority");
-        // Envoy's `request.id` attribute is the x-request-id header that the
-        // connection manager set or kept, so the header saves a host call;
-        // the attribute covers hosts that do not put it in the headers.
-        let request_id = headers
-            .get("x-request-id")
-            .map(str::to_owned)
-            .or_else(|| {
-                host.property(&["request", "id"])
-                    .and_then(|b| String::from_utf8(b).ok())
-            })
-            .unwrap_or_default();
+        let request_id = trail.request_id.clone();
         check_value(&request_id, max).map_err(|e| bad(format!("request id {e}")))?;
         let route = input::parse_route(path, &self.config).map_err(|e| bad(e.to_string()))?;
         let now = host.now_ns();
+        trail.service = route.service.map(str::to_owned);
 
         let payload = claims::payload_from_metadata(&raw, &self.config.identity)
             .map_err(|e| (unauthorized(e), None))?;
@@ -234,14 +297,24 @@ impl Filter {
                 .try_borrow_mut()
                 .ok()
                 .and_then(|mut c| c.get(key, now));
+            let m = if hit.is_some() {
+                M::DecisionCacheHit
+            } else {
+                M::DecisionCacheMiss
+            };
+            self.metrics.add(host, m, 1);
             if let Some(outcome) = hit {
+                trail.cached = true;
+                trail.input.clone_from(&outcome.input);
                 let who = apply(
                     host,
                     outcome,
                     &request_id,
                     self.config.identity.forward_token,
                 )?;
-                return self.secrets(host, headers, route.service, who, decision_id);
+                trail.agent_type.clone_from(&who.kind);
+                trail.team.clone_from(&who.team);
+                return self.secrets(host, headers, route.service, who, decision_id, trail);
             }
         }
 
@@ -254,7 +327,9 @@ impl Filter {
             id: &request_id,
             time_ns: now,
         };
-        let (outcome, valid_until) = self.authorize(host, headers, identity, &facts);
+        trail.agent_type.clone_from(&identity.agent_type);
+        trail.team.clone_from(&identity.team);
+        let (outcome, valid_until) = self.authorize(host, headers, identity, &facts, trail);
         if let (Some(cache), Some(key), Some(until)) = (&self.cache, key, valid_until) {
             if let Ok(mut c) = cache.try_borrow_mut() {
                 c.insert(key, outcome.clone(), now, until);
@@ -266,7 +341,7 @@ impl Filter {
             &request_id,
             self.config.identity.forward_token,
         )?;
-        self.secrets(host, headers, route.service, who, decision_id)
+        self.secrets(host, headers, route.service, who, decision_id, trail)
     }
 
     /// After an allow: injects the service's secrets from the cache, or
@@ -278,8 +353,20 @@ impl Filter {
         service: Option<&str>,
         who: Who,
         decision_id: &str,
+        trail: &mut Trail,
     ) -> Result<(String, Flow), (Refusal, Option<String>)> {
         let specs = &self.config.resource(service.unwrap_or("")).secrets;
+        for sc in specs {
+            for h in [&sc.header, &sc.username_header, &sc.password_header]
+                .into_iter()
+                .flatten()
+            {
+                trail.secrets.push(h.to_ascii_lowercase());
+            }
+            if sc.bearer {
+                trail.secrets.push("authorization".into());
+            }
+        }
         let Some(broker) = self.broker.as_ref().filter(|_| !specs.is_empty()) else {
             return Ok((who.agent, Flow::Continue));
         };
@@ -298,9 +385,19 @@ impl Filter {
                     .and_then(|_| v.get(7..))
             })
             .map(|t| secrets::Secret::new(t.trim()));
+        let mut trace: Vec<(String, String)> = Vec::new();
+        if !trail.request_id.is_empty() {
+            trace.push(("x-request-id".into(), trail.request_id.clone()));
+        }
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = headers.get(name) {
+                trace.push((name.into(), v.to_string()));
+            }
+        }
         let waiter = secrets::Waiter {
             stream: host.stream_id(),
             decision_id: decision_id.to_string(),
+            trace,
         };
         let mut b = broker
             .try_borrow_mut()
@@ -317,6 +414,11 @@ impl Filter {
         }
     }
 
+    /// Defines the filter's stats (once per VM, from the root context).
+    pub fn define_metrics<H: Host>(&self, host: &mut H) {
+        self.metrics.define(host);
+    }
+
     /// Whether any service has secrets (the root then ticks).
     pub fn has_secrets(&self) -> bool {
         self.broker.is_some()
@@ -325,13 +427,26 @@ impl Filter {
     /// Root context tick: dispatches due secret fetches. Returns whether
     /// work is pending (the host may keep ticking either way).
     pub fn on_tick<H: Host>(&self, host: &mut H) -> bool {
-        match self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
+        let (wants, now) = match self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
             Some(mut b) => {
                 b.on_tick(host);
-                b.wants_tick()
+                (b.wants_tick(), b.stats)
             }
-            None => false,
-        }
+            None => return false,
+        };
+        let was = self.exported.replace(now);
+        self.metrics
+            .add(host, M::SecretsCacheHit, now.hits.saturating_sub(was.hits));
+        self.metrics
+            .add(host, M::VaultLogins, now.logins.saturating_sub(was.logins));
+        self.metrics
+            .add(host, M::VaultReads, now.reads.saturating_sub(was.reads));
+        self.metrics.add(
+            host,
+            M::VaultFailures,
+            now.failures.saturating_sub(was.failures),
+        );
+        wants
     }
 
     /// Root context: a callout answered (`status` `None` when it failed;
@@ -383,12 +498,14 @@ impl Filter {
         headers: &RequestHeaders,
         identity: Identity,
         facts: &RequestFacts<'_>,
+        trail: &mut Trail,
     ) -> (Outcome, Option<u64>) {
         let refuse = |agent: &str, r: Refusal| {
             (
                 Outcome {
                     agent: agent.to_string(),
                     result: Err(r),
+                    input: None,
                 },
                 None,
             )
@@ -409,7 +526,15 @@ impl Filter {
             }
         }
         let doc = input::build(headers, &self.config, &identity, facts);
-        let verdict = match self.policy.evaluate(doc) {
+        let logging = self.config.decision_log.enabled;
+        let input = logging.then(|| doc.clone());
+        trail.input.clone_from(&input);
+        let t0 = host.now_ns();
+        let evaluated = self.policy.evaluate(doc);
+        let eval_ns = host.now_ns().saturating_sub(t0);
+        trail.eval_ns = Some(eval_ns);
+        self.metrics.record(host, M::PolicyEvalUs, eval_ns / 1_000);
+        let verdict = match evaluated {
             Ok(v) => v,
             Err(e) => {
                 host.log(LogLevel::Warn, &format!("agentplane: {e}"));
@@ -448,6 +573,7 @@ impl Filter {
             Outcome {
                 agent: identity.id,
                 result,
+                input,
             },
             valid_until_ns,
         )
@@ -466,6 +592,8 @@ impl Filter {
 struct Outcome {
     agent: String,
     result: Result<Allowed, Refusal>,
+    /// The input it was decided on, kept for the decision log.
+    input: Option<regorus::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -615,7 +743,10 @@ mod tests {
         f.on_response_headers(&mut h, &d);
         assert_eq!(
             h.response_headers,
-            [(DECISION_ID_HEADER.to_string(), d.id.clone())]
+            [
+                (DECISION_ID_HEADER.to_string(), d.id.clone()),
+                (TRACE_ID_HEADER.to_string(), "req-123".to_string())
+            ]
         );
     }
 
@@ -1122,5 +1253,144 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
             let e = Filter::new(cfg.to_string().as_bytes(), 1).unwrap_err();
             assert!(e.to_string().contains(want), "{e} (wanted {want})");
         }
+    }
+
+    fn logged_filter(extra: Value) -> Filter {
+        let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
+        cfg["decision_log"] = extra;
+        Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
+    }
+
+    fn log_lines(h: &MockHost) -> Vec<Value> {
+        h.logs
+            .borrow()
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix(crate::audit::PREFIX))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn decisions_are_logged_in_opa_shape_without_credentials() {
+        let f = logged_filter(json!({"enabled": true, "mask": ["/input/jwt/payload/email"]}));
+        let canary_jwt = "Bearer canary-jwt-0a1b2c";
+        let mut h = request(
+            "POST",
+            "/mcp://hello-skill/greet",
+            Some(claims(json!({"email": "canary@x.org"}))),
+        )
+        .with_header("authorization", canary_jwt)
+        .with_header("cookie", "session=canary-cookie");
+        let (_, d) = f.on_request_headers(&mut h);
+        assert!(d.allowed);
+        h = h.with_property(&["response", "code"], 201u64.to_le_bytes().to_vec());
+        f.on_log(&mut h, &d);
+        let all: String = h.logs.borrow().iter().map(|(_, l)| l.clone()).collect();
+        assert!(!all.contains("canary"), "{all}");
+        let recs = log_lines(&h);
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!(r["decision_id"], d.id);
+        assert_eq!(r["path"], "mcp/authz");
+        assert_eq!(r["result"]["allowed"], true);
+        assert_eq!(r["status"], 201, "upstream's status");
+        assert_eq!(r["agent"]["id"], "support-triage@clients");
+        assert_eq!(r["agent"]["team"], "customer-success");
+        assert_eq!(r["resource"], "hello-skill");
+        assert_eq!(r["input"]["resource"]["id"], "hello-skill");
+        assert_eq!(r["input"]["request"]["id"], "req-123");
+        assert!(
+            r["input"]["jwt"]["payload"].get("email").is_none(),
+            "masked"
+        );
+        assert!(r["metrics"]["timer_rego_query_eval_ns"].as_u64().is_some());
+        assert_eq!(r["labels"]["policy_revision"], crate::bundle::REVISION);
+        assert_eq!(r["cached"], false);
+
+        // The same request again: a cache hit, still logged with its input.
+        let mut h = request(
+            "POST",
+            "/mcp://hello-skill/greet",
+            Some(claims(json!({"email": "canary@x.org"}))),
+        )
+        .with_property(&["request", "id"], "req-456");
+        let (_, d) = f.on_request_headers(&mut h);
+        f.on_log(&mut h, &d);
+        let r = &log_lines(&h)[0];
+        assert_eq!(r["cached"], true);
+        assert_eq!(r["input"]["request"]["id"], "req-456");
+        assert!(r["metrics"].get("timer_rego_query_eval_ns").is_none());
+    }
+
+    #[test]
+    fn denies_are_always_logged_allows_sampled() {
+        let f = logged_filter(json!({"enabled": true, "sample_allowed": 0.0}));
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+        let (_, d) = f.on_request_headers(&mut h);
+        f.on_log(&mut h, &d);
+        assert!(d.allowed && log_lines(&h).is_empty());
+        let mut h = request(
+            "POST",
+            "/mcp://hello-skill/greet",
+            Some(claims(json!({"permissions": []}))),
+        );
+        let (_, d) = f.on_request_headers(&mut h);
+        f.on_log(&mut h, &d);
+        let r = &log_lines(&h)[0];
+        assert_eq!(r["result"]["allowed"], false);
+        assert_eq!(r["status"], 403);
+        assert_eq!(
+            r["result"]["reasons"][0],
+            "missing permission skills:invoke for action invoke_skill"
+        );
+        // No identity: still a record.
+        let mut h = request("POST", "/mcp://hello-skill/greet", None);
+        let (_, d) = f.on_request_headers(&mut h);
+        f.on_log(&mut h, &d);
+        assert_eq!(log_lines(&h)[0]["status"], 401);
+        // Off by default.
+        let plain = filter();
+        let mut h = request("POST", "/mcp://hello-skill/greet", None);
+        let (_, d) = plain.on_request_headers(&mut h);
+        plain.on_log(&mut h, &d);
+        assert!(d.record.is_none() && log_lines(&h).is_empty());
+    }
+
+    #[test]
+    fn counters_move_exactly_with_the_requests() {
+        let f = filter();
+        let mut totals = std::collections::BTreeMap::new();
+        let mut run = |mut h: MockHost| {
+            f.define_metrics(&mut h);
+            f.on_request_headers(&mut h);
+            for (k, v) in &h.metrics {
+                *totals.entry(k.clone()).or_insert(0u64) += v;
+            }
+        };
+        for _ in 0..3 {
+            run(
+                request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+                    .with_header("x-agent-id", "forged"),
+            );
+        }
+        run(request(
+            "POST",
+            "/mcp://hello-skill/greet",
+            Some(claims(json!({"permissions": []}))),
+        ));
+        run(request("POST", "/mcp://hello-skill/greet", None));
+        run(request(
+            "POST",
+            "/mcp://hello-skill/../x",
+            Some(claims(json!({}))),
+        ));
+        let get = |k: &str| totals.get(k).copied().unwrap_or(0);
+        assert_eq!(get("agentplane.decisions.allowed"), 3);
+        assert_eq!(get("agentplane.decisions.denied"), 1);
+        assert_eq!(get("agentplane.decisions.unauthorized"), 1);
+        assert_eq!(get("agentplane.decisions.bad_request"), 1);
+        assert_eq!(get("agentplane.headers.stripped"), 3);
+        assert_eq!(get("agentplane.decision_cache.miss"), 2);
+        assert_eq!(get("agentplane.decision_cache.hit"), 2);
     }
 }

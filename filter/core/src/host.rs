@@ -77,6 +77,15 @@ pub trait Host {
     ) -> bool {
         false
     }
+    /// Defines a counter (or, with `histogram`, a histogram) in the proxy's
+    /// stats; `None` when the host has no stats.
+    fn define_metric(&mut self, _name: &str, _histogram: bool) -> Option<u32> {
+        None
+    }
+    /// Adds to a counter.
+    fn add_metric(&mut self, _id: u32, _delta: u64) {}
+    /// Records a histogram sample.
+    fn record_metric(&mut self, _id: u32, _value: u64) {}
     /// Data shared by every worker's VM (same `vm_id`): value and its CAS.
     fn shared_get(&self, _key: &str) -> Option<(Vec<u8>, u32)> {
         None
@@ -158,6 +167,9 @@ pub struct MockHost {
     pub tick_ms: Option<u64>,
     /// Shared data (see [`SharedData`]).
     pub shared: SharedData,
+    /// Metrics by name: counter totals, or histogram samples summed.
+    pub metrics: BTreeMap<String, u64>,
+    metric_names: Vec<String>,
 }
 
 impl MockHost {
@@ -280,6 +292,22 @@ impl Host for MockHost {
             timeout_ms,
         });
         Ok(token)
+    }
+
+    fn define_metric(&mut self, name: &str, _histogram: bool) -> Option<u32> {
+        self.metric_names.push(name.to_string());
+        self.metrics.entry(name.to_string()).or_insert(0);
+        u32::try_from(self.metric_names.len() - 1).ok()
+    }
+
+    fn add_metric(&mut self, id: u32, delta: u64) {
+        if let Some(n) = self.metric_names.get(id as usize) {
+            *self.metrics.entry(n.clone()).or_insert(0) += delta;
+        }
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        self.add_metric(id, value);
     }
 
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {

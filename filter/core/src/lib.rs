@@ -10,6 +10,7 @@
 //! here depends on proxy-wasm, so the whole request path runs under plain
 //! `cargo test`.
 
+pub mod audit;
 pub mod bundle;
 pub mod cache;
 pub mod claims;
@@ -19,6 +20,7 @@ pub mod headers;
 pub mod host;
 pub mod ids;
 pub mod input;
+pub mod metrics;
 pub mod pbstruct;
 pub mod policy;
 pub mod secrets;

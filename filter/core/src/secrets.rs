@@ -129,6 +129,9 @@ pub struct Waiter {
     pub stream: u32,
     /// Its decision id, for the 503 body.
     pub decision_id: String,
+    /// Trace context (`x-request-id`, `traceparent`, `tracestate`) that the
+    /// callouts made for it carry.
+    pub trace: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +158,8 @@ struct Job {
     fetched: HashMap<String, Fields>,
     /// This worker holds the cross-worker claim for the fetch.
     claimed: bool,
+    /// The first requester's trace context, sent with every callout.
+    trace: Vec<(String, String)>,
 }
 
 /// What happened to a request that needs secrets.
@@ -281,6 +286,7 @@ impl Broker {
             service: service.to_string(),
             jwt,
             needs,
+            trace: waiter.trace.clone(),
             waiters: vec![waiter],
             step: Step::Login,
             inflight: None,
@@ -799,14 +805,16 @@ fn dispatch<H: Host>(cfg: &VaultConfig, host: &mut H, job: &Job) -> Result<u32, 
             let jwt = job.jwt.as_ref().ok_or("no JWT to log in with")?;
             let path = format!("/v1/auth/{}/login", cfg.auth_mount);
             let body = serde_json::json!({"role": cfg.role, "jwt": jwt.expose()}).to_string();
+            let mut headers = vec![
+                (":method", "POST"),
+                (":path", path.as_str()),
+                (":authority", cfg.authority.as_str()),
+                ("content-type", "application/json"),
+            ];
+            headers.extend(job.trace.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             host.dispatch_http_call(
                 &cfg.cluster,
-                &[
-                    (":method", "POST"),
-                    (":path", &path),
-                    (":authority", &cfg.authority),
-                    ("content-type", "application/json"),
-                ],
+                &headers,
                 Some(body.as_bytes()),
                 cfg.timeout_ms,
             )
@@ -815,17 +823,14 @@ fn dispatch<H: Host>(cfg: &VaultConfig, host: &mut H, job: &Job) -> Result<u32, 
             let need = job.needs.get(n).ok_or("no such secret")?;
             let token = job.token.as_ref().ok_or("no vault token")?;
             let path = format!("/v1/{}", need.path);
-            host.dispatch_http_call(
-                &cfg.cluster,
-                &[
-                    (":method", "GET"),
-                    (":path", &path),
-                    (":authority", &cfg.authority),
-                    ("x-vault-token", token.expose()),
-                ],
-                None,
-                cfg.timeout_ms,
-            )
+            let mut headers = vec![
+                (":method", "GET"),
+                (":path", path.as_str()),
+                (":authority", cfg.authority.as_str()),
+                ("x-vault-token", token.expose()),
+            ];
+            headers.extend(job.trace.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            host.dispatch_http_call(&cfg.cluster, &headers, None, cfg.timeout_ms)
         }
     }
 }
@@ -961,6 +966,7 @@ mod tests {
             Waiter {
                 stream,
                 decision_id: format!("d{stream}"),
+                trace: vec![("x-request-id".into(), format!("req-{stream}"))],
             },
         )
     }
@@ -1012,6 +1018,11 @@ mod tests {
         );
         b.on_tick(&mut h);
         let login = &h.dispatched[0];
+        assert_eq!(
+            login.header("x-request-id"),
+            Some("req-1"),
+            "trace context on callouts"
+        );
         assert_eq!(login.cluster, "vault");
         assert_eq!(login.header(":path"), Some("/v1/auth/jwt/login"));
         let body: Value = serde_json::from_slice(login.body.as_ref().unwrap()).unwrap();

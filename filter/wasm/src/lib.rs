@@ -8,7 +8,9 @@
 use agentplane_core::{filter::Decision, Filter, Flow, Host, LogLevel};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel as PwLogLevel, MapType};
+use proxy_wasm::types::{
+    Action, BufferType, ContextType, LogLevel as PwLogLevel, MapType, MetricType,
+};
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -70,6 +72,7 @@ impl RootContext for Root {
         let config = self.get_plugin_configuration().unwrap_or_default();
         match Filter::new(&config, seed()) {
             Ok(filter) => {
+                filter.define_metrics(&mut EnvoyHost::root(self.id));
                 if filter.has_secrets() {
                     // Secret fetches run on this root context's tick.
                     self.set_tick_period(TICK);
@@ -168,6 +171,12 @@ impl HttpContext for Stream {
         match flow {
             Flow::Continue => Action::Continue,
             Flow::Replied | Flow::Paused => Action::Pause,
+        }
+    }
+
+    fn on_log(&mut self) {
+        if let (Some(filter), Some(d)) = (&self.filter, &self.decision) {
+            filter.on_log(&mut EnvoyHost::stream(self.id, self.root), d);
         }
     }
 
@@ -270,6 +279,23 @@ impl Host for EnvoyHost {
             Duration::from_millis(timeout_ms),
         )
         .map_err(|s| format!("{s:?}"))
+    }
+
+    fn define_metric(&mut self, name: &str, histogram: bool) -> Option<u32> {
+        let kind = if histogram {
+            MetricType::Histogram
+        } else {
+            MetricType::Counter
+        };
+        hostcalls::define_metric(kind, name).ok()
+    }
+
+    fn add_metric(&mut self, id: u32, delta: u64) {
+        let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
     }
 
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {

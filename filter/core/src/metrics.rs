@@ -1,0 +1,93 @@
+//! Stats the filter exports through the proxy (Envoy: `/stats`, and
+//! `/stats/prometheus` as `agentplane_*`). Names are fixed and carry
+//! no per-request values, so cardinality is bounded.
+
+use crate::host::Host;
+use std::cell::Cell;
+
+/// Every metric, by index into [`NAMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum M {
+    /// Allowed decisions.
+    Allowed,
+    /// Denied by the policy (403 or the policy's status).
+    Denied,
+    /// No or unusable identity (401).
+    Unauthorized,
+    /// Malformed requests (400).
+    BadRequest,
+    /// Policy evaluation errors (403 policy_error).
+    PolicyError,
+    /// Secrets could not be had (503).
+    SecretsUnavailable,
+    /// Decisions answered from the decision cache.
+    DecisionCacheHit,
+    /// Decisions evaluated.
+    DecisionCacheMiss,
+    /// Client headers removed from the trusted namespace.
+    HeadersStripped,
+    /// Requests whose secrets were all cached.
+    SecretsCacheHit,
+    /// Vault logins sent.
+    VaultLogins,
+    /// Vault secret reads sent.
+    VaultReads,
+    /// Secret fetch jobs that failed.
+    VaultFailures,
+    /// Policy evaluation time, µs (histogram).
+    PolicyEvalUs,
+}
+
+/// Stat names, in [`M`] order.
+pub const NAMES: [&str; 14] = [
+    "agentplane.decisions.allowed",
+    "agentplane.decisions.denied",
+    "agentplane.decisions.unauthorized",
+    "agentplane.decisions.bad_request",
+    "agentplane.decisions.policy_error",
+    "agentplane.decisions.secrets_unavailable",
+    "agentplane.decision_cache.hit",
+    "agentplane.decision_cache.miss",
+    "agentplane.headers.stripped",
+    "agentplane.secrets.cache_hit",
+    "agentplane.vault.logins",
+    "agentplane.vault.reads",
+    "agentplane.vault.failures",
+    "agentplane.policy.eval_us",
+];
+
+/// Metric ids from the host, defined once per VM.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ids: [Cell<Option<u32>>; 14],
+}
+
+impl Metrics {
+    /// Defines every metric (at configure time, on the root context).
+    pub fn define<H: Host>(&self, host: &mut H) {
+        for (i, name) in NAMES.iter().enumerate() {
+            let histogram = i == M::PolicyEvalUs as usize;
+            if let Some(c) = self.ids.get(i) {
+                c.set(host.define_metric(name, histogram));
+            }
+        }
+    }
+
+    /// Adds to a counter (nothing if undefined or zero).
+    pub fn add<H: Host>(&self, host: &mut H, m: M, delta: u64) {
+        if delta == 0 {
+            return;
+        }
+        if let Some(id) = self.ids.get(m as usize).and_then(Cell::get) {
+            host.add_metric(id, delta);
+        }
+    }
+
+    /// Records a histogram sample.
+    pub fn record<H: Host>(&self, host: &mut H, m: M, value: u64) {
+        if let Some(id) = self.ids.get(m as usize).and_then(Cell::get) {
+            host.record_metric(id, value);
+        }
+    }
+}
