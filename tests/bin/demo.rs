@@ -49,6 +49,7 @@ fn main() {
     bao.put_agent_secret("ml-bot@clients", json!({"api_key": "sk-mlbot-b41d09aa5f"}));
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     cfg["vault"] = json!({"cluster": "vault", "authority": "127.0.0.1"});
+    cfg["decision_log"] = json!({"enabled": true});
     cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
         {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
     ]);
@@ -237,5 +238,24 @@ fn main() {
             );
         }
     }
+    // The audit trail: the decision-log record of the web-search denial.
+    let t0 = std::time::Instant::now();
+    let record = loop {
+        let log = s.envoy.log();
+        let found = log
+            .lines()
+            .filter_map(|l| l.split_once("agentplane-decision ").map(|(_, r)| r.to_string()))
+            .find(|r| r.contains("\"resource\":\"web-search\""));
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "no decision record");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let v: Value = serde_json::from_str(&record).unwrap();
+    println!(
+        "\ndecision log record of the web-search denial (Envoy's log, one line, prefix `agentplane-decision `):\n{}",
+        serde_json::to_string_pretty(&v).unwrap()
+    );
     println!("\nstopping Envoy and the sample services");
 }
