@@ -244,12 +244,18 @@ fn main() {
         let log = s.envoy.log();
         let found = log
             .lines()
-            .filter_map(|l| l.split_once("agentplane-decision ").map(|(_, r)| r.to_string()))
+            .filter_map(|l| {
+                l.split_once("agentplane-decision ")
+                    .map(|(_, r)| r.to_string())
+            })
             .find(|r| r.contains("\"resource\":\"web-search\""));
         if let Some(r) = found {
             break r;
         }
-        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "no decision record");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "no decision record"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let v: Value = serde_json::from_str(&record).unwrap();

@@ -134,3 +134,105 @@ fn trace_context_reaches_upstream_and_the_response() {
     assert_eq!(r.status, 401);
     assert!(r.header("x-mcp-trace-id").is_some_and(|v| !v.is_empty()));
 }
+
+/// Records also reach an HTTP collector in batches; with mandatory
+/// logging, once the collector is gone and the buffer is full, requests are
+/// denied with a reason and never reach upstream.
+#[test]
+fn collector_receives_batches_and_mandatory_logging_denies_without_it() {
+    use agentplane_e2e::{render_envoy, Envoy, EnvoySetup, Idp, Upstream};
+    let idp = Idp::new();
+    let upstream = Upstream::start();
+    let collector = Upstream::start();
+    let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
+    cfg["decision_log"] = json!({"enabled": true, "mandatory": true, "collector": {
+        "cluster": "decision_logs", "authority": "collector", "path": "/v1/logs",
+        "max_batch": 2, "flush_ms": 100, "max_buffer": 3}});
+    let mut r = render_envoy(
+        &EnvoySetup {
+            jwks: idp.jwks(),
+            upstream_port: upstream.port,
+            plugin_config: cfg.to_string(),
+            vault_port: agentplane_e2e::free_port(),
+        },
+        true,
+    );
+    let cluster = format!(
+        "  - name: decision_logs\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: decision_logs\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
+        collector.port
+    );
+    r.yaml = r.yaml.replace(
+        "  - name: services\n",
+        &format!("{cluster}  - name: services\n"),
+    );
+    let envoy = Envoy::start_yaml(&r);
+    let tok = idp.agent_token(
+        "support-triage@clients",
+        "customer-success",
+        "support",
+        "production",
+        &["skills:invoke"],
+    );
+    let auth = format!("Bearer {tok}");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = envoy.request(
+            "POST",
+            "/mcp://sentiment-analysis/analyze",
+            &[("authorization", &auth)],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        ids.push(r.header("x-decision-id").unwrap().to_string());
+    }
+    // Batches arrive (a full one at once, the rest within flush_ms).
+    let t0 = std::time::Instant::now();
+    let shipped = loop {
+        let got: Vec<Value> = collector
+            .seen()
+            .iter()
+            .flat_map(|s| {
+                assert_eq!((s.method.as_str(), s.path.as_str()), ("POST", "/v1/logs"));
+                serde_json::from_str::<Vec<Value>>(&s.body).unwrap()
+            })
+            .collect();
+        if got.len() >= 3 || t0.elapsed() > std::time::Duration::from_secs(10) {
+            break got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let shipped_ids: Vec<&str> = shipped
+        .iter()
+        .map(|r| r["decision_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(shipped_ids, ids);
+    assert!(!collector.seen().iter().any(|s| s.body.contains(&tok)));
+
+    // The collector fails: the buffer fills, then requests are denied.
+    collector.set_status(503);
+    upstream.clear();
+    let mut statuses = Vec::new();
+    let mut reasons = Vec::new();
+    for _ in 0..8 {
+        let r = envoy.request(
+            "POST",
+            "/mcp://sentiment-analysis/analyze",
+            &[("authorization", &auth)],
+        );
+        if r.status != 200 {
+            reasons.push(r.json()["reason"].as_str().unwrap_or("").to_string());
+        }
+        statuses.push(r.status);
+    }
+    assert!(statuses.iter().take(3).all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses.iter().skip(4).all(|s| *s == 503), "{statuses:?}");
+    assert!(
+        reasons.iter().all(|r| r == "decision_log_unavailable"),
+        "{reasons:?}"
+    );
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        upstream.seen().len(),
+        allowed,
+        "denied requests never went upstream"
+    );
+}

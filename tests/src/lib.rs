@@ -195,6 +195,8 @@ fn chrono_now() -> chrono::DateTime<chrono::Utc> {
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// Body, as text.
+    pub body: String,
     /// Method.
     pub method: String,
     /// Path as forwarded.
@@ -230,6 +232,7 @@ pub struct Upstream {
     pub port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
+    status: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl Upstream {
@@ -250,6 +253,8 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, st2) = (seen.clone(), stop.clone());
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let code2 = status.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st2.load(Ordering::SeqCst) {
@@ -257,10 +262,22 @@ impl Upstream {
                 }
                 let Ok(conn) = conn else { continue };
                 let s3 = s2.clone();
-                std::thread::spawn(move || serve(conn, s3, record));
+                let code3 = code2.clone();
+                std::thread::spawn(move || serve(conn, s3, record, code3));
             }
         });
-        Upstream { port, seen, stop }
+        Upstream {
+            port,
+            seen,
+            stop,
+            status,
+        }
+    }
+
+    /// Answers every later request with this status (an upstream or a
+    /// collector that fails).
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
     }
 
     /// Everything received so far.
@@ -281,7 +298,12 @@ impl Drop for Upstream {
     }
 }
 
-fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, record: bool) {
+fn serve(
+    conn: TcpStream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    record: bool,
+    status: Arc<std::sync::atomic::AtomicU16>,
+) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
     loop {
@@ -316,6 +338,7 @@ fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, record: bool) {
             return;
         }
         let rec = Seen {
+            body: String::from_utf8_lossy(&body).to_string(),
             method: method.clone(),
             path: path.clone(),
             headers: headers.clone(),
@@ -326,7 +349,8 @@ fn serve(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, record: bool) {
         let hdrs: Vec<Value> = headers.iter().map(|(k, v)| json!([k, v])).collect();
         let out = json!({"method": method, "path": path, "headers": hdrs}).to_string();
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            status.load(Ordering::SeqCst),
             out.len(),
             out
         );

@@ -15,8 +15,10 @@
 //! secrets are listed by target header name only, and `decision_log.mask`
 //! removes any further input paths.
 
-use crate::config::DecisionLogConfig;
+use crate::config::{CollectorConfig, DecisionLogConfig};
+use crate::host::Host;
 use serde_json::{json, Map, Value};
+use std::collections::VecDeque;
 
 /// What every record line starts with.
 pub const PREFIX: &str = "agentplane-decision ";
@@ -130,14 +132,15 @@ pub fn record(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
 }
 
 /// Sets the final response status (when the request was forwarded, the
-/// upstream's) and renders the log line.
+/// upstream's) and renders the record as one line of JSON (the Envoy log
+/// line is [`PREFIX`] followed by it).
 pub fn finish(mut record: Value, response_status: Option<u16>) -> String {
     if let (Some(s), Some(obj)) = (response_status, record.as_object_mut()) {
         if obj.get("status").and_then(Value::as_u64) == Some(0) {
             obj.insert("status".into(), Value::from(s));
         }
     }
-    format!("{PREFIX}{record}")
+    record.to_string()
 }
 
 fn remove_pointer(doc: &mut Value, pointer: &str) {
@@ -185,12 +188,193 @@ pub fn rfc3339(ns: u64) -> String {
     )
 }
 
+/// Batches records for an HTTP collector (per worker; flushed from the
+/// root context's tick).
+#[derive(Debug)]
+pub struct Shipper {
+    cfg: CollectorConfig,
+    buf: VecDeque<String>,
+    /// When the oldest unsent record arrived.
+    oldest_ns: Option<u64>,
+    /// The POST in flight: its token and how many records it carries.
+    inflight: Option<(u32, usize)>,
+    /// No POST before this time (after a failure).
+    retry_at: u64,
+    /// Records dropped because the buffer was full.
+    pub dropped: u64,
+    /// Records the collector accepted.
+    pub shipped: u64,
+    /// POSTs that failed.
+    pub failures: u64,
+}
+
+impl Shipper {
+    /// An empty shipper.
+    pub fn new(cfg: CollectorConfig) -> Shipper {
+        Shipper {
+            cfg,
+            buf: VecDeque::new(),
+            oldest_ns: None,
+            inflight: None,
+            retry_at: 0,
+            dropped: 0,
+            shipped: 0,
+            failures: 0,
+        }
+    }
+
+    /// Whether another record fits.
+    pub fn has_room(&self) -> bool {
+        self.buf.len() < self.cfg.max_buffer
+    }
+
+    /// Queues a record (its JSON); false (and counted) when full.
+    pub fn push(&mut self, record: String, now: u64) -> bool {
+        if !self.has_room() {
+            self.dropped += 1;
+            return false;
+        }
+        if self.buf.is_empty() {
+            self.oldest_ns = Some(now);
+        }
+        self.buf.push_back(record);
+        true
+    }
+
+    /// Records waiting (including those being sent).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Sends a batch when one is full or the oldest record waited long
+    /// enough (root context tick).
+    pub fn on_tick<H: Host>(&mut self, host: &mut H) {
+        let now = host.now_ns();
+        if self.inflight.is_some() || self.buf.is_empty() || now < self.retry_at {
+            return;
+        }
+        let waited = self
+            .oldest_ns
+            .is_some_and(|t| now.saturating_sub(t) >= self.cfg.flush_ms.saturating_mul(1_000_000));
+        if self.buf.len() < self.cfg.max_batch && !waited {
+            return;
+        }
+        let n = self.buf.len().min(self.cfg.max_batch);
+        let mut body = String::from("[");
+        for (i, r) in self.buf.iter().take(n).enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(r);
+        }
+        body.push(']');
+        let sent = host.dispatch_http_call(
+            &self.cfg.cluster,
+            &[
+                (":method", "POST"),
+                (":path", &self.cfg.path),
+                (":authority", &self.cfg.authority),
+                ("content-type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+            self.cfg.timeout_ms,
+        );
+        match sent {
+            Ok(token) => self.inflight = Some((token, n)),
+            Err(_) => {
+                self.failures += 1;
+                self.retry_at = now.saturating_add(1_000_000_000);
+            }
+        }
+    }
+
+    /// A POST answered; false if the token is not ours.
+    pub fn on_response(&mut self, token: u32, status: Option<u16>, now: u64) -> bool {
+        let Some((t, n)) = self.inflight else {
+            return false;
+        };
+        if t != token {
+            return false;
+        }
+        self.inflight = None;
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            for _ in 0..n {
+                self.buf.pop_front();
+            }
+            self.shipped += n as u64;
+            self.oldest_ns = (!self.buf.is_empty()).then_some(now);
+        } else {
+            self.failures += 1;
+            self.retry_at = now.saturating_add(1_000_000_000);
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use crate::host::MockHost;
+
+    fn shipper(max_batch: usize, max_buffer: usize) -> Shipper {
+        Shipper::new(CollectorConfig {
+            max_batch,
+            max_buffer,
+            flush_ms: 1_000,
+            ..CollectorConfig::default()
+        })
+    }
+
+    #[test]
+    fn shipper_batches_by_size_and_time_and_keeps_records_until_accepted() {
+        let mut s = shipper(3, 5);
+        let mut h = MockHost::new();
+        let t = h.now_ns;
+        s.push("{\"a\":1}".into(), t);
+        s.on_tick(&mut h);
+        assert!(h.dispatched.is_empty(), "a partial batch waits");
+        s.push("{\"a\":2}".into(), t);
+        s.push("{\"a\":3}".into(), t);
+        s.on_tick(&mut h);
+        assert_eq!(h.dispatched.len(), 1, "a full batch goes at once");
+        let body: Value = serde_json::from_slice(h.dispatched[0].body.as_ref().unwrap()).unwrap();
+        assert_eq!(body, json!([{"a": 1}, {"a": 2}, {"a": 3}]));
+        assert_eq!(h.dispatched[0].header(":path"), Some("/logs"));
+        // The collector fails: records are kept and resent later.
+        s.push("{\"a\":4}".into(), t);
+        assert!(s.on_response(h.dispatched[0].token, Some(503), t));
+        assert_eq!((s.len(), s.failures), (4, 1));
+        s.on_tick(&mut h);
+        assert_eq!(h.dispatched.len(), 1, "backs off");
+        h.now_ns += 1_000_000_000;
+        s.on_tick(&mut h);
+        assert_eq!(h.dispatched.len(), 2);
+        assert!(s.on_response(h.dispatched[1].token, Some(200), h.now_ns));
+        assert_eq!((s.len(), s.shipped), (1, 3));
+        // The leftover partial batch goes after flush_ms.
+        h.now_ns += 999_000_000;
+        s.on_tick(&mut h);
+        assert_eq!(h.dispatched.len(), 2);
+        h.now_ns += 1_000_000;
+        s.on_tick(&mut h);
+        assert_eq!(h.dispatched.len(), 3);
+        // Full buffer: dropped and counted.
+        let mut s = shipper(2, 2);
+        assert!(s.push("1".into(), 0) && s.push("2".into(), 0));
+        assert!(!s.has_room());
+        assert!(!s.push("3".into(), 0));
+        assert_eq!(s.dropped, 1);
+        assert!(!s.on_response(77, Some(200), 0), "not our token");
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
@@ -254,9 +438,8 @@ mod tests {
             agent: Some("a"),
         };
         let line = finish(record(&cfg, &f, &trail), Some(200));
-        assert!(line.starts_with(PREFIX));
         assert!(!line.contains("canary"), "{line}");
-        let v: Value = serde_json::from_str(line.strip_prefix(PREFIX).unwrap()).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["path"], "mcp/authz");
         assert_eq!(v["result"]["reasons"], json!(["a", "b"]));
         assert_eq!(v["status"], 403, "a reply's status is kept");

@@ -391,6 +391,11 @@ pub struct DecisionLogConfig {
     /// JSON pointers removed from every record's input, e.g.
     /// `/input/jwt/payload/email` (like OPA's `system.log.mask`).
     pub mask: Vec<String>,
+    /// Also ship records in batches to an HTTP collector.
+    pub collector: Option<CollectorConfig>,
+    /// Deny (503) when a record cannot be handed to the collector because
+    /// its buffer is full, as opa-envoy-plugin does with mandatory logging.
+    pub mandatory: bool,
 }
 
 impl Default for DecisionLogConfig {
@@ -399,6 +404,43 @@ impl Default for DecisionLogConfig {
             enabled: false,
             sample_allowed: 1.0,
             mask: Vec::new(),
+            collector: None,
+            mandatory: false,
+        }
+    }
+}
+
+/// An HTTP collector for decision records: `POST <path>` with a JSON array.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Envoy cluster of the collector.
+    pub cluster: String,
+    /// `:authority` of the POSTs.
+    pub authority: String,
+    /// Path records are POSTed to.
+    pub path: String,
+    /// Records per POST at most; a full batch is sent at once.
+    pub max_batch: usize,
+    /// A partial batch waits at most this long.
+    pub flush_ms: u64,
+    /// Records held per worker (unsent or being sent); beyond, records are
+    /// dropped (counted), or with `mandatory` requests are denied.
+    pub max_buffer: usize,
+    /// Per POST.
+    pub timeout_ms: u64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            cluster: "decision_logs".into(),
+            authority: "decision-logs".into(),
+            path: "/logs".into(),
+            max_batch: 100,
+            flush_ms: 1_000,
+            max_buffer: 10_000,
+            timeout_ms: 2_000,
         }
     }
 }
@@ -724,6 +766,32 @@ impl Config {
             return Err(invalid(
                 "decision_log.sample_allowed",
                 "must be between 0.0 and 1.0",
+            ));
+        }
+        if let Some(c) = &decision_log.collector {
+            if c.cluster.is_empty() || c.authority.is_empty() || !c.path.starts_with('/') {
+                return Err(invalid(
+                    "decision_log.collector",
+                    "needs a cluster, an authority and a path starting with /",
+                ));
+            }
+            if c.max_batch == 0 || c.max_batch > c.max_buffer || c.max_buffer > 1_000_000 {
+                return Err(invalid(
+                    "decision_log.collector",
+                    "1 <= max_batch <= max_buffer <= 1000000",
+                ));
+            }
+            if !(1..=600_000).contains(&c.flush_ms) || !(10..=60_000).contains(&c.timeout_ms) {
+                return Err(invalid(
+                    "decision_log.collector",
+                    "flush_ms 1-600000 and timeout_ms 10-60000",
+                ));
+            }
+        }
+        if decision_log.mandatory && (decision_log.collector.is_none() || !decision_log.enabled) {
+            return Err(invalid(
+                "decision_log.mandatory",
+                "needs decision_log.enabled and a collector (Envoy's log always takes a record)",
             ));
         }
         for (i, m) in decision_log.mask.iter().enumerate() {

@@ -66,6 +66,9 @@ pub struct Filter {
     metrics: Metrics,
     /// Broker counters already exported as metrics.
     exported: std::cell::Cell<secrets::BrokerStats>,
+    shipper: Option<RefCell<audit::Shipper>>,
+    /// Shipper counters (shipped, dropped) already exported.
+    exported_log: std::cell::Cell<(u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +106,12 @@ impl Filter {
             .decision_cache
             .as_ref()
             .map(|c| RefCell::new(DecisionCache::new(c)));
+        let shipper = config
+            .decision_log
+            .collector
+            .as_ref()
+            .filter(|_| config.decision_log.enabled)
+            .map(|c| RefCell::new(audit::Shipper::new(c.clone())));
         let broker = config
             .vault
             .as_ref()
@@ -116,6 +125,8 @@ impl Filter {
             broker,
             metrics: Metrics::default(),
             exported: std::cell::Cell::new(secrets::BrokerStats::default()),
+            shipper,
+            exported_log: std::cell::Cell::new((0, 0)),
         }
     }
 
@@ -205,7 +216,9 @@ impl Filter {
             (true, _) => M::Allowed,
             (false, 401) => M::Unauthorized,
             (false, 400) => M::BadRequest,
-            (false, 503) => M::SecretsUnavailable,
+            (false, 503) if decision.reason.starts_with("secrets_unavailable") => {
+                M::SecretsUnavailable
+            }
             (false, _) if decision.reason == "policy_error" => M::PolicyError,
             (false, _) => M::Denied,
         };
@@ -235,8 +248,23 @@ impl Filter {
                 .property(&["response", "code"])
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
                 .and_then(|b| u16::try_from(u64::from_le_bytes(b)).ok());
-            host.log(LogLevel::Info, &audit::finish(record.clone(), status));
+            let json = audit::finish(record.clone(), status);
+            host.log(LogLevel::Info, &format!("{}{json}", audit::PREFIX));
+            if let Some(mut sh) = self.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+                sh.push(json, host.now_ns());
+            }
         }
+    }
+
+    /// With mandatory logging, whether the collector buffer has no room
+    /// for this request's record.
+    fn log_blocked(&self) -> bool {
+        self.config.decision_log.mandatory
+            && self
+                .shipper
+                .as_ref()
+                .and_then(|s| s.try_borrow().ok())
+                .is_none_or(|s| !s.has_room())
     }
 
     /// Adds the decision id to the upstream response of an allowed request.
@@ -254,6 +282,10 @@ impl Filter {
         decision_id: &str,
         trail: &mut Trail,
     ) -> Result<(String, Flow), (Refusal, Option<String>)> {
+        if self.log_blocked() {
+            let r = Refusal::new(503, "unavailable", "decision_log_unavailable");
+            return Err((r, None));
+        }
         let raw = host
             .property(&["metadata"])
             .ok_or_else(|| (unauthorized(ClaimsError::Missing), None))?;
@@ -419,14 +451,28 @@ impl Filter {
         self.metrics.define(host);
     }
 
-    /// Whether any service has secrets (the root then ticks).
+    /// Whether any service has secrets (the workers then share claims).
     pub fn has_secrets(&self) -> bool {
         self.broker.is_some()
+    }
+
+    /// Whether the root context must tick: secret fetches or a decision-log
+    /// collector.
+    pub fn needs_tick(&self) -> bool {
+        self.broker.is_some() || self.shipper.is_some()
     }
 
     /// Root context tick: dispatches due secret fetches. Returns whether
     /// work is pending (the host may keep ticking either way).
     pub fn on_tick<H: Host>(&self, host: &mut H) -> bool {
+        if let Some(mut sh) = self.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+            sh.on_tick(host);
+            let (was_s, was_d) = self.exported_log.replace((sh.shipped, sh.dropped));
+            self.metrics
+                .add(host, M::LogShipped, sh.shipped.saturating_sub(was_s));
+            self.metrics
+                .add(host, M::LogDropped, sh.dropped.saturating_sub(was_d));
+        }
         let (wants, now) = match self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
             Some(mut b) => {
                 b.on_tick(host);
@@ -458,6 +504,12 @@ impl Filter {
         status: Option<u16>,
         body: Option<&[u8]>,
     ) {
+        let now = host.now_ns();
+        if let Some(mut sh) = self.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+            if sh.on_response(token, status, now) {
+                return;
+            }
+        }
         if let Some(mut b) = self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
             if !b.on_response(host, token, status, body) {
                 host.log(
@@ -1392,5 +1444,47 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         assert_eq!(get("agentplane.headers.stripped"), 3);
         assert_eq!(get("agentplane.decision_cache.miss"), 2);
         assert_eq!(get("agentplane.decision_cache.hit"), 2);
+    }
+
+    #[test]
+    fn mandatory_logging_denies_when_records_cannot_be_handed_over() {
+        let f = logged_filter(json!({"enabled": true, "mandatory": true,
+            "collector": {"cluster": "logs", "max_batch": 1, "max_buffer": 2}}));
+        assert!(f.needs_tick());
+        for _ in 0..2 {
+            let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+            let (_, d) = f.on_request_headers(&mut h);
+            assert!(d.allowed);
+            f.on_log(&mut h, &d);
+        }
+        // The collector never answered: the buffer is full, requests deny.
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+        let (flow, d) = f.on_request_headers(&mut h);
+        assert_eq!(flow, Flow::Replied);
+        assert_eq!(
+            (d.status, body(&h)["reason"].as_str()),
+            (503, Some("decision_log_unavailable"))
+        );
+        // The root ships a batch; once the collector accepts, requests pass.
+        let mut root = MockHost::new();
+        f.on_tick(&mut root);
+        let t = root.dispatched[0].token;
+        let batch: Value =
+            serde_json::from_slice(root.dispatched[0].body.as_ref().unwrap()).unwrap();
+        assert_eq!(batch.as_array().unwrap().len(), 1);
+        f.on_callout_response(&mut root, t, Some(204), None);
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+        assert!(f.on_request_headers(&mut h).1.allowed);
+
+        let e = Filter::new(
+            br#"{"decision_log": {"enabled": true, "mandatory": true}}"#,
+            1,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("needs decision_log.enabled and a collector"),
+            "{e}"
+        );
     }
 }

@@ -35,12 +35,16 @@ pub enum M {
     VaultReads,
     /// Secret fetch jobs that failed.
     VaultFailures,
+    /// Decision records the collector accepted.
+    LogShipped,
+    /// Decision records dropped (collector buffer full).
+    LogDropped,
     /// Policy evaluation time, µs (histogram).
     PolicyEvalUs,
 }
 
 /// Stat names, in [`M`] order.
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 16] = [
     "agentplane.decisions.allowed",
     "agentplane.decisions.denied",
     "agentplane.decisions.unauthorized",
@@ -54,13 +58,15 @@ pub const NAMES: [&str; 14] = [
     "agentplane.vault.logins",
     "agentplane.vault.reads",
     "agentplane.vault.failures",
+    "agentplane.decision_log.shipped",
+    "agentplane.decision_log.dropped",
     "agentplane.policy.eval_us",
 ];
 
 /// Metric ids from the host, defined once per VM.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ids: [Cell<Option<u32>>; 14],
+    ids: [Cell<Option<u32>>; 16],
 }
 
 impl Metrics {

@@ -73,9 +73,12 @@ impl RootContext for Root {
         match Filter::new(&config, seed()) {
             Ok(filter) => {
                 filter.define_metrics(&mut EnvoyHost::root(self.id));
-                if filter.has_secrets() {
-                    // Secret fetches run on this root context's tick.
+                if filter.needs_tick() {
+                    // Secret fetches and decision-log batches run on this
+                    // root context's tick.
                     self.set_tick_period(TICK);
+                }
+                if filter.has_secrets() {
                     // The cross-worker claims map exists before any claim,
                     // so every claim is a compare-and-swap.
                     let host = EnvoyHost::root(self.id);
