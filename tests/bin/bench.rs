@@ -18,6 +18,8 @@
 //!   cost of a miss, e.g. a new token or path)
 //! - S4S S4 + the agent's API key from OpenBao injected into every allowed
 //!   request (cached after the first fetch)
+//! - S4L / S4Ls S4 + the decision log in Envoy's log, every decision / 1% of
+//!   allowed ones (denies always)
 //!
 //! Per arm: requests/s at saturation (wrk -t1 -c16), Envoy's own CPU time
 //! per request (from /proc), p50/p99 latency at a fixed rate below
@@ -412,6 +414,11 @@ fn main() {
     };
     let mut uncached: serde_json::Value = serde_json::from_str(&base_config).unwrap();
     uncached["decision_cache"] = serde_json::json!({ "enabled": false });
+    let logged = |sample: f64| {
+        let mut c: serde_json::Value = serde_json::from_str(&base_config).unwrap();
+        c["decision_log"] = serde_json::json!({"enabled": true, "sample_allowed": sample});
+        c.to_string()
+    };
     let arm = |name: &str, kind: Kind, enforces: bool| Arm {
         name: name.into(),
         kind,
@@ -432,6 +439,14 @@ fn main() {
         Arm {
             plugin_config: Some(with_secrets.to_string()),
             ..arm("S4S S4 + cached secret injection", Kind::Filter, true)
+        },
+        Arm {
+            plugin_config: Some(logged(1.0)),
+            ..arm("S4L S4 + decision log, every decision", Kind::Filter, true)
+        },
+        Arm {
+            plugin_config: Some(logged(0.01)),
+            ..arm("S4Ls S4 + decision log, 1% of allows", Kind::Filter, true)
         },
     ];
     for extra in std::env::var("AGENTPLANE_BENCH_EXTRA")

@@ -236,3 +236,49 @@ fn collector_receives_batches_and_mandatory_logging_denies_without_it() {
         "denied requests never went upstream"
     );
 }
+
+/// The Vault callouts a request starts carry its `x-request-id` and
+/// `traceparent` (here "Vault" is an echo server that records what it got;
+/// its answer is not a login, so the request then fails closed).
+#[test]
+fn callouts_carry_the_requests_trace_context() {
+    use agentplane_e2e::{Envoy, EnvoySetup, Idp, Upstream};
+    let idp = Idp::new();
+    let upstream = Upstream::start();
+    let fake_vault = Upstream::start();
+    let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
+    cfg["vault"] = json!({"cluster": "vault", "authority": "vault", "retries": 0});
+    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
+        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
+    ]);
+    let envoy = Envoy::start(&EnvoySetup {
+        jwks: idp.jwks(),
+        upstream_port: upstream.port,
+        plugin_config: cfg.to_string(),
+        vault_port: fake_vault.port,
+    });
+    let tok = idp.agent_token(
+        "a@clients",
+        "ml",
+        "support",
+        "production",
+        &["skills:invoke"],
+    );
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/analyze",
+        &[
+            ("authorization", &format!("Bearer {tok}")),
+            ("traceparent", tp),
+            ("x-request-id", "trace-me-42"),
+        ],
+    );
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("x-mcp-trace-id"), Some("trace-me-42"));
+    let login = &fake_vault.seen()[0];
+    assert_eq!(login.path, "/v1/auth/jwt/login");
+    assert_eq!(login.one("traceparent").as_deref(), Some(tp));
+    assert_eq!(login.one("x-request-id").as_deref(), Some("trace-me-42"));
+    assert!(upstream.seen().is_empty());
+}

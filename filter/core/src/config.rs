@@ -339,6 +339,8 @@ pub struct HeadersConfig {
     pub input: Vec<String>,
     /// Longest value accepted for a header the filter sets.
     pub max_value_bytes: usize,
+    /// Add `x-mcp-metrics` (the filter's own timing) to responses.
+    pub metrics_header: bool,
 }
 
 impl Default for HeadersConfig {
@@ -352,6 +354,7 @@ impl Default for HeadersConfig {
                 "x-source-system".into(),
             ],
             max_value_bytes: 256,
+            metrics_header: false,
         }
     }
 }

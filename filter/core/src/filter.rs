@@ -22,6 +22,9 @@ pub const DECISION_ID_HEADER: &str = "x-decision-id";
 /// design names it.
 pub const TRACE_ID_HEADER: &str = "x-mcp-trace-id";
 
+/// Response header with the filter's own timing (`headers.metrics_header`).
+pub const METRICS_HEADER: &str = "x-mcp-metrics";
+
 /// What the proxy should do with the request after the filter ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -52,6 +55,8 @@ pub struct Decision {
     pub record: Option<serde_json::Value>,
     /// The request id (`x-request-id`), echoed as `x-mcp-trace-id`.
     pub request_id: String,
+    /// `x-mcp-metrics` value, when `headers.metrics_header` is on.
+    pub timing: Option<String>,
 }
 
 /// The configured filter: immutable config and compiled policy, shared by
@@ -143,6 +148,8 @@ impl Filter {
     /// Handles the request headers. On [`Flow::Replied`] the reply has been
     /// sent through the host and nothing may be forwarded.
     pub fn on_request_headers<H: Host>(&self, host: &mut H) -> (Flow, Decision) {
+        let timed = self.config.headers.metrics_header;
+        let t0 = if timed { host.now_ns() } else { 0 };
         // Before anything else: nothing the client says about identity survives.
         let headers = headers::strip_untrusted(host, &self.config);
         let id = self.ids.next_id();
@@ -160,7 +167,16 @@ impl Filter {
                 .unwrap_or_default(),
             ..Trail::default()
         };
-        let (flow, mut decision) = match self.decide(host, &headers, &id, &mut trail) {
+        let outcome = self.decide(host, &headers, &id, &mut trail);
+        let timing = timed.then(|| {
+            format!(
+                "filter_us={};policy_us={};cache={}",
+                host.now_ns().saturating_sub(t0) / 1_000,
+                trail.eval_ns.unwrap_or(0) / 1_000,
+                if trail.cached { "hit" } else { "miss" }
+            )
+        });
+        let (flow, mut decision) = match outcome {
             Ok((agent, flow)) => (
                 flow,
                 Decision {
@@ -171,6 +187,7 @@ impl Filter {
                     agent: Some(agent),
                     record: None,
                     request_id: trail.request_id.clone(),
+                    timing,
                 },
             ),
             Err((refusal, agent)) => {
@@ -189,6 +206,9 @@ impl Filter {
                 {
                     hdrs.push((TRACE_ID_HEADER, trail.request_id.as_str()));
                 }
+                if let Some(t) = &timing {
+                    hdrs.push((METRICS_HEADER, t.as_str()));
+                }
                 hdrs.extend(
                     refusal
                         .headers
@@ -206,6 +226,7 @@ impl Filter {
                         agent,
                         record: None,
                         request_id: trail.request_id.clone(),
+                        timing,
                     },
                 )
             }
@@ -272,6 +293,9 @@ impl Filter {
         host.set_response_header(DECISION_ID_HEADER, &decision.id);
         if !decision.request_id.is_empty() {
             host.set_response_header(TRACE_ID_HEADER, &decision.request_id);
+        }
+        if let Some(t) = &decision.timing {
+            host.set_response_header(METRICS_HEADER, t);
         }
     }
 
@@ -1486,5 +1510,34 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
                 .contains("needs decision_log.enabled and a collector"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn metrics_header_reports_the_filters_own_timing_when_enabled() {
+        let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
+        cfg["headers"] = json!({"metrics_header": true});
+        let f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+        let (_, d) = f.on_request_headers(&mut h);
+        f.on_response_headers(&mut h, &d);
+        let v = h
+            .response_headers
+            .iter()
+            .find(|(k, _)| k == METRICS_HEADER)
+            .unwrap()
+            .1
+            .clone();
+        assert!(
+            v.starts_with("filter_us=") && v.ends_with(";cache=miss"),
+            "{v}"
+        );
+        let mut h = request("POST", "/mcp://hello-skill/greet", None);
+        f.on_request_headers(&mut h);
+        assert!(reply_header(&h, METRICS_HEADER).is_some());
+        // Off by default.
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+        let (_, d) = filter().on_request_headers(&mut h);
+        filter().on_response_headers(&mut h, &d);
+        assert!(!h.response_headers.iter().any(|(k, _)| k == METRICS_HEADER));
     }
 }
