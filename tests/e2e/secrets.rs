@@ -58,6 +58,26 @@ fn token(w: &World, sub: &str, team: &str) -> String {
     format!("Bearer {t}")
 }
 
+/// `n` simultaneous cold requests from one agent; their statuses.
+fn concurrently(port: u16, auth: &str, n: usize) -> Vec<u16> {
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let auth = auth.to_string();
+            std::thread::spawn(move || {
+                agentplane_e2e::http(
+                    port,
+                    "POST",
+                    "/mcp://sentiment-analysis/analyze",
+                    &[("authorization", &auth)],
+                    "",
+                )
+                .status
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 fn no_canary_anywhere(w: &World) {
     let log = w.envoy.log();
     let stats = w.envoy.admin("/stats");
@@ -184,24 +204,7 @@ fn concurrent_cold_requests_share_one_fetch() {
     let w = world();
     let a = token(&w, "a@clients", "ml");
     let port = w.envoy.port;
-    let threads: Vec<_> = (0..16)
-        .map(|_| {
-            let a = a.clone();
-            std::thread::spawn(move || {
-                agentplane_e2e::http(
-                    port,
-                    "POST",
-                    "/mcp://sentiment-analysis/analyze",
-                    &[("authorization", &a)],
-                    "",
-                )
-                .status
-            })
-        })
-        .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap(), 200);
-    }
+    assert!(concurrently(port, &a, 16).iter().all(|s| *s == 200));
     assert_eq!(w.upstream.seen().len(), 16);
     for s in w.upstream.seen() {
         assert_eq!(s.all("x-api-key"), [CANARY_A]);
@@ -317,24 +320,7 @@ fn two_workers_share_one_fetch() {
         )
     );
     let port = envoy.port;
-    let threads: Vec<_> = (0..24)
-        .map(|_| {
-            let auth = auth.clone();
-            std::thread::spawn(move || {
-                agentplane_e2e::http(
-                    port,
-                    "POST",
-                    "/mcp://sentiment-analysis/analyze",
-                    &[("authorization", &auth)],
-                    "",
-                )
-                .status
-            })
-        })
-        .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap(), 200);
-    }
+    assert!(concurrently(port, &auth, 24).iter().all(|s| *s == 200));
     for s in upstream.seen() {
         assert_eq!(s.all("x-api-key"), [CANARY_A]);
     }

@@ -101,6 +101,23 @@ pub trait Host {
 /// play two workers.
 pub type SharedData = std::rc::Rc<RefCell<BTreeMap<String, (Vec<u8>, u32)>>>;
 
+fn owned(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Reply {
+    fn new(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        Reply {
+            status,
+            headers: owned(headers),
+            body: body.to_vec(),
+        }
+    }
+}
+
 /// A callout recorded by [`MockHost`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispatched {
@@ -244,14 +261,7 @@ impl Host for MockHost {
     }
 
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        self.reply = Some(Reply {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: body.to_vec(),
-        });
+        self.reply = Some(Reply::new(status, headers, body));
     }
 
     fn now_ns(&self) -> u64 {
@@ -284,10 +294,7 @@ impl Host for MockHost {
         self.dispatched.push(Dispatched {
             token,
             cluster: cluster.to_string(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            headers: owned(headers),
             body: body.map(<[u8]>::to_vec),
             timeout_ms,
         });
@@ -342,17 +349,8 @@ impl Host for MockHost {
         if self.gone.contains(&stream) {
             return false;
         }
-        self.stream_replies.push((
-            stream,
-            Reply {
-                status,
-                headers: headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                body: body.to_vec(),
-            },
-        ));
+        self.stream_replies
+            .push((stream, Reply::new(status, headers, body)));
         true
     }
 }

@@ -44,7 +44,7 @@ pub enum M {
 }
 
 /// Stat names, in [`M`] order.
-pub const NAMES: [&str; 16] = [
+pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
     "agentplane.decisions.allowed",
     "agentplane.decisions.denied",
     "agentplane.decisions.unauthorized",
@@ -66,7 +66,7 @@ pub const NAMES: [&str; 16] = [
 /// Metric ids from the host, defined once per VM.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ids: [Cell<Option<u32>>; 16],
+    ids: [Cell<Option<u32>>; NAMES.len()],
 }
 
 impl Metrics {

@@ -1340,14 +1340,20 @@ mod tests {
         assert!(!format!("{l:?}").contains(CANARY));
     }
 
+    /// Two workers' brokers and hosts over one shared-data store.
+    fn two_workers() -> ((Broker, MockHost), (Broker, MockHost)) {
+        let shared = crate::host::SharedData::default();
+        let worker = |id| {
+            let mut h = MockHost::new();
+            h.shared = shared.clone();
+            (Broker::new(cfg(), id), h)
+        };
+        (worker(1), worker(2))
+    }
+
     #[test]
     fn workers_share_fetches_through_shared_data() {
-        let shared = crate::host::SharedData::default();
-        let (mut w1, mut w2) = (Broker::new(cfg(), 1), Broker::new(cfg(), 2));
-        let mut h1 = MockHost::new();
-        let mut h2 = MockHost::new();
-        h1.shared = shared.clone();
-        h2.shared = shared.clone();
+        let ((mut w1, mut h1), (mut w2, mut h2)) = two_workers();
         // Worker 1 claims the fetch; worker 2 waits for it instead of
         // logging in too.
         assert_eq!(
@@ -1384,12 +1390,7 @@ mod tests {
 
     #[test]
     fn a_lapsed_claim_is_taken_over() {
-        let shared = crate::host::SharedData::default();
-        let (mut w1, mut w2) = (Broker::new(cfg(), 1), Broker::new(cfg(), 2));
-        let mut h1 = MockHost::new();
-        let mut h2 = MockHost::new();
-        h1.shared = shared.clone();
-        h2.shared = shared.clone();
+        let ((mut w1, mut h1), (mut w2, mut h2)) = two_workers();
         ask(&mut w1, &mut h1, "a@clients", 1, &[kv_spec()]);
         ask(&mut w2, &mut h2, "a@clients", 2, &[kv_spec()]);
         w1.on_tick(&mut h1); // worker 1 then stalls forever
