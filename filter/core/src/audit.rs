@@ -80,6 +80,8 @@ pub struct Facts<'a> {
     pub allowed: bool,
     /// Why not (empty when allowed).
     pub reason: &'a str,
+    /// The policy's deny reasons (or the one reason of another refusal).
+    pub reasons: &'a [String],
     /// Status the filter answered (0 when forwarded).
     pub status: u16,
     /// Agent id, when established.
@@ -104,11 +106,7 @@ pub fn record(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
         remove_pointer(&mut doc, pointer);
     }
     let input = doc.get_mut("input").map(Value::take).unwrap_or(Value::Null);
-    let reasons: Vec<&str> = if f.reason.is_empty() {
-        Vec::new()
-    } else {
-        f.reason.split("; ").collect()
-    };
+    let reasons = f.reasons;
     let mut metrics = Map::new();
     if let Some(ns) = trail.eval_ns {
         metrics.insert("timer_rego_query_eval_ns".into(), Value::from(ns));
@@ -129,6 +127,19 @@ pub fn record(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
         "secrets": trail.secrets,
         "request_id": trail.request_id,
     })
+}
+
+/// Turns the record of a request that was allowed but then refused (its
+/// secrets could not be had) into the record of that refusal.
+pub fn refused(record: &mut Value, reason: &str, reasons: &[String], status: u16) {
+    if let Some(obj) = record.as_object_mut() {
+        obj.insert("reason".into(), Value::from(reason));
+        obj.insert("status".into(), Value::from(status));
+        obj.insert(
+            "result".into(),
+            json!({"allowed": false, "reasons": reasons}),
+        );
+    }
 }
 
 /// Sets the final response status (when the request was forwarded, the
@@ -190,17 +201,26 @@ pub fn rfc3339(ns: u64) -> String {
 
 /// Batches records for an HTTP collector (per worker; flushed from the
 /// root context's tick).
+///
+/// Bounded twice, in records (`max_buffer`) and in bytes
+/// (`max_buffer_bytes`). With mandatory logging a request reserves its
+/// record's place when it is admitted ([`Shipper::reserve`]), so a record
+/// for a request that was served is never dropped for lack of room.
 #[derive(Debug)]
 pub struct Shipper {
     cfg: CollectorConfig,
     buf: VecDeque<String>,
+    /// Bytes held in `buf`.
+    bytes: usize,
+    /// Places promised to admitted requests whose record has not come yet.
+    reserved: usize,
     /// When the oldest unsent record arrived.
     oldest_ns: Option<u64>,
     /// The POST in flight: its token and how many records it carries.
     inflight: Option<(u32, usize)>,
     /// No POST before this time (after a failure).
     retry_at: u64,
-    /// Records dropped because the buffer was full.
+    /// Records dropped: buffer full, or refused by the collector (4xx).
     pub dropped: u64,
     /// Records the collector accepted.
     pub shipped: u64,
@@ -214,6 +234,8 @@ impl Shipper {
         Shipper {
             cfg,
             buf: VecDeque::new(),
+            bytes: 0,
+            reserved: 0,
             oldest_ns: None,
             inflight: None,
             retry_at: 0,
@@ -223,20 +245,42 @@ impl Shipper {
         }
     }
 
-    /// Whether another record fits.
+    /// Whether another record fits, counting reserved places.
     pub fn has_room(&self) -> bool {
-        self.buf.len() < self.cfg.max_buffer
+        self.buf.len().saturating_add(self.reserved) < self.cfg.max_buffer
+            && self.bytes < self.cfg.max_buffer_bytes
     }
 
-    /// Queues a record (its JSON); false (and counted) when full.
-    pub fn push(&mut self, record: String, now: u64) -> bool {
+    /// Promises a place to a request being admitted; false when there is
+    /// none (mandatory logging then refuses the request).
+    pub fn reserve(&mut self) -> bool {
         if !self.has_room() {
+            return false;
+        }
+        self.reserved += 1;
+        true
+    }
+
+    /// Gives back a place a request reserved but never used.
+    pub fn release(&mut self) {
+        self.reserved = self.reserved.saturating_sub(1);
+    }
+
+    /// Queues a record (its JSON). A record with a reserved place is always
+    /// taken; any other is dropped (and counted) when there is no room.
+    pub fn push(&mut self, record: String, now: u64, reserved: bool) -> bool {
+        if reserved {
+            self.release();
+        } else if !self.has_room()
+            || self.bytes.saturating_add(record.len()) > self.cfg.max_buffer_bytes
+        {
             self.dropped += 1;
             return false;
         }
         if self.buf.is_empty() {
             self.oldest_ns = Some(now);
         }
+        self.bytes = self.bytes.saturating_add(record.len());
         self.buf.push_back(record);
         true
     }
@@ -244,6 +288,11 @@ impl Shipper {
     /// Records waiting (including those being sent).
     pub fn len(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes of records waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether nothing waits.
@@ -293,7 +342,18 @@ impl Shipper {
         }
     }
 
-    /// A POST answered; false if the token is not ours.
+    fn pop(&mut self, n: usize) {
+        for _ in 0..n {
+            if let Some(r) = self.buf.pop_front() {
+                self.bytes = self.bytes.saturating_sub(r.len());
+            }
+        }
+    }
+
+    /// A POST answered; false if the token is not ours. 2xx: shipped. A
+    /// 4xx other than 408 and 429 will never succeed for this batch: it is
+    /// dropped and counted rather than retried forever (it would block
+    /// every record behind it). Anything else is retried after a pause.
     pub fn on_response(&mut self, token: u32, status: Option<u16>, now: u64) -> bool {
         let Some((t, n)) = self.inflight else {
             return false;
@@ -302,15 +362,22 @@ impl Shipper {
             return false;
         }
         self.inflight = None;
-        if status.is_some_and(|s| (200..300).contains(&s)) {
-            for _ in 0..n {
-                self.buf.pop_front();
+        match status {
+            Some(200..=299) => {
+                self.pop(n);
+                self.shipped += n as u64;
+                self.oldest_ns = (!self.buf.is_empty()).then_some(now);
             }
-            self.shipped += n as u64;
-            self.oldest_ns = (!self.buf.is_empty()).then_some(now);
-        } else {
-            self.failures += 1;
-            self.retry_at = now.saturating_add(1_000_000_000);
+            Some(s @ 400..=499) if s != 408 && s != 429 => {
+                self.pop(n);
+                self.failures += 1;
+                self.dropped += n as u64;
+                self.oldest_ns = (!self.buf.is_empty()).then_some(now);
+            }
+            _ => {
+                self.failures += 1;
+                self.retry_at = now.saturating_add(1_000_000_000);
+            }
         }
         true
     }
@@ -339,18 +406,18 @@ mod tests {
         let mut s = shipper(3, 5);
         let mut h = MockHost::new();
         let t = h.now_ns;
-        s.push("{\"a\":1}".into(), t);
+        s.push("{\"a\":1}".into(), t, false);
         s.on_tick(&mut h);
         assert!(h.dispatched.is_empty(), "a partial batch waits");
-        s.push("{\"a\":2}".into(), t);
-        s.push("{\"a\":3}".into(), t);
+        s.push("{\"a\":2}".into(), t, false);
+        s.push("{\"a\":3}".into(), t, false);
         s.on_tick(&mut h);
         assert_eq!(h.dispatched.len(), 1, "a full batch goes at once");
         let body: Value = serde_json::from_slice(h.dispatched[0].body.as_ref().unwrap()).unwrap();
         assert_eq!(body, json!([{"a": 1}, {"a": 2}, {"a": 3}]));
         assert_eq!(h.dispatched[0].header(":path"), Some("/logs"));
         // The collector fails: records are kept and resent later.
-        s.push("{\"a\":4}".into(), t);
+        s.push("{\"a\":4}".into(), t, false);
         assert!(s.on_response(h.dispatched[0].token, Some(503), t));
         assert_eq!((s.len(), s.failures), (4, 1));
         s.on_tick(&mut h);
@@ -369,11 +436,59 @@ mod tests {
         assert_eq!(h.dispatched.len(), 3);
         // Full buffer: dropped and counted.
         let mut s = shipper(2, 2);
-        assert!(s.push("1".into(), 0) && s.push("2".into(), 0));
+        assert!(s.push("1".into(), 0, false) && s.push("2".into(), 0, false));
         assert!(!s.has_room());
-        assert!(!s.push("3".into(), 0));
+        assert!(!s.push("3".into(), 0, false));
         assert_eq!(s.dropped, 1);
         assert!(!s.on_response(77, Some(200), 0), "not our token");
+    }
+
+    #[test]
+    fn collector_rejecting_a_batch_does_not_block_the_queue_forever() {
+        let mut s = shipper(2, 10);
+        let mut h = MockHost::new();
+        for r in ["1", "2", "3"] {
+            s.push(r.into(), h.now_ns, false);
+        }
+        s.on_tick(&mut h);
+        assert!(s.on_response(h.dispatched[0].token, Some(400), h.now_ns));
+        assert_eq!(
+            (s.len(), s.dropped, s.failures),
+            (1, 2, 1),
+            "dropped, counted"
+        );
+        // 429 and 408 are retried, not dropped.
+        s.push("4".into(), h.now_ns, false);
+        s.on_tick(&mut h);
+        assert!(s.on_response(h.dispatched[1].token, Some(429), h.now_ns));
+        assert_eq!((s.len(), s.dropped), (2, 2));
+    }
+
+    #[test]
+    fn huge_records_cannot_grow_the_buffer_past_its_byte_bound() {
+        let mut s = Shipper::new(CollectorConfig {
+            max_buffer: 1000,
+            max_buffer_bytes: 4096,
+            ..CollectorConfig::default()
+        });
+        let big = "x".repeat(3000);
+        assert!(s.push(big.clone(), 0, false));
+        assert!(!s.push(big.clone(), 0, false), "over the byte bound");
+        assert_eq!((s.len(), s.bytes(), s.dropped), (1, 3000, 1));
+    }
+
+    #[test]
+    fn mandatory_logging_reserves_room_at_admission() {
+        let mut s = shipper(1, 2);
+        assert!(s.reserve() && s.reserve());
+        assert!(!s.reserve(), "both places are promised");
+        assert!(
+            !s.push("other".into(), 0, false),
+            "an unreserved record cannot take a promised place"
+        );
+        assert!(s.push("a".into(), 0, true) && s.push("b".into(), 0, true));
+        s.release();
+        assert_eq!(s.len(), 2);
     }
 
     #[test]
@@ -434,6 +549,7 @@ mod tests {
             revision: "rev",
             allowed: false,
             reason: "a; b",
+            reasons: &["a".to_string(), "b".to_string()],
             status: 403,
             agent: Some("a"),
         };

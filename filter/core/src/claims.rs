@@ -142,7 +142,16 @@ pub fn identity(
         Some(_) => return Err(not_string_array()),
     }
     if let Some(scope) = optional_string(&payload, "scope")? {
-        scope.split_ascii_whitespace().for_each(&mut add);
+        if !is_scope(&scope) {
+            return Err(ClaimsError::WrongType {
+                claim: "scope".into(),
+                expected: "scope tokens separated by single spaces (RFC 6749 section 3.3)",
+            });
+        }
+        scope
+            .split(' ')
+            .filter(|t| !t.is_empty())
+            .for_each(&mut add);
     }
     Ok(Identity {
         id,
@@ -152,6 +161,19 @@ pub fn identity(
         permissions,
         payload,
     })
+}
+
+/// RFC 6749 §3.3: `scope-token *( SP scope-token )`, each token of
+/// `%x21 / %x23-5B / %x5D-7E`. A tab, newline, double space or quote makes
+/// the claim malformed: splitting it on "any whitespace" would grant
+/// permissions the issuer never wrote as tokens.
+fn is_scope(s: &str) -> bool {
+    s.is_empty()
+        || s.split(' ').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        })
 }
 
 #[cfg(test)]

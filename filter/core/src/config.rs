@@ -13,6 +13,25 @@ use std::fmt;
 /// request, whatever the configuration says, so they cannot be forged.
 pub const TRUSTED_HEADERS: &[&str] = &["x-agent-id", "x-agent-type", "x-agent-team"];
 
+/// The trusted header naming the service the policy authorized; Envoy
+/// routes on it after the filter (see the shipped `envoy/envoy.yaml`).
+pub const SERVICE_HEADER: &str = "x-agentplane-service";
+
+/// Client headers removed whatever the configuration says: the filter's
+/// own headers (a client may never pre-set them) and method overrides
+/// (the policy decides on `:method`; an override would let a POST that
+/// was authorized act as a DELETE upstream).
+pub const ALWAYS_STRIPPED: &[&str] = &[
+    "x-agent-id",
+    "x-agent-type",
+    "x-agent-team",
+    SERVICE_HEADER,
+    "x-decision-id",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Credentials that never enter the input document.
 const NEVER_IN_INPUT: &[&str] = &[
     "authorization",
@@ -102,16 +121,32 @@ pub struct PolicyConfig {
     /// rule whose value is a boolean or a response object.
     pub entrypoint: String,
     /// `"rvm"` (default) or `"interpreter"`.
-    pub engine: crate::policy::EngineChoice,
+    pub engine: EngineChoice,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             entrypoint: "data.mcp.authz".into(),
-            engine: crate::policy::EngineChoice::Rvm,
+            engine: EngineChoice::Rvm,
         }
     }
+}
+
+/// Which regorus engine evaluates requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// The register VM (bytecode compiled once at configure time), falling
+    /// back to the interpreter for bundles it cannot compile. Like OPA
+    /// without strict builtin errors, builtin errors are undefined; unlike
+    /// OPA, a complete rule with conflicting values is undefined rather
+    /// than an error.
+    #[default]
+    Rvm,
+    /// The tree interpreter: conflicting complete-rule values are errors
+    /// (and deny), as in OPA. Slower.
+    Interpreter,
 }
 
 /// How the service (resource id) is found in the path.
@@ -256,7 +291,7 @@ fn validate_secret(field: &str, sc: &SecretConfig) -> Result<(), ConfigError> {
         match h {
             Some(h) if is_token(h) && !h.starts_with(':') => {
                 let lower = h.to_ascii_lowercase();
-                if TRUSTED_HEADERS.contains(&lower.as_str()) || lower == "x-request-id" {
+                if ALWAYS_STRIPPED.contains(&lower.as_str()) || lower == "x-request-id" {
                     return Err(invalid(
                         format!("{field}.{name}"),
                         "is a header the filter sets itself",
@@ -341,6 +376,11 @@ pub struct HeadersConfig {
     pub max_value_bytes: usize,
     /// Add `x-mcp-metrics` (the filter's own timing) to responses.
     pub metrics_header: bool,
+    /// Take the client-facing `x-request-id` as the request id. Only for an
+    /// edge that sets it itself (Envoy with `use_remote_address` and no
+    /// trusted internal addresses); otherwise the filter uses its own
+    /// decision id, so no client can choose the ids in the audit trail.
+    pub trust_request_id: bool,
 }
 
 impl Default for HeadersConfig {
@@ -355,6 +395,7 @@ impl Default for HeadersConfig {
             ],
             max_value_bytes: 256,
             metrics_header: false,
+            trust_request_id: false,
         }
     }
 }
@@ -430,6 +471,9 @@ pub struct CollectorConfig {
     /// Records held per worker (unsent or being sent); beyond, records are
     /// dropped (counted), or with `mandatory` requests are denied.
     pub max_buffer: usize,
+    /// Bytes of record JSON held per worker at most (records admitted
+    /// under mandatory logging may overshoot by what was reserved).
+    pub max_buffer_bytes: usize,
     /// Per POST.
     pub timeout_ms: u64,
 }
@@ -443,6 +487,7 @@ impl Default for CollectorConfig {
             max_batch: 100,
             flush_ms: 1_000,
             max_buffer: 10_000,
+            max_buffer_bytes: 16 * 1024 * 1024,
             timeout_ms: 2_000,
         }
     }
@@ -654,6 +699,15 @@ impl Config {
         if default_resource.kind.is_empty() {
             return Err(invalid("default_resource.type", "must not be empty"));
         }
+        if !default_resource.secrets.is_empty() {
+            // The default resource stands for every unregistered service
+            // name a client can invent: secrets there would be handed to
+            // whatever upstream such a name reaches.
+            return Err(invalid(
+                "default_resource.secrets",
+                "unregistered services never get secrets; register the service under resources",
+            ));
+        }
         let actions = actions.unwrap_or_else(default_actions);
         for (kind, methods) in &actions {
             for (method, action) in methods {
@@ -784,6 +838,12 @@ impl Config {
                     "1 <= max_batch <= max_buffer <= 1000000",
                 ));
             }
+            if !(4096..=1024 * 1024 * 1024).contains(&c.max_buffer_bytes) {
+                return Err(invalid(
+                    "decision_log.collector.max_buffer_bytes",
+                    "must be between 4096 and 1073741824",
+                ));
+            }
             if !(1..=600_000).contains(&c.flush_ms) || !(10..=60_000).contains(&c.timeout_ms) {
                 return Err(invalid(
                     "decision_log.collector",
@@ -852,13 +912,20 @@ impl Config {
             .map(String::as_str)
     }
 
-    /// Whether a client header must be removed before processing.
-    pub fn must_strip(&self, lower_name: &str) -> bool {
+    /// Whether a client header (lower-case name, as bytes) must be removed
+    /// before processing. Underscores count as dashes: many frameworks
+    /// read `x_agent_team` as `x-agent-team`.
+    pub fn must_strip(&self, lower_name: &[u8]) -> bool {
+        let folded: Vec<u8> = lower_name
+            .iter()
+            .map(|&b| if b == b'_' { b'-' } else { b })
+            .collect();
         self.headers
             .strip_prefixes
             .iter()
-            .any(|p| lower_name.starts_with(p.as_str()))
-            || self.headers.strip.iter().any(|h| h == lower_name)
+            .any(|p| folded.starts_with(p.as_bytes()))
+            || self.headers.strip.iter().any(|h| folded == h.as_bytes())
+            || ALWAYS_STRIPPED.iter().any(|h| folded == h.as_bytes())
     }
 }
 
@@ -881,9 +948,9 @@ mod tests {
         let c = Config::from_json(b"").unwrap();
         assert_eq!(c.identity.payload_key, "jwt_payload");
         assert_eq!(c.policy.entrypoint, "data.mcp.authz");
-        assert!(c.must_strip("x-agent-id"));
-        assert!(c.must_strip("x-mcp-anything"));
-        assert!(!c.must_strip("content-type"));
+        assert!(c.must_strip(b"x-agent-id"));
+        assert!(c.must_strip(b"x-mcp-anything"));
+        assert!(!c.must_strip(b"content-type"));
         let c2 = Config::from_json(b"{}").unwrap();
         assert_eq!(c2.headers.input, c.headers.input);
     }
@@ -955,6 +1022,11 @@ mod tests {
                 r#"{"policy": {"engine": "wasm"}}"#,
                 "unknown variant `wasm`",
             ),
+            (
+                r#"{"vault": {"cluster": "vault", "auth_mount": "jwt", "role": "agent"},
+                    "default_resource": {"type": "skill", "secrets": [{"kv": "secret/data/{agent}", "field": "k", "header": "x-key"}]}}"#,
+                "unregistered services never get secrets",
+            ),
         ];
         for (json, want) in cases {
             let e = err(json);
@@ -966,9 +1038,9 @@ mod tests {
     fn trusted_headers_are_always_stripped() {
         let c = Config::from_json(br#"{"headers": {"strip_prefixes": ["x-other-"]}}"#).unwrap();
         for t in TRUSTED_HEADERS {
-            assert!(c.must_strip(t), "{t}");
+            assert!(c.must_strip(t.as_bytes()), "{t}");
         }
-        assert!(!c.must_strip("x-mcp-foo"));
+        assert!(!c.must_strip(b"x-mcp-foo"));
     }
 
     #[test]

@@ -1,19 +1,27 @@
 //! One request through agentplane: strip, identify, route, decide, then
-//! reply or forward with trusted headers. Every path that does not end in
-//! an explicit allow ends in a local reply carrying a decision id.
+//! forward with trusted headers or refuse. A request's outcome is one
+//! [`State`] value, decided once; [`Denial`] renders it into the reply,
+//! the metric and the decision-log record. Nothing is forwarded unless it
+//! was explicitly allowed.
+//!
+//! [`Filter`] holds the immutable part (validated config, compiled policy)
+//! beside one [`Worker`] of per-VM mutable state (ids, caches, the secrets
+//! broker, the log shipper, streams waiting for secrets).
 
 use crate::audit::{self, Trail};
 use crate::cache::{DecisionCache, Key};
 use crate::claims::{self, ClaimsError, Identity};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SERVICE_HEADER};
 use crate::headers::{self, check_value, RequestHeaders};
 use crate::host::{Host, LogLevel};
 use crate::ids::DecisionIds;
-use crate::input::{self, RequestFacts};
+use crate::input::{self, RequestFacts, Route};
 use crate::metrics::{Metrics, M};
+use crate::outcome::{Denial, State};
 use crate::policy::{Policy, Verdict};
-use crate::secrets::{self, Lookup};
-use std::cell::RefCell;
+use crate::secrets::{self, Completion, Lookup};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 /// Response (and reply) header carrying the decision id.
 pub const DECISION_ID_HEADER: &str = "x-decision-id";
@@ -37,62 +45,101 @@ pub enum Flow {
     Paused,
 }
 
-/// The outcome of one request, for logs, metrics and the response phase.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One request's decision, for the response phase and the log.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// Unique id, also sent to the client.
     pub id: String,
-    /// Whether the request was forwarded.
-    pub allowed: bool,
-    /// The status the filter replied with (0 when forwarded).
-    pub status: u16,
-    /// Why; empty when allowed.
-    pub reason: String,
+    /// Where the request stands.
+    pub state: State,
     /// The agent id, when one was established.
     pub agent: Option<String>,
     /// The decision-log record, when this decision is logged; written by
     /// [`Filter::on_log`] with the final status.
     pub record: Option<serde_json::Value>,
-    /// The request id (`x-request-id`), echoed as `x-mcp-trace-id`.
+    /// The request id, echoed as `x-mcp-trace-id`.
     pub request_id: String,
     /// `x-mcp-metrics` value, when `headers.metrics_header` is on.
     pub timing: Option<String>,
+    /// Holds a place in the collector buffer (mandatory logging).
+    pub reserved: bool,
 }
 
-/// The configured filter: immutable config and compiled policy, shared by
-/// every request on a worker.
+impl Decision {
+    /// Not refused (forwarded, or waiting for secrets).
+    pub fn allowed(&self) -> bool {
+        !matches!(self.state, State::Denied(_))
+    }
+
+    /// The refusal, if refused.
+    pub fn denial(&self) -> Option<&Denial> {
+        match &self.state {
+            State::Denied(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The status the filter replied with (0 when not refused).
+    pub fn status(&self) -> u16 {
+        self.denial().map_or(0, Denial::status)
+    }
+
+    /// Why refused; empty otherwise.
+    pub fn reason(&self) -> String {
+        self.denial().map(Denial::reason).unwrap_or_default()
+    }
+}
+
+/// The configured filter: immutable config and compiled policy, and the
+/// worker's mutable state beside them.
 #[derive(Debug)]
 pub struct Filter {
     config: Config,
     policy: Policy,
+    worker: Worker,
+}
+
+/// Per-worker (per-VM) state. Everything that changes while requests flow
+/// lives here, apart from the immutable config and policy.
+#[derive(Debug)]
+struct Worker {
     ids: DecisionIds,
     cache: Option<RefCell<DecisionCache<Outcome>>>,
     broker: Option<RefCell<secrets::Broker>>,
     metrics: Metrics,
     /// Broker counters already exported as metrics.
-    exported: std::cell::Cell<secrets::BrokerStats>,
+    exported: Cell<secrets::BrokerStats>,
     shipper: Option<RefCell<audit::Shipper>>,
     /// Shipper counters (shipped, dropped) already exported.
-    exported_log: std::cell::Cell<(u64, u64)>,
+    exported_log: Cell<(u64, u64)>,
+    /// Decisions of streams waiting for secrets, by stream id: settled by
+    /// [`Filter::on_tick`] / [`Filter::on_callout_response`].
+    pending: RefCell<HashMap<u32, Decision>>,
 }
 
-#[derive(Debug, Clone)]
-struct Refusal {
-    status: u16,
-    error: &'static str,
-    reason: String,
-    headers: Vec<(String, String)>,
+/// A refusal and the agent it concerns, if known.
+type Refused = (Denial, Option<String>);
+
+fn bad(why: impl Into<String>) -> Refused {
+    (Denial::BadRequest(why.into()), None)
 }
 
-impl Refusal {
-    fn new(status: u16, error: &'static str, reason: impl Into<String>) -> Self {
-        Refusal {
-            status,
-            error,
-            reason: reason.into(),
-            headers: Vec::new(),
-        }
+fn unauthorized(e: ClaimsError) -> Refused {
+    (Denial::Unauthorized(e), None)
+}
+
+/// HTTP methods are case-sensitive tokens (RFC 9110 §9.1), but frameworks
+/// upstream often compare them case-insensitively: the policy sees the
+/// upper-cased method, so `delete` is decided as `DELETE`.
+fn normalize_method(m: &str) -> Result<String, Refused> {
+    let token = !m.is_empty()
+        && m.len() <= 32
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(bad("malformed :method"));
     }
+    Ok(m.to_ascii_uppercase())
 }
 
 impl Filter {
@@ -125,13 +172,16 @@ impl Filter {
         Filter {
             config,
             policy,
-            ids: DecisionIds::new(seed),
-            cache,
-            broker,
-            metrics: Metrics::default(),
-            exported: std::cell::Cell::new(secrets::BrokerStats::default()),
-            shipper,
-            exported_log: std::cell::Cell::new((0, 0)),
+            worker: Worker {
+                ids: DecisionIds::new(seed),
+                cache,
+                broker,
+                metrics: Metrics::default(),
+                exported: Cell::new(secrets::BrokerStats::default()),
+                shipper,
+                exported_log: Cell::new((0, 0)),
+                pending: RefCell::new(HashMap::new()),
+            },
         }
     }
 
@@ -145,29 +195,44 @@ impl Filter {
         &self.policy
     }
 
+    /// Once per VM, on the root context after a successful configure:
+    /// defines the stats, creates the cross-worker claims map (so every
+    /// claim is a compare-and-swap) and logs what was configured. Returns
+    /// the tick period the root context needs, if any.
+    pub fn on_configured<H: Host>(&self, host: &mut H, version: &str) -> Option<u64> {
+        self.worker.metrics.define(host);
+        if self.worker.broker.is_some() && host.shared_get(secrets::CLAIMS_KEY).is_none() {
+            host.shared_set(secrets::CLAIMS_KEY, b"{}", None);
+        }
+        host.log(
+            LogLevel::Info,
+            &format!(
+                "agentplane {version} configured: policy revision {}, entrypoint {}, engine {}",
+                crate::bundle::REVISION,
+                self.config.policy.entrypoint,
+                self.policy.backend(),
+            ),
+        );
+        if let Some(why) = self.policy.rvm_fallback() {
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "agentplane: policy runs on the interpreter; the RVM cannot compile it: {why}"
+                ),
+            );
+        }
+        self.needs_tick().then_some(TICK_MS)
+    }
+
     /// Handles the request headers. On [`Flow::Replied`] the reply has been
     /// sent through the host and nothing may be forwarded.
     pub fn on_request_headers<H: Host>(&self, host: &mut H) -> (Flow, Decision) {
         let timed = self.config.headers.metrics_header;
         let t0 = if timed { host.now_ns() } else { 0 };
-        // Before anything else: nothing the client says about identity survives.
-        let headers = headers::strip_untrusted(host, &self.config);
-        let id = self.ids.next_id();
-        // Envoy's `request.id` attribute is the x-request-id header that the
-        // connection manager set or kept, so the header saves a host call;
-        // the attribute covers hosts that do not put it in the headers.
-        let mut trail = Trail {
-            request_id: headers
-                .get("x-request-id")
-                .map(str::to_owned)
-                .or_else(|| {
-                    host.property(&["request", "id"])
-                        .and_then(|b| String::from_utf8(b).ok())
-                })
-                .unwrap_or_default(),
-            ..Trail::default()
-        };
-        let outcome = self.decide(host, &headers, &id, &mut trail);
+        let id = self.worker.ids.next_id();
+        let mut trail = Trail::default();
+        let mut reserved = false;
+        let result = self.decide(host, &id, &mut trail, &mut reserved);
         let timing = timed.then(|| {
             format!(
                 "filter_us={};policy_us={};cache={}",
@@ -176,164 +241,206 @@ impl Filter {
                 if trail.cached { "hit" } else { "miss" }
             )
         });
-        let (flow, mut decision) = match outcome {
-            Ok((agent, flow)) => (
-                flow,
-                Decision {
-                    id,
-                    allowed: true,
-                    status: 0,
-                    reason: String::new(),
-                    agent: Some(agent),
-                    record: None,
-                    request_id: trail.request_id.clone(),
-                    timing,
-                },
-            ),
-            Err((refusal, agent)) => {
-                let body = serde_json::json!({
-                    "error": refusal.error,
-                    "reason": refusal.reason,
-                    "decision_id": id,
-                })
-                .to_string();
-                let mut hdrs: Vec<(&str, &str)> = vec![
-                    ("content-type", "application/json"),
-                    (DECISION_ID_HEADER, id.as_str()),
-                ];
-                if check_value(&trail.request_id, self.config.headers.max_value_bytes).is_ok()
-                    && !trail.request_id.is_empty()
-                {
-                    hdrs.push((TRACE_ID_HEADER, trail.request_id.as_str()));
-                }
-                if let Some(t) = &timing {
-                    hdrs.push((METRICS_HEADER, t.as_str()));
-                }
-                hdrs.extend(
-                    refusal
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                );
-                host.send_reply(refusal.status, &hdrs, body.as_bytes());
-                (
-                    Flow::Replied,
-                    Decision {
-                        id,
-                        allowed: false,
-                        status: refusal.status,
-                        reason: refusal.reason,
-                        agent,
-                        record: None,
-                        request_id: trail.request_id.clone(),
-                        timing,
-                    },
-                )
-            }
+        let (state, agent, flow) = match result {
+            Ok((agent, Flow::Paused)) => (State::Pending, Some(agent), Flow::Paused),
+            Ok((agent, flow)) => (State::Allowed, Some(agent), flow),
+            Err((denial, agent)) => (State::Denied(denial), agent, Flow::Replied),
         };
-        self.metrics
-            .add(host, M::HeadersStripped, headers.stripped as u64);
-        let m = match (decision.allowed, decision.status) {
-            (true, _) => M::Allowed,
-            (false, 401) => M::Unauthorized,
-            (false, 400) => M::BadRequest,
-            (false, 503) if decision.reason.starts_with("secrets_unavailable") => {
-                M::SecretsUnavailable
-            }
-            (false, _) if decision.reason == "policy_error" => M::PolicyError,
-            (false, _) => M::Denied,
+        let mut decision = Decision {
+            id,
+            state,
+            agent,
+            record: None,
+            request_id: trail.request_id.clone(),
+            timing,
+            reserved,
         };
-        self.metrics.add(host, m, 1);
+        if let State::Denied(d) = &decision.state {
+            let reply = d.reply(&decision.id, &self.reply_headers(&decision));
+            host.send_reply(reply.status, &reply.header_refs(), &reply.body);
+        }
+        if decision.state != State::Pending {
+            self.count(host, &decision.state);
+        }
         let log = &self.config.decision_log;
-        if log.enabled && (!decision.allowed || audit::sampled(log, &decision.id)) {
+        if log.enabled && (!decision.allowed() || audit::sampled(log, &decision.id)) {
+            let reasons = decision.denial().map(Denial::reasons).unwrap_or_default();
             let facts = audit::Facts {
                 decision_id: &decision.id,
                 now_ns: host.now_ns(),
                 entrypoint: &self.config.policy.entrypoint,
                 revision: crate::bundle::REVISION,
-                allowed: decision.allowed,
-                reason: &decision.reason,
-                status: decision.status,
+                allowed: decision.allowed(),
+                reason: &decision.reason(),
+                reasons: &reasons,
+                status: decision.status(),
                 agent: decision.agent.as_deref(),
             };
             decision.record = Some(audit::record(log, &facts, &trail));
         }
+        if decision.state == State::Pending {
+            if let Ok(mut p) = self.worker.pending.try_borrow_mut() {
+                p.insert(host.stream_id(), decision.clone());
+            }
+        }
         (flow, decision)
     }
 
+    /// The response headers every reply and every allowed response carry.
+    fn reply_headers<'a>(&self, d: &'a Decision) -> Vec<(&'static str, &'a str)> {
+        let mut h = vec![(DECISION_ID_HEADER, d.id.as_str())];
+        if !d.request_id.is_empty() {
+            h.push((TRACE_ID_HEADER, d.request_id.as_str()));
+        }
+        if let Some(t) = &d.timing {
+            h.push((METRICS_HEADER, t.as_str()));
+        }
+        h
+    }
+
+    /// The one place outcomes become metrics.
+    fn count<H: Host>(&self, host: &mut H, state: &State) {
+        let m = match state {
+            State::Allowed => M::Allowed,
+            State::Pending => return,
+            State::Denied(d) => d.metric(),
+        };
+        self.worker.metrics.add(host, m, 1);
+    }
+
     /// End of the stream: writes the decision-log record, if any, with the
-    /// status the client got.
-    pub fn on_log<H: Host>(&self, host: &mut H, decision: &Decision) {
-        if let Some(record) = &decision.record {
-            let status = host
-                .property(&["response", "code"])
-                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                .and_then(|b| u16::try_from(u64::from_le_bytes(b)).ok());
-            let json = audit::finish(record.clone(), status);
-            host.log(LogLevel::Info, &format!("{}{json}", audit::PREFIX));
-            if let Some(mut sh) = self.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
-                sh.push(json, host.now_ns());
+    /// status the client got. A stream that waited for secrets is logged
+    /// with how that ended.
+    pub fn on_log<H: Host>(&self, host: &mut H, decision: &mut Decision) {
+        let settled = self
+            .worker
+            .pending
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut p| p.remove(&host.stream_id()))
+            .filter(|d| d.id == decision.id);
+        if let Some(d) = settled {
+            decision.state = d.state;
+            decision.record = d.record;
+        }
+        let reserved = std::mem::take(&mut decision.reserved);
+        let Some(record) = decision.record.take() else {
+            if reserved {
+                self.release_reservation();
             }
+            return;
+        };
+        let status = host
+            .property(&["response", "code"])
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .and_then(|b| u16::try_from(u64::from_le_bytes(b)).ok());
+        let json = audit::finish(record, status);
+        host.log(LogLevel::Info, &format!("{}{json}", audit::PREFIX));
+        if let Some(mut sh) = self
+            .worker
+            .shipper
+            .as_ref()
+            .and_then(|s| s.try_borrow_mut().ok())
+        {
+            sh.push(json, host.now_ns(), reserved);
         }
     }
 
-    /// With mandatory logging, whether the collector buffer has no room
-    /// for this request's record.
-    fn log_blocked(&self) -> bool {
-        self.config.decision_log.mandatory
-            && self
-                .shipper
-                .as_ref()
-                .and_then(|s| s.try_borrow().ok())
-                .is_none_or(|s| !s.has_room())
+    fn release_reservation(&self) {
+        if let Some(mut sh) = self
+            .worker
+            .shipper
+            .as_ref()
+            .and_then(|s| s.try_borrow_mut().ok())
+        {
+            sh.release();
+        }
     }
 
     /// Adds the decision id to the upstream response of an allowed request.
     pub fn on_response_headers<H: Host>(&self, host: &mut H, decision: &Decision) {
-        host.set_response_header(DECISION_ID_HEADER, &decision.id);
-        if !decision.request_id.is_empty() {
-            host.set_response_header(TRACE_ID_HEADER, &decision.request_id);
+        for (k, v) in self.reply_headers(decision) {
+            host.set_response_header(k, v);
         }
-        if let Some(t) = &decision.timing {
-            host.set_response_header(METRICS_HEADER, t);
-        }
+    }
+
+    /// With mandatory logging, reserves the record's place in the
+    /// collector buffer; false when there is none.
+    fn reserve_log(&self) -> bool {
+        self.worker
+            .shipper
+            .as_ref()
+            .and_then(|s| s.try_borrow_mut().ok())
+            .is_some_and(|mut s| s.reserve())
+    }
+
+    /// The headers the filter reads: each must be UTF-8 and single.
+    fn read_headers(&self) -> impl Iterator<Item = &str> {
+        [
+            ":method",
+            ":path",
+            ":authority",
+            "authorization",
+            "x-request-id",
+            "traceparent",
+            "tracestate",
+        ]
+        .into_iter()
+        .chain(self.config.headers.input.iter().map(String::as_str))
     }
 
     fn decide<H: Host>(
         &self,
         host: &mut H,
-        headers: &RequestHeaders,
         decision_id: &str,
         trail: &mut Trail,
-    ) -> Result<(String, Flow), (Refusal, Option<String>)> {
-        if self.log_blocked() {
-            let r = Refusal::new(503, "unavailable", "decision_log_unavailable");
-            return Err((r, None));
+        reserved: &mut bool,
+    ) -> Result<(String, Flow), Refused> {
+        // Before anything else: nothing the client says about identity survives.
+        let headers = headers::strip_untrusted(host, &self.config)
+            .ok_or((Denial::HostFailure("request headers"), None))?;
+        self.worker
+            .metrics
+            .add(host, M::HeadersStripped, headers.stripped as u64);
+        // The ids the filter logs are its own unless the edge is trusted to
+        // have set x-request-id (headers.trust_request_id).
+        let max = self.config.headers.max_value_bytes;
+        trail.request_id = headers
+            .get("x-request-id")
+            .filter(|_| self.config.headers.trust_request_id)
+            .filter(|v| !v.is_empty() && check_value(v, max).is_ok())
+            .unwrap_or(decision_id)
+            .to_string();
+        if self.config.decision_log.mandatory {
+            if !self.reserve_log() {
+                return Err((Denial::LogUnavailable, None));
+            }
+            *reserved = true;
         }
+        headers
+            .check_read(self.read_headers())
+            .map_err(|e| bad(e.to_string()))?;
         let raw = host
             .property(&["metadata"])
-            .ok_or_else(|| (unauthorized(ClaimsError::Missing), None))?;
-        let bad = |m: String| (Refusal::new(400, "bad_request", m), None);
-        let max = self.config.headers.max_value_bytes;
-        let method = headers
-            .get(":method")
-            .ok_or_else(|| bad("missing :method".into()))?;
-        let path = headers
-            .get(":path")
-            .ok_or_else(|| bad("missing :path".into()))?;
+            .ok_or_else(|| unauthorized(ClaimsError::Missing))?;
+        let method = normalize_method(
+            headers
+                .get(":method")
+                .ok_or_else(|| bad("missing :method"))?,
+        )?;
+        let path = headers.get(":path").ok_or_else(|| bad("missing :path"))?;
         let authority = headers.get(":authority");
-        let request_id = trail.request_id.clone();
-        check_value(&request_id, max).map_err(|e| bad(format!("request id {e}")))?;
         let route = input::parse_route(path, &self.config).map_err(|e| bad(e.to_string()))?;
         let now = host.now_ns();
         trail.service = route.service.map(str::to_owned);
 
-        let payload = claims::payload_from_metadata(&raw, &self.config.identity)
-            .map_err(|e| (unauthorized(e), None))?;
+        let payload =
+            claims::payload_from_metadata(&raw, &self.config.identity).map_err(unauthorized)?;
         // The payload, not the metadata bytes: Envoy serializes protobuf
         // maps in no fixed order, so equal payloads arrive as different
         // bytes. serde_json's map is sorted, which makes this canonical.
         let canonical = self
+            .worker
             .cache
             .as_ref()
             .and_then(|_| serde_json::to_vec(&payload).ok());
@@ -348,7 +455,7 @@ impl Filter {
             }
             k.into_bytes()
         });
-        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+        if let (Some(cache), Some(key)) = (&self.worker.cache, &key) {
             let hit = cache
                 .try_borrow_mut()
                 .ok()
@@ -358,50 +465,100 @@ impl Filter {
             } else {
                 M::DecisionCacheMiss
             };
-            self.metrics.add(host, m, 1);
+            self.worker.metrics.add(host, m, 1);
             if let Some(outcome) = hit {
                 trail.cached = true;
                 trail.input.clone_from(&outcome.input);
-                let who = apply(
-                    host,
-                    outcome,
-                    &request_id,
-                    self.config.identity.forward_token,
-                )?;
+                let who = self.apply(host, outcome, &route, &trail.request_id)?;
                 trail.agent_type.clone_from(&who.kind);
                 trail.team.clone_from(&who.team);
-                return self.secrets(host, headers, route.service, who, decision_id, trail);
+                return self.secrets(host, &headers, route.service, who, decision_id, trail);
             }
         }
 
-        let identity = claims::identity(payload, &self.config.identity)
-            .map_err(|e| (unauthorized(e), None))?;
+        let identity = claims::identity(payload, &self.config.identity).map_err(unauthorized)?;
+        trail.agent_type.clone_from(&identity.agent_type);
+        trail.team.clone_from(&identity.team);
+        let request_id = trail.request_id.clone();
         let facts = RequestFacts {
-            method,
+            method: &method,
             route: &route,
             host: authority.unwrap_or_default(),
             id: &request_id,
             time_ns: now,
         };
-        trail.agent_type.clone_from(&identity.agent_type);
-        trail.team.clone_from(&identity.team);
-        let (outcome, valid_until) = self.authorize(host, headers, identity, &facts, trail);
-        if let (Some(cache), Some(key), Some(until)) = (&self.cache, key, valid_until) {
+        let (outcome, valid_until) = self.authorize(host, &headers, identity, &facts, trail);
+        if let (Some(cache), Some(key), Some(until)) = (&self.worker.cache, key, valid_until) {
             if let Ok(mut c) = cache.try_borrow_mut() {
                 c.insert(key, outcome.clone(), now, until);
             }
         }
-        let who = apply(
-            host,
-            outcome,
-            &request_id,
-            self.config.identity.forward_token,
-        )?;
-        self.secrets(host, headers, route.service, who, decision_id, trail)
+        let who = self.apply(host, outcome, &route, &request_id)?;
+        self.secrets(host, &headers, route.service, who, decision_id, trail)
+    }
+
+    /// Forwards an allowed outcome: trusted headers, the authorized
+    /// service for Envoy to route on, the service's own path. Every write
+    /// must succeed or the request is refused.
+    fn apply<H: Host>(
+        &self,
+        host: &mut H,
+        outcome: Outcome,
+        route: &Route<'_>,
+        request_id: &str,
+    ) -> Result<Who, Refused> {
+        let agent = outcome.agent;
+        let allowed = match outcome.result {
+            Ok(a) => a,
+            Err(d) => return Err((d, Some(agent))),
+        };
+        let failed = |agent: &str| {
+            (
+                Denial::HostFailure("request header write"),
+                Some(agent.to_string()),
+            )
+        };
+        if !self.config.identity.forward_token && !host.remove_request_header(b"authorization") {
+            return Err(failed(&agent));
+        }
+        let mut writes: Vec<(&str, &str)> = allowed
+            .trusted
+            .iter()
+            .chain(allowed.extra.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        writes.push(("x-request-id", request_id));
+        if let Some(service) = route.service {
+            if check_value(service, self.config.headers.max_value_bytes).is_err() {
+                return Err(bad("service name cannot be sent as a header"));
+            }
+            writes.push((SERVICE_HEADER, service));
+        }
+        if let Some(p) = &route.upstream_path {
+            writes.push((":path", p.as_str()));
+        }
+        for (k, v) in writes {
+            if !host.set_request_header(k, v) {
+                return Err(failed(&agent));
+            }
+        }
+        let find = |n: &str| {
+            allowed
+                .trusted
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
+        Ok(Who {
+            team: find("x-agent-team"),
+            kind: find("x-agent-type"),
+            principal: outcome.principal,
+            agent,
+        })
     }
 
     /// After an allow: injects the service's secrets from the cache, or
-    /// pauses the stream until a job fetches them, or answers 503.
+    /// pauses the stream until a job fetches them, or refuses with 503.
     fn secrets<H: Host>(
         &self,
         host: &mut H,
@@ -410,32 +567,34 @@ impl Filter {
         who: Who,
         decision_id: &str,
         trail: &mut Trail,
-    ) -> Result<(String, Flow), (Refusal, Option<String>)> {
-        let specs = &self.config.resource(service.unwrap_or("")).secrets;
-        // Secret names are only for the decision log: no work otherwise.
-        let names = if self.config.decision_log.enabled {
-            specs.as_slice()
-        } else {
-            &[]
-        };
-        for sc in names {
-            for h in [&sc.header, &sc.username_header, &sc.password_header]
-                .into_iter()
-                .flatten()
-            {
-                trail.secrets.push(h.to_ascii_lowercase());
-            }
-            if sc.bearer {
-                trail.secrets.push("authorization".into());
-            }
-        }
-        let Some(broker) = self.broker.as_ref().filter(|_| !specs.is_empty()) else {
+    ) -> Result<(String, Flow), Refused> {
+        // An unregistered service never has secrets (config refuses
+        // default_resource.secrets).
+        let Some(specs) = service
+            .and_then(|s| self.config.resources.get(s))
+            .map(|r| &r.secrets)
+            .filter(|s| !s.is_empty())
+        else {
             return Ok((who.agent, Flow::Continue));
         };
-        let unavailable = |agent: &str, why: String| {
-            let mut r = Refusal::new(503, "unavailable", format!("secrets_unavailable: {why}"));
-            r.headers.clear();
-            (r, Some(agent.to_string()))
+        if self.config.decision_log.enabled {
+            // Secret names are only for the decision log.
+            for sc in specs {
+                for h in [&sc.header, &sc.username_header, &sc.password_header]
+                    .into_iter()
+                    .flatten()
+                {
+                    trail.secrets.push(h.to_ascii_lowercase());
+                }
+                if sc.bearer {
+                    trail.secrets.push("authorization".into());
+                }
+            }
+        }
+        let unavailable =
+            |agent: &str, why: String| (Denial::SecretsUnavailable(why), Some(agent.to_string()));
+        let Some(broker) = self.worker.broker.as_ref() else {
+            return Err(unavailable(&who.agent, "no vault configured".into()));
         };
         let needs = secrets::plan(specs, &who.agent, who.team.as_deref(), who.kind.as_deref())
             .map_err(|e| unavailable(&who.agent, e))?;
@@ -452,7 +611,7 @@ impl Filter {
             trace.push(("x-request-id".into(), trail.request_id.clone()));
         }
         for name in ["traceparent", "tracestate"] {
-            if let Some(v) = headers.get(name) {
+            if let Some(v) = headers.get(name).filter(|v| check_value(v, 512).is_ok()) {
                 trace.push((name.into(), v.to_string()));
             }
         }
@@ -464,10 +623,19 @@ impl Filter {
         let mut b = broker
             .try_borrow_mut()
             .map_err(|_| unavailable(&who.agent, "busy".into()))?;
-        match b.request(host, &who.agent, service.unwrap_or(""), needs, jwt, waiter) {
+        match b.request(
+            host,
+            &who.principal,
+            service.unwrap_or(""),
+            needs,
+            jwt,
+            waiter,
+        ) {
             Lookup::Ready(set) => {
                 for (k, v) in &set {
-                    host.set_request_header(k, v.expose());
+                    if !host.set_request_header(k, v.expose()) {
+                        return Err((Denial::HostFailure("request header write"), Some(who.agent)));
+                    }
                 }
                 Ok((who.agent, Flow::Continue))
             }
@@ -476,48 +644,106 @@ impl Filter {
         }
     }
 
-    /// Defines the filter's stats (once per VM, from the root context).
-    pub fn define_metrics<H: Host>(&self, host: &mut H) {
-        self.metrics.define(host);
+    /// Settles a stream that waited for secrets: resumes it with them, or
+    /// refuses it. The broker reports; only the filter replies and counts.
+    fn complete<H: Host>(&self, host: &mut H, c: Completion) {
+        let Some(mut d) = self
+            .worker
+            .pending
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut p| p.remove(&c.stream))
+        else {
+            return; // the stream is gone
+        };
+        let refusal = match c.result {
+            Ok(set) => {
+                let set: Vec<(String, String)> = set
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                    .collect();
+                if host.resume_stream(c.stream, &set) {
+                    None
+                } else {
+                    Some(Denial::HostFailure("resume with secrets"))
+                }
+            }
+            Err(why) => Some(Denial::SecretsUnavailable(why)),
+        };
+        if let Some(denial) = refusal {
+            let reply = denial.reply(&d.id, &self.reply_headers(&d));
+            let delivered =
+                host.reply_stream(c.stream, reply.status, &reply.header_refs(), &reply.body);
+            if let Some(r) = d.record.as_mut() {
+                audit::refused(r, &denial.reason(), &denial.reasons(), denial.status());
+            }
+            d.state = State::Denied(denial);
+            if !delivered {
+                self.count(host, &d.state);
+                return; // gone: nothing will log it
+            }
+        } else {
+            d.state = State::Allowed;
+        }
+        self.count(host, &d.state);
+        if let Ok(mut p) = self.worker.pending.try_borrow_mut() {
+            p.insert(c.stream, d);
+        }
+    }
+
+    fn settle<H: Host>(&self, host: &mut H) {
+        let done = self
+            .worker
+            .broker
+            .as_ref()
+            .and_then(|b| b.try_borrow_mut().ok())
+            .map(|mut b| b.take_completions())
+            .unwrap_or_default();
+        for c in done {
+            self.complete(host, c);
+        }
     }
 
     /// Whether any service has secrets (the workers then share claims).
     pub fn has_secrets(&self) -> bool {
-        self.broker.is_some()
+        self.worker.broker.is_some()
     }
 
     /// Whether the root context must tick: secret fetches or a decision-log
     /// collector.
     pub fn needs_tick(&self) -> bool {
-        self.broker.is_some() || self.shipper.is_some()
+        self.worker.broker.is_some() || self.worker.shipper.is_some()
     }
 
-    /// Root context tick: dispatches due secret fetches. Returns whether
-    /// work is pending (the host may keep ticking either way).
+    /// Root context tick: ships decision records, dispatches due secret
+    /// fetches and settles streams whose secrets arrived. Returns whether
+    /// secret work is pending.
     pub fn on_tick<H: Host>(&self, host: &mut H) -> bool {
-        if let Some(mut sh) = self.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+        let w = &self.worker;
+        if let Some(mut sh) = w.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
             sh.on_tick(host);
-            let (was_s, was_d) = self.exported_log.replace((sh.shipped, sh.dropped));
-            self.metrics
+            let (was_s, was_d) = w.exported_log.replace((sh.shipped, sh.dropped));
+            w.metrics
                 .add(host, M::LogShipped, sh.shipped.saturating_sub(was_s));
-            self.metrics
+            w.metrics
                 .add(host, M::LogDropped, sh.dropped.saturating_sub(was_d));
         }
-        let (wants, now) = match self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
+        let (wants, now) = match w.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
             Some(mut b) => {
                 b.on_tick(host);
                 (b.wants_tick(), b.stats)
             }
             None => return false,
         };
-        let was = self.exported.replace(now);
-        self.metrics
+        self.settle(host);
+        let was = w.exported.replace(now);
+        w.metrics
             .add(host, M::SecretsCacheHit, now.hits.saturating_sub(was.hits));
-        self.metrics
+        w.metrics
             .add(host, M::VaultLogins, now.logins.saturating_sub(was.logins));
-        self.metrics
+        w.metrics
             .add(host, M::VaultReads, now.reads.saturating_sub(was.reads));
-        self.metrics.add(
+        w.metrics.add(
             host,
             M::VaultFailures,
             now.failures.saturating_sub(was.failures),
@@ -535,12 +761,22 @@ impl Filter {
         body: Option<&[u8]>,
     ) {
         let now = host.now_ns();
-        if let Some(mut sh) = self.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+        if let Some(mut sh) = self
+            .worker
+            .shipper
+            .as_ref()
+            .and_then(|s| s.try_borrow_mut().ok())
+        {
             if sh.on_response(token, status, now) {
                 return;
             }
         }
-        if let Some(mut b) = self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
+        if let Some(mut b) = self
+            .worker
+            .broker
+            .as_ref()
+            .and_then(|b| b.try_borrow_mut().ok())
+        {
             if !b.on_response(host, token, status, body) {
                 host.log(
                     LogLevel::Debug,
@@ -550,26 +786,55 @@ impl Filter {
             // Steps that can go at once (the next read) go now.
             b.on_tick(host);
         }
+        self.settle(host);
     }
 
-    /// A stream ended (possibly while waiting for secrets).
-    pub fn on_stream_done(&self, stream: u32) {
-        if let Some(mut b) = self.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
+    /// A stream ended (possibly while waiting for secrets, possibly before
+    /// its log phase).
+    pub fn on_stream_done(&self, stream: u32, decision: Option<&mut Decision>) {
+        if let Some(mut b) = self
+            .worker
+            .broker
+            .as_ref()
+            .and_then(|b| b.try_borrow_mut().ok())
+        {
             b.forget_stream(stream);
+        }
+        if let Ok(mut p) = self.worker.pending.try_borrow_mut() {
+            p.remove(&stream);
+        }
+        if let Some(d) = decision {
+            if std::mem::take(&mut d.reserved) {
+                self.release_reservation();
+            }
         }
     }
 
     /// Largest callout response the filter reads.
     pub fn max_callout_bytes(&self) -> usize {
-        self.config
+        let vault = self
+            .config
             .vault
             .as_ref()
-            .map_or(0, |v| v.max_response_bytes)
+            .map_or(0, |v| v.max_response_bytes);
+        vault.max(64 * 1024)
     }
 
     /// Secrets counters, when secrets are configured.
     pub fn secrets_stats(&self) -> Option<secrets::BrokerStats> {
-        Some(self.broker.as_ref()?.try_borrow().ok()?.stats)
+        Some(self.worker.broker.as_ref()?.try_borrow().ok()?.stats)
+    }
+
+    /// Where a stream that waited for secrets stands now (`Pending` until
+    /// its job ends); `None` for a stream this worker does not hold.
+    pub fn settled(&self, stream: u32) -> Option<State> {
+        let p = self.worker.pending.try_borrow().ok()?;
+        p.get(&stream).map(|d| d.state.clone())
+    }
+
+    /// Streams waiting for secrets on this worker.
+    pub fn pending_streams(&self) -> usize {
+        self.worker.pending.try_borrow().map_or(0, |p| p.len())
     }
 
     /// Decides for an identified request. Returns the outcome and, when the
@@ -582,11 +847,19 @@ impl Filter {
         facts: &RequestFacts<'_>,
         trail: &mut Trail,
     ) -> (Outcome, Option<u64>) {
-        let refuse = |agent: &str, r: Refusal| {
+        let principal = secrets::principal(
+            identity
+                .payload
+                .get("iss")
+                .and_then(serde_json::Value::as_str),
+            &identity.id,
+        );
+        let refuse = |agent: &str, principal: &str, d: Denial| {
             (
                 Outcome {
                     agent: agent.to_string(),
-                    result: Err(r),
+                    principal: principal.to_string(),
+                    result: Err(d),
                     input: None,
                 },
                 None,
@@ -601,8 +874,8 @@ impl Filter {
         ] {
             if let Some(v) = value {
                 if let Err(e) = check_value(v, max) {
-                    let r = Refusal::new(403, "forbidden", format!("identity for {name} {e}"));
-                    return refuse(&identity.id, r);
+                    let d = Denial::UnsafeIdentity(format!("identity for {name} {e}"));
+                    return refuse(&identity.id, &principal, d);
                 }
                 trusted.push((name.to_string(), v.clone()));
             }
@@ -615,12 +888,14 @@ impl Filter {
         let evaluated = self.policy.evaluate(doc);
         let eval_ns = host.now_ns().saturating_sub(t0);
         trail.eval_ns = Some(eval_ns);
-        self.metrics.record(host, M::PolicyEvalUs, eval_ns / 1_000);
+        self.worker
+            .metrics
+            .record(host, M::PolicyEvalUs, eval_ns / 1_000);
         let verdict = match evaluated {
             Ok(v) => v,
             Err(e) => {
                 host.log(LogLevel::Warn, &format!("agentplane: {e}"));
-                return refuse(&identity.id, Refusal::new(403, "forbidden", "policy_error"));
+                return refuse(&identity.id, &principal, Denial::PolicyError);
             }
         };
         let Verdict {
@@ -631,29 +906,32 @@ impl Filter {
             valid_until_ns,
         } = verdict;
         for (k, v) in &extra {
-            if k.is_empty() || k.starts_with(':') || check_value(v, max).is_err() {
+            let lower = k.to_ascii_lowercase();
+            let reserved = lower.starts_with(':')
+                || self.config.must_strip(lower.as_bytes())
+                || lower == "x-request-id"
+                || lower == "authorization";
+            if k.is_empty() || reserved || check_value(v, max).is_err() {
                 host.log(
                     LogLevel::Warn,
                     &format!("agentplane: policy header {k:?} rejected"),
                 );
-                return refuse(&identity.id, Refusal::new(403, "forbidden", "policy_error"));
+                return refuse(&identity.id, &principal, Denial::PolicyError);
             }
         }
         let result = if allowed {
             Ok(Allowed { trusted, extra })
         } else {
-            let reason = if reasons.is_empty() {
-                "no policy rule allowed the request".to_string()
-            } else {
-                reasons.join("; ")
-            };
-            let mut r = Refusal::new(status.unwrap_or(403), "forbidden", reason);
-            r.headers = extra;
-            Err(r)
+            Err(Denial::Policy {
+                status: status.unwrap_or(403),
+                reasons,
+                headers: extra,
+            })
         };
         (
             Outcome {
                 agent: identity.id,
+                principal,
                 result,
                 input,
             },
@@ -663,17 +941,22 @@ impl Filter {
 
     /// Decision-cache counters `(hits, misses, entries)`, when the cache is on.
     pub fn cache_stats(&self) -> Option<(u64, u64, usize)> {
-        let c = self.cache.as_ref()?.try_borrow().ok()?;
+        let c = self.worker.cache.as_ref()?.try_borrow().ok()?;
         Some((c.hits, c.misses, c.len()))
     }
 }
+
+/// How often the root context ticks when it has background work.
+pub const TICK_MS: u64 = 5;
 
 /// What to do with an identified request: reusable as is for an equal
 /// request (the decision cache stores these).
 #[derive(Debug, Clone)]
 struct Outcome {
     agent: String,
-    result: Result<Allowed, Refusal>,
+    /// Issuer and subject, for secret cache keys.
+    principal: String,
+    result: Result<Allowed, Denial>,
     /// The input it was decided on, kept for the decision log.
     input: Option<regorus::Value>,
 }
@@ -689,56 +972,9 @@ struct Allowed {
 /// Who an allowed request is from, for secret paths.
 struct Who {
     agent: String,
+    principal: String,
     team: Option<String>,
     kind: Option<String>,
-}
-
-fn apply<H: Host>(
-    host: &mut H,
-    outcome: Outcome,
-    request_id: &str,
-    forward_token: bool,
-) -> Result<Who, (Refusal, Option<String>)> {
-    match outcome.result {
-        Ok(allowed) => {
-            if !forward_token {
-                host.remove_request_header("authorization");
-            }
-            for (name, value) in &allowed.trusted {
-                host.set_request_header(name, value);
-            }
-            if !request_id.is_empty() {
-                host.set_request_header("x-request-id", request_id);
-            }
-            for (k, v) in &allowed.extra {
-                host.set_request_header(k, v);
-            }
-            let find = |n: &str| {
-                allowed
-                    .trusted
-                    .iter()
-                    .find(|(k, _)| k == n)
-                    .map(|(_, v)| v.clone())
-            };
-            Ok(Who {
-                team: find("x-agent-team"),
-                kind: find("x-agent-type"),
-                agent: outcome.agent,
-            })
-        }
-        Err(r) => Err((r, Some(outcome.agent))),
-    }
-}
-
-fn unauthorized(e: ClaimsError) -> Refusal {
-    let challenge = match e {
-        ClaimsError::Missing => r#"Bearer realm="agentplane""#,
-        _ => r#"Bearer realm="agentplane", error="invalid_token""#,
-    };
-    let mut r = Refusal::new(401, "unauthorized", e.to_string());
-    r.headers
-        .push(("www-authenticate".into(), challenge.into()));
-    r
 }
 
 #[cfg(test)]
@@ -817,17 +1053,18 @@ mod tests {
             .with_header("x-agent-team", "platform");
         let (flow, d) = f.on_request_headers(&mut h);
         assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
-        assert!(d.allowed && h.reply.is_none());
+        assert!(d.allowed() && h.reply.is_none());
         assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
         assert_eq!(h.header_values("x-agent-team"), ["customer-success"]);
         assert_eq!(h.header_values("x-agent-type"), ["support"]);
-        assert_eq!(h.header_values("x-request-id"), ["req-123"]);
+        // The client sent no id the filter trusts: it mints its own.
+        assert_eq!(h.header_values("x-request-id"), [d.id.clone()]);
         f.on_response_headers(&mut h, &d);
         assert_eq!(
             h.response_headers,
             [
                 (DECISION_ID_HEADER.to_string(), d.id.clone()),
-                (TRACE_ID_HEADER.to_string(), "req-123".to_string())
+                (TRACE_ID_HEADER.to_string(), d.id.clone())
             ]
         );
     }
@@ -915,7 +1152,7 @@ mod tests {
             "missing permission skills:invoke for action invoke_skill"
         );
         assert_eq!(
-            d.reason,
+            d.reason(),
             "missing permission skills:invoke for action invoke_skill"
         );
         assert_eq!(d.agent.as_deref(), Some("support-triage@clients"));
@@ -989,7 +1226,7 @@ mod tests {
         let (flow, d) = f.on_request_headers(&mut h);
         assert_eq!(flow, Flow::Replied);
         assert_eq!(h.reply.as_ref().unwrap().status, 403);
-        assert_eq!(d.reason, "policy_error");
+        assert_eq!(d.reason(), "policy_error");
         assert!(h
             .logs
             .borrow()
@@ -1070,7 +1307,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         assert_ne!(d1.id, d2.id, "every request gets its own decision id");
         assert_eq!(h.header_values("x-agent-team"), ["customer-success"]);
         assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
-        assert_eq!(h.header_values("x-request-id"), ["r2"]);
+        assert_eq!(h.header_values("x-request-id"), [d2.id.clone()]);
         // Anything the input depends on changes the key.
         run("/mcp://hello-skill/other", claims(json!({})), None, "r3");
         run(
@@ -1092,7 +1329,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         let (flow, d7, h) = run("/mcp://hello-skill/greet", no_perm, None, "r7");
         assert_eq!(f.cache_stats(), Some((2, 5, 5)));
         assert_eq!(flow, Flow::Replied);
-        assert!(!d7.allowed && d7.reason == d6.reason && d7.id != d6.id);
+        assert!(!d7.allowed() && d7.reason() == d6.reason() && d7.id != d6.id);
         assert_eq!(body(&h)["decision_id"], d7.id);
         assert!(h.header_values("x-agent-team").is_empty());
     }
@@ -1112,18 +1349,26 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
             f.on_request_headers(&mut h).1
         };
         let late = day + 17 * HOUR;
-        assert!(at(late - 1, 4_000_000_000).allowed);
-        assert!(at(late - 1, 4_000_000_000).allowed);
+        assert!(at(late - 1, 4_000_000_000).allowed());
+        assert!(at(late - 1, 4_000_000_000).allowed());
         assert_eq!(f.cache_stats().unwrap().0, 1);
         let d = at(late, 4_000_000_000);
-        assert!(!d.allowed, "17:00 is off hours, whatever the cache held");
-        assert!(d.reason.contains("outside business hours"), "{}", d.reason);
+        assert!(!d.allowed(), "17:00 is off hours, whatever the cache held");
+        assert!(
+            d.reason().contains("outside business hours"),
+            "{}",
+            d.reason()
+        );
         // Token expiry inside the hour.
         let exp = (NOON + 10 * 60 * 1_000_000_000) / 1_000_000_000;
-        assert!(at(NOON, exp).allowed);
-        assert!(at(exp * 1_000_000_000 - 1, exp).allowed);
+        assert!(at(NOON, exp).allowed());
+        assert!(at(exp * 1_000_000_000 - 1, exp).allowed());
         let d = at(exp * 1_000_000_000, exp);
-        assert!(!d.allowed && d.reason.contains("expired"), "{}", d.reason);
+        assert!(
+            !d.allowed() && d.reason().contains("expired"),
+            "{}",
+            d.reason()
+        );
     }
 
     #[test]
@@ -1143,7 +1388,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         let f = Filter::with_policy(config, policy, 1);
         for _ in 0..3 {
             let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
-            assert!(f.on_request_headers(&mut h).1.allowed);
+            assert!(f.on_request_headers(&mut h).1.allowed());
         }
         assert_eq!(f.cache_stats(), Some((0, 3, 0)));
     }
@@ -1202,7 +1447,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         for reverse in [false, true] {
             let mut h = request("POST", "/mcp://hello-skill/greet", None)
                 .with_property(&["metadata"], metadata(reverse));
-            assert!(f.on_request_headers(&mut h).1.allowed, "{:?}", h.reply);
+            assert!(f.on_request_headers(&mut h).1.allowed(), "{:?}", h.reply);
         }
         assert_eq!(f.cache_stats(), Some((1, 1, 1)));
     }
@@ -1240,7 +1485,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         h.stream = 42;
         let (flow, d) = f.on_request_headers(&mut h);
         assert_eq!(flow, Flow::Paused);
-        assert!(d.allowed);
+        assert!(d.allowed());
         assert!(
             h.header_values("authorization").is_empty(),
             "agent JWT not forwarded"
@@ -1291,7 +1536,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
         let (flow, d) = f.on_request_headers(&mut h);
         assert_eq!(flow, Flow::Replied);
-        assert_eq!((d.status, h.reply.as_ref().unwrap().status), (503, 503));
+        assert_eq!((d.status(), h.reply.as_ref().unwrap().status), (503, 503));
         assert_eq!(
             body(&h)["reason"],
             "secrets_unavailable: no bearer token to log in to Vault with"
@@ -1364,9 +1609,9 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         .with_header("authorization", canary_jwt)
         .with_header("cookie", "session=canary-cookie");
         let (_, d) = f.on_request_headers(&mut h);
-        assert!(d.allowed);
+        assert!(d.allowed());
         h = h.with_property(&["response", "code"], 201u64.to_le_bytes().to_vec());
-        f.on_log(&mut h, &d);
+        f.on_log(&mut h, &mut d.clone());
         let all: String = h.logs.borrow().iter().map(|(_, l)| l.clone()).collect();
         assert!(!all.contains("canary"), "{all}");
         let recs = log_lines(&h);
@@ -1380,7 +1625,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         assert_eq!(r["agent"]["team"], "customer-success");
         assert_eq!(r["resource"], "hello-skill");
         assert_eq!(r["input"]["resource"]["id"], "hello-skill");
-        assert_eq!(r["input"]["request"]["id"], "req-123");
+        assert_eq!(r["input"]["request"]["id"], r["decision_id"]);
         assert!(
             r["input"]["jwt"]["payload"].get("email").is_none(),
             "masked"
@@ -1397,10 +1642,14 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         )
         .with_property(&["request", "id"], "req-456");
         let (_, d) = f.on_request_headers(&mut h);
-        f.on_log(&mut h, &d);
+        f.on_log(&mut h, &mut d.clone());
         let r = &log_lines(&h)[0];
         assert_eq!(r["cached"], true);
-        assert_eq!(r["input"]["request"]["id"], "req-456");
+        assert_eq!(
+            r["input"]["request"]["id"],
+            d.id.as_str(),
+            "this request's id"
+        );
         assert!(r["metrics"].get("timer_rego_query_eval_ns").is_none());
     }
 
@@ -1409,15 +1658,15 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         let f = logged_filter(json!({"enabled": true, "sample_allowed": 0.0}));
         let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
         let (_, d) = f.on_request_headers(&mut h);
-        f.on_log(&mut h, &d);
-        assert!(d.allowed && log_lines(&h).is_empty());
+        f.on_log(&mut h, &mut d.clone());
+        assert!(d.allowed() && log_lines(&h).is_empty());
         let mut h = request(
             "POST",
             "/mcp://hello-skill/greet",
             Some(claims(json!({"permissions": []}))),
         );
         let (_, d) = f.on_request_headers(&mut h);
-        f.on_log(&mut h, &d);
+        f.on_log(&mut h, &mut d.clone());
         let r = &log_lines(&h)[0];
         assert_eq!(r["result"]["allowed"], false);
         assert_eq!(r["status"], 403);
@@ -1428,13 +1677,13 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         // No identity: still a record.
         let mut h = request("POST", "/mcp://hello-skill/greet", None);
         let (_, d) = f.on_request_headers(&mut h);
-        f.on_log(&mut h, &d);
+        f.on_log(&mut h, &mut d.clone());
         assert_eq!(log_lines(&h)[0]["status"], 401);
         // Off by default.
         let plain = filter();
         let mut h = request("POST", "/mcp://hello-skill/greet", None);
         let (_, d) = plain.on_request_headers(&mut h);
-        plain.on_log(&mut h, &d);
+        plain.on_log(&mut h, &mut d.clone());
         assert!(d.record.is_none() && log_lines(&h).is_empty());
     }
 
@@ -1443,7 +1692,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         let f = filter();
         let mut totals = std::collections::BTreeMap::new();
         let mut run = |mut h: MockHost| {
-            f.define_metrics(&mut h);
+            f.on_configured(&mut h, "test");
             f.on_request_headers(&mut h);
             for (k, v) in &h.metrics {
                 *totals.entry(k.clone()).or_insert(0u64) += v;
@@ -1484,15 +1733,15 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         for _ in 0..2 {
             let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
             let (_, d) = f.on_request_headers(&mut h);
-            assert!(d.allowed);
-            f.on_log(&mut h, &d);
+            assert!(d.allowed());
+            f.on_log(&mut h, &mut d.clone());
         }
         // The collector never answered: the buffer is full, requests deny.
         let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
         let (flow, d) = f.on_request_headers(&mut h);
         assert_eq!(flow, Flow::Replied);
         assert_eq!(
-            (d.status, body(&h)["reason"].as_str()),
+            (d.status(), body(&h)["reason"].as_str()),
             (503, Some("decision_log_unavailable"))
         );
         // The root ships a batch; once the collector accepts, requests pass.
@@ -1504,7 +1753,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
         assert_eq!(batch.as_array().unwrap().len(), 1);
         f.on_callout_response(&mut root, t, Some(204), None);
         let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
-        assert!(f.on_request_headers(&mut h).1.allowed);
+        assert!(f.on_request_headers(&mut h).1.allowed());
 
         let e = Filter::new(
             br#"{"decision_log": {"enabled": true, "mandatory": true}}"#,

@@ -6,46 +6,115 @@ use crate::host::Host;
 
 /// The request headers after stripping, read from the host once: every
 /// later lookup is answered here instead of by another host call.
+///
+/// Names are lower-cased. Values that are not UTF-8 are kept out of the
+/// list (they still go upstream untouched); their names are remembered so
+/// that a header the filter reads ([`RequestHeaders::check_read`]) with
+/// such a value refuses the request instead of being read as absent.
 #[derive(Debug, Default)]
 pub struct RequestHeaders {
     list: Vec<(String, String)>,
+    /// Names whose value was not UTF-8 (or whose name was not).
+    opaque: Vec<String>,
     /// How many distinct header names were stripped.
     pub stripped: usize,
 }
 
+/// Why a header the filter reads cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Its value is not UTF-8.
+    NotUtf8(String),
+    /// It appears more than once: the filter and the upstream could read
+    /// different values.
+    Duplicate(String),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::NotUtf8(n) => write!(f, "header {n} is not valid UTF-8"),
+            HeaderError::Duplicate(n) => write!(f, "header {n} appears more than once"),
+        }
+    }
+}
+
 impl RequestHeaders {
-    /// The first value of a header (lower-case name), if present and not stripped.
+    /// The first value of a header (lower-case name), if present, UTF-8
+    /// and not stripped.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.list
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Checks the headers the filter reads: each must be UTF-8 and appear
+    /// at most once.
+    pub fn check_read<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), HeaderError> {
+        for name in names {
+            if self.opaque.iter().any(|n| n == name) {
+                return Err(HeaderError::NotUtf8(name.to_string()));
+            }
+            if self.list.iter().filter(|(k, _)| k == name).nth(1).is_some() {
+                return Err(HeaderError::Duplicate(name.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the snapshot from raw pairs without touching a host (tests,
+    /// fuzzing); `strip` decides which names go.
+    pub fn from_pairs(
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        strip: impl Fn(&[u8]) -> bool,
+    ) -> (RequestHeaders, Vec<Vec<u8>>) {
+        let mut list = Vec::with_capacity(pairs.len());
+        let mut opaque = Vec::new();
+        let mut doomed: Vec<Vec<u8>> = Vec::new();
+        for (k, v) in pairs {
+            let lower = k.to_ascii_lowercase();
+            if lower.first() != Some(&b':') && strip(&lower) {
+                // Removed under the name the proxy holds (header maps match
+                // names case-insensitively).
+                doomed.push(lower);
+                continue;
+            }
+            match (String::from_utf8(lower), String::from_utf8(v)) {
+                (Ok(k), Ok(v)) => list.push((k, v)),
+                (Ok(k), Err(_)) => opaque.push(k),
+                (Err(e), _) => opaque.push(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            }
+        }
+        doomed.sort();
+        doomed.dedup();
+        let stripped = doomed.len();
+        (
+            RequestHeaders {
+                list,
+                opaque,
+                stripped,
+            },
+            doomed,
+        )
+    }
 }
 
 /// Removes every client header the configuration reserves for the filter
-/// and returns what is left.
-pub fn strip_untrusted<H: Host>(host: &mut H, config: &Config) -> RequestHeaders {
-    let all = host.request_headers();
-    let mut list = Vec::with_capacity(all.len());
-    let mut doomed: Vec<String> = Vec::new();
-    for (k, v) in all {
-        let k = k.to_ascii_lowercase();
-        if !k.starts_with(':') && config.must_strip(&k) {
-            doomed.push(k);
-        } else {
-            list.push((k, v));
+/// and returns what is left. `None` when the host could not hand over the
+/// header map or refused a removal: the caller fails closed.
+pub fn strip_untrusted<H: Host>(host: &mut H, config: &Config) -> Option<RequestHeaders> {
+    let all = host.request_headers()?;
+    let (headers, doomed) = RequestHeaders::from_pairs(all, |n| config.must_strip(n));
+    for name in &doomed {
+        if !host.remove_request_header(name) {
+            return None;
         }
     }
-    doomed.sort();
-    doomed.dedup();
-    for name in &doomed {
-        host.remove_request_header(name);
-    }
-    RequestHeaders {
-        list,
-        stripped: doomed.len(),
-    }
+    Some(headers)
 }
 
 /// Why a value cannot be sent as a header.
@@ -103,7 +172,7 @@ mod tests {
             .with_header("x-mcp-secret", "forged")
             .with_header("x-agent-id", "forged-again")
             .with_header("content-type", "application/json");
-        let left = strip_untrusted(&mut h, &c);
+        let left = strip_untrusted(&mut h, &c).unwrap();
         assert_eq!(left.stripped, 3);
         assert_eq!(left.get("x-agent-id"), None);
         assert_eq!(left.get("content-type"), Some("application/json"));

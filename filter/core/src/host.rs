@@ -26,14 +26,14 @@ pub trait Host {
     /// `["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"]`) as
     /// raw bytes. `None` when the property does not exist.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
-    /// All request headers (pseudo-headers included), in order.
-    fn request_headers(&self) -> Vec<(String, String)>;
-    /// One request header, or `None`.
-    fn request_header(&self, name: &str) -> Option<String>;
-    /// Sets (replaces) a request header.
-    fn set_request_header(&mut self, name: &str, value: &str);
-    /// Removes every value of a request header.
-    fn remove_request_header(&mut self, name: &str);
+    /// All request headers (pseudo-headers included), in order, as the
+    /// bytes the proxy holds: HTTP allows header values that are not UTF-8.
+    /// `None` when the host could not hand the map over.
+    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Sets (replaces) a request header. False when the host refused.
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool;
+    /// Removes every value of a request header. False when the host refused.
+    fn remove_request_header(&mut self, name: &[u8]) -> bool;
     /// Sets (replaces) a response header; only valid in the response phase.
     fn set_response_header(&mut self, name: &str, value: &str);
     /// Ends the request with a local reply; nothing is forwarded upstream.
@@ -159,7 +159,11 @@ pub struct Reply {
 #[derive(Debug, Default)]
 pub struct MockHost {
     properties: BTreeMap<Vec<String>, Vec<u8>>,
-    headers: Vec<(String, String)>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// When set, the host refuses header writes and removals.
+    pub refuse_header_writes: bool,
+    /// When set, the host cannot hand over the request header map.
+    pub no_header_map: bool,
     /// The local reply, if the filter sent one.
     pub reply: Option<Reply>,
     /// Clock reading returned by [`Host::now_ns`].
@@ -206,9 +210,14 @@ impl MockHost {
     }
 
     /// Appends a request header (the name is lower-cased as Envoy does).
-    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+    pub fn with_header(self, name: &str, value: &str) -> Self {
+        self.with_header_bytes(name.as_bytes(), value.as_bytes())
+    }
+
+    /// Appends a request header given as raw bytes (not necessarily UTF-8).
+    pub fn with_header_bytes(mut self, name: &[u8], value: &[u8]) -> Self {
         self.headers
-            .push((name.to_ascii_lowercase(), value.to_string()));
+            .push((name.to_ascii_lowercase(), value.to_vec()));
         self
     }
 
@@ -222,9 +231,14 @@ impl MockHost {
     pub fn header_values(&self, name: &str) -> Vec<String> {
         self.headers
             .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+            .filter(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .collect()
+    }
+
+    /// Every request header as it would go upstream, as bytes.
+    pub fn raw_headers(&self) -> &[(Vec<u8>, Vec<u8>)] {
+        &self.headers
     }
 }
 
@@ -234,24 +248,25 @@ impl Host for MockHost {
         self.properties.get(&key).cloned()
     }
 
-    fn request_headers(&self) -> Vec<(String, String)> {
-        self.headers.clone()
+    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        (!self.no_header_map).then(|| self.headers.clone())
     }
 
-    fn request_header(&self, name: &str) -> Option<String> {
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool {
+        if !self.remove_request_header(name.as_bytes()) {
+            return false;
+        }
         self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+            .push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        true
     }
 
-    fn set_request_header(&mut self, name: &str, value: &str) {
-        self.remove_request_header(name);
-        self.headers.push((name.to_string(), value.to_string()));
-    }
-
-    fn remove_request_header(&mut self, name: &str) {
-        self.headers.retain(|(k, _)| k != name);
+    fn remove_request_header(&mut self, name: &[u8]) -> bool {
+        if self.refuse_header_writes {
+            return false;
+        }
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        true
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {

@@ -43,6 +43,11 @@ pub struct Route<'a> {
     pub raw_path: &'a str,
     /// The raw query string (after `?`), possibly empty.
     pub query: &'a str,
+    /// The path the service itself receives: what follows the service
+    /// segment (at least `/`), plus the query. Both route forms give the
+    /// same upstream path, so where a request lands never depends on which
+    /// form the client chose. `None` when the path names no service.
+    pub upstream_path: Option<String>,
 }
 
 /// Splits `:path` into service, segments and query.
@@ -59,6 +64,7 @@ pub fn parse_route<'a>(path: &'a str, config: &Config) -> Result<Route<'a>, Rout
         None => (path, ""),
     };
     let raw_path = raw_path.split_once('#').map_or(raw_path, |(p, _)| p);
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
     let rest = match raw_path.strip_prefix("/mcp://") {
         Some(rest) if config.routing.mcp_scheme => Some(rest),
         _ if config.routing.first_segment => raw_path.get(1..),
@@ -79,11 +85,28 @@ pub fn parse_route<'a>(path: &'a str, config: &Config) -> Result<Route<'a>, Rout
             return Err(RouteError::Ambiguous((*seg).to_string()));
         }
     }
+    let upstream_path = rest.and_then(|r| {
+        let r = r.trim_start_matches('/');
+        let (svc, tail) = r.split_at(r.find('/').unwrap_or(r.len()));
+        (!svc.is_empty()).then(|| {
+            let mut p = if tail.is_empty() {
+                "/".to_string()
+            } else {
+                tail.to_string()
+            };
+            if !query.is_empty() {
+                p.push('?');
+                p.push_str(query);
+            }
+            p
+        })
+    });
     Ok(Route {
         service: segments.first().copied(),
         segments,
         raw_path,
         query,
+        upstream_path,
     })
 }
 
@@ -302,7 +325,7 @@ mod tests {
             id: "rid",
             time_ns: 7,
         };
-        let hdrs = crate::headers::strip_untrusted(&mut h, &c);
+        let hdrs = crate::headers::strip_untrusted(&mut h, &c).unwrap();
         let doc = crate::value::from_rego(&build(&hdrs, &c, &ident, &facts));
         assert_eq!(doc["action"], "invoke_skill");
         assert_eq!(

@@ -21,11 +21,14 @@ pub mod host;
 pub mod ids;
 pub mod input;
 pub mod metrics;
+pub mod outcome;
 pub mod pbstruct;
 pub mod policy;
 pub mod secrets;
 pub mod value;
+pub mod wire;
 
 pub use config::{Config, ConfigError};
 pub use filter::{Decision, Filter, Flow};
 pub use host::{Host, LogLevel, MockHost};
+pub use outcome::{Denial, State};

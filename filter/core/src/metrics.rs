@@ -37,8 +37,12 @@ pub enum M {
     VaultFailures,
     /// Decision records the collector accepted.
     LogShipped,
-    /// Decision records dropped (collector buffer full).
+    /// Decision records dropped (collector buffer full, or refused).
     LogDropped,
+    /// Requests refused because mandatory logging had no room (503).
+    LogUnavailable,
+    /// Requests refused because the proxy failed a host call (503).
+    HostFailure,
     /// Policy evaluation time, µs (histogram).
     PolicyEvalUs,
 }
@@ -60,6 +64,8 @@ pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
     "agentplane.vault.failures",
     "agentplane.decision_log.shipped",
     "agentplane.decision_log.dropped",
+    "agentplane.decisions.log_unavailable",
+    "agentplane.decisions.proxy_error",
     "agentplane.policy.eval_us",
 ];
 

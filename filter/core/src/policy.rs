@@ -97,21 +97,7 @@ impl fmt::Debug for Backend {
     }
 }
 
-/// Which regorus engine evaluates requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EngineChoice {
-    /// The register VM (bytecode compiled once at configure time), falling
-    /// back to the interpreter for bundles it cannot compile. Like OPA
-    /// without strict builtin errors, builtin errors are undefined; unlike
-    /// OPA, a complete rule with conflicting values is undefined rather
-    /// than an error.
-    #[default]
-    Rvm,
-    /// The tree interpreter: conflicting complete-rule values are errors
-    /// (and deny), as in OPA. Slower.
-    Interpreter,
-}
+pub use crate::config::EngineChoice;
 
 /// Name of the module agentplane adds to a package entrypoint.
 const ENTRY_MODULE: &str = "__agentplane_entry.rego";

@@ -195,11 +195,24 @@ pub struct Broker {
     tokens: HashMap<String, Lease<Secret>>,
     values: HashMap<(String, String), Lease<Fields>>,
     jobs: Vec<Job>,
+    /// Finished waiters not yet handed to the filter.
+    done: Vec<Completion>,
     /// Counters.
     pub stats: BrokerStats,
 }
 
 const SEC: u64 = 1_000_000_000;
+
+/// Another worker's claim, as a waiting job sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerClaim {
+    /// Still fetching.
+    Held,
+    /// Ended without a result.
+    Failed,
+    /// Released (or lapsed) without a failure marker.
+    Gone,
+}
 
 /// Why a callout result ends or repeats a step.
 enum Outcome {
@@ -218,6 +231,7 @@ impl Broker {
             tokens: HashMap::new(),
             values: HashMap::new(),
             jobs: Vec::new(),
+            done: Vec::new(),
             stats: BrokerStats::default(),
         }
     }
@@ -312,7 +326,7 @@ impl Broker {
         if let Some(l) = self.tokens.get(agent).filter(|l| now < l.until_ns) {
             return Some(l.value.clone());
         }
-        let (until, v) = read_shared(host, &token_key(agent), now)?;
+        let (until, v) = read_shared(host, &token_key(&self.cfg, agent), now)?;
         let t = Secret::new(v.get("token")?.as_str()?);
         self.tokens.insert(
             agent.to_string(),
@@ -332,7 +346,7 @@ impl Broker {
         path: &str,
         now: u64,
     ) -> Option<Fields> {
-        let (until, v) = read_shared(host, &value_key(agent, path), now)?;
+        let (until, v) = read_shared(host, &value_key(&self.cfg, agent, path), now)?;
         let fields: Fields = v
             .get("fields")?
             .as_object()?
@@ -365,13 +379,14 @@ impl Broker {
             .saturating_mul(u64::from(self.cfg.retries) + 2)
             .saturating_mul(2_000_000);
         let until = now.saturating_add(lease);
-        let key = format!("{agent} {service}");
+        let key = claim_key(&self.cfg, agent, service);
         for _ in 0..8 {
             let (mut map, cas) = claims(host);
             if let Some(c) = map.get(&key) {
                 let owner = c.get("owner").and_then(Value::as_u64).unwrap_or(0);
                 let held = c.get("until").and_then(Value::as_u64).unwrap_or(0);
-                if owner != self.id && now < held {
+                let failed = c.get("failed").and_then(Value::as_bool) == Some(true);
+                if owner != self.id && now < held && !failed {
                     return Err(held);
                 }
             }
@@ -401,8 +416,13 @@ impl Broker {
         Err(now.saturating_add(5_000_000))
     }
 
-    fn release<H: Host>(&self, host: &mut H, agent: &str, service: &str) {
-        let key = format!("{agent} {service}");
+    /// Gives the claim up. After a failure the entry stays briefly as a
+    /// failure marker, so that jobs on other workers waiting for this fetch
+    /// fail at once instead of waiting out the claim's lease; a new request
+    /// may claim over a marker at any time.
+    fn release<H: Host>(&self, host: &mut H, agent: &str, service: &str, failed: bool) {
+        let key = claim_key(&self.cfg, agent, service);
+        let now = host.now_ns();
         for _ in 0..8 {
             let (mut map, cas) = claims(host);
             let mine = map
@@ -413,10 +433,34 @@ impl Broker {
             if !mine {
                 return;
             }
-            map.remove(&key);
+            if failed {
+                map.insert(
+                    key.clone(),
+                    serde_json::json!({"owner": self.id, "until": now.saturating_add(SEC), "failed": true}),
+                );
+            } else {
+                map.remove(&key);
+            }
             if host.shared_set(CLAIMS_KEY, Value::Object(map).to_string().as_bytes(), cas) {
                 return;
             }
+        }
+    }
+
+    /// What became of another worker's claim on a fetch this worker waits for.
+    fn peer_claim<H: Host>(&self, host: &H, agent: &str, service: &str, now: u64) -> PeerClaim {
+        let (map, _) = claims(host);
+        match map.get(&claim_key(&self.cfg, agent, service)) {
+            Some(c) if c.get("failed").and_then(Value::as_bool) == Some(true) => PeerClaim::Failed,
+            Some(c) => {
+                let until = c.get("until").and_then(Value::as_u64).unwrap_or(0);
+                if now < until {
+                    PeerClaim::Held
+                } else {
+                    PeerClaim::Gone
+                }
+            }
+            None => PeerClaim::Gone,
         }
     }
 
@@ -470,7 +514,13 @@ impl Broker {
                 self.finish(host, i, result);
                 continue; // swap_remove moved another job to i
             }
-            if now >= until {
+            let peer = self.peer_claim(host, &agent, &service, now);
+            if peer == PeerClaim::Failed {
+                // The worker that fetched for us failed: so do we, now.
+                self.finish(host, i, Err("vault fetch failed on another worker".into()));
+                continue; // swap_remove moved another job to i
+            }
+            if now >= until || peer == PeerClaim::Gone {
                 let claimed = self.claim(host, &agent, &service, now);
                 let token = self.token(host, &agent, now);
                 if let Some(job) = self.jobs.get_mut(i) {
@@ -583,7 +633,7 @@ impl Broker {
                                 );
                                 let v = serde_json::json!({"until": until - margin, "token": tok.expose()});
                                 host.shared_set(
-                                    &token_key(&job.agent),
+                                    &token_key(&self.cfg, &job.agent),
                                     v.to_string().as_bytes(),
                                     None,
                                 );
@@ -619,7 +669,7 @@ impl Broker {
                                     let v =
                                         serde_json::json!({"until": until - margin, "fields": map});
                                     host.shared_set(
-                                        &value_key(&job.agent, &need.path),
+                                        &value_key(&self.cfg, &job.agent, &need.path),
                                         v.to_string().as_bytes(),
                                         None,
                                     );
@@ -662,7 +712,7 @@ impl Broker {
             }
             Outcome::Relogin => {
                 self.tokens.remove(&job.agent);
-                host.shared_set(&token_key(&job.agent), b"{}", None);
+                host.shared_set(&token_key(&self.cfg, &job.agent), b"{}", None);
                 job.token = None;
                 job.relogged = true;
                 if job.jwt.is_some() {
@@ -717,61 +767,80 @@ impl Broker {
         }
         let job = self.jobs.swap_remove(i);
         if job.claimed {
-            self.release(host, &job.agent, &job.service);
+            self.release(host, &job.agent, &job.service, result.is_err());
         }
-        match result {
-            Ok(headers) => {
-                let set: Vec<(String, String)> = headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.expose().to_string()))
-                    .collect();
-                for w in &job.waiters {
-                    host.resume_stream(w.stream, &set);
-                }
-            }
-            Err(why) => {
-                self.stats.failures += 1;
-                host.log(
-                    LogLevel::Warn,
-                    &format!(
-                        "agentplane: secrets for agent {} (service {}) unavailable: {why}",
-                        job.agent, job.service
-                    ),
-                );
-                for w in &job.waiters {
-                    let (body, hdrs) = unavailable(&w.decision_id, &why);
-                    let hdrs: Vec<(&str, &str)> =
-                        hdrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    host.reply_stream(w.stream, 503, &hdrs, body.as_bytes());
-                }
-            }
+        if let Err(why) = &result {
+            self.stats.failures += 1;
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "agentplane: secrets for agent {} (service {}) unavailable: {why}",
+                    job.agent, job.service
+                ),
+            );
         }
+        for w in job.waiters {
+            self.done.push(Completion {
+                stream: w.stream,
+                result: result.clone(),
+            });
+        }
+    }
+
+    /// Streams whose job ended since the last call: the filter resumes or
+    /// refuses each (the broker never replies itself).
+    pub fn take_completions(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.done)
     }
 }
 
-/// The 503 a request gets when its secrets cannot be had.
-pub fn unavailable(decision_id: &str, why: &str) -> (String, Vec<(&'static str, String)>) {
-    let body = serde_json::json!({
-        "error": "unavailable",
-        "reason": format!("secrets_unavailable: {why}"),
-        "decision_id": decision_id,
-    })
-    .to_string();
-    (
-        body,
-        vec![
-            ("content-type", "application/json".to_string()),
-            (crate::filter::DECISION_ID_HEADER, decision_id.to_string()),
-        ],
+/// A waiting stream's job ended: its secret headers, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The stream's context id.
+    pub stream: u32,
+    /// Header name and value for each secret, or the failure class.
+    pub result: Result<Vec<(String, Secret)>, String>,
+}
+
+/// An unambiguous key from parts: each part as `<byte length>:<bytes>`,
+/// so no choice of agent id, path or role can make two different tuples
+/// print alike.
+fn key(parts: &[&str]) -> String {
+    let mut k = String::new();
+    for p in parts {
+        k.push_str(&p.len().to_string());
+        k.push(':');
+        k.push_str(p);
+    }
+    k
+}
+
+/// Every cache key names the Vault cluster, auth mount and role (two
+/// filter configurations on one VM id share shared data) and the agent's
+/// principal (issuer and subject, see [`principal`]).
+fn token_key(cfg: &VaultConfig, agent: &str) -> String {
+    format!(
+        "agentplane/v2/token/{}",
+        key(&[&cfg.cluster, &cfg.auth_mount, &cfg.role, agent])
     )
 }
 
-fn token_key(agent: &str) -> String {
-    format!("agentplane/v1/token/{agent}")
+fn value_key(cfg: &VaultConfig, agent: &str, path: &str) -> String {
+    format!(
+        "agentplane/v2/secret/{}",
+        key(&[&cfg.cluster, &cfg.auth_mount, &cfg.role, agent, path])
+    )
 }
 
-fn value_key(agent: &str, path: &str) -> String {
-    format!("agentplane/v1/secret/{agent}/{path}")
+fn claim_key(cfg: &VaultConfig, agent: &str, service: &str) -> String {
+    key(&[&cfg.cluster, &cfg.auth_mount, &cfg.role, agent, service])
+}
+
+/// The cache identity of an agent: its issuer and subject together (two
+/// issuers may both have a `support@clients`).
+pub fn principal(issuer: Option<&str>, subject: &str) -> String {
+    key(&[issuer.unwrap_or(""), subject])
 }
 
 /// Shared data key of the cross-worker claims map.
@@ -989,7 +1058,45 @@ mod tests {
 
     fn answer(b: &mut Broker, h: &mut MockHost, status: Option<u16>, body: Option<&[u8]>) -> bool {
         let t = last(h);
-        b.on_response(h, t, status, body)
+        respond(b, h, t, status, body)
+    }
+
+    /// Hands finished jobs to the mock as the filter would: resumes with
+    /// the secrets, or a 503 rendered by [`Denial`].
+    fn settle(b: &mut Broker, h: &mut MockHost) {
+        for c in b.take_completions() {
+            match c.result {
+                Ok(set) => {
+                    let set: Vec<(String, String)> = set
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                        .collect();
+                    h.resume_stream(c.stream, &set);
+                }
+                Err(why) => {
+                    let r = crate::outcome::Denial::SecretsUnavailable(why)
+                        .reply(&format!("d{}", c.stream), &[]);
+                    h.reply_stream(c.stream, r.status, &r.header_refs(), &r.body);
+                }
+            }
+        }
+    }
+
+    fn tick(b: &mut Broker, h: &mut MockHost) {
+        b.on_tick(h);
+        settle(b, h);
+    }
+
+    fn respond(
+        b: &mut Broker,
+        h: &mut MockHost,
+        token: u32,
+        status: Option<u16>,
+        body: Option<&[u8]>,
+    ) -> bool {
+        let r = b.on_response(h, token, status, body);
+        settle(b, h);
+        r
     }
 
     fn no_leak(h: &MockHost) {
@@ -1016,7 +1123,7 @@ mod tests {
             ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]),
             Lookup::Pending
         );
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         let login = &h.dispatched[0];
         assert_eq!(
             login.header("x-request-id"),
@@ -1028,7 +1135,7 @@ mod tests {
         let body: Value = serde_json::from_slice(login.body.as_ref().unwrap()).unwrap();
         assert_eq!(body, json!({"role": "agent", "jwt": "jwt-of-a@clients"}));
         assert!(answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tokA"))));
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         let read = &h.dispatched[1];
         assert_eq!(
             read.header(":path"),
@@ -1070,9 +1177,9 @@ mod tests {
                 Lookup::Pending
             );
         }
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tokA")));
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         answer(&mut b, &mut h, Some(200), Some(&kv_ok(CANARY)));
         assert_eq!(h.dispatched.len(), 2, "one login, one read for 20 requests");
         assert_eq!(h.resumed.len(), 20);
@@ -1085,13 +1192,13 @@ mod tests {
         ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
         ask(&mut b, &mut h, "b@clients", 2, &[kv_spec()]);
         ask(&mut b, &mut h, "a@clients", 3, &[kv_spec()]);
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         assert_eq!(h.dispatched.len(), 2, "one login per agent");
         // Answer B first, A second, with tokens and values per agent.
         let (ta, tb) = (h.dispatched[0].token, h.dispatched[1].token);
-        b.on_response(&mut h, tb, Some(200), Some(&login_ok("s.tokB")));
-        b.on_response(&mut h, ta, Some(200), Some(&login_ok("s.tokA")));
-        b.on_tick(&mut h);
+        respond(&mut b, &mut h, tb, Some(200), Some(&login_ok("s.tokB")));
+        respond(&mut b, &mut h, ta, Some(200), Some(&login_ok("s.tokA")));
+        tick(&mut b, &mut h);
         for d in h.dispatched.clone().iter().skip(2) {
             let who = if d.header("x-vault-token") == Some("s.tokA") {
                 "A"
@@ -1102,7 +1209,8 @@ mod tests {
                 .header(":path")
                 .unwrap()
                 .contains(&format!("{}@clients", who.to_lowercase())));
-            b.on_response(
+            respond(
+                &mut b,
                 &mut h,
                 d.token,
                 Some(200),
@@ -1125,14 +1233,14 @@ mod tests {
         let mut h = MockHost::new();
         ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
         for (i, status) in [Some(503), None, Some(429)].into_iter().enumerate() {
-            b.on_tick(&mut h);
+            tick(&mut b, &mut h);
             assert_eq!(
                 h.dispatched.len(),
                 i + 1,
                 "attempt {i} dispatched after its backoff"
             );
             answer(&mut b, &mut h, status, Some(b"{}"));
-            b.on_tick(&mut h);
+            tick(&mut b, &mut h);
             assert_eq!(h.dispatched.len(), i + 1, "not before the backoff");
             h.now_ns += 1_000_000_000;
         }
@@ -1170,9 +1278,9 @@ mod tests {
             let mut b = Broker::new(cfg(), 1);
             let mut h = MockHost::new();
             ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
-            b.on_tick(&mut h);
+            tick(&mut b, &mut h);
             answer(&mut b, &mut h, status, body);
-            b.on_tick(&mut h);
+            tick(&mut b, &mut h);
             assert_eq!(h.dispatched.len(), 1, "{want}");
             let reply: Value = serde_json::from_slice(&h.stream_replies[0].1.body).unwrap();
             assert_eq!(reply["reason"], format!("secrets_unavailable: {want}"));
@@ -1193,9 +1301,9 @@ mod tests {
             let mut b = Broker::new(cfg(), 1);
             let mut h = MockHost::new();
             ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
-            b.on_tick(&mut h);
+            tick(&mut b, &mut h);
             answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tok")));
-            b.on_tick(&mut h);
+            tick(&mut b, &mut h);
             answer(
                 &mut b,
                 &mut h,
@@ -1212,23 +1320,23 @@ mod tests {
         let mut b = Broker::new(cfg(), 1);
         let mut h = MockHost::new();
         ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         answer(&mut b, &mut h, Some(200), Some(&login_ok("s.old")));
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         answer(
             &mut b,
             &mut h,
             Some(403),
             Some(b"{\"errors\":[\"permission denied\"]}"),
         );
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         assert_eq!(h.dispatched[2].header(":path"), Some("/v1/auth/jwt/login"));
         answer(&mut b, &mut h, Some(200), Some(&login_ok("s.new")));
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         assert_eq!(h.dispatched[3].header("x-vault-token"), Some("s.new"));
         // A second 403 is final.
         answer(&mut b, &mut h, Some(403), Some(b"{}"));
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         assert_eq!(h.dispatched.len(), 4);
         assert_eq!(h.stream_replies[0].1.status, 503);
     }
@@ -1238,9 +1346,9 @@ mod tests {
         let mut b = Broker::new(cfg(), 1);
         let mut h = MockHost::new();
         ask(&mut b, &mut h, "a@clients", 1, &[db_spec()]);
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tok")));
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         let creds = json!({"lease_id": "database/creds/readonly/x", "lease_duration": 60,
                            "data": {"username": "v-user-1", "password": CANARY}});
         answer(
@@ -1268,7 +1376,7 @@ mod tests {
             ask(&mut b, &mut h, "a@clients", 3, &[db_spec()]),
             Lookup::Pending
         );
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         assert_eq!(h.dispatched.len(), 3);
         assert_eq!(
             h.dispatched[2].header(":path"),
@@ -1298,18 +1406,24 @@ mod tests {
         ask(&mut b, &mut h, "a@clients", 1, &[kv_spec()]);
         ask(&mut b, &mut h, "a@clients", 2, &[kv_spec()]);
         ask(&mut b, &mut h, "a@clients", 3, &[kv_spec()]);
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         b.forget_stream(1);
         h.gone.push(3); // gone without Envoy telling the filter yet
         answer(&mut b, &mut h, Some(200), Some(&login_ok("s.tok")));
-        b.on_tick(&mut h);
+        tick(&mut b, &mut h);
         let read = last(&h);
-        b.on_response(&mut h, read, Some(200), Some(&kv_ok(CANARY)));
+        respond(&mut b, &mut h, read, Some(200), Some(&kv_ok(CANARY)));
         assert_eq!(h.resumed.len(), 1);
         assert_eq!(h.resumed[0].0, 2);
         // The same token again (a duplicate or late answer): ignored.
-        assert!(!b.on_response(&mut h, read, Some(200), Some(&kv_ok("other"))));
-        assert!(!b.on_response(&mut h, 999, None, None));
+        assert!(!respond(
+            &mut b,
+            &mut h,
+            read,
+            Some(200),
+            Some(&kv_ok("other"))
+        ));
+        assert!(!respond(&mut b, &mut h, 999, None, None));
     }
 
     #[test]
@@ -1364,13 +1478,13 @@ mod tests {
             ask(&mut w2, &mut h2, "a@clients", 7, &[kv_spec()]),
             Lookup::Pending
         );
-        w1.on_tick(&mut h1);
-        w2.on_tick(&mut h2);
+        tick(&mut w1, &mut h1);
+        tick(&mut w2, &mut h2);
         assert_eq!((h1.dispatched.len(), h2.dispatched.len()), (1, 0));
         answer(&mut w1, &mut h1, Some(200), Some(&login_ok("s.tok")));
-        w1.on_tick(&mut h1);
+        tick(&mut w1, &mut h1);
         answer(&mut w1, &mut h1, Some(200), Some(&kv_ok(CANARY)));
-        w2.on_tick(&mut h2);
+        tick(&mut w2, &mut h2);
         assert!(h2.dispatched.is_empty(), "worker 2 made no callout");
         assert_eq!(
             h2.resumed,
@@ -1393,9 +1507,9 @@ mod tests {
         let ((mut w1, mut h1), (mut w2, mut h2)) = two_workers();
         ask(&mut w1, &mut h1, "a@clients", 1, &[kv_spec()]);
         ask(&mut w2, &mut h2, "a@clients", 2, &[kv_spec()]);
-        w1.on_tick(&mut h1); // worker 1 then stalls forever
+        tick(&mut w1, &mut h1); // worker 1 then stalls forever
         h2.now_ns += 60 * SEC;
-        w2.on_tick(&mut h2);
+        tick(&mut w2, &mut h2);
         assert_eq!(h2.dispatched.len(), 1, "worker 2 fetches itself");
         assert_eq!(h2.dispatched[0].header(":path"), Some("/v1/auth/jwt/login"));
     }

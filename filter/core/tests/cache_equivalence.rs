@@ -78,9 +78,9 @@ fn observe(f: &Filter, mut h: MockHost) -> String {
     format!(
         "{:?} allowed={} status={} reason={} agent={:?} reply={reply:?} upstream={upstream:?}",
         flow == Flow::Continue,
-        d.allowed,
-        d.status,
-        d.reason,
+        d.allowed(),
+        d.status(),
+        d.reason(),
         d.agent
     )
 }

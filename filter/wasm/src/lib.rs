@@ -1,207 +1,254 @@
 //! The proxy-wasm shell around `agentplane-core`: it only translates.
 //!
-//! `on_configure` builds one immutable [`Filter`] (config + compiled policy)
-//! or returns `false` with a log line saying what to fix; each HTTP context
-//! holds an `Rc` of it and maps the core's [`Flow`] to a proxy-wasm
-//! [`Action`]. [`EnvoyHost`] implements the core's `Host` over hostcalls.
+//! [`abi`] is our own proxy-wasm ABI layer (the only `unsafe`, and nothing
+//! in it panics); this file is the dispatcher it calls into. Each root
+//! context configures one immutable-config [`Filter`] (or refuses the
+//! configuration, with a log line saying what to fix); each stream context
+//! holds an `Rc` of its root's filter and its decision, and maps the
+//! core's [`Flow`] to the ABI's action codes. [`EnvoyHost`] implements the
+//! core's `Host` over the ABI.
+//!
+//! No callback can trap: the state lives in one thread-local map that is
+//! borrowed only for lookups and updates (never across a call into the
+//! core or the host), unknown context ids are ignored or answered with a
+//! fail-closed 503, and every host error becomes a core-level failure.
 
-use agentplane_core::{filter::Decision, Filter, Flow, Host, LogLevel};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{
-    Action, BufferType, ContextType, LogLevel as PwLogLevel, MapType, MetricType,
-};
+#![deny(unsafe_op_in_unsafe_fn)]
+
+// The one module allowed `unsafe`; see its safety notes.
+#[allow(unsafe_code)]
+mod abi;
+
+use agentplane_core::{Decision, Filter, Flow, Host, LogLevel, State};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(PwLogLevel::Info);
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, filter: None }) });
-}}
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-struct Root {
-    id: u32,
-    filter: Option<Rc<Filter>>,
-}
+/// `Action::Continue` / `Action::Pause`.
+const CONTINUE: u32 = 0;
+const PAUSE: u32 = 1;
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
-        let Some(filter) = self.filter.clone() else {
-            return;
-        };
-        // No headers: the call failed (timeout, refused, reset).
-        let status = if num_headers == 0 {
-            None
-        } else {
-            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u16>().ok())
-        };
-        let body = if body_size > filter.max_callout_bytes() {
-            None
-        } else {
-            Some(
-                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default(),
-            )
-        };
-        let mut host = EnvoyHost::root(self.id);
-        filter.on_callout_response(&mut host, token_id, status, body.as_deref());
-    }
-}
-
-fn seed() -> u64 {
-    // std's RandomState draws its keys from the host's randomness (WASI random_get).
-    std::collections::hash_map::RandomState::new().hash_one(EnvoyHost::root(0).now_ns())
-}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = self.get_plugin_configuration().unwrap_or_default();
-        match Filter::new(&config, seed()) {
-            Ok(filter) => {
-                filter.define_metrics(&mut EnvoyHost::root(self.id));
-                if filter.needs_tick() {
-                    // Secret fetches and decision-log batches run on this
-                    // root context's tick.
-                    self.set_tick_period(TICK);
-                }
-                if filter.has_secrets() {
-                    // The cross-worker claims map exists before any claim,
-                    // so every claim is a compare-and-swap.
-                    let host = EnvoyHost::root(self.id);
-                    if host
-                        .shared_get(agentplane_core::secrets::CLAIMS_KEY)
-                        .is_none()
-                    {
-                        let _ = hostcalls::set_shared_data(
-                            agentplane_core::secrets::CLAIMS_KEY,
-                            Some(b"{}"),
-                            None,
-                        );
-                    }
-                }
-                EnvoyHost::root(0).log(
-                    LogLevel::Info,
-                    &format!(
-                        "agentplane {VERSION} configured: policy revision {}, entrypoint {}, engine {}",
-                        agentplane_core::bundle::REVISION,
-                        filter.config().policy.entrypoint,
-                        filter.policy().backend(),
-                    ),
-                );
-                if let Some(why) = filter.policy().rvm_fallback() {
-                    EnvoyHost::root(0).log(
-                        LogLevel::Warn,
-                        &format!("agentplane: policy runs on the interpreter; the RVM cannot compile it: {why}"),
-                    );
-                }
-                self.filter = Some(Rc::new(filter));
-                true
-            }
-            Err(e) => {
-                EnvoyHost::root(0).log(
-                    LogLevel::Error,
-                    &format!("agentplane: refusing configuration: {e}"),
-                );
-                false
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
-        if let Some(filter) = self.filter.clone() {
-            filter.on_tick(&mut EnvoyHost::root(self.id));
-        }
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            id: context_id,
-            root: self.id,
-            filter: self.filter.clone(),
-            decision: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
+#[derive(Default)]
+struct Plugin {
+    /// Root contexts and their configured filter (None until configured,
+    /// or when the configuration was refused).
+    roots: HashMap<u32, Option<Rc<Filter>>>,
+    streams: HashMap<u32, Stream>,
 }
 
 struct Stream {
-    id: u32,
     root: u32,
     filter: Option<Rc<Filter>>,
     decision: Option<Decision>,
 }
 
-impl Context for Stream {
-    fn on_done(&mut self) -> bool {
-        if let Some(filter) = &self.filter {
-            filter.on_stream_done(self.id);
-        }
-        true
-    }
+thread_local! {
+    static PLUGIN: RefCell<Plugin> = RefCell::new(Plugin::default());
 }
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(filter) = self.filter.clone() else {
-            // Not configured: fail closed.
-            EnvoyHost::stream(self.id, self.root).send_reply(
-                503,
-                &[("content-type", "application/json")],
-                br#"{"error":"unavailable","reason":"filter_not_configured"}"#,
+/// Runs `f` on the plugin state; `None` if it is already borrowed (a
+/// re-entrant callback), which callers treat as "unknown".
+fn with<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
+    PLUGIN.with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p)))
+}
+
+fn filter_of_root(root: u32) -> Option<Rc<Filter>> {
+    with(|p| p.roots.get(&root).cloned().flatten()).flatten()
+}
+
+pub(crate) fn on_context_create(context: u32, parent: u32) {
+    with(|p| {
+        if parent == 0 {
+            p.roots.insert(context, None);
+        } else {
+            let filter = p.roots.get(&parent).cloned().flatten();
+            p.streams.insert(
+                context,
+                Stream {
+                    root: parent,
+                    filter,
+                    decision: None,
+                },
             );
-            return Action::Pause;
-        };
-        let (flow, decision) =
-            filter.on_request_headers(&mut EnvoyHost::stream(self.id, self.root));
-        self.decision = Some(decision);
-        match flow {
-            Flow::Continue => Action::Continue,
-            Flow::Replied | Flow::Paused => Action::Pause,
         }
-    }
+    });
+}
 
-    fn on_log(&mut self) {
-        if let (Some(filter), Some(d)) = (&self.filter, &self.decision) {
-            filter.on_log(&mut EnvoyHost::stream(self.id, self.root), d);
+fn seed(root: u32) -> u64 {
+    // std's RandomState draws its keys from the host's randomness (WASI random_get).
+    std::collections::hash_map::RandomState::new().hash_one((root, abi::now_ns()))
+}
+
+pub(crate) fn on_configure(root: u32, size: usize) -> bool {
+    let mut host = EnvoyHost::root(root);
+    let config = match abi::buffer(abi::PLUGIN_CONFIGURATION, size) {
+        Ok(c) => c,
+        Err(s) => {
+            host.log(
+                LogLevel::Error,
+                &format!(
+                    "agentplane: cannot read the plugin configuration (status {})",
+                    s.0
+                ),
+            );
+            return false;
         }
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let (Some(filter), Some(d)) = (&self.filter, &self.decision) {
-            if d.allowed {
-                filter.on_response_headers(&mut EnvoyHost::stream(self.id, self.root), d);
+    };
+    match Filter::new(&config, seed(root)) {
+        Ok(filter) => {
+            if let Some(ms) = filter.on_configured(&mut host, VERSION) {
+                let _ = abi::set_tick_period_ms(u32::try_from(ms).unwrap_or(u32::MAX));
             }
+            let filter = Rc::new(filter);
+            with(|p| p.roots.insert(root, Some(filter)));
+            true
         }
-        Action::Continue
+        Err(e) => {
+            host.log(
+                LogLevel::Error,
+                &format!("agentplane: refusing configuration: {e}"),
+            );
+            false
+        }
     }
 }
 
-/// `Host` over the proxy-wasm hostcalls of the current context: a stream,
-/// or the worker's root context (ticks, callout responses), which may act
-/// on other streams by switching the effective context and back.
+pub(crate) fn on_tick(root: u32) {
+    if let Some(filter) = filter_of_root(root) {
+        filter.on_tick(&mut EnvoyHost::root(root));
+    }
+}
+
+pub(crate) fn on_http_call_response(root: u32, token: u32, headers: usize, body_size: usize) {
+    let Some(filter) = filter_of_root(root) else {
+        return;
+    };
+    // No headers: the call failed (timeout, refused, reset).
+    let status = if headers == 0 {
+        None
+    } else {
+        abi::header_value(abi::CALL_RESPONSE_HEADERS, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+    };
+    let body = if body_size > filter.max_callout_bytes() {
+        None
+    } else {
+        abi::buffer(abi::CALL_RESPONSE_BODY, body_size).ok()
+    };
+    filter.on_callout_response(&mut EnvoyHost::root(root), token, status, body.as_deref());
+}
+
+/// A fail-closed reply for a stream the filter cannot handle.
+fn unavailable(reason: &str) -> u32 {
+    let body = format!(r#"{{"error":"unavailable","reason":"{reason}"}}"#);
+    let _ = abi::send_local_response(
+        503,
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    PAUSE
+}
+
+pub(crate) fn on_request_headers(context: u32) -> u32 {
+    let Some((root, filter)) =
+        with(|p| p.streams.get(&context).map(|s| (s.root, s.filter.clone()))).flatten()
+    else {
+        return unavailable("unknown_stream");
+    };
+    let Some(filter) = filter else {
+        return unavailable("filter_not_configured");
+    };
+    let (flow, decision) = filter.on_request_headers(&mut EnvoyHost::stream(context, root));
+    with(|p| {
+        if let Some(s) = p.streams.get_mut(&context) {
+            s.decision = Some(decision);
+        }
+    });
+    match flow {
+        Flow::Continue => CONTINUE,
+        Flow::Replied | Flow::Paused => PAUSE,
+    }
+}
+
+/// Body and trailers: held while the request waits for secrets or was
+/// refused, so no byte of it reaches upstream before the headers do.
+pub(crate) fn on_request_body(context: u32) -> u32 {
+    let found = with(|p| {
+        p.streams.get(&context).map(|s| {
+            (
+                s.filter.clone(),
+                s.decision.as_ref().map(|d| d.state.clone()),
+            )
+        })
+    })
+    .flatten();
+    let state = match found {
+        // A stream that waited for secrets: how that ended.
+        Some((Some(filter), Some(State::Pending))) => filter.settled(context),
+        Some((_, state)) => state,
+        None => None,
+    };
+    match state {
+        Some(State::Allowed) => CONTINUE,
+        // Pending, denied, or headers never decided: hold it.
+        _ => PAUSE,
+    }
+}
+
+pub(crate) fn on_response_headers(context: u32) -> u32 {
+    let found = with(|p| {
+        p.streams
+            .get(&context)
+            .and_then(|s| Some((s.root, s.filter.clone()?, s.decision.clone()?)))
+    })
+    .flatten();
+    if let Some((root, filter, decision)) = found {
+        filter.on_response_headers(&mut EnvoyHost::stream(context, root), &decision);
+    }
+    CONTINUE
+}
+
+pub(crate) fn on_log(context: u32) {
+    let found = with(|p| {
+        p.streams
+            .get_mut(&context)
+            .and_then(|s| Some((s.root, s.filter.clone()?, s.decision.take()?)))
+    })
+    .flatten();
+    if let Some((root, filter, mut decision)) = found {
+        filter.on_log(&mut EnvoyHost::stream(context, root), &mut decision);
+    }
+}
+
+pub(crate) fn on_done(context: u32) {
+    let found = with(|p| p.streams.remove(&context)).flatten();
+    if let Some(Stream {
+        filter: Some(filter),
+        mut decision,
+        ..
+    }) = found
+    {
+        filter.on_stream_done(context, decision.as_mut());
+    }
+}
+
+pub(crate) fn on_delete(context: u32) {
+    on_done(context);
+    with(|p| p.roots.remove(&context));
+}
+
+/// `Host` over the ABI for the current context: a stream, or the worker's
+/// root context (ticks, callout responses), which may act on other streams
+/// by switching the effective context and back.
 struct EnvoyHost {
     stream: u32,
     root: u32,
 }
-
-const TICK: Duration = Duration::from_millis(5);
 
 impl EnvoyHost {
     fn stream(stream: u32, root: u32) -> EnvoyHost {
@@ -213,54 +260,45 @@ impl EnvoyHost {
     }
 
     /// Runs `f` with `stream` as the effective context, then returns to the
-    /// root. False when the stream no longer exists.
-    fn on_stream(&self, stream: u32, f: impl FnOnce()) -> bool {
-        if hostcalls::set_effective_context(stream).is_err() {
-            let _ = hostcalls::set_effective_context(self.root);
-            return false;
+    /// root. `None` when the stream no longer exists.
+    fn on_stream<R>(&self, stream: u32, f: impl FnOnce() -> R) -> Option<R> {
+        if abi::set_effective_context(stream).is_err() {
+            let _ = abi::set_effective_context(self.root);
+            return None;
         }
-        f();
-        let _ = hostcalls::set_effective_context(self.root);
-        true
+        let r = f();
+        let _ = abi::set_effective_context(self.root);
+        Some(r)
     }
 }
 
 impl Host for EnvoyHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        hostcalls::get_property(path.to_vec()).ok().flatten()
+        abi::property(path).ok().flatten()
     }
 
-    fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        abi::header_pairs(abi::REQUEST_HEADERS).ok()
     }
 
-    fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+    fn set_request_header(&mut self, name: &str, value: &str) -> bool {
+        abi::replace_header(abi::REQUEST_HEADERS, name, value.as_bytes()).is_ok()
     }
 
-    fn set_request_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
-    }
-
-    fn remove_request_header(&mut self, name: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    fn remove_request_header(&mut self, name: &[u8]) -> bool {
+        abi::remove_header(abi::REQUEST_HEADERS, name).is_ok()
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+        let _ = abi::replace_header(abi::RESPONSE_HEADERS, name, value.as_bytes());
     }
 
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        let _ = hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body));
+        let _ = abi::send_local_response(u32::from(status), headers, body);
     }
 
     fn now_ns(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        abi::now_ns()
     }
 
     fn stream_id(&self) -> u32 {
@@ -274,51 +312,44 @@ impl Host for EnvoyHost {
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> Result<u32, String> {
-        hostcalls::dispatch_http_call(
-            cluster,
-            headers.to_vec(),
-            body,
-            vec![],
-            Duration::from_millis(timeout_ms),
-        )
-        .map_err(|s| format!("{s:?}"))
+        let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
+        abi::http_call(cluster, headers, body, timeout).map_err(|s| format!("host status {}", s.0))
     }
 
     fn define_metric(&mut self, name: &str, histogram: bool) -> Option<u32> {
         let kind = if histogram {
-            MetricType::Histogram
+            abi::METRIC_HISTOGRAM
         } else {
-            MetricType::Counter
+            abi::METRIC_COUNTER
         };
-        hostcalls::define_metric(kind, name).ok()
+        abi::define_metric(kind, name).ok()
     }
 
     fn add_metric(&mut self, id: u32, delta: u64) {
-        let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+        let _ = abi::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
     }
 
     fn record_metric(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        let _ = abi::record_metric(id, value);
     }
 
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
-            _ => None,
-        }
+        abi::shared_get(key).ok().flatten()
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+        abi::shared_set(key, value, cas.unwrap_or(0)).is_ok()
     }
 
     fn resume_stream(&mut self, stream: u32, set: &[(String, String)]) -> bool {
         self.on_stream(stream, || {
-            for (k, v) in set {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, k, Some(v));
-            }
-            let _ = hostcalls::resume_http_request();
+            // Every secret header must land, or the stream is not resumed
+            // (the caller refuses it instead).
+            set.iter()
+                .all(|(k, v)| abi::replace_header(abi::REQUEST_HEADERS, k, v.as_bytes()).is_ok())
+                && abi::continue_request().is_ok()
         })
+        .unwrap_or(false)
     }
 
     fn reply_stream(
@@ -329,17 +360,18 @@ impl Host for EnvoyHost {
         body: &[u8],
     ) -> bool {
         self.on_stream(stream, || {
-            let _ = hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body));
+            abi::send_local_response(u32::from(status), headers, body).is_ok()
         })
+        .unwrap_or(false)
     }
 
     fn log(&self, level: LogLevel, message: &str) {
         let level = match level {
-            LogLevel::Debug => PwLogLevel::Debug,
-            LogLevel::Info => PwLogLevel::Info,
-            LogLevel::Warn => PwLogLevel::Warn,
-            LogLevel::Error => PwLogLevel::Error,
+            LogLevel::Debug => abi::LOG_DEBUG,
+            LogLevel::Info => abi::LOG_INFO,
+            LogLevel::Warn => abi::LOG_WARN,
+            LogLevel::Error => abi::LOG_ERROR,
         };
-        let _ = hostcalls::log(level, message);
+        let _ = abi::log(level, message);
     }
 }

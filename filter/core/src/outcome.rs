@@ -1,0 +1,254 @@
+//! A request's outcome as one typed value, and the one place that renders
+//! it: into the local reply ([`Denial::reply`]), the metric
+//! ([`Denial::metric`]) and the decision-log fields ([`Denial::reason`]).
+//! Modules that decide return a [`Denial`]; none of them replies, counts
+//! or formats a reason for the log.
+
+use crate::claims::ClaimsError;
+use crate::metrics::M;
+use std::fmt;
+
+/// Why a request was refused. Each kind fixes its status, its error class
+/// and its metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Denial {
+    /// No usable identity (401).
+    Unauthorized(ClaimsError),
+    /// The request cannot be decided as sent: ambiguous path, header that
+    /// is not UTF-8 or appears twice, bad method (400).
+    BadRequest(String),
+    /// The policy said no: its reasons, its status (403 unless the policy
+    /// chose another) and any headers it set on the refusal.
+    Policy {
+        /// The policy's status.
+        status: u16,
+        /// Every deny reason (empty: no rule allowed the request).
+        reasons: Vec<String>,
+        /// Headers from a response-object policy, checked.
+        headers: Vec<(String, String)>,
+    },
+    /// The policy could not be evaluated, or returned something unusable
+    /// (403 `policy_error`).
+    PolicyError,
+    /// A verified identity value cannot be sent in a trusted header (403).
+    UnsafeIdentity(String),
+    /// The service's secrets could not be had (503), with the failure class.
+    SecretsUnavailable(String),
+    /// Mandatory decision logging has no room for the record (503).
+    LogUnavailable,
+    /// The proxy refused something the filter needs: the header map, a
+    /// header write (503). Nothing is forwarded unchecked.
+    HostFailure(&'static str),
+}
+
+impl Denial {
+    /// The HTTP status of the refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            Denial::Unauthorized(_) => 401,
+            Denial::BadRequest(_) => 400,
+            Denial::Policy { status, .. } => *status,
+            Denial::PolicyError | Denial::UnsafeIdentity(_) => 403,
+            Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => 503,
+        }
+    }
+
+    /// The `error` field of the reply body.
+    pub fn error(&self) -> &'static str {
+        match self {
+            Denial::Unauthorized(_) => "unauthorized",
+            Denial::BadRequest(_) => "bad_request",
+            Denial::Policy { .. } | Denial::PolicyError | Denial::UnsafeIdentity(_) => "forbidden",
+            Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => {
+                "unavailable"
+            }
+        }
+    }
+
+    /// The human-readable reason (reply body, decision log).
+    pub fn reason(&self) -> String {
+        match self {
+            Denial::Unauthorized(e) => e.to_string(),
+            Denial::BadRequest(why) => why.clone(),
+            Denial::Policy { reasons, .. } if reasons.is_empty() => {
+                "no policy rule allowed the request".into()
+            }
+            Denial::Policy { reasons, .. } => reasons.join("; "),
+            Denial::PolicyError => "policy_error".into(),
+            Denial::UnsafeIdentity(why) => why.clone(),
+            Denial::SecretsUnavailable(class) => format!("secrets_unavailable: {class}"),
+            Denial::LogUnavailable => "decision_log_unavailable".into(),
+            Denial::HostFailure(what) => format!("proxy_error: {what}"),
+        }
+    }
+
+    /// The policy's deny reasons, for the decision log's `result.reasons`.
+    pub fn reasons(&self) -> Vec<String> {
+        match self {
+            Denial::Policy { reasons, .. } => reasons.clone(),
+            other => vec![other.reason()],
+        }
+    }
+
+    /// The counter this refusal adds to.
+    pub fn metric(&self) -> M {
+        match self {
+            Denial::Unauthorized(_) => M::Unauthorized,
+            Denial::BadRequest(_) => M::BadRequest,
+            Denial::Policy { .. } | Denial::UnsafeIdentity(_) => M::Denied,
+            Denial::PolicyError => M::PolicyError,
+            Denial::SecretsUnavailable(_) => M::SecretsUnavailable,
+            Denial::LogUnavailable => M::LogUnavailable,
+            Denial::HostFailure(_) => M::HostFailure,
+        }
+    }
+
+    /// The local reply: status, headers and JSON body
+    /// `{"error", "reason", "decision_id"}`. `extra` are the response
+    /// headers every reply carries (decision id, trace id, timing).
+    pub fn reply(&self, decision_id: &str, extra: &[(&str, &str)]) -> Reply {
+        let body = serde_json::json!({
+            "error": self.error(),
+            "reason": self.reason(),
+            "decision_id": decision_id,
+        })
+        .to_string()
+        .into_bytes();
+        let mut headers: Vec<(String, String)> =
+            vec![("content-type".into(), "application/json".into())];
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        match self {
+            Denial::Unauthorized(e) => {
+                let challenge = match e {
+                    ClaimsError::Missing => r#"Bearer realm="agentplane""#,
+                    _ => r#"Bearer realm="agentplane", error="invalid_token""#,
+                };
+                headers.push(("www-authenticate".into(), challenge.into()));
+            }
+            Denial::Policy { headers: h, .. } => headers.extend(h.iter().cloned()),
+            _ => {}
+        }
+        Reply {
+            status: self.status(),
+            headers,
+            body,
+        }
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status(), self.error(), self.reason())
+    }
+}
+
+/// A rendered local reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// Headers as borrowed pairs, as [`crate::Host::send_reply`] takes them.
+    pub fn header_refs(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+}
+
+/// Where a request stands after the filter saw its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Forwarded upstream.
+    Allowed,
+    /// Allowed by the policy, waiting for its secrets (resolves to
+    /// `Allowed` or `Denied`).
+    Pending,
+    /// Refused with a local reply.
+    Denied(Denial),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn each_denial_renders_status_class_and_metric_in_one_place() {
+        let cases = [
+            (
+                Denial::Unauthorized(ClaimsError::Missing),
+                401,
+                "unauthorized",
+                M::Unauthorized,
+            ),
+            (
+                Denial::BadRequest("x".into()),
+                400,
+                "bad_request",
+                M::BadRequest,
+            ),
+            (
+                Denial::Policy {
+                    status: 429,
+                    reasons: vec!["a".into(), "b".into()],
+                    headers: vec![],
+                },
+                429,
+                "forbidden",
+                M::Denied,
+            ),
+            (Denial::PolicyError, 403, "forbidden", M::PolicyError),
+            (
+                Denial::SecretsUnavailable("vault unreachable".into()),
+                503,
+                "unavailable",
+                M::SecretsUnavailable,
+            ),
+            (
+                Denial::LogUnavailable,
+                503,
+                "unavailable",
+                M::LogUnavailable,
+            ),
+            (
+                Denial::HostFailure("request headers"),
+                503,
+                "unavailable",
+                M::HostFailure,
+            ),
+        ];
+        for (d, status, error, metric) in cases {
+            let r = d.reply("id-1", &[("x-decision-id", "id-1")]);
+            assert_eq!(
+                (r.status, d.error(), d.metric()),
+                (status, error, metric),
+                "{d}"
+            );
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(body["decision_id"], "id-1");
+            assert_eq!(body["reason"], d.reason().as_str());
+            assert!(r
+                .headers
+                .iter()
+                .any(|(k, v)| k == "x-decision-id" && v == "id-1"));
+        }
+        let d = Denial::Policy {
+            status: 403,
+            reasons: vec!["a".into(), "b".into()],
+            headers: vec![],
+        };
+        assert_eq!(d.reason(), "a; b");
+        assert_eq!(d.reasons(), ["a", "b"]);
+    }
+}
