@@ -106,6 +106,9 @@ fn snippet(file: &str) -> String {
     out
 }
 
+/// The shipped config's last route, which answers 403 itself.
+const CATCH_ALL: &str = "              # Anything else never reaches an upstream.";
+
 fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
     let mut setup2 = EnvoySetup {
         jwks: setup.jwks.clone(),
@@ -123,6 +126,16 @@ fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
     let b = y.find("          route_config:").unwrap();
     y.replace_range(a..b, "");
     let (w, rt) = (y.find(WASM).unwrap(), y.find(ROUTER).unwrap());
+    if !matches!(arm.kind, Kind::Filter) {
+        // Without agentplane nothing names the authorized service: route
+        // every request to one service, as the chain it replaces did.
+        let a = y.find(CATCH_ALL).unwrap();
+        let b = a + y[a..].find("\n          http_filters:").unwrap();
+        y.replace_range(
+            a..b,
+            "              - match: { prefix: \"/\" }\n                route: { cluster: \"service.hello-skill\", timeout: 30s }",
+        );
+    }
     match arm.kind {
         Kind::Router => {
             let j = y.find(JWT).unwrap();

@@ -162,8 +162,8 @@ fn collector_receives_batches_and_mandatory_logging_denies_without_it() {
         collector.port
     );
     r.yaml = r.yaml.replace(
-        "  - name: services\n",
-        &format!("{cluster}  - name: services\n"),
+        "  - name: vault\n",
+        &format!("{cluster}  - name: vault\n"),
     );
     let envoy = Envoy::start_yaml(&r);
     let tok = idp.agent_token(
@@ -237,8 +237,8 @@ fn collector_receives_batches_and_mandatory_logging_denies_without_it() {
     );
 }
 
-/// The Vault callouts a request starts carry its `x-request-id` and
-/// `traceparent` (here "Vault" is an echo server that records what it got;
+/// The Vault callouts a request starts carry its request id (minted by
+/// the filter) and `traceparent` (here "Vault" is an echo server that records what it got;
 /// its answer is not a login, so the request then fails closed).
 #[test]
 fn callouts_carry_the_requests_trace_context() {
@@ -275,10 +275,13 @@ fn callouts_carry_the_requests_trace_context() {
         ],
     );
     assert_eq!(r.status, 503, "{r:?}");
-    assert_eq!(r.header("x-mcp-trace-id"), Some("trace-me-42"));
+    // The request id is the filter's own (the client's is never trusted
+    // by default): the one in the reply, the log and the callouts.
+    let id = r.header("x-decision-id").unwrap().to_string();
+    assert_eq!(r.header("x-mcp-trace-id"), Some(id.as_str()));
     let login = &fake_vault.seen()[0];
     assert_eq!(login.path, "/v1/auth/jwt/login");
     assert_eq!(login.one("traceparent").as_deref(), Some(tp));
-    assert_eq!(login.one("x-request-id").as_deref(), Some("trace-me-42"));
+    assert_eq!(login.one("x-request-id").as_deref(), Some(id.as_str()));
     assert!(upstream.seen().is_empty());
 }

@@ -400,15 +400,22 @@ pub fn try_http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Response, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    send_raw(port, req.as_bytes())
+}
+
+/// Sends bytes exactly as given (header names and values need not be
+/// UTF-8, nor even valid HTTP) and reads one response. The one HTTP/1.1
+/// client of the harness: every other request helper goes through it.
+pub fn send_raw(port: u16, request: &[u8]) -> Result<Response, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request).map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).to_string();
@@ -419,15 +426,32 @@ pub fn try_http(
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("no status line in {text:?}"))?;
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
     Ok(Response {
         status,
         headers,
-        body: body.to_string(),
+        body,
     })
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// A running Envoy. Killed on drop; its log is printed if a test panicked.
@@ -440,31 +464,69 @@ pub struct Envoy {
     dir: PathBuf,
 }
 
-/// A filled-in Envoy configuration and the ports it uses.
+/// A filled-in Envoy configuration. Envoy binds its listener and admin
+/// ports itself (port 0) and the harness reads them back, so no port is
+/// picked in one place and bound in another.
 pub struct RenderedEnvoy {
     /// The YAML.
     pub yaml: String,
     /// Worker threads (`--concurrency`), 1 unless a test wants more.
     pub workers: u32,
-    /// Agent-facing port.
-    pub port: u16,
-    /// Admin port.
-    pub admin_port: u16,
 }
 
-/// Fills `envoy/envoy.yaml` with fresh ports. Without `with_filter` the
-/// agentplane wasm filter is cut out (the benchmark's jwt_authn-only arm).
+/// The registered service names of a plugin configuration.
+pub fn registered_services(plugin_config: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(plugin_config).unwrap_or(Value::Null);
+    v.get("resources")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The route and cluster blocks for each service: routes match the
+/// service agentplane authorized (`x-agentplane-service`), clusters point
+/// at `port_of(service)`.
+pub fn service_blocks(services: &[String], port_of: impl Fn(&str) -> u16) -> (String, String) {
+    let mut routes = String::new();
+    let mut clusters = String::new();
+    for s in services {
+        routes.push_str(&format!(
+            "- match:\n    prefix: \"/\"\n    headers:\n    - name: x-agentplane-service\n      string_match: {{ exact: \"{s}\" }}\n  route: {{ cluster: \"service.{s}\", timeout: 30s }}\n"
+        ));
+        clusters.push_str(&format!(
+            "- name: \"service.{s}\"\n  type: STATIC\n  connect_timeout: 2s\n  load_assignment:\n    cluster_name: \"service.{s}\"\n    endpoints:\n    - lb_endpoints:\n      - endpoint:\n          address:\n            socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
+            port_of(s)
+        ));
+    }
+    (routes, clusters)
+}
+
+/// Fills `envoy/envoy.yaml`: every registered service reaches
+/// `setup.upstream_port`. Without `with_filter` the agentplane wasm filter
+/// is cut out (the benchmark's jwt_authn-only arm).
 pub fn render_envoy(setup: &EnvoySetup, with_filter: bool) -> RenderedEnvoy {
-    let port = free_port();
-    let admin_port = free_port();
+    render_envoy_routed(setup, with_filter, &HashMap::new())
+}
+
+/// [`render_envoy`] with some services on their own upstream ports.
+pub fn render_envoy_routed(
+    setup: &EnvoySetup,
+    with_filter: bool,
+    ports: &HashMap<String, u16>,
+) -> RenderedEnvoy {
     let mut vars = HashMap::new();
-    vars.insert("LISTEN_PORT", port.to_string());
-    vars.insert("ADMIN_PORT", admin_port.to_string());
-    vars.insert("UPSTREAM_PORT", setup.upstream_port.to_string());
+    vars.insert("LISTEN_PORT", "0".to_string());
+    vars.insert("ADMIN_PORT", "0".to_string());
     vars.insert("VAULT_PORT", setup.vault_port.to_string());
     vars.insert("ISSUER", ISSUER.to_string());
     vars.insert("AUDIENCE", AUDIENCE.to_string());
     vars.insert("JWKS", setup.jwks.clone());
+    let services = registered_services(&setup.plugin_config);
+    let (routes, clusters) = service_blocks(&services, |s| {
+        ports.get(s).copied().unwrap_or(setup.upstream_port)
+    });
+    vars.insert("SERVICE_ROUTES", routes);
+    vars.insert("SERVICE_CLUSTERS", clusters);
     let mut template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
     if with_filter {
         vars.insert("WASM", wasm_path().display().to_string());
@@ -481,8 +543,6 @@ pub fn render_envoy(setup: &EnvoySetup, with_filter: bool) -> RenderedEnvoy {
     RenderedEnvoy {
         workers: 1,
         yaml: render(&template, &vars),
-        port,
-        admin_port,
     }
 }
 
@@ -505,14 +565,24 @@ pub fn bao_bin() -> PathBuf {
 impl Bao {
     /// Starts a dev server on a fresh port and waits until it is unsealed.
     pub fn start() -> Bao {
-        let port = free_port();
-        Bao::start_on(port)
+        // A port picked free can be taken before bao binds it: bao then
+        // exits, and we try another.
+        for _ in 0..5 {
+            if let Some(b) = Bao::try_start_on(free_port()) {
+                return b;
+            }
+        }
+        panic!("bao would not start on any of 5 ports");
     }
 
     /// Starts a dev server on `port` (a restart keeps nothing: dev servers
     /// are in memory).
     pub fn start_on(port: u16) -> Bao {
-        let root = format!("root-{}", std::process::id());
+        Bao::try_start_on(port).unwrap_or_else(|| panic!("bao did not start on port {port}"))
+    }
+
+    fn try_start_on(port: u16) -> Option<Bao> {
+        let root = format!("root-{}-{port}", std::process::id());
         let dir =
             std::env::temp_dir().join(format!("agentplane-bao-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -526,6 +596,7 @@ impl Bao {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
+        let root_check = root.clone();
         let mut b = Bao {
             child: Some(child),
             port,
@@ -534,14 +605,17 @@ impl Bao {
         };
         let t0 = Instant::now();
         loop {
-            if let Ok(r) = try_http(port, "GET", "/v1/sys/health", &[], "") {
+            // Our root token, not just any server on this port.
+            let me = [("x-vault-token", root_check.as_str())];
+            if let Ok(r) = try_http(port, "GET", "/v1/auth/token/lookup-self", &me, "") {
                 if r.status == 200 {
                     break;
                 }
             }
             if let Some(c) = b.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("bao exited with {st}:\n{}", b.log());
+                    eprintln!("bao exited with {st}:\n{}", b.log());
+                    return None;
                 }
             }
             assert!(
@@ -551,7 +625,7 @@ impl Bao {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        b
+        Some(b)
     }
 
     /// Stops the server (tests of an unavailable Vault).
@@ -753,7 +827,17 @@ fn pg_command(name: &str) -> Command {
 impl Postgres {
     /// initdb + start; waits until it accepts password logins.
     pub fn start() -> Postgres {
-        let port = free_port();
+        // A port picked free can be taken before the server binds it: the
+        // server then exits, and we try another.
+        for _ in 0..5 {
+            if let Some(pg) = Postgres::try_start(free_port()) {
+                return pg;
+            }
+        }
+        panic!("postgres would not start on any of 5 ports");
+    }
+
+    fn try_start(port: u16) -> Option<Postgres> {
         let dir = std::env::temp_dir().join(format!("agentplane-pg-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let password = format!("pg-{}-{port}", std::process::id());
@@ -805,11 +889,12 @@ impl Postgres {
                 .login("postgres", &pg.password.clone(), "select 1")
                 .is_ok()
             {
-                return pg;
+                return Some(pg);
             }
             if let Some(c) = pg.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("postgres exited with {st}:\n{}", pg.log());
+                    eprintln!("postgres exited with {st}; retrying:\n{}", pg.log());
+                    return None;
                 }
             }
             assert!(
@@ -887,11 +972,13 @@ impl Envoy {
     }
 
     /// Starts Envoy with a rendered configuration (see [`render_envoy`]).
+    /// Its ports are known once [`Envoy::wait_ready`] returned.
     pub fn spawn_yaml(rendered: &RenderedEnvoy) -> Envoy {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "agentplane-e2e-{}-{}",
             std::process::id(),
-            rendered.port
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("envoy.yaml"), &rendered.yaml).unwrap();
@@ -908,6 +995,8 @@ impl Envoy {
         let child = cmd
             .arg("-c")
             .arg(dir.join("envoy.yaml"))
+            .arg("--admin-address-path")
+            .arg(dir.join("admin.address"))
             .args(["--use-dynamic-base-id", "-l", "info", "--concurrency"])
             .arg(rendered.workers.to_string())
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -916,10 +1005,24 @@ impl Envoy {
             .unwrap();
         Envoy {
             child,
-            admin_port: rendered.admin_port,
-            port: rendered.port,
+            admin_port: 0,
+            port: 0,
             dir,
         }
+    }
+
+    /// The port Envoy bound for a listener (admin `/listeners`).
+    fn listener_port(&self, name: &str) -> Option<u16> {
+        let r = try_http(self.admin_port, "GET", "/listeners?format=json", &[], "").ok()?;
+        let v: Value = serde_json::from_str(&r.body).ok()?;
+        v.get("listener_statuses")?
+            .as_array()?
+            .iter()
+            .find(|l| l.get("name").and_then(Value::as_str) == Some(name))?
+            .pointer("/local_address/socket_address/port_value")?
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
     }
 
     /// [`Envoy::spawn_yaml`], then waits for readiness (panics with the log).
@@ -940,19 +1043,35 @@ impl Envoy {
         Envoy::start_yaml(&render_envoy(setup, true))
     }
 
-    /// Polls `/ready` until it answers 200.
+    /// Polls `/ready` until it answers 200, learning the admin port from
+    /// `--admin-address-path` and the agent listener's port from `/listeners`.
     pub fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
         let t0 = Instant::now();
         while t0.elapsed() < limit {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("Envoy exited with {status}"));
             }
-            let ready =
-                try_http(self.admin_port, "GET", "/ready", &[], "").is_ok_and(|r| r.status == 200);
-            if ready && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
+            if self.admin_port == 0 {
+                if let Ok(a) = std::fs::read_to_string(self.dir.join("admin.address")) {
+                    self.admin_port = a
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
+                }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let ready = self.admin_port != 0
+                && try_http(self.admin_port, "GET", "/ready", &[], "").is_ok_and(|r| r.status == 200);
+            if ready {
+                if let Some(p) = self.listener_port("agent_listener") {
+                    if TcpStream::connect(("127.0.0.1", p)).is_ok() {
+                        self.port = p;
+                        return Ok(());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         Err(format!("not ready after {limit:?}"))
     }
