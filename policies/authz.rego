@@ -10,29 +10,24 @@
 # CRUD words; a clock (input.request.time_ns) that tests can fix.
 #
 # Cost: the reasons live in `reasons` (one rule body per reason). `deny`
-# evaluates them only when `fast_ok`, one body, cannot prove that none holds.
-# `fast_ok` must imply that `reasons` is empty (the OPA differential test
-# checks this on its whole corpus); it may be stricter, which only costs time.
+# evaluates them only when `fast_ok`, one body, does not hold. `fast_ok`
+# must imply that `reasons` is empty, and its failure must produce at least
+# one reason (the OPA differential test checks both on its whole corpus).
+#
+# Absent or null data denies: a resource without a string `team` or
+# `environment` in its metadata is refused, never treated as open.
 package mcp.authz
 
 cfg := data.mcp.config
 
 default allow := false
 
-# On the fast path `fast_ok` already holds every positive check below.
-allow if {
-	fast_ok
-	count(deny) == 0
-}
-
-allow if {
-	not fast_ok
-	count(deny) == 0
-	token_valid
-	token_not_expired
-	has_permission_for_action
-	layer_allows
-}
+# `fast_ok` is the one statement of what a request needs: every
+# requirement at once. Nothing else allows, so a requirement that lacks a
+# deny reason can never let a request through; it only leaves the refusal
+# unexplained (the filter then says "no policy rule allowed the request",
+# and the differential test fails on it).
+allow if fast_ok
 
 token_valid if input.jwt.valid == true
 
@@ -44,9 +39,9 @@ token_not_expired if {
 	input.request.time_ns < exp * 1000000000
 }
 
-required_permission := cfg.action_permissions[input.action]
+required_permission := cfg.action_permissions[action]
 
-has_permission_for_action if required_permission in input.agent.permissions
+has_permission_for_action if required_permission in agent_permissions
 
 default deny := set()
 
@@ -57,27 +52,61 @@ fast_ok if {
 	input.jwt.valid == true
 	is_number(exp)
 	input.request.time_ns < exp * 1000000000
-	is_string(input.action)
-	cfg.action_permissions[input.action] in input.agent.permissions
-	every needed in object.get(cfg.service_permissions, input.resource.id, []) {
-		needed in input.agent.permissions
+	is_string(action)
+	cfg.action_permissions[action] in agent_permissions
+	is_string(resource_id)
+	every needed in object.get(cfg.service_permissions, resource_id, []) {
+		needed in agent_permissions
 	}
-	input.resource.registered == true
+	registered == true
 	environment_ok
 	team_ok
 	not high_risk_off_hours
 	layers_clear
 }
 
-environment_ok if input.agent.environment == "production"
+# Read with defaults: under `not`, OPA and regorus disagree about
+# undefined operands, so nothing here is ever undefined.
+resource_team := object.get(input.resource, ["metadata", "team"], null)
 
-environment_ok if not input.resource.metadata.environment == "production"
+resource_environment := object.get(input.resource, ["metadata", "environment"], null)
 
-team_ok if input.resource.metadata.team == input.agent.team
+resource_id := object.get(input, ["resource", "id"], null)
 
-team_ok if input.resource.metadata.team in cfg.shared_teams
+registered := object.get(input, ["resource", "registered"], null)
 
-team_ok if input.resource.metadata.shared == true
+agent_team := object.get(input, ["agent", "team"], null)
+
+agent_environment := object.get(input, ["agent", "environment"], null)
+
+action := object.get(input, "action", null)
+
+agent_permissions := object.get(input, ["agent", "permissions"], [])
+
+environment_ok if {
+	is_string(resource_environment)
+	agent_environment == "production"
+}
+
+environment_ok if {
+	is_string(resource_environment)
+	resource_environment != "production"
+}
+
+team_ok if {
+	is_string(resource_team)
+	resource_team == agent_team
+}
+
+team_ok if {
+	is_string(resource_team)
+	resource_team in cfg.shared_teams
+}
+
+team_ok if {
+	is_string(resource_team)
+	input.resource.metadata.shared == true
+}
 
 high_risk_off_hours if {
 	input.request.method in cfg.high_risk_methods
@@ -98,50 +127,63 @@ reasons contains "token has expired" if {
 # --- action and permissions ----------------------------------------------
 
 reasons contains msg if {
-	not is_string(input.action)
-	msg := sprintf("no action is defined for resource type %v", [input.resource.type])
+	not is_string(action)
+	msg := sprintf("no action is defined for resource type %v", [object.get(input, ["resource", "type"], null)])
 }
 
 reasons contains msg if {
-	is_string(input.action)
-	not cfg.action_permissions[input.action]
-	msg := sprintf("action %v requires a permission the policy does not know", [input.action])
+	is_string(action)
+	not cfg.action_permissions[action]
+	msg := sprintf("action %v requires a permission the policy does not know", [action])
 }
 
 reasons contains msg if {
-	not required_permission in input.agent.permissions
-	msg := sprintf("missing permission %v for action %v", [required_permission, input.action])
+	not required_permission in agent_permissions
+	msg := sprintf("missing permission %v for action %v", [required_permission, action])
 }
 
 # Some services demand extra permissions on top of the action's.
 reasons contains msg if {
-	some needed in cfg.service_permissions[input.resource.id]
-	not needed in input.agent.permissions
-	msg := sprintf("service %v requires permission %v", [input.resource.id, needed])
+	some needed in cfg.service_permissions[resource_id]
+	not needed in agent_permissions
+	msg := sprintf("service %v requires permission %v", [resource_id, needed])
 }
 
 # --- resource ------------------------------------------------------------
 
 reasons contains msg if {
-	input.resource.registered == false
-	msg := sprintf("service %v is not registered", [input.resource.id])
+	registered != true
+	msg := sprintf("service %v is not registered", [resource_id])
+}
+
+reasons contains "resource has no id" if not is_string(resource_id)
+
+reasons contains msg if {
+	not is_string(resource_environment)
+	msg := sprintf("resource %v has no environment in its metadata", [resource_id])
+}
+
+reasons contains msg if {
+	not is_string(resource_team)
+	msg := sprintf("resource %v has no owning team in its metadata", [resource_id])
 }
 
 # Only production agents reach production resources.
 reasons contains msg if {
-	input.resource.metadata.environment == "production"
-	input.agent.environment != "production"
-	msg := sprintf("production resource %v requires a production agent, not %v", [input.resource.id, input.agent.environment])
+	resource_environment == "production"
+	agent_environment != "production"
+	msg := sprintf("production resource %v requires a production agent, not %v", [resource_id, agent_environment])
 }
 
 # Teams reach their own resources, resources of shared teams, and resources
 # marked shared.
 reasons contains msg if {
-	owner := input.resource.metadata.team
-	owner != input.agent.team
+	owner := resource_team
+	is_string(owner)
+	owner != agent_team
 	not owner in cfg.shared_teams
-	not input.resource.metadata.shared == true
-	msg := sprintf("resource %v belongs to team %v, not %v", [input.resource.id, owner, input.agent.team])
+	object.get(input.resource, ["metadata", "shared"], null) != true
+	msg := sprintf("resource %v belongs to team %v, not %v", [resource_id, owner, agent_team])
 }
 
 # --- time ----------------------------------------------------------------

@@ -195,3 +195,27 @@ test_valid_until_is_next_hour_or_expiry if {
 	no_exp := object.union(ok, {"jwt": {"payload": {"exp": "soon"}}})
 	authz.valid_until_ns == 1746277200000000000 with input as no_exp
 }
+
+# A resource whose metadata lacks an owning team (or has it null) is
+# refused to every team, with a reason; so is one without an environment.
+test_missing_or_null_resource_team_denies_every_team if {
+	some meta in [{"environment": "production"}, {"team": null, "environment": "production"}, {"team": 7, "environment": "production"}]
+	res := {"type": "data", "id": "orphan", "registered": true, "metadata": meta}
+	agent := object.union(support_agent, {"permissions": ["data:read"]})
+	inp := req(agent, res, "read_data", "GET", noon)
+	not authz.allow with input as inp
+	authz.deny["resource orphan has no owning team in its metadata"] with input as inp
+}
+
+test_missing_resource_environment_denies if {
+	res := {"type": "skill", "id": "envless", "registered": true, "metadata": {"team": "customer-success"}}
+	inp := req(support_agent, res, "invoke_skill", "POST", noon)
+	not authz.allow with input as inp
+	authz.deny["resource envless has no environment in its metadata"] with input as inp
+}
+
+test_agent_without_team_cannot_use_a_teams_resource if {
+	agent := object.remove(support_agent, ["team"])
+	inp := req(agent, skill, "invoke_skill", "POST", noon)
+	not authz.allow with input as inp
+}

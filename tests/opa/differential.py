@@ -7,7 +7,15 @@ OPA engine, on the same modules, data and inputs.
 3. A generated corpus (agents x resources x actions x methods x clocks x
    token states) must give identical `allow` and `deny` under both engines.
 4. Soundness of the policy's fast path: wherever OPA finds `fast_ok` true,
-   `reasons` must be empty (`deny` skips the reasons when `fast_ok` holds).
+   `reasons` must be empty (`deny` skips the reasons when `fast_ok` holds),
+   and wherever it is false a refusal carries at least one reason.
+5. Intent: an independent statement of the rules in Python (`intended`),
+   written from the README, must agree with OPA's `allow` on every input.
+   Two engines agreeing on a wrong policy is not enough; this is what
+   catches a rule that lets absent or null data through.
+
+The corpus includes, for every metadata key and claim the policy reads,
+inputs where it is absent and where it is null.
 
 Usage: differential.py <opa_bindings dir> <agentplane eval binary>
 Prints 'N passed, M failed' and exits non-zero on any difference.
@@ -101,6 +109,108 @@ def corpus():
     return out
 
 
+ABSENT = object()
+
+
+def edge_corpus():
+    """One thing missing at a time: every agent field, resource field,
+    metadata key and token claim the policy reads, absent and null, next to
+    an otherwise allowed request."""
+    agent = {"id": "support-triage@clients", "type": "support", "team": "customer-success",
+             "environment": "production", "permissions": ["data:read", "skills:invoke"]}
+    res = {"type": "data", "id": "tickets", "registered": True,
+           "metadata": {"team": "customer-success", "environment": "production", "shared": False}}
+    variants = [(agent, res, {"valid": True, "payload": {"sub": agent["id"], "exp": 1746300000}}, "read_data")]
+    def without(d, k, v):
+        d = json.loads(json.dumps(d))
+        if v is ABSENT:
+            d.pop(k, None)
+        else:
+            d[k] = v
+        return d
+    for k in ["id", "type", "team", "environment", "permissions"]:
+        for v in [ABSENT, None]:
+            variants.append((without(agent, k, v), res, variants[0][2], "read_data"))
+    for k in ["team", "environment", "shared"]:
+        for v in [ABSENT, None, ""]:
+            r = json.loads(json.dumps(res))
+            r["metadata"] = without(r["metadata"], k, v)
+            variants.append((agent, r, variants[0][2], "read_data"))
+            # The same resource when shared, and when owned by a shared team.
+            variants.append((agent, dict(r, metadata=dict(r["metadata"], shared=True)), variants[0][2], "read_data"))
+    for k in ["metadata", "registered", "id", "type"]:
+        for v in [ABSENT, None]:
+            variants.append((agent, without(res, k, v), variants[0][2], "read_data"))
+    for k, v in [("valid", ABSENT), ("valid", None), ("payload", ABSENT)]:
+        variants.append((agent, res, without(variants[0][2], k, v), "read_data"))
+    for v in [ABSENT, None]:
+        variants.append((agent, res, {"valid": True, "payload": without(variants[0][2]["payload"], "exp", v)}, "read_data"))
+        variants.append((agent, res, variants[0][2], None if v is None else ABSENT))
+    out = []
+    for i, ((a, r, jwt, action), method, now) in enumerate(itertools.product(
+            variants, ["GET", "DELETE"], [1746273600000000000, 1746252000000000000])):
+        inp = {"jwt": jwt, "agent": a,
+               "request": {"id": f"e{i}", "method": method, "host": "localhost", "path": ["tickets"],
+                           "raw_path": "/tickets", "query": {}, "headers": {}, "time_ns": now},
+               "resource": r}
+        if action is not ABSENT:
+            inp["action"] = action
+        out.append(inp)
+    return out
+
+
+def intended(inp, data):
+    """The base policy and the layers, as the README states them."""
+    cfg = data["mcp"]["config"]
+    def get(d, *path):
+        for k in path:
+            if not isinstance(d, dict) or k not in d:
+                return None
+            d = d[k]
+        return d
+    jwt, agent, res = inp.get("jwt") or {}, inp.get("agent") or {}, inp.get("resource") or {}
+    perms = agent.get("permissions") if isinstance(agent.get("permissions"), list) else []
+    exp = get(jwt, "payload", "exp")
+    if jwt.get("valid") is not True:
+        return False
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or not inp["request"]["time_ns"] < exp * 1e9:
+        return False
+    action = inp.get("action")
+    if not isinstance(action, str) or action not in cfg["action_permissions"]:
+        return False
+    if cfg["action_permissions"][action] not in perms:
+        return False
+    if not isinstance(res.get("id"), str):
+        return False
+    if any(p not in perms for p in cfg["service_permissions"].get(res["id"], [])):
+        return False
+    if res.get("registered") is not True:
+        return False
+    env, team = get(res, "metadata", "environment"), get(res, "metadata", "team")
+    if not isinstance(env, str) or not isinstance(team, str):
+        return False
+    if env == "production" and agent.get("environment") != "production":
+        return False
+    if not (team == agent.get("team") or team in cfg["shared_teams"] or get(res, "metadata", "shared") is True):
+        return False
+    hour = (inp["request"]["time_ns"] // 3600000000000) % 24
+    off = hour < cfg["business_hours"]["start_hour_utc"] or hour >= cfg["business_hours"]["end_hour_utc"]
+    if inp["request"]["method"] in cfg["high_risk_methods"] and off:
+        return False
+    def layer(table, key):
+        return data.get(table, {}).get(key, {}) if isinstance(key, str) else {}
+    layers = [data.get("global", {}), layer("teams", agent.get("team")),
+              layer("agent_types", agent.get("type")), layer("agents", agent.get("id"))]
+    if not any(l.get("allow") is True for l in layers):
+        return False
+    for l in layers:
+        if l.get("deny") is True or isinstance(l.get("deny"), str):
+            return False
+        if action in l.get("deny_actions", []):
+            return False
+    return True
+
+
 def main():
     bindings, eval_bin = sys.argv[1], sys.argv[2]
     eng = opa_engine(bindings)
@@ -134,7 +244,8 @@ def main():
             failed += 1
             print(f"FAIL (OPA) case {case.name}: got {got}, want {want}")
 
-    inputs = corpus()
+    inputs = corpus() + edge_corpus()
+    data = json.loads((POLICIES / "data.json").read_text())
     proc = subprocess.run([eval_bin], input=json.dumps(inputs), capture_output=True, text=True, check=True)
     ours = json.loads(proc.stdout)
     assert len(ours) == len(inputs), "eval returned a different number of results"
@@ -150,6 +261,17 @@ def main():
             if failed < 20:
                 print(f"DIFF input={json.dumps(inp)}\n  regorus={mine}\n  opa    ={theirs}")
     fast = 0
+    for inp, mine in zip(inputs, ours):
+        want = intended(inp, data)
+        if bool(mine.get("allow")) == want:
+            passed += 1
+        else:
+            failed += 1
+            if failed < 40:
+                print(f"INTENT input={json.dumps(inp)}\n  policy allow={mine.get('allow')} deny={mine.get('deny')}, intended {want}")
+        if not mine.get("allow") and not mine.get("deny") and "error" not in mine:
+            failed += 1
+            print(f"UNEXPLAINED refusal (no reason): {json.dumps(inp)}")
     for inp in inputs:
         rs = eng.eval_query("f := data.mcp.authz.fast_ok; r := data.mcp.authz.reasons", inp)
         if rs and rs[0]["f"] is True:
