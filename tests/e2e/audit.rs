@@ -161,10 +161,9 @@ fn collector_receives_batches_and_mandatory_logging_denies_without_it() {
         "  - name: decision_logs\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: decision_logs\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
         collector.port
     );
-    r.yaml = r.yaml.replace(
-        "  - name: vault\n",
-        &format!("{cluster}  - name: vault\n"),
-    );
+    r.yaml = r
+        .yaml
+        .replace("  - name: vault\n", &format!("{cluster}  - name: vault\n"));
     let envoy = Envoy::start_yaml(&r);
     let tok = idp.agent_token(
         "support-triage@clients",

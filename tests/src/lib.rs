@@ -433,7 +433,11 @@ pub fn send_raw(port: u16, request: &[u8]) -> Result<Response, String> {
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok(Response {
         status,
         headers,
@@ -1062,7 +1066,8 @@ impl Envoy {
                 }
             }
             let ready = self.admin_port != 0
-                && try_http(self.admin_port, "GET", "/ready", &[], "").is_ok_and(|r| r.status == 200);
+                && try_http(self.admin_port, "GET", "/ready", &[], "")
+                    .is_ok_and(|r| r.status == 200);
             if ready {
                 if let Some(p) = self.listener_port("agent_listener") {
                     if TcpStream::connect(("127.0.0.1", p)).is_ok() {
