@@ -127,6 +127,18 @@ build() {
   printf 'agentplane.wasm: %s bytes (cargo: %s)\n' "$(stat -c %s "$WASM")" "$(stat -c %s "$RAW_WASM")" >&2
 }
 
+# A filter that traps on a marker header, for the end-to-end test of what a
+# trap costs (tests/e2e/adversarial.rs). Never shipped; built after the
+# shipped filter so target/agentplane.wasm stays the real one.
+TRAP_WASM="$ROOT/target/agentplane-trap.wasm"
+build_trap() {
+  log "building the test-only trapping filter (feature test-trap)"
+  cargo build -q --release -p agentplane-filter --target wasm32-wasip1 --features test-trap
+  cp "$RAW_WASM" "$TRAP_WASM"
+  # The next plain build must not mistake this for the shipped filter.
+  touch -d '2000-01-01' "$RAW_WASM"
+}
+
 lint() {
   ensure_rust_targets
   log "cargo fmt --check"
@@ -140,8 +152,8 @@ lint() {
 run_tests() {
   deps
   lint
-  log "core unit tests, Rego tests and policy cases (native)"
-  cargo test -p agentplane-core
+  log "core unit tests, Rego tests, policy cases and the request-path property test (native)"
+  AGENTPLANE_FUZZ_CASES="${AGENTPLANE_FUZZ_CASES:-4000}" cargo test -p agentplane-core
   log "core unit tests compiled to WebAssembly (wasm-bindgen-test under Node)"
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
     cargo test -p agentplane-core --lib --target wasm32-unknown-unknown
@@ -155,8 +167,9 @@ run_tests() {
   AGENTPLANE_BENCH_SOAK=3000 ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
     "$ROOT/target/release/agentplane-bench" 1 1
   core_benches 20
+  build_trap
   log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION)"
-  ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
+  ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" AGENTPLANE_TRAP_WASM="$TRAP_WASM" \
     cargo test -p agentplane-e2e --test e2e -- --test-threads 2
 }
 

@@ -9,6 +9,7 @@
     clippy::indexing_slicing
 )]
 
+mod adversarial;
 mod audit;
 mod authz;
 mod config;

@@ -306,21 +306,27 @@ fn serve(
 ) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
+    // Lines as bytes: header values need not be UTF-8 (recorded lossily).
+    let read_line = |reader: &mut BufReader<TcpStream>| -> Option<String> {
+        let mut raw = Vec::new();
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(String::from_utf8_lossy(&raw).into_owned()),
         }
+    };
+    loop {
+        let Some(line) = read_line(&mut reader) else {
+            return;
+        };
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("").to_string();
         let mut headers = Vec::new();
         let mut len = 0usize;
         loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            let Some(h) = read_line(&mut reader) else {
                 return;
-            }
+            };
             let h = h.trim_end();
             if h.is_empty() {
                 break;

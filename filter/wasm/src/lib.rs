@@ -155,6 +155,11 @@ fn unavailable(reason: &str) -> u32 {
 }
 
 pub(crate) fn on_request_headers(context: u32) -> u32 {
+    #[cfg(feature = "test-trap")]
+    if let Ok(Some(_)) = abi::header_value(abi::REQUEST_HEADERS, "x-agentplane-test-trap") {
+        // The worst case the end-to-end test can provoke: a trap.
+        std::process::abort();
+    }
     let Some((root, filter)) =
         with(|p| p.streams.get(&context).map(|s| (s.root, s.filter.clone()))).flatten()
     else {
