@@ -125,7 +125,6 @@ fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
     let a = y.find("          access_log:").unwrap();
     let b = y.find("          route_config:").unwrap();
     y.replace_range(a..b, "");
-    let (w, rt) = (y.find(WASM).unwrap(), y.find(ROUTER).unwrap());
     if !matches!(arm.kind, Kind::Filter) {
         // Without agentplane nothing names the authorized service: route
         // every request to one service, as the chain it replaces did.
@@ -136,6 +135,7 @@ fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
             "              - match: { prefix: \"/\" }\n                route: { cluster: \"service.hello-skill\", timeout: 30s }",
         );
     }
+    let (w, rt) = (y.find(WASM).unwrap(), y.find(ROUTER).unwrap());
     match arm.kind {
         Kind::Router => {
             let j = y.find(JWT).unwrap();
@@ -487,6 +487,7 @@ fn main() {
             let a = &arms[i];
             let t0 = Instant::now();
             let envoy = Envoy::start_yaml(&render(a, &setup));
+            eprintln!("{}: ready on port {}", a.name, envoy.port);
             let s = &mut samples[i];
             s.startup.push(t0.elapsed().as_secs_f64());
             probe(a, &envoy, &token);

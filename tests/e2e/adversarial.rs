@@ -604,3 +604,144 @@ fn a_trapped_vm_fails_closed_then_serves_again() {
         statuses.len() - 1
     );
 }
+
+/// A minimal Vault on loopback: answers a JWT login and any KV read after
+/// `delay`, so requests are paused while their bodies arrive.
+fn fake_vault(delay: Duration, ok: bool) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let n = c.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                std::thread::sleep(delay);
+                let body = if !ok {
+                    "{}".to_string()
+                } else if head.contains("/auth/") {
+                    r#"{"auth":{"client_token":"s.fake","lease_duration":600}}"#.to_string()
+                } else {
+                    r#"{"data":{"data":{"api_key":"k-fake"}}}"#.to_string()
+                };
+                let status = if ok { "200 OK" } else { "500 Oops" };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(resp.as_bytes());
+            });
+        }
+    });
+    port
+}
+
+fn secrets_stack(vault_port: u16) -> (Idp, Upstream, Envoy, String) {
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["vault"] =
+        json!({"cluster": "vault", "authority": "vault", "retries": 0, "timeout_ms": 2000});
+    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
+        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
+    ]);
+    let idp = Idp::new();
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&EnvoySetup {
+        jwks: idp.jwks(),
+        upstream_port: upstream.port,
+        plugin_config: cfg.to_string(),
+        vault_port,
+    });
+    let auth = format!(
+        "Bearer {}",
+        idp.agent_token(
+            "a@clients",
+            "ml",
+            "support",
+            "production",
+            &["skills:invoke"]
+        )
+    );
+    (idp, upstream, envoy, auth)
+}
+
+/// The three ways a body can arrive while its request waits for secrets.
+fn send_with_body(port: u16, auth: &str, how: &str) -> agentplane_e2e::Response {
+    use std::io::{Read, Write};
+    let body = r#"{"text":"refund please"}"#;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "POST /mcp://sentiment-analysis/analyze HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\nauthorization: {auth}\r\ncontent-type: application/json\r\n"
+    );
+    match how {
+        "content-length" => {
+            let req = format!("{head}content-length: {}\r\n\r\n{body}", body.len());
+            s.write_all(req.as_bytes()).unwrap();
+        }
+        "delayed" => {
+            s.write_all(format!("{head}content-length: {}\r\n\r\n", body.len()).as_bytes())
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            s.write_all(body.as_bytes()).unwrap();
+        }
+        _ => {
+            s.write_all(format!("{head}transfer-encoding: chunked\r\n\r\n").as_bytes())
+                .unwrap();
+            for part in [&body[..8], &body[8..]] {
+                s.write_all(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes())
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            s.write_all(b"0\r\n\r\n").unwrap();
+        }
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    agentplane_e2e::Response {
+        status,
+        headers: Vec::new(),
+        body: text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// A request with a body (Content-Length at once, delayed, chunked) that
+/// waits for its secrets never reaches upstream when they fail: the body
+/// cannot push the paused request through.
+#[test]
+fn a_body_cannot_push_a_request_waiting_for_secrets_past_a_failure() {
+    let vault = fake_vault(Duration::from_millis(400), false);
+    let (_idp, upstream, envoy, auth) = secrets_stack(vault);
+    for how in ["content-length", "delayed", "chunked"] {
+        let r = send_with_body(envoy.port, &auth, how);
+        assert_eq!(r.status, 503, "{how}: {r:?}");
+        assert!(r.body.contains("secrets_unavailable"), "{how}: {r:?}");
+    }
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+}
+
+/// The same bodies reach upstream intact, with the secret, when the
+/// secrets arrive: holding the body while paused loses nothing.
+#[test]
+fn a_body_held_while_secrets_are_fetched_arrives_intact() {
+    let vault = fake_vault(Duration::from_millis(400), true);
+    let (_idp, upstream, envoy, auth) = secrets_stack(vault);
+    for how in ["content-length", "delayed", "chunked"] {
+        upstream.clear();
+        let r = send_with_body(envoy.port, &auth, how);
+        assert_eq!(r.status, 200, "{how}: {r:?}");
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 1, "{how}");
+        assert_eq!(seen[0].one("x-api-key").as_deref(), Some("k-fake"), "{how}");
+        assert_eq!(seen[0].body, r#"{"text":"refund please"}"#, "{how}");
+    }
+}

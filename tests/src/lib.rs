@@ -339,8 +339,27 @@ fn serve(
                 headers.push((k, v.trim().to_string()));
             }
         }
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
         let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
+        if chunked {
+            body.clear();
+            loop {
+                let Some(size) = read_line(&mut reader) else {
+                    return;
+                };
+                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let mut chunk = vec![0u8; n + 2];
+                if reader.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if reader.read_exact(&mut body).is_err() {
             return;
         }
         let rec = Seen {

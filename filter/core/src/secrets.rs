@@ -1513,4 +1513,58 @@ mod tests {
         assert_eq!(h2.dispatched.len(), 1, "worker 2 fetches itself");
         assert_eq!(h2.dispatched[0].header(":path"), Some("/v1/auth/jwt/login"));
     }
+
+    #[test]
+    fn a_worker_waiting_on_a_failed_fetch_fails_at_once_not_after_the_claim() {
+        let ((mut w1, mut h1), (mut w2, mut h2)) = two_workers();
+        ask(&mut w1, &mut h1, "a@clients", 1, &[kv_spec()]);
+        ask(&mut w2, &mut h2, "a@clients", 2, &[kv_spec()]);
+        tick(&mut w1, &mut h1);
+        tick(&mut w2, &mut h2);
+        assert!(h2.dispatched.is_empty(), "worker 2 waits for worker 1");
+        // Worker 1's login times out (no retries left): its job fails.
+        let mut c = cfg();
+        c.retries = 0;
+        w1.cfg = c;
+        answer(&mut w1, &mut h1, None, None);
+        assert_eq!(h1.stream_replies.len(), 1);
+        // Worker 2's next tick (5 ms later), not the claim's lease, ends it.
+        h2.now_ns += 5_000_000;
+        tick(&mut w2, &mut h2);
+        assert_eq!(h2.stream_replies.len(), 1, "told at once");
+        assert_eq!(h2.stream_replies[0].1.status, 503);
+        assert!(
+            h2.dispatched.is_empty(),
+            "and it did not hammer Vault itself"
+        );
+        // A new request may claim over the failure marker and try again.
+        ask(&mut w2, &mut h2, "a@clients", 3, &[kv_spec()]);
+        tick(&mut w2, &mut h2);
+        assert_eq!(h2.dispatched.len(), 1);
+    }
+
+    #[test]
+    fn cache_keys_cannot_collide_across_issuers_roles_or_crafted_ids() {
+        // Two issuers with the same subject are two agents.
+        assert_ne!(
+            principal(Some("https://a/"), "bot"),
+            principal(Some("https://b/"), "bot")
+        );
+        // Separators inside ids cannot forge another tuple.
+        assert_ne!(principal(Some("a"), "b/c"), principal(Some("a/b"), "c"));
+        assert_ne!(principal(Some("1:a"), ""), principal(Some(""), "1:a"));
+        let c = cfg();
+        let other_role = VaultConfig {
+            role: "admin".into(),
+            ..cfg()
+        };
+        let p = principal(Some("i"), "bot");
+        assert_ne!(token_key(&c, &p), token_key(&other_role, &p));
+        assert_ne!(value_key(&c, &p, "x/y"), value_key(&other_role, &p, "x/y"));
+        assert_ne!(
+            value_key(&c, &p, "a"),
+            value_key(&c, &format!("{p}1:a"), "")
+        );
+        assert_ne!(claim_key(&c, &p, "svc"), claim_key(&c, &p, "svc2"));
+    }
 }
