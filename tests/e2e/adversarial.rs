@@ -202,12 +202,14 @@ fn a_path_authorized_for_one_service_cannot_reach_another() {
         );
     }
     // Refused forms never reach any upstream: encoded slashes (Envoy),
-    // dot segments (filter), case-varied names (not registered), a
-    // client-set routing header (stripped, then the filter's wins).
+    // dot segments (resolved by Envoy first: this one asks for
+    // customer-lookup, which team ml may not read), case-varied names (not
+    // registered), a client-set routing header (stripped, then the
+    // filter's wins).
     s.clear();
     for (path, want) in [
         ("/mcp://sentiment-analysis%2Fcustomer-lookup/x", 400),
-        ("/mcp://sentiment-analysis/../customer-lookup/x", 400),
+        ("/mcp://sentiment-analysis/../customer-lookup/x", 403),
         ("/mcp://Sentiment-Analysis/x", 403),
         ("/mcp://SENTIMENT-ANALYSIS/x", 403),
         ("/mcp://nope/x", 403),
@@ -744,4 +746,52 @@ fn a_body_held_while_secrets_are_fetched_arrives_intact() {
         assert_eq!(seen[0].one("x-api-key").as_deref(), Some("k-fake"), "{how}");
         assert_eq!(seen[0].body, r#"{"text":"refund please"}"#, "{how}");
     }
+}
+
+/// Percent-encoding an unreserved character (`%61` for `a`) or hiding a
+/// dot segment as `%2e%2e` made the policy read a different path than the
+/// one the upstream acts on. Envoy normalizes first (`normalize_path`), so
+/// the policy's input and the upstream's path agree.
+#[test]
+fn percent_encoded_paths_mean_to_the_policy_what_they_mean_upstream() {
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["decision_log"] = json!({"enabled": true});
+    let s = Routed::start_with(&cfg.to_string(), 1, None);
+    let auth = s.token("ml", &["skills:invoke"]);
+    let r = s.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/%61nalyze/%7Euser",
+        &[("authorization", &auth)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = &s.seen("sentiment-analysis")[0];
+    assert_eq!(seen.path, "/analyze/~user");
+    let id = r.header("x-decision-id").unwrap().to_string();
+    let t0 = Instant::now();
+    let record = loop {
+        let log = s.envoy.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains(&id) && l.contains("agentplane-decision "))
+        {
+            let json = &line[line.find("agentplane-decision ").unwrap() + 20..];
+            break serde_json::from_str::<Value>(json).unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no record");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        record["input"]["request"]["path"],
+        json!(["sentiment-analysis", "analyze", "~user"])
+    );
+    // A dot segment spelled %2e%2e is resolved before anyone decides: this
+    // is a request for customer-lookup, decided and routed as one.
+    s.clear();
+    let r = s.envoy.request(
+        "GET",
+        "/mcp://sentiment-analysis/%2e%2e/%2e%2e/customer-lookup/x",
+        &[("authorization", &auth)],
+    );
+    assert_ne!(r.status, 200, "{r:?}");
+    assert!(s.seen("sentiment-analysis").is_empty());
 }

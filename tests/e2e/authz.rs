@@ -199,10 +199,11 @@ fn agent_layer_deny_wins() {
     );
 }
 
-/// Path tricks that could make the policy and the upstream disagree are
-/// refused with 400.
+/// Path tricks cannot make the policy and the upstream disagree: Envoy
+/// resolves dot segments first (`normalize_path`), so the request is decided
+/// as what it really asks for; encoded slashes and backslashes are refused.
 #[test]
-fn ambiguous_paths_are_refused() {
+fn ambiguous_paths_are_decided_as_what_they_resolve_to() {
     let s = Stack::start();
     let tok = s.idp.agent_token(
         "a@clients",
@@ -214,6 +215,17 @@ fn ambiguous_paths_are_refused() {
     for p in [
         "/mcp://hello-skill/../customer-lookup/x",
         "/hello-skill/%2e%2e/customer-lookup",
+    ] {
+        let r = s
+            .envoy
+            .request("POST", p, &[("authorization", &bearer(&tok))]);
+        assert_eq!(r.status, 403, "{p}: {r:?}");
+        let reason = r.json()["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains("customer-lookup"), "{p}: {reason}");
+    }
+    for p in [
+        "/hello-skill%2F..%2Fcustomer-lookup",
+        "/mcp://hello-skill/a%5Cb",
     ] {
         let r = s
             .envoy
