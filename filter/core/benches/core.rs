@@ -72,11 +72,12 @@ fn benches(c: &mut Criterion) {
     let Some(headers) = agentplane_core::headers::strip_untrusted(&mut h2, &config) else {
         return;
     };
+    let docs = input::ResourceDocs::new(&config);
     c.bench_function("input_build", |b| {
-        b.iter(|| input::build(black_box(&headers), &config, &ident, &facts))
+        b.iter(|| input::build(black_box(&headers), &config, &docs, &ident, &facts))
     });
 
-    let doc = input::build(&headers, &config, &ident, &facts);
+    let doc = input::build(&headers, &config, &docs, &ident, &facts);
     for (name, choice) in [
         ("policy_eval_rvm", EngineChoice::Rvm),
         ("policy_eval_interpreter", EngineChoice::Interpreter),

@@ -541,9 +541,6 @@ pub struct Config {
     pub vault: Option<VaultConfig>,
     /// The decision log.
     pub decision_log: DecisionLogConfig,
-    /// `input.resource` for each registered service, built once here
-    /// rather than on every request.
-    resource_docs: BTreeMap<String, regorus::Value>,
 }
 
 /// The seed's actions: skills are invoked, tools accessed, data read or written.
@@ -598,23 +595,6 @@ fn is_rego_path(s: &str) -> bool {
                 .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
                 && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
         })
-}
-
-fn resource_doc(r: &ResourceConfig, id: Option<&str>, registered: bool) -> regorus::Value {
-    use crate::value;
-    value::object([
-        ("type", regorus::Value::from(r.kind.as_str())),
-        ("id", value::opt_str(id)),
-        ("registered", regorus::Value::from(registered)),
-        (
-            "metadata",
-            value::object(
-                r.metadata
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), value::to_rego(v))),
-            ),
-        ),
-    ])
 }
 
 impl Config {
@@ -866,10 +846,6 @@ impl Config {
             }
         }
 
-        let resource_docs = resources
-            .iter()
-            .map(|(name, r)| (name.clone(), resource_doc(r, Some(name), true)))
-            .collect();
         Ok(Config {
             identity,
             policy,
@@ -881,16 +857,7 @@ impl Config {
             decision_cache,
             vault,
             decision_log,
-            resource_docs,
         })
-    }
-
-    /// `input.resource` for a service (or for a path that names none).
-    pub fn resource_doc(&self, service: Option<&str>) -> regorus::Value {
-        match service.and_then(|s| self.resource_docs.get(s)) {
-            Some(doc) => doc.clone(),
-            None => resource_doc(&self.default_resource, service, false),
-        }
     }
 
     /// The resource for a service: its registry entry or the default.

@@ -95,6 +95,8 @@ impl Decision {
 #[derive(Debug)]
 pub struct Filter {
     config: Config,
+    /// `input.resource` per registered service, built at configure time.
+    docs: input::ResourceDocs,
     policy: Policy,
     worker: Worker,
 }
@@ -170,6 +172,7 @@ impl Filter {
             .filter(|_| config.resources.values().any(|r| !r.secrets.is_empty()))
             .map(|v| RefCell::new(secrets::Broker::new(v.clone(), seed)));
         Filter {
+            docs: input::ResourceDocs::new(&config),
             config,
             policy,
             worker: Worker {
@@ -542,16 +545,9 @@ impl Filter {
                 return Err(failed(&agent));
             }
         }
-        let find = |n: &str| {
-            allowed
-                .trusted
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.clone())
-        };
         Ok(Who {
-            team: find("x-agent-team"),
-            kind: find("x-agent-type"),
+            team: allowed.team,
+            kind: allowed.kind,
             principal: outcome.principal,
             agent,
         })
@@ -880,7 +876,7 @@ impl Filter {
                 trusted.push((name.to_string(), v.clone()));
             }
         }
-        let doc = input::build(headers, &self.config, &identity, facts);
+        let doc = input::build(headers, &self.config, &self.docs, &identity, facts);
         let logging = self.config.decision_log.enabled;
         let input = logging.then(|| doc.clone());
         trail.input.clone_from(&input);
@@ -920,7 +916,12 @@ impl Filter {
             }
         }
         let result = if allowed {
-            Ok(Allowed { trusted, extra })
+            Ok(Allowed {
+                trusted,
+                extra,
+                team: identity.team.clone(),
+                kind: identity.agent_type.clone(),
+            })
         } else {
             Err(Denial::Policy {
                 status: status.unwrap_or(403),
@@ -967,6 +968,9 @@ struct Allowed {
     trusted: Vec<(String, String)>,
     /// Headers a response-object policy added, checked.
     extra: Vec<(String, String)>,
+    /// The agent's team and type (secret path templates), from the token.
+    team: Option<String>,
+    kind: Option<String>,
 }
 
 /// Who an allowed request is from, for secret paths.

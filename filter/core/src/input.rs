@@ -3,7 +3,7 @@
 //! document"); keep the two in step.
 
 use crate::claims::Identity;
-use crate::config::Config;
+use crate::config::{Config, ResourceConfig};
 use crate::headers::RequestHeaders;
 use crate::value;
 use regorus::Value as Rego;
@@ -148,6 +148,51 @@ pub fn parse_query(query: &str) -> Map<String, Value> {
     out
 }
 
+/// `input.resource` for every registered service, built once at configure
+/// time rather than on every request (config knows no engine values; this
+/// is where they are made).
+#[derive(Debug)]
+pub struct ResourceDocs {
+    docs: std::collections::BTreeMap<String, Rego>,
+}
+
+fn resource_doc(r: &ResourceConfig, id: Option<&str>, registered: bool) -> Rego {
+    value::object([
+        ("type", Rego::from(r.kind.as_str())),
+        ("id", value::opt_str(id)),
+        ("registered", Rego::from(registered)),
+        (
+            "metadata",
+            value::object(
+                r.metadata
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), value::to_rego(v))),
+            ),
+        ),
+    ])
+}
+
+impl ResourceDocs {
+    /// Builds the documents of a configuration's registry.
+    pub fn new(config: &Config) -> ResourceDocs {
+        ResourceDocs {
+            docs: config
+                .resources
+                .iter()
+                .map(|(name, r)| (name.clone(), resource_doc(r, Some(name), true)))
+                .collect(),
+        }
+    }
+
+    /// `input.resource` for a service (or for a path that names none).
+    pub fn get(&self, config: &Config, service: Option<&str>) -> Rego {
+        match service.and_then(|s| self.docs.get(s)) {
+            Some(doc) => doc.clone(),
+            None => resource_doc(&config.default_resource, service, false),
+        }
+    }
+}
+
 /// Everything request-specific the input document needs.
 pub struct RequestFacts<'a> {
     /// `:method`.
@@ -167,6 +212,7 @@ pub struct RequestFacts<'a> {
 pub fn build(
     headers: &RequestHeaders,
     config: &Config,
+    docs: &ResourceDocs,
     identity: &Identity,
     facts: &RequestFacts<'_>,
 ) -> Rego {
@@ -224,7 +270,7 @@ pub fn build(
                 ("time_ns", Rego::from(facts.time_ns)),
             ]),
         ),
-        ("resource", config.resource_doc(facts.route.service)),
+        ("resource", docs.get(config, facts.route.service)),
         ("action", action),
     ])
 }
@@ -326,7 +372,8 @@ mod tests {
             time_ns: 7,
         };
         let hdrs = crate::headers::strip_untrusted(&mut h, &c).unwrap();
-        let doc = crate::value::from_rego(&build(&hdrs, &c, &ident, &facts));
+        let doc =
+            crate::value::from_rego(&build(&hdrs, &c, &ResourceDocs::new(&c), &ident, &facts));
         assert_eq!(doc["action"], "invoke_skill");
         assert_eq!(
             doc["resource"],
@@ -353,7 +400,8 @@ mod tests {
             id: "r",
             time_ns: 7,
         };
-        let doc = crate::value::from_rego(&build(&hdrs, &c, &ident, &facts));
+        let doc =
+            crate::value::from_rego(&build(&hdrs, &c, &ResourceDocs::new(&c), &ident, &facts));
         assert_eq!(doc["resource"]["metadata"]["team"], "unknown");
         assert_eq!(doc["resource"]["registered"], false);
         assert_eq!(doc["action"], Value::Null);
