@@ -412,13 +412,10 @@ fn main() {
         "support-triage@clients",
         serde_json::json!({"api_key": "bench-key"}),
     );
-    let mut with_secrets: serde_json::Value = serde_json::from_str(&base_config).unwrap();
-    with_secrets["vault"] = serde_json::json!({"cluster": "vault", "authority": "127.0.0.1"});
-    for svc in ["sentiment-analysis", "customer-lookup", "hello-skill"] {
-        with_secrets["resources"][svc]["secrets"] = serde_json::json!([{
-            "kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"
-        }]);
-    }
+    let with_secrets = agentplane_e2e::config_with_api_key(
+        serde_json::json!({"cluster": "vault", "authority": "127.0.0.1"}),
+        &["sentiment-analysis", "customer-lookup", "hello-skill"],
+    );
     let setup = EnvoySetup {
         jwks: idp.jwks(),
         upstream_port: up.port,

@@ -10,7 +10,7 @@
     clippy::indexing_slicing
 )]
 
-use agentplane_e2e::{default_plugin_config, Bao, Envoy, EnvoySetup, Idp, Postgres, Upstream};
+use agentplane_e2e::{Bao, Envoy, EnvoySetup, Idp, Postgres, Upstream};
 use serde_json::{json, Value};
 
 struct Stack {
@@ -47,12 +47,11 @@ fn main() {
         json!({"api_key": "sk-support-3f9a1c77e2"}),
     );
     bao.put_agent_secret("ml-bot@clients", json!({"api_key": "sk-mlbot-b41d09aa5f"}));
-    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
-    cfg["vault"] = json!({"cluster": "vault", "authority": "127.0.0.1"});
+    let mut cfg = agentplane_e2e::config_with_api_key(
+        json!({"cluster": "vault", "authority": "127.0.0.1"}),
+        &["sentiment-analysis"],
+    );
     cfg["decision_log"] = json!({"enabled": true});
-    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
-        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
-    ]);
     cfg["resources"]["model-registry"]["secrets"] = json!([
         {"database": "database/creds/readonly", "username_header": "x-db-username", "password_header": "x-db-password"}
     ]);

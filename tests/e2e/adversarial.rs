@@ -402,13 +402,7 @@ fn a_collector_rejecting_a_batch_cannot_block_the_audit_trail() {
         },
         true,
     );
-    let cluster = format!(
-        "  - name: decision_logs\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: decision_logs\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
-        collector.port
-    );
-    r.yaml = r
-        .yaml
-        .replace("  - name: vault\n", &format!("{cluster}  - name: vault\n"));
+    r.add_cluster("decision_logs", collector.port);
     let envoy = Envoy::start_yaml(&r);
     let auth = format!(
         "Bearer {}",
@@ -476,12 +470,10 @@ fn a_stalled_vault_cannot_hold_other_workers_requests_past_the_failure() {
             h2.lock().unwrap().push(c);
         }
     });
-    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
-    cfg["vault"] =
-        json!({"cluster": "vault", "authority": "vault", "timeout_ms": 1000, "retries": 0});
-    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
-        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
-    ]);
+    let cfg = agentplane_e2e::config_with_api_key(
+        json!({"cluster": "vault", "authority": "vault", "timeout_ms": 1000, "retries": 0}),
+        &["sentiment-analysis"],
+    );
     let idp = Idp::new();
     let upstream = Upstream::start();
     let mut r = agentplane_e2e::render_envoy(
@@ -640,12 +632,10 @@ fn fake_vault(delay: Duration, ok: bool) -> u16 {
 }
 
 fn secrets_stack(vault_port: u16) -> (Idp, Upstream, Envoy, String) {
-    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
-    cfg["vault"] =
-        json!({"cluster": "vault", "authority": "vault", "retries": 0, "timeout_ms": 2000});
-    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
-        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
-    ]);
+    let cfg = agentplane_e2e::config_with_api_key(
+        json!({"cluster": "vault", "authority": "vault", "retries": 0, "timeout_ms": 2000}),
+        &["sentiment-analysis"],
+    );
     let idp = Idp::new();
     let upstream = Upstream::start();
     let envoy = Envoy::start(&EnvoySetup {

@@ -157,13 +157,7 @@ fn collector_receives_batches_and_mandatory_logging_denies_without_it() {
         },
         true,
     );
-    let cluster = format!(
-        "  - name: decision_logs\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: decision_logs\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
-        collector.port
-    );
-    r.yaml = r
-        .yaml
-        .replace("  - name: vault\n", &format!("{cluster}  - name: vault\n"));
+    r.add_cluster("decision_logs", collector.port);
     let envoy = Envoy::start_yaml(&r);
     let tok = idp.agent_token(
         "support-triage@clients",
@@ -245,11 +239,10 @@ fn callouts_carry_the_requests_trace_context() {
     let idp = Idp::new();
     let upstream = Upstream::start();
     let fake_vault = Upstream::start();
-    let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
-    cfg["vault"] = json!({"cluster": "vault", "authority": "vault", "retries": 0});
-    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
-        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
-    ]);
+    let cfg = agentplane_e2e::config_with_api_key(
+        json!({"cluster": "vault", "authority": "vault", "retries": 0}),
+        &["sentiment-analysis"],
+    );
     let envoy = Envoy::start(&EnvoySetup {
         jwks: idp.jwks(),
         upstream_port: upstream.port,

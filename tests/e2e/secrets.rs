@@ -23,12 +23,10 @@ fn world() -> World {
     bao.setup_agents(&idp);
     bao.put_agent_secret("a@clients", json!({"api_key": CANARY_A}));
     bao.put_agent_secret("b@clients", json!({"api_key": CANARY_B}));
-    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
-    cfg["vault"] =
-        json!({"cluster": "vault", "authority": "127.0.0.1", "role": "agent", "retries": 1});
-    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
-        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
-    ]);
+    let mut cfg = agentplane_e2e::config_with_api_key(
+        json!({"cluster": "vault", "authority": "127.0.0.1", "role": "agent", "retries": 1}),
+        &["sentiment-analysis"],
+    );
     cfg["resources"]["model-registry"]["secrets"] = json!([
         {"kv": "secret/data/mcp/agents/b@clients/credentials", "field": "api_key", "header": "x-api-key"}
     ]);
@@ -292,11 +290,10 @@ fn two_workers_share_one_fetch() {
     let bao = Bao::start();
     bao.setup_agents(&idp);
     bao.put_agent_secret("a@clients", json!({"api_key": CANARY_A}));
-    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
-    cfg["vault"] = json!({"cluster": "vault", "authority": "127.0.0.1"});
-    cfg["resources"]["sentiment-analysis"]["secrets"] = json!([
-        {"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}
-    ]);
+    let cfg = agentplane_e2e::config_with_api_key(
+        json!({"cluster": "vault", "authority": "127.0.0.1"}),
+        &["sentiment-analysis"],
+    );
     let upstream = Upstream::start();
     let mut r = agentplane_e2e::render_envoy(
         &EnvoySetup {

@@ -1160,6 +1160,35 @@ impl Drop for Envoy {
     }
 }
 
+/// The KV secret every test and demo agent has in OpenBao, injected as
+/// `x-api-key` (see [`Bao::put_agent_secret`]).
+pub fn api_key_secret() -> Value {
+    json!({"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"})
+}
+
+/// `envoy/agentplane.json` with this `vault` section and the agents' API
+/// key injected into requests to each of `services`.
+pub fn config_with_api_key(vault: Value, services: &[&str]) -> Value {
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["vault"] = vault;
+    for s in services {
+        cfg["resources"][*s]["secrets"] = json!([api_key_secret()]);
+    }
+    cfg
+}
+
+impl RenderedEnvoy {
+    /// Adds a static loopback cluster (a collector, a fake Vault).
+    pub fn add_cluster(&mut self, name: &str, port: u16) {
+        let cluster = format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
+        );
+        self.yaml = self
+            .yaml
+            .replace("  - name: vault\n", &format!("{cluster}  - name: vault\n"));
+    }
+}
+
 /// The demo/test plugin configuration (`envoy/agentplane.json`).
 pub fn default_plugin_config() -> String {
     std::fs::read_to_string(repo_root().join("envoy/agentplane.json")).unwrap()
