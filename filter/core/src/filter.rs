@@ -282,9 +282,7 @@ impl Filter {
             decision.record = Some(audit::record(log, &facts, &trail));
         }
         if decision.state == State::Pending {
-            if let Ok(mut p) = self.worker.pending.try_borrow_mut() {
-                p.insert(host.stream_id(), decision.clone());
-            }
+            self.put_pending(host.stream_id(), decision.clone());
         }
         (flow, decision)
     }
@@ -316,11 +314,7 @@ impl Filter {
     /// with how that ended.
     pub fn on_log<H: Host>(&self, host: &mut H, decision: &mut Decision) {
         let settled = self
-            .worker
-            .pending
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut p| p.remove(&host.stream_id()))
+            .take_pending(host.stream_id())
             .filter(|d| d.id == decision.id);
         if let Some(d) = settled {
             decision.state = d.state;
@@ -642,48 +636,54 @@ impl Filter {
 
     /// Settles a stream that waited for secrets: resumes it with them, or
     /// refuses it. The broker reports; only the filter replies and counts.
+    /// The stream's final state is recorded before the host is asked to
+    /// resume or reply, so a callback the host makes meanwhile (body, log)
+    /// already sees it.
     fn complete<H: Host>(&self, host: &mut H, c: Completion) {
-        let Some(mut d) = self
-            .worker
-            .pending
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut p| p.remove(&c.stream))
-        else {
+        let Some(mut d) = self.take_pending(c.stream) else {
             return; // the stream is gone
         };
-        let refusal = match c.result {
+        let denial = match c.result {
             Ok(set) => {
                 let set: Vec<(String, String)> = set
                     .iter()
                     .map(|(k, v)| (k.clone(), v.expose().to_string()))
                     .collect();
+                d.state = State::Allowed;
+                self.put_pending(c.stream, d);
                 if host.resume_stream(c.stream, &set) {
-                    None
-                } else {
-                    Some(Denial::HostFailure("resume with secrets"))
+                    self.count(host, &State::Allowed);
+                    return;
                 }
+                // Not resumed: a header could not be set, or the stream is
+                // gone (then nothing is left to refuse).
+                let Some(back) = self.take_pending(c.stream) else {
+                    return;
+                };
+                d = back;
+                Denial::HostFailure("resume with secrets")
             }
-            Err(why) => Some(Denial::SecretsUnavailable(why)),
+            Err(why) => Denial::SecretsUnavailable(why),
         };
-        if let Some(denial) = refusal {
-            let reply = denial.reply(&d.id, &self.reply_headers(&d));
-            let delivered =
-                host.reply_stream(c.stream, reply.status, &reply.header_refs(), &reply.body);
-            if let Some(r) = d.record.as_mut() {
-                audit::refused(r, &denial.reason(), &denial.reasons(), denial.status());
-            }
-            d.state = State::Denied(denial);
-            if !delivered {
-                self.count(host, &d.state);
-                return; // gone: nothing will log it
-            }
-        } else {
-            d.state = State::Allowed;
+        let reply = denial.reply(&d.id, &self.reply_headers(&d));
+        if let Some(r) = d.record.as_mut() {
+            audit::refused(r, &denial.reason(), &denial.reasons(), denial.status());
         }
+        d.state = State::Denied(denial);
         self.count(host, &d.state);
+        self.put_pending(c.stream, d);
+        if !host.reply_stream(c.stream, reply.status, &reply.header_refs(), &reply.body) {
+            self.take_pending(c.stream); // gone: nothing will log it
+        }
+    }
+
+    fn take_pending(&self, stream: u32) -> Option<Decision> {
+        self.worker.pending.try_borrow_mut().ok()?.remove(&stream)
+    }
+
+    fn put_pending(&self, stream: u32, d: Decision) {
         if let Ok(mut p) = self.worker.pending.try_borrow_mut() {
-            p.insert(c.stream, d);
+            p.insert(stream, d);
         }
     }
 
@@ -796,9 +796,7 @@ impl Filter {
         {
             b.forget_stream(stream);
         }
-        if let Ok(mut p) = self.worker.pending.try_borrow_mut() {
-            p.remove(&stream);
-        }
+        self.take_pending(stream);
         if let Some(d) = decision {
             if std::mem::take(&mut d.reserved) {
                 self.release_reservation();
