@@ -164,6 +164,7 @@ run_tests() {
   log "benchmark smoke run (1 s per arm: proves ./build.sh bench still works, measures nothing)"
   ensure_wrk
   cargo build -q --release -p agentplane-e2e --bin agentplane-bench
+  cargo build -q --release -p agentplane-noop --target wasm32-wasip1
   AGENTPLANE_BENCH_SOAK=3000 ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
     "$ROOT/target/release/agentplane-bench" 1 1
   core_benches 20
@@ -200,6 +201,7 @@ bench() {
   ensure_wrk
   build
   cargo build -q --release -p agentplane-e2e --bin agentplane-bench
+  cargo build -q --release -p agentplane-noop --target wasm32-wasip1
   # Envoy's one worker gets core 0 to itself; wrk, the upstream and the
   # latency generator share the other core (fewer scheduler collisions).
   local pin=()

@@ -80,6 +80,8 @@ enum Kind {
     Jwt,
     Rbac,
     Lua,
+    /// A do-nothing proxy-wasm filter in agentplane's place (`filter/noop`).
+    Floor,
     Filter,
 }
 
@@ -125,7 +127,7 @@ fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
     let a = y.find("          access_log:").unwrap();
     let b = y.find("          route_config:").unwrap();
     y.replace_range(a..b, "");
-    if !matches!(arm.kind, Kind::Filter) {
+    if arm.kind != Kind::Filter {
         // Without agentplane nothing names the authorized service: route
         // every request to one service, as the chain it replaces did.
         let a = y.find(CATCH_ALL).unwrap();
@@ -144,6 +146,10 @@ fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
         Kind::Jwt => y.replace_range(w..rt, ""),
         Kind::Rbac => y.replace_range(w..rt, &snippet("rbac.yaml")),
         Kind::Lua => y.replace_range(w..rt, &snippet("seed_lua.yaml")),
+        Kind::Floor => {
+            let default = agentplane_e2e::wasm_path().display().to_string();
+            *y = y.replace(&default, &noop_wasm());
+        }
         Kind::Filter => {
             if let Some(path) = &arm.wasm {
                 let default = agentplane_e2e::wasm_path().display().to_string();
@@ -152,6 +158,16 @@ fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
         }
     }
     r
+}
+
+/// The do-nothing filter (`./build.sh bench` builds it).
+fn noop_wasm() -> String {
+    std::env::var("AGENTPLANE_NOOP_WASM").unwrap_or_else(|_| {
+        repo_root()
+            .join("target/wasm32-wasip1/release/noop.wasm")
+            .display()
+            .to_string()
+    })
 }
 
 fn wrk_script() -> std::path::PathBuf {
@@ -549,6 +565,8 @@ fn main() {
         std::fs::metadata(wasm).unwrap().len()
     );
 
+    many_agents(&setup, &base_config, &uncached.to_string(), secs, reps, warmup, &idp);
+
     if soak > 0 {
         let a = arms
             .iter()
@@ -586,4 +604,162 @@ fn main() {
         );
         std::fs::remove_file(&script).ok();
     }
+}
+
+/// The realistic workloads of issue 10, side by side on one worker:
+///
+/// - MIX: 100 agents (80 with the permission, 20 without), the four
+///   allowed paths of the classic mix, every request distinct (a counter in
+///   the query string). 20% are denied.
+/// - MIX-hard: the same agents; every request differs in service, method
+///   and path (`/items/<counter>`), so a cache keyed on the input cannot
+///   answer any of it.
+///
+/// Arms: S2, S2R, S3L, S0W (do-nothing wasm filter: Envoy's own wasm
+/// cost), S4 (cache on) and S4U (cache off). The decision cache's hit ratio
+/// is read from Envoy's stats around each measured run.
+fn many_agents(
+    setup: &EnvoySetup,
+    base_config: &str,
+    uncached: &str,
+    secs: u32,
+    reps: usize,
+    warmup: u32,
+    idp: &Idp,
+) {
+    let mut tokens = Vec::new();
+    for n in 0..100 {
+        let perms: &[&str] = if n % 5 == 4 { &[] } else { &["skills:invoke", "data:read"] };
+        tokens.push(idp.agent_token(
+            &format!("agent-{n:03}@clients"),
+            "customer-success",
+            "support",
+            "production",
+            perms,
+        ));
+    }
+    let arm = |name: &str, kind: Kind, enforces: bool, pc: Option<&str>| Arm {
+        name: name.into(),
+        kind,
+        enforces,
+        wasm: None,
+        plugin_config: pc.map(str::to_string),
+    };
+    let arms = [
+        arm("S2 + jwt_authn", Kind::Jwt, false, None),
+        arm("S2R S2 + native RBAC", Kind::Rbac, true, None),
+        arm("S3L S2 + seed Lua (no OPA call)", Kind::Lua, false, None),
+        arm("S0W S2 + do-nothing wasm filter", Kind::Floor, false, None),
+        arm("S4 S2 + agentplane", Kind::Filter, true, Some(base_config)),
+        arm("S4U S4, decision cache off", Kind::Filter, true, Some(uncached)),
+    ];
+    let mut run_no = 0u64;
+    for (workload, hard) in [("MIX", false), ("MIX-hard", true)] {
+        let mut rows: Vec<Samples> = arms.iter().map(|_| Samples::default()).collect();
+        let mut hits: Vec<(f64, f64)> = vec![(0.0, 0.0); arms.len()];
+        for rep in 0..reps {
+            for k in 0..arms.len() {
+                let i = (k + rep) % arms.len();
+                let a = &arms[i];
+                let t0 = Instant::now();
+                let envoy = Envoy::start_yaml(&render(a, setup));
+                rows[i].startup.push(t0.elapsed().as_secs_f64());
+                let mut go = |secs: u32| {
+                    run_no += 1;
+                    let script = many_script(&tokens, hard, run_no * 10_000_000);
+                    let r = wrk(envoy.port, "unused", secs, &script);
+                    std::fs::remove_file(&script).ok();
+                    r
+                };
+                go(warmup);
+                let (h0, m0) = cache_counters(&envoy);
+                let cpu0 = cpu_secs(envoy.pid());
+                let run = go(secs);
+                let cpu = cpu_secs(envoy.pid()) - cpu0;
+                let (h1, m1) = cache_counters(&envoy);
+                hits[i].0 += h1 - h0;
+                hits[i].1 += m1 - m0;
+                let denied = run.non2xx as f64 / run.requests.max(1) as f64;
+                let want = if a.enforces { 0.2 } else { 0.0 };
+                assert!(
+                    (denied - want).abs() < 0.03,
+                    "{workload} {}: {:.1}% denied, expected {:.0}%",
+                    a.name,
+                    denied * 100.0,
+                    want * 100.0
+                );
+                rows[i].rps.push(run.rps);
+                rows[i].cpu_us.push(cpu * 1e6 / run.requests as f64);
+                rows[i].rss.push(envoy.rss_kib().unwrap_or(0));
+                eprintln!(
+                    "{workload} rep {rep} {}: {:.0} req/s, {:.1} µs CPU/req",
+                    a.name,
+                    run.rps,
+                    cpu * 1e6 / run.requests as f64
+                );
+            }
+        }
+        let s2 = median(rows[0].rps.clone());
+        let s2_cpu = median(rows[0].cpu_us.clone());
+        let floor_cpu = median(rows[3].cpu_us.clone());
+        println!("\n{workload}: 100 agents, every request distinct, 20% denied (S4 arms)");
+        println!("| arm | req/s (median of {reps}) | min–max | × S2 | added CPU µs/req over S2 | over S0W | RSS (MiB) | start to ready (s) | decision-cache hit ratio |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for (i, (a, r)) in arms.iter().zip(&rows).enumerate() {
+            let m = median(r.rps.clone());
+            let (lo, hi) = range(&r.rps);
+            let cpu = median(r.cpu_us.clone());
+            let ratio = if a.kind == Kind::Filter && hits[i].0 + hits[i].1 > 0.0 {
+                format!("{:.1}%", hits[i].0 * 100.0 / (hits[i].0 + hits[i].1))
+            } else {
+                "—".into()
+            };
+            println!(
+                "| {} | {m:.0} | {lo:.0}–{hi:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {ratio} |",
+                a.name,
+                m / s2,
+                cpu - s2_cpu,
+                cpu - floor_cpu,
+                r.rss.last().copied().unwrap_or(0) as f64 / 1024.0,
+                median(r.startup.clone()),
+            );
+        }
+    }
+}
+
+/// `agentplane.decision_cache.hit` and `.miss` from Envoy's stats (which
+/// shows them as `wasmcustom.agentplane...`).
+fn cache_counters(envoy: &Envoy) -> (f64, f64) {
+    let stats = envoy.admin("/stats?filter=agentplane.decision_cache");
+    let get = |name: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.split_once(&format!("{name}: ")).map(|(_, v)| v))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        get("agentplane.decision_cache.hit"),
+        get("agentplane.decision_cache.miss"),
+    )
+}
+
+/// A wrk script: request `i` (counting from `start`, so no two runs repeat
+/// a request) goes as agent `i % 100` to a distinct URL.
+fn many_script(tokens: &[String], hard: bool, start: u64) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "agentplane-bench-many-{}-{start}.lua",
+        std::process::id()
+    ));
+    let toks: Vec<String> = tokens.iter().map(|t| format!("\"Bearer {t}\"")).collect();
+    let body = if hard {
+        "local targets = {{\"GET\", \"/mcp://customer-lookup/customers/\"}, {\"POST\", \"/mcp://sentiment-analysis/analyze/\"}, {\"POST\", \"/mcp://hello-skill/hello/\"}, {\"GET\", \"/mcp://sentiment-analysis/models/\"}}\n\
+         request = function()\n  i = i + 1\n  local t = targets[(math.floor(i / 100) % #targets) + 1]\n  return wrk.format(t[1], t[2] .. i, {[\"authorization\"] = tokens[(i % #tokens) + 1]})\nend\n"
+    } else {
+        "local paths = {\"/mcp://sentiment-analysis/analyze?n=\", \"/mcp://customer-lookup/customers/42?n=\", \"/mcp://hello-skill/hello?name=bench&n=\", \"/mcp://sentiment-analysis/analyze?lang=en&n=\"}\n\
+         request = function()\n  i = i + 1\n  local p = paths[(math.floor(i / 100) % #paths) + 1]\n  return wrk.format(\"GET\", p .. i, {[\"authorization\"] = tokens[(i % #tokens) + 1]})\nend\n"
+    };
+    let script = format!("local tokens = {{{}}}\nlocal i = {start}\n{body}", toks.join(", "));
+    std::fs::write(&path, script).unwrap();
+    path
 }
