@@ -565,7 +565,15 @@ fn main() {
         std::fs::metadata(wasm).unwrap().len()
     );
 
-    many_agents(&setup, &base_config, &uncached.to_string(), secs, reps, warmup, &idp);
+    many_agents(
+        &setup,
+        &base_config,
+        &uncached.to_string(),
+        secs,
+        reps,
+        warmup,
+        &idp,
+    );
 
     if soak > 0 {
         let a = arms
@@ -629,7 +637,11 @@ fn many_agents(
 ) {
     let mut tokens = Vec::new();
     for n in 0..100 {
-        let perms: &[&str] = if n % 5 == 4 { &[] } else { &["skills:invoke", "data:read"] };
+        let perms: &[&str] = if n % 5 == 4 {
+            &[]
+        } else {
+            &["skills:invoke", "data:read"]
+        };
         tokens.push(idp.agent_token(
             &format!("agent-{n:03}@clients"),
             "customer-success",
@@ -651,7 +663,12 @@ fn many_agents(
         arm("S3L S2 + seed Lua (no OPA call)", Kind::Lua, false, None),
         arm("S0W S2 + do-nothing wasm filter", Kind::Floor, false, None),
         arm("S4 S2 + agentplane", Kind::Filter, true, Some(base_config)),
-        arm("S4U S4, decision cache off", Kind::Filter, true, Some(uncached)),
+        arm(
+            "S4U S4, decision cache off",
+            Kind::Filter,
+            true,
+            Some(uncached),
+        ),
     ];
     let mut run_no = 0u64;
     for (workload, hard) in [("MIX", false), ("MIX-hard", true)] {
@@ -759,7 +776,10 @@ fn many_script(tokens: &[String], hard: bool, start: u64) -> std::path::PathBuf 
         "local paths = {\"/mcp://sentiment-analysis/analyze?n=\", \"/mcp://customer-lookup/customers/42?n=\", \"/mcp://hello-skill/hello?name=bench&n=\", \"/mcp://sentiment-analysis/analyze?lang=en&n=\"}\n\
          request = function()\n  i = i + 1\n  local p = paths[(math.floor(i / 100) % #paths) + 1]\n  return wrk.format(\"GET\", p .. i, {[\"authorization\"] = tokens[(i % #tokens) + 1]})\nend\n"
     };
-    let script = format!("local tokens = {{{}}}\nlocal i = {start}\n{body}", toks.join(", "));
+    let script = format!(
+        "local tokens = {{{}}}\nlocal i = {start}\n{body}",
+        toks.join(", ")
+    );
     std::fs::write(&path, script).unwrap();
     path
 }

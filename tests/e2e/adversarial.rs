@@ -19,7 +19,12 @@ struct Routed {
 }
 
 impl Routed {
-    fn start_with(plugin_config: &str, workers: u32, wasm: Option<&str>) -> Routed {
+    fn start_with(
+        plugin_config: &str,
+        workers: u32,
+        wasm: Option<&str>,
+        fail_closed: bool,
+    ) -> Routed {
         let idp = Idp::new();
         let mut upstreams = HashMap::new();
         for s in registered_services(plugin_config) {
@@ -41,6 +46,11 @@ impl Routed {
             let shipped = agentplane_e2e::wasm_path().display().to_string();
             r.yaml = r.yaml.replace(&shipped, w);
         }
+        if fail_closed {
+            r.yaml = r
+                .yaml
+                .replace("failure_policy: FAIL_RELOAD", "failure_policy: FAIL_CLOSED");
+        }
         let envoy = Envoy::start_yaml(&r);
         Routed {
             idp,
@@ -50,7 +60,7 @@ impl Routed {
     }
 
     fn start() -> Routed {
-        Routed::start_with(&default_plugin_config(), 1, None)
+        Routed::start_with(&default_plugin_config(), 1, None, false)
     }
 
     fn token(&self, team: &str, perms: &[&str]) -> String {
@@ -295,7 +305,7 @@ fn method_override_headers_cannot_smuggle_a_delete() {
 fn client_chosen_correlation_ids_are_never_trusted() {
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     cfg["decision_log"] = json!({"enabled": true});
-    let s = Routed::start_with(&cfg.to_string(), 1, None);
+    let s = Routed::start_with(&cfg.to_string(), 1, None, false);
     let auth = s.token("ml", &["skills:invoke"]);
     let r = s.envoy.request(
         "POST",
@@ -334,7 +344,7 @@ fn a_resource_without_an_owner_team_is_refused_to_every_team() {
         json!({"type": "data", "metadata": {"environment": "production"}});
     cfg["resources"]["null-team"] =
         json!({"type": "data", "metadata": {"team": null, "environment": "production"}});
-    let s = Routed::start_with(&cfg.to_string(), 1, None);
+    let s = Routed::start_with(&cfg.to_string(), 1, None, false);
     for team in ["ml", "customer-success", "platform"] {
         let auth = s.token(team, &["data:read"]);
         for svc in ["orphan-data", "null-team"] {
@@ -545,7 +555,7 @@ fn a_trapped_vm_fails_closed_then_serves_again() {
         std::path::Path::new(&trap).exists(),
         "{trap} missing: ./build.sh test builds it"
     );
-    let s = Routed::start_with(&default_plugin_config(), 1, Some(&trap));
+    let s = Routed::start_with(&default_plugin_config(), 1, Some(&trap), false);
     let auth = s.token("ml", &["skills:invoke"]);
     let ok = || {
         s.envoy.request(
@@ -746,7 +756,7 @@ fn a_body_held_while_secrets_are_fetched_arrives_intact() {
 fn percent_encoded_paths_mean_to_the_policy_what_they_mean_upstream() {
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     cfg["decision_log"] = json!({"enabled": true});
-    let s = Routed::start_with(&cfg.to_string(), 1, None);
+    let s = Routed::start_with(&cfg.to_string(), 1, None, false);
     let auth = s.token("ml", &["skills:invoke"]);
     let r = s.envoy.request(
         "POST",
@@ -784,4 +794,46 @@ fn percent_encoded_paths_mean_to_the_policy_what_they_mean_upstream() {
     );
     assert_ne!(r.status, 200, "{r:?}");
     assert!(s.seen("sentiment-analysis").is_empty());
+}
+
+/// What a trap costs under `FAIL_CLOSED`, for comparison with the shipped
+/// `FAIL_RELOAD`: the worker's VM stays dead, and every later request is
+/// refused (fail closed, but down) until the configuration changes.
+#[test]
+fn under_fail_closed_a_trapped_vm_refuses_everything_after_it() {
+    let trap = agentplane_e2e::repo_root()
+        .join("target/agentplane-trap.wasm")
+        .display()
+        .to_string();
+    let trap = std::env::var("AGENTPLANE_TRAP_WASM").unwrap_or(trap);
+    assert!(std::path::Path::new(&trap).exists(), "{trap} missing");
+    let s = Routed::start_with(&default_plugin_config(), 1, Some(&trap), true);
+    let auth = s.token("ml", &["skills:invoke"]);
+    let ok = || {
+        s.envoy
+            .request(
+                "POST",
+                "/mcp://sentiment-analysis/x",
+                &[("authorization", &auth)],
+            )
+            .status
+    };
+    assert_eq!(ok(), 200);
+    let _ = agentplane_e2e::try_http(
+        s.envoy.port,
+        "POST",
+        "/mcp://sentiment-analysis/x",
+        &[("authorization", &auth), ("x-agentplane-test-trap", "1")],
+        "",
+    );
+    s.clear();
+    // Three seconds is well past FAIL_RELOAD's 1 s recovery.
+    let t0 = Instant::now();
+    let mut statuses = Vec::new();
+    while t0.elapsed() < Duration::from_secs(3) {
+        statuses.push(ok());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(statuses.iter().all(|st| *st == 503), "{statuses:?}");
+    assert_eq!(s.total_seen(), 0, "nothing forwarded unchecked");
 }
