@@ -1,0 +1,1090 @@
+//! Tests of the request path through `MockHost` (`filter.rs`), kept in
+//! their own file so the pipeline itself stays short enough to read.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use crate::host::MockHost;
+use crate::pbstruct;
+use serde_json::{json, Value};
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const NOON: u64 = 1_746_273_600_000_000_000;
+const EARLY: u64 = 1_746_252_000_000_000_000;
+
+const CONFIG: &str = r#"{"resources": {
+    "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"}},
+    "tickets": {"type": "data", "metadata": {"team": "customer-success", "environment": "production"}}
+}}"#;
+
+fn filter() -> Filter {
+    Filter::new(CONFIG.as_bytes(), 7).unwrap()
+}
+
+fn claims(extra: Value) -> Value {
+    let mut c = json!({
+        "sub": "support-triage@clients",
+        "exp": 1_746_277_200,
+        "permissions": ["skills:invoke", "data:read", "data:write"],
+        "https://mcp.example.com/agent_type": "support",
+        "https://mcp.example.com/team": "customer-success",
+        "https://mcp.example.com/environment": "production",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn request(method: &str, path: &str, payload: Option<Value>) -> MockHost {
+    let mut h = MockHost::new()
+        .at(NOON)
+        .with_header(":method", method)
+        .with_header(":path", path)
+        .with_header(":authority", "localhost:15000")
+        .with_property(&["request", "id"], "req-123");
+    if let Some(p) = payload {
+        let mut ns = serde_json::Map::new();
+        ns.insert("jwt_payload".into(), p);
+        h = h.with_property(
+            &["metadata"],
+            pbstruct::encode_metadata(&[("envoy.filters.http.jwt_authn", &ns)]),
+        );
+    }
+    h
+}
+
+fn body(h: &MockHost) -> Value {
+    serde_json::from_slice(&h.reply.as_ref().expect("a reply").body).unwrap()
+}
+
+fn reply_header<'a>(h: &'a MockHost, name: &str) -> Option<&'a str> {
+    h.reply
+        .as_ref()?
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn allow_sets_trusted_headers() {
+    let f = filter();
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header("X-Agent-Id", "root@clients")
+        .with_header("x-agent-team", "platform");
+    let (flow, d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
+    assert!(d.allowed() && h.reply.is_none());
+    assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
+    assert_eq!(h.header_values("x-agent-team"), ["customer-success"]);
+    assert_eq!(h.header_values("x-agent-type"), ["support"]);
+    // The client sent no id the filter trusts: it mints its own.
+    assert_eq!(h.header_values("x-request-id"), [d.id.as_str()]);
+    f.on_response_headers(&mut h, &d);
+    assert_eq!(
+        h.response_headers,
+        [
+            (DECISION_ID_HEADER.to_string(), d.id.clone()),
+            (TRACE_ID_HEADER.to_string(), d.id.clone())
+        ]
+    );
+}
+
+#[test]
+fn no_identity_is_401_with_challenge() {
+    let f = filter();
+    let mut h =
+        request("POST", "/mcp://hello-skill/greet", None).with_header("x-agent-id", "forged");
+    let (flow, d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 401);
+    assert_eq!(
+        reply_header(&h, "www-authenticate"),
+        Some(r#"Bearer realm="agentplane""#)
+    );
+    assert_eq!(body(&h)["decision_id"], d.id);
+    assert_eq!(reply_header(&h, DECISION_ID_HEADER), Some(d.id.as_str()));
+    assert!(h.header_values("x-agent-id").is_empty());
+}
+
+#[test]
+fn wrong_claim_types_are_401_invalid_token() {
+    let f = filter();
+    let mut h = request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        Some(claims(json!({"permissions": "all"}))),
+    );
+    f.on_request_headers(&mut h);
+    assert_eq!(h.reply.as_ref().unwrap().status, 401);
+    assert!(reply_header(&h, "www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+    assert_eq!(
+        body(&h)["reason"],
+        "claim \"permissions\" must be an array of strings"
+    );
+}
+
+#[test]
+fn header_injection_in_claims_is_denied() {
+    let f = filter();
+    for (claim, name) in [
+        ("https://mcp.example.com/team", "x-agent-team"),
+        ("sub", "x-agent-id"),
+    ] {
+        let mut h = request(
+            "POST",
+            "/mcp://hello-skill/greet",
+            Some(claims(json!({ claim: "x\r\nx-agent-id: root" }))),
+        );
+        let (flow, _) = f.on_request_headers(&mut h);
+        assert_eq!(flow, Flow::Replied);
+        assert_eq!(h.reply.as_ref().unwrap().status, 403);
+        assert_eq!(
+            body(&h)["reason"],
+            format!("identity for {name} contains a control character")
+        );
+    }
+    let mut h = request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        Some(claims(json!({"sub": "a".repeat(300)}))),
+    );
+    f.on_request_headers(&mut h);
+    assert_eq!(
+        body(&h)["reason"],
+        "identity for x-agent-id is 300 bytes, over 256"
+    );
+}
+
+#[test]
+fn policy_denies_with_reasons() {
+    let f = filter();
+    let mut h = request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        Some(claims(json!({"permissions": ["data:read"]}))),
+    );
+    let (_, d) = f.on_request_headers(&mut h);
+    assert_eq!(h.reply.as_ref().unwrap().status, 403);
+    assert_eq!(
+        body(&h)["reason"],
+        "missing permission skills:invoke for action invoke_skill"
+    );
+    assert_eq!(
+        d.reason(),
+        "missing permission skills:invoke for action invoke_skill"
+    );
+    assert_eq!(d.agent.as_deref(), Some("support-triage@clients"));
+    assert!(
+        h.header_values("x-agent-id").is_empty(),
+        "nothing set on deny"
+    );
+}
+
+#[test]
+fn unknown_service_is_denied() {
+    let f = filter();
+    let mut h = request("GET", "/nowhere/x", Some(claims(json!({}))));
+    f.on_request_headers(&mut h);
+    assert_eq!(h.reply.as_ref().unwrap().status, 403);
+    let reason = body(&h)["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("service nowhere is not registered"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn ambiguous_or_missing_path_is_400() {
+    let f = filter();
+    let mut h = request(
+        "GET",
+        "/mcp://hello-skill/../tickets",
+        Some(claims(json!({}))),
+    );
+    f.on_request_headers(&mut h);
+    assert_eq!(h.reply.as_ref().unwrap().status, 400);
+    let mut h = MockHost::new().with_property(
+        &["metadata"],
+        pbstruct::encode_metadata(&[(
+            "envoy.filters.http.jwt_authn",
+            json!({"jwt_payload": claims(json!({}))})
+                .as_object()
+                .unwrap(),
+        )]),
+    );
+    f.on_request_headers(&mut h);
+    assert_eq!(h.reply.as_ref().unwrap().status, 400);
+}
+
+#[test]
+fn clock_drives_off_hours_rule() {
+    let f = filter();
+    let mut h = request("DELETE", "/tickets/42", Some(claims(json!({}))));
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    let mut h = request("DELETE", "/tickets/42", Some(claims(json!({})))).at(EARLY);
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert_eq!(
+        body(&h)["reason"],
+        "DELETE is not permitted outside business hours (9:00-17:00 UTC)"
+    );
+}
+
+#[test]
+fn policy_errors_fail_closed() {
+    let config = Config::from_json(b"").unwrap();
+    let policy = Policy::compile(
+        // A non-boolean `allow` is an error on every engine.
+        &[("p.rego", "package t\nallow := input.agent.id\n")],
+        "{}",
+        "data.t",
+    )
+    .unwrap();
+    let f = Filter::with_policy(config, policy, 1);
+    let mut h = request("GET", "/svc/x", Some(claims(json!({}))));
+    let (flow, d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 403);
+    assert_eq!(d.reason(), "policy_error");
+    assert!(h
+        .logs
+        .borrow()
+        .iter()
+        .any(|(l, m)| *l == LogLevel::Warn && m.contains("policy")));
+}
+
+#[test]
+fn response_object_shapes_the_reply() {
+    let config = Config::from_json(br#"{"policy": {"entrypoint": "data.t.decision"}}"#).unwrap();
+    let src = r#"package t
+decision := {"allowed": false, "status": 429, "reason": "slow down", "headers": {"retry-after": "5"}} if input.agent.team == "customer-success"
+decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.agent.team != "customer-success"
+"#;
+    let policy = Policy::compile(&[("p.rego", src)], "{}", "data.t.decision").unwrap();
+    let f = Filter::with_policy(config, policy, 1);
+    let mut h = request("GET", "/svc/x", Some(claims(json!({}))));
+    f.on_request_headers(&mut h);
+    assert_eq!(h.reply.as_ref().unwrap().status, 429);
+    assert_eq!(reply_header(&h, "retry-after"), Some("5"));
+    assert_eq!(body(&h)["reason"], "slow down");
+    let mut h = request(
+        "GET",
+        "/svc/x",
+        Some(claims(json!({"https://mcp.example.com/team": "ml"}))),
+    );
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    assert_eq!(h.header_values("x-policy-tier"), ["gold"]);
+}
+
+#[test]
+fn decision_ids_are_unique_per_request() {
+    let f = filter();
+    let mut a = request("POST", "/mcp://hello-skill/x", None);
+    let mut b = request("POST", "/mcp://hello-skill/x", None);
+    assert_ne!(
+        f.on_request_headers(&mut a).1.id,
+        f.on_request_headers(&mut b).1.id
+    );
+}
+
+#[test]
+fn bad_config_and_bad_entrypoint_refuse_to_start() {
+    let e = Filter::new(br#"{"policy": {"entrypoint": "data.nope"}}"#, 1).unwrap_err();
+    assert!(e.to_string().contains("data.nope"), "{e}");
+    let e = Filter::new(br#"{"resources": []}"#, 1).unwrap_err();
+    assert!(e.to_string().contains("invalid type"), "{e}");
+}
+
+fn cached_filter() -> Filter {
+    let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
+    cfg["decision_cache"] = json!({"max_entries": 16});
+    Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
+}
+
+const HOUR: u64 = 3_600_000_000_000;
+
+#[test]
+fn cache_reuses_decisions_for_equal_requests_only() {
+    let f = cached_filter();
+    let run = |path: &str, payload: Value, ua: Option<&str>, rid: &str| {
+        let mut h = request("POST", path, Some(payload))
+            .with_property(&["request", "id"], rid)
+            .with_header("x-agent-team", "forged");
+        if let Some(ua) = ua {
+            h = h.with_header("user-agent", ua);
+        }
+        let (flow, d) = f.on_request_headers(&mut h);
+        (flow, d, h)
+    };
+    let (flow, d1, _) = run("/mcp://hello-skill/greet", claims(json!({})), None, "r1");
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(f.cache_stats(), Some((0, 1, 1)));
+    let (flow, d2, h) = run("/mcp://hello-skill/greet", claims(json!({})), None, "r2");
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(f.cache_stats(), Some((1, 1, 1)), "second request is a hit");
+    assert_ne!(d1.id, d2.id, "every request gets its own decision id");
+    assert_eq!(h.header_values("x-agent-team"), ["customer-success"]);
+    assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
+    assert_eq!(h.header_values("x-request-id"), [d2.id.as_str()]);
+    // Anything the input depends on changes the key.
+    run("/mcp://hello-skill/other", claims(json!({})), None, "r3");
+    run(
+        "/mcp://hello-skill/greet",
+        claims(json!({"sub": "other@clients"})),
+        None,
+        "r4",
+    );
+    run(
+        "/mcp://hello-skill/greet",
+        claims(json!({})),
+        Some("x"),
+        "r5",
+    );
+    assert_eq!(f.cache_stats(), Some((1, 4, 4)));
+    // A cached deny is still a deny, with its reason and a fresh id.
+    let no_perm = claims(json!({"permissions": ["data:read"]}));
+    let (_, d6, _) = run("/mcp://hello-skill/greet", no_perm.clone(), None, "r6");
+    let (flow, d7, h) = run("/mcp://hello-skill/greet", no_perm, None, "r7");
+    assert_eq!(f.cache_stats(), Some((2, 5, 5)));
+    assert_eq!(flow, Flow::Replied);
+    assert!(!d7.allowed() && d7.reason() == d6.reason() && d7.id != d6.id);
+    assert_eq!(body(&h)["decision_id"], d7.id);
+    assert!(h.header_values("x-agent-team").is_empty());
+}
+
+#[test]
+fn cache_never_outlives_the_hour_or_the_token() {
+    // DELETE on data is allowed in business hours only (9-17 UTC).
+    let f = cached_filter();
+    let day = NOON - 12 * HOUR;
+    let at = |t: u64, exp_s: u64| {
+        let mut h = request(
+            "DELETE",
+            "/mcp://tickets/1",
+            Some(claims(json!({"exp": exp_s}))),
+        )
+        .at(t);
+        f.on_request_headers(&mut h).1
+    };
+    let late = day + 17 * HOUR;
+    assert!(at(late - 1, 4_000_000_000).allowed());
+    assert!(at(late - 1, 4_000_000_000).allowed());
+    assert_eq!(f.cache_stats().unwrap().0, 1);
+    let d = at(late, 4_000_000_000);
+    assert!(!d.allowed(), "17:00 is off hours, whatever the cache held");
+    assert!(
+        d.reason().contains("outside business hours"),
+        "{}",
+        d.reason()
+    );
+    // Token expiry inside the hour.
+    let exp = (NOON + 10 * 60 * 1_000_000_000) / 1_000_000_000;
+    assert!(at(NOON, exp).allowed());
+    assert!(at(exp * 1_000_000_000 - 1, exp).allowed());
+    let d = at(exp * 1_000_000_000, exp);
+    assert!(
+        !d.allowed() && d.reason().contains("expired"),
+        "{}",
+        d.reason()
+    );
+}
+
+#[test]
+fn cache_ignores_policies_that_do_not_say_how_long_they_hold() {
+    let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
+    cfg["decision_cache"] = json!({});
+    let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+    let policy = Policy::compile(
+        &[(
+            "p.rego",
+            "package p\nallow if input.agent.team == \"customer-success\"\n",
+        )],
+        "{}",
+        "data.p",
+    )
+    .unwrap();
+    let f = Filter::with_policy(config, policy, 1);
+    for _ in 0..3 {
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+        assert!(f.on_request_headers(&mut h).1.allowed());
+    }
+    assert_eq!(f.cache_stats(), Some((0, 3, 0)));
+}
+
+/// A length-delimited protobuf field (for hand-built metadata).
+fn pb_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    out.push((field << 3) | 2);
+    let mut n = bytes.len();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+    out.extend_from_slice(bytes);
+}
+
+#[test]
+fn cache_key_ignores_protobuf_map_order() {
+    // Envoy serializes Struct maps in no fixed order: the same payload
+    // must still hit.
+    let f = filter();
+    let payload = claims(json!({}));
+    let fields: Vec<(String, Value)> = payload.as_object().unwrap().clone().into_iter().collect();
+    let metadata = |reverse: bool| {
+        let mut st = Vec::new();
+        let mut order: Vec<_> = fields.iter().collect();
+        if reverse {
+            order.reverse();
+        }
+        for (k, v) in order {
+            let mut one = serde_json::Map::new();
+            one.insert(k.clone(), v.clone());
+            st.extend(pbstruct::encode_struct(&one));
+        }
+        // {"jwt_payload": <struct>} as a Struct, then the Metadata entry.
+        let mut value = Vec::new();
+        pb_field(&mut value, 5, &st);
+        let mut entry = Vec::new();
+        pb_field(&mut entry, 1, b"jwt_payload");
+        pb_field(&mut entry, 2, &value);
+        let mut ns = Vec::new();
+        pb_field(&mut ns, 1, &entry);
+        let mut md_entry = Vec::new();
+        pb_field(&mut md_entry, 1, b"envoy.filters.http.jwt_authn");
+        pb_field(&mut md_entry, 2, &ns);
+        let mut md = Vec::new();
+        pb_field(&mut md, 1, &md_entry);
+        md
+    };
+    assert_ne!(metadata(false), metadata(true));
+    for reverse in [false, true] {
+        let mut h = request("POST", "/mcp://hello-skill/greet", None)
+            .with_property(&["metadata"], metadata(reverse));
+        assert!(f.on_request_headers(&mut h).1.allowed(), "{:?}", h.reply);
+    }
+    assert_eq!(f.cache_stats(), Some((1, 1, 1)));
+}
+
+fn secrets_filter() -> Filter {
+    let cfg = json!({
+        "vault": {"cluster": "vault", "role": "agent"},
+        "resources": {
+            "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"},
+                "secrets": [{"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}]},
+            "tickets": {"type": "data", "metadata": {"team": "customer-success", "environment": "production"}}
+        }
+    });
+    Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
+}
+
+#[test]
+fn allowed_requests_wait_for_their_secrets_denied_ones_fetch_nothing() {
+    let f = secrets_filter();
+    assert!(f.has_secrets());
+    // Denied (missing permission): no callout, ever.
+    let mut h = request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        Some(claims(json!({"permissions": []}))),
+    )
+    .with_header("authorization", "Bearer the.agent.jwt");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    f.on_tick(&mut h);
+    assert!(h.dispatched.is_empty());
+
+    // Allowed: paused; the root logs in with the agent's JWT, reads, resumes.
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header("authorization", "Bearer the.agent.jwt");
+    h.stream = 42;
+    let (flow, d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Paused);
+    assert!(d.allowed());
+    assert!(
+        h.header_values("authorization").is_empty(),
+        "agent JWT not forwarded"
+    );
+    assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
+    let mut root = MockHost::new();
+    f.on_tick(&mut root);
+    assert_eq!(root.dispatched.len(), 1);
+    let login: Value = serde_json::from_slice(root.dispatched[0].body.as_ref().unwrap()).unwrap();
+    assert_eq!(login["jwt"], "the.agent.jwt");
+    let t = root.dispatched[0].token;
+    f.on_callout_response(
+        &mut root,
+        t,
+        Some(200),
+        Some(br#"{"auth":{"client_token":"s.x","lease_duration":600}}"#),
+    );
+    // The read goes out at once (no need to wait for the next tick).
+    assert_eq!(root.dispatched.len(), 2);
+    let t = root.dispatched[1].token;
+    f.on_callout_response(
+        &mut root,
+        t,
+        Some(200),
+        Some(br#"{"data":{"data":{"api_key":"k-123"}}}"#),
+    );
+    assert_eq!(
+        root.resumed,
+        [(42, vec![("x-api-key".to_string(), "k-123".to_string())])]
+    );
+
+    // Next request: straight from the cache, not paused.
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header("authorization", "Bearer the.agent.jwt");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    assert_eq!(h.header_values("x-api-key"), ["k-123"]);
+
+    // Services without secrets never pause.
+    let mut h = request("GET", "/tickets/1", Some(claims(json!({}))));
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    assert_eq!(f.secrets_stats().unwrap().logins, 1);
+}
+
+#[test]
+fn secrets_without_a_token_or_vault_config_fail_closed() {
+    let f = secrets_filter();
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+    let (flow, d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!((d.status(), h.reply.as_ref().unwrap().status), (503, 503));
+    assert_eq!(
+        body(&h)["reason"],
+        "secrets_unavailable: no bearer token to log in to Vault with"
+    );
+    assert_eq!(body(&h)["error"], "unavailable");
+
+    let e = Filter::new(
+        br#"{"resources": {"s": {"type": "skill", "secrets": [{"kv": "secret/data/x", "field": "k", "header": "x-k"}]}}}"#,
+        1,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("secrets need a `vault` section"),
+        "{e}"
+    );
+    for (bad, want) in [
+        (
+            json!({"kv": "secret/data/{agentt}/x", "field": "k", "header": "x-k"}),
+            "placeholders",
+        ),
+        (
+            json!({"kv": "../x", "field": "k", "header": "x-k"}),
+            "relative Vault path",
+        ),
+        (json!({"kv": "secret/data/x", "header": "x-k"}), "field"),
+        (
+            json!({"kv": "secret/data/x", "field": "k", "header": "x-agent-id"}),
+            "sets itself",
+        ),
+        (
+            json!({"kv": "secret/data/x", "field": "k", "header": "x-k", "bearer": true}),
+            "not both",
+        ),
+        (
+            json!({"database": "database/creds/r", "username_header": "x-u"}),
+            "password_header",
+        ),
+        (json!({"field": "k"}), "exactly one of kv and database"),
+    ] {
+        let cfg = json!({"vault": {}, "resources": {"s": {"type": "skill", "secrets": [bad]}}});
+        let e = Filter::new(cfg.to_string().as_bytes(), 1).unwrap_err();
+        assert!(e.to_string().contains(want), "{e} (wanted {want})");
+    }
+}
+
+fn logged_filter(extra: Value) -> Filter {
+    let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
+    cfg["decision_log"] = extra;
+    Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
+}
+
+fn log_lines(h: &MockHost) -> Vec<Value> {
+    h.logs
+        .borrow()
+        .iter()
+        .filter_map(|(_, l)| l.strip_prefix(crate::audit::PREFIX))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn decisions_are_logged_in_opa_shape_without_credentials() {
+    let f = logged_filter(json!({"enabled": true, "mask": ["/input/jwt/payload/email"]}));
+    let canary_jwt = "Bearer canary-jwt-0a1b2c";
+    let mut h = request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        Some(claims(json!({"email": "canary@x.org"}))),
+    )
+    .with_header("authorization", canary_jwt)
+    .with_header("cookie", "session=canary-cookie");
+    let (_, d) = f.on_request_headers(&mut h);
+    assert!(d.allowed());
+    h = h.with_property(&["response", "code"], 201u64.to_le_bytes().to_vec());
+    f.on_log(&mut h, &mut d.clone());
+    let all: String = h.logs.borrow().iter().map(|(_, l)| l.clone()).collect();
+    assert!(!all.contains("canary"), "{all}");
+    let recs = log_lines(&h);
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(r["decision_id"], d.id);
+    assert_eq!(r["path"], "mcp/authz");
+    assert_eq!(r["result"]["allowed"], true);
+    assert_eq!(r["status"], 201, "upstream's status");
+    assert_eq!(r["agent"]["id"], "support-triage@clients");
+    assert_eq!(r["agent"]["team"], "customer-success");
+    assert_eq!(r["resource"], "hello-skill");
+    assert_eq!(r["input"]["resource"]["id"], "hello-skill");
+    assert_eq!(r["input"]["request"]["id"], r["decision_id"]);
+    assert!(
+        r["input"]["jwt"]["payload"].get("email").is_none(),
+        "masked"
+    );
+    assert!(r["metrics"]["timer_rego_query_eval_ns"].as_u64().is_some());
+    assert_eq!(r["labels"]["policy_revision"], crate::bundle::REVISION);
+    assert_eq!(r["cached"], false);
+
+    // The same request again: a cache hit, still logged with its input.
+    let mut h = request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        Some(claims(json!({"email": "canary@x.org"}))),
+    )
+    .with_property(&["request", "id"], "req-456");
+    let (_, d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d.clone());
+    let r = &log_lines(&h)[0];
+    assert_eq!(r["cached"], true);
+    assert_eq!(
+        r["input"]["request"]["id"],
+        d.id.as_str(),
+        "this request's id"
+    );
+    assert!(r["metrics"].get("timer_rego_query_eval_ns").is_none());
+}
+
+#[test]
+fn denies_are_always_logged_allows_sampled() {
+    let f = logged_filter(json!({"enabled": true, "sample_allowed": 0.0}));
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+    let (_, d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d.clone());
+    assert!(d.allowed() && log_lines(&h).is_empty());
+    let mut h = request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        Some(claims(json!({"permissions": []}))),
+    );
+    let (_, d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d.clone());
+    let r = &log_lines(&h)[0];
+    assert_eq!(r["result"]["allowed"], false);
+    assert_eq!(r["status"], 403);
+    assert_eq!(
+        r["result"]["reasons"][0],
+        "missing permission skills:invoke for action invoke_skill"
+    );
+    // No identity: still a record.
+    let mut h = request("POST", "/mcp://hello-skill/greet", None);
+    let (_, d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d.clone());
+    assert_eq!(log_lines(&h)[0]["status"], 401);
+    // Off by default.
+    let plain = filter();
+    let mut h = request("POST", "/mcp://hello-skill/greet", None);
+    let (_, d) = plain.on_request_headers(&mut h);
+    plain.on_log(&mut h, &mut d.clone());
+    assert!(d.record.is_none() && log_lines(&h).is_empty());
+}
+
+#[test]
+fn counters_move_exactly_with_the_requests() {
+    let f = filter();
+    let mut totals = std::collections::BTreeMap::new();
+    let mut run = |mut h: MockHost| {
+        f.on_configured(&mut h, "test");
+        f.on_request_headers(&mut h);
+        for (k, v) in &h.metrics {
+            *totals.entry(k.clone()).or_insert(0u64) += v;
+        }
+    };
+    for _ in 0..3 {
+        run(
+            request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+                .with_header("x-agent-id", "forged"),
+        );
+    }
+    run(request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        Some(claims(json!({"permissions": []}))),
+    ));
+    run(request("POST", "/mcp://hello-skill/greet", None));
+    run(request(
+        "POST",
+        "/mcp://hello-skill/../x",
+        Some(claims(json!({}))),
+    ));
+    let get = |k: &str| totals.get(k).copied().unwrap_or(0);
+    assert_eq!(get("agentplane.decisions.allowed"), 3);
+    assert_eq!(get("agentplane.decisions.denied"), 1);
+    assert_eq!(get("agentplane.decisions.unauthorized"), 1);
+    assert_eq!(get("agentplane.decisions.bad_request"), 1);
+    assert_eq!(get("agentplane.headers.stripped"), 3);
+    assert_eq!(get("agentplane.decision_cache.miss"), 2);
+    assert_eq!(get("agentplane.decision_cache.hit"), 2);
+}
+
+#[test]
+fn mandatory_logging_denies_when_records_cannot_be_handed_over() {
+    let f = logged_filter(json!({"enabled": true, "mandatory": true,
+        "collector": {"cluster": "logs", "max_batch": 1, "max_buffer": 2}}));
+    assert!(f.needs_tick());
+    for _ in 0..2 {
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+        let (_, d) = f.on_request_headers(&mut h);
+        assert!(d.allowed());
+        f.on_log(&mut h, &mut d.clone());
+    }
+    // The collector never answered: the buffer is full, requests deny.
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+    let (flow, d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(
+        (d.status(), body(&h)["reason"].as_str()),
+        (503, Some("decision_log_unavailable"))
+    );
+    // The root ships a batch; once the collector accepts, requests pass.
+    let mut root = MockHost::new();
+    f.on_tick(&mut root);
+    let t = root.dispatched[0].token;
+    let batch: Value = serde_json::from_slice(root.dispatched[0].body.as_ref().unwrap()).unwrap();
+    assert_eq!(batch.as_array().unwrap().len(), 1);
+    f.on_callout_response(&mut root, t, Some(204), None);
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+    assert!(f.on_request_headers(&mut h).1.allowed());
+
+    let e = Filter::new(
+        br#"{"decision_log": {"enabled": true, "mandatory": true}}"#,
+        1,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("needs decision_log.enabled and a collector"),
+        "{e}"
+    );
+}
+
+#[test]
+fn metrics_header_reports_the_filters_own_timing_when_enabled() {
+    let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
+    cfg["headers"] = json!({"metrics_header": true});
+    let f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+    let (_, d) = f.on_request_headers(&mut h);
+    f.on_response_headers(&mut h, &d);
+    let v = h
+        .response_headers
+        .iter()
+        .find(|(k, _)| k == METRICS_HEADER)
+        .unwrap()
+        .1
+        .clone();
+    assert!(
+        v.starts_with("filter_us=") && v.ends_with(";cache=miss"),
+        "{v}"
+    );
+    let mut h = request("POST", "/mcp://hello-skill/greet", None);
+    f.on_request_headers(&mut h);
+    assert!(reply_header(&h, METRICS_HEADER).is_some());
+    // Off by default.
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+    let (_, d) = filter().on_request_headers(&mut h);
+    filter().on_response_headers(&mut h, &d);
+    assert!(!h.response_headers.iter().any(|(k, _)| k == METRICS_HEADER));
+}
+// --- attacks (issue 9): each test is named after what it stops --------
+
+#[test]
+fn non_utf8_header_value_cannot_crash_or_confuse_the_filter() {
+    let f = filter();
+    // In a header the filter never reads: forwarded untouched.
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header_bytes(b"x-legacy", b"caf\xe9 \xff");
+    let (flow, d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
+    assert!(d.allowed());
+    assert!(h
+        .raw_headers()
+        .iter()
+        .any(|(k, v)| k == b"x-legacy" && v == b"caf\xe9 \xff"));
+    // In a header the policy reads (user-agent is an input header): 400.
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header_bytes(b"user-agent", b"\x80\x81");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 400);
+    assert_eq!(body(&h)["reason"], "header user-agent is not valid UTF-8");
+    // In :path, without any token: 400, never a trap.
+    let mut h = MockHost::new()
+        .with_header(":method", "GET")
+        .with_header_bytes(b":path", b"/mcp://hello-skill/\xff");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 400);
+    assert!(body(&h)["decision_id"].is_string());
+}
+
+#[test]
+fn non_utf8_header_name_in_the_trusted_namespace_is_stripped() {
+    let f = filter();
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header_bytes(b"x-agent-\xff", b"root");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    assert!(!h.raw_headers().iter().any(|(k, _)| k == b"x-agent-\xff"));
+}
+
+#[test]
+fn underscore_spelling_of_trusted_headers_never_reaches_upstream() {
+    let f = filter();
+    // No team claim: the spoofed one would be the only team header.
+    let c = claims(json!({"https://mcp.example.com/team": null}));
+    let mut h = request("POST", "/mcp://hello-skill/x", Some(c))
+        .with_header("x_agent_team", "platform")
+        .with_header("X_Agent-Id", "root")
+        .with_header("x_agentplane_service", "tickets");
+    assert_eq!(
+        f.on_request_headers(&mut h).0,
+        Flow::Continue,
+        "{:?}",
+        h.reply
+    );
+    let folded: Vec<String> = h
+        .raw_headers()
+        .iter()
+        .map(|(k, _)| String::from_utf8_lossy(k).replace('_', "-"))
+        .collect();
+    assert!(!folded.contains(&"x-agent-team".to_string()), "{folded:?}");
+    assert_eq!(h.header_values(SERVICE_HEADER), ["hello-skill"]);
+    assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
+    assert!(h.header_values("x_agent_team").is_empty());
+    assert!(h.header_values("x_agent-id").is_empty());
+    assert!(h.header_values("x_agentplane_service").is_empty());
+}
+
+#[test]
+fn method_override_headers_cannot_turn_an_authorized_post_into_a_delete() {
+    let f = filter();
+    for name in [
+        "x-http-method-override",
+        "X-HTTP-Method",
+        "x-method-override",
+        "x_http_method_override",
+    ] {
+        let mut h = request("POST", "/mcp://tickets/1", Some(claims(json!({}))))
+            .with_header(name, "DELETE");
+        assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+        assert!(
+            !h.raw_headers()
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes())),
+            "{name} reached upstream"
+        );
+    }
+}
+
+#[test]
+fn lowercase_method_is_decided_as_the_method_upstreams_will_run() {
+    let f = filter();
+    // DELETE is off limits outside business hours; `delete` is the same.
+    let mut h = request("delete", "/mcp://tickets/1", Some(claims(json!({})))).at(EARLY);
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert!(body(&h)["reason"]
+        .as_str()
+        .unwrap()
+        .contains("DELETE is not permitted"));
+    let mut h = request("GE T", "/mcp://tickets/1", Some(claims(json!({}))));
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 400);
+}
+
+#[test]
+fn client_chosen_request_and_decision_ids_never_reach_logs_or_upstream() {
+    let f = logged_filter(json!({"enabled": true}));
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header("x-request-id", "attacker-chosen")
+        .with_header("x-decision-id", "forged-decision");
+    let (_, mut d) = f.on_request_headers(&mut h);
+    assert_eq!(h.header_values("x-request-id"), [d.id.as_str()]);
+    assert!(h.header_values("x-decision-id").is_empty());
+    f.on_log(&mut h, &mut d);
+    let r = &log_lines(&h)[0];
+    assert_eq!(r["request_id"], d.id.as_str());
+    assert!(!r.to_string().contains("attacker-chosen"));
+    // An edge that sets x-request-id itself may be trusted, explicitly.
+    let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
+    cfg["headers"] = json!({"trust_request_id": true});
+    let f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header("x-request-id", "edge-id-1");
+    f.on_request_headers(&mut h);
+    assert_eq!(h.header_values("x-request-id"), ["edge-id-1"]);
+}
+
+#[test]
+fn duplicate_headers_the_filter_reads_are_refused() {
+    let f = filter();
+    for (name, a, b) in [
+        ("authorization", "Bearer a", "Bearer b"),
+        ("content-type", "application/json", "text/plain"),
+    ] {
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+            .with_header(name, a)
+            .with_header(name, b);
+        assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied, "{name}");
+        assert_eq!(h.reply.as_ref().unwrap().status, 400);
+        assert_eq!(
+            body(&h)["reason"],
+            format!("header {name} appears more than once")
+        );
+    }
+}
+
+#[test]
+fn scope_with_tabs_or_newlines_grants_nothing() {
+    let f = filter();
+    let c = claims(json!({"permissions": null, "scope": "mcp:read\tskills:invoke\nadmin"}));
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(c));
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 401);
+    let c = claims(json!({"permissions": null, "scope": "mcp:read skills:invoke"}));
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(c));
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+}
+
+#[test]
+fn a_path_authorized_for_one_service_is_routed_to_that_service_only() {
+    let f = filter();
+    for (path, service, upstream) in [
+        ("/mcp://hello-skill/tickets/x", "hello-skill", "/tickets/x"),
+        (
+            "/hello-skill/tickets/x?q=1",
+            "hello-skill",
+            "/tickets/x?q=1",
+        ),
+        ("/mcp://hello-skill", "hello-skill", "/"),
+        ("/mcp://hello-skill//tickets", "hello-skill", "//tickets"),
+    ] {
+        let mut h = request("POST", path, Some(claims(json!({}))));
+        assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue, "{path}");
+        assert_eq!(h.header_values(SERVICE_HEADER), [service], "{path}");
+        assert_eq!(h.header_values(":path"), [upstream], "{path}");
+    }
+    // A client cannot pre-set the routing header.
+    let mut h = request("POST", "/mcp://hello-skill/x", Some(claims(json!({}))))
+        .with_header(SERVICE_HEADER, "tickets");
+    f.on_request_headers(&mut h);
+    assert_eq!(h.header_values(SERVICE_HEADER), ["hello-skill"]);
+}
+
+#[test]
+fn a_proxy_refusing_header_writes_fails_closed() {
+    let f = filter();
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+    h.refuse_header_writes = true;
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 503);
+    assert!(body(&h)["decision_id"].is_string());
+    // Spoofed headers that cannot be removed: refused before anything.
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header("x-agent-id", "root");
+    h.refuse_header_writes = true;
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert_eq!(body(&h)["reason"], "proxy_error: request headers");
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+    h.no_header_map = true;
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 503);
+}
+
+#[test]
+fn a_request_whose_secrets_fail_after_pausing_is_logged_and_counted_as_refused() {
+    let mut cfg: Value = serde_json::from_str(&json!({
+        "vault": {"cluster": "vault", "role": "agent", "retries": 0},
+        "decision_log": {"enabled": true},
+        "resources": {
+            "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"},
+                "secrets": [{"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}]}
+        }
+    }).to_string()).unwrap();
+    cfg["decision_log"]["sample_allowed"] = json!(1.0);
+    let f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut root = MockHost::new();
+    f.on_configured(&mut root, "test");
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header("authorization", "Bearer jwt");
+    h.stream = 9;
+    let (flow, mut d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Paused);
+    assert_eq!(f.settled(9), Some(State::Pending));
+    f.on_tick(&mut root);
+    let t = root.dispatched[0].token;
+    f.on_callout_response(&mut root, t, Some(500), None);
+    assert!(root.resumed.is_empty());
+    let (stream, reply) = &root.stream_replies[0];
+    assert_eq!((*stream, reply.status), (9, 503));
+    assert_eq!(
+        f.settled(9).map(|s| matches!(s, State::Denied(_))),
+        Some(true)
+    );
+    // The stream's own log phase writes the refusal, not an allow.
+    f.on_log(&mut h, &mut d);
+    let r = &log_lines(&h)[0];
+    assert_eq!(r["result"]["allowed"], false);
+    assert_eq!(r["status"], 503);
+    assert!(r["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("secrets_unavailable"));
+    assert_eq!(
+        root.metrics.get("agentplane.decisions.secrets_unavailable"),
+        Some(&1)
+    );
+    assert_eq!(root.metrics.get("agentplane.decisions.allowed"), Some(&0));
+    assert_eq!(f.pending_streams(), 0);
+}
+
+#[test]
+fn policy_headers_cannot_overwrite_trusted_or_pseudo_headers() {
+    for header in [
+        ":path",
+        "x-agent-id",
+        "x-agentplane-service",
+        "x-request-id",
+        "authorization",
+    ] {
+        let src = format!(
+            "package p\nresult := {{\"allowed\": true, \"headers\": {{\"{header}\": \"evil\"}}}}\n"
+        );
+        let policy = Policy::compile_for(
+            &[("p.rego", src.as_str())],
+            "{}",
+            "data.p.result",
+            crate::policy::EngineChoice::Interpreter,
+        )
+        .unwrap();
+        let f = Filter::with_policy(Config::from_json(CONFIG.as_bytes()).unwrap(), policy, 1);
+        let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
+        assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied, "{header}");
+        assert_eq!(body(&h)["reason"], "policy_error", "{header}");
+    }
+}
