@@ -433,25 +433,24 @@ impl Filter {
 
         let payload =
             claims::payload_from_metadata(&raw, &self.config.identity).map_err(unauthorized)?;
-        // The payload, not the metadata bytes: Envoy serializes protobuf
-        // maps in no fixed order, so equal payloads arrive as different
-        // bytes. serde_json's map is sorted, which makes this canonical.
-        let canonical = self
+        let identity = claims::identity(payload, &self.config.identity).map_err(unauthorized)?;
+        trail.agent_type.clone_from(&identity.agent_type);
+        trail.team.clone_from(&identity.team);
+        let request_id = trail.request_id.clone();
+        let facts = RequestFacts {
+            method: &method,
+            route: &route,
+            host: authority.unwrap_or_default(),
+            id: &request_id,
+            time_ns: now,
+        };
+        let doc = input::build(&headers, &self.config, &self.docs, &identity, &facts);
+        let logging = self.config.decision_log.enabled;
+        let key = self
             .worker
             .cache
             .as_ref()
-            .and_then(|_| serde_json::to_vec(&payload).ok());
-        let key = canonical.map(|canonical| {
-            let mut k = Key::with_capacity(canonical.len() + path.len() + 128);
-            k.field(&canonical)
-                .field(method.as_bytes())
-                .field(path.as_bytes())
-                .optional(authority.map(str::as_bytes));
-            for name in &self.config.headers.input {
-                k.optional(headers.get(name).map(str::as_bytes));
-            }
-            k.into_bytes()
-        });
+            .map(|_| self.cache_key(&identity, &doc));
         if let (Some(cache), Some(key)) = (&self.worker.cache, &key) {
             let hit = cache
                 .try_borrow_mut()
@@ -465,26 +464,14 @@ impl Filter {
             self.worker.metrics.add(host, m, 1);
             if let Some(outcome) = hit {
                 trail.cached = true;
-                trail.input.clone_from(&outcome.input);
-                let who = self.apply(host, outcome, &route, &trail.request_id)?;
-                trail.agent_type.clone_from(&who.kind);
-                trail.team.clone_from(&who.team);
+                // This request's own input: the cached decision was made on
+                // one that differs at most where the policy never looks.
+                trail.input = logging.then_some(doc);
+                let who = self.apply(host, outcome, &route, &request_id)?;
                 return self.secrets(host, &headers, route.service, who, decision_id, trail);
             }
         }
-
-        let identity = claims::identity(payload, &self.config.identity).map_err(unauthorized)?;
-        trail.agent_type.clone_from(&identity.agent_type);
-        trail.team.clone_from(&identity.team);
-        let request_id = trail.request_id.clone();
-        let facts = RequestFacts {
-            method: &method,
-            route: &route,
-            host: authority.unwrap_or_default(),
-            id: &request_id,
-            time_ns: now,
-        };
-        let (outcome, valid_until) = self.authorize(host, &headers, identity, &facts, trail);
+        let (outcome, valid_until) = self.authorize(host, identity, doc, trail);
         if let (Some(cache), Some(key), Some(until)) = (&self.worker.cache, key, valid_until) {
             if let Ok(mut c) = cache.try_borrow_mut() {
                 c.insert(key, outcome.clone(), now, until);
@@ -492,6 +479,56 @@ impl Filter {
         }
         let who = self.apply(host, outcome, &route, &request_id)?;
         self.secrets(host, &headers, route.service, who, decision_id, trail)
+    }
+
+    /// The decision-cache key of a request: everything the outcome carries
+    /// besides the policy's verdict (the identity that becomes trusted
+    /// headers and the secrets principal), and the values at every input
+    /// path the policy reads (all of the input when that cannot be known).
+    /// `request.time_ns` is left out: the policy's `valid_until_ns` bounds
+    /// how long a decision holds (README "Decision cache").
+    fn cache_key(&self, identity: &Identity, doc: &regorus::Value) -> Vec<u8> {
+        let mut k = Key::with_capacity(256);
+        k.field(identity.id.as_bytes())
+            .optional(identity.agent_type.as_deref().map(str::as_bytes))
+            .optional(identity.team.as_deref().map(str::as_bytes))
+            .optional(
+                identity
+                    .payload
+                    .get("iss")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::as_bytes),
+            );
+        let whole: [&[&str]; 10] = [
+            &["jwt"],
+            &["agent"],
+            &["request", "method"],
+            &["request", "host"],
+            &["request", "path"],
+            &["request", "raw_path"],
+            &["request", "query"],
+            &["request", "headers"],
+            &["resource"],
+            &["action"],
+        ];
+        let mut add = |path: &[&str]| {
+            if path == ["request", "time_ns"] {
+                return;
+            }
+            k.field(path.join(".").as_bytes());
+            let bytes = value_at(doc, path).and_then(|v| serde_json::to_vec(v).ok());
+            k.optional(bytes.as_deref());
+        };
+        match self.policy.reads() {
+            Some(paths) => {
+                for p in paths {
+                    let p: Vec<&str> = p.iter().map(String::as_str).collect();
+                    add(&p);
+                }
+            }
+            None => whole.iter().for_each(|p| add(p)),
+        }
+        k.into_bytes()
     }
 
     /// Forwards an allowed outcome: trusted headers, the authorized
@@ -836,9 +873,8 @@ impl Filter {
     fn authorize<H: Host>(
         &self,
         host: &mut H,
-        headers: &RequestHeaders,
         identity: Identity,
-        facts: &RequestFacts<'_>,
+        doc: regorus::Value,
         trail: &mut Trail,
     ) -> (Outcome, Option<u64>) {
         let principal = secrets::principal(
@@ -854,7 +890,6 @@ impl Filter {
                     agent: agent.to_string(),
                     principal: principal.to_string(),
                     result: Err(d),
-                    input: None,
                 },
                 None,
             )
@@ -874,10 +909,9 @@ impl Filter {
                 trusted.push((name.to_string(), v.clone()));
             }
         }
-        let doc = input::build(headers, &self.config, &self.docs, &identity, facts);
-        let logging = self.config.decision_log.enabled;
-        let input = logging.then(|| doc.clone());
-        trail.input.clone_from(&input);
+        if self.config.decision_log.enabled {
+            trail.input = Some(doc.clone());
+        }
         let t0 = host.now_ns();
         let evaluated = self.policy.evaluate(doc);
         let eval_ns = host.now_ns().saturating_sub(t0);
@@ -932,7 +966,6 @@ impl Filter {
                 agent: identity.id,
                 principal,
                 result,
-                input,
             },
             valid_until_ns,
         )
@@ -943,6 +976,18 @@ impl Filter {
         let c = self.worker.cache.as_ref()?.try_borrow().ok()?;
         Some((c.hits, c.misses, c.len()))
     }
+}
+
+/// The value at `path` in an input document, if there is one.
+fn value_at<'a>(doc: &'a regorus::Value, path: &[&str]) -> Option<&'a regorus::Value> {
+    let mut v = doc;
+    for key in path {
+        match v {
+            regorus::Value::Object(m) => v = m.get(&regorus::Value::from(*key))?,
+            _ => return None,
+        }
+    }
+    Some(v)
 }
 
 /// How often the root context ticks when it has background work.
@@ -956,8 +1001,6 @@ struct Outcome {
     /// Issuer and subject, for secret cache keys.
     principal: String,
     result: Result<Allowed, Denial>,
-    /// The input it was decided on, kept for the decision log.
-    input: Option<regorus::Value>,
 }
 
 #[derive(Debug, Clone)]

@@ -135,9 +135,17 @@ pub struct Policy {
     mode: Mode,
     /// Why the RVM was not used, when it was not.
     rvm_fallback: Option<String>,
+    /// The input paths the modules read (`None`: the whole input).
+    reads: Option<Vec<crate::reads::Path>>,
 }
 
 impl Policy {
+    /// The input paths the policy reads, when they are all static
+    /// (`None`: it may read any of the input). See [`crate::reads`].
+    pub fn reads(&self) -> Option<&[crate::reads::Path]> {
+        self.reads.as_deref()
+    }
+
     /// [`Policy::compile_for`] with the RVM preferred.
     pub fn compile(
         modules: &[(&str, &str)],
@@ -212,6 +220,7 @@ impl Policy {
             backend: Backend::Interpreter(RefCell::new(engine.clone())),
             mode,
             rvm_fallback: None,
+            reads: crate::reads::input_reads(modules),
         };
         interpreter
             .eval_rule(&rule, regorus::Value::new_object())
@@ -224,6 +233,7 @@ impl Policy {
                 backend: Backend::Rvm(RefCell::new(vm)),
                 mode: interpreter.mode,
                 rvm_fallback: None,
+                reads: interpreter.reads,
             }),
             Err(why) => {
                 interpreter.rvm_fallback = Some(why);

@@ -1,7 +1,8 @@
 //! The decision cache must be invisible: a long, seeded sequence of
-//! requests (agents, services, methods, headers, a clock that crosses hour
-//! boundaries and token expiries, and sometimes steps back) gets exactly the same decisions from a
-//! filter with the cache as from one without it.
+//! requests (agents, services, methods, headers, paths and queries the
+//! policy never reads, a clock that crosses hour boundaries and token
+//! expiries, and sometimes steps back) gets exactly the same decisions and
+//! upstream headers from a filter with the cache as from one without it.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
@@ -71,10 +72,17 @@ fn observe(f: &Filter, mut h: MockHost) -> String {
             .collect();
         format!("{} {headers:?} {body}", r.status)
     });
-    let upstream: Vec<_> = ["x-agent-id", "x-agent-type", "x-agent-team", "x-request-id"]
-        .iter()
-        .map(|n| h.header_values(n))
-        .collect();
+    let upstream: Vec<_> = [
+        "x-agent-id",
+        "x-agent-type",
+        "x-agent-team",
+        "x-request-id",
+        "x-agentplane-service",
+        ":path",
+    ]
+    .iter()
+    .map(|n| h.header_values(n))
+    .collect();
     format!(
         "{:?} allowed={} status={} reason={} agent={:?} reply={reply:?} upstream={upstream:?}",
         flow == Flow::Continue,
@@ -177,10 +185,17 @@ fn cache_changes_no_decision() {
         }
         let tok = rng.pick(&tokens);
         let method = *rng.pick(&methods);
-        let path = *rng.pick(&paths);
+        // What the shipped policy never reads varies too (the path below
+        // the service, the query): the cache shares decisions across it,
+        // and must still decide each request as the uncached filter does.
+        let path = match rng.next() % 3 {
+            0 => rng.pick(&paths).to_string(),
+            1 => format!("{}/{}", rng.pick(&paths), rng.next() % 5),
+            _ => format!("{}?n={i}", rng.pick(&paths)).replace("?q=a?n", "?q=a&n"),
+        };
         let ua = *rng.pick(&uas);
-        let a = observe(&cached, host(tok, method, path, ua, t, i));
-        let b = observe(&plain, host(tok, method, path, ua, t, i));
+        let a = observe(&cached, host(tok, method, &path, ua, t, i));
+        let b = observe(&plain, host(tok, method, &path, ua, t, i));
         if a != b {
             differences.push(format!("#{i} t={t}\n  cached: {a}\n  plain:  {b}"));
         }

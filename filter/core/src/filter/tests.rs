@@ -330,13 +330,18 @@ fn cache_reuses_decisions_for_equal_requests_only() {
     assert_eq!(h.header_values("x-agent-team"), ["customer-success"]);
     assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
     assert_eq!(h.header_values("x-request-id"), [d2.id.as_str()]);
-    // Anything the input depends on changes the key.
-    run("/mcp://hello-skill/other", claims(json!({})), None, "r3");
-    run(
-        "/mcp://hello-skill/greet",
-        claims(json!({"sub": "other@clients"})),
+    // What the policy never reads (the path below the service, a header
+    // it ignores) shares the decision; anything it reads changes the key.
+    let (_, _, h3) = run(
+        "/mcp://hello-skill/other?q=1",
+        claims(json!({})),
         None,
-        "r4",
+        "r3",
+    );
+    assert_eq!(
+        h3.header_values(":path"),
+        ["/other?q=1"],
+        "this request's own path"
     );
     run(
         "/mcp://hello-skill/greet",
@@ -344,12 +349,20 @@ fn cache_reuses_decisions_for_equal_requests_only() {
         Some("x"),
         "r5",
     );
-    assert_eq!(f.cache_stats(), Some((1, 4, 4)));
+    assert_eq!(f.cache_stats(), Some((3, 1, 1)));
+    run(
+        "/mcp://hello-skill/greet",
+        claims(json!({"sub": "other@clients"})),
+        None,
+        "r4",
+    );
+    run("/mcp://tickets/1", claims(json!({})), None, "r8");
+    assert_eq!(f.cache_stats(), Some((3, 3, 3)));
     // A cached deny is still a deny, with its reason and a fresh id.
     let no_perm = claims(json!({"permissions": ["data:read"]}));
     let (_, d6, _) = run("/mcp://hello-skill/greet", no_perm.clone(), None, "r6");
     let (flow, d7, h) = run("/mcp://hello-skill/greet", no_perm, None, "r7");
-    assert_eq!(f.cache_stats(), Some((2, 5, 5)));
+    assert_eq!(f.cache_stats(), Some((4, 4, 4)));
     assert_eq!(flow, Flow::Replied);
     assert!(!d7.allowed() && d7.reason() == d6.reason() && d7.id != d6.id);
     assert_eq!(body(&h)["decision_id"], d7.id);
