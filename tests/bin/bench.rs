@@ -619,9 +619,10 @@ fn main() {
 /// - MIX: 100 agents (80 with the permission, 20 without), the four
 ///   allowed paths of the classic mix, every request distinct (a counter in
 ///   the query string). 20% are denied.
-/// - MIX-hard: the same agents; every request differs in service, method
-///   and path (`/items/<counter>`), so a cache keyed on the input cannot
-///   answer any of it.
+/// - MIX-hard: 2,000 agents (20% without the permission) × four targets
+///   differing in service, method and path: the 8,000 combinations the
+///   policy tells apart outnumber the decision cache, and each comes back
+///   only after 8,000 other requests.
 ///
 /// Arms: S2, S2R, S3L, S0W (do-nothing wasm filter: Envoy's own wasm
 /// cost), S4 (cache on) and S4U (cache off). The decision cache's hit ratio
@@ -635,21 +636,29 @@ fn many_agents(
     warmup: u32,
     idp: &Idp,
 ) {
-    let mut tokens = Vec::new();
-    for n in 0..100 {
-        let perms: &[&str] = if n % 5 == 4 {
-            &[]
-        } else {
-            &["skills:invoke", "data:read"]
-        };
-        tokens.push(idp.agent_token(
-            &format!("agent-{n:03}@clients"),
-            "customer-success",
-            "support",
-            "production",
-            perms,
-        ));
-    }
+    // MIX: 100 agents. MIX-hard: 2,000, so that agent × target keys (8,000)
+    // outnumber the decision cache (1,024 entries by default) and each
+    // comes back only after 8,000 other requests.
+    let mint = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let perms: &[&str] = if i % 5 == 4 {
+                    &[]
+                } else {
+                    &["skills:invoke", "data:read"]
+                };
+                idp.agent_token(
+                    &format!("agent-{i:04}@clients"),
+                    "customer-success",
+                    "support",
+                    "production",
+                    perms,
+                )
+            })
+            .collect()
+    };
+    let few = mint(100);
+    let many = mint(2000);
     let arm = |name: &str, kind: Kind, enforces: bool, pc: Option<&str>| Arm {
         name: name.into(),
         kind,
@@ -683,7 +692,8 @@ fn many_agents(
                 rows[i].startup.push(t0.elapsed().as_secs_f64());
                 let mut go = |secs: u32| {
                     run_no += 1;
-                    let script = many_script(&tokens, hard, run_no * 10_000_000);
+                    let tokens = if hard { &many } else { &few };
+                    let script = many_script(tokens, hard, run_no * 10_000_000);
                     let r = wrk(envoy.port, "unused", secs, &script);
                     std::fs::remove_file(&script).ok();
                     r
@@ -719,7 +729,8 @@ fn many_agents(
         let s2 = median(rows[0].rps.clone());
         let s2_cpu = median(rows[0].cpu_us.clone());
         let floor_cpu = median(rows[3].cpu_us.clone());
-        println!("\n{workload}: 100 agents, every request distinct, 20% denied (S4 arms)");
+        let agents = if hard { 2000 } else { 100 };
+        println!("\n{workload}: {agents} agents, every request distinct, 20% denied (S4 arms)");
         println!("| arm | req/s (median of {reps}) | min–max | × S2 | added CPU µs/req over S2 | over S0W | RSS (MiB) | start to ready (s) | decision-cache hit ratio |");
         println!("|---|---|---|---|---|---|---|---|---|");
         for (i, (a, r)) in arms.iter().zip(&rows).enumerate() {
@@ -771,7 +782,7 @@ fn many_script(tokens: &[String], hard: bool, start: u64) -> std::path::PathBuf 
     let toks: Vec<String> = tokens.iter().map(|t| format!("\"Bearer {t}\"")).collect();
     let body = if hard {
         "local targets = {{\"GET\", \"/mcp://customer-lookup/customers/\"}, {\"POST\", \"/mcp://sentiment-analysis/analyze/\"}, {\"POST\", \"/mcp://hello-skill/hello/\"}, {\"GET\", \"/mcp://sentiment-analysis/models/\"}}\n\
-         request = function()\n  i = i + 1\n  local t = targets[(math.floor(i / 100) % #targets) + 1]\n  return wrk.format(t[1], t[2] .. i, {[\"authorization\"] = tokens[(i % #tokens) + 1]})\nend\n"
+         request = function()\n  i = i + 1\n  local t = targets[(math.floor(i / #tokens) % #targets) + 1]\n  return wrk.format(t[1], t[2] .. i, {[\"authorization\"] = tokens[(i % #tokens) + 1]})\nend\n"
     } else {
         "local paths = {\"/mcp://sentiment-analysis/analyze?n=\", \"/mcp://customer-lookup/customers/42?n=\", \"/mcp://hello-skill/hello?name=bench&n=\", \"/mcp://sentiment-analysis/analyze?lang=en&n=\"}\n\
          request = function()\n  i = i + 1\n  local p = paths[(math.floor(i / 100) % #paths) + 1]\n  return wrk.format(\"GET\", p .. i, {[\"authorization\"] = tokens[(i % #tokens) + 1]})\nend\n"
