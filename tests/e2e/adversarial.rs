@@ -19,12 +19,7 @@ struct Routed {
 }
 
 impl Routed {
-    fn start_with(
-        plugin_config: &str,
-        workers: u32,
-        wasm: Option<&str>,
-        fail_closed: bool,
-    ) -> Routed {
+    fn start_with(plugin_config: &str, wasm: Option<&str>, fail_closed: bool) -> Routed {
         let idp = Idp::new();
         let mut upstreams = HashMap::new();
         for s in registered_services(plugin_config) {
@@ -41,7 +36,6 @@ impl Routed {
             true,
             &ports,
         );
-        r.workers = workers;
         if let Some(w) = wasm {
             let shipped = agentplane_e2e::wasm_path().display().to_string();
             r.yaml = r.yaml.replace(&shipped, w);
@@ -60,7 +54,7 @@ impl Routed {
     }
 
     fn start() -> Routed {
-        Routed::start_with(&default_plugin_config(), 1, None, false)
+        Routed::start_with(&default_plugin_config(), None, false)
     }
 
     fn token(&self, team: &str, perms: &[&str]) -> String {
@@ -305,7 +299,7 @@ fn method_override_headers_cannot_smuggle_a_delete() {
 fn client_chosen_correlation_ids_are_never_trusted() {
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     cfg["decision_log"] = json!({"enabled": true});
-    let s = Routed::start_with(&cfg.to_string(), 1, None, false);
+    let s = Routed::start_with(&cfg.to_string(), None, false);
     let auth = s.token("ml", &["skills:invoke"]);
     let r = s.envoy.request(
         "POST",
@@ -344,7 +338,7 @@ fn a_resource_without_an_owner_team_is_refused_to_every_team() {
         json!({"type": "data", "metadata": {"environment": "production"}});
     cfg["resources"]["null-team"] =
         json!({"type": "data", "metadata": {"team": null, "environment": "production"}});
-    let s = Routed::start_with(&cfg.to_string(), 1, None, false);
+    let s = Routed::start_with(&cfg.to_string(), None, false);
     for team in ["ml", "customer-success", "platform"] {
         let auth = s.token(team, &["data:read"]);
         for svc in ["orphan-data", "null-team"] {
@@ -555,7 +549,7 @@ fn a_trapped_vm_fails_closed_then_serves_again() {
         std::path::Path::new(&trap).exists(),
         "{trap} missing: ./build.sh test builds it"
     );
-    let s = Routed::start_with(&default_plugin_config(), 1, Some(&trap), false);
+    let s = Routed::start_with(&default_plugin_config(), Some(&trap), false);
     let auth = s.token("ml", &["skills:invoke"]);
     let ok = || {
         s.envoy.request(
@@ -756,7 +750,7 @@ fn a_body_held_while_secrets_are_fetched_arrives_intact() {
 fn percent_encoded_paths_mean_to_the_policy_what_they_mean_upstream() {
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     cfg["decision_log"] = json!({"enabled": true});
-    let s = Routed::start_with(&cfg.to_string(), 1, None, false);
+    let s = Routed::start_with(&cfg.to_string(), None, false);
     let auth = s.token("ml", &["skills:invoke"]);
     let r = s.envoy.request(
         "POST",
@@ -807,7 +801,7 @@ fn under_fail_closed_a_trapped_vm_refuses_everything_after_it() {
         .to_string();
     let trap = std::env::var("AGENTPLANE_TRAP_WASM").unwrap_or(trap);
     assert!(std::path::Path::new(&trap).exists(), "{trap} missing");
-    let s = Routed::start_with(&default_plugin_config(), 1, Some(&trap), true);
+    let s = Routed::start_with(&default_plugin_config(), Some(&trap), true);
     let auth = s.token("ml", &["skills:invoke"]);
     let ok = || {
         s.envoy

@@ -468,7 +468,7 @@ impl Filter {
                 // one that differs at most where the policy never looks.
                 trail.input = logging.then_some(doc);
                 let who = self.apply(host, outcome, &route, &request_id)?;
-                return self.secrets(host, &headers, route.service, who, decision_id, trail);
+                return self.secrets(host, &headers, route.service, who, trail);
             }
         }
         let (outcome, valid_until) = self.authorize(host, identity, doc, trail);
@@ -478,7 +478,7 @@ impl Filter {
             }
         }
         let who = self.apply(host, outcome, &route, &request_id)?;
-        self.secrets(host, &headers, route.service, who, decision_id, trail)
+        self.secrets(host, &headers, route.service, who, trail)
     }
 
     /// The decision-cache key of a request: everything the outcome carries
@@ -592,7 +592,6 @@ impl Filter {
         headers: &RequestHeaders,
         service: Option<&str>,
         who: Who,
-        decision_id: &str,
         trail: &mut Trail,
     ) -> Result<(String, Flow), Refused> {
         // An unregistered service never has secrets (config refuses
@@ -644,7 +643,6 @@ impl Filter {
         }
         let waiter = secrets::Waiter {
             stream: host.stream_id(),
-            decision_id: decision_id.to_string(),
             trace,
         };
         let mut b = broker

@@ -127,8 +127,6 @@ type Fields = BTreeMap<String, Secret>;
 pub struct Waiter {
     /// Its context id.
     pub stream: u32,
-    /// Its decision id, for the 503 body.
-    pub decision_id: String,
     /// Trace context (`x-request-id`, `traceparent`, `tracestate`) that the
     /// callouts made for it carry.
     pub trace: Vec<(String, String)>,
@@ -1034,7 +1032,6 @@ mod tests {
             Some(Secret::new(format!("jwt-of-{agent}"))),
             Waiter {
                 stream,
-                decision_id: format!("d{stream}"),
                 trace: vec![("x-request-id".into(), format!("req-{stream}"))],
             },
         )
