@@ -137,6 +137,9 @@ fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedEnvoy {
             "              - match: { prefix: \"/\" }\n                route: { cluster: \"service.hello-skill\", timeout: 30s }",
         );
     }
+    if let Ok(rt) = std::env::var("AGENTPLANE_BENCH_RUNTIME") {
+        *y = y.replace("envoy.wasm.runtime.v8", &format!("envoy.wasm.runtime.{rt}"));
+    }
     let (w, rt) = (y.find(WASM).unwrap(), y.find(ROUTER).unwrap());
     match arm.kind {
         Kind::Router => {
@@ -666,7 +669,7 @@ fn many_agents(
         wasm: None,
         plugin_config: pc.map(str::to_string),
     };
-    let arms = [
+    let mut arms = vec![
         arm("S2 + jwt_authn", Kind::Jwt, false, None),
         arm("S2R S2 + native RBAC", Kind::Rbac, true, None),
         arm("S3L S2 + seed Lua (no OPA call)", Kind::Lua, false, None),
@@ -679,6 +682,10 @@ fn many_agents(
             Some(uncached),
         ),
     ];
+    if let Ok(only) = std::env::var("AGENTPLANE_BENCH_ARMS") {
+        let keep: Vec<&str> = only.split(',').collect();
+        arms.retain(|a| keep.iter().any(|k| a.name.split(' ').next() == Some(*k)));
+    }
     let mut run_no = 0u64;
     for (workload, hard) in [("MIX", false), ("MIX-hard", true)] {
         let mut rows: Vec<Samples> = arms.iter().map(|_| Samples::default()).collect();
@@ -728,7 +735,8 @@ fn many_agents(
         }
         let s2 = median(rows[0].rps.clone());
         let s2_cpu = median(rows[0].cpu_us.clone());
-        let floor_cpu = median(rows[3].cpu_us.clone());
+        let floor = arms.iter().position(|a| a.kind == Kind::Floor).unwrap_or(0);
+        let floor_cpu = median(rows[floor].cpu_us.clone());
         let agents = if hard { 2000 } else { 100 };
         println!("\n{workload}: {agents} agents, every request distinct, 20% denied (S4 arms)");
         println!("| arm | req/s (median of {reps}) | min–max | × S2 | added CPU µs/req over S2 | over S0W | RSS (MiB) | start to ready (s) | decision-cache hit ratio |");

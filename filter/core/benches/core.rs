@@ -59,6 +59,7 @@ fn benches(c: &mut Criterion) {
     let Some(ident) = p.and_then(|p| claims::identity(p, &id_cfg).ok()) else {
         return;
     };
+    let ident = agentplane_core::principal::Principal::new(1, ident, 256);
     let route = input::parse_route("/mcp://sentiment-analysis/analyze", &config).ok();
     let Some(route) = route else { return };
     let facts = RequestFacts {
@@ -66,10 +67,11 @@ fn benches(c: &mut Criterion) {
         route: &route,
         host: "localhost:15000",
         id: "d6a6db44-a797-4c31-8540-aa62826572a4",
+        action: Some("invoke_skill"),
         time_ns: h.now_ns,
     };
-    let mut h2 = host();
-    let Some(headers) = agentplane_core::headers::strip_untrusted(&mut h2, &config) else {
+    let h2 = host();
+    let Some(headers) = agentplane_core::headers::read(&h2, &config) else {
         return;
     };
     let docs = input::ResourceDocs::new(&config);

@@ -1,4 +1,4 @@
-//! The decision cache: reuse a policy decision for an identical request
+//! The decision cache: reuse a policy decision for an equivalent request
 //! while the policy says the decision cannot change.
 //!
 //! # When reuse is safe
@@ -6,12 +6,13 @@
 //! The input document is a function of: the verified JWT payload (from the
 //! dynamic metadata bytes jwt_authn wrote), the method, the path, the
 //! `:authority`, the configured input headers, the request id and the time.
-//! The key holds the exact bytes of everything but the last two, so two
-//! requests with equal keys build equal input documents up to
-//! `input.request.id` and `input.request.time_ns`.
+//! A decision's key ([`KeyPlan`]) holds the principal (a serial number
+//! standing for the exact metadata bytes, see [`crate::principal`]) and
+//! the exact bytes of every other fact the policy reads, found in its
+//! source at configure time ([`crate::reads`]); everything when that
+//! cannot be known. So two requests with equal keys build input documents
+//! that are equal wherever the policy looks, up to `input.request.time_ns`.
 //!
-//! - A policy that reads `input.request.id` must not be cached (ours does
-//!   not; the cache-safety test would catch it).
 //! - Time: the policy itself says until when its decision holds, through a
 //!   `valid_until_ns` rule in the entrypoint package (ours: the next UTC
 //!   hour boundary, or the token's expiry if sooner). A policy without that
@@ -25,6 +26,8 @@
 //! insert evicts one entry (an expired one if it finds one quickly).
 
 use crate::config::DecisionCacheConfig;
+use crate::headers::RequestHeaders;
+use crate::reads::Path;
 use std::collections::HashMap;
 
 /// A bounded map from request keys to decisions with an expiry each.
@@ -143,12 +146,325 @@ impl Key {
     }
 }
 
+/// One fact of a request that a decision key holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    /// The service (it determines `input.resource`).
+    Service,
+    /// `input.action`.
+    Action,
+    /// `input.request.method`.
+    Method,
+    /// `input.request.host`.
+    Host,
+    /// The raw path (it determines `input.request.path` and `raw_path`).
+    Path,
+    /// The raw query string (it determines `input.request.query`).
+    Query,
+    /// One configured input header.
+    Header(String),
+    /// All configured input headers.
+    Headers,
+    /// `input.request.id`.
+    RequestId,
+}
+
+/// The request facts a decision depends on, besides the principal, as
+/// [`KeyPlan::key`] reads them.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyFacts<'a> {
+    /// The principal's serial number.
+    pub principal: u64,
+    /// The service, if the path names one.
+    pub service: Option<&'a str>,
+    /// The action, if the table defines one.
+    pub action: Option<&'a str>,
+    /// The normalized method.
+    pub method: &'a str,
+    /// `:authority`.
+    pub host: &'a str,
+    /// The path without query.
+    pub raw_path: &'a str,
+    /// The query string.
+    pub query: &'a str,
+    /// The request id.
+    pub request_id: &'a str,
+    /// The request headers.
+    pub headers: &'a RequestHeaders,
+}
+
+/// Which facts a decision key holds, decided once at configure time from
+/// the input paths the policy reads (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPlan {
+    parts: Vec<Part>,
+    input_headers: Vec<String>,
+}
+
+impl KeyPlan {
+    /// The plan for a policy that reads `reads` (`None`: anything) with
+    /// these configured input headers.
+    pub fn new(reads: Option<&[Path]>, input_headers: &[String]) -> KeyPlan {
+        let request = [
+            Part::Method,
+            Part::Host,
+            Part::Path,
+            Part::Query,
+            Part::Headers,
+            Part::RequestId,
+        ];
+        let mut parts: Vec<Part> = Vec::new();
+        let everything = || {
+            let mut all = vec![Part::Service, Part::Action];
+            all.extend(request.iter().cloned());
+            all
+        };
+        match reads {
+            None => parts = everything(),
+            Some(paths) => {
+                for p in paths {
+                    let Some((root, rest)) = p.split_first() else {
+                        parts.extend(everything());
+                        continue;
+                    };
+                    match (root.as_str(), rest.first().map(String::as_str)) {
+                        // The principal covers the token and the agent.
+                        ("jwt" | "agent", _) => {}
+                        ("resource", _) => parts.push(Part::Service),
+                        ("action", _) => parts.push(Part::Action),
+                        ("request", None) => parts.extend(request.iter().cloned()),
+                        ("request", Some("method")) => parts.push(Part::Method),
+                        ("request", Some("host")) => parts.push(Part::Host),
+                        ("request", Some("path" | "raw_path")) => parts.push(Part::Path),
+                        ("request", Some("query")) => parts.push(Part::Query),
+                        ("request", Some("id")) => parts.push(Part::RequestId),
+                        ("request", Some("headers")) => match rest.get(1) {
+                            None => parts.push(Part::Headers),
+                            Some(h) => parts.push(Part::Header(h.clone())),
+                        },
+                        // Left to the policy's valid_until_ns.
+                        ("request", Some("time_ns")) => {}
+                        // Not in the input document: always undefined.
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let all_headers = parts.contains(&Part::Headers);
+        let mut unique: Vec<Part> = Vec::new();
+        for p in parts {
+            let redundant = matches!(p, Part::Header(_)) && all_headers;
+            if !redundant && !unique.contains(&p) {
+                unique.push(p);
+            }
+        }
+        KeyPlan {
+            parts: unique,
+            input_headers: input_headers.to_vec(),
+        }
+    }
+
+    /// The decision key of a request.
+    pub fn key(&self, f: &KeyFacts<'_>) -> Vec<u8> {
+        let mut k = Key::with_capacity(64);
+        k.field(&f.principal.to_le_bytes());
+        for p in &self.parts {
+            match p {
+                Part::Service => k.optional(f.service.map(str::as_bytes)),
+                Part::Action => k.optional(f.action.map(str::as_bytes)),
+                Part::Method => k.field(f.method.as_bytes()),
+                Part::Host => k.field(f.host.as_bytes()),
+                Part::Path => k.field(f.raw_path.as_bytes()),
+                Part::Query => k.field(f.query.as_bytes()),
+                Part::RequestId => k.field(f.request_id.as_bytes()),
+                Part::Header(h) => {
+                    let listed = self.input_headers.iter().any(|n| n == h);
+                    k.optional(f.headers.get(h).filter(|_| listed).map(str::as_bytes))
+                }
+                Part::Headers => {
+                    for h in &self.input_headers {
+                        k.optional(f.headers.get(h).map(str::as_bytes));
+                    }
+                    &mut k
+                }
+            };
+        }
+        k.into_bytes()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn paths(ps: &[&[&str]]) -> Vec<Path> {
+        ps.iter()
+            .map(|p| p.iter().map(|s| s.to_string()).collect())
+            .collect()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> RequestHeaders {
+        RequestHeaders::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            |_| false,
+        )
+    }
+
+    fn facts<'a>(h: &'a RequestHeaders) -> KeyFacts<'a> {
+        KeyFacts {
+            principal: 7,
+            service: Some("tickets"),
+            action: Some("read_data"),
+            method: "GET",
+            host: "h",
+            raw_path: "/mcp://tickets/1",
+            query: "a=1",
+            request_id: "r1",
+            headers: h,
+        }
+    }
+
+    #[test]
+    fn a_key_holds_what_the_policy_reads_and_the_principal() {
+        let input = vec!["content-type".to_string()];
+        let plan = KeyPlan::new(
+            Some(&paths(&[
+                &["jwt", "payload", "exp"],
+                &["agent", "team"],
+                &["resource"],
+                &["action"],
+                &["request", "method"],
+                &["request", "time_ns"],
+                &["elsewhere"],
+            ])),
+            &input,
+        );
+        let h = headers(&[("content-type", "a"), ("x-other", "1")]);
+        let h2 = headers(&[("content-type", "b")]);
+        let base = plan.key(&facts(&h));
+        // Facts the policy never reads share the decision.
+        for f in [
+            KeyFacts {
+                query: "a=2",
+                ..facts(&h)
+            },
+            KeyFacts {
+                raw_path: "/mcp://tickets/2",
+                ..facts(&h)
+            },
+            KeyFacts {
+                request_id: "r2",
+                ..facts(&h)
+            },
+            KeyFacts {
+                host: "other",
+                ..facts(&h)
+            },
+            KeyFacts {
+                headers: &h2,
+                ..facts(&h)
+            },
+        ] {
+            assert_eq!(plan.key(&f), base);
+        }
+        // Facts it reads, and the principal, never do.
+        for f in [
+            KeyFacts {
+                principal: 8,
+                ..facts(&h)
+            },
+            KeyFacts {
+                service: Some("billing"),
+                ..facts(&h)
+            },
+            KeyFacts {
+                service: None,
+                ..facts(&h)
+            },
+            KeyFacts {
+                action: None,
+                ..facts(&h)
+            },
+            KeyFacts {
+                method: "POST",
+                ..facts(&h)
+            },
+        ] {
+            assert_ne!(plan.key(&f), base);
+        }
+    }
+
+    #[test]
+    fn an_unknown_read_keys_on_everything_but_the_time() {
+        let input = vec!["content-type".to_string()];
+        for plan in [
+            KeyPlan::new(None, &input),
+            KeyPlan::new(Some(&paths(&[&[]])), &input),
+        ] {
+            let h = headers(&[("content-type", "a")]);
+            let h2 = headers(&[("content-type", "b")]);
+            let base = plan.key(&facts(&h));
+            for f in [
+                KeyFacts {
+                    query: "a=2",
+                    ..facts(&h)
+                },
+                KeyFacts {
+                    raw_path: "/mcp://tickets/2",
+                    ..facts(&h)
+                },
+                KeyFacts {
+                    request_id: "r2",
+                    ..facts(&h)
+                },
+                KeyFacts {
+                    host: "other",
+                    ..facts(&h)
+                },
+                KeyFacts {
+                    headers: &h2,
+                    ..facts(&h)
+                },
+                KeyFacts {
+                    service: None,
+                    ..facts(&h)
+                },
+            ] {
+                assert_ne!(plan.key(&f), base);
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_read_keys_on_that_configured_header_only() {
+        let input = vec!["content-type".to_string(), "x-source".to_string()];
+        let plan = KeyPlan::new(
+            Some(&paths(&[
+                &["request", "headers", "x-source"],
+                &["request", "headers", "not-configured"],
+            ])),
+            &input,
+        );
+        let a = headers(&[("x-source", "crm"), ("content-type", "a")]);
+        let b = headers(&[("x-source", "erp"), ("content-type", "a")]);
+        let c = headers(&[
+            ("x-source", "crm"),
+            ("content-type", "b"),
+            ("not-configured", "1"),
+        ]);
+        assert_ne!(plan.key(&facts(&a)), plan.key(&facts(&b)));
+        assert_eq!(plan.key(&facts(&a)), plan.key(&facts(&c)));
+        // Field boundaries are length-prefixed: no two splits collide.
+        let x = headers(&[("x-source", "ab")]);
+        let y = headers(&[("x-source", "a")]);
+        assert_ne!(plan.key(&facts(&x)), plan.key(&facts(&y)));
+    }
 
     fn cache(max: usize) -> DecisionCache<u32> {
         DecisionCache::new(&DecisionCacheConfig {

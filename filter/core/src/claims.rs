@@ -81,13 +81,24 @@ pub fn payload_from_metadata(
     raw: &[u8],
     cfg: &IdentityConfig,
 ) -> Result<Map<String, Value>, ClaimsError> {
+    let ns = pbstruct::metadata_namespace_bytes(raw, &cfg.metadata_namespace)
+        .map_err(ClaimsError::Metadata)?
+        .ok_or(ClaimsError::Missing)?;
     let limits = Limits {
         max_depth: cfg.max_depth,
         max_bytes: cfg.max_payload_bytes,
     };
-    let mut ns = pbstruct::decode_metadata_namespace(raw, &cfg.metadata_namespace, limits)
-        .map_err(ClaimsError::Metadata)?
-        .ok_or(ClaimsError::Missing)?;
+    payload_from_namespace(ns, cfg, limits)
+}
+
+/// The payload in the bytes of jwt_authn's metadata namespace (a
+/// serialized `Struct`).
+pub fn payload_from_namespace(
+    ns: &[u8],
+    cfg: &IdentityConfig,
+    limits: Limits,
+) -> Result<Map<String, Value>, ClaimsError> {
+    let mut ns = pbstruct::decode_struct(ns, limits).map_err(ClaimsError::Metadata)?;
     match ns.remove(&cfg.payload_key) {
         None => Err(ClaimsError::Missing),
         Some(Value::Object(m)) => Ok(m),

@@ -98,6 +98,9 @@ pub struct IdentityConfig {
     /// Off: allowed requests reach services without it (set jwt_authn's
     /// `forward: true` so the filter can log in to Vault with it).
     pub forward_token: bool,
+    /// Distinct verified tokens whose decoded identity each worker keeps
+    /// (0: decode every request).
+    pub cache_entries: usize,
 }
 
 impl Default for IdentityConfig {
@@ -109,6 +112,7 @@ impl Default for IdentityConfig {
             max_payload_bytes: 16 * 1024,
             max_depth: 16,
             forward_token: false,
+            cache_entries: 1024,
         }
     }
 }

@@ -9,8 +9,8 @@
 //! broker, the log shipper, streams waiting for secrets).
 
 use crate::audit::{self, Trail};
-use crate::cache::{DecisionCache, Key};
-use crate::claims::{self, ClaimsError, Identity};
+use crate::cache::{DecisionCache, KeyFacts, KeyPlan};
+use crate::claims::ClaimsError;
 use crate::config::{Config, ConfigError, SERVICE_HEADER};
 use crate::headers::{self, check_value, RequestHeaders};
 use crate::host::{Host, LogLevel};
@@ -19,9 +19,11 @@ use crate::input::{self, RequestFacts, Route};
 use crate::metrics::{Metrics, M};
 use crate::outcome::{Denial, State};
 use crate::policy::{Policy, Verdict};
+use crate::principal::{Principal, Principals};
 use crate::secrets::{self, Completion, Lookup};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Response (and reply) header carrying the decision id.
 pub const DECISION_ID_HEADER: &str = "x-decision-id";
@@ -98,6 +100,8 @@ pub struct Filter {
     /// `input.resource` per registered service, built at configure time.
     docs: input::ResourceDocs,
     policy: Policy,
+    /// Which request facts a decision key holds.
+    key_plan: KeyPlan,
     worker: Worker,
 }
 
@@ -106,7 +110,9 @@ pub struct Filter {
 #[derive(Debug)]
 struct Worker {
     ids: DecisionIds,
-    cache: Option<RefCell<DecisionCache<Outcome>>>,
+    cache: Option<RefCell<DecisionCache<Rc<Outcome>>>>,
+    /// Verified identities by their metadata bytes.
+    principals: RefCell<Principals>,
     broker: Option<RefCell<secrets::Broker>>,
     metrics: Metrics,
     /// Broker counters already exported as metrics.
@@ -173,11 +179,11 @@ impl Filter {
             .map(|v| RefCell::new(secrets::Broker::new(v.clone(), seed)));
         Filter {
             docs: input::ResourceDocs::new(&config),
-            config,
-            policy,
+            key_plan: KeyPlan::new(policy.reads(), &config.headers.input),
             worker: Worker {
                 ids: DecisionIds::new(seed),
                 cache,
+                principals: RefCell::new(Principals::new(config.identity.cache_entries)),
                 broker,
                 metrics: Metrics::default(),
                 exported: Cell::new(secrets::BrokerStats::default()),
@@ -185,6 +191,8 @@ impl Filter {
                 exported_log: Cell::new((0, 0)),
                 pending: RefCell::new(HashMap::new()),
             },
+            config,
+            policy,
         }
     }
 
@@ -393,8 +401,10 @@ impl Filter {
         trail: &mut Trail,
         reserved: &mut bool,
     ) -> Result<(String, Flow), Refused> {
-        // Before anything else: nothing the client says about identity survives.
-        let headers = headers::strip_untrusted(host, &self.config)
+        // Before anything else: nothing the client says about identity
+        // survives (set aside now, gone from the request when it is
+        // forwarded; a refused request goes nowhere).
+        let headers = headers::read(host, &self.config)
             .ok_or((Denial::HostFailure("request headers"), None))?;
         self.worker
             .metrics
@@ -429,28 +439,41 @@ impl Filter {
         let authority = headers.get(":authority");
         let route = input::parse_route(path, &self.config).map_err(|e| bad(e.to_string()))?;
         let now = host.now_ns();
-        trail.service = route.service.map(str::to_owned);
+        let logging = self.config.decision_log.enabled;
+        if logging {
+            trail.service = route.service.map(str::to_owned);
+        }
 
-        let payload =
-            claims::payload_from_metadata(&raw, &self.config.identity).map_err(unauthorized)?;
-        let identity = claims::identity(payload, &self.config.identity).map_err(unauthorized)?;
-        trail.agent_type.clone_from(&identity.agent_type);
-        trail.team.clone_from(&identity.team);
+        let principal = self.principal(&raw)?;
+        if logging {
+            trail.agent_type.clone_from(&principal.identity.agent_type);
+            trail.team.clone_from(&principal.identity.team);
+        }
         let request_id = trail.request_id.clone();
+        let action = self
+            .config
+            .action_for(self.config.resource(route.service.unwrap_or("")), &method);
         let facts = RequestFacts {
             method: &method,
             route: &route,
             host: authority.unwrap_or_default(),
             id: &request_id,
+            action,
             time_ns: now,
         };
-        let doc = input::build(&headers, &self.config, &self.docs, &identity, &facts);
-        let logging = self.config.decision_log.enabled;
-        let key = self
-            .worker
-            .cache
-            .as_ref()
-            .map(|_| self.cache_key(&identity, &doc));
+        let key = self.worker.cache.as_ref().map(|_| {
+            self.key_plan.key(&KeyFacts {
+                principal: principal.serial,
+                service: route.service,
+                action,
+                method: &method,
+                host: facts.host,
+                raw_path: route.raw_path,
+                query: route.query,
+                request_id: &request_id,
+                headers: &headers,
+            })
+        });
         if let (Some(cache), Some(key)) = (&self.worker.cache, &key) {
             let hit = cache
                 .try_borrow_mut()
@@ -466,100 +489,61 @@ impl Filter {
                 trail.cached = true;
                 // This request's own input: the cached decision was made on
                 // one that differs at most where the policy never looks.
-                trail.input = logging.then_some(doc);
-                let who = self.apply(host, outcome, &route, &request_id)?;
-                return self.secrets(host, &headers, route.service, who, trail);
+                if logging {
+                    let doc = input::build(&headers, &self.config, &self.docs, &principal, &facts);
+                    trail.input = Some(doc);
+                }
+                return self.forward(host, &outcome, &headers, &route, &request_id, trail);
             }
         }
-        let (outcome, valid_until) = self.authorize(host, identity, doc, trail);
+        let doc = input::build(&headers, &self.config, &self.docs, &principal, &facts);
+        let (outcome, valid_until) = self.authorize(host, &principal, doc, trail);
+        let outcome = Rc::new(outcome);
         if let (Some(cache), Some(key), Some(until)) = (&self.worker.cache, key, valid_until) {
             if let Ok(mut c) = cache.try_borrow_mut() {
-                c.insert(key, outcome.clone(), now, until);
+                c.insert(key, Rc::clone(&outcome), now, until);
             }
         }
-        let who = self.apply(host, outcome, &route, &request_id)?;
-        self.secrets(host, &headers, route.service, who, trail)
+        self.forward(host, &outcome, &headers, &route, &request_id, trail)
     }
 
-    /// The decision-cache key of a request: everything the outcome carries
-    /// besides the policy's verdict (the identity that becomes trusted
-    /// headers and the secrets principal), and the values at every input
-    /// path the policy reads (all of the input when that cannot be known).
-    /// `request.time_ns` is left out: the policy's `valid_until_ns` bounds
-    /// how long a decision holds (README "Decision cache").
-    fn cache_key(&self, identity: &Identity, doc: &regorus::Value) -> Vec<u8> {
-        let mut k = Key::with_capacity(256);
-        k.field(identity.id.as_bytes())
-            .optional(identity.agent_type.as_deref().map(str::as_bytes))
-            .optional(identity.team.as_deref().map(str::as_bytes))
-            .optional(
-                identity
-                    .payload
-                    .get("iss")
-                    .and_then(serde_json::Value::as_str)
-                    .map(str::as_bytes),
-            );
-        let whole: [&[&str]; 10] = [
-            &["jwt"],
-            &["agent"],
-            &["request", "method"],
-            &["request", "host"],
-            &["request", "path"],
-            &["request", "raw_path"],
-            &["request", "query"],
-            &["request", "headers"],
-            &["resource"],
-            &["action"],
-        ];
-        let mut add = |path: &[&str]| {
-            if path == ["request", "time_ns"] {
-                return;
-            }
-            k.field(path.join(".").as_bytes());
-            let bytes = value_at(doc, path).and_then(|v| serde_json::to_vec(v).ok());
-            k.optional(bytes.as_deref());
-        };
-        match self.policy.reads() {
-            Some(paths) => {
-                for p in paths {
-                    let p: Vec<&str> = p.iter().map(String::as_str).collect();
-                    add(&p);
-                }
-            }
-            None => whole.iter().for_each(|p| add(p)),
+    /// The principal for this request's verified metadata, from the
+    /// worker's principals when its bytes were seen before.
+    fn principal(&self, raw: &[u8]) -> Result<Rc<Principal>, Refused> {
+        let max = self.config.headers.max_value_bytes;
+        match self.worker.principals.try_borrow_mut() {
+            Ok(mut ps) => ps.resolve(raw, &self.config.identity, max),
+            // Not re-entrant; a fresh table decodes without keeping.
+            Err(_) => Principals::new(0).resolve(raw, &self.config.identity, max),
         }
-        k.into_bytes()
+        .map_err(unauthorized)
     }
 
-    /// Forwards an allowed outcome: trusted headers, the authorized
-    /// service for Envoy to route on, the service's own path. Every write
-    /// must succeed or the request is refused.
-    fn apply<H: Host>(
+    /// Forwards an allowed outcome or refuses a denied one. Forwarding
+    /// writes the request's headers back in one host call: the client's
+    /// minus what was stripped (and its token, unless forwarded), plus
+    /// the trusted identity, the authorized service for Envoy to route on,
+    /// the service's own path and any secrets. Every write must succeed or
+    /// the request is refused.
+    fn forward<H: Host>(
         &self,
         host: &mut H,
-        outcome: Outcome,
+        outcome: &Outcome,
+        headers: &RequestHeaders,
         route: &Route<'_>,
         request_id: &str,
-    ) -> Result<Who, Refused> {
-        let agent = outcome.agent;
-        let allowed = match outcome.result {
+        trail: &mut Trail,
+    ) -> Result<(String, Flow), Refused> {
+        let agent = &outcome.agent;
+        let allowed = match &outcome.result {
             Ok(a) => a,
-            Err(d) => return Err((d, Some(agent))),
+            Err(d) => return Err((d.clone(), Some(agent.clone()))),
         };
-        let failed = |agent: &str| {
-            (
-                Denial::HostFailure("request header write"),
-                Some(agent.to_string()),
-            )
-        };
-        if !self.config.identity.forward_token && !host.remove_request_header(b"authorization") {
-            return Err(failed(&agent));
-        }
         let mut writes: Vec<(&str, &str)> = allowed
             .trusted
             .iter()
-            .chain(allowed.extra.iter())
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(allowed.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .collect();
         writes.push(("x-request-id", request_id));
         if let Some(service) = route.service {
@@ -571,29 +555,44 @@ impl Filter {
         if let Some(p) = &route.upstream_path {
             writes.push((":path", p.as_str()));
         }
-        for (k, v) in writes {
-            if !host.set_request_header(k, v) {
-                return Err(failed(&agent));
-            }
-        }
-        Ok(Who {
-            team: allowed.team,
-            kind: allowed.kind,
-            principal: outcome.principal,
+        let drop: &[&str] = if self.config.identity.forward_token {
+            &[]
+        } else {
+            &["authorization"]
+        };
+        let who = Who {
             agent,
-        })
+            principal: &outcome.principal,
+            team: allowed.team.as_deref(),
+            kind: allowed.kind.as_deref(),
+        };
+        let flow = self.secrets(host, headers, route.service, &who, trail, |host, secret| {
+            let mut all = writes.clone();
+            all.extend(secret.iter().map(|(k, v)| (k.as_str(), v.expose())));
+            headers::rewrite(host, headers, drop, &all)
+        })?;
+        Ok((agent.clone(), flow))
     }
 
-    /// After an allow: injects the service's secrets from the cache, or
-    /// pauses the stream until a job fetches them, or refuses with 503.
+    /// After an allow: writes the request's headers through `commit` with
+    /// the service's secrets from the cache (none when it has no secrets),
+    /// or writes them without and pauses the stream until a job fetches
+    /// the secrets, or refuses with 503.
     fn secrets<H: Host>(
         &self,
         host: &mut H,
         headers: &RequestHeaders,
         service: Option<&str>,
-        who: Who,
+        who: &Who<'_>,
         trail: &mut Trail,
-    ) -> Result<(String, Flow), Refused> {
+        commit: impl FnOnce(&mut H, &[(String, secrets::Secret)]) -> bool,
+    ) -> Result<Flow, Refused> {
+        let failed = || {
+            (
+                Denial::HostFailure("request header write"),
+                Some(who.agent.to_string()),
+            )
+        };
         // An unregistered service never has secrets (config refuses
         // default_resource.secrets).
         let Some(specs) = service
@@ -601,7 +600,11 @@ impl Filter {
             .map(|r| &r.secrets)
             .filter(|s| !s.is_empty())
         else {
-            return Ok((who.agent, Flow::Continue));
+            return if commit(host, &[]) {
+                Ok(Flow::Continue)
+            } else {
+                Err(failed())
+            };
         };
         if self.config.decision_log.enabled {
             // Secret names are only for the decision log.
@@ -618,12 +621,11 @@ impl Filter {
             }
         }
         let unavailable =
-            |agent: &str, why: String| (Denial::SecretsUnavailable(why), Some(agent.to_string()));
+            |why: String| (Denial::SecretsUnavailable(why), Some(who.agent.to_string()));
         let Some(broker) = self.worker.broker.as_ref() else {
-            return Err(unavailable(&who.agent, "no vault configured".into()));
+            return Err(unavailable("no vault configured".into()));
         };
-        let needs = secrets::plan(specs, &who.agent, who.team.as_deref(), who.kind.as_deref())
-            .map_err(|e| unavailable(&who.agent, e))?;
+        let needs = secrets::plan(specs, who.agent, who.team, who.kind).map_err(unavailable)?;
         let jwt = headers
             .get("authorization")
             .and_then(|v| {
@@ -647,25 +649,33 @@ impl Filter {
         };
         let mut b = broker
             .try_borrow_mut()
-            .map_err(|_| unavailable(&who.agent, "busy".into()))?;
-        match b.request(
+            .map_err(|_| unavailable("busy".into()))?;
+        let lookup = b.request(
             host,
-            &who.principal,
+            who.principal,
             service.unwrap_or(""),
             needs,
             jwt,
             waiter,
-        ) {
+        );
+        drop(b);
+        match lookup {
             Lookup::Ready(set) => {
-                for (k, v) in &set {
-                    if !host.set_request_header(k, v.expose()) {
-                        return Err((Denial::HostFailure("request header write"), Some(who.agent)));
-                    }
+                if commit(host, &set) {
+                    Ok(Flow::Continue)
+                } else {
+                    Err(failed())
                 }
-                Ok((who.agent, Flow::Continue))
             }
-            Lookup::Pending => Ok((who.agent, Flow::Paused)),
-            Lookup::Failed(why) => Err(unavailable(&who.agent, why)),
+            // The secrets are set when the stream resumes.
+            Lookup::Pending => {
+                if commit(host, &[]) {
+                    Ok(Flow::Paused)
+                } else {
+                    Err(failed())
+                }
+            }
+            Lookup::Failed(why) => Err(unavailable(why)),
         }
     }
 
@@ -871,42 +881,26 @@ impl Filter {
     fn authorize<H: Host>(
         &self,
         host: &mut H,
-        identity: Identity,
+        principal: &Principal,
         doc: regorus::Value,
         trail: &mut Trail,
     ) -> (Outcome, Option<u64>) {
-        let principal = secrets::principal(
-            identity
-                .payload
-                .get("iss")
-                .and_then(serde_json::Value::as_str),
-            &identity.id,
-        );
-        let refuse = |agent: &str, principal: &str, d: Denial| {
+        let identity = &principal.identity;
+        let refuse = |d: Denial| {
             (
                 Outcome {
-                    agent: agent.to_string(),
-                    principal: principal.to_string(),
+                    agent: identity.id.clone(),
+                    principal: principal.secrets_principal.clone(),
                     result: Err(d),
                 },
                 None,
             )
         };
+        let trusted = match &principal.trusted {
+            Ok(t) => t.clone(),
+            Err(why) => return refuse(Denial::UnsafeIdentity(why.clone())),
+        };
         let max = self.config.headers.max_value_bytes;
-        let mut trusted = Vec::with_capacity(3);
-        for (name, value) in [
-            ("x-agent-id", Some(&identity.id)),
-            ("x-agent-type", identity.agent_type.as_ref()),
-            ("x-agent-team", identity.team.as_ref()),
-        ] {
-            if let Some(v) = value {
-                if let Err(e) = check_value(v, max) {
-                    let d = Denial::UnsafeIdentity(format!("identity for {name} {e}"));
-                    return refuse(&identity.id, &principal, d);
-                }
-                trusted.push((name.to_string(), v.clone()));
-            }
-        }
         if self.config.decision_log.enabled {
             trail.input = Some(doc.clone());
         }
@@ -921,7 +915,7 @@ impl Filter {
             Ok(v) => v,
             Err(e) => {
                 host.log(LogLevel::Warn, &format!("agentplane: {e}"));
-                return refuse(&identity.id, &principal, Denial::PolicyError);
+                return refuse(Denial::PolicyError);
             }
         };
         let Verdict {
@@ -942,7 +936,7 @@ impl Filter {
                     LogLevel::Warn,
                     &format!("agentplane: policy header {k:?} rejected"),
                 );
-                return refuse(&identity.id, &principal, Denial::PolicyError);
+                return refuse(Denial::PolicyError);
             }
         }
         let result = if allowed {
@@ -961,8 +955,8 @@ impl Filter {
         };
         (
             Outcome {
-                agent: identity.id,
-                principal,
+                agent: identity.id.clone(),
+                principal: principal.secrets_principal.clone(),
                 result,
             },
             valid_until_ns,
@@ -974,18 +968,6 @@ impl Filter {
         let c = self.worker.cache.as_ref()?.try_borrow().ok()?;
         Some((c.hits, c.misses, c.len()))
     }
-}
-
-/// The value at `path` in an input document, if there is one.
-fn value_at<'a>(doc: &'a regorus::Value, path: &[&str]) -> Option<&'a regorus::Value> {
-    let mut v = doc;
-    for key in path {
-        match v {
-            regorus::Value::Object(m) => v = m.get(&regorus::Value::from(*key))?,
-            _ => return None,
-        }
-    }
-    Some(v)
 }
 
 /// How often the root context ticks when it has background work.
@@ -1004,7 +986,7 @@ struct Outcome {
 #[derive(Debug, Clone)]
 struct Allowed {
     /// `x-agent-*` headers, checked.
-    trusted: Vec<(String, String)>,
+    trusted: Vec<(&'static str, String)>,
     /// Headers a response-object policy added, checked.
     extra: Vec<(String, String)>,
     /// The agent's team and type (secret path templates), from the token.
@@ -1013,11 +995,11 @@ struct Allowed {
 }
 
 /// Who an allowed request is from, for secret paths.
-struct Who {
-    agent: String,
-    principal: String,
-    team: Option<String>,
-    kind: Option<String>,
+struct Who<'a> {
+    agent: &'a str,
+    principal: &'a str,
+    team: Option<&'a str>,
+    kind: Option<&'a str>,
 }
 
 #[cfg(test)]

@@ -164,6 +164,8 @@ pub struct MockHost {
     pub refuse_header_writes: bool,
     /// When set, the host cannot hand over the request header map.
     pub no_header_map: bool,
+    /// Request header writes and removals made.
+    pub header_writes: u32,
     /// The local reply, if the filter sent one.
     pub reply: Option<Reply>,
     /// Clock reading returned by [`Host::now_ns`].
@@ -265,6 +267,7 @@ impl Host for MockHost {
         if self.refuse_header_writes {
             return false;
         }
+        self.header_writes += 1;
         self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         true
     }

@@ -2,9 +2,9 @@
 //! resource registry. Its shape is documented in the README ("Input
 //! document"); keep the two in step.
 
-use crate::claims::Identity;
 use crate::config::{Config, ResourceConfig};
 use crate::headers::RequestHeaders;
+use crate::principal::Principal;
 use crate::value;
 use regorus::Value as Rego;
 use serde_json::{Map, Value};
@@ -201,8 +201,10 @@ pub struct RequestFacts<'a> {
     pub route: &'a Route<'a>,
     /// `:authority`.
     pub host: &'a str,
-    /// The request id (Envoy's `x-request-id`).
+    /// The request id (the decision id, or a trusted `x-request-id`).
     pub id: &'a str,
+    /// The action the table gives the service's type and the method.
+    pub action: Option<&'a str>,
     /// When the decision is made, ns since the epoch.
     pub time_ns: u64,
 }
@@ -213,7 +215,7 @@ pub fn build(
     headers: &RequestHeaders,
     config: &Config,
     docs: &ResourceDocs,
-    identity: &Identity,
+    principal: &Principal,
     facts: &RequestFacts<'_>,
 ) -> Rego {
     let headers = value::object(
@@ -223,40 +225,15 @@ pub fn build(
             .iter()
             .filter_map(|name| Some((name.as_str(), Rego::from(headers.get(name)?)))),
     );
-    let service = facts.route.service.unwrap_or("");
-    let resource = config.resource(service);
-    let action = config
-        .action_for(resource, facts.method)
-        .map_or(Rego::Null, Rego::from);
+    let action = facts.action.map_or(Rego::Null, Rego::from);
     let query = if facts.route.query.is_empty() {
         Rego::new_object()
     } else {
         value::to_rego(&Value::Object(parse_query(facts.route.query)))
     };
-    let payload = value::object(
-        identity
-            .payload
-            .iter()
-            .map(|(k, v)| (k.as_str(), value::to_rego(v))),
-    );
     value::object([
-        (
-            "jwt",
-            value::object([("valid", Rego::from(true)), ("payload", payload)]),
-        ),
-        (
-            "agent",
-            value::object([
-                ("id", Rego::from(identity.id.as_str())),
-                ("type", value::opt_str(identity.agent_type.as_deref())),
-                ("team", value::opt_str(identity.team.as_deref())),
-                (
-                    "environment",
-                    value::opt_str(identity.environment.as_deref()),
-                ),
-                ("permissions", value::strings(&identity.permissions)),
-            ]),
-        ),
+        ("jwt", principal.jwt.clone()),
+        ("agent", principal.agent.clone()),
         (
             "request",
             value::object([
@@ -279,6 +256,7 @@ pub fn build(
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use crate::claims::Identity;
     use crate::host::MockHost;
     use serde_json::json;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
@@ -351,7 +329,7 @@ mod tests {
     #[test]
     fn document_has_the_documented_shape() {
         let c = cfg();
-        let mut h = MockHost::new()
+        let h = MockHost::new()
             .with_header("content-type", "application/json")
             .with_header("authorization", "Bearer secret-token")
             .with_header("cookie", "session=1");
@@ -363,15 +341,17 @@ mod tests {
             permissions: vec!["skills:invoke".into()],
             payload: json!({"sub": "agent@clients"}).as_object().unwrap().clone(),
         };
+        let ident = Principal::new(1, ident, 256);
         let route = parse_route("/mcp://sentiment-analysis/analyze", &c).unwrap();
         let facts = RequestFacts {
             method: "POST",
             route: &route,
             host: "localhost",
             id: "rid",
+            action: c.action_for(c.resource("sentiment-analysis"), "POST"),
             time_ns: 7,
         };
-        let hdrs = crate::headers::strip_untrusted(&mut h, &c).unwrap();
+        let hdrs = crate::headers::read(&h, &c).unwrap();
         let doc =
             crate::value::from_rego(&build(&hdrs, &c, &ResourceDocs::new(&c), &ident, &facts));
         assert_eq!(doc["action"], "invoke_skill");
@@ -398,6 +378,7 @@ mod tests {
             route: &route,
             host: "h",
             id: "r",
+            action: c.action_for(c.resource("nope"), "GET"),
             time_ns: 7,
         };
         let doc =

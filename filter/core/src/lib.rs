@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod pbstruct;
 pub mod policy;
+pub mod principal;
 pub mod reads;
 pub mod secrets;
 pub mod value;

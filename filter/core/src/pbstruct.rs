@@ -76,6 +76,18 @@ pub fn decode_metadata_namespace(
     namespace: &str,
     limits: Limits,
 ) -> Result<Option<Map<String, Value>>, DecodeError> {
+    metadata_namespace_bytes(buf, namespace)?
+        .map(|v| decode_struct(v, limits))
+        .transpose()
+}
+
+/// The serialized `Struct` of `filter_metadata[namespace]`, undecoded
+/// (the last entry when the map repeats the key, as protobuf merges maps).
+/// `Ok(None)` when the namespace is absent.
+pub fn metadata_namespace_bytes<'a>(
+    buf: &'a [u8],
+    namespace: &str,
+) -> Result<Option<&'a [u8]>, DecodeError> {
     let mut found = None;
     let mut r = Reader { buf };
     while let Some((number, field)) = r.field()? {
@@ -96,7 +108,118 @@ pub fn decode_metadata_namespace(
             found = Some(value);
         }
     }
-    found.map(|v| decode_struct(v, limits)).transpose()
+    Ok(found)
+}
+
+/// A canonical byte form of a serialized `Struct`: equal forms decode to
+/// equal values (map entries sorted by key with the last duplicate kept,
+/// as the decoder keeps it; each value reduced to the field the decoder
+/// uses), whatever order the proxy serialized its maps in. For keying
+/// caches of decoded payloads; it does not validate strings or numbers,
+/// so a form may stand for bytes that do not decode (the caller decodes
+/// before keeping anything).
+pub fn canonical_struct(buf: &[u8], limits: Limits) -> Result<Vec<u8>, DecodeError> {
+    if buf.len() > limits.max_bytes {
+        return Err(DecodeError::TooLarge {
+            size: buf.len(),
+            max: limits.max_bytes,
+        });
+    }
+    let mut out = Vec::with_capacity(buf.len() + 16);
+    canon_struct(buf, limits.max_depth, &mut out)?;
+    Ok(out)
+}
+
+fn canon_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn canon_struct(buf: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    let mut entries: Vec<(&[u8], &[u8])> = Vec::new();
+    let mut r = Reader { buf };
+    while let Some((number, field)) = r.field()? {
+        if let (1, Field::Bytes(entry)) = (number, field) {
+            let mut key: &[u8] = &[];
+            let mut value: &[u8] = &[];
+            let mut e = Reader { buf: entry };
+            while let Some((n, f)) = e.field()? {
+                match (n, f) {
+                    (1, Field::Bytes(b)) => key = b,
+                    (2, Field::Bytes(b)) => value = b,
+                    _ => {}
+                }
+            }
+            entries.push((key, value));
+        }
+    }
+    // Stable: among equal keys the last one stays last, and only it counts.
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let mut kept: Vec<(&[u8], &[u8])> = Vec::with_capacity(entries.len());
+    for e in entries {
+        match kept.last_mut() {
+            Some(last) if last.0 == e.0 => *last = e,
+            _ => kept.push(e),
+        }
+    }
+    out.push(b'{');
+    canon_len(out, kept.len());
+    for (k, v) in kept {
+        canon_len(out, k.len());
+        out.extend_from_slice(k);
+        canon_value(v, depth, out)?;
+    }
+    Ok(())
+}
+
+fn canon_value(buf: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    // The decoder keeps the last field it understands.
+    let mut last: Option<(u64, Field<'_>)> = None;
+    let mut r = Reader { buf };
+    while let Some((number, field)) = r.field()? {
+        let known = matches!(
+            (number, &field),
+            (1, Field::Varint(_))
+                | (2, Field::Fixed64(_))
+                | (3, Field::Bytes(_))
+                | (4, Field::Varint(_))
+                | (5, Field::Bytes(_))
+                | (6, Field::Bytes(_))
+        );
+        if known {
+            last = Some((number, field));
+        }
+    }
+    match last {
+        None | Some((1, _)) => out.push(b'n'),
+        Some((2, Field::Fixed64(bits))) => {
+            out.push(b'd');
+            out.extend_from_slice(&bits.to_le_bytes());
+        }
+        Some((3, Field::Bytes(b))) => {
+            out.push(b's');
+            canon_len(out, b.len());
+            out.extend_from_slice(b);
+        }
+        Some((4, Field::Varint(v))) => out.extend_from_slice(if v != 0 { b"t" } else { b"f" }),
+        Some((5, Field::Bytes(b))) => canon_struct(b, nested(depth)?, out)?,
+        Some((6, Field::Bytes(b))) => {
+            let depth = nested(depth)?;
+            let mut items: Vec<&[u8]> = Vec::new();
+            let mut r = Reader { buf: b };
+            while let Some((number, field)) = r.field()? {
+                if let (1, Field::Bytes(item)) = (number, field) {
+                    items.push(item);
+                }
+            }
+            out.push(b'[');
+            canon_len(out, items.len());
+            for item in items {
+                canon_value(item, depth, out)?;
+            }
+        }
+        Some(_) => out.push(b'n'),
+    }
+    Ok(())
 }
 
 /// Encodes `filter_metadata` namespaces as a serialized

@@ -5,22 +5,22 @@
 //! LE, then each pair's name bytes, NUL, value bytes, NUL.
 
 /// Serializes header pairs for the host.
-pub fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+pub fn encode_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
     let size = 4 + pairs
         .iter()
-        .map(|(k, v)| k.len() + v.len() + 10)
+        .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 10)
         .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
     out.extend_from_slice(&len32(pairs.len()));
     for (k, v) in pairs {
-        out.extend_from_slice(&len32(k.len()));
-        out.extend_from_slice(&len32(v.len()));
+        out.extend_from_slice(&len32(k.as_ref().len()));
+        out.extend_from_slice(&len32(v.as_ref().len()));
     }
     for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(k.as_ref());
         out.push(0);
-        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(v.as_ref());
         out.push(0);
     }
     out

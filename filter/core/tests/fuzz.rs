@@ -342,3 +342,69 @@ fn arbitrary_metadata_bytes_never_panic_the_decoder() {
         let _ = pbstruct::decode_struct(&b, limits);
     }
 }
+
+/// A struct from a tiny alphabet, entries in random order and with random
+/// duplicate keys, so that distinct byte strings often mean the same value.
+fn small_struct(r: &mut Rng, depth: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..r.below(4) {
+        let key = *r.pick(&["a", "b", "c"]);
+        let value = match r.below(if depth > 0 { 6 } else { 5 }) {
+            0 => Value::Null,
+            1 => json!(true),
+            2 => json!("x"),
+            3 => json!(1),
+            4 => json!(["x", 1]),
+            _ => {
+                let inner = small_struct(r, depth - 1);
+                pbstruct::decode_struct(&inner, LIMITS).map_or(Value::Null, Value::Object)
+            }
+        };
+        let mut one = Map::new();
+        one.insert(key.into(), value);
+        out.extend(pbstruct::encode_struct(&one));
+    }
+    out
+}
+
+const LIMITS: pbstruct::Limits = pbstruct::Limits {
+    max_depth: 16,
+    max_bytes: 64 * 1024,
+};
+
+/// The principal cache keys on the canonical form of jwt_authn's metadata
+/// (Envoy serializes maps in no fixed order): two payloads that decode
+/// differently must never share a form, or one agent would get another's
+/// identity; the same payload in another order must share it.
+#[test]
+fn payloads_that_decode_differently_never_share_a_cache_key() {
+    let mut r = Rng(seed() ^ 3);
+    let mut seen: std::collections::HashMap<Vec<u8>, Map<String, Value>> =
+        std::collections::HashMap::new();
+    for _ in 0..cases() * 4 {
+        let b = small_struct(&mut r, 2);
+        let (Ok(form), Ok(decoded)) = (
+            pbstruct::canonical_struct(&b, LIMITS),
+            pbstruct::decode_struct(&b, LIMITS),
+        ) else {
+            continue;
+        };
+        // The same entries, reversed: the same form exactly when no key
+        // repeats (with a repeat, the last one wins, so order matters).
+        let entries = pbstruct::decode_struct(&b, LIMITS).unwrap();
+        let mut rev = Vec::new();
+        for (k, v) in entries.iter().rev() {
+            let mut one = Map::new();
+            one.insert(k.clone(), v.clone());
+            rev.extend(pbstruct::encode_struct(&one));
+        }
+        assert_eq!(
+            pbstruct::canonical_struct(&rev, LIMITS).unwrap(),
+            pbstruct::canonical_struct(&pbstruct::encode_struct(&entries), LIMITS).unwrap()
+        );
+        if let Some(prev) = seen.insert(form, decoded.clone()) {
+            assert_eq!(prev, decoded, "one form, two payloads");
+        }
+    }
+    assert!(seen.len() > 20, "the alphabet produced too few forms");
+}

@@ -106,7 +106,8 @@ fn no_identity_is_401_with_challenge() {
     );
     assert_eq!(body(&h)["decision_id"], d.id);
     assert_eq!(reply_header(&h, DECISION_ID_HEADER), Some(d.id.as_str()));
-    assert!(h.header_values("x-agent-id").is_empty());
+    // Refused: nothing goes upstream, so no header is written at all.
+    assert_eq!(h.header_writes, 0);
 }
 
 #[test]
@@ -366,7 +367,7 @@ fn cache_reuses_decisions_for_equal_requests_only() {
     assert_eq!(flow, Flow::Replied);
     assert!(!d7.allowed() && d7.reason() == d6.reason() && d7.id != d6.id);
     assert_eq!(body(&h)["decision_id"], d7.id);
-    assert!(h.header_values("x-agent-team").is_empty());
+    assert_eq!(h.header_writes, 0);
 }
 
 #[test]
@@ -1017,12 +1018,17 @@ fn a_proxy_refusing_header_writes_fails_closed() {
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
     assert_eq!(h.reply.as_ref().unwrap().status, 503);
     assert!(body(&h)["decision_id"].is_string());
-    // Spoofed headers that cannot be removed: refused before anything.
+    // Spoofed headers that cannot be removed: refused, never forwarded.
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
         .with_header("x-agent-id", "root");
     h.refuse_header_writes = true;
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
-    assert_eq!(body(&h)["reason"], "proxy_error: request headers");
+    assert_eq!(body(&h)["reason"], "proxy_error: request header write");
+    assert_eq!(
+        h.header_values("x-agent-id"),
+        ["root"],
+        "still the client's, and refused"
+    );
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
     h.no_header_map = true;
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
