@@ -565,10 +565,10 @@ fn main() {
     let wasm = agentplane_e2e::wasm_path();
     println!(
         "agentplane.wasm: {} bytes",
-        std::fs::metadata(wasm).unwrap().len()
+        std::fs::metadata(&wasm).unwrap().len()
     );
 
-    many_agents(
+    let mut rows = many_agents(
         &setup,
         &base_config,
         &uncached.to_string(),
@@ -577,6 +577,18 @@ fn main() {
         warmup,
         &idp,
     );
+    for (a, smp) in arms.iter().zip(&samples) {
+        rows.push(Row {
+            workload: "classic".into(),
+            arm: a.name.split(' ').next().unwrap_or("").to_string(),
+            rps: median(smp.rps.clone()),
+            cpu: median(smp.cpu_us.clone()),
+            rss_mib: smp.rss.last().copied().unwrap_or(0) as f64 / 1024.0,
+            start_s: median(smp.startup.clone()),
+            hit: None,
+        });
+    }
+    let mut soaked = None;
 
     if soak > 0 {
         let a = arms
@@ -613,8 +625,10 @@ fn main() {
             end as f64 / 1024.0,
             (end as f64 / r1.max(1) as f64 - 1.0) * 100.0
         );
+        soaked = Some((r1 as f64, end as f64));
         std::fs::remove_file(&script).ok();
     }
+    targets(&rows, soaked, std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0));
 }
 
 /// The realistic workloads of issue 10, side by side on one worker:
@@ -638,7 +652,8 @@ fn many_agents(
     reps: usize,
     warmup: u32,
     idp: &Idp,
-) {
+) -> Vec<Row> {
+    let mut out = Vec::new();
     // MIX: 100 agents. MIX-hard: 2,000, so that agent × target keys (8,000)
     // outnumber the decision cache (1,024 entries by default) and each
     // comes back only after 8,000 other requests.
@@ -759,8 +774,104 @@ fn many_agents(
                 r.rss.last().copied().unwrap_or(0) as f64 / 1024.0,
                 median(r.startup.clone()),
             );
+            out.push(Row {
+                workload: workload.to_string(),
+                arm: a.name.split(' ').next().unwrap_or("").to_string(),
+                rps: m,
+                cpu,
+                rss_mib: r.rss.last().copied().unwrap_or(0) as f64 / 1024.0,
+                start_s: median(r.startup.clone()),
+                hit: (hits[i].0 + hits[i].1 > 0.0).then(|| hits[i].0 / (hits[i].0 + hits[i].1)),
+            });
         }
     }
+    out
+}
+
+/// One arm's medians in one workload.
+#[derive(Debug, Clone)]
+struct Row {
+    workload: String,
+    arm: String,
+    rps: f64,
+    cpu: f64,
+    rss_mib: f64,
+    start_s: f64,
+    hit: Option<f64>,
+}
+
+/// Issue 10's targets against this run's figures.
+fn targets(rows: &[Row], soak: Option<(f64, f64)>, wasm_bytes: u64) {
+    let get = |w: &str, a: &str| rows.iter().find(|r| r.workload == w && r.arm == a);
+    let mut lines: Vec<(String, String, String, Option<bool>)> = Vec::new();
+    let mut ratio = |name: &str, w: &str, a: &str, b: &str, min: f64| {
+        if let (Some(x), Some(y)) = (get(w, a), get(w, b)) {
+            let v = x.rps / y.rps;
+            let hit = x.hit.map(|h| format!(", hit ratio {:.1}%", h * 100.0)).unwrap_or_default();
+            lines.push((
+                name.into(),
+                format!("≥ {min:.2}"),
+                format!("{v:.2}{hit}"),
+                Some(v >= min),
+            ));
+        }
+    };
+    ratio("MIX, cache on: S4 × S2", "MIX", "S4", "S2", 0.80);
+    ratio("MIX, cache off: S4U × S3L", "MIX", "S4U", "S3L", 1.0);
+    ratio("MIX-hard, cache on: S4 × S3L", "MIX-hard", "S4", "S3L", 1.0);
+    ratio("one token (classic mix): S4 × S2", "classic", "S4", "S2", 0.90);
+    if let (Some(x), Some(f)) = (get("MIX", "S4"), get("MIX", "S0W")) {
+        let v = x.cpu - f.cpu;
+        lines.push((
+            "MIX: S4 CPU over the do-nothing filter".into(),
+            "≤ 10 µs/req".into(),
+            format!("{v:.1} µs/req"),
+            Some(v <= 10.0),
+        ));
+    }
+    if let (Some(x), Some(y)) = (get("MIX", "S4"), get("MIX", "S2")) {
+        let v = x.rss_mib - y.rss_mib;
+        lines.push((
+            "memory: S4 RSS over S2 (one worker)".into(),
+            "≤ 40 MiB".into(),
+            format!("{v:.1} MiB"),
+            Some(v <= 40.0),
+        ));
+        lines.push((
+            "start to ready (one pinned core)".into(),
+            "≤ 1 s".into(),
+            format!("{:.2} s", x.start_s),
+            Some(x.start_s <= 1.0),
+        ));
+    }
+    if let Some((a, b)) = soak {
+        let v = (b / a.max(1.0) - 1.0) * 100.0;
+        lines.push((
+            "flat RSS over the soak (100k → end)".into(),
+            "≤ +5%".into(),
+            format!("{v:+.1}%"),
+            Some(v <= 5.0),
+        ));
+    }
+    let mib = wasm_bytes as f64 / 1_000_000.0;
+    lines.push((
+        "filter size".into(),
+        "≤ 2.5 MB".into(),
+        format!("{mib:.2} MB"),
+        Some(mib <= 2.5),
+    ));
+    println!("\nTargets (issue 10), this run:");
+    println!("| target | wanted | measured | met |");
+    println!("|---|---|---|---|");
+    for (name, want, got, met) in lines {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        println!("| {name} | {want} | {got} | {met} |");
+    }
+    println!("(100k agents vs 10 and regorus vs OPA per evaluation: the native runs printed after this.)");
 }
 
 /// `agentplane.decision_cache.hit` and `.miss` from Envoy's stats (which
