@@ -628,7 +628,11 @@ fn main() {
         soaked = Some((r1 as f64, end as f64));
         std::fs::remove_file(&script).ok();
     }
-    targets(&rows, soaked, std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0));
+    targets(
+        &rows,
+        soaked,
+        std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0),
+    );
 }
 
 /// The realistic workloads of issue 10, side by side on one worker:
@@ -807,7 +811,10 @@ fn targets(rows: &[Row], soak: Option<(f64, f64)>, wasm_bytes: u64) {
     let mut ratio = |name: &str, w: &str, a: &str, b: &str, min: f64| {
         if let (Some(x), Some(y)) = (get(w, a), get(w, b)) {
             let v = x.rps / y.rps;
-            let hit = x.hit.map(|h| format!(", hit ratio {:.1}%", h * 100.0)).unwrap_or_default();
+            let hit = x
+                .hit
+                .map(|h| format!(", hit ratio {:.1}%", h * 100.0))
+                .unwrap_or_default();
             lines.push((
                 name.into(),
                 format!("≥ {min:.2}"),
@@ -819,7 +826,13 @@ fn targets(rows: &[Row], soak: Option<(f64, f64)>, wasm_bytes: u64) {
     ratio("MIX, cache on: S4 × S2", "MIX", "S4", "S2", 0.80);
     ratio("MIX, cache off: S4U × S3L", "MIX", "S4U", "S3L", 1.0);
     ratio("MIX-hard, cache on: S4 × S3L", "MIX-hard", "S4", "S3L", 1.0);
-    ratio("one token (classic mix): S4 × S2", "classic", "S4", "S2", 0.90);
+    ratio(
+        "one token (classic mix): S4 × S2",
+        "classic",
+        "S4",
+        "S2",
+        0.90,
+    );
     if let (Some(x), Some(f)) = (get("MIX", "S4"), get("MIX", "S0W")) {
         let v = x.cpu - f.cpu;
         lines.push((

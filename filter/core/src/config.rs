@@ -641,6 +641,12 @@ impl Config {
         if !(2..=64).contains(&identity.max_depth) {
             return Err(invalid("identity.max_depth", "must be between 2 and 64"));
         }
+        if identity.cache_entries > 1_000_000 {
+            return Err(invalid(
+                "identity.cache_entries",
+                "must be at most 1000000 (0 decodes every request)",
+            ));
+        }
         if !is_rego_path(&policy.entrypoint) {
             return Err(invalid(
                 "policy.entrypoint",
@@ -984,6 +990,10 @@ mod tests {
                 "between 16 and 8192",
             ),
             (r#"{"identity": {"max_depth": 1000}}"#, "between 2 and 64"),
+            (
+                r#"{"identity": {"cache_entries": 1000001}}"#,
+                "at most 1000000",
+            ),
             (
                 r#"{"actions": {"data": {"bad method": "x"}}}"#,
                 "HTTP methods",
