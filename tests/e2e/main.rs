@@ -14,4 +14,5 @@ mod audit;
 mod authz;
 mod config;
 mod identity;
+mod mcp;
 mod secrets;

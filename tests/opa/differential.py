@@ -60,7 +60,7 @@ def corpus():
         ["production", "staging", None],
         ["support", "experimental"],
         [[], ["skills:invoke"], ["skills:invoke", "data:read", "data:write", "tools:access"],
-         ["data:read", "customer:access"]],
+         ["data:read", "customer:access"], ["tools:call", "mcp:connect"]],
         ["support-triage@clients", "revoked-agent@clients"],
     ):
         agents.append({"id": sub, "type": typ, "team": team, "environment": env, "permissions": perms})
@@ -83,7 +83,8 @@ def corpus():
          "metadata": {"team": False, "environment": "production"}},
         {"type": "data", "id": "unflagged", "metadata": {"team": "customer-success"}},
     ]
-    actions = {"skill": ["invoke_skill"], "tool": ["access_tool"],
+    # MCP actions (call_tool, ...) on tool resources, beside the seed's.
+    actions = {"skill": ["invoke_skill"], "tool": ["access_tool", "call_tool", "list_tools", "initialize"],
                "data": ["read_data", "write_data"], "unknown": [None]}
     clocks = [1746273600000000000, 1746252000000000000, 1746291600000000000, 1746262800000000000]
     tokens = [{"valid": True, "exp": 1746300000}, {"valid": True, "exp": 1746200000},

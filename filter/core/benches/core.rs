@@ -76,10 +76,10 @@ fn benches(c: &mut Criterion) {
     };
     let docs = input::ResourceDocs::new(&config);
     c.bench_function("input_build", |b| {
-        b.iter(|| input::build(black_box(&headers), &config, &docs, &ident, &facts))
+        b.iter(|| input::build(black_box(&headers), &config, &docs, &ident, &facts, None))
     });
 
-    let doc = input::build(&headers, &config, &docs, &ident, &facts);
+    let doc = input::build(&headers, &config, &docs, &ident, &facts, None);
     for (name, choice) in [
         ("policy_eval_rvm", EngineChoice::Rvm),
         ("policy_eval_interpreter", EngineChoice::Interpreter),

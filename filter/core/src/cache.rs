@@ -167,6 +167,8 @@ enum Part {
     Headers,
     /// `input.request.id`.
     RequestId,
+    /// `input.mcp`, or one field of it.
+    Mcp(Option<String>),
 }
 
 /// The request facts a decision depends on, besides the principal, as
@@ -191,6 +193,8 @@ pub struct KeyFacts<'a> {
     pub request_id: &'a str,
     /// The request headers.
     pub headers: &'a RequestHeaders,
+    /// `input.mcp`, for an MCP message.
+    pub mcp: Option<&'a regorus::Value>,
 }
 
 /// Which facts a decision key holds, decided once at configure time from
@@ -215,7 +219,7 @@ impl KeyPlan {
         ];
         let mut parts: Vec<Part> = Vec::new();
         let everything = || {
-            let mut all = vec![Part::Service, Part::Action];
+            let mut all = vec![Part::Service, Part::Action, Part::Mcp(None)];
             all.extend(request.iter().cloned());
             all
         };
@@ -232,6 +236,7 @@ impl KeyPlan {
                         ("jwt" | "agent", _) => {}
                         ("resource", _) => parts.push(Part::Service),
                         ("action", _) => parts.push(Part::Action),
+                        ("mcp", field) => parts.push(Part::Mcp(field.map(str::to_owned))),
                         ("request", None) => parts.extend(request.iter().cloned()),
                         ("request", Some("method")) => parts.push(Part::Method),
                         ("request", Some("host")) => parts.push(Part::Host),
@@ -287,6 +292,20 @@ impl KeyPlan {
                     }
                     &mut k
                 }
+                Part::Mcp(field) => {
+                    let v = match (f.mcp, field) {
+                        (Some(doc), Some(name)) => match doc {
+                            regorus::Value::Object(o) => {
+                                o.get(&regorus::Value::from(name.as_str()))
+                            }
+                            _ => None,
+                        },
+                        (doc, None) => doc,
+                        (None, Some(_)) => None,
+                    };
+                    let bytes = v.and_then(|v| serde_json::to_vec(v).ok());
+                    k.optional(bytes.as_deref())
+                }
             };
         }
         k.into_bytes()
@@ -327,6 +346,7 @@ mod tests {
             query: "a=1",
             request_id: "r1",
             headers: h,
+            mcp: None,
         }
     }
 

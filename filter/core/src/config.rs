@@ -188,6 +188,83 @@ pub struct ResourceConfig {
     /// Secrets an allowed request to this service carries upstream.
     #[serde(default)]
     pub secrets: Vec<SecretConfig>,
+    /// What the service speaks: `"http"` (default) or `"mcp"` (its POSTs
+    /// are JSON-RPC messages the filter reads before deciding).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// A service's protocol.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Plain HTTP: the action comes from the type and method table.
+    #[default]
+    Http,
+    /// MCP over Streamable HTTP (see [`crate::mcp`]).
+    Mcp,
+}
+
+/// How MCP requests are read (see [`crate::mcp`]).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// Largest request body read; a larger one gets 413.
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted.
+    pub max_depth: usize,
+    /// MCP method → action. Methods not listed get their family's
+    /// (`notifications/*`), else the action `"*"` maps to, else none (and
+    /// the shipped policy denies a request without one). `"response"` is a
+    /// client's answer to a server request; `"GET"` and `"DELETE"` are the
+    /// HTTP methods on an MCP endpoint (the server's stream, session end).
+    pub actions: BTreeMap<String, String>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        let actions = [
+            ("initialize", "initialize"),
+            ("server/discover", "initialize"),
+            ("ping", "initialize"),
+            ("notifications/*", "notify"),
+            ("tools/list", "list_tools"),
+            ("tools/call", "call_tool"),
+            ("resources/list", "list_resources"),
+            ("resources/templates/list", "list_resources"),
+            ("resources/read", "read_resource"),
+            ("resources/subscribe", "read_resource"),
+            ("resources/unsubscribe", "read_resource"),
+            ("prompts/list", "list_prompts"),
+            ("prompts/get", "get_prompt"),
+            ("completion/complete", "get_prompt"),
+            ("logging/setLevel", "initialize"),
+            ("response", "respond"),
+            ("GET", "open_stream"),
+            ("DELETE", "end_session"),
+        ];
+        McpConfig {
+            max_body_bytes: 1024 * 1024,
+            max_depth: 32,
+            actions: actions
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+impl McpConfig {
+    /// The action of an MCP method: its own entry, else its family's
+    /// (`notifications/*`), else `"*"`'s.
+    pub fn action_for(&self, method: &str) -> Option<&str> {
+        let family = method.rsplit_once('/').map(|(head, _)| format!("{head}/*"));
+        self.actions
+            .get(method)
+            .or_else(|| family.and_then(|f| self.actions.get(&f)))
+            .or_else(|| self.actions.get("*"))
+            .map(String::as_str)
+    }
 }
 
 /// One secret injected into requests to a service: a KV v2 field, or a
@@ -362,6 +439,7 @@ fn default_resource() -> ResourceConfig {
         metadata,
         action: None,
         secrets: Vec::new(),
+        protocol: Protocol::Http,
     }
 }
 
@@ -520,6 +598,8 @@ struct RawConfig {
     actions: Option<BTreeMap<String, BTreeMap<String, String>>>,
     #[serde(default)]
     headers: HeadersConfig,
+    #[serde(default)]
+    mcp: McpConfig,
 }
 
 /// A validated configuration. Immutable after [`Config::from_json`].
@@ -545,6 +625,8 @@ pub struct Config {
     pub vault: Option<VaultConfig>,
     /// The decision log.
     pub decision_log: DecisionLogConfig,
+    /// MCP request handling.
+    pub mcp: McpConfig,
 }
 
 /// The seed's actions: skills are invoked, tools accessed, data read or written.
@@ -621,7 +703,17 @@ impl Config {
             decision_cache,
             vault,
             decision_log,
+            mcp,
         } = raw;
+        if !(1024..=16 * 1024 * 1024).contains(&mcp.max_body_bytes) {
+            return Err(invalid(
+                "mcp.max_body_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if !(2..=128).contains(&mcp.max_depth) {
+            return Err(invalid("mcp.max_depth", "must be between 2 and 128"));
+        }
 
         if identity.metadata_namespace.is_empty() {
             return Err(invalid("identity.metadata_namespace", "must not be empty"));
@@ -867,6 +959,7 @@ impl Config {
             decision_cache,
             vault,
             decision_log,
+            mcp,
         })
     }
 

@@ -11,7 +11,7 @@
 use crate::audit::{self, Trail};
 use crate::cache::{DecisionCache, KeyFacts, KeyPlan};
 use crate::claims::ClaimsError;
-use crate::config::{Config, ConfigError, SERVICE_HEADER};
+use crate::config::{Config, ConfigError, Protocol, SERVICE_HEADER};
 use crate::headers::{self, check_value, RequestHeaders};
 use crate::host::{Host, LogLevel};
 use crate::ids::DecisionIds;
@@ -45,6 +45,9 @@ pub enum Flow {
     /// Allowed, waiting for secrets: the worker's root context resumes the
     /// stream (or replies 503) when they arrive.
     Paused,
+    /// Undecided until the whole body is read ([`Filter::on_request_body`]):
+    /// hold the headers and buffer the body.
+    NeedBody,
 }
 
 /// One request's decision, for the response phase and the log.
@@ -65,6 +68,9 @@ pub struct Decision {
     pub timing: Option<String>,
     /// Holds a place in the collector buffer (mandatory logging).
     pub reserved: bool,
+    /// For an MCP message: its JSON-RPC id (`null` when unknown), so a
+    /// refusal answers as a JSON-RPC error.
+    pub rpc: Option<serde_json::Value>,
 }
 
 impl Decision {
@@ -123,6 +129,40 @@ struct Worker {
     /// Decisions of streams waiting for secrets, by stream id: settled by
     /// [`Filter::on_tick`] / [`Filter::on_callout_response`].
     pending: RefCell<HashMap<u32, Decision>>,
+    /// Requests waiting for their body (MCP POSTs), by stream id.
+    awaiting: RefCell<HashMap<u32, Awaiting>>,
+}
+
+/// What the headers phase established about a request.
+#[derive(Debug)]
+struct Admitted {
+    decision_id: String,
+    reserved: bool,
+    headers: RequestHeaders,
+    principal: Rc<Principal>,
+    method: String,
+    path: String,
+    service: Option<String>,
+    authority: Option<String>,
+}
+
+impl Admitted {
+    /// A POST to an MCP service is decided on its body.
+    fn needs_body(&self, config: &Config) -> bool {
+        self.method == "POST"
+            && config
+                .resource(self.service.as_deref().unwrap_or(""))
+                .protocol
+                == Protocol::Mcp
+    }
+}
+
+/// A request waiting for its body.
+#[derive(Debug)]
+struct Awaiting {
+    admitted: Admitted,
+    trail: Trail,
+    t0: u64,
 }
 
 /// A refusal and the agent it concerns, if known.
@@ -190,6 +230,7 @@ impl Filter {
                 shipper,
                 exported_log: Cell::new((0, 0)),
                 pending: RefCell::new(HashMap::new()),
+                awaiting: RefCell::new(HashMap::new()),
             },
             config,
             policy,
@@ -236,15 +277,106 @@ impl Filter {
     }
 
     /// Handles the request headers. On [`Flow::Replied`] the reply has been
-    /// sent through the host and nothing may be forwarded.
+    /// sent through the host and nothing may be forwarded. On
+    /// [`Flow::NeedBody`] (a POST to an MCP service) nothing is decided
+    /// yet: the host buffers the body and hands it to
+    /// [`Filter::on_request_body`].
     pub fn on_request_headers<H: Host>(&self, host: &mut H) -> (Flow, Decision) {
-        let timed = self.config.headers.metrics_header;
-        let t0 = if timed { host.now_ns() } else { 0 };
+        let t0 = if self.config.headers.metrics_header {
+            host.now_ns()
+        } else {
+            0
+        };
         let id = self.worker.ids.next_id();
         let mut trail = Trail::default();
         let mut reserved = false;
-        let result = self.decide(host, &id, &mut trail, &mut reserved);
-        let timing = timed.then(|| {
+        let result = match self.admit(host, &id, &mut trail, &mut reserved) {
+            Ok(admitted) if admitted.needs_body(&self.config) => {
+                let waiting = Decision {
+                    id: id.clone(),
+                    state: State::Pending,
+                    agent: Some(admitted.principal.identity.id.clone()),
+                    record: None,
+                    request_id: trail.request_id.clone(),
+                    timing: None,
+                    reserved,
+                    rpc: None,
+                };
+                self.put_awaiting(
+                    host.stream_id(),
+                    Awaiting {
+                        admitted,
+                        trail,
+                        t0,
+                    },
+                );
+                return (Flow::NeedBody, waiting);
+            }
+            Ok(admitted) => self.judge(host, &admitted, None, &mut trail),
+            Err(refused) => Err(refused),
+        };
+        self.finish(host, id, trail, reserved, t0, result, None)
+    }
+
+    /// The body of a request [`Filter::on_request_headers`] left waiting
+    /// (`Flow::NeedBody`), complete: `body` is `None` when it exceeds
+    /// `mcp.max_body_bytes` (413). Decides and replies or forwards as the
+    /// headers phase would have.
+    pub fn on_request_body<H: Host>(&self, host: &mut H, body: Option<&[u8]>) -> (Flow, Decision) {
+        let Some(Awaiting {
+            admitted,
+            mut trail,
+            t0,
+        }) = self.take_awaiting(host.stream_id())
+        else {
+            // Not waiting: the host called twice, or for another stream.
+            let id = self.worker.ids.next_id();
+            let result = Err((Denial::HostFailure("request body without headers"), None));
+            return self.finish(host, id, Trail::default(), false, 0, result, None);
+        };
+        let id = admitted.decision_id.clone();
+        let reserved = admitted.reserved;
+        let limits = crate::mcp::Limits {
+            max_depth: self.config.mcp.max_depth,
+        };
+        let agent = Some(admitted.principal.identity.id.clone());
+        let parsed = match body {
+            None => Err((
+                Denial::TooLarge {
+                    max: self.config.mcp.max_body_bytes,
+                },
+                agent,
+            )),
+            Some(b) => crate::mcp::parse(b, limits).map_err(|e| (Denial::Mcp(e), agent)),
+        };
+        let rpc = Some(
+            parsed
+                .as_ref()
+                .ok()
+                .and_then(|m| m.id.clone())
+                .unwrap_or(serde_json::Value::Null),
+        );
+        let result = match &parsed {
+            Ok(m) => self.judge(host, &admitted, Some(m), &mut trail),
+            Err(refused) => Err(refused.clone()),
+        };
+        self.finish(host, id, trail, reserved, t0, result, rpc)
+    }
+
+    /// Renders a decided request: the reply (a JSON-RPC error for an MCP
+    /// message), the metric and the decision-log record.
+    #[allow(clippy::too_many_arguments)]
+    fn finish<H: Host>(
+        &self,
+        host: &mut H,
+        id: String,
+        trail: Trail,
+        reserved: bool,
+        t0: u64,
+        result: Result<(String, Flow), Refused>,
+        rpc: Option<serde_json::Value>,
+    ) -> (Flow, Decision) {
+        let timing = self.config.headers.metrics_header.then(|| {
             format!(
                 "filter_us={};policy_us={};cache={}",
                 host.now_ns().saturating_sub(t0) / 1_000,
@@ -265,9 +397,14 @@ impl Filter {
             request_id: trail.request_id.clone(),
             timing,
             reserved,
+            rpc,
         };
         if let State::Denied(d) = &decision.state {
-            let reply = d.reply(&decision.id, &self.reply_headers(&decision));
+            let reply = d.reply(
+                &decision.id,
+                &self.reply_headers(&decision),
+                decision.rpc.as_ref(),
+            );
             host.send_reply(reply.status, &reply.header_refs(), &reply.body);
         }
         if decision.state != State::Pending {
@@ -389,18 +526,23 @@ impl Filter {
             "x-request-id",
             "traceparent",
             "tracestate",
+            "mcp-protocol-version",
+            "mcp-method",
+            "mcp-name",
         ]
         .into_iter()
         .chain(self.config.headers.input.iter().map(String::as_str))
     }
 
-    fn decide<H: Host>(
+    /// The headers phase: strips, reads the ids, the identity and the
+    /// request line. Nothing is decided yet.
+    fn admit<H: Host>(
         &self,
         host: &mut H,
         decision_id: &str,
         trail: &mut Trail,
         reserved: &mut bool,
-    ) -> Result<(String, Flow), Refused> {
+    ) -> Result<Admitted, Refused> {
         // Before anything else: nothing the client says about identity
         // survives (set aside now, gone from the request when it is
         // forwarded; a refused request goes nowhere).
@@ -435,43 +577,95 @@ impl Filter {
                 .get(":method")
                 .ok_or_else(|| bad("missing :method"))?,
         )?;
-        let path = headers.get(":path").ok_or_else(|| bad("missing :path"))?;
-        let authority = headers.get(":authority");
-        let route = input::parse_route(path, &self.config).map_err(|e| bad(e.to_string()))?;
+        let path = headers
+            .get(":path")
+            .ok_or_else(|| bad("missing :path"))?
+            .to_string();
+        // Refuse a malformed path before anything waits for a body.
+        let service = input::parse_route(&path, &self.config)
+            .map_err(|e| bad(e.to_string()))?
+            .service
+            .map(str::to_owned);
+        let authority = headers.get(":authority").map(str::to_owned);
+        let principal = self.principal(&raw)?;
+        Ok(Admitted {
+            decision_id: decision_id.to_string(),
+            reserved: *reserved,
+            headers,
+            principal,
+            method,
+            path,
+            service,
+            authority,
+        })
+    }
+
+    /// Decides an admitted request (with its MCP message, for an MCP
+    /// POST) and forwards or refuses it.
+    fn judge<H: Host>(
+        &self,
+        host: &mut H,
+        a: &Admitted,
+        mcp: Option<&crate::mcp::Message>,
+        trail: &mut Trail,
+    ) -> Result<(String, Flow), Refused> {
+        let route = input::parse_route(&a.path, &self.config).map_err(|e| bad(e.to_string()))?;
         let now = host.now_ns();
         let logging = self.config.decision_log.enabled;
+        let principal = &a.principal;
+        let headers = &a.headers;
+        let method = a.method.as_str();
         if logging {
             trail.service = route.service.map(str::to_owned);
-        }
-
-        let principal = self.principal(&raw)?;
-        if logging {
             trail.agent_type.clone_from(&principal.identity.agent_type);
             trail.team.clone_from(&principal.identity.team);
         }
+        let resource = self.config.resource(route.service.unwrap_or(""));
+        let (action, mcp_version) = match (resource.protocol, mcp) {
+            (Protocol::Mcp, Some(m)) => {
+                let version = self
+                    .mcp_version(headers, m)
+                    .map_err(|e| (Denial::Mcp(e), Some(principal.identity.id.clone())))?;
+                let action = match m.kind {
+                    crate::mcp::Kind::Response => self.config.mcp.actions.get("response"),
+                    _ => None,
+                }
+                .map(String::as_str)
+                .or_else(|| {
+                    m.method
+                        .as_deref()
+                        .and_then(|name| self.config.mcp.action_for(name))
+                });
+                (action, version)
+            }
+            (Protocol::Mcp, None) => (
+                self.config.mcp.actions.get(method).map(String::as_str),
+                None,
+            ),
+            (Protocol::Http, _) => (self.config.action_for(resource, method), None),
+        };
         let request_id = trail.request_id.clone();
-        let action = self
-            .config
-            .action_for(self.config.resource(route.service.unwrap_or("")), &method);
         let facts = RequestFacts {
-            method: &method,
+            method,
             route: &route,
-            host: authority.unwrap_or_default(),
+            host: a.authority.as_deref().unwrap_or_default(),
             id: &request_id,
             action,
             time_ns: now,
         };
+        let mcp_doc = mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref()));
         let key = self.worker.cache.as_ref().map(|_| {
             self.key_plan.key(&KeyFacts {
                 principal: principal.serial,
                 service: route.service,
                 action,
-                method: &method,
+                method,
                 host: facts.host,
                 raw_path: route.raw_path,
                 query: route.query,
                 request_id: &request_id,
-                headers: &headers,
+                headers,
+                mcp: mcp_doc.as_ref(),
             })
         });
         if let (Some(cache), Some(key)) = (&self.worker.cache, &key) {
@@ -490,21 +684,73 @@ impl Filter {
                 // This request's own input: the cached decision was made on
                 // one that differs at most where the policy never looks.
                 if logging {
-                    let doc = input::build(&headers, &self.config, &self.docs, &principal, &facts);
+                    let doc = input::build(
+                        headers,
+                        &self.config,
+                        &self.docs,
+                        principal,
+                        &facts,
+                        mcp_doc.clone(),
+                    );
                     trail.input = Some(doc);
                 }
-                return self.forward(host, &outcome, &headers, &route, &request_id, trail);
+                return self.forward(host, &outcome, headers, &route, &request_id, trail);
             }
         }
-        let doc = input::build(&headers, &self.config, &self.docs, &principal, &facts);
-        let (outcome, valid_until) = self.authorize(host, &principal, doc, trail);
+        let doc = input::build(
+            headers,
+            &self.config,
+            &self.docs,
+            principal,
+            &facts,
+            mcp_doc,
+        );
+        let (outcome, valid_until) = self.authorize(host, principal, doc, trail);
         let outcome = Rc::new(outcome);
         if let (Some(cache), Some(key), Some(until)) = (&self.worker.cache, key, valid_until) {
             if let Ok(mut c) = cache.try_borrow_mut() {
                 c.insert(key, Rc::clone(&outcome), now, until);
             }
         }
-        self.forward(host, &outcome, &headers, &route, &request_id, trail)
+        self.forward(host, &outcome, headers, &route, &request_id, trail)
+    }
+
+    /// The MCP revision a message is sent under: the `mcp-protocol-version`
+    /// header, or the message's own `_meta` (2026-07-28); both, when
+    /// present, must agree, name a supported revision, and the mirror
+    /// headers must agree with the body.
+    fn mcp_version(
+        &self,
+        headers: &RequestHeaders,
+        m: &crate::mcp::Message,
+    ) -> Result<Option<String>, crate::mcp::McpError> {
+        use crate::mcp::{code, McpError, SUPPORTED_VERSIONS};
+        let header = headers.get("mcp-protocol-version");
+        let meta = m.meta_version();
+        let version = match (header, meta) {
+            (Some(h), Some(b)) if h != b => {
+                return Err(McpError {
+                    code: code::HEADER_MISMATCH,
+                    message: format!(
+                        "MCP-Protocol-Version header {h:?} does not match the message's {b:?}"
+                    ),
+                })
+            }
+            (h, b) => h.or(b),
+        };
+        if let Some(v) = version {
+            if !SUPPORTED_VERSIONS.contains(&v) {
+                return Err(McpError {
+                    code: code::UNSUPPORTED_PROTOCOL_VERSION,
+                    message: format!(
+                        "unsupported MCP protocol version {v:?}; supported: {}",
+                        SUPPORTED_VERSIONS.join(", ")
+                    ),
+                });
+            }
+        }
+        m.check_mirrors(headers.get("mcp-method"), headers.get("mcp-name"), version)?;
+        Ok(version.map(str::to_owned))
     }
 
     /// The principal for this request's verified metadata, from the
@@ -710,7 +956,7 @@ impl Filter {
             }
             Err(why) => Denial::SecretsUnavailable(why),
         };
-        let reply = denial.reply(&d.id, &self.reply_headers(&d));
+        let reply = denial.reply(&d.id, &self.reply_headers(&d), d.rpc.as_ref());
         if let Some(r) = d.record.as_mut() {
             audit::refused(r, &denial.reason(), &denial.reasons(), denial.status());
         }
@@ -720,6 +966,16 @@ impl Filter {
         if !host.reply_stream(c.stream, reply.status, &reply.header_refs(), &reply.body) {
             self.take_pending(c.stream); // gone: nothing will log it
         }
+    }
+
+    fn put_awaiting(&self, stream: u32, a: Awaiting) {
+        if let Ok(mut w) = self.worker.awaiting.try_borrow_mut() {
+            w.insert(stream, a);
+        }
+    }
+
+    fn take_awaiting(&self, stream: u32) -> Option<Awaiting> {
+        self.worker.awaiting.try_borrow_mut().ok()?.remove(&stream)
     }
 
     fn take_pending(&self, stream: u32) -> Option<Decision> {
@@ -842,6 +1098,7 @@ impl Filter {
             b.forget_stream(stream);
         }
         self.take_pending(stream);
+        self.take_awaiting(stream);
         if let Some(d) = decision {
             if std::mem::take(&mut d.reserved) {
                 self.release_reservation();

@@ -217,6 +217,7 @@ pub fn build(
     docs: &ResourceDocs,
     principal: &Principal,
     facts: &RequestFacts<'_>,
+    mcp: Option<Rego>,
 ) -> Rego {
     let headers = value::object(
         config
@@ -249,7 +250,38 @@ pub fn build(
         ),
         ("resource", docs.get(config, facts.route.service)),
         ("action", action),
+        ("mcp", mcp.unwrap_or(Rego::Null)),
     ])
+}
+
+/// `input.mcp` for an MCP message: `kind`, `method`, `id`, the target
+/// (`tool`, `prompt` or `uri`, by method), `arguments`, and the protocol
+/// version it was sent under. `null` on requests that are not MCP.
+pub fn mcp_doc(m: &crate::mcp::Message, version: Option<&str>) -> Rego {
+    let method = m.method.as_deref();
+    let target = match method {
+        Some("tools/call") => Some("tool"),
+        Some("prompts/get") => Some("prompt"),
+        Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => Some("uri"),
+        Some("tasks/get" | "tasks/update" | "tasks/cancel") => Some("task"),
+        _ => None,
+    };
+    let mut entries = vec![
+        ("kind", Rego::from(m.kind.as_str())),
+        ("method", value::opt_str(method)),
+        ("id", m.id.as_ref().map_or(Rego::Null, value::to_rego)),
+        ("protocol_version", value::opt_str(version)),
+    ];
+    if let Some(t) = target {
+        entries.push((t, value::opt_str(m.name())));
+    }
+    if matches!(method, Some("tools/call" | "prompts/get")) {
+        let args = m.arguments().map_or_else(Rego::new_object, |a| {
+            value::to_rego(&Value::Object(a.clone()))
+        });
+        entries.push(("arguments", args));
+    }
+    value::object(entries)
 }
 
 #[cfg(test)]
@@ -352,8 +384,14 @@ mod tests {
             time_ns: 7,
         };
         let hdrs = crate::headers::read(&h, &c).unwrap();
-        let doc =
-            crate::value::from_rego(&build(&hdrs, &c, &ResourceDocs::new(&c), &ident, &facts));
+        let doc = crate::value::from_rego(&build(
+            &hdrs,
+            &c,
+            &ResourceDocs::new(&c),
+            &ident,
+            &facts,
+            None,
+        ));
         assert_eq!(doc["action"], "invoke_skill");
         assert_eq!(
             doc["resource"],
@@ -381,8 +419,14 @@ mod tests {
             action: c.action_for(c.resource("nope"), "GET"),
             time_ns: 7,
         };
-        let doc =
-            crate::value::from_rego(&build(&hdrs, &c, &ResourceDocs::new(&c), &ident, &facts));
+        let doc = crate::value::from_rego(&build(
+            &hdrs,
+            &c,
+            &ResourceDocs::new(&c),
+            &ident,
+            &facts,
+            None,
+        ));
         assert_eq!(doc["resource"]["metadata"]["team"], "unknown");
         assert_eq!(doc["resource"]["registered"], false);
         assert_eq!(doc["action"], Value::Null);

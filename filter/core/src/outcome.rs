@@ -40,6 +40,14 @@ pub enum Denial {
     /// The proxy refused something the filter needs: the header map, a
     /// header write (503). Nothing is forwarded unchecked.
     HostFailure(&'static str),
+    /// An MCP request that is not an acceptable JSON-RPC message (or
+    /// whose mirror headers disagree with it): 400, its own JSON-RPC code.
+    Mcp(crate::mcp::McpError),
+    /// A body over the configured maximum: 413.
+    TooLarge {
+        /// The maximum, in bytes.
+        max: usize,
+    },
 }
 
 impl Denial {
@@ -47,7 +55,8 @@ impl Denial {
     pub fn status(&self) -> u16 {
         match self {
             Denial::Unauthorized(_) => 401,
-            Denial::BadRequest(_) => 400,
+            Denial::BadRequest(_) | Denial::Mcp(_) => 400,
+            Denial::TooLarge { .. } => 413,
             Denial::Policy { status, .. } => *status,
             Denial::PolicyError | Denial::UnsafeIdentity(_) => 403,
             Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => 503,
@@ -58,7 +67,8 @@ impl Denial {
     pub fn error(&self) -> &'static str {
         match self {
             Denial::Unauthorized(_) => "unauthorized",
-            Denial::BadRequest(_) => "bad_request",
+            Denial::BadRequest(_) | Denial::Mcp(_) => "bad_request",
+            Denial::TooLarge { .. } => "payload_too_large",
             Denial::Policy { .. } | Denial::PolicyError | Denial::UnsafeIdentity(_) => "forbidden",
             Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => {
                 "unavailable"
@@ -71,6 +81,8 @@ impl Denial {
         match self {
             Denial::Unauthorized(e) => e.to_string(),
             Denial::BadRequest(why) => why.clone(),
+            Denial::Mcp(e) => e.message.clone(),
+            Denial::TooLarge { max } => format!("request body exceeds {max} bytes"),
             Denial::Policy { reasons, .. } if reasons.is_empty() => {
                 "no policy rule allowed the request".into()
             }
@@ -95,7 +107,7 @@ impl Denial {
     pub fn metric(&self) -> M {
         match self {
             Denial::Unauthorized(_) => M::Unauthorized,
-            Denial::BadRequest(_) => M::BadRequest,
+            Denial::BadRequest(_) | Denial::Mcp(_) | Denial::TooLarge { .. } => M::BadRequest,
             Denial::Policy { .. } | Denial::UnsafeIdentity(_) => M::Denied,
             Denial::PolicyError => M::PolicyError,
             Denial::SecretsUnavailable(_) => M::SecretsUnavailable,
@@ -107,12 +119,34 @@ impl Denial {
     /// The local reply: status, headers and JSON body
     /// `{"error", "reason", "decision_id"}`. `extra` are the response
     /// headers every reply carries (decision id, trace id, timing).
-    pub fn reply(&self, decision_id: &str, extra: &[(&str, &str)]) -> Reply {
-        let body = serde_json::json!({
-            "error": self.error(),
-            "reason": self.reason(),
-            "decision_id": decision_id,
-        })
+    pub fn reply(
+        &self,
+        decision_id: &str,
+        extra: &[(&str, &str)],
+        rpc: Option<&serde_json::Value>,
+    ) -> Reply {
+        let body = match rpc {
+            // An MCP client shows a JSON-RPC error best: the request's id,
+            // the reason, and the decision id in `data`.
+            Some(id) => serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {
+                    "code": self.rpc_code(),
+                    "message": self.reason(),
+                    "data": {
+                        "error": self.error(),
+                        "decision_id": decision_id,
+                        "reasons": self.reasons(),
+                    },
+                },
+            }),
+            None => serde_json::json!({
+                "error": self.error(),
+                "reason": self.reason(),
+                "decision_id": decision_id,
+            }),
+        }
         .to_string()
         .into_bytes();
         let mut headers: Vec<(String, String)> =
@@ -133,6 +167,24 @@ impl Denial {
             status: self.status(),
             headers,
             body,
+        }
+    }
+}
+
+impl Denial {
+    /// The JSON-RPC error code of this refusal of an MCP message.
+    pub fn rpc_code(&self) -> i64 {
+        use crate::mcp::code;
+        match self {
+            Denial::Mcp(e) => e.code,
+            Denial::BadRequest(_) | Denial::TooLarge { .. } => code::INVALID_REQUEST,
+            Denial::Unauthorized(_) => code::UNAUTHORIZED,
+            Denial::Policy { .. } | Denial::PolicyError | Denial::UnsafeIdentity(_) => {
+                code::FORBIDDEN
+            }
+            Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => {
+                code::UNAVAILABLE
+            }
         }
     }
 }
@@ -229,7 +281,7 @@ mod tests {
             ),
         ];
         for (d, status, error, metric) in cases {
-            let r = d.reply("id-1", &[("x-decision-id", "id-1")]);
+            let r = d.reply("id-1", &[("x-decision-id", "id-1")], None);
             assert_eq!(
                 (r.status, d.error(), d.metric()),
                 (status, error, metric),

@@ -1071,8 +1071,11 @@ mod tests {
                     h.resume_stream(c.stream, &set);
                 }
                 Err(why) => {
-                    let r = crate::outcome::Denial::SecretsUnavailable(why)
-                        .reply(&format!("d{}", c.stream), &[]);
+                    let r = crate::outcome::Denial::SecretsUnavailable(why).reply(
+                        &format!("d{}", c.stream),
+                        &[],
+                        None,
+                    );
                     h.reply_stream(c.stream, r.status, &r.header_refs(), &r.body);
                 }
             }

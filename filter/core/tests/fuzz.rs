@@ -49,13 +49,14 @@ impl Rng {
     }
 }
 
-const SERVICES: &[&str] = &["hello-skill", "tickets", "customer-data"];
+const SERVICES: &[&str] = &["hello-skill", "tickets", "customer-data", "mcp-tools"];
 
 const CONFIG: &str = r#"{
   "resources": {
     "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"}},
     "tickets": {"type": "data", "metadata": {"team": "customer-success", "environment": "production"}},
-    "customer-data": {"type": "data", "metadata": {"team": "customer-success"}}
+    "customer-data": {"type": "data", "metadata": {"team": "customer-success"}},
+    "mcp-tools": {"type": "tool", "protocol": "mcp", "metadata": {"team": "customer-success", "environment": "production"}}
   },
   "decision_log": {"enabled": true, "sample_allowed": 1.0}
 }"#;
@@ -98,7 +99,35 @@ const PATHS: &[&str] = &[
     "/%2e%2e/x",
     "/mcp://hello-skill/a\\b",
     "/mcp://unknown/x",
+    "/mcp://mcp-tools/mcp",
+    "/mcp://mcp-tools/mcp",
 ];
+
+/// MCP bodies: valid messages, near misses and garbage.
+fn mcp_body(r: &mut Rng) -> Option<Vec<u8>> {
+    let valid = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup","arguments":{"id":"T-1"}}}"#,
+        r#"{"jsonrpc":"2.0","id":"a","method":"tools/list"}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":3,"result":{}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+    ];
+    match r.below(6) {
+        0 => None,
+        1 => Some(r.bytes(64)),
+        2 => {
+            let mut b = r.pick(&valid).as_bytes().to_vec();
+            let n = b.len();
+            for _ in 0..1 + r.below(3) {
+                b[r.below(n)] = r.next() as u8;
+            }
+            Some(b)
+        }
+        _ => Some(r.pick(&valid).as_bytes().to_vec()),
+    }
+}
 
 fn value_for(r: &mut Rng) -> Value {
     match r.below(9) {
@@ -207,15 +236,34 @@ fn one_case(f: &Filter, r: &mut Rng) {
     h.no_header_map = r.chance(2);
     h.stream = 1 + r.below(1000) as u32;
 
-    let (flow, mut d) = f.on_request_headers(&mut h);
+    let (mut flow, mut d) = f.on_request_headers(&mut h);
+    if flow == Flow::NeedBody {
+        assert!(h.reply.is_none() && d.state == State::Pending);
+        assert_eq!(
+            h.header_writes, 0,
+            "nothing written before the body is read"
+        );
+        let id = d.id.clone();
+        let body = mcp_body(r);
+        (flow, d) = f.on_request_body(&mut h, body.as_deref());
+        assert_eq!(d.id, id, "one decision across both phases");
+        assert!(d.rpc.is_some());
+    }
     match flow {
         Flow::Replied => {
             let reply = h.reply.as_ref().expect("a refusal sends a reply");
             assert!(matches!(d.state, State::Denied(_)));
             assert!((400..600).contains(&reply.status), "{}", reply.status);
             let body: Value = serde_json::from_slice(&reply.body).expect("JSON body");
-            assert_eq!(body["decision_id"], d.id.as_str());
-            assert!(body["reason"].is_string() && body["error"].is_string());
+            if let Some(rpc) = &d.rpc {
+                assert_eq!(body["jsonrpc"], "2.0");
+                assert_eq!(&body["id"], rpc);
+                assert_eq!(body["error"]["data"]["decision_id"], d.id.as_str());
+                assert!(body["error"]["code"].is_i64() && body["error"]["message"].is_string());
+            } else {
+                assert_eq!(body["decision_id"], d.id.as_str());
+                assert!(body["reason"].is_string() && body["error"].is_string());
+            }
             assert!(reply
                 .headers
                 .iter()
@@ -251,6 +299,7 @@ fn one_case(f: &Filter, r: &mut Rng) {
             }
         }
         Flow::Paused => panic!("no service has secrets here"),
+        Flow::NeedBody => panic!("the body phase decides"),
     }
     f.on_response_headers(&mut h, &d);
     f.on_log(&mut h, &mut d);

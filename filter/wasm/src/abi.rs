@@ -44,6 +44,7 @@ pub const RESPONSE_HEADERS: u32 = 2;
 pub const CALL_RESPONSE_HEADERS: u32 = 6;
 /// Buffers (`BufferType`).
 pub const CALL_RESPONSE_BODY: u32 = 4;
+pub const REQUEST_BODY: u32 = 0;
 pub const PLUGIN_CONFIGURATION: u32 = 7;
 /// `StreamType::HttpRequest`.
 const STREAM_REQUEST: u32 = 0;
@@ -207,18 +208,20 @@ pub extern "C" fn proxy_on_tick(context: u32) {
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_request_headers(context: u32, _headers: usize, _eos: bool) -> u32 {
-    crate::on_request_headers(context)
+pub extern "C" fn proxy_on_request_headers(context: u32, _headers: usize, eos: bool) -> u32 {
+    crate::on_request_headers(context, eos)
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_request_body(context: u32, _size: usize, _eos: bool) -> u32 {
-    crate::on_request_body(context)
+pub extern "C" fn proxy_on_request_body(context: u32, size: usize, eos: bool) -> u32 {
+    crate::on_request_body(context, size, eos)
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_trailers(context: u32, _trailers: usize) -> u32 {
-    crate::on_request_body(context)
+    // Trailers end the body: a stream still waiting for it is decided on
+    // what was buffered.
+    crate::on_request_body(context, usize::MAX, true)
 }
 
 #[no_mangle]

@@ -43,6 +43,8 @@ struct Stream {
     root: u32,
     filter: Option<Rc<Filter>>,
     decision: Option<Decision>,
+    /// Undecided until its body is complete (an MCP POST).
+    awaiting_body: bool,
 }
 
 thread_local! {
@@ -71,6 +73,7 @@ pub(crate) fn on_context_create(context: u32, parent: u32) {
                     root: parent,
                     filter,
                     decision: None,
+                    awaiting_body: false,
                 },
             );
         }
@@ -154,7 +157,7 @@ fn unavailable(reason: &str) -> u32 {
     PAUSE
 }
 
-pub(crate) fn on_request_headers(context: u32) -> u32 {
+pub(crate) fn on_request_headers(context: u32, eos: bool) -> u32 {
     #[cfg(feature = "test-trap")]
     if let Ok(Some(_)) = abi::header_value(abi::REQUEST_HEADERS, "x-agentplane-test-trap") {
         // The worst case the end-to-end test can provoke: a trap.
@@ -168,34 +171,74 @@ pub(crate) fn on_request_headers(context: u32) -> u32 {
     let Some(filter) = filter else {
         return unavailable("filter_not_configured");
     };
-    let (flow, decision) = filter.on_request_headers(&mut EnvoyHost::stream(context, root));
+    let mut host = EnvoyHost::stream(context, root);
+    let (mut flow, mut decision) = filter.on_request_headers(&mut host);
+    if flow == Flow::NeedBody && eos {
+        // No body will come: decide on an empty one.
+        (flow, decision) = filter.on_request_body(&mut host, Some(&[]));
+    }
     with(|p| {
         if let Some(s) = p.streams.get_mut(&context) {
             s.decision = Some(decision);
+            s.awaiting_body = flow == Flow::NeedBody;
         }
     });
     match flow {
         Flow::Continue => CONTINUE,
-        Flow::Replied | Flow::Paused => PAUSE,
+        // NeedBody: the headers wait for the body (Envoy's
+        // `allow_on_headers_stop_iteration`).
+        Flow::Replied | Flow::Paused | Flow::NeedBody => PAUSE,
     }
 }
 
-/// Body and trailers: held while the request waits for secrets or was
-/// refused, so no byte of it reaches upstream before the headers do.
-pub(crate) fn on_request_body(context: u32) -> u32 {
+/// Body and trailers. A request waiting for its body (an MCP POST) is
+/// buffered until complete, then decided. Otherwise the body is held while
+/// the request waits for secrets or was refused, so no byte of it reaches
+/// upstream before the headers do.
+pub(crate) fn on_request_body(context: u32, size: usize, eos: bool) -> u32 {
     let found = with(|p| {
         p.streams.get(&context).map(|s| {
             (
+                s.root,
                 s.filter.clone(),
                 s.decision.as_ref().map(|d| d.state.clone()),
+                s.awaiting_body,
             )
         })
     })
     .flatten();
+    if let Some((root, Some(filter), _, true)) = &found {
+        let max = filter.config().mcp.max_body_bytes;
+        let too_large = size > max && size != usize::MAX;
+        if !eos && !too_large {
+            return PAUSE; // StopIterationAndBuffer: Envoy keeps buffering.
+        }
+        let mut host = EnvoyHost::stream(context, *root);
+        let body = if too_large {
+            None
+        } else {
+            match abi::buffer(abi::REQUEST_BODY, max.saturating_add(1)) {
+                Ok(b) if b.len() <= max => Some(b),
+                Ok(_) => None,
+                Err(_) => Some(Vec::new()),
+            }
+        };
+        let (flow, decision) = filter.on_request_body(&mut host, body.as_deref());
+        with(|p| {
+            if let Some(s) = p.streams.get_mut(&context) {
+                s.decision = Some(decision);
+                s.awaiting_body = false;
+            }
+        });
+        return match flow {
+            Flow::Continue => CONTINUE,
+            _ => PAUSE,
+        };
+    }
     let state = match found {
         // A stream that waited for secrets: how that ended.
-        Some((Some(filter), Some(State::Pending))) => filter.settled(context),
-        Some((_, state)) => state,
+        Some((_, Some(filter), Some(State::Pending), _)) => filter.settled(context),
+        Some((_, _, state, _)) => state,
         None => None,
     };
     match state {

@@ -1107,3 +1107,153 @@ fn policy_headers_cannot_overwrite_trusted_or_pseudo_headers() {
         assert_eq!(body(&h)["reason"], "policy_error", "{header}");
     }
 }
+
+// --- MCP -------------------------------------------------------------
+
+const MCP_CONFIG: &str = r#"{"resources": {
+    "tickets-mcp": {"type": "tool", "protocol": "mcp",
+        "metadata": {"team": "customer-success", "environment": "production"}}
+}, "mcp": {"max_body_bytes": 2048}}"#;
+
+fn mcp_claims(perms: &[&str]) -> Value {
+    claims(json!({ "permissions": perms }))
+}
+
+/// Runs an MCP POST through both phases.
+fn mcp_call(
+    f: &Filter,
+    perms: &[&str],
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (Flow, Decision, MockHost) {
+    let mut h = request("POST", "/mcp://tickets-mcp/mcp", Some(mcp_claims(perms)));
+    for (k, v) in headers {
+        h = h.with_header(k, v);
+    }
+    let (flow, waiting) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::NeedBody);
+    assert!(h.reply.is_none() && h.header_writes == 0);
+    let (flow, d) = f.on_request_body(&mut h, body.map(str::as_bytes));
+    assert_eq!(d.id, waiting.id);
+    (flow, d, h)
+}
+
+const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"lookup_ticket","arguments":{"id":"T-1"}}}"#;
+
+#[test]
+fn an_mcp_tool_call_is_decided_on_its_body() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let (flow, d, h) = mcp_call(&f, &["tools:call"], Some(CALL), &[]);
+    assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
+    assert!(d.allowed());
+    assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
+    assert_eq!(h.header_values(":path"), ["/mcp"]);
+}
+
+#[test]
+fn an_mcp_refusal_is_a_json_rpc_error_with_the_request_id() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    // tools:list does not grant tools/call.
+    let (flow, d, h) = mcp_call(&f, &["tools:list"], Some(CALL), &[]);
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 403);
+    let b = body(&h);
+    assert_eq!(b["jsonrpc"], "2.0");
+    assert_eq!(b["id"], 42);
+    assert_eq!(b["error"]["code"], crate::mcp::code::FORBIDDEN);
+    assert_eq!(b["error"]["data"]["decision_id"], d.id);
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("missing permission tools:call for action call_tool"));
+}
+
+#[test]
+fn malformed_or_smuggling_mcp_bodies_are_refused_before_the_policy() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let perms = &["tools:call"];
+    for (body, code) in [
+        ("{not json", crate::mcp::code::PARSE_ERROR),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_ticket","name":"delete_all"}}"#,
+            crate::mcp::code::PARSE_ERROR,
+        ),
+        (
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}]"#,
+            crate::mcp::code::INVALID_REQUEST,
+        ),
+    ] {
+        let (flow, _, h) = mcp_call(&f, perms, Some(body), &[]);
+        assert_eq!(flow, Flow::Replied, "{body}");
+        assert_eq!(h.reply.as_ref().unwrap().status, 400);
+        assert_eq!(body_code(&h), code, "{body}");
+    }
+    // A mirror header that contradicts the body (2026-07-28 semantics).
+    let (flow, _, h) = mcp_call(
+        &f,
+        perms,
+        Some(CALL),
+        &[("mcp-method", "tools/call"), ("mcp-name", "harmless_tool")],
+    );
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(body_code(&h), crate::mcp::code::HEADER_MISMATCH);
+    assert_eq!(body(&h)["id"], 42);
+    // An unsupported revision.
+    let (_, _, h) = mcp_call(
+        &f,
+        perms,
+        Some(CALL),
+        &[("mcp-protocol-version", "2025-03-26")],
+    );
+    assert_eq!(
+        body_code(&h),
+        crate::mcp::code::UNSUPPORTED_PROTOCOL_VERSION
+    );
+    // Too large: 413, nothing upstream.
+    let (flow, _, h) = mcp_call(&f, perms, None, &[]);
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 413);
+    assert_eq!(h.header_writes, 0);
+}
+
+fn body_code(h: &MockHost) -> i64 {
+    body(h)["error"]["code"].as_i64().unwrap()
+}
+
+#[test]
+fn mcp_get_and_delete_are_their_own_actions() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    for (method, action) in [("GET", "open_stream"), ("DELETE", "end_session")] {
+        let mut h = request(
+            method,
+            "/mcp://tickets-mcp/mcp",
+            Some(mcp_claims(&["tools:call"])),
+        );
+        let (flow, _) = f.on_request_headers(&mut h);
+        assert_eq!(flow, Flow::Replied, "{method}: needs mcp:connect");
+        assert!(
+            body(&h)["reason"].as_str().unwrap().contains(action),
+            "{method}"
+        );
+        let mut h = request(
+            method,
+            "/mcp://tickets-mcp/mcp",
+            Some(mcp_claims(&["mcp:connect"])),
+        );
+        assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue, "{method}");
+    }
+}
+
+#[test]
+fn a_body_for_a_stream_that_never_waited_fails_closed() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut h = request(
+        "POST",
+        "/mcp://tickets-mcp/mcp",
+        Some(mcp_claims(&["tools:call"])),
+    );
+    h.stream = 99;
+    let (flow, d) = f.on_request_body(&mut h, Some(CALL.as_bytes()));
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(d.status(), 503);
+}

@@ -1,0 +1,119 @@
+//! MCP: a POST to a service registered with `"protocol": "mcp"` is decided
+//! on its JSON-RPC body, read before anything goes upstream.
+
+use agentplane_e2e::{http, Stack};
+use serde_json::{json, Value};
+
+const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"lookup_ticket","arguments":{"id":"T-1"}}}"#;
+
+fn stack() -> Stack {
+    let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
+    cfg["resources"]["tickets-mcp"] = json!({
+        "type": "tool",
+        "protocol": "mcp",
+        "metadata": {"team": "customer-success", "environment": "production"}
+    });
+    Stack::start_with(&cfg.to_string())
+}
+
+fn token(s: &Stack, perms: &[&str]) -> String {
+    format!(
+        "Bearer {}",
+        s.idp.agent_token(
+            "support-triage@clients",
+            "customer-success",
+            "support",
+            "production",
+            perms,
+        )
+    )
+}
+
+fn post(s: &Stack, auth: &str, body: &str, extra: &[(&str, &str)]) -> agentplane_e2e::Response {
+    let mut h = vec![
+        ("authorization", auth),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    h.extend_from_slice(extra);
+    http(s.envoy.port, "POST", "/mcp://tickets-mcp/mcp", &h, body)
+}
+
+/// An allowed tool call reaches the server whole (headers held until the
+/// body was read and decided), with the trusted identity.
+#[test]
+fn an_allowed_tool_call_reaches_the_server_with_its_body() {
+    let s = stack();
+    let r = post(&s, &token(&s, &["tools:call"]), CALL, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.header("x-decision-id").is_some());
+    let seen = s.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/mcp");
+    assert_eq!(seen[0].body, CALL);
+    assert_eq!(
+        seen[0].one("x-agent-id").as_deref(),
+        Some("support-triage@clients")
+    );
+    assert!(
+        seen[0].one("authorization").is_none(),
+        "the token stays at the edge"
+    );
+}
+
+/// A call the agent may not make is a JSON-RPC error carrying the
+/// request's id, the reason and the decision id; nothing goes upstream.
+#[test]
+fn a_forbidden_tool_call_is_a_json_rpc_error_and_never_reaches_the_server() {
+    let s = stack();
+    let r = post(&s, &token(&s, &["tools:list"]), CALL, &[]);
+    assert_eq!(r.status, 403, "{r:?}");
+    let b = r.json();
+    assert_eq!(b["jsonrpc"], "2.0");
+    assert_eq!(b["id"], 42);
+    assert_eq!(b["error"]["code"], -32001);
+    assert_eq!(
+        b["error"]["data"]["decision_id"].as_str(),
+        r.header("x-decision-id")
+    );
+    assert!(b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("call_tool"));
+    assert!(s.upstream.seen().is_empty());
+}
+
+/// Bodies built to confuse a parser (a second `name`, a batch, a header
+/// mirror that names another tool, a body over the limit) are refused with
+/// their JSON-RPC code and never reach the server.
+#[test]
+fn smuggled_tool_names_and_oversized_bodies_never_reach_the_server() {
+    let s = stack();
+    let auth = token(&s, &["tools:call"]);
+    let dup = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_ticket","name":"delete_all"}}"#;
+    let batch = format!("[{CALL}]");
+    for (body, extra, status, code) in [
+        (dup, vec![], 400, -32700),
+        (batch.as_str(), vec![], 400, -32600),
+        ("{", vec![], 400, -32700),
+        (
+            CALL,
+            vec![("mcp-method", "tools/call"), ("mcp-name", "harmless")],
+            400,
+            -32020,
+        ),
+    ] {
+        let r = post(&s, &auth, body, &extra);
+        assert_eq!(r.status, status, "{body}: {r:?}");
+        assert_eq!(r.json()["error"]["code"], code, "{body}");
+        assert!(r.header("x-decision-id").is_some());
+    }
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":"{}"}}}}}}"#,
+        "a".repeat(1_100_000)
+    );
+    let r = post(&s, &auth, &big, &[]);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.header("x-decision-id").is_some());
+    assert!(s.upstream.seen().is_empty());
+}
