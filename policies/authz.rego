@@ -63,6 +63,7 @@ fast_ok if {
 	team_ok
 	not high_risk_off_hours
 	layers_clear
+	tools_ok
 }
 
 # Read with defaults: under `not`, OPA and regorus disagree about

@@ -219,3 +219,45 @@ test_agent_without_team_cannot_use_a_teams_resource if {
 	inp := req(agent, skill, "invoke_skill", "POST", noon)
 	not authz.allow with input as inp
 }
+
+# --- MCP tool rules (tools.rego) ---------------------------------------------
+
+tickets_mcp := {"type": "tool", "id": "tickets-mcp", "registered": true, "metadata": {"team": "customer-success", "environment": "production"}}
+
+tool_call(tool, args, perms) := object.union(
+	req(object.union(support_agent, {"permissions": perms}), tickets_mcp, "call_tool", "POST", noon),
+	{"mcp": {"kind": "request", "method": "tools/call", "id": 1, "tool": tool, "arguments": args}},
+)
+
+test_tool_call_with_permission_allowed if {
+	authz.allow with input as tool_call("search_docs", {}, ["tools:call"])
+}
+
+test_tool_call_needs_the_call_permission if {
+	not authz.allow with input as tool_call("search_docs", {}, ["tools:list"])
+	"missing permission tools:call for action call_tool" in authz.deny with input as tool_call("search_docs", {}, ["tools:list"])
+}
+
+test_denied_tool_refused_for_every_agent if {
+	inp := tool_call("run_shell", {}, ["tools:call", "tickets:delete"])
+	not authz.allow with input as inp
+	"tool run_shell is denied for every agent" in authz.deny with input as inp
+}
+
+test_tool_needing_extra_permission if {
+	not authz.allow with input as tool_call("delete_ticket", {}, ["tools:call"])
+	"tool delete_ticket requires permission tickets:delete" in authz.deny with input as tool_call("delete_ticket", {}, ["tools:call"])
+	authz.allow with input as tool_call("delete_ticket", {}, ["tools:call", "tickets:delete"])
+}
+
+test_team_scoped_tool_only_for_own_team if {
+	authz.allow with input as tool_call("lookup_ticket", {"team": "customer-success", "id": "T-1"}, ["tools:call"])
+	other := tool_call("lookup_ticket", {"team": "ml", "id": "T-2"}, ["tools:call"])
+	not authz.allow with input as other
+	"tool lookup_ticket is limited to the agent's own team: argument team must be customer-success" in authz.deny with input as other
+	not authz.allow with input as tool_call("lookup_ticket", {"id": "T-3"}, ["tools:call"])
+}
+
+test_tool_rules_ignore_requests_without_a_tool if {
+	authz.allow with input as ok
+}

@@ -4,7 +4,7 @@
 use agentplane_e2e::{http, Stack};
 use serde_json::{json, Value};
 
-const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"lookup_ticket","arguments":{"id":"T-1"}}}"#;
+const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"lookup_ticket","arguments":{"team":"customer-success","id":"T-1"}}}"#;
 
 fn stack() -> Stack {
     let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
@@ -80,6 +80,31 @@ fn a_forbidden_tool_call_is_a_json_rpc_error_and_never_reaches_the_server() {
         .as_str()
         .unwrap()
         .contains("call_tool"));
+    assert!(s.upstream.seen().is_empty());
+}
+
+/// An allowed tool with arguments the policy forbids (another team's
+/// ticket) and a tool on the deny list: refused with the policy's reason.
+#[test]
+fn an_allowed_tool_with_forbidden_arguments_is_refused_with_the_reason() {
+    let s = stack();
+    let auth = token(&s, &["tools:call"]);
+    let other_team = r#"{"jsonrpc":"2.0","id":"q-7","method":"tools/call","params":{"name":"lookup_ticket","arguments":{"team":"ml","id":"T-9"}}}"#;
+    let r = post(&s, &auth, other_team, &[]);
+    assert_eq!(r.status, 403, "{r:?}");
+    let b = r.json();
+    assert_eq!(b["id"], "q-7");
+    assert_eq!(
+        b["error"]["message"],
+        "tool lookup_ticket is limited to the agent's own team: argument team must be customer-success"
+    );
+    let shell = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"run_shell","arguments":{"cmd":"id"}}}"#;
+    let r = post(&s, &auth, shell, &[]);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "tool run_shell is denied for every agent"
+    );
     assert!(s.upstream.seen().is_empty());
 }
 

@@ -60,7 +60,8 @@ def corpus():
         ["production", "staging", None],
         ["support", "experimental"],
         [[], ["skills:invoke"], ["skills:invoke", "data:read", "data:write", "tools:access"],
-         ["data:read", "customer:access"], ["tools:call", "mcp:connect"]],
+         ["data:read", "customer:access"], ["tools:call", "mcp:connect"],
+         ["tools:call", "tickets:delete"]],
         ["support-triage@clients", "revoked-agent@clients"],
     ):
         agents.append({"id": sub, "type": typ, "team": team, "environment": env, "permissions": perms})
@@ -107,8 +108,28 @@ def corpus():
                 "resource": res,
                 "action": action,
             })
+            if action == "call_tool":
+                # The same call naming tools the tool rules treat apart.
+                for tool, args in TOOL_CALLS:
+                    inp = json.loads(json.dumps(out[-1]))
+                    inp["mcp"] = {"kind": "request", "method": "tools/call", "id": i,
+                                  "tool": tool, "arguments": args}
+                    out.append(inp)
     return out
 
+
+# Tool calls for the corpus: free, denied, needing a permission, scoped to
+# the agent's team (own, other, absent, not a string), and no tool at all.
+TOOL_CALLS = [
+    ("search_docs", {}),
+    ("run_shell", {"cmd": "id"}),
+    ("delete_ticket", {"id": "T-1"}),
+    ("lookup_ticket", {"team": "customer-success"}),
+    ("lookup_ticket", {"team": "ml"}),
+    ("lookup_ticket", {}),
+    ("lookup_ticket", {"team": None}),
+    (None, {}),
+]
 
 ABSENT = object()
 
@@ -209,6 +230,21 @@ def intended(inp, data):
             return False
         if action in l.get("deny_actions", []):
             return False
+    # MCP tool rules (tools.rego), for tools/call only.
+    tool = get(inp, "mcp", "tool")
+    if isinstance(tool, str):
+        args = get(inp, "mcp", "arguments")
+        args = args if isinstance(args, dict) else {}
+        if tool in cfg.get("denied_tools", []):
+            return False
+        if any(p not in perms for p in cfg.get("tool_permissions", {}).get(tool, [])):
+            return False
+        scoped = cfg.get("team_scoped_tools", {}).get(tool)
+        if scoped is not None:
+            if not isinstance(scoped, str) or not isinstance(agent.get("team"), str):
+                return False
+            if args.get(scoped) != agent.get("team"):
+                return False
     return True
 
 

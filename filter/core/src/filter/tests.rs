@@ -1138,7 +1138,7 @@ fn mcp_call(
     (flow, d, h)
 }
 
-const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"lookup_ticket","arguments":{"id":"T-1"}}}"#;
+const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"lookup_ticket","arguments":{"team":"customer-success","id":"T-1"}}}"#;
 
 #[test]
 fn an_mcp_tool_call_is_decided_on_its_body() {

@@ -1,0 +1,65 @@
+# MCP tool rules (README "MCP"): which tools an agent may call, and with
+# which arguments. They apply to `tools/call` only (input.mcp.tool is a
+# string); every other request passes them.
+#
+# data.mcp.config:
+# - denied_tools: tools no agent may call (a deny list of dangerous tools);
+# - tool_permissions: tool -> permissions needed on top of the action's;
+# - team_scoped_tools: tool -> the argument that must name the agent's own
+#   team (e.g. a ticket lookup only for the agent's team's tickets).
+package mcp.authz
+
+# Read with defaults, never undefined (see authz.rego).
+mcp_tool := object.get(input, ["mcp", "tool"], null)
+
+mcp_arguments := object.get(input, ["mcp", "arguments"], {})
+
+denied_tools := object.get(cfg, "denied_tools", [])
+
+tool_permissions := object.get(object.get(cfg, "tool_permissions", {}), mcp_tool, []) if is_string(mcp_tool)
+
+default tool_permissions := []
+
+team_argument := object.get(object.get(cfg, "team_scoped_tools", {}), mcp_tool, null) if is_string(mcp_tool)
+
+default team_argument := null
+
+# Part of `fast_ok`: each line negates one of the reasons below.
+tools_ok if not is_string(mcp_tool)
+
+tools_ok if {
+	is_string(mcp_tool)
+	not mcp_tool in denied_tools
+	every needed in tool_permissions {
+		needed in agent_permissions
+	}
+	team_argument_ok
+}
+
+team_argument_ok if team_argument == null
+
+team_argument_ok if {
+	is_string(team_argument)
+	is_string(agent_team)
+	object.get(mcp_arguments, team_argument, null) == agent_team
+}
+
+reasons contains msg if {
+	is_string(mcp_tool)
+	mcp_tool in denied_tools
+	msg := sprintf("tool %v is denied for every agent", [mcp_tool])
+}
+
+reasons contains msg if {
+	is_string(mcp_tool)
+	some needed in tool_permissions
+	not needed in agent_permissions
+	msg := sprintf("tool %v requires permission %v", [mcp_tool, needed])
+}
+
+reasons contains msg if {
+	is_string(mcp_tool)
+	team_argument != null
+	not team_argument_ok
+	msg := sprintf("tool %v is limited to the agent's own team: argument %v must be %v", [mcp_tool, team_argument, agent_team])
+}
