@@ -11,8 +11,11 @@ fn stack() -> Stack {
     cfg["resources"]["tickets-mcp"] = json!({
         "type": "tool",
         "protocol": "mcp",
+        "resource_uri": "https://gw.example.com/tickets-mcp/mcp",
+        "scopes_supported": ["tools:call", "tools:list"],
         "metadata": {"team": "customer-success", "environment": "production"}
     });
+    cfg["oauth"] = json!({"authorization_servers": ["https://idp.example.com"]});
     Stack::start_with(&cfg.to_string())
 }
 
@@ -139,6 +142,38 @@ fn smuggled_tool_names_and_oversized_bodies_never_reach_the_server() {
     );
     let r = post(&s, &auth, &big, &[]);
     assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.header("x-decision-id").is_some());
+    assert!(s.upstream.seen().is_empty());
+}
+
+/// The resource-server side of MCP authorization: metadata (RFC 9728)
+/// without a token, and a 401 that points to it.
+#[test]
+fn a_client_without_a_token_is_pointed_to_the_resource_metadata() {
+    let s = stack();
+    let r = http(
+        s.envoy.port,
+        "GET",
+        "/.well-known/oauth-protected-resource/tickets-mcp/mcp",
+        &[],
+        "",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let doc = r.json();
+    assert_eq!(doc["resource"], "https://gw.example.com/tickets-mcp/mcp");
+    assert_eq!(
+        doc["authorization_servers"],
+        json!(["https://idp.example.com"])
+    );
+    assert_eq!(doc["scopes_supported"], json!(["tools:call", "tools:list"]));
+    let r = http(s.envoy.port, "POST", "/mcp://tickets-mcp/mcp", &[], CALL);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            r#"Bearer resource_metadata="https://gw.example.com/.well-known/oauth-protected-resource/tickets-mcp/mcp""#
+        )
+    );
     assert!(r.header("x-decision-id").is_some());
     assert!(s.upstream.seen().is_empty());
 }

@@ -192,6 +192,29 @@ pub struct ResourceConfig {
     /// are JSON-RPC messages the filter reads before deciding).
     #[serde(default)]
     pub protocol: Protocol,
+    /// The service's OAuth resource identifier (RFC 9728), e.g.
+    /// `https://gateway.example.com/tickets-mcp/mcp`: its metadata is
+    /// served, and its 401s point there (needs `oauth`).
+    #[serde(default)]
+    pub resource_uri: Option<String>,
+    /// Scopes its metadata lists (default: `oauth.scopes_supported`).
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+}
+
+/// The resource-server side of OAuth (see [`crate::oauth`]).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// Issuers of the tokens this gateway accepts.
+    pub authorization_servers: Vec<String>,
+    /// Scopes the metadata lists unless a service lists its own.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    /// The gateway's own resource identifier, served at the bare
+    /// well-known path and used by 401s of services without their own.
+    #[serde(default)]
+    pub resource: Option<String>,
 }
 
 /// A service's protocol.
@@ -440,6 +463,8 @@ fn default_resource() -> ResourceConfig {
         action: None,
         secrets: Vec::new(),
         protocol: Protocol::Http,
+        resource_uri: None,
+        scopes_supported: Vec::new(),
     }
 }
 
@@ -600,6 +625,8 @@ struct RawConfig {
     headers: HeadersConfig,
     #[serde(default)]
     mcp: McpConfig,
+    #[serde(default)]
+    oauth: Option<OAuthConfig>,
 }
 
 /// A validated configuration. Immutable after [`Config::from_json`].
@@ -627,6 +654,8 @@ pub struct Config {
     pub decision_log: DecisionLogConfig,
     /// MCP request handling.
     pub mcp: McpConfig,
+    /// Protected resource metadata, when configured.
+    pub oauth: Option<OAuthConfig>,
 }
 
 /// The seed's actions: skills are invoked, tools accessed, data read or written.
@@ -704,7 +733,46 @@ impl Config {
             vault,
             decision_log,
             mcp,
+            oauth,
         } = raw;
+        if let Some(o) = &oauth {
+            if o.authorization_servers.is_empty()
+                || !o
+                    .authorization_servers
+                    .iter()
+                    .all(|a| crate::oauth::valid_resource(a))
+            {
+                return Err(invalid(
+                    "oauth.authorization_servers",
+                    "must list at least one http(s) issuer URL",
+                ));
+            }
+            if o.resource
+                .as_deref()
+                .is_some_and(|r| !crate::oauth::valid_resource(r))
+            {
+                return Err(invalid(
+                    "oauth.resource",
+                    "must be an http(s) URL without query or fragment",
+                ));
+            }
+        }
+        for (name, r) in &resources {
+            if let Some(u) = &r.resource_uri {
+                if !crate::oauth::valid_resource(u) {
+                    return Err(invalid(
+                        format!("resources.{name}.resource_uri"),
+                        "must be an http(s) URL without query or fragment",
+                    ));
+                }
+                if oauth.is_none() {
+                    return Err(invalid(
+                        format!("resources.{name}.resource_uri"),
+                        "needs an oauth block (its authorization_servers)",
+                    ));
+                }
+            }
+        }
         if !(1024..=16 * 1024 * 1024).contains(&mcp.max_body_bytes) {
             return Err(invalid(
                 "mcp.max_body_bytes",
@@ -960,6 +1028,7 @@ impl Config {
             vault,
             decision_log,
             mcp,
+            oauth,
         })
     }
 

@@ -133,6 +133,15 @@ struct Worker {
     awaiting: RefCell<HashMap<u32, Awaiting>>,
 }
 
+/// What the headers phase ends in.
+#[derive(Debug)]
+enum Admission {
+    /// A request to decide.
+    Decide(Admitted),
+    /// A request the filter answers itself (protected resource metadata).
+    Answer(crate::outcome::Reply),
+}
+
 /// What the headers phase established about a request.
 #[derive(Debug)]
 struct Admitted {
@@ -291,7 +300,21 @@ impl Filter {
         let mut trail = Trail::default();
         let mut reserved = false;
         let result = match self.admit(host, &id, &mut trail, &mut reserved) {
-            Ok(admitted) if admitted.needs_body(&self.config) => {
+            Ok(Admission::Answer(reply)) => {
+                host.send_reply(reply.status, &reply.header_refs(), &reply.body);
+                let d = Decision {
+                    id,
+                    state: State::Allowed,
+                    agent: None,
+                    record: None,
+                    request_id: trail.request_id,
+                    timing: None,
+                    reserved: false,
+                    rpc: None,
+                };
+                return (Flow::Replied, d);
+            }
+            Ok(Admission::Decide(admitted)) if admitted.needs_body(&self.config) => {
                 let waiting = Decision {
                     id: id.clone(),
                     state: State::Pending,
@@ -312,7 +335,7 @@ impl Filter {
                 );
                 return (Flow::NeedBody, waiting);
             }
-            Ok(admitted) => self.judge(host, &admitted, None, &mut trail),
+            Ok(Admission::Decide(admitted)) => self.judge(host, &admitted, None, &mut trail),
             Err(refused) => Err(refused),
         };
         self.finish(host, id, trail, reserved, t0, result, None)
@@ -400,11 +423,27 @@ impl Filter {
             rpc,
         };
         if let State::Denied(d) = &decision.state {
-            let reply = d.reply(
+            let mut reply = d.reply(
                 &decision.id,
                 &self.reply_headers(&decision),
                 decision.rpc.as_ref(),
             );
+            if let (Denial::Unauthorized(e), Some(url)) = (
+                d,
+                crate::oauth::challenge_url(&self.config, trail.service.as_deref()),
+            ) {
+                // MCP authorization: the client finds its authorization
+                // server from the resource metadata (RFC 9728 §5.1).
+                let mut v = format!(r#"Bearer resource_metadata="{url}""#);
+                if *e != ClaimsError::Missing {
+                    v.push_str(r#", error="invalid_token""#);
+                }
+                for (k, old) in &mut reply.headers {
+                    if k == "www-authenticate" {
+                        *old = v.clone();
+                    }
+                }
+            }
             host.send_reply(reply.status, &reply.header_refs(), &reply.body);
         }
         if decision.state != State::Pending {
@@ -542,7 +581,7 @@ impl Filter {
         decision_id: &str,
         trail: &mut Trail,
         reserved: &mut bool,
-    ) -> Result<Admitted, Refused> {
+    ) -> Result<Admission, Refused> {
         // Before anything else: nothing the client says about identity
         // survives (set aside now, gone from the request when it is
         // forwarded; a refused request goes nowhere).
@@ -560,18 +599,9 @@ impl Filter {
             .filter(|v| !v.is_empty() && check_value(v, max).is_ok())
             .unwrap_or(decision_id)
             .to_string();
-        if self.config.decision_log.mandatory {
-            if !self.reserve_log() {
-                return Err((Denial::LogUnavailable, None));
-            }
-            *reserved = true;
-        }
         headers
             .check_read(self.read_headers())
             .map_err(|e| bad(e.to_string()))?;
-        let raw = host
-            .property(&["metadata"])
-            .ok_or_else(|| unauthorized(ClaimsError::Missing))?;
         let method = normalize_method(
             headers
                 .get(":method")
@@ -581,14 +611,28 @@ impl Filter {
             .get(":path")
             .ok_or_else(|| bad("missing :path"))?
             .to_string();
+        // Protected resource metadata is public: served before identity.
+        if let Some(reply) = crate::oauth::serve(&method, &path, &self.config) {
+            return Ok(Admission::Answer(reply));
+        }
+        if self.config.decision_log.mandatory {
+            if !self.reserve_log() {
+                return Err((Denial::LogUnavailable, None));
+            }
+            *reserved = true;
+        }
         // Refuse a malformed path before anything waits for a body.
         let service = input::parse_route(&path, &self.config)
             .map_err(|e| bad(e.to_string()))?
             .service
             .map(str::to_owned);
+        trail.service.clone_from(&service);
+        let raw = host
+            .property(&["metadata"])
+            .ok_or_else(|| unauthorized(ClaimsError::Missing))?;
         let authority = headers.get(":authority").map(str::to_owned);
         let principal = self.principal(&raw)?;
-        Ok(Admitted {
+        Ok(Admission::Decide(Admitted {
             decision_id: decision_id.to_string(),
             reserved: *reserved,
             headers,
@@ -597,7 +641,7 @@ impl Filter {
             path,
             service,
             authority,
-        })
+        }))
     }
 
     /// Decides an admitted request (with its MCP message, for an MCP
@@ -616,7 +660,6 @@ impl Filter {
         let headers = &a.headers;
         let method = a.method.as_str();
         if logging {
-            trail.service = route.service.map(str::to_owned);
             trail.agent_type.clone_from(&principal.identity.agent_type);
             trail.team.clone_from(&principal.identity.team);
         }

@@ -22,6 +22,7 @@ pub mod ids;
 pub mod input;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 pub mod outcome;
 pub mod pbstruct;
 pub mod policy;

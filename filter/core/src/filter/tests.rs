@@ -1257,3 +1257,44 @@ fn a_body_for_a_stream_that_never_waited_fails_closed() {
     assert_eq!(flow, Flow::Replied);
     assert_eq!(d.status(), 503);
 }
+
+#[test]
+fn protected_resource_metadata_is_served_and_401s_point_to_it() {
+    let cfg = r#"{"oauth": {"authorization_servers": ["https://idp.example.com"]},
+        "resources": {"tickets-mcp": {"type": "tool", "protocol": "mcp",
+            "resource_uri": "https://gw.example.com/tickets-mcp/mcp",
+            "metadata": {"team": "customer-success", "environment": "production"}}}}"#;
+    let f = Filter::new(cfg.as_bytes(), 7).unwrap();
+    let mut h = request(
+        "GET",
+        "/.well-known/oauth-protected-resource/tickets-mcp/mcp",
+        None,
+    );
+    let (flow, _) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 200);
+    assert_eq!(
+        body(&h)["resource"],
+        "https://gw.example.com/tickets-mcp/mcp"
+    );
+    // No token: the challenge names the metadata, without an error.
+    let mut h = request("POST", "/mcp://tickets-mcp/mcp", None);
+    f.on_request_headers(&mut h);
+    assert_eq!(h.reply.as_ref().unwrap().status, 401);
+    assert_eq!(
+        reply_header(&h, "www-authenticate"),
+        Some(
+            r#"Bearer resource_metadata="https://gw.example.com/.well-known/oauth-protected-resource/tickets-mcp/mcp""#
+        )
+    );
+    // A token whose claims are unusable: invalid_token.
+    let mut h = request(
+        "POST",
+        "/mcp://tickets-mcp/mcp",
+        Some(claims(json!({"sub": ""}))),
+    );
+    f.on_request_headers(&mut h);
+    assert!(reply_header(&h, "www-authenticate")
+        .unwrap()
+        .ends_with(r#", error="invalid_token""#));
+}
