@@ -577,6 +577,9 @@ fn main() {
         warmup,
         &idp,
     );
+    if std::env::var("AGENTPLANE_BENCH_MCP").as_deref() != Ok("0") {
+        mcp_arms(&setup, &base_config, secs, reps, warmup, &idp);
+    }
     for (a, smp) in arms.iter().zip(&samples) {
         rows.push(Row {
             workload: "classic".into(),
@@ -790,6 +793,93 @@ fn many_agents(
         }
     }
     out
+}
+
+/// Issue 11's MCP arm: the same ~1 KB POST through agentplane, once to a
+/// plain service (S4P: the body streams through unread) and once as an
+/// MCP `tools/call` to a service with `"protocol": "mcp"` (S4M: the body
+/// is buffered, parsed and becomes `input.mcp`). One token, a constant
+/// body: the difference is the MCP machinery, not the policy.
+fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmup: u32, idp: &Idp) {
+    let mut cfg: serde_json::Value = serde_json::from_str(base_config).unwrap();
+    cfg["resources"]["tickets-mcp"] = serde_json::json!({
+        "type": "tool", "protocol": "mcp",
+        "metadata": {"team": "customer-success", "environment": "production"}
+    });
+    let cfg = cfg.to_string();
+    let token = idp.agent_token(
+        "support-triage@clients",
+        "customer-success",
+        "support",
+        "production",
+        &["skills:invoke", "tools:call"],
+    );
+    let args = format!(
+        r#"{{"team":"customer-success","id":"T-1","note":"{}"}}"#,
+        "x".repeat(900)
+    );
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"lookup_ticket","arguments":{args}}}}}"#
+    );
+    let script = |path: &str| {
+        let p = std::env::temp_dir().join(format!(
+            "agentplane-bench-mcp-{}-{}.lua",
+            std::process::id(),
+            path.len()
+        ));
+        std::fs::write(
+            &p,
+            format!(
+                "wrk.method = \"POST\"\nwrk.body = {body:?}\nwrk.headers[\"content-type\"] = \"application/json\"\nwrk.headers[\"accept\"] = \"application/json, text/event-stream\"\nrequest = function() return wrk.format(nil, {path:?}) end\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let arms = [
+        ("S4P same POST, plain service", "/mcp://hello-skill/call"),
+        ("S4M same POST as MCP tools/call", "/mcp://tickets-mcp/mcp"),
+    ];
+    let arm = Arm {
+        name: "S4".into(),
+        kind: Kind::Filter,
+        enforces: true,
+        wasm: None,
+        plugin_config: Some(cfg),
+    };
+    let mut rows: Vec<Samples> = arms.iter().map(|_| Samples::default()).collect();
+    for rep in 0..reps {
+        for k in 0..arms.len() {
+            let i = (k + rep) % arms.len();
+            let (name, path) = arms[i];
+            let envoy = Envoy::start_yaml(&render(&arm, setup));
+            let sc = script(path);
+            wrk(envoy.port, &token, warmup, &sc);
+            let cpu0 = cpu_secs(envoy.pid());
+            let run = wrk(envoy.port, &token, secs, &sc);
+            let cpu = cpu_secs(envoy.pid()) - cpu0;
+            std::fs::remove_file(&sc).ok();
+            assert_eq!(run.non2xx, 0, "{name}: every request must be allowed");
+            rows[i].rps.push(run.rps);
+            rows[i].cpu_us.push(cpu * 1e6 / run.requests as f64);
+            eprintln!("MCP rep {rep} {name}: {:.0} req/s", run.rps);
+        }
+    }
+    println!(
+        "\nMCP: one ~1 KB tools/call ({} bytes), one token, both arms allowed",
+        body.len()
+    );
+    println!("| arm | req/s (median of {reps}) | Envoy CPU µs/req | added over S4P |");
+    println!("|---|---|---|---|");
+    let base = median(rows[0].cpu_us.clone());
+    for ((name, _), r) in arms.iter().zip(&rows) {
+        let cpu = median(r.cpu_us.clone());
+        println!(
+            "| {name} | {:.0} | {cpu:.1} | {:.1} |",
+            median(r.rps.clone()),
+            cpu - base
+        );
+    }
 }
 
 /// One arm's medians in one workload.

@@ -193,8 +193,8 @@ pub struct KeyFacts<'a> {
     pub request_id: &'a str,
     /// The request headers.
     pub headers: &'a RequestHeaders,
-    /// `input.mcp`, for an MCP message.
-    pub mcp: Option<&'a regorus::Value>,
+    /// The MCP message and its protocol version, for an MCP request.
+    pub mcp: Option<(&'a crate::mcp::Message, Option<&'a str>)>,
 }
 
 /// Which facts a decision key holds, decided once at configure time from
@@ -292,20 +292,39 @@ impl KeyPlan {
                     }
                     &mut k
                 }
-                Part::Mcp(field) => {
-                    let v = match (f.mcp, field) {
-                        (Some(doc), Some(name)) => match doc {
-                            regorus::Value::Object(o) => {
-                                o.get(&regorus::Value::from(name.as_str()))
-                            }
-                            _ => None,
-                        },
-                        (doc, None) => doc,
-                        (None, Some(_)) => None,
-                    };
-                    let bytes = v.and_then(|v| serde_json::to_vec(v).ok());
-                    k.optional(bytes.as_deref())
-                }
+                Part::Mcp(field) => match f.mcp {
+                    None => k.optional(None),
+                    Some((m, version)) => {
+                        let all = field.is_none();
+                        let wants = |name: &str| all || field.as_deref() == Some(name);
+                        k.field(b"mcp");
+                        if wants("kind") {
+                            k.field(m.kind.as_str().as_bytes());
+                        }
+                        if wants("method") {
+                            k.optional(m.method.as_deref().map(str::as_bytes));
+                        }
+                        if wants("id") {
+                            let id = m.id.as_ref().and_then(|v| serde_json::to_vec(v).ok());
+                            k.optional(id.as_deref());
+                        }
+                        if wants("protocol_version") {
+                            k.optional(version.map(str::as_bytes));
+                        }
+                        if ["tool", "prompt", "uri", "task"].iter().any(|n| wants(n)) {
+                            // The method decides which of these the name is.
+                            k.optional(m.method.as_deref().map(str::as_bytes));
+                            k.optional(m.name().map(str::as_bytes));
+                        }
+                        if wants("arguments") {
+                            // serde_json's maps are sorted: equal arguments,
+                            // equal bytes.
+                            let args = m.arguments().and_then(|a| serde_json::to_vec(a).ok());
+                            k.optional(args.as_deref());
+                        }
+                        &mut k
+                    }
+                },
             };
         }
         k.into_bytes()
@@ -484,6 +503,43 @@ mod tests {
         let x = headers(&[("x-source", "ab")]);
         let y = headers(&[("x-source", "a")]);
         assert_ne!(plan.key(&facts(&x)), plan.key(&facts(&y)));
+    }
+
+    #[test]
+    fn an_mcp_key_holds_the_tool_and_arguments_the_policy_reads_not_the_id() {
+        let plan = KeyPlan::new(
+            Some(&paths(&[&["mcp", "tool"], &["mcp", "arguments"]])),
+            &[],
+        );
+        let parse =
+            |b: &str| crate::mcp::parse(b.as_bytes(), crate::mcp::Limits { max_depth: 8 }).unwrap();
+        let a = parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":1,"y":2}}}"#,
+        );
+        let same = parse(
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"arguments":{"y":2,"x":1},"name":"t"}}"#,
+        );
+        let other_tool = parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"u","arguments":{"x":1,"y":2}}}"#,
+        );
+        let other_args = parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"x":1,"y":3}}}"#,
+        );
+        let h = headers(&[]);
+        let key = |m: &crate::mcp::Message| {
+            plan.key(&KeyFacts {
+                mcp: Some((m, None)),
+                ..facts(&h)
+            })
+        };
+        assert_eq!(key(&a), key(&same), "id and key order are not read");
+        assert_ne!(key(&a), key(&other_tool));
+        assert_ne!(key(&a), key(&other_args));
+        assert_ne!(
+            key(&a),
+            plan.key(&facts(&h)),
+            "an MCP request never shares a plain one's key"
+        );
     }
 
     fn cache(max: usize) -> DecisionCache<u32> {

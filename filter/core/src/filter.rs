@@ -696,7 +696,7 @@ impl Filter {
             action,
             time_ns: now,
         };
-        let mcp_doc = mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref()));
+        let mcp_doc = || mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref()));
         let key = self.worker.cache.as_ref().map(|_| {
             self.key_plan.key(&KeyFacts {
                 principal: principal.serial,
@@ -708,7 +708,7 @@ impl Filter {
                 query: route.query,
                 request_id: &request_id,
                 headers,
-                mcp: mcp_doc.as_ref(),
+                mcp: mcp.map(|m| (m, mcp_version.as_deref())),
             })
         });
         if let (Some(cache), Some(key)) = (&self.worker.cache, &key) {
@@ -733,7 +733,7 @@ impl Filter {
                         &self.docs,
                         principal,
                         &facts,
-                        mcp_doc.clone(),
+                        mcp_doc(),
                     );
                     trail.input = Some(doc);
                 }
@@ -746,7 +746,7 @@ impl Filter {
             &self.docs,
             principal,
             &facts,
-            mcp_doc,
+            mcp_doc(),
         );
         let (outcome, valid_until) = self.authorize(host, principal, doc, trail);
         let outcome = Rc::new(outcome);
