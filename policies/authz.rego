@@ -43,6 +43,20 @@ required_permission := cfg.action_permissions[action]
 
 has_permission_for_action if required_permission in agent_permissions
 
+# The scope (permission) a refused request lacked, for the 403's
+# `WWW-Authenticate: Bearer error="insufficient_scope", scope="..."`: the
+# action's permission first, else a service's or a tool's extra one.
+missing_scope := required_permission if {
+	not fast_ok
+	is_string(required_permission)
+	not required_permission in agent_permissions
+} else := missing_extra_scopes[0] if not fast_ok
+
+missing_extra_scopes := [p |
+	some p in array.concat(object.get(cfg.service_permissions, resource_id, []), tool_permissions)
+	not p in agent_permissions
+]
+
 default deny := set()
 
 deny := reasons if not fast_ok

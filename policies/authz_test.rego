@@ -261,3 +261,9 @@ test_team_scoped_tool_only_for_own_team if {
 test_tool_rules_ignore_requests_without_a_tool if {
 	authz.allow with input as ok
 }
+
+test_missing_scope_names_the_permission_to_ask_for if {
+	authz.missing_scope == "tools:call" with input as tool_call("search_docs", {}, ["tools:list"])
+	authz.missing_scope == "tickets:delete" with input as tool_call("delete_ticket", {}, ["tools:call"])
+	not authz.missing_scope with input as tool_call("search_docs", {}, ["tools:call"])
+}

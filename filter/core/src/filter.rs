@@ -1224,6 +1224,7 @@ impl Filter {
             status,
             headers: extra,
             valid_until_ns,
+            scope,
         } = verdict;
         for (k, v) in &extra {
             let lower = k.to_ascii_lowercase();
@@ -1247,10 +1248,23 @@ impl Filter {
                 kind: identity.agent_type.clone(),
             })
         } else {
+            let status = status.unwrap_or(403);
+            let mut headers = extra;
+            if let Some(scope) = scope.filter(|_| status == 403) {
+                // RFC 6750 §3.1: the client can ask for this scope and retry.
+                let mut v = format!(r#"Bearer error="insufficient_scope", scope="{scope}""#);
+                if let Some(url) =
+                    crate::oauth::challenge_url(&self.config, trail.service.as_deref())
+                {
+                    v.push_str(&format!(r#", resource_metadata="{url}""#));
+                }
+                headers.retain(|(k, _)| !k.eq_ignore_ascii_case("www-authenticate"));
+                headers.push(("www-authenticate".into(), v));
+            }
             Err(Denial::Policy {
-                status: status.unwrap_or(403),
+                status,
                 reasons,
-                headers: extra,
+                headers,
             })
         };
         (

@@ -62,6 +62,10 @@ pub struct Verdict {
     /// `valid_until_ns` rule. `None` when the policy does not say; the
     /// decision cache then never reuses the decision.
     pub valid_until_ns: Option<u64>,
+    /// On a refusal, the OAuth scope whose absence caused it: the
+    /// package's `missing_scope` rule (a string). The 403 then says
+    /// `error="insufficient_scope", scope="…"` so a client can step up.
+    pub scope: Option<String>,
 }
 
 #[derive(Debug)]
@@ -105,7 +109,12 @@ const ENTRY_MODULE: &str = "__agentplane_entry.rego";
 /// One rule that gathers `allow` (false when undefined), `deny` (empty
 /// when undefined or not declared) and `valid_until_ns` (0, "do not reuse",
 /// when undefined or not declared) so a single evaluation decides.
-fn entry_module(package: &str, has_deny: bool, has_valid_until: bool) -> String {
+fn entry_module(package: &str, has_deny: bool, has_valid_until: bool, has_scope: bool) -> String {
+    let scope = if has_scope {
+        "__agentplane_scope := missing_scope\n"
+    } else {
+        ""
+    };
     let deny = if has_deny {
         "__agentplane_deny := deny\n"
     } else {
@@ -124,7 +133,9 @@ fn entry_module(package: &str, has_deny: bool, has_valid_until: bool) -> String 
          {deny}\n\
          default __agentplane_valid_until := 0\n\
          {until}\n\
-         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until}}\n"
+         default __agentplane_scope := null\n\
+         {scope}\n\
+         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until, \"scope\": __agentplane_scope}}\n"
     )
 }
 
@@ -207,7 +218,12 @@ impl Policy {
                 )));
             }
             let package = entrypoint.strip_prefix("data.").unwrap_or(entrypoint);
-            let module = entry_module(package, declared("deny")?, declared("valid_until_ns")?);
+            let module = entry_module(
+                package,
+                declared("deny")?,
+                declared("valid_until_ns")?,
+                declared("missing_scope")?,
+            );
             engine
                 .add_policy(ENTRY_MODULE.to_string(), module)
                 .map_err(|e| PolicyError::Compile(format!("{ENTRY_MODULE}: {e}")))?;
@@ -319,10 +335,25 @@ impl Policy {
                     .remove("valid_until_ns")
                     .and_then(|v| v.as_u64())
                     .filter(|&t| t > 0);
+                // Only a token-safe scope is kept: it goes into a header.
+                let scope = match decision.remove("scope") {
+                    Some(Value::String(s))
+                        if !s.is_empty()
+                            && s.bytes().all(|b| {
+                                b == 0x21
+                                    || (0x23..=0x5b).contains(&b)
+                                    || (0x5d..=0x7e).contains(&b)
+                            }) =>
+                    {
+                        Some(s)
+                    }
+                    _ => None,
+                };
                 Ok(Verdict {
                     allowed: allowed && reasons.is_empty(),
                     reasons,
                     valid_until_ns,
+                    scope,
                     ..Verdict::default()
                 })
             }
@@ -460,6 +491,7 @@ fn response_object(v: Value) -> Result<Verdict, PolicyError> {
         status,
         headers,
         valid_until_ns: None,
+        scope: None,
     })
 }
 

@@ -1298,3 +1298,19 @@ fn protected_resource_metadata_is_served_and_401s_point_to_it() {
         .unwrap()
         .ends_with(r#", error="invalid_token""#));
 }
+
+#[test]
+fn a_missing_scope_is_named_so_the_client_can_step_up() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let (_, _, h) = mcp_call(&f, &["tools:list"], Some(CALL), &[]);
+    assert_eq!(h.reply.as_ref().unwrap().status, 403);
+    assert_eq!(
+        reply_header(&h, "www-authenticate"),
+        Some(r#"Bearer error="insufficient_scope", scope="tools:call""#)
+    );
+    // A refusal for another reason names no scope.
+    let other = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_shell"}}"#;
+    let (_, _, h) = mcp_call(&f, &["tools:call"], Some(other), &[]);
+    assert_eq!(h.reply.as_ref().unwrap().status, 403);
+    assert_eq!(reply_header(&h, "www-authenticate"), None);
+}
