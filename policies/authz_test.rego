@@ -267,3 +267,15 @@ test_missing_scope_names_the_permission_to_ask_for if {
 	authz.missing_scope == "tickets:delete" with input as tool_call("delete_ticket", {}, ["tools:call"])
 	not authz.missing_scope with input as tool_call("search_docs", {}, ["tools:call"])
 }
+
+tool_list(perms, listed) := object.union(
+	req(object.union(support_agent, {"permissions": perms}), tickets_mcp, "list_tools", "POST", noon),
+	{"mcp": {"kind": "request", "method": "tools/list", "id": 1, "listed": listed}},
+)
+
+test_a_tool_list_shows_only_callable_tools if {
+	v := authz.visible with input as tool_list(["tools:list", "tools:call"], ["search_docs", "run_shell", "delete_ticket", "lookup_ticket", 7])
+	v == {"search_docs", "lookup_ticket"}
+	authz.visible == {"search_docs", "lookup_ticket", "delete_ticket"} with input as tool_list(["tools:list", "tools:call", "tickets:delete"], ["search_docs", "delete_ticket", "lookup_ticket"])
+	count(authz.visible) == 0 with input as tool_list(["tools:list"], ["search_docs"])
+}

@@ -63,3 +63,30 @@ reasons contains msg if {
 	not team_argument_ok
 	msg := sprintf("tool %v is limited to the agent's own team: argument %v must be %v", [mcp_tool, team_argument, agent_team])
 }
+
+# List filtering (README "MCP"): of the names a list response holds
+# (input.mcp.listed, set by the filter when the response arrives), those
+# the agent may see, in one evaluation. A tool is shown if the agent could
+# call it: it has the call permission and the tool's own, and the tool is
+# not denied (a team-scoped tool is shown; its arguments are decided at
+# call time). Prompts and resources the agent may list are all shown.
+visible contains name if {
+	input.mcp.method == "tools/list"
+	some name in object.get(input, ["mcp", "listed"], [])
+	is_string(name)
+	tool_callable(name)
+}
+
+visible contains name if {
+	input.mcp.method in {"prompts/list", "resources/list"}
+	some name in object.get(input, ["mcp", "listed"], [])
+	is_string(name)
+}
+
+tool_callable(name) if {
+	object.get(cfg.action_permissions, "call_tool", null) in agent_permissions
+	not name in denied_tools
+	every needed in object.get(object.get(cfg, "tool_permissions", {}), name, []) {
+		needed in agent_permissions
+	}
+}

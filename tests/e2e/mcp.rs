@@ -177,3 +177,49 @@ fn a_client_without_a_token_is_pointed_to_the_resource_metadata() {
     assert!(r.header("x-decision-id").is_some());
     assert!(s.upstream.seen().is_empty());
 }
+
+/// `tools/list` answers with only the tools the agent may call, as JSON
+/// and as an event stream; the filtered list is marked private.
+#[test]
+fn a_tool_list_shows_each_agent_only_the_tools_it_may_call() {
+    let s = stack();
+    let auth = token(&s, &["tools:list", "tools:call"]);
+    let list = r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#;
+    let result = r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"search_docs"},{"name":"run_shell"},{"name":"delete_ticket"},{"name":"lookup_ticket"}]}}"#;
+    let names = |v: &Value| -> Vec<String> {
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let r = post(&s, &auth, list, &[("x-test-reply", result)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(names(&r.json()), ["search_docs", "lookup_ticket"]);
+    assert!(r.header("cache-control").unwrap().contains("private"));
+    // The same list as a server-sent event.
+    let r = post(&s, &auth, list, &[("x-test-reply-sse", result)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let data = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("one data line");
+    assert_eq!(
+        names(&serde_json::from_str(data).unwrap()),
+        ["search_docs", "lookup_ticket"]
+    );
+    assert!(!r.body.contains("run_shell"));
+    // An agent that may delete tickets sees that tool too.
+    let auth = token(&s, &["tools:list", "tools:call", "tickets:delete"]);
+    let r = post(&s, &auth, list, &[("x-test-reply", result)]);
+    assert_eq!(
+        names(&r.json()),
+        ["search_docs", "delete_ticket", "lookup_ticket"]
+    );
+}

@@ -372,9 +372,29 @@ fn serve(
             seen.lock().unwrap().push(rec);
         }
         let hdrs: Vec<Value> = headers.iter().map(|(k, v)| json!([k, v])).collect();
-        let out = json!({"method": method, "path": path, "headers": hdrs}).to_string();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        // Tests that need a server's answer (an MCP list result) name it:
+        // `x-test-reply` as JSON, `x-test-reply-sse` as one SSE event.
+        let (content_type, out) = if let Some(r) = header("x-test-reply") {
+            ("application/json", r)
+        } else if let Some(r) = header("x-test-reply-sse") {
+            (
+                "text/event-stream",
+                format!("event: message\nid: 1\ndata: {r}\n\n"),
+            )
+        } else {
+            (
+                "application/json",
+                json!({"method": method, "path": path, "headers": hdrs}).to_string(),
+            )
+        };
         let resp = format!(
-            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
+            "HTTP/1.1 {} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{}",
             status.load(Ordering::SeqCst),
             out.len(),
             out

@@ -29,6 +29,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Facts about one decision, gathered along the request path.
 #[derive(Debug, Default, Clone)]
 pub struct Trail {
+    /// For an MCP list request: how to filter its response.
+    pub list: Option<crate::mcp::ListJob>,
     /// The input document the policy saw (for a cache hit: the one the
     /// cached decision was made on).
     pub input: Option<regorus::Value>,

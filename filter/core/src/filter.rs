@@ -71,6 +71,8 @@ pub struct Decision {
     /// For an MCP message: its JSON-RPC id (`null` when unknown), so a
     /// refusal answers as a JSON-RPC error.
     pub rpc: Option<serde_json::Value>,
+    /// For an allowed MCP list request: how to filter its response.
+    pub list: Option<crate::mcp::ListJob>,
 }
 
 impl Decision {
@@ -311,6 +313,7 @@ impl Filter {
                     timing: None,
                     reserved: false,
                     rpc: None,
+                    list: None,
                 };
                 return (Flow::Replied, d);
             }
@@ -324,6 +327,7 @@ impl Filter {
                     timing: None,
                     reserved,
                     rpc: None,
+                    list: None,
                 };
                 self.put_awaiting(
                     host.stream_id(),
@@ -421,7 +425,11 @@ impl Filter {
             timing,
             reserved,
             rpc,
+            list: None,
         };
+        if decision.state == State::Allowed {
+            decision.list = trail.list.clone();
+        }
         if let State::Denied(d) = &decision.state {
             let mut reply = d.reply(
                 &decision.id,
@@ -539,9 +547,94 @@ impl Filter {
     }
 
     /// Adds the decision id to the upstream response of an allowed request.
-    pub fn on_response_headers<H: Host>(&self, host: &mut H, decision: &Decision) {
+    /// Returns true when the response body must be read (a list response
+    /// to filter: JSON or an event stream); its length then changes, so
+    /// `content-length` goes and the response is marked private.
+    pub fn on_response_headers<H: Host>(&self, host: &mut H, decision: &mut Decision) -> bool {
         for (k, v) in self.reply_headers(decision) {
             host.set_response_header(k, v);
+        }
+        let Some(job) = decision.list.as_mut() else {
+            return false;
+        };
+        let form = host
+            .response_header("content-type")
+            .and_then(|c| crate::mcp::BodyForm::of(&c));
+        match form {
+            Some(f) => {
+                job.form = Some(f);
+                host.remove_response_header("content-length");
+                host.set_response_header("cache-control", "private, no-store");
+                true
+            }
+            None => {
+                decision.list = None;
+                false
+            }
+        }
+    }
+
+    /// The complete body of a list response [`Filter::on_response_headers`]
+    /// asked for (`None` when it exceeds `mcp.max_body_bytes`): the body to
+    /// send instead, with only the entries the policy's `visible` rule
+    /// shows. Anything it cannot read or decide becomes a JSON-RPC error:
+    /// an unfiltered list never passes.
+    pub fn on_response_body<H: Host>(
+        &self,
+        host: &mut H,
+        decision: &Decision,
+        body: Option<&[u8]>,
+    ) -> Vec<u8> {
+        use crate::mcp::{filter_list, listed_names, BodyForm};
+        let Some(job) = decision.list.as_ref() else {
+            return body.unwrap_or_default().to_vec();
+        };
+        let form = job.form.unwrap_or(BodyForm::Json);
+        let error = |why: &str| {
+            let msg = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": decision.rpc.clone().unwrap_or(serde_json::Value::Null),
+                "error": {"code": crate::mcp::code::UNAVAILABLE, "message": why,
+                          "data": {"decision_id": decision.id}},
+            })
+            .to_string();
+            match form {
+                BodyForm::Json => msg.into_bytes(),
+                BodyForm::Sse => format!("event: message\ndata: {msg}\n\n").into_bytes(),
+            }
+        };
+        let Some(body) = body else {
+            return error("list response too large to filter");
+        };
+        let listed = listed_names(body, form, job.field);
+        let mut doc = job.doc.clone();
+        if let Ok(o) = doc.as_object_mut() {
+            if let Some(Ok(m)) = o
+                .get_mut(&regorus::Value::from("mcp"))
+                .map(regorus::Value::as_object_mut)
+            {
+                m.insert(
+                    regorus::Value::from("listed"),
+                    crate::value::strings(&listed),
+                );
+            }
+        }
+        let visible = match self.policy.evaluate(doc) {
+            Ok(v) => v.visible,
+            Err(e) => {
+                host.log(LogLevel::Warn, &format!("agentplane: list filter: {e}"));
+                return error("list filter failed");
+            }
+        };
+        let Some(visible) = visible else {
+            // The policy has no `visible` rule: lists are not filtered.
+            return body.to_vec();
+        };
+        match filter_list(body, form, job.field, job.private, |n| {
+            visible.iter().any(|v| v == n)
+        }) {
+            Some(out) => out,
+            None => error("list response unreadable"),
         }
     }
 
@@ -711,6 +804,26 @@ impl Filter {
                 mcp: mcp.map(|m| (m, mcp_version.as_deref())),
             })
         });
+        // A list request: its response is filtered by the policy, on this
+        // request's input with the listed names added.
+        if let Some(field) = mcp
+            .and_then(|m| m.method.as_deref())
+            .and_then(crate::mcp::list_field)
+        {
+            trail.list = Some(crate::mcp::ListJob {
+                field,
+                doc: input::build(
+                    headers,
+                    &self.config,
+                    &self.docs,
+                    principal,
+                    &facts,
+                    mcp_doc(),
+                ),
+                private: mcp_version.as_deref().is_some_and(|v| v >= "2026-07-28"),
+                form: None,
+            });
+        }
         if let (Some(cache), Some(key)) = (&self.worker.cache, &key) {
             let hit = cache
                 .try_borrow_mut()
@@ -844,11 +957,14 @@ impl Filter {
         if let Some(p) = &route.upstream_path {
             writes.push((":path", p.as_str()));
         }
-        let drop: &[&str] = if self.config.identity.forward_token {
-            &[]
-        } else {
-            &["authorization"]
-        };
+        let mut drop: Vec<&str> = Vec::with_capacity(2);
+        if !self.config.identity.forward_token {
+            drop.push("authorization");
+        }
+        if self.config.resource(route.service.unwrap_or("")).protocol == Protocol::Mcp {
+            // Responses stay readable for list filtering.
+            drop.push("accept-encoding");
+        }
         let who = Who {
             agent,
             principal: &outcome.principal,
@@ -858,7 +974,7 @@ impl Filter {
         let flow = self.secrets(host, headers, route.service, &who, trail, |host, secret| {
             let mut all = writes.clone();
             all.extend(secret.iter().map(|(k, v)| (k.as_str(), v.expose())));
-            headers::rewrite(host, headers, drop, &all)
+            headers::rewrite(host, headers, &drop, &all)
         })?;
         Ok((agent.clone(), flow))
     }
@@ -1225,6 +1341,7 @@ impl Filter {
             headers: extra,
             valid_until_ns,
             scope,
+            visible: _,
         } = verdict;
         for (k, v) in &extra {
             let lower = k.to_ascii_lowercase();

@@ -36,6 +36,12 @@ pub trait Host {
     fn remove_request_header(&mut self, name: &[u8]) -> bool;
     /// Sets (replaces) a response header; only valid in the response phase.
     fn set_response_header(&mut self, name: &str, value: &str);
+    /// A response header's value (response phase), if present and UTF-8.
+    fn response_header(&self, _name: &str) -> Option<String> {
+        None
+    }
+    /// Removes a response header (response phase).
+    fn remove_response_header(&mut self, _name: &str) {}
     /// Ends the request with a local reply; nothing is forwarded upstream.
     fn send_reply(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// Wall-clock time in nanoseconds since the Unix epoch.
@@ -270,6 +276,17 @@ impl Host for MockHost {
         self.header_writes += 1;
         self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         true
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.response_headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn remove_response_header(&mut self, name: &str) {
+        self.response_headers.retain(|(k, _)| k != name);
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {

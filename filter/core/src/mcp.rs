@@ -419,6 +419,180 @@ impl<'de> Visitor<'de> for Strict {
     }
 }
 
+/// A list response to filter: the list's field in the result, the
+/// request's input document (the policy decides on it with the listed
+/// names added), whether the result is marked `cacheScope: private`, and
+/// the response's form once its headers arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListJob {
+    pub(crate) field: &'static str,
+    pub(crate) doc: regorus::Value,
+    pub(crate) private: bool,
+    pub(crate) form: Option<BodyForm>,
+}
+
+/// The list methods whose results are filtered, and the field of the
+/// result that holds the list.
+pub fn list_field(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/list" => Some("tools"),
+        "prompts/list" => Some("prompts"),
+        "resources/list" => Some("resources"),
+        _ => None,
+    }
+}
+
+/// A JSON-RPC response body in one of the forms Streamable HTTP uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyForm {
+    /// `application/json`: one JSON-RPC message.
+    Json,
+    /// `text/event-stream`: events whose `data` are JSON-RPC messages.
+    Sse,
+}
+
+impl BodyForm {
+    /// The form of a response, from its `content-type`.
+    pub fn of(content_type: &str) -> Option<BodyForm> {
+        let media = content_type.split(';').next()?.trim().to_ascii_lowercase();
+        match media.as_str() {
+            "application/json" => Some(BodyForm::Json),
+            "text/event-stream" => Some(BodyForm::Sse),
+            _ => None,
+        }
+    }
+}
+
+/// The names in a list result (`result.<field>[].name`, or `uri` for
+/// resources) of every JSON-RPC response in the body.
+pub fn listed_names(body: &[u8], form: BodyForm, field: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for_each_message(body, form, |v| {
+        if let Some(items) = v
+            .get("result")
+            .and_then(|r| r.get(field))
+            .and_then(Value::as_array)
+        {
+            for item in items {
+                if let Some(n) = item_name(item, field) {
+                    names.push(n.to_string());
+                }
+            }
+        }
+    });
+    names
+}
+
+fn item_name<'a>(item: &'a Value, field: &str) -> Option<&'a str> {
+    let key = if field == "resources" { "uri" } else { "name" };
+    item.get(key)?.as_str()
+}
+
+fn for_each_message(body: &[u8], form: BodyForm, mut f: impl FnMut(&Value)) {
+    match form {
+        BodyForm::Json => {
+            if let Ok(v) = serde_json::from_slice::<Value>(body) {
+                f(&v);
+            }
+        }
+        BodyForm::Sse => {
+            for event in sse_events(body) {
+                if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+                    f(&v);
+                }
+            }
+        }
+    }
+}
+
+/// One server-sent event, as its raw text and its joined `data` lines.
+struct Event {
+    raw: String,
+    data: String,
+}
+
+/// Splits a complete event stream into events (blank-line separated;
+/// `\r\n`, `\r` and `\n` line ends).
+fn sse_events(body: &[u8]) -> Vec<Event> {
+    let text = String::from_utf8_lossy(body)
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
+    let mut out = Vec::new();
+    for raw in text.split("\n\n") {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let data: Vec<&str> = raw
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        out.push(Event {
+            raw: raw.to_string(),
+            data: data.join("\n"),
+        });
+    }
+    out
+}
+
+/// Rewrites a list response keeping only the entries `keep` accepts; every
+/// other message and event passes unchanged. `private` marks each rewritten
+/// result `cacheScope: "private"` (2026-07-28). `None` when the body cannot
+/// be read as the form says: the caller then refuses to pass it on.
+pub fn filter_list(
+    body: &[u8],
+    form: BodyForm,
+    field: &str,
+    private: bool,
+    keep: impl Fn(&str) -> bool,
+) -> Option<Vec<u8>> {
+    let rewrite = |mut v: Value| -> (Value, bool) {
+        let Some(result) = v.get_mut("result").and_then(Value::as_object_mut) else {
+            return (v, false);
+        };
+        let Some(items) = result.get_mut(field).and_then(Value::as_array_mut) else {
+            return (v, false);
+        };
+        items.retain(|item| item_name(item, field).is_some_and(&keep));
+        if private {
+            result.insert("cacheScope".into(), Value::from("private"));
+        }
+        (v, true)
+    };
+    match form {
+        BodyForm::Json => {
+            let v: Value = serde_json::from_slice(body).ok()?;
+            let (v, _) = rewrite(v);
+            serde_json::to_vec(&v).ok()
+        }
+        BodyForm::Sse => {
+            let mut out = String::new();
+            for event in sse_events(body) {
+                let parsed = serde_json::from_str::<Value>(&event.data).ok();
+                match parsed.map(&rewrite) {
+                    Some((v, true)) => {
+                        // The rewritten message replaces the event's data;
+                        // its other fields (id, event) stay.
+                        for line in event.raw.lines().filter(|l| !l.starts_with("data:")) {
+                            out.push_str(line);
+                            out.push('\n');
+                        }
+                        out.push_str("data: ");
+                        out.push_str(&serde_json::to_string(&v).ok()?);
+                        out.push('\n');
+                    }
+                    _ => {
+                        out.push_str(&event.raw);
+                        out.push('\n');
+                    }
+                }
+                out.push('\n');
+            }
+            Some(out.into_bytes())
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -580,6 +754,42 @@ mod tests {
         assert!(list
             .check_mirrors(Some("tools/list"), Some("x"), v)
             .is_err());
+    }
+
+    #[test]
+    fn a_tool_list_keeps_only_the_tools_the_policy_shows() {
+        let body = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a","inputSchema":{}},{"name":"b"},{"name":"c"}]}}"#;
+        assert_eq!(listed_names(body, BodyForm::Json, "tools"), ["a", "b", "c"]);
+        let out = filter_list(body, BodyForm::Json, "tools", true, |n| n != "b").unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], 3);
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 2);
+        assert_eq!(v["result"]["tools"][1]["name"], "c");
+        assert_eq!(v["result"]["cacheScope"], "private");
+        assert!(filter_list(b"{nope", BodyForm::Json, "tools", false, |_| true).is_none());
+    }
+
+    #[test]
+    fn an_event_stream_list_is_rewritten_event_by_event() {
+        let body = b"event: message\r\nid: 1\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\r\n\r\nid: 2\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\n\ndata: \"result\":{}}\n\nid: 3\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"run_shell\"}]}}\n\n";
+        assert_eq!(
+            listed_names(body, BodyForm::Sse, "tools"),
+            ["a", "run_shell"]
+        );
+        let out = filter_list(body, BodyForm::Sse, "tools", false, |n| n != "run_shell").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("run_shell"), "{text}");
+        assert!(text.contains("id: 3\ndata: {"), "{text}");
+        assert!(
+            text.contains("notifications/progress"),
+            "other events pass: {text}"
+        );
+        assert_eq!(
+            BodyForm::of("text/event-stream; charset=utf-8"),
+            Some(BodyForm::Sse)
+        );
+        assert_eq!(BodyForm::of("Application/JSON"), Some(BodyForm::Json));
+        assert_eq!(BodyForm::of("text/html"), None);
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct Verdict {
     /// package's `missing_scope` rule (a string). The 403 then says
     /// `error="insufficient_scope", scope="…"` so a client can step up.
     pub scope: Option<String>,
+    /// For a list response: the names the agent may see (the package's
+    /// `visible` rule, a set of strings). `None` when the policy has no
+    /// such rule.
+    pub visible: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -109,7 +113,18 @@ const ENTRY_MODULE: &str = "__agentplane_entry.rego";
 /// One rule that gathers `allow` (false when undefined), `deny` (empty
 /// when undefined or not declared) and `valid_until_ns` (0, "do not reuse",
 /// when undefined or not declared) so a single evaluation decides.
-fn entry_module(package: &str, has_deny: bool, has_valid_until: bool, has_scope: bool) -> String {
+fn entry_module(
+    package: &str,
+    has_deny: bool,
+    has_valid_until: bool,
+    has_scope: bool,
+    has_visible: bool,
+) -> String {
+    let visible = if has_visible {
+        "__agentplane_visible := visible\n"
+    } else {
+        ""
+    };
     let scope = if has_scope {
         "__agentplane_scope := missing_scope\n"
     } else {
@@ -135,7 +150,9 @@ fn entry_module(package: &str, has_deny: bool, has_valid_until: bool, has_scope:
          {until}\n\
          default __agentplane_scope := null\n\
          {scope}\n\
-         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until, \"scope\": __agentplane_scope}}\n"
+         default __agentplane_visible := null\n\
+         {visible}\n\
+         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until, \"scope\": __agentplane_scope, \"visible\": __agentplane_visible}}\n"
     )
 }
 
@@ -223,6 +240,7 @@ impl Policy {
                 declared("deny")?,
                 declared("valid_until_ns")?,
                 declared("missing_scope")?,
+                declared("visible")?,
             );
             engine
                 .add_policy(ENTRY_MODULE.to_string(), module)
@@ -349,11 +367,22 @@ impl Policy {
                     }
                     _ => None,
                 };
+                let visible = match decision.remove("visible") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Array(items)) => Some(
+                        items
+                            .into_iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect(),
+                    ),
+                    Some(_) => Some(Vec::new()),
+                };
                 Ok(Verdict {
                     allowed: allowed && reasons.is_empty(),
                     reasons,
                     valid_until_ns,
                     scope,
+                    visible,
                     ..Verdict::default()
                 })
             }
@@ -492,6 +521,7 @@ fn response_object(v: Value) -> Result<Verdict, PolicyError> {
         headers,
         valid_until_ns: None,
         scope: None,
+        visible: None,
     })
 }
 

@@ -301,7 +301,7 @@ fn one_case(f: &Filter, r: &mut Rng) {
         Flow::Paused => panic!("no service has secrets here"),
         Flow::NeedBody => panic!("the body phase decides"),
     }
-    f.on_response_headers(&mut h, &d);
+    f.on_response_headers(&mut h, &mut d);
     f.on_log(&mut h, &mut d);
     f.on_stream_done(h.stream, Some(&mut d));
 }

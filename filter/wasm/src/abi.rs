@@ -45,6 +45,7 @@ pub const CALL_RESPONSE_HEADERS: u32 = 6;
 /// Buffers (`BufferType`).
 pub const CALL_RESPONSE_BODY: u32 = 4;
 pub const REQUEST_BODY: u32 = 0;
+pub const RESPONSE_BODY: u32 = 1;
 pub const PLUGIN_CONFIGURATION: u32 = 7;
 /// `StreamType::HttpRequest`.
 const STREAM_REQUEST: u32 = 0;
@@ -68,6 +69,13 @@ extern "C" {
         max: usize,
         out: *mut *mut u8,
         out_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_buffer_bytes(
+        kind: u32,
+        start: usize,
+        length: usize,
+        data: *const u8,
+        size: usize,
     ) -> u32;
     fn proxy_get_header_map_pairs(map: u32, out: *mut *mut u8, out_size: *mut usize) -> u32;
     fn proxy_get_header_map_value(
@@ -230,6 +238,11 @@ pub extern "C" fn proxy_on_response_headers(context: u32, _headers: usize, _eos:
 }
 
 #[no_mangle]
+pub extern "C" fn proxy_on_response_body(context: u32, size: usize, eos: bool) -> u32 {
+    crate::on_response_body(context, size, eos)
+}
+
+#[no_mangle]
 pub extern "C" fn proxy_on_log(context: u32) {
     crate::on_log(context);
 }
@@ -329,6 +342,12 @@ pub fn replace_header(map: u32, name: &str, value: &[u8]) -> Result<()> {
     check(unsafe {
         proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
     })
+}
+
+/// Replaces bytes `[0, length)` of a body buffer with `data`.
+pub fn set_buffer(kind: u32, length: usize, data: &[u8]) -> Result<()> {
+    // SAFETY: live slice for the call.
+    check(unsafe { proxy_set_buffer_bytes(kind, 0, length, data.as_ptr(), data.len()) })
 }
 
 pub fn remove_header(map: u32, name: &[u8]) -> Result<()> {

@@ -45,6 +45,8 @@ struct Stream {
     decision: Option<Decision>,
     /// Undecided until its body is complete (an MCP POST).
     awaiting_body: bool,
+    /// A list response being read to be filtered.
+    filtering_response: bool,
 }
 
 thread_local! {
@@ -74,6 +76,7 @@ pub(crate) fn on_context_create(context: u32, parent: u32) {
                     filter,
                     decision: None,
                     awaiting_body: false,
+                    filtering_response: false,
                 },
             );
         }
@@ -251,13 +254,65 @@ pub(crate) fn on_request_body(context: u32, size: usize, eos: bool) -> u32 {
 pub(crate) fn on_response_headers(context: u32) -> u32 {
     let found = with(|p| {
         p.streams
-            .get(&context)
-            .and_then(|s| Some((s.root, s.filter.clone()?, s.decision.clone()?)))
+            .get_mut(&context)
+            .and_then(|s| Some((s.root, s.filter.clone()?, s.decision.take()?)))
     })
     .flatten();
-    if let Some((root, filter, decision)) = found {
-        filter.on_response_headers(&mut EnvoyHost::stream(context, root), &decision);
+    let Some((root, filter, mut decision)) = found else {
+        return CONTINUE;
+    };
+    let read = filter.on_response_headers(&mut EnvoyHost::stream(context, root), &mut decision);
+    with(|p| {
+        if let Some(s) = p.streams.get_mut(&context) {
+            s.decision = Some(decision);
+            s.filtering_response = read;
+        }
+    });
+    if read {
+        PAUSE // the headers wait for the filtered body
+    } else {
+        CONTINUE
     }
+}
+
+/// A list response being filtered is buffered whole, then replaced by its
+/// filtered form; every other response body streams through untouched.
+pub(crate) fn on_response_body(context: u32, size: usize, eos: bool) -> u32 {
+    let found = with(|p| {
+        p.streams.get(&context).and_then(|s| {
+            s.filtering_response
+                .then(|| Some((s.root, s.filter.clone()?, s.decision.clone()?)))
+                .flatten()
+        })
+    })
+    .flatten();
+    let Some((root, filter, decision)) = found else {
+        return CONTINUE;
+    };
+    if !eos {
+        return PAUSE; // StopIterationAndBuffer
+    }
+    let max = filter.config().mcp.max_body_bytes;
+    let body = if size > max {
+        None
+    } else {
+        abi::buffer(abi::RESPONSE_BODY, max).ok()
+    };
+    let out = filter.on_response_body(
+        &mut EnvoyHost::stream(context, root),
+        &decision,
+        body.as_deref(),
+    );
+    if abi::set_buffer(abi::RESPONSE_BODY, size, &out).is_err() {
+        // The body could not be replaced: end the stream rather than pass
+        // an unfiltered list.
+        return unavailable("list_filter_failed");
+    }
+    with(|p| {
+        if let Some(s) = p.streams.get_mut(&context) {
+            s.filtering_response = false;
+        }
+    });
     CONTINUE
 }
 
@@ -335,6 +390,17 @@ impl Host for EnvoyHost {
 
     fn remove_request_header(&mut self, name: &[u8]) -> bool {
         abi::remove_header(abi::REQUEST_HEADERS, name).is_ok()
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        abi::header_value(abi::RESPONSE_HEADERS, name)
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok())
+    }
+
+    fn remove_response_header(&mut self, name: &str) {
+        let _ = abi::remove_header(abi::RESPONSE_HEADERS, name.as_bytes());
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {

@@ -74,7 +74,7 @@ fn allow_sets_trusted_headers() {
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
         .with_header("X-Agent-Id", "root@clients")
         .with_header("x-agent-team", "platform");
-    let (flow, d) = f.on_request_headers(&mut h);
+    let (flow, mut d) = f.on_request_headers(&mut h);
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     assert!(d.allowed() && h.reply.is_none());
     assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
@@ -82,7 +82,7 @@ fn allow_sets_trusted_headers() {
     assert_eq!(h.header_values("x-agent-type"), ["support"]);
     // The client sent no id the filter trusts: it mints its own.
     assert_eq!(h.header_values("x-request-id"), [d.id.as_str()]);
-    f.on_response_headers(&mut h, &d);
+    f.on_response_headers(&mut h, &mut d);
     assert_eq!(
         h.response_headers,
         [
@@ -806,8 +806,8 @@ fn metrics_header_reports_the_filters_own_timing_when_enabled() {
     cfg["headers"] = json!({"metrics_header": true});
     let f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
-    let (_, d) = f.on_request_headers(&mut h);
-    f.on_response_headers(&mut h, &d);
+    let (_, mut d) = f.on_request_headers(&mut h);
+    f.on_response_headers(&mut h, &mut d);
     let v = h
         .response_headers
         .iter()
@@ -824,8 +824,8 @@ fn metrics_header_reports_the_filters_own_timing_when_enabled() {
     assert!(reply_header(&h, METRICS_HEADER).is_some());
     // Off by default.
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
-    let (_, d) = filter().on_request_headers(&mut h);
-    filter().on_response_headers(&mut h, &d);
+    let (_, mut d) = filter().on_request_headers(&mut h);
+    filter().on_response_headers(&mut h, &mut d);
     assert!(!h.response_headers.iter().any(|(k, _)| k == METRICS_HEADER));
 }
 // --- attacks (issue 9): each test is named after what it stops --------
@@ -1313,4 +1313,42 @@ fn a_missing_scope_is_named_so_the_client_can_step_up() {
     let (_, _, h) = mcp_call(&f, &["tools:call"], Some(other), &[]);
     assert_eq!(h.reply.as_ref().unwrap().status, 403);
     assert_eq!(reply_header(&h, "www-authenticate"), None);
+}
+
+#[test]
+fn a_tool_list_response_shows_only_the_tools_the_agent_may_call() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let list = r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#;
+    let (flow, mut d, mut h) = mcp_call(&f, &["tools:list", "tools:call"], Some(list), &[]);
+    assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
+    assert!(d.list.is_some());
+    h.response_headers = vec![
+        ("content-type".into(), "application/json".into()),
+        ("content-length".into(), "999".into()),
+    ];
+    assert!(
+        f.on_response_headers(&mut h, &mut d),
+        "the body must be read"
+    );
+    assert_eq!(h.response_header("content-length"), None);
+    let body = br#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"search_docs"},{"name":"run_shell"},{"name":"delete_ticket"},{"name":"lookup_ticket"}]}}"#;
+    let out: Value = serde_json::from_slice(&f.on_response_body(&mut h, &d, Some(body))).unwrap();
+    let names: Vec<&str> = out["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["search_docs", "lookup_ticket"]);
+    // Too large to read: an error, never the unfiltered list.
+    let out: Value = serde_json::from_slice(&f.on_response_body(&mut h, &d, None)).unwrap();
+    assert_eq!(out["id"], 5);
+    assert!(out["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
+    // A tool call's response is not read.
+    let (_, mut d, mut h) = mcp_call(&f, &["tools:call"], Some(CALL), &[]);
+    h.response_headers = vec![("content-type".into(), "application/json".into())];
+    assert!(!f.on_response_headers(&mut h, &mut d));
 }
