@@ -223,3 +223,101 @@ fn a_tool_list_shows_each_agent_only_the_tools_it_may_call() {
         ["search_docs", "delete_ticket", "lookup_ticket"]
     );
 }
+
+/// The real thing: the tickets skill (an rmcp Streamable HTTP server)
+/// behind Envoy + agentplane, driven by rmcp's own client. The client
+/// lists tools and sees only those the agent may call; a callable tool
+/// runs; a tool it may not call, or a callable one with another team's
+/// ticket, comes back as an MCP error with the policy's reason.
+#[test]
+fn an_official_mcp_client_lists_only_its_tools_and_is_refused_per_tool() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let skill_port = listener.local_addr().unwrap().port();
+    rt.spawn(agentplane_skills::serve(listener));
+
+    let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
+    cfg["resources"]["tickets-mcp"] = json!({
+        "type": "tool", "protocol": "mcp",
+        "metadata": {"team": "customer-success", "environment": "production"}
+    });
+    let idp = agentplane_e2e::Idp::new();
+    let up = agentplane_e2e::Upstream::start();
+    let setup = agentplane_e2e::EnvoySetup {
+        jwks: idp.jwks(),
+        upstream_port: up.port,
+        plugin_config: cfg.to_string(),
+        vault_port: 1,
+    };
+    let ports = std::collections::HashMap::from([("tickets-mcp".to_string(), skill_port)]);
+    let envoy = agentplane_e2e::Envoy::start_yaml(&agentplane_e2e::render_envoy_routed(
+        &setup, true, &ports,
+    ));
+    let token = idp.agent_token(
+        "support-triage@clients",
+        "customer-success",
+        "support",
+        "production",
+        &["mcp:connect", "tools:list", "tools:call"],
+    );
+    let uri = format!("http://127.0.0.1:{}/tickets-mcp/mcp", envoy.port);
+    rt.block_on(async move {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(uri).auth_header(token),
+        );
+        let client = ().serve(transport).await.expect("MCP session through Envoy");
+        let mut tools: Vec<String> = client
+            .list_tools(Default::default())
+            .await
+            .expect("tools/list")
+            .tools
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        tools.sort();
+        assert_eq!(tools, ["lookup_ticket", "search_docs", "update_ticket"]);
+
+        let args = |v: Value| v.as_object().cloned().unwrap();
+        let ok = client
+            .call_tool(
+                CallToolRequestParams::new("search_docs")
+                    .with_arguments(args(json!({"query": "vpn"}))),
+            )
+            .await
+            .expect("an allowed tool runs");
+        assert!(format!("{ok:?}").contains("articles match"), "{ok:?}");
+
+        let denied = client
+            .call_tool(
+                CallToolRequestParams::new("delete_ticket")
+                    .with_arguments(args(json!({"team": "customer-success", "id": "T-1"}))),
+            )
+            .await
+            .expect_err("delete_ticket needs tickets:delete");
+        // rmcp reads the 403's insufficient_scope challenge: the client
+        // learns which scope to ask for.
+        assert!(
+            format!("{denied:?}").contains(r#"required_scope: Some("tickets:delete")"#),
+            "{denied:?}"
+        );
+        let other_team = client
+            .call_tool(
+                CallToolRequestParams::new("lookup_ticket")
+                    .with_arguments(args(json!({"team": "ml", "id": "T-9"}))),
+            )
+            .await
+            .expect_err("another team's ticket");
+        assert!(
+            format!("{other_team:?}").contains("limited to the agent's own team"),
+            "{other_team:?}"
+        );
+        let _ = client.cancel().await;
+    });
+}
