@@ -55,13 +55,28 @@ fn main() {
     cfg["resources"]["model-registry"]["secrets"] = json!([
         {"database": "database/creds/readonly", "username_header": "x-db-username", "password_header": "x-db-password"}
     ]);
-    let upstream = Upstream::start();
-    let envoy = Envoy::start(&EnvoySetup {
-        jwks: idp.jwks(),
-        upstream_port: upstream.port,
-        plugin_config: cfg.to_string(),
-        vault_port: bao.port,
+    // The tickets skill: a real MCP server (rmcp), on its own port.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let skill_port = listener.local_addr().unwrap().port();
+    rt.spawn(agentplane_skills::serve(listener));
+    cfg["resources"]["tickets-mcp"] = json!({
+        "type": "tool", "protocol": "mcp",
+        "metadata": {"team": "customer-success", "environment": "production"}
     });
+    let upstream = Upstream::start();
+    let envoy = Envoy::start_yaml(&agentplane_e2e::render_envoy_routed(
+        &EnvoySetup {
+            jwks: idp.jwks(),
+            upstream_port: upstream.port,
+            plugin_config: cfg.to_string(),
+            vault_port: bao.port,
+        },
+        true,
+        &std::collections::HashMap::from([("tickets-mcp".to_string(), skill_port)]),
+    ));
     let s = Stack {
         idp,
         upstream,
@@ -262,5 +277,53 @@ fn main() {
         "\ndecision log record of the web-search denial (Envoy's log, one line, prefix `agentplane-decision `):\n{}",
         serde_json::to_string_pretty(&v).unwrap()
     );
+    mcp_session(&rt, &s);
     println!("\nstopping Envoy and the sample services");
+}
+
+/// An MCP session through agentplane with rmcp's own client.
+fn mcp_session(rt: &tokio::runtime::Runtime, s: &Stack) {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+    let token = s.idp.agent_token(
+        "support-triage@clients",
+        "customer-success",
+        "support",
+        "production",
+        &["mcp:connect", "tools:list", "tools:call"],
+    );
+    let uri = format!("http://127.0.0.1:{}/tickets-mcp/mcp", s.envoy.port);
+    println!("\nan MCP session: support-triage (tools:list, tools:call) with rmcp's client -> Envoy + agentplane -> the tickets skill (an rmcp server with 5 tools)");
+    rt.block_on(async move {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(uri).auth_header(token),
+        );
+        let client = ().serve(transport).await.unwrap();
+        let tools = client.list_tools(Default::default()).await.unwrap();
+        let names: Vec<String> = tools.tools.iter().map(|t| t.name.to_string()).collect();
+        println!("  tools/list -> {names:?} (run_shell is denied for everyone, delete_ticket needs tickets:delete)");
+        let args = |v: Value| v.as_object().cloned().unwrap();
+        for (tool, a) in [
+            ("lookup_ticket", json!({"team": "customer-success", "id": "T-1"})),
+            ("lookup_ticket", json!({"team": "ml", "id": "T-9"})),
+            ("delete_ticket", json!({"team": "customer-success", "id": "T-1"})),
+        ] {
+            let r = client
+                .call_tool(CallToolRequestParams::new(tool).with_arguments(args(a.clone())))
+                .await;
+            match r {
+                Ok(res) => println!(
+                    "  tools/call {tool} {a} -> allowed: {}",
+                    res.content
+                        .first()
+                        .and_then(|c| c.as_text())
+                        .map_or(String::new(), |t| t.text.clone())
+                ),
+                Err(e) => println!("  tools/call {tool} {a} -> refused: {e}"),
+            }
+        }
+        let _ = client.cancel().await;
+    });
 }
