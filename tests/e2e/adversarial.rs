@@ -107,7 +107,7 @@ fn non_utf8_header_values_cannot_kill_the_worker() {
     let s = Routed::start();
     let auth = s.token("ml", &["skills:invoke"]);
     for _ in 0..3 {
-        // Without a token, as the shipped allow_missing rule permits.
+        // Without a token, as the shipped allow_missing_or_failed rule permits.
         let r = send_raw(
             s.envoy.port,
             &raw_request(

@@ -11,6 +11,11 @@ fn no_token_is_401_and_not_forwarded() {
     let r = s.envoy.request("POST", "/mcp://hello-skill/greet", &[]);
     assert_eq!(r.status, 401, "{r:?}");
     assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    // No token is not a bad token: no error code (RFC 6750 §3.1).
+    assert!(
+        !r.header("www-authenticate").unwrap().contains("error="),
+        "{r:?}"
+    );
     let body = r.json();
     assert_eq!(body["error"], "unauthorized");
     assert_eq!(body["decision_id"].as_str(), r.header("x-decision-id"));
@@ -38,13 +43,15 @@ fn bad_tokens_are_rejected() {
         "production",
         &["skills:invoke"],
     );
-    // jwt_authn answers 401 for unverifiable tokens and 403 for a verified
-    // token addressed to someone else.
-    for (name, tok, status) in [
-        ("expired", expired, 401),
-        ("wrong audience", wrong_aud, 403),
-        ("foreign key", foreign, 401),
-        ("garbage", "not.a.jwt".to_string(), 401),
+    // jwt_authn verifies and marks the failure (failed_status_in_metadata);
+    // agentplane answers: 401 invalid_token with jwt_authn's reason and a
+    // decision id, also for a token addressed to another audience (which
+    // jwt_authn alone answers 403).
+    for (name, tok) in [
+        ("expired", expired),
+        ("wrong audience", wrong_aud),
+        ("foreign key", foreign),
+        ("garbage", "not.a.jwt".to_string()),
     ] {
         let auth = format!("Bearer {tok}");
         let r = s.envoy.request(
@@ -52,7 +59,16 @@ fn bad_tokens_are_rejected() {
             "/mcp://hello-skill/greet",
             &[("authorization", &auth)],
         );
-        assert_eq!(r.status, status, "{name}: {r:?}");
+        assert_eq!(r.status, 401, "{name}: {r:?}");
+        let b = r.json();
+        assert!(b["decision_id"].is_string(), "{name}: {r:?}");
+        let reason = b["reason"].as_str().unwrap();
+        assert!(reason.starts_with("token rejected: "), "{name}: {reason}");
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|v| v.contains(r#"error="invalid_token""#)),
+            "{name}: {r:?}"
+        );
     }
     assert!(s.upstream.seen().is_empty());
 }

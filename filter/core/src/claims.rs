@@ -21,6 +21,9 @@ pub enum ClaimsError {
     Metadata(DecodeError),
     /// The payload under the configured key is not an object.
     PayloadNotObject,
+    /// jwt_authn verified a token and rejected it (expired, wrong audience,
+    /// bad signature...): its message.
+    Rejected(String),
     /// `sub` is missing or empty.
     MissingSubject,
     /// A claim has the wrong JSON type.
@@ -38,6 +41,7 @@ impl fmt::Display for ClaimsError {
             ClaimsError::Missing => write!(f, "no verified token"),
             ClaimsError::Metadata(e) => write!(f, "verified token metadata unreadable: {e}"),
             ClaimsError::PayloadNotObject => write!(f, "token payload is not an object"),
+            ClaimsError::Rejected(why) => write!(f, "token rejected: {why}"),
             ClaimsError::MissingSubject => write!(f, "token has no subject (sub)"),
             ClaimsError::WrongType { claim, expected } => {
                 write!(f, "claim {claim:?} must be {expected}")
@@ -100,7 +104,27 @@ pub fn payload_from_namespace(
 ) -> Result<Map<String, Value>, ClaimsError> {
     let mut ns = pbstruct::decode_struct(ns, limits).map_err(ClaimsError::Metadata)?;
     match ns.remove(&cfg.payload_key) {
-        None => Err(ClaimsError::Missing),
+        // jwt_authn's `failed_status_in_metadata`: a token was presented and
+        // failed verification (`allow_missing_or_failed` lets it through so
+        // that the 401 carries a decision id and the spec's challenge).
+        None => match ns.get(&cfg.failure_key) {
+            // google::jwt_verify's JwtMissed (1): no token at all.
+            Some(Value::Object(f))
+                if f.get("code").and_then(Value::as_i64) == Some(1)
+                    || f.get("message").and_then(Value::as_str) == Some("Jwt is missing") =>
+            {
+                Err(ClaimsError::Missing)
+            }
+            Some(Value::Object(f)) => Err(ClaimsError::Rejected(
+                f.get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("verification failed")
+                    .chars()
+                    .take(200)
+                    .collect(),
+            )),
+            _ => Err(ClaimsError::Missing),
+        },
         Some(Value::Object(m)) => Ok(m),
         Some(_) => Err(ClaimsError::PayloadNotObject),
     }
@@ -314,5 +338,27 @@ mod tests {
             ident(json!({"sub": "a", "deep": deep})),
             Err(ClaimsError::Metadata(DecodeError::TooDeep))
         ));
+    }
+
+    #[test]
+    fn a_token_jwt_authn_rejected_is_refused_with_its_reason() {
+        let mut ns = Map::new();
+        ns.insert(
+            "jwt_failure".into(),
+            serde_json::json!({"code": 3, "message": "Audiences in Jwt are not allowed"}),
+        );
+        let h = MockHost::new().with_property(
+            &["metadata"],
+            pbstruct::encode_metadata(&[("envoy.filters.http.jwt_authn", &ns)]),
+        );
+        let e = trust_jwt_authn_payload(&h, &IdentityConfig::default()).unwrap_err();
+        assert_eq!(
+            e,
+            ClaimsError::Rejected("Audiences in Jwt are not allowed".into())
+        );
+        assert_eq!(
+            e.to_string(),
+            "token rejected: Audiences in Jwt are not allowed"
+        );
     }
 }

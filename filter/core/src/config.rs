@@ -101,6 +101,9 @@ pub struct IdentityConfig {
     /// Distinct verified tokens whose decoded identity each worker keeps
     /// (0: decode every request).
     pub cache_entries: usize,
+    /// Key of jwt_authn's `failed_status_in_metadata` in the namespace: a
+    /// token that failed verification (401 `invalid_token` with its reason).
+    pub failure_key: String,
 }
 
 impl Default for IdentityConfig {
@@ -113,6 +116,7 @@ impl Default for IdentityConfig {
             max_depth: 16,
             forward_token: false,
             cache_entries: 1024,
+            failure_key: "jwt_failure".into(),
         }
     }
 }
