@@ -812,7 +812,7 @@ fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmu
         "customer-success",
         "support",
         "production",
-        &["skills:invoke", "tools:call"],
+        &["skills:invoke", "tools:call", "tools:list"],
     );
     let args = format!(
         r#"{{"team":"customer-success","id":"T-1","note":"{}"}}"#,
@@ -821,24 +821,66 @@ fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmu
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"lookup_ticket","arguments":{args}}}}}"#
     );
-    let script = |path: &str| {
+    // tools/list with 50 tools in the server's answer (the echo upstream
+    // answers with x-test-reply), 10 of them denied by the shipped rules.
+    let tools: Vec<String> = (0..50)
+        .map(|i| {
+            let name = match i % 5 {
+                0 => format!("run_shell_{i}"),
+                _ => format!("tool_{i}"),
+            };
+            format!(r#"{{"name":"{name}","description":"tool number {i}","inputSchema":{{"type":"object"}}}}"#)
+        })
+        .collect();
+    let list_reply = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{}]}}}}"#,
+        tools.join(",")
+    );
+    let list_body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.to_string();
+    let script = |path: &str, body: &str, reply: Option<&str>| {
         let p = std::env::temp_dir().join(format!(
-            "agentplane-bench-mcp-{}-{}.lua",
+            "agentplane-bench-mcp-{}-{}-{}.lua",
             std::process::id(),
-            path.len()
+            path.len(),
+            body.len()
         ));
+        let reply = reply
+            .map(|r| format!("wrk.headers[\"x-test-reply\"] = {r:?}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &p,
             format!(
-                "wrk.method = \"POST\"\nwrk.body = {body:?}\nwrk.headers[\"content-type\"] = \"application/json\"\nwrk.headers[\"accept\"] = \"application/json, text/event-stream\"\nrequest = function() return wrk.format(nil, {path:?}) end\n"
+                "wrk.method = \"POST\"\nwrk.body = {body:?}\nwrk.headers[\"content-type\"] = \"application/json\"\nwrk.headers[\"accept\"] = \"application/json, text/event-stream\"\n{reply}request = function() return wrk.format(nil, {path:?}) end\n"
             ),
         )
         .unwrap();
         p
     };
-    let arms = [
-        ("S4P same POST, plain service", "/mcp://hello-skill/call"),
-        ("S4M same POST as MCP tools/call", "/mcp://tickets-mcp/mcp"),
+    let arms: [(&str, &str, &str, Option<&str>); 4] = [
+        (
+            "S4P same POST, plain service",
+            "/mcp://hello-skill/call",
+            &body,
+            None,
+        ),
+        (
+            "S4M same POST as MCP tools/call",
+            "/mcp://tickets-mcp/mcp",
+            &body,
+            None,
+        ),
+        (
+            "S4P-list tools/list answer (50 tools), plain service",
+            "/mcp://hello-skill/call",
+            &list_body,
+            Some(&list_reply),
+        ),
+        (
+            "S4M-list tools/list, 50 tools filtered",
+            "/mcp://tickets-mcp/mcp",
+            &list_body,
+            Some(&list_reply),
+        ),
     ];
     let arm = Arm {
         name: "S4".into(),
@@ -851,9 +893,9 @@ fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmu
     for rep in 0..reps {
         for k in 0..arms.len() {
             let i = (k + rep) % arms.len();
-            let (name, path) = arms[i];
+            let (name, path, b, reply) = arms[i];
             let envoy = Envoy::start_yaml(&render(&arm, setup));
-            let sc = script(path);
+            let sc = script(path, b, reply);
             wrk(envoy.port, &token, warmup, &sc);
             let cpu0 = cpu_secs(envoy.pid());
             let run = wrk(envoy.port, &token, secs, &sc);
@@ -869,11 +911,11 @@ fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmu
         "\nMCP: one ~1 KB tools/call ({} bytes), one token, both arms allowed",
         body.len()
     );
-    println!("| arm | req/s (median of {reps}) | Envoy CPU µs/req | added over S4P |");
+    println!("| arm | req/s (median of {reps}) | Envoy CPU µs/req | added over its plain arm |");
     println!("|---|---|---|---|");
-    let base = median(rows[0].cpu_us.clone());
-    for ((name, _), r) in arms.iter().zip(&rows) {
+    for (i, ((name, ..), r)) in arms.iter().zip(&rows).enumerate() {
         let cpu = median(r.cpu_us.clone());
+        let base = median(rows[i - i % 2].cpu_us.clone());
         println!(
             "| {name} | {:.0} | {cpu:.1} | {:.1} |",
             median(r.rps.clone()),
