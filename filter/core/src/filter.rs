@@ -113,12 +113,17 @@ pub struct Filter {
     worker: Worker,
 }
 
+/// A list response's visible names (`None`: the policy does not filter).
+type Visible = Rc<Option<Vec<String>>>;
+
 /// Per-worker (per-VM) state. Everything that changes while requests flow
 /// lives here, apart from the immutable config and policy.
 #[derive(Debug)]
 struct Worker {
     ids: DecisionIds,
     cache: Option<RefCell<DecisionCache<Rc<Outcome>>>>,
+    /// Visible sets of list responses, like decisions (same bounds).
+    lists: Option<RefCell<DecisionCache<Visible>>>,
     /// Verified identities by their metadata bytes.
     principals: RefCell<Principals>,
     broker: Option<RefCell<secrets::Broker>>,
@@ -233,6 +238,10 @@ impl Filter {
             key_plan: KeyPlan::new(policy.reads(), &config.headers.input),
             worker: Worker {
                 ids: DecisionIds::new(seed),
+                lists: config
+                    .decision_cache
+                    .as_ref()
+                    .map(|c| RefCell::new(DecisionCache::new(c))),
                 cache,
                 principals: RefCell::new(Principals::new(config.identity.cache_entries)),
                 broker,
@@ -619,12 +628,44 @@ impl Filter {
                 );
             }
         }
-        let visible = match self.policy.evaluate(doc) {
-            Ok(v) => v.visible,
-            Err(e) => {
-                host.log(LogLevel::Warn, &format!("agentplane: list filter: {e}"));
-                return error("list filter failed");
+        // The same agent listing the same names gets the same answer while
+        // the decision holds: keyed by the request's decision key and the
+        // listed names.
+        let list_key = job.key.as_ref().map(|k| {
+            let mut key = crate::cache::Key::with_capacity(k.len() + 16 * listed.len());
+            key.field(k).field(job.field.as_bytes());
+            for n in &listed {
+                key.field(n.as_bytes());
             }
+            key.into_bytes()
+        });
+        let now = host.now_ns();
+        let cached = list_key.as_ref().and_then(|k| {
+            self.worker
+                .lists
+                .as_ref()?
+                .try_borrow_mut()
+                .ok()?
+                .get(k, now)
+        });
+        let visible = match cached {
+            Some(v) => (*v).clone(),
+            None => match self.policy.evaluate(doc) {
+                Ok(v) => {
+                    if let (Some(k), Some(until), Some(lists)) =
+                        (list_key, v.valid_until_ns, self.worker.lists.as_ref())
+                    {
+                        if let Ok(mut c) = lists.try_borrow_mut() {
+                            c.insert(k, Rc::new(v.visible.clone()), now, until);
+                        }
+                    }
+                    v.visible
+                }
+                Err(e) => {
+                    host.log(LogLevel::Warn, &format!("agentplane: list filter: {e}"));
+                    return error("list filter failed");
+                }
+            },
         };
         let Some(visible) = visible else {
             // The policy has no `visible` rule: lists are not filtered.
@@ -822,6 +863,7 @@ impl Filter {
                 ),
                 private: mcp_version.as_deref().is_some_and(|v| v >= "2026-07-28"),
                 form: None,
+                key: key.clone(),
             });
         }
         if let (Some(cache), Some(key)) = (&self.worker.cache, &key) {

@@ -429,6 +429,8 @@ pub struct ListJob {
     pub(crate) doc: regorus::Value,
     pub(crate) private: bool,
     pub(crate) form: Option<BodyForm>,
+    /// The request's decision key, when decisions are cached.
+    pub(crate) key: Option<Vec<u8>>,
 }
 
 /// The list methods whose results are filtered, and the field of the

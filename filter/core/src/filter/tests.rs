@@ -1340,6 +1340,9 @@ fn a_tool_list_response_shows_only_the_tools_the_agent_may_call() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["search_docs", "lookup_ticket"]);
+    // The same list again is answered from the worker's list cache, alike.
+    let again = f.on_response_body(&mut h, &d, Some(body));
+    assert_eq!(serde_json::from_slice::<Value>(&again).unwrap(), out);
     // Too large to read: an error, never the unfiltered list.
     let out: Value = serde_json::from_slice(&f.on_response_body(&mut h, &d, None)).unwrap();
     assert_eq!(out["id"], 5);
