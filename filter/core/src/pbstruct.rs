@@ -89,6 +89,21 @@ pub fn metadata_namespace_bytes<'a>(
     namespace: &str,
 ) -> Result<Option<&'a [u8]>, DecodeError> {
     let mut found = None;
+    for_each_entry(buf, |key, value| {
+        if key == namespace.as_bytes() {
+            found = Some(value);
+        }
+    })?;
+    Ok(found)
+}
+
+/// Calls `f` with the key and value bytes of each entry of a serialized
+/// protobuf map (field 1, each a message of key 1 and value 2, the last of
+/// each kept, as protobuf merges them), in wire order.
+fn for_each_entry<'a>(
+    buf: &'a [u8],
+    mut f: impl FnMut(&'a [u8], &'a [u8]),
+) -> Result<(), DecodeError> {
     let mut r = Reader { buf };
     while let Some((number, field)) = r.field()? {
         let (1, Field::Bytes(entry)) = (number, field) else {
@@ -97,18 +112,16 @@ pub fn metadata_namespace_bytes<'a>(
         let mut key: &[u8] = &[];
         let mut value: &[u8] = &[];
         let mut e = Reader { buf: entry };
-        while let Some((n, f)) = e.field()? {
-            match (n, f) {
+        while let Some((n, field)) = e.field()? {
+            match (n, field) {
                 (1, Field::Bytes(b)) => key = b,
                 (2, Field::Bytes(b)) => value = b,
                 _ => {}
             }
         }
-        if key == namespace.as_bytes() {
-            found = Some(value);
-        }
+        f(key, value);
     }
-    Ok(found)
+    Ok(())
 }
 
 /// A canonical byte form of a serialized `Struct`: equal forms decode to
@@ -136,22 +149,7 @@ fn canon_len(out: &mut Vec<u8>, n: usize) {
 
 fn canon_struct(buf: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<(), DecodeError> {
     let mut entries: Vec<(&[u8], &[u8])> = Vec::new();
-    let mut r = Reader { buf };
-    while let Some((number, field)) = r.field()? {
-        if let (1, Field::Bytes(entry)) = (number, field) {
-            let mut key: &[u8] = &[];
-            let mut value: &[u8] = &[];
-            let mut e = Reader { buf: entry };
-            while let Some((n, f)) = e.field()? {
-                match (n, f) {
-                    (1, Field::Bytes(b)) => key = b,
-                    (2, Field::Bytes(b)) => value = b,
-                    _ => {}
-                }
-            }
-            entries.push((key, value));
-        }
-    }
+    for_each_entry(buf, |key, value| entries.push((key, value)))?;
     // Stable: among equal keys the last one stays last, and only it counts.
     entries.sort_by(|a, b| a.0.cmp(b.0));
     let mut kept: Vec<(&[u8], &[u8])> = Vec::with_capacity(entries.len());
