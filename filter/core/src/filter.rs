@@ -831,6 +831,19 @@ impl Filter {
             time_ns: now,
         };
         let mcp_doc = || mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref()));
+        // The input document, built at most once: a list request keeps it
+        // for its response, and the decision reuses that one.
+        let build = || {
+            input::build(
+                headers,
+                &self.config,
+                &self.docs,
+                principal,
+                &facts,
+                mcp_doc(),
+            )
+        };
+        let list_doc = |t: &Trail| t.list.as_ref().map(|j| j.doc.clone());
         let key = self.worker.cache.as_ref().map(|_| {
             self.key_plan.key(&KeyFacts {
                 principal: principal.serial,
@@ -853,14 +866,7 @@ impl Filter {
         {
             trail.list = Some(crate::mcp::ListJob {
                 field,
-                doc: input::build(
-                    headers,
-                    &self.config,
-                    &self.docs,
-                    principal,
-                    &facts,
-                    mcp_doc(),
-                ),
+                doc: build(),
                 private: mcp_version.as_deref().is_some_and(|v| v >= "2026-07-28"),
                 form: None,
                 key: key.clone(),
@@ -882,27 +888,12 @@ impl Filter {
                 // This request's own input: the cached decision was made on
                 // one that differs at most where the policy never looks.
                 if logging {
-                    let doc = input::build(
-                        headers,
-                        &self.config,
-                        &self.docs,
-                        principal,
-                        &facts,
-                        mcp_doc(),
-                    );
-                    trail.input = Some(doc);
+                    trail.input = Some(list_doc(trail).unwrap_or_else(build));
                 }
                 return self.forward(host, &outcome, headers, &route, &request_id, trail);
             }
         }
-        let doc = input::build(
-            headers,
-            &self.config,
-            &self.docs,
-            principal,
-            &facts,
-            mcp_doc(),
-        );
+        let doc = list_doc(trail).unwrap_or_else(build);
         let (outcome, valid_until) = self.authorize(host, principal, doc, trail);
         let outcome = Rc::new(outcome);
         if let (Some(cache), Some(key), Some(until)) = (&self.worker.cache, key, valid_until) {
