@@ -113,6 +113,17 @@ pub struct Filter {
     worker: Worker,
 }
 
+/// A request body the filter waited for, as the host delivered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody<'a> {
+    /// All of it.
+    Complete(&'a [u8]),
+    /// Longer than `mcp.max_body_bytes`: 413, nothing upstream.
+    TooLarge,
+    /// The host failed to hand it over: 503, nothing upstream.
+    Unreadable,
+}
+
 /// A list response's visible names (`None`: the policy does not filter).
 type Visible = Rc<Option<Vec<String>>>;
 
@@ -355,10 +366,14 @@ impl Filter {
     }
 
     /// The body of a request [`Filter::on_request_headers`] left waiting
-    /// (`Flow::NeedBody`), complete: `body` is `None` when it exceeds
-    /// `mcp.max_body_bytes` (413). Decides and replies or forwards as the
-    /// headers phase would have.
-    pub fn on_request_body<H: Host>(&self, host: &mut H, body: Option<&[u8]>) -> (Flow, Decision) {
+    /// (`Flow::NeedBody`), complete, too large for `mcp.max_body_bytes`
+    /// (413), or unreadable from the host (503). Decides and replies or
+    /// forwards as the headers phase would have.
+    pub fn on_request_body<H: Host>(
+        &self,
+        host: &mut H,
+        body: RequestBody<'_>,
+    ) -> (Flow, Decision) {
         let Some(Awaiting {
             admitted,
             mut trail,
@@ -377,13 +392,16 @@ impl Filter {
         };
         let agent = Some(admitted.principal.identity.id.clone());
         let parsed = match body {
-            None => Err((
+            RequestBody::TooLarge => Err((
                 Denial::TooLarge {
                     max: self.config.mcp.max_body_bytes,
                 },
                 agent,
             )),
-            Some(b) => crate::mcp::parse(b, limits).map_err(|e| (Denial::Mcp(e), agent)),
+            RequestBody::Unreadable => Err((Denial::HostFailure("request body"), agent)),
+            RequestBody::Complete(b) => {
+                crate::mcp::parse(b, limits).map_err(|e| (Denial::Mcp(e), agent))
+            }
         };
         let rpc = Some(
             parsed
@@ -489,7 +507,7 @@ impl Filter {
     }
 
     /// The response headers every reply and every allowed response carry.
-    fn reply_headers<'a>(&self, d: &'a Decision) -> Vec<(&'static str, &'a str)> {
+    pub(crate) fn reply_headers<'a>(&self, d: &'a Decision) -> Vec<(&'static str, &'a str)> {
         let mut h = vec![(DECISION_ID_HEADER, d.id.as_str())];
         if !d.request_id.is_empty() {
             h.push((TRACE_ID_HEADER, d.request_id.as_str()));
@@ -552,130 +570,6 @@ impl Filter {
             .and_then(|s| s.try_borrow_mut().ok())
         {
             sh.release();
-        }
-    }
-
-    /// Adds the decision id to the upstream response of an allowed request.
-    /// Returns true when the response body must be read (a list response
-    /// to filter: JSON or an event stream); its length then changes, so
-    /// `content-length` goes and the response is marked private.
-    pub fn on_response_headers<H: Host>(&self, host: &mut H, decision: &mut Decision) -> bool {
-        for (k, v) in self.reply_headers(decision) {
-            host.set_response_header(k, v);
-        }
-        let Some(job) = decision.list.as_mut() else {
-            return false;
-        };
-        let form = host
-            .response_header("content-type")
-            .and_then(|c| crate::mcp::BodyForm::of(&c));
-        match form {
-            Some(f) => {
-                job.form = Some(f);
-                host.remove_response_header("content-length");
-                host.set_response_header("cache-control", "private, no-store");
-                true
-            }
-            None => {
-                decision.list = None;
-                false
-            }
-        }
-    }
-
-    /// The complete body of a list response [`Filter::on_response_headers`]
-    /// asked for (`None` when it exceeds `mcp.max_body_bytes`): the body to
-    /// send instead, with only the entries the policy's `visible` rule
-    /// shows. Anything it cannot read or decide becomes a JSON-RPC error:
-    /// an unfiltered list never passes.
-    pub fn on_response_body<H: Host>(
-        &self,
-        host: &mut H,
-        decision: &Decision,
-        body: Option<&[u8]>,
-    ) -> Vec<u8> {
-        use crate::mcp::{filter_list, listed_names, BodyForm};
-        let Some(job) = decision.list.as_ref() else {
-            return body.unwrap_or_default().to_vec();
-        };
-        let form = job.form.unwrap_or(BodyForm::Json);
-        let error = |why: &str| {
-            let msg = serde_json::json!({
-                "jsonrpc": "2.0",
-                "id": decision.rpc.clone().unwrap_or(serde_json::Value::Null),
-                "error": {"code": crate::mcp::code::UNAVAILABLE, "message": why,
-                          "data": {"decision_id": decision.id}},
-            })
-            .to_string();
-            match form {
-                BodyForm::Json => msg.into_bytes(),
-                BodyForm::Sse => format!("event: message\ndata: {msg}\n\n").into_bytes(),
-            }
-        };
-        let Some(body) = body else {
-            return error("list response too large to filter");
-        };
-        let listed = listed_names(body, form, job.field);
-        let mut doc = job.doc.clone();
-        if let Ok(o) = doc.as_object_mut() {
-            if let Some(Ok(m)) = o
-                .get_mut(&regorus::Value::from("mcp"))
-                .map(regorus::Value::as_object_mut)
-            {
-                m.insert(
-                    regorus::Value::from("listed"),
-                    crate::value::strings(&listed),
-                );
-            }
-        }
-        // The same agent listing the same names gets the same answer while
-        // the decision holds: keyed by the request's decision key and the
-        // listed names.
-        let list_key = job.key.as_ref().map(|k| {
-            let mut key = crate::cache::Key::with_capacity(k.len() + 16 * listed.len());
-            key.field(k).field(job.field.as_bytes());
-            for n in &listed {
-                key.field(n.as_bytes());
-            }
-            key.into_bytes()
-        });
-        let now = host.now_ns();
-        let cached = list_key.as_ref().and_then(|k| {
-            self.worker
-                .lists
-                .as_ref()?
-                .try_borrow_mut()
-                .ok()?
-                .get(k, now)
-        });
-        let visible = match cached {
-            Some(v) => (*v).clone(),
-            None => match self.policy.evaluate(doc) {
-                Ok(v) => {
-                    if let (Some(k), Some(until), Some(lists)) =
-                        (list_key, v.valid_until_ns, self.worker.lists.as_ref())
-                    {
-                        if let Ok(mut c) = lists.try_borrow_mut() {
-                            c.insert(k, Rc::new(v.visible.clone()), now, until);
-                        }
-                    }
-                    v.visible
-                }
-                Err(e) => {
-                    host.log(LogLevel::Warn, &format!("agentplane: list filter: {e}"));
-                    return error("list filter failed");
-                }
-            },
-        };
-        let Some(visible) = visible else {
-            // The policy has no `visible` rule: lists are not filtered.
-            return body.to_vec();
-        };
-        match filter_list(body, form, job.field, job.private, |n| {
-            visible.iter().any(|v| v == n)
-        }) {
-            Some(out) => out,
-            None => error("list response unreadable"),
         }
     }
 
@@ -870,6 +764,8 @@ impl Filter {
                 private: mcp_version.as_deref().is_some_and(|v| v >= "2026-07-28"),
                 form: None,
                 key: key.clone(),
+                events: Default::default(),
+                phase: Default::default(),
             });
         }
         if let (Some(cache), Some(key)) = (&self.worker.cache, &key) {
@@ -1468,3 +1364,6 @@ struct Who<'a> {
 
 #[cfg(test)]
 mod tests;
+
+mod listing;
+pub use listing::{BodyStep, ResponseBody};

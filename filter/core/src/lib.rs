@@ -33,6 +33,6 @@ pub mod value;
 pub mod wire;
 
 pub use config::{Config, ConfigError};
-pub use filter::{Decision, Filter, Flow};
+pub use filter::{BodyStep, Decision, Filter, Flow, RequestBody, ResponseBody};
 pub use host::{Host, LogLevel, MockHost};
 pub use outcome::{Denial, State};

@@ -431,6 +431,22 @@ pub struct ListJob {
     pub(crate) form: Option<BodyForm>,
     /// The request's decision key, when decisions are cached.
     pub(crate) key: Option<Vec<u8>>,
+    /// An event stream's incomplete tail.
+    pub(crate) events: EventSplitter,
+    pub(crate) phase: ListPhase,
+}
+
+/// How far a list response has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListPhase {
+    /// Looking for the list result.
+    #[default]
+    Reading,
+    /// The request's answer went out: the rest passes untouched.
+    Through,
+    /// It could not be filtered and ended as a JSON-RPC error: the rest of
+    /// the body is dropped.
+    Failed,
 }
 
 /// The list methods whose results are filtered, and the field of the
@@ -465,24 +481,33 @@ impl BodyForm {
     }
 }
 
-/// The names in a list result (`result.<field>[].name`, or `uri` for
-/// resources) of every JSON-RPC response in the body.
-pub fn listed_names(body: &[u8], form: BodyForm, field: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for_each_message(body, form, |v| {
-        if let Some(items) = v
-            .get("result")
-            .and_then(|r| r.get(field))
-            .and_then(Value::as_array)
-        {
-            for item in items {
-                if let Some(n) = item_name(item, field) {
-                    names.push(n.to_string());
-                }
-            }
-        }
-    });
-    names
+/// The names a list result shows (`result.<field>[].name`, `uri` for
+/// resources), when `v` is a JSON-RPC response holding such a list.
+pub fn list_names(v: &Value, field: &str) -> Option<Vec<String>> {
+    let items = v.get("result")?.get(field)?.as_array()?;
+    Some(
+        items
+            .iter()
+            .filter_map(|item| item_name(item, field))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Keeps only the list entries `keep` accepts (an entry without a name is
+/// dropped); `private` marks the result `cacheScope: "private"`
+/// (2026-07-28). Does nothing to a message that holds no list.
+pub fn retain_listed(v: &mut Value, field: &str, private: bool, keep: impl Fn(&str) -> bool) {
+    let Some(result) = v.get_mut("result").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let Some(items) = result.get_mut(field).and_then(Value::as_array_mut) else {
+        return;
+    };
+    items.retain(|item| item_name(item, field).is_some_and(&keep));
+    if private {
+        result.insert("cacheScope".into(), Value::from("private"));
+    }
 }
 
 fn item_name<'a>(item: &'a Value, field: &str) -> Option<&'a str> {
@@ -490,109 +515,128 @@ fn item_name<'a>(item: &'a Value, field: &str) -> Option<&'a str> {
     item.get(key)?.as_str()
 }
 
-fn for_each_message(body: &[u8], form: BodyForm, mut f: impl FnMut(&Value)) {
-    match form {
-        BodyForm::Json => {
-            if let Ok(v) = serde_json::from_slice::<Value>(body) {
-                f(&v);
+/// Splits an event stream into whole events as network chunks arrive.
+/// Events end at a blank line (`\r\n`, `\r` or `\n` line ends); the bytes
+/// of an event not yet complete wait in a tail, scanned once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventSplitter {
+    tail: Vec<u8>,
+    /// How far into `tail` the scan has gone.
+    scanned: usize,
+    /// Where the line being scanned starts.
+    line_start: usize,
+}
+
+impl EventSplitter {
+    /// Adds a chunk; returns the events it completed, each as its exact
+    /// bytes including the blank line that ends it.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Vec<u8>> {
+        self.tail.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        let mut start = 0;
+        let mut i = self.scanned;
+        while let Some(&b) = self.tail.get(i) {
+            if b != b'\n' && b != b'\r' {
+                i += 1;
+                continue;
             }
-        }
-        BodyForm::Sse => {
-            for event in sse_events(body) {
-                if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
-                    f(&v);
+            let end = if b == b'\r' {
+                match self.tail.get(i + 1) {
+                    Some(b'\n') => i + 2,
+                    Some(_) => i + 1,
+                    // A CR last: it may be half of a CRLF; wait.
+                    None => break,
                 }
+            } else {
+                i + 1
+            };
+            let blank = i == self.line_start;
+            i = end;
+            self.line_start = end;
+            if blank {
+                if let Some(event) = self.tail.get(start..end) {
+                    events.push(event.to_vec());
+                }
+                start = end;
             }
         }
+        self.tail.drain(..start);
+        self.scanned = i - start;
+        self.line_start -= start;
+        events
+    }
+
+    /// Bytes of an event not yet complete.
+    pub fn pending(&self) -> usize {
+        self.tail.len()
+    }
+
+    /// Takes what is left (the stream ended, or stopped being read).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        self.scanned = 0;
+        self.line_start = 0;
+        std::mem::take(&mut self.tail)
     }
 }
 
-/// One server-sent event, as its raw text and its joined `data` lines.
-struct Event {
-    raw: String,
-    data: String,
-}
-
-/// Splits a complete event stream into events (blank-line separated;
-/// `\r\n`, `\r` and `\n` line ends).
-fn sse_events(body: &[u8]) -> Vec<Event> {
-    let text = String::from_utf8_lossy(body)
-        .replace("\r\n", "\n")
-        .replace('\r', "\n");
-    let mut out = Vec::new();
-    for raw in text.split("\n\n") {
-        if raw.trim().is_empty() {
-            continue;
+/// One event's lines (without their ends), as the bytes hold them.
+fn event_lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = raw;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
         }
-        let data: Vec<&str> = raw
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
-        out.push(Event {
-            raw: raw.to_string(),
-            data: data.join("\n"),
-        });
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .unwrap_or(rest.len());
+        let (line, after) = rest.split_at(end);
+        rest = match after {
+            [b'\r', b'\n', more @ ..] => more,
+            [_, more @ ..] => more,
+            [] => &[],
+        };
+        Some(line)
+    })
+}
+
+/// A `data` field line's value (`data:v`, `data: v`, or a bare `data`).
+fn data_value(line: &[u8]) -> Option<&[u8]> {
+    if line == b"data" {
+        return Some(b"");
     }
+    let v = line.strip_prefix(b"data:")?;
+    Some(v.strip_prefix(b" ").unwrap_or(v))
+}
+
+/// An event's `data` lines joined by `\n`, as the SSE spec assembles them;
+/// `None` when it has no data (a comment, a priming event with an id only).
+pub fn event_data(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut data: Option<Vec<u8>> = None;
+    for v in event_lines(raw).filter_map(data_value) {
+        match data.as_mut() {
+            Some(d) => {
+                d.push(b'\n');
+                d.extend_from_slice(v);
+            }
+            None => data = Some(v.to_vec()),
+        }
+    }
+    data
+}
+
+/// The event with its data replaced by `data` (one line: serialized JSON
+/// has no line breaks); its other fields (`id`, `event`, `retry`) stay.
+pub fn with_data(raw: &[u8], data: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    for line in event_lines(raw).filter(|l| !l.is_empty() && data_value(l).is_none()) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
     out
-}
-
-/// Rewrites a list response keeping only the entries `keep` accepts; every
-/// other message and event passes unchanged. `private` marks each rewritten
-/// result `cacheScope: "private"` (2026-07-28). `None` when the body cannot
-/// be read as the form says: the caller then refuses to pass it on.
-pub fn filter_list(
-    body: &[u8],
-    form: BodyForm,
-    field: &str,
-    private: bool,
-    keep: impl Fn(&str) -> bool,
-) -> Option<Vec<u8>> {
-    let rewrite = |mut v: Value| -> (Value, bool) {
-        let Some(result) = v.get_mut("result").and_then(Value::as_object_mut) else {
-            return (v, false);
-        };
-        let Some(items) = result.get_mut(field).and_then(Value::as_array_mut) else {
-            return (v, false);
-        };
-        items.retain(|item| item_name(item, field).is_some_and(&keep));
-        if private {
-            result.insert("cacheScope".into(), Value::from("private"));
-        }
-        (v, true)
-    };
-    match form {
-        BodyForm::Json => {
-            let v: Value = serde_json::from_slice(body).ok()?;
-            let (v, _) = rewrite(v);
-            serde_json::to_vec(&v).ok()
-        }
-        BodyForm::Sse => {
-            let mut out = String::new();
-            for event in sse_events(body) {
-                let parsed = serde_json::from_str::<Value>(&event.data).ok();
-                match parsed.map(&rewrite) {
-                    Some((v, true)) => {
-                        // The rewritten message replaces the event's data;
-                        // its other fields (id, event) stay.
-                        for line in event.raw.lines().filter(|l| !l.starts_with("data:")) {
-                            out.push_str(line);
-                            out.push('\n');
-                        }
-                        out.push_str("data: ");
-                        out.push_str(&serde_json::to_string(&v).ok()?);
-                        out.push('\n');
-                    }
-                    _ => {
-                        out.push_str(&event.raw);
-                        out.push('\n');
-                    }
-                }
-                out.push('\n');
-            }
-            Some(out.into_bytes())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -760,32 +804,69 @@ mod tests {
 
     #[test]
     fn a_tool_list_keeps_only_the_tools_the_policy_shows() {
-        let body = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a","inputSchema":{}},{"name":"b"},{"name":"c"}]}}"#;
-        assert_eq!(listed_names(body, BodyForm::Json, "tools"), ["a", "b", "c"]);
-        let out = filter_list(body, BodyForm::Json, "tools", true, |n| n != "b").unwrap();
-        let v: Value = serde_json::from_slice(&out).unwrap();
+        let mut v: Value = serde_json::from_str(r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a","inputSchema":{}},{"name":"b"},{"name":"c"},{"title":"nameless"}]}}"#).unwrap();
+        assert_eq!(list_names(&v, "tools").unwrap(), ["a", "b", "c"]);
+        assert_eq!(list_names(&v, "prompts"), None);
+        retain_listed(&mut v, "tools", true, |n| n != "b");
         assert_eq!(v["id"], 3);
         assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 2);
         assert_eq!(v["result"]["tools"][1]["name"], "c");
         assert_eq!(v["result"]["cacheScope"], "private");
-        assert!(filter_list(b"{nope", BodyForm::Json, "tools", false, |_| true).is_none());
+        let n: Value =
+            serde_json::from_str(r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#).unwrap();
+        assert_eq!(list_names(&n, "tools"), None);
+    }
+
+    /// Splits `stream` at every possible chunk boundary pair and checks the
+    /// events come out the same, byte for byte.
+    fn split_everywhere(stream: &[u8]) -> Vec<Vec<u8>> {
+        let whole = {
+            let mut s = EventSplitter::default();
+            let mut e = s.push(stream);
+            let rest = s.take_rest();
+            if !rest.is_empty() {
+                e.push(rest);
+            }
+            e
+        };
+        for i in 0..=stream.len() {
+            for j in i..=stream.len() {
+                let mut s = EventSplitter::default();
+                let mut e = s.push(&stream[..i]);
+                e.extend(s.push(&stream[i..j]));
+                e.extend(s.push(&stream[j..]));
+                let rest = s.take_rest();
+                if !rest.is_empty() {
+                    e.push(rest);
+                }
+                assert_eq!(e, whole, "split at {i},{j}");
+            }
+        }
+        whole
     }
 
     #[test]
-    fn an_event_stream_list_is_rewritten_event_by_event() {
-        let body = b"event: message\r\nid: 1\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\r\n\r\nid: 2\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\n\ndata: \"result\":{}}\n\nid: 3\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"run_shell\"}]}}\n\n";
-        assert_eq!(
-            listed_names(body, BodyForm::Sse, "tools"),
-            ["a", "run_shell"]
-        );
-        let out = filter_list(body, BodyForm::Sse, "tools", false, |n| n != "run_shell").unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert!(!text.contains("run_shell"), "{text}");
-        assert!(text.contains("id: 3\ndata: {"), "{text}");
-        assert!(
-            text.contains("notifications/progress"),
-            "other events pass: {text}"
-        );
+    fn events_split_alike_however_the_network_chunks_them() {
+        let stream = b"event: message\r\nid: 1\r\ndata: {\"a\":1}\r\n\r\nid: 2\ndata: x\n\n: comment\r\rdata\ndata: y\n\npartial";
+        let events = split_everywhere(stream);
+        assert_eq!(events.len(), 5, "{events:?}");
+        assert_eq!(events.concat(), stream, "every byte is kept");
+        assert_eq!(event_data(&events[0]).unwrap(), br#"{"a":1}"#);
+        assert_eq!(event_data(&events[1]).unwrap(), b"x");
+        assert_eq!(event_data(&events[2]), None, "a comment has no data");
+        assert_eq!(event_data(&events[3]).unwrap(), b"\ny");
+        assert_eq!(events[4], b"partial");
+    }
+
+    #[test]
+    fn a_rewritten_event_keeps_its_other_fields() {
+        let raw = b"event: message\r\nid: 7\r\ndata: {\"old\":\r\ndata: 1}\r\n\r\n";
+        let out = with_data(raw, r#"{"new":2}"#);
+        assert_eq!(out, b"event: message\nid: 7\ndata: {\"new\":2}\n\n");
+    }
+
+    #[test]
+    fn body_forms_are_read_from_the_content_type() {
         assert_eq!(
             BodyForm::of("text/event-stream; charset=utf-8"),
             Some(BodyForm::Sse)

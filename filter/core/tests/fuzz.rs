@@ -21,7 +21,7 @@
 )]
 
 use agentplane_core::outcome::State;
-use agentplane_core::{pbstruct, wire, Filter, Flow, MockHost};
+use agentplane_core::{pbstruct, wire, Filter, Flow, MockHost, RequestBody};
 use serde_json::{json, Map, Value};
 
 struct Rng(u64);
@@ -245,7 +245,12 @@ fn one_case(f: &Filter, r: &mut Rng) {
         );
         let id = d.id.clone();
         let body = mcp_body(r);
-        (flow, d) = f.on_request_body(&mut h, body.as_deref());
+        let body = match body.as_deref() {
+            Some(b) => RequestBody::Complete(b),
+            None if r.chance(50) => RequestBody::TooLarge,
+            None => RequestBody::Unreadable,
+        };
+        (flow, d) = f.on_request_body(&mut h, body);
         assert_eq!(d.id, id, "one decision across both phases");
         assert!(d.rpc.is_some());
     }

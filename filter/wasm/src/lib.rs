@@ -19,7 +19,9 @@
 #[allow(unsafe_code)]
 mod abi;
 
-use agentplane_core::{Decision, Filter, Flow, Host, LogLevel, State};
+use agentplane_core::{
+    BodyStep, Decision, Filter, Flow, Host, LogLevel, RequestBody, ResponseBody, State,
+};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -178,7 +180,7 @@ pub(crate) fn on_request_headers(context: u32, eos: bool) -> u32 {
     let (mut flow, mut decision) = filter.on_request_headers(&mut host);
     if flow == Flow::NeedBody && eos {
         // No body will come: decide on an empty one.
-        (flow, decision) = filter.on_request_body(&mut host, Some(&[]));
+        (flow, decision) = filter.on_request_body(&mut host, RequestBody::Complete(&[]));
     }
     with(|p| {
         if let Some(s) = p.streams.get_mut(&context) {
@@ -217,16 +219,18 @@ pub(crate) fn on_request_body(context: u32, size: usize, eos: bool) -> u32 {
             return PAUSE; // StopIterationAndBuffer: Envoy keeps buffering.
         }
         let mut host = EnvoyHost::stream(context, *root);
-        let body = if too_large {
+        let read = if too_large {
             None
         } else {
-            match abi::buffer(abi::REQUEST_BODY, max.saturating_add(1)) {
-                Ok(b) if b.len() <= max => Some(b),
-                Ok(_) => None,
-                Err(_) => Some(Vec::new()),
-            }
+            Some(abi::buffer(abi::REQUEST_BODY, max.saturating_add(1)))
         };
-        let (flow, decision) = filter.on_request_body(&mut host, body.as_deref());
+        let body = match &read {
+            None => RequestBody::TooLarge,
+            Some(Ok(b)) if b.len() <= max => RequestBody::Complete(b),
+            Some(Ok(_)) => RequestBody::TooLarge,
+            Some(Err(_)) => RequestBody::Unreadable,
+        };
+        let (flow, decision) = filter.on_request_body(&mut host, body);
         with(|p| {
             if let Some(s) = p.streams.get_mut(&context) {
                 s.decision = Some(decision);
@@ -261,59 +265,62 @@ pub(crate) fn on_response_headers(context: u32) -> u32 {
     let Some((root, filter, mut decision)) = found else {
         return CONTINUE;
     };
-    let read = filter.on_response_headers(&mut EnvoyHost::stream(context, root), &mut decision);
+    let body = filter.on_response_headers(&mut EnvoyHost::stream(context, root), &mut decision);
     with(|p| {
         if let Some(s) = p.streams.get_mut(&context) {
             s.decision = Some(decision);
-            s.filtering_response = read;
+            s.filtering_response = body != ResponseBody::Untouched;
         }
     });
-    if read {
+    if body == ResponseBody::Buffered {
         PAUSE // the headers wait for the filtered body
     } else {
         CONTINUE
     }
 }
 
-/// A list response being filtered is buffered whole, then replaced by its
-/// filtered form; every other response body streams through untouched.
+/// A JSON list response is buffered whole, then replaced by its filtered
+/// form; an event-stream list is rewritten chunk by chunk; every other
+/// response body streams through untouched.
 pub(crate) fn on_response_body(context: u32, size: usize, eos: bool) -> u32 {
     let found = with(|p| {
-        p.streams.get(&context).and_then(|s| {
-            s.filtering_response
-                .then(|| Some((s.root, s.filter.clone()?, s.decision.clone()?)))
-                .flatten()
+        p.streams.get_mut(&context).and_then(|s| {
+            if !s.filtering_response {
+                return None;
+            }
+            Some((s.root, s.filter.clone()?, s.decision.take()?))
         })
     })
     .flatten();
-    let Some((root, filter, decision)) = found else {
+    let Some((root, filter, mut decision)) = found else {
         return CONTINUE;
     };
-    if !eos {
-        return PAUSE; // StopIterationAndBuffer
-    }
-    let max = filter.config().mcp.max_body_bytes;
-    let body = if size > max {
-        None
-    } else {
-        abi::buffer(abi::RESPONSE_BODY, max).ok()
-    };
-    let out = filter.on_response_body(
+    let step = filter.on_response_body(
         &mut EnvoyHost::stream(context, root),
-        &decision,
-        body.as_deref(),
+        &mut decision,
+        size,
+        eos,
+        || abi::buffer(abi::RESPONSE_BODY, size).ok(),
     );
-    if abi::set_buffer(abi::RESPONSE_BODY, size, &out).is_err() {
-        // The body could not be replaced: end the stream rather than pass
-        // an unfiltered list.
-        return unavailable("list_filter_failed");
-    }
+    let through = decision.list.is_none();
     with(|p| {
         if let Some(s) = p.streams.get_mut(&context) {
-            s.filtering_response = false;
+            s.decision = Some(decision);
+            s.filtering_response = !through;
         }
     });
-    CONTINUE
+    match step {
+        BodyStep::Pass => CONTINUE,
+        BodyStep::Hold => PAUSE, // StopIterationAndBuffer
+        BodyStep::Replace(out) => {
+            if abi::set_buffer(abi::RESPONSE_BODY, size, &out).is_err() {
+                // The body could not be replaced: end the stream rather
+                // than pass an unfiltered list.
+                return unavailable("list_filter_failed");
+            }
+            CONTINUE
+        }
+    }
 }
 
 pub(crate) fn on_log(context: u32) {

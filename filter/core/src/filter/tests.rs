@@ -1133,7 +1133,11 @@ fn mcp_call(
     let (flow, waiting) = f.on_request_headers(&mut h);
     assert_eq!(flow, Flow::NeedBody);
     assert!(h.reply.is_none() && h.header_writes == 0);
-    let (flow, d) = f.on_request_body(&mut h, body.map(str::as_bytes));
+    let body = match body {
+        Some(b) => RequestBody::Complete(b.as_bytes()),
+        None => RequestBody::TooLarge,
+    };
+    let (flow, d) = f.on_request_body(&mut h, body);
     assert_eq!(d.id, waiting.id);
     (flow, d, h)
 }
@@ -1216,6 +1220,25 @@ fn malformed_or_smuggling_mcp_bodies_are_refused_before_the_policy() {
     assert_eq!(h.header_writes, 0);
 }
 
+#[test]
+fn a_body_the_host_cannot_hand_over_is_a_503_not_a_parse_error() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut h = request(
+        "POST",
+        "/mcp://tickets-mcp/mcp",
+        Some(mcp_claims(&["tools:call"])),
+    );
+    let (flow, waiting) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::NeedBody);
+    let (flow, d) = f.on_request_body(&mut h, RequestBody::Unreadable);
+    assert_eq!(flow, Flow::Replied);
+    let reply = h.reply.as_ref().unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(d.id, waiting.id);
+    assert_eq!(body(&h)["error"]["data"]["decision_id"], d.id.as_str());
+    assert_eq!(h.header_writes, 0, "nothing forwarded");
+}
+
 fn body_code(h: &MockHost) -> i64 {
     body(h)["error"]["code"].as_i64().unwrap()
 }
@@ -1253,7 +1276,7 @@ fn a_body_for_a_stream_that_never_waited_fails_closed() {
         Some(mcp_claims(&["tools:call"])),
     );
     h.stream = 99;
-    let (flow, d) = f.on_request_body(&mut h, Some(CALL.as_bytes()));
+    let (flow, d) = f.on_request_body(&mut h, RequestBody::Complete(CALL.as_bytes()));
     assert_eq!(flow, Flow::Replied);
     assert_eq!(d.status(), 503);
 }
@@ -1315,43 +1338,165 @@ fn a_missing_scope_is_named_so_the_client_can_step_up() {
     assert_eq!(reply_header(&h, "www-authenticate"), None);
 }
 
-#[test]
-fn a_tool_list_response_shows_only_the_tools_the_agent_may_call() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+/// A list request through to its response headers, in `content_type`.
+fn list_reply(f: &Filter, content_type: &str) -> (Decision, MockHost, ResponseBody) {
     let list = r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#;
-    let (flow, mut d, mut h) = mcp_call(&f, &["tools:list", "tools:call"], Some(list), &[]);
+    let (flow, mut d, mut h) = mcp_call(f, &["tools:list", "tools:call"], Some(list), &[]);
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     assert!(d.list.is_some());
     h.response_headers = vec![
-        ("content-type".into(), "application/json".into()),
+        ("content-type".into(), content_type.into()),
         ("content-length".into(), "999".into()),
     ];
-    assert!(
-        f.on_response_headers(&mut h, &mut d),
-        "the body must be read"
-    );
-    assert_eq!(h.response_header("content-length"), None);
-    let body = br#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"search_docs"},{"name":"run_shell"},{"name":"delete_ticket"},{"name":"lookup_ticket"}]}}"#;
-    let out: Value = serde_json::from_slice(&f.on_response_body(&mut h, &d, Some(body))).unwrap();
-    let names: Vec<&str> = out["result"]["tools"]
+    let read = f.on_response_headers(&mut h, &mut d);
+    (d, h, read)
+}
+
+const TOOLS: &str = r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"search_docs"},{"name":"run_shell"},{"name":"delete_ticket"},{"name":"lookup_ticket"}]}}"#;
+
+fn tool_names(v: &Value) -> Vec<&str> {
+    v["result"]["tools"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["search_docs", "lookup_ticket"]);
+        .collect()
+}
+
+/// Feeds `chunks` as a response body; returns what the client receives.
+fn stream_through(f: &Filter, d: &mut Decision, h: &mut MockHost, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut held: Vec<u8> = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        held.extend_from_slice(c);
+        let end = i + 1 == chunks.len();
+        let body = held.clone();
+        match f.on_response_body(h, d, body.len(), end, || Some(body.clone())) {
+            BodyStep::Pass => out.append(&mut held),
+            BodyStep::Hold => {}
+            BodyStep::Replace(bytes) => {
+                out.extend(bytes);
+                held.clear();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_tool_list_response_shows_only_the_tools_the_agent_may_call() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let (mut d, mut h, read) = list_reply(&f, "application/json");
+    assert_eq!(read, ResponseBody::Buffered, "the body must be read");
+    assert_eq!(h.response_header("content-length"), None);
+    let body = TOOLS.as_bytes();
+    let (a, b) = body.split_at(40);
+    let out = stream_through(&f, &mut d, &mut h, &[a, b]);
+    let out: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(tool_names(&out), ["search_docs", "lookup_ticket"]);
     // The same list again is answered from the worker's list cache, alike.
-    let again = f.on_response_body(&mut h, &d, Some(body));
+    let (mut d, mut h, _) = list_reply(&f, "application/json");
+    let again = stream_through(&f, &mut d, &mut h, &[body]);
     assert_eq!(serde_json::from_slice::<Value>(&again).unwrap(), out);
-    // Too large to read: an error, never the unfiltered list.
-    let out: Value = serde_json::from_slice(&f.on_response_body(&mut h, &d, None)).unwrap();
-    assert_eq!(out["id"], 5);
-    assert!(out["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("too large"));
     // A tool call's response is not read.
     let (_, mut d, mut h) = mcp_call(&f, &["tools:call"], Some(CALL), &[]);
     h.response_headers = vec![("content-type".into(), "application/json".into())];
-    assert!(!f.on_response_headers(&mut h, &mut d));
+    assert_eq!(
+        f.on_response_headers(&mut h, &mut d),
+        ResponseBody::Untouched
+    );
+}
+
+#[test]
+fn an_oversized_list_response_ends_as_an_error_never_unfiltered() {
+    let mut config: Value = serde_json::from_str(MCP_CONFIG).unwrap();
+    config["mcp"]["max_body_bytes"] = json!(4096);
+    let f = Filter::new(config.to_string().as_bytes(), 7).unwrap();
+    // JSON: too large while buffering.
+    let (mut d, mut h, _) = list_reply(&f, "application/json");
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":5,"result":{{"tools":[{{"name":"run_shell","description":"{}"}}]}}}}"#,
+        "x".repeat(5000)
+    );
+    let (a, b) = big.as_bytes().split_at(4500);
+    let out = stream_through(&f, &mut d, &mut h, &[a, b]);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["id"], 5);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
+    assert_eq!(v["error"]["data"]["decision_id"], d.id.as_str());
+    // An event stream whose list event never ends within the bound: the
+    // events before it pass, then the error; nothing of the list.
+    let (mut d, mut h, read) = list_reply(&f, "text/event-stream");
+    assert_eq!(read, ResponseBody::Streamed);
+    let progress = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
+    let event = format!("data: {big}\n\n");
+    let (a, b) = event.as_bytes().split_at(4200);
+    let out = stream_through(&f, &mut d, &mut h, &[progress, a, b, b"data: more\n\n"]);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with(std::str::from_utf8(progress).unwrap()),
+        "{text}"
+    );
+    assert!(!text.contains("run_shell"), "{text}");
+    assert!(text.contains("too large"), "{text}");
+    assert!(
+        !text.contains("more"),
+        "the rest of a failed stream is dropped"
+    );
+    // Unreadable JSON is an error too.
+    let (mut d, mut h, _) = list_reply(&f, "application/json");
+    let out = stream_through(&f, &mut d, &mut h, &[b"{\"tools\": ["]);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unreadable"));
+}
+
+#[test]
+fn an_event_stream_list_is_filtered_as_chunks_arrive_and_the_rest_streams_through() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let prime = b"id: p0\ndata:\n\n".to_vec();
+    let progress = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\r\n\r\n".to_vec();
+    let result = format!("event: message\nid: r1\ndata: {TOOLS}\n\n").into_bytes();
+    let after = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n".to_vec();
+    let stream = [prime.clone(), progress.clone(), result, after.clone()].concat();
+    // However the network cuts the stream, the client gets the same.
+    let mut seen = None;
+    for cut in [1, 7, 13, 64, 200, stream.len()] {
+        let (mut d, mut h, _) = list_reply(&f, "text/event-stream");
+        let chunks: Vec<&[u8]> = stream.chunks(cut).collect();
+        let out = stream_through(&f, &mut d, &mut h, &chunks);
+        if let Some(s) = &seen {
+            assert_eq!(&out, s, "cut every {cut} bytes");
+        }
+        seen = Some(out);
+    }
+    let out = seen.unwrap();
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert!(out.starts_with(&[prime, progress].concat()), "{text}");
+    assert!(
+        out.ends_with(&after),
+        "events after the answer pass: {text}"
+    );
+    assert!(
+        !text.contains("run_shell") && !text.contains("delete_ticket"),
+        "{text}"
+    );
+    let data = text
+        .split("id: r1\n")
+        .nth(1)
+        .and_then(|e| e.lines().next()?.strip_prefix("data: "))
+        .unwrap();
+    let v: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(tool_names(&v), ["search_docs", "lookup_ticket"]);
+    // After the answer, chunks are not even read.
+    let (mut d, mut h, _) = list_reply(&f, "text/event-stream");
+    let first = format!("data: {TOOLS}\n\n");
+    stream_through(&f, &mut d, &mut h, &[first.as_bytes()]);
+    let step = f.on_response_body(&mut h, &mut d, 3, false, || panic!("not read"));
+    assert_eq!(step, BodyStep::Pass);
 }

@@ -1,0 +1,271 @@
+//! List responses (`tools/list`, `prompts/list`, `resources/list`) shown
+//! through the policy's `visible` rule.
+//!
+//! A JSON body is one message: it is buffered (bounded by
+//! `mcp.max_body_bytes`) and replaced whole. An event stream is filtered as
+//! network chunks arrive: complete events are looked at once, only the
+//! event carrying the list result is rewritten, every other event passes
+//! byte for byte, and only an incomplete event waits (bounded alike). Once
+//! the request's answer went out, the rest streams through untouched.
+//! Whatever cannot be read or decided ends as a JSON-RPC error: an
+//! unfiltered list never passes.
+
+use super::{Decision, Filter, Visible};
+use crate::host::{Host, LogLevel};
+use crate::mcp::{self, BodyForm, ListJob, ListPhase};
+use serde_json::Value;
+use std::rc::Rc;
+
+/// What happens to an upstream response's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// Not read: it streams through.
+    Untouched,
+    /// A JSON list: buffered, then replaced whole (the headers wait).
+    Buffered,
+    /// An event-stream list: filtered chunk by chunk.
+    Streamed,
+}
+
+/// What to do with one chunk of a response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyStep {
+    /// Send it as it is.
+    Pass,
+    /// Keep buffering (a JSON list not yet complete).
+    Hold,
+    /// Send these bytes instead (of the chunk, or of all that was held).
+    Replace(Vec<u8>),
+}
+
+impl Filter {
+    /// Adds the decision id to the upstream response of an allowed request,
+    /// and says whether its body must be read: a list response to filter,
+    /// JSON or an event stream. Its length then changes, so
+    /// `content-length` goes and the response is marked private.
+    pub fn on_response_headers<H: Host>(
+        &self,
+        host: &mut H,
+        decision: &mut Decision,
+    ) -> ResponseBody {
+        for (k, v) in self.reply_headers(decision) {
+            host.set_response_header(k, v);
+        }
+        let Some(job) = decision.list.as_mut() else {
+            return ResponseBody::Untouched;
+        };
+        let form = host
+            .response_header("content-type")
+            .and_then(|c| BodyForm::of(&c));
+        let Some(form) = form else {
+            // Neither form carries a list (an error page, 202): untouched.
+            decision.list = None;
+            return ResponseBody::Untouched;
+        };
+        job.form = Some(form);
+        host.remove_response_header("content-length");
+        host.set_response_header("cache-control", "private, no-store");
+        match form {
+            BodyForm::Json => ResponseBody::Buffered,
+            BodyForm::Sse => ResponseBody::Streamed,
+        }
+    }
+
+    /// One chunk of a response [`Filter::on_response_headers`] asked to
+    /// read: `size` bytes have arrived (for a buffered JSON body, all so
+    /// far), `end` when the body is complete. `read` fetches them, called
+    /// only when they are needed.
+    pub fn on_response_body<H: Host>(
+        &self,
+        host: &mut H,
+        decision: &mut Decision,
+        size: usize,
+        end: bool,
+        read: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> BodyStep {
+        let Decision { id, rpc, list, .. } = decision;
+        let Some(job) = list.as_mut() else {
+            return BodyStep::Pass;
+        };
+        let max = self.config.mcp.max_body_bytes;
+        let form = job.form.unwrap_or(BodyForm::Json);
+        let fail = |job: &mut ListJob, why: &str| {
+            job.phase = ListPhase::Failed;
+            job.events.take_rest();
+            error_body(form, rpc.as_ref(), why, id)
+        };
+        match job.phase {
+            ListPhase::Through => return BodyStep::Pass,
+            ListPhase::Failed => return BodyStep::Replace(Vec::new()),
+            ListPhase::Reading => {}
+        }
+        if form == BodyForm::Json {
+            if size > max {
+                return BodyStep::Replace(fail(job, "list response too large to filter"));
+            }
+            if !end {
+                return BodyStep::Hold;
+            }
+            let Some(body) = read() else {
+                return BodyStep::Replace(fail(job, "list response unreadable"));
+            };
+            let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+                return BodyStep::Replace(fail(job, "list response unreadable"));
+            };
+            job.phase = ListPhase::Through;
+            return match self.show(host, job, &mut v) {
+                Ok(false) => BodyStep::Pass,
+                Ok(true) => match serde_json::to_vec(&v) {
+                    Ok(out) => BodyStep::Replace(out),
+                    Err(_) => BodyStep::Replace(fail(job, "list filter failed")),
+                },
+                Err(why) => BodyStep::Replace(fail(job, why)),
+            };
+        }
+        let Some(chunk) = read() else {
+            return BodyStep::Replace(fail(job, "list response unreadable"));
+        };
+        let mut events = job.events.push(&chunk);
+        if end {
+            // A last event without its blank line still counts: a client
+            // may read it, so it is filtered like any other.
+            let rest = job.events.take_rest();
+            if !rest.is_empty() {
+                events.push(rest);
+            }
+        }
+        let mut out = Vec::with_capacity(chunk.len());
+        for raw in events {
+            if job.phase == ListPhase::Through {
+                out.extend_from_slice(&raw);
+                continue;
+            }
+            let Some(mut v) = mcp::event_data(&raw).and_then(|d| serde_json::from_slice(&d).ok())
+            else {
+                // No JSON-RPC message (a priming event, a comment): as is.
+                out.extend_from_slice(&raw);
+                continue;
+            };
+            let answered = is_answer(&v, rpc.as_ref());
+            match self.show(host, job, &mut v) {
+                Ok(false) => out.extend_from_slice(&raw),
+                Ok(true) => match serde_json::to_string(&v) {
+                    Ok(data) => out.extend(mcp::with_data(&raw, &data)),
+                    Err(_) => {
+                        out.extend(fail(job, "list filter failed"));
+                        return BodyStep::Replace(out);
+                    }
+                },
+                Err(why) => {
+                    // Events already looked at still go; then the error.
+                    out.extend(fail(job, why));
+                    return BodyStep::Replace(out);
+                }
+            }
+            if answered {
+                job.phase = ListPhase::Through;
+            }
+        }
+        if job.phase == ListPhase::Through {
+            out.extend(job.events.take_rest());
+        } else if job.events.pending() > max {
+            out.extend(fail(job, "list response too large to filter"));
+        }
+        if out == chunk {
+            BodyStep::Pass
+        } else {
+            BodyStep::Replace(out)
+        }
+    }
+
+    /// Filters one message if it holds a list: true when it was rewritten.
+    fn show<H: Host>(
+        &self,
+        host: &mut H,
+        job: &ListJob,
+        v: &mut Value,
+    ) -> Result<bool, &'static str> {
+        let Some(listed) = mcp::list_names(v, job.field) else {
+            return Ok(false);
+        };
+        let visible = self.visible(host, job, &listed)?;
+        let Some(names) = visible.as_ref() else {
+            // The policy has no `visible` rule: lists are not filtered.
+            return Ok(false);
+        };
+        mcp::retain_listed(v, job.field, job.private, |n| names.iter().any(|s| s == n));
+        Ok(true)
+    }
+
+    /// The policy's `visible` set for these listed names, on the request's
+    /// input with `input.mcp.listed` added; cached per worker like
+    /// decisions, keyed by the request's decision key and the names.
+    fn visible<H: Host>(
+        &self,
+        host: &mut H,
+        job: &ListJob,
+        listed: &[String],
+    ) -> Result<Visible, &'static str> {
+        let list_key = job.key.as_ref().map(|k| {
+            let mut key = crate::cache::Key::with_capacity(k.len() + 16 * listed.len());
+            key.field(k).field(job.field.as_bytes());
+            for n in listed {
+                key.field(n.as_bytes());
+            }
+            key.into_bytes()
+        });
+        let now = host.now_ns();
+        let lists = self.worker.lists.as_ref();
+        if let Some(hit) = list_key
+            .as_ref()
+            .and_then(|k| lists?.try_borrow_mut().ok()?.get(k, now))
+        {
+            return Ok(hit);
+        }
+        let mut doc = job.doc.clone();
+        if let Ok(o) = doc.as_object_mut() {
+            if let Some(Ok(m)) = o
+                .get_mut(&regorus::Value::from("mcp"))
+                .map(regorus::Value::as_object_mut)
+            {
+                m.insert(
+                    regorus::Value::from("listed"),
+                    crate::value::strings(listed),
+                );
+            }
+        }
+        let verdict = self.policy.evaluate(doc).map_err(|e| {
+            host.log(LogLevel::Warn, &format!("agentplane: list filter: {e}"));
+            "list filter failed"
+        })?;
+        let visible: Visible = Rc::new(verdict.visible);
+        if let (Some(k), Some(until), Some(lists)) = (list_key, verdict.valid_until_ns, lists) {
+            if let Ok(mut c) = lists.try_borrow_mut() {
+                c.insert(k, visible.clone(), now, until);
+            }
+        }
+        Ok(visible)
+    }
+}
+
+/// Whether `v` answers the request (a response carrying its id): after it,
+/// the stream has nothing more to filter.
+fn is_answer(v: &Value, rpc: Option<&Value>) -> bool {
+    let responds = v.get("result").is_some() || v.get("error").is_some();
+    responds && rpc.is_some_and(|id| v.get("id") == Some(id))
+}
+
+/// A JSON-RPC error in the response's form, answering the request.
+fn error_body(form: BodyForm, rpc: Option<&Value>, why: &str, decision_id: &str) -> Vec<u8> {
+    let msg = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": rpc.cloned().unwrap_or(Value::Null),
+        "error": {"code": mcp::code::UNAVAILABLE, "message": why,
+                  "data": {"decision_id": decision_id}},
+    })
+    .to_string();
+    match form {
+        BodyForm::Json => msg.into_bytes(),
+        BodyForm::Sse => format!("event: message\ndata: {msg}\n\n").into_bytes(),
+    }
+}
