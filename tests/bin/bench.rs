@@ -441,6 +441,10 @@ fn main() {
         plugin_config: base_config.clone(),
         vault_port: bao.port,
     };
+    if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("mcp") {
+        mcp_arms(&setup, &base_config, secs, reps, warmup, &idp);
+        return;
+    }
     let mut uncached: serde_json::Value = serde_json::from_str(&base_config).unwrap();
     uncached["decision_cache"] = serde_json::json!({ "enabled": false });
     let logged = |sample: f64| {
@@ -856,30 +860,48 @@ fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmu
         .unwrap();
         p
     };
-    let arms: [(&str, &str, &str, Option<&str>); 4] = [
+    // (name, path, body, upstream answer, Envoy's native MCP filter in
+    // front, the arm it is compared with)
+    let arms: [(&str, &str, &str, Option<&str>, bool, usize); 5] = [
         (
             "S4P same POST, plain service",
             "/mcp://hello-skill/call",
             &body,
             None,
+            false,
+            0,
         ),
         (
             "S4M same POST as MCP tools/call",
             "/mcp://tickets-mcp/mcp",
             &body,
             None,
+            false,
+            0,
         ),
         (
             "S4P-list tools/list answer (50 tools), plain service",
             "/mcp://hello-skill/call",
             &list_body,
             Some(&list_reply),
+            false,
+            2,
         ),
         (
             "S4M-list tools/list, 50 tools filtered",
             "/mcp://tickets-mcp/mcp",
             &list_body,
             Some(&list_reply),
+            false,
+            2,
+        ),
+        (
+            "S4N same POST, plain service, Envoy's MCP filter in front",
+            "/mcp://hello-skill/call",
+            &body,
+            None,
+            true,
+            0,
         ),
     ];
     let arm = Arm {
@@ -893,8 +915,13 @@ fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmu
     for rep in 0..reps {
         for k in 0..arms.len() {
             let i = (k + rep) % arms.len();
-            let (name, path, b, reply) = arms[i];
-            let envoy = Envoy::start_yaml(&render(&arm, setup));
+            let (name, path, b, reply, native, _) = arms[i];
+            let mut rendered = render(&arm, setup);
+            if native {
+                let w = rendered.yaml.find(WASM).unwrap();
+                rendered.yaml.insert_str(w, &snippet("native_mcp.yaml"));
+            }
+            let envoy = Envoy::start_yaml(&rendered);
             let sc = script(path, b, reply);
             wrk(envoy.port, &token, warmup, &sc);
             let cpu0 = cpu_secs(envoy.pid());
@@ -913,9 +940,9 @@ fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmu
     );
     println!("| arm | req/s (median of {reps}) | Envoy CPU µs/req | added over its plain arm |");
     println!("|---|---|---|---|");
-    for (i, ((name, ..), r)) in arms.iter().zip(&rows).enumerate() {
+    for ((name, .., base), r) in arms.iter().zip(&rows) {
         let cpu = median(r.cpu_us.clone());
-        let base = median(rows[i - i % 2].cpu_us.clone());
+        let base = median(rows[*base].cpu_us.clone());
         println!(
             "| {name} | {:.0} | {cpu:.1} | {:.1} |",
             median(r.rps.clone()),
