@@ -48,6 +48,10 @@ pub struct Trail {
     pub agent_type: Option<String>,
     /// Agent team, when known.
     pub team: Option<String>,
+    /// The MCP tool called, when any (limits may count by it).
+    pub tool: Option<String>,
+    /// In-flight leases taken for this request, released at stream end.
+    pub held: crate::limits::Held,
 }
 
 /// Whether an allowed decision with this id falls in the sample.

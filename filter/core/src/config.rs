@@ -232,6 +232,31 @@ pub enum Protocol {
     Mcp,
 }
 
+/// Where rate limits and in-flight caps count (see [`crate::limits`]).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Prefix of the shared-data slot keys. Two filters that must count
+    /// separately (a canary beside the main policy) need different ones.
+    pub table: String,
+    /// Slots per table (rate buckets; in-flight keys): the most keys that
+    /// can count at once, per proxy.
+    pub slots: u64,
+    /// How long an in-flight lease holds without its stream ending
+    /// (a VM that crashed or reloaded cannot hold a slot longer).
+    pub lease_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            table: "agentplane.limits".into(),
+            slots: 4096,
+            lease_ms: 300_000,
+        }
+    }
+}
+
 /// How MCP requests are read (see [`crate::mcp`]).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -628,6 +653,8 @@ struct RawConfig {
     #[serde(default)]
     headers: HeadersConfig,
     #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
     mcp: McpConfig,
     #[serde(default)]
     oauth: Option<OAuthConfig>,
@@ -660,6 +687,8 @@ pub struct Config {
     pub mcp: McpConfig,
     /// Protected resource metadata, when configured.
     pub oauth: Option<OAuthConfig>,
+    /// Where the policy's limits count.
+    pub limits: LimitsConfig,
 }
 
 /// The seed's actions: skills are invoked, tools accessed, data read or written.
@@ -738,7 +767,29 @@ impl Config {
             decision_log,
             mcp,
             oauth,
+            limits,
         } = raw;
+        if !(1..=1 << 20).contains(&limits.slots) {
+            return Err(invalid("limits.slots", "must be between 1 and 1048576"));
+        }
+        if !(1_000..=86_400_000).contains(&limits.lease_ms) {
+            return Err(invalid(
+                "limits.lease_ms",
+                "must be between 1000 and 86400000",
+            ));
+        }
+        if limits.table.is_empty()
+            || limits.table.len() > 64
+            || !limits
+                .table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(invalid(
+                "limits.table",
+                "must be 1-64 characters of [A-Za-z0-9._-]",
+            ));
+        }
         if let Some(o) = &oauth {
             if o.authorization_servers.is_empty()
                 || !o
@@ -1033,6 +1084,7 @@ impl Config {
             decision_log,
             mcp,
             oauth,
+            limits,
         })
     }
 

@@ -73,6 +73,8 @@ pub struct Decision {
     pub rpc: Option<serde_json::Value>,
     /// For an allowed MCP list request: how to filter its response.
     pub list: Option<crate::mcp::ListJob>,
+    /// In-flight leases held until the stream ends.
+    pub held: crate::limits::Held,
 }
 
 impl Decision {
@@ -149,6 +151,12 @@ struct Worker {
     pending: RefCell<HashMap<u32, Decision>>,
     /// Requests waiting for their body (MCP POSTs), by stream id.
     awaiting: RefCell<HashMap<u32, Awaiting>>,
+    /// Where the policy's limits count (shared by every worker).
+    limits: crate::limits::Table,
+    /// This VM's lease owner prefix (the stream id fills the low half).
+    lease_owner: u64,
+    /// Per-limit refusal counters, by limit name (bounded).
+    limit_metrics: RefCell<HashMap<String, Option<u32>>>,
 }
 
 /// What the headers phase ends in.
@@ -262,6 +270,9 @@ impl Filter {
                 exported_log: Cell::new((0, 0)),
                 pending: RefCell::new(HashMap::new()),
                 awaiting: RefCell::new(HashMap::new()),
+                limits: crate::limits::Table::new(&config.limits),
+                lease_owner: (seed ^ (seed >> 32)) << 32,
+                limit_metrics: RefCell::new(HashMap::new()),
             },
             config,
             policy,
@@ -286,6 +297,9 @@ impl Filter {
         self.worker.metrics.define(host);
         if self.worker.broker.is_some() && host.shared_get(secrets::CLAIMS_KEY).is_none() {
             host.shared_set(secrets::CLAIMS_KEY, b"{}", None);
+        }
+        if self.policy.has_limits() {
+            self.worker.limits.create(host);
         }
         host.log(
             LogLevel::Info,
@@ -334,6 +348,7 @@ impl Filter {
                     reserved: false,
                     rpc: None,
                     list: None,
+                    held: Default::default(),
                 };
                 return (Flow::Replied, d);
             }
@@ -348,6 +363,7 @@ impl Filter {
                     reserved,
                     rpc: None,
                     list: None,
+                    held: Default::default(),
                 };
                 self.put_awaiting(
                     host.stream_id(),
@@ -424,7 +440,7 @@ impl Filter {
         &self,
         host: &mut H,
         id: String,
-        trail: Trail,
+        mut trail: Trail,
         reserved: bool,
         t0: u64,
         result: Result<(String, Flow), Refused>,
@@ -453,9 +469,14 @@ impl Filter {
             reserved,
             rpc,
             list: None,
+            held: std::mem::take(&mut trail.held),
         };
         if decision.state == State::Allowed {
             decision.list = trail.list.clone();
+        }
+        if !decision.allowed() {
+            // Refused after its leases were taken: they go back now.
+            self.release_held(host, &mut decision);
         }
         if let State::Denied(d) = &decision.state {
             let mut reply = d.reply(
@@ -532,6 +553,7 @@ impl Filter {
     /// status the client got. A stream that waited for secrets is logged
     /// with how that ended.
     pub fn on_log<H: Host>(&self, host: &mut H, decision: &mut Decision) {
+        self.release_held(host, decision);
         let settled = self
             .take_pending(host.stream_id())
             .filter(|d| d.id == decision.id);
@@ -715,6 +737,13 @@ impl Filter {
             ),
             (Protocol::Http, _) => (self.config.action_for(resource, method), None),
         };
+        if self.policy.has_limits() {
+            // Limits may count by tool (only names they list: see limits).
+            trail.tool = mcp
+                .filter(|m| m.method.as_deref() == Some("tools/call"))
+                .and_then(|m| m.name())
+                .map(str::to_string);
+        }
         let request_id = trail.request_id.clone();
         let facts = RequestFacts {
             method,
@@ -870,6 +899,18 @@ impl Filter {
             Ok(a) => a,
             Err(d) => return Err((d.clone(), Some(agent.clone()))),
         };
+        if !allowed.limits.is_empty() {
+            let facts = crate::limits::Facts {
+                agent,
+                team: allowed.team.as_deref(),
+                agent_type: allowed.kind.as_deref(),
+                service: route.service,
+                tool: trail.tool.as_deref(),
+            };
+            trail.held = self
+                .meter(host, &allowed.limits, &facts)
+                .map_err(|r| (Denial::RateLimited(r), Some(agent.clone())))?;
+        }
         let mut writes: Vec<(&str, &str)> = allowed
             .trusted
             .iter()
@@ -1176,7 +1217,12 @@ impl Filter {
 
     /// A stream ended (possibly while waiting for secrets, possibly before
     /// its log phase).
-    pub fn on_stream_done(&self, stream: u32, decision: Option<&mut Decision>) {
+    pub fn on_stream_done<H: Host>(
+        &self,
+        host: &mut H,
+        stream: u32,
+        decision: Option<&mut Decision>,
+    ) {
         if let Some(mut b) = self
             .worker
             .broker
@@ -1188,6 +1234,7 @@ impl Filter {
         self.take_pending(stream);
         self.take_awaiting(stream);
         if let Some(d) = decision {
+            self.release_held(host, d);
             if std::mem::take(&mut d.reserved) {
                 self.release_reservation();
             }
@@ -1271,6 +1318,7 @@ impl Filter {
             valid_until_ns,
             scope,
             visible: _,
+            limits,
         } = verdict;
         for (k, v) in &extra {
             let lower = k.to_ascii_lowercase();
@@ -1292,6 +1340,7 @@ impl Filter {
                 extra,
                 team: identity.team.clone(),
                 kind: identity.agent_type.clone(),
+                limits,
             })
         } else {
             let status = status.unwrap_or(403);
@@ -1352,6 +1401,8 @@ struct Allowed {
     /// The agent's team and type (secret path templates), from the token.
     team: Option<String>,
     kind: Option<String>,
+    /// The limits the policy applies (counted per request).
+    limits: Vec<crate::limits::Limit>,
 }
 
 /// Who an allowed request is from, for secret paths.
@@ -1367,3 +1418,5 @@ mod tests;
 
 mod listing;
 pub use listing::{BodyStep, ResponseBody};
+
+mod limiting;

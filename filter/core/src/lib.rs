@@ -20,6 +20,7 @@ pub mod headers;
 pub mod host;
 pub mod ids;
 pub mod input;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth;

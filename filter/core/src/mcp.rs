@@ -42,6 +42,8 @@ pub mod code {
     pub const UNAUTHORIZED: i64 = -32002;
     /// Implementation-defined: the gateway could not decide.
     pub const UNAVAILABLE: i64 = -32003;
+    /// agentplane: over a rate limit or in-flight cap (HTTP 429).
+    pub const RATE_LIMITED: i64 = -32004;
 }
 
 /// Bounds on what the parser accepts.

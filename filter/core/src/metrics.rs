@@ -43,6 +43,14 @@ pub enum M {
     LogUnavailable,
     /// Requests refused because the proxy failed a host call (503).
     HostFailure,
+    /// Requests refused by a limit (429).
+    RateLimited,
+    /// Limit slots probed but held by another live key.
+    LimitCollisions,
+    /// Limit slots taken over from a key that had nothing left to lose.
+    LimitEvictions,
+    /// Limit writes that lost a compare-and-swap race and were retried.
+    LimitRetries,
     /// Policy evaluation time, µs (histogram).
     PolicyEvalUs,
 }
@@ -66,6 +74,10 @@ pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
     "agentplane.decision_log.dropped",
     "agentplane.decisions.log_unavailable",
     "agentplane.decisions.proxy_error",
+    "agentplane.decisions.rate_limited",
+    "agentplane.limits.collisions",
+    "agentplane.limits.evictions",
+    "agentplane.limits.cas_retries",
     "agentplane.policy.eval_us",
 ];
 

@@ -48,6 +48,9 @@ pub enum Denial {
         /// The maximum, in bytes.
         max: usize,
     },
+    /// Over a limit the policy applies: 429 with `Retry-After` and the
+    /// RateLimit fields.
+    RateLimited(crate::limits::Refusal),
 }
 
 impl Denial {
@@ -57,6 +60,7 @@ impl Denial {
             Denial::Unauthorized(_) => 401,
             Denial::BadRequest(_) | Denial::Mcp(_) => 400,
             Denial::TooLarge { .. } => 413,
+            Denial::RateLimited(_) => 429,
             Denial::Policy { status, .. } => *status,
             Denial::PolicyError | Denial::UnsafeIdentity(_) => 403,
             Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => 503,
@@ -69,6 +73,7 @@ impl Denial {
             Denial::Unauthorized(_) => "unauthorized",
             Denial::BadRequest(_) | Denial::Mcp(_) => "bad_request",
             Denial::TooLarge { .. } => "payload_too_large",
+            Denial::RateLimited(_) => "rate_limited",
             Denial::Policy { .. } | Denial::PolicyError | Denial::UnsafeIdentity(_) => "forbidden",
             Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => {
                 "unavailable"
@@ -83,6 +88,11 @@ impl Denial {
             Denial::BadRequest(why) => why.clone(),
             Denial::Mcp(e) => e.message.clone(),
             Denial::TooLarge { max } => format!("request body exceeds {max} bytes"),
+            Denial::RateLimited(r) if r.table_full => format!(
+                "limit {} has no free slot in the limits table (limits.slots)",
+                r.limit
+            ),
+            Denial::RateLimited(r) => format!("limit {} exceeded", r.limit),
             Denial::Policy { reasons, .. } if reasons.is_empty() => {
                 "no policy rule allowed the request".into()
             }
@@ -110,6 +120,7 @@ impl Denial {
             Denial::BadRequest(_) | Denial::Mcp(_) | Denial::TooLarge { .. } => M::BadRequest,
             Denial::Policy { .. } | Denial::UnsafeIdentity(_) => M::Denied,
             Denial::PolicyError => M::PolicyError,
+            Denial::RateLimited(_) => M::RateLimited,
             Denial::SecretsUnavailable(_) => M::SecretsUnavailable,
             Denial::LogUnavailable => M::LogUnavailable,
             Denial::HostFailure(_) => M::HostFailure,
@@ -161,6 +172,11 @@ impl Denial {
                 headers.push(("www-authenticate".into(), challenge.into()));
             }
             Denial::Policy { headers: h, .. } => headers.extend(h.iter().cloned()),
+            Denial::RateLimited(r) => {
+                headers.push(("retry-after".into(), r.retry_after_s.to_string()));
+                headers.push(("ratelimit-policy".into(), r.policy.clone()));
+                headers.push(("ratelimit".into(), r.state.clone()));
+            }
             _ => {}
         }
         Reply {
@@ -185,6 +201,7 @@ impl Denial {
             Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => {
                 code::UNAVAILABLE
             }
+            Denial::RateLimited(_) => code::RATE_LIMITED,
         }
     }
 }

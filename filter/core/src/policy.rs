@@ -70,6 +70,9 @@ pub struct Verdict {
     /// `visible` rule, a set of strings). `None` when the policy has no
     /// such rule.
     pub visible: Option<Vec<String>>,
+    /// The limits that apply to the request: the package's `limits` rule
+    /// (see [`crate::limits::parse`]); empty without one.
+    pub limits: Vec<crate::limits::Limit>,
 }
 
 #[derive(Debug)]
@@ -119,7 +122,13 @@ fn entry_module(
     has_valid_until: bool,
     has_scope: bool,
     has_visible: bool,
+    has_limits: bool,
 ) -> String {
+    let limits = if has_limits {
+        "__agentplane_limits := limits\n"
+    } else {
+        ""
+    };
     let visible = if has_visible {
         "__agentplane_visible := visible\n"
     } else {
@@ -152,7 +161,9 @@ fn entry_module(
          {scope}\n\
          default __agentplane_visible := null\n\
          {visible}\n\
-         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until, \"scope\": __agentplane_scope, \"visible\": __agentplane_visible}}\n"
+         default __agentplane_limits := null\n\
+         {limits}\n\
+         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until, \"scope\": __agentplane_scope, \"visible\": __agentplane_visible, \"limits\": __agentplane_limits}}\n"
     )
 }
 
@@ -165,6 +176,8 @@ pub struct Policy {
     rvm_fallback: Option<String>,
     /// The input paths the modules read (`None`: the whole input).
     reads: Option<Vec<crate::reads::Path>>,
+    /// The entrypoint package declares a `limits` rule.
+    limits: bool,
 }
 
 impl Policy {
@@ -226,6 +239,7 @@ impl Policy {
             }
             Ok(false)
         };
+        let mut limits = false;
         let mode = if in_package.is_empty() {
             Mode::Rule(entrypoint.to_string())
         } else {
@@ -235,12 +249,14 @@ impl Policy {
                 )));
             }
             let package = entrypoint.strip_prefix("data.").unwrap_or(entrypoint);
+            limits = declared("limits")?;
             let module = entry_module(
                 package,
                 declared("deny")?,
                 declared("valid_until_ns")?,
                 declared("missing_scope")?,
                 declared("visible")?,
+                limits,
             );
             engine
                 .add_policy(ENTRY_MODULE.to_string(), module)
@@ -255,6 +271,7 @@ impl Policy {
             mode,
             rvm_fallback: None,
             reads: crate::reads::input_reads(modules),
+            limits,
         };
         interpreter
             .eval_rule(&rule, regorus::Value::new_object())
@@ -268,12 +285,19 @@ impl Policy {
                 mode: interpreter.mode,
                 rvm_fallback: None,
                 reads: interpreter.reads,
+                limits,
             }),
             Err(why) => {
                 interpreter.rvm_fallback = Some(why);
                 Ok(interpreter)
             }
         }
+    }
+
+    /// Whether the policy can name limits (its package has a `limits`
+    /// rule): the filter then sets up its shared counting tables.
+    pub fn has_limits(&self) -> bool {
+        self.limits
     }
 
     /// Which backend evaluates requests: `"rvm"` or `"interpreter"`.
@@ -377,12 +401,16 @@ impl Policy {
                     ),
                     Some(_) => Some(Vec::new()),
                 };
+                let limits =
+                    crate::limits::parse(&decision.remove("limits").unwrap_or(Value::Null))
+                        .map_err(PolicyError::BadResult)?;
                 Ok(Verdict {
                     allowed: allowed && reasons.is_empty(),
                     reasons,
                     valid_until_ns,
                     scope,
                     visible,
+                    limits,
                     ..Verdict::default()
                 })
             }
@@ -522,6 +550,7 @@ fn response_object(v: Value) -> Result<Verdict, PolicyError> {
         valid_until_ns: None,
         scope: None,
         visible: None,
+        limits: Vec::new(),
     })
 }
 

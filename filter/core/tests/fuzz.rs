@@ -308,7 +308,8 @@ fn one_case(f: &Filter, r: &mut Rng) {
     }
     f.on_response_headers(&mut h, &mut d);
     f.on_log(&mut h, &mut d);
-    f.on_stream_done(h.stream, Some(&mut d));
+    let stream = h.stream;
+    f.on_stream_done(&mut h, stream, Some(&mut d));
 }
 
 fn cases() -> u64 {

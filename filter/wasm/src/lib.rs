@@ -338,12 +338,17 @@ pub(crate) fn on_log(context: u32) {
 pub(crate) fn on_done(context: u32) {
     let found = with(|p| p.streams.remove(&context)).flatten();
     if let Some(Stream {
+        root,
         filter: Some(filter),
         mut decision,
         ..
     }) = found
     {
-        filter.on_stream_done(context, decision.as_mut());
+        filter.on_stream_done(
+            &mut EnvoyHost::stream(context, root),
+            context,
+            decision.as_mut(),
+        );
     }
 }
 

@@ -1,0 +1,300 @@
+use super::*;
+use crate::host::{LogLevel, MockHost};
+use serde_json::json;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const S: u64 = 1_000_000_000;
+
+fn table(slots: u64) -> Table {
+    Table::new(&LimitsConfig {
+        slots,
+        ..LimitsConfig::default()
+    })
+}
+
+fn limits(v: serde_json::Value) -> Vec<Limit> {
+    parse(&v).unwrap()
+}
+
+fn agent(a: &str) -> Facts<'_> {
+    Facts {
+        agent: a,
+        ..Facts::default()
+    }
+}
+
+fn host_at(t: u64) -> MockHost {
+    MockHost::new().at(t)
+}
+
+/// Admits `n` requests at the host's clock; how many passed.
+fn admitted(t: &Table, h: &mut MockHost, l: &[Limit], f: &Facts<'_>, n: usize) -> usize {
+    let mut ev = Events::default();
+    (0..n)
+        .filter(|i| t.admit(h, l, f, *i as u64, &mut ev).is_ok())
+        .count()
+}
+
+#[test]
+fn a_bucket_admits_its_burst_then_its_rate() {
+    let t = table(64);
+    let l = limits(json!([{"name": "per-agent", "by": ["agent"], "rate": 2, "burst": 5}]));
+    let mut h = host_at(1_000 * S);
+    t.create(&mut h);
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 5, "the burst");
+    let mut ev = Events::default();
+    let r = t.admit(&mut h, &l, &agent("a"), 99, &mut ev).unwrap_err();
+    assert_eq!(r.limit, "per-agent");
+    assert_eq!(r.retry_after_s, 1);
+    assert_eq!(r.policy, "\"per-agent\";q=5;w=3");
+    assert!(r.state.starts_with("\"per-agent\";r=0;t="), "{}", r.state);
+    // Half a second later: one more token (2 per second).
+    h.now_ns += S / 2;
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 1);
+    // A clock that steps back gives nothing back.
+    h.now_ns -= 10 * S;
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 0);
+    // Another agent has its own bucket.
+    assert_eq!(admitted(&t, &mut h, &l, &agent("b"), 10), 5);
+}
+
+#[test]
+fn a_request_costs_what_the_limit_says() {
+    let t = table(64);
+    let l = limits(json!([{"name": "heavy", "rate": 1, "burst": 5, "cost": 2}]));
+    let mut h = host_at(S);
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 5), 2);
+    let free = limits(json!([{"name": "free", "rate": 1, "burst": 1, "cost": 0}]));
+    assert_eq!(admitted(&t, &mut h, &free, &agent("a"), 50), 50);
+}
+
+#[test]
+fn every_bucket_has_room_or_none_is_charged() {
+    let t = table(64);
+    let l = limits(json!([
+        {"name": "agent", "by": ["agent"], "rate": 1, "burst": 10},
+        {"name": "team", "by": ["team"], "rate": 1, "burst": 3},
+    ]));
+    let mut h = host_at(S);
+    let f = Facts {
+        agent: "a",
+        team: Some("t1"),
+        ..Facts::default()
+    };
+    assert_eq!(admitted(&t, &mut h, &l, &f, 10), 3, "the team's 3");
+    // The agent's bucket was charged only for the 3 that passed: 7 left.
+    let agent_only = limits(json!([{"name": "agent", "by": ["agent"], "rate": 1, "burst": 10}]));
+    assert_eq!(admitted(&t, &mut h, &agent_only, &f, 10), 7);
+}
+
+/// A host that lets another worker act between this worker's read and its
+/// compare-and-swap, once per write, as a second Envoy worker would.
+struct Racing<'a> {
+    inner: MockHost,
+    other: Option<(&'a Table, &'a [Limit], MockHost)>,
+    other_passed: usize,
+    writes: usize,
+}
+
+impl Host for Racing<'_> {
+    fn property(&self, p: &[&str]) -> Option<Vec<u8>> {
+        self.inner.property(p)
+    }
+    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        None
+    }
+    fn set_request_header(&mut self, _: &str, _: &str) -> bool {
+        false
+    }
+    fn remove_request_header(&mut self, _: &[u8]) -> bool {
+        false
+    }
+    fn set_response_header(&mut self, _: &str, _: &str) {}
+    fn send_reply(&mut self, _: u16, _: &[(&str, &str)], _: &[u8]) {}
+    fn now_ns(&self) -> u64 {
+        self.inner.now_ns
+    }
+    fn log(&self, _: LogLevel, _: &str) {}
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.inner.shared_get(key)
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.writes += 1;
+        // Every other write of this worker loses a race to the other one.
+        let race = self.writes % 2 == 1;
+        if let Some((t, l, mut h)) = self.other.take_if(|_| race) {
+            let mut ev = Events::default();
+            if t.admit(&mut h, l, &agent("a"), 7, &mut ev).is_ok() {
+                self.other_passed += 1;
+            }
+            self.other = Some((t, l, h));
+        }
+        self.inner.shared_set(key, value, cas)
+    }
+}
+
+#[test]
+fn two_workers_racing_for_one_bucket_never_overdraw_it() {
+    let t = table(64);
+    let l = limits(json!([
+        {"name": "agent", "rate": 1, "burst": 20},
+        {"name": "global", "by": ["global"], "rate": 1, "burst": 1000},
+    ]));
+    let a = host_at(S);
+    let mut b = host_at(S);
+    b.shared = a.shared.clone(); // one proxy, two workers
+    t.create(&mut b); // both workers configured before traffic
+    let mut racing = Racing {
+        inner: a,
+        other: Some((&t, &l, b)),
+        other_passed: 0,
+        writes: 0,
+    };
+    let mut ev = Events::default();
+    let mut mine = 0;
+    for i in 0..40 {
+        if t.admit(&mut racing, &l, &agent("a"), i, &mut ev).is_ok() {
+            mine += 1;
+        }
+    }
+    assert_eq!(mine + racing.other_passed, 20, "exactly the burst, shared");
+    assert!(mine > 0 && racing.other_passed > 0, "both drew");
+    assert!(ev.retries > 0, "the races were seen and retried");
+    // The global bucket was charged exactly once per admitted request.
+    let global = limits(json!([{"name": "global", "by": ["global"], "rate": 1, "burst": 1000}]));
+    let mut h = host_at(S);
+    h.shared = racing.inner.shared.clone();
+    assert_eq!(admitted(&t, &mut h, &global, &agent("x"), 1000), 980);
+}
+
+#[test]
+fn an_in_flight_slot_is_released_when_the_stream_ends_or_its_lease_runs_out() {
+    let t = table(64);
+    let l = limits(json!([{"name": "inflight", "in_flight": 2}]));
+    let mut h = host_at(S);
+    let mut ev = Events::default();
+    let one = t.admit(&mut h, &l, &agent("a"), 1, &mut ev).unwrap();
+    let two = t.admit(&mut h, &l, &agent("a"), 2, &mut ev).unwrap();
+    let r = t.admit(&mut h, &l, &agent("a"), 3, &mut ev).unwrap_err();
+    assert_eq!(r.limit, "inflight");
+    assert_eq!(r.policy, "\"inflight\";q=2");
+    t.release(&mut h, &one);
+    let three = t.admit(&mut h, &l, &agent("a"), 3, &mut ev).unwrap();
+    assert!(t.admit(&mut h, &l, &agent("a"), 4, &mut ev).is_err());
+    // Releasing twice frees nothing more.
+    t.release(&mut h, &one);
+    assert!(t.admit(&mut h, &l, &agent("a"), 4, &mut ev).is_err());
+    // A VM gone without releasing: its leases expire.
+    drop((two, three));
+    h.now_ns += LimitsConfig::default().lease_ms * 1_000_000 + 1;
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 5), 2);
+}
+
+#[test]
+fn a_refused_rate_releases_the_in_flight_lease_it_took() {
+    let t = table(64);
+    let l = limits(json!([
+        {"name": "inflight", "in_flight": 1},
+        {"name": "rate", "rate": 1, "burst": 1},
+    ]));
+    let mut h = host_at(S);
+    let mut ev = Events::default();
+    let first = t.admit(&mut h, &l, &agent("a"), 1, &mut ev).unwrap();
+    t.release(&mut h, &first);
+    let r = t.admit(&mut h, &l, &agent("a"), 2, &mut ev).unwrap_err();
+    assert_eq!(r.limit, "rate");
+    // The lease the refused request took is back.
+    let only_flight = limits(json!([{"name": "inflight", "in_flight": 1}]));
+    assert!(t
+        .admit(&mut h, &only_flight, &agent("a"), 3, &mut ev)
+        .is_ok());
+}
+
+#[test]
+fn an_evicted_key_gets_no_quota_it_would_not_otherwise_have() {
+    // One slot for everyone: keys compete for it.
+    let t = table(1);
+    let l = limits(json!([{"name": "r", "rate": 1, "burst": 2}]));
+    let mut h = host_at(10 * S);
+    let mut ev = Events::default();
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 2);
+    // While a's bucket is not full again, b finds no free slot: refused
+    // (never counted in another key's bucket, never given a fresh one).
+    let r = t.admit(&mut h, &l, &agent("b"), 1, &mut ev).unwrap_err();
+    assert!(r.table_full);
+    assert!(ev.collisions > 0);
+    // Once a's bucket has refilled, b takes the slot over: a loses
+    // nothing, since a full bucket is what an absent key has.
+    h.now_ns += 2 * S;
+    assert!(t.admit(&mut h, &l, &agent("b"), 2, &mut ev).is_ok());
+    assert_eq!(ev.evictions, 1);
+    let r = t.admit(&mut h, &l, &agent("a"), 3, &mut ev).unwrap_err();
+    assert!(r.table_full, "a waits for b's bucket to refill");
+}
+
+#[test]
+fn a_tool_the_limit_does_not_name_counts_in_one_overflow_bucket() {
+    let t = table(256);
+    let l = limits(
+        json!([{"name": "per-tool", "by": ["agent", "tool"], "tools": ["lookup_ticket"], "rate": 1, "burst": 2}]),
+    );
+    let mut h = host_at(S);
+    fn tool(name: &str) -> Facts<'_> {
+        Facts {
+            agent: "a",
+            tool: Some(name),
+            ..Facts::default()
+        }
+    }
+    assert_eq!(admitted(&t, &mut h, &l, &tool("lookup_ticket"), 5), 2);
+    // Minted names all share one bucket.
+    let minted: usize = (0..10)
+        .map(|i| {
+            let name = format!("made_up_{i}");
+            admitted(&t, &mut h, &l, &tool(&name), 1)
+        })
+        .sum();
+    assert_eq!(minted, 2);
+    assert_eq!(
+        l[0].key(&tool("made_up_1")),
+        l[0].key(&tool("made_up_2")),
+        "one key"
+    );
+}
+
+#[test]
+fn malformed_limits_are_errors_not_silently_dropped() {
+    for bad in [
+        json!({"name": "x"}),
+        json!([{"by": ["agent"], "rate": 1}]),
+        json!([{"name": "has space", "rate": 1}]),
+        json!([{"name": "x", "rate": 0}]),
+        json!([{"name": "x", "rate": -1}]),
+        json!([{"name": "x", "rate": 1, "by": ["ip"]}]),
+        json!([{"name": "x", "rate": 1, "by": "agent"}]),
+        json!([{"name": "x", "rate": 1, "burst": 0}]),
+        json!([{"name": "x", "rate": 1, "burst": 2, "cost": 3}]),
+        json!([{"name": "x", "in_flight": 0}]),
+        json!([{"name": "x", "in_flight": 65}]),
+        json!([{"name": "x", "in_flight": 1, "rate": 1}]),
+        json!([{"name": "x", "rate": 1, "tools": [1]}]),
+        json!([{"name": "x"}]),
+        json!((0..17)
+            .map(|i| json!({"name": format!("l{i}"), "rate": 1}))
+            .collect::<Vec<_>>()),
+    ] {
+        assert!(parse(&bad).is_err(), "{bad}");
+    }
+    let l = limits(json!([{"name": "x", "rate": 100, "period_s": 60}]));
+    assert_eq!(
+        l[0].kind,
+        Kind::Rate {
+            interval_ns: 600_000_000,
+            burst: 100,
+            cost: 1
+        }
+    );
+    assert_eq!(l[0].by, [Dim::Agent], "by agent unless told");
+    assert!(parse(&serde_json::Value::Null).unwrap().is_empty());
+}
