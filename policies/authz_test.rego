@@ -279,3 +279,30 @@ test_a_tool_list_shows_only_callable_tools if {
 	authz.visible == {"search_docs", "lookup_ticket", "delete_ticket"} with input as tool_list(["tools:list", "tools:call", "tickets:delete"], ["search_docs", "delete_ticket", "lookup_ticket"])
 	count(authz.visible) == 0 with input as tool_list(["tools:list"], ["search_docs"])
 }
+
+# Limits (policies/limits.rego).
+
+experimental_agent := object.union(support_agent, {"id": "lab-agent@clients", "type": "experimental"})
+
+test_limits_come_from_the_agent_type_layer if {
+	inp := req(experimental_agent, skill, "invoke_skill", "POST", noon)
+	names := {l.name | some l in authz.limits} with input as inp
+	names == {"experimental", "experimental.in_flight"}
+}
+
+test_no_layer_limits_no_limits if {
+	count(authz.limits) == 0 with input as ok
+}
+
+test_a_tool_named_in_data_is_limited_by_agent_and_tool if {
+	some l in authz.limits with input as tool_call("delete_ticket", {}, ["tools:call"])
+	l.name == "tool.delete_ticket"
+	l.by == ["agent", "tool"]
+	l.tools == ["delete_ticket"]
+	l.rate == 1
+	l.period_s == 60
+}
+
+test_an_invented_tool_gets_no_limit_of_its_own if {
+	count(authz.limits) == 0 with input as tool_call("made_up_tool", {}, ["tools:call"])
+}

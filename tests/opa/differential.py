@@ -50,7 +50,20 @@ def opa_decision(eng, inp):
     u = until[0]["x"] if until else None
     # The filter reuses a decision only for a positive integer lifetime.
     u = u if isinstance(u, int) and not isinstance(u, bool) and u > 0 else None
-    return {"allow": bool(a) and not d, "deny": d, "valid_until_ns": u}
+    lim = eng.eval_query("x := data.mcp.authz.limits", inp)
+    return {"allow": bool(a) and not d, "deny": d, "valid_until_ns": u,
+            "limits": sorted(limit_summary(l) for l in (lim[0]["x"] if lim else []))}
+
+
+def limit_summary(l):
+    """The filter's `Limit::summary` of one raw limit object (its defaults)."""
+    import math
+    by = ",".join(l.get("by", ["agent"]))
+    if "in_flight" in l:
+        size = f"in_flight={l['in_flight']}"
+    else:
+        size = f"burst={l.get('burst', max(1, math.ceil(l['rate'])))}"
+    return f"{l['name']}|{by}|{size}"
 
 
 def corpus():
@@ -274,6 +287,7 @@ def main():
         want = json.loads((case / "expected.json").read_text())
         got = opa_decision(eng, inp)
         got.pop("valid_until_ns")  # cases fix the decision, not its lifetime
+        got.pop("limits")
         want = {"allow": want["allow"], "deny": sorted(want["deny"])}
         if got == want:
             passed += 1
@@ -289,7 +303,7 @@ def main():
     allowed = 0
     for inp, mine in zip(inputs, ours):
         theirs = opa_decision(eng, inp)
-        mine = {"allow": mine.get("allow"), "deny": sorted(mine.get("deny", [])), "valid_until_ns": mine.get("valid_until_ns"), **({"error": mine["error"]} if "error" in mine else {})}
+        mine = {"allow": mine.get("allow"), "deny": sorted(mine.get("deny", [])), "valid_until_ns": mine.get("valid_until_ns"), "limits": mine.get("limits", []), **({"error": mine["error"]} if "error" in mine else {})}
         if mine == theirs:
             passed += 1
             allowed += theirs["allow"]
@@ -318,7 +332,11 @@ def main():
                 print(f"UNSOUND fast_ok with reasons {rs[0]['r']}: {json.dumps(inp)}")
             else:
                 passed += 1
-    print(f"differential: {len(tests)} Rego tests, {len(inputs)} corpus inputs ({allowed} allowed, {fast} on the fast path)")
+    limited = sum(1 for m in ours if m.get("limits"))
+    print(f"differential: {len(tests)} Rego tests, {len(inputs)} corpus inputs ({allowed} allowed, {fast} on the fast path, {limited} with limits)")
+    if not limited:
+        failed += 1
+        print("the corpus never reaches a limit: the limits comparison would be vacuous")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

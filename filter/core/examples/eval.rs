@@ -1,5 +1,6 @@
 //! Evaluates the embedded policy for a JSON array of input documents read
-//! from stdin and prints a JSON array of `{"allow", "deny", "valid_until_ns"}` (or `{"error"}`)
+//! from stdin and prints a JSON array of `{"allow", "deny", "valid_until_ns",
+//! "limits"}` (or `{"error"}`)
 //! results. The OPA differential test drives it.
 //!
 //! With `AGENTPLANE_EVAL_REPEAT=N` it instead evaluates each input N times
@@ -54,7 +55,12 @@ fn main() -> ExitCode {
     let out: Vec<serde_json::Value> = inputs
         .into_iter()
         .map(|i| match policy.evaluate_json(&i) {
-            Ok(v) => serde_json::json!({"allow": v.allowed, "deny": v.reasons, "valid_until_ns": v.valid_until_ns}),
+            Ok(v) => {
+                let mut limits: Vec<String> =
+                    v.limits.iter().map(agentplane_core::limits::Limit::summary).collect();
+                limits.sort();
+                serde_json::json!({"allow": v.allowed, "deny": v.reasons, "valid_until_ns": v.valid_until_ns, "limits": limits})
+            }
             Err(e) => serde_json::json!({"error": e.to_string()}),
         })
         .collect();

@@ -66,7 +66,8 @@ impl Dim {
         })
     }
 
-    fn name(self) -> &'static str {
+    /// The dimension's name in a limit's `by`.
+    pub fn name(self) -> &'static str {
         match self {
             Dim::Global => "global",
             Dim::Agent => "agent",
@@ -256,6 +257,17 @@ pub struct Facts<'a> {
 }
 
 impl Limit {
+    /// One line naming the limit's shape (`name|by,..|burst=N` or
+    /// `name|by,..|in_flight=N`): the differential test compares these.
+    pub fn summary(&self) -> String {
+        let by: Vec<&str> = self.by.iter().map(|d| d.name()).collect();
+        let size = match self.kind {
+            Kind::Rate { burst, .. } => format!("burst={burst}"),
+            Kind::InFlight { max } => format!("in_flight={max}"),
+        };
+        format!("{}|{}|{size}", self.name, by.join(","))
+    }
+
     /// The key this request counts under: the limit's name and each
     /// dimension's value, length-prefixed.
     pub fn key(&self, f: &Facts<'_>) -> Vec<u8> {
