@@ -1416,6 +1416,9 @@ struct Who<'a> {
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod limit_tests;
+
 mod listing;
 pub use listing::{BodyStep, ResponseBody};
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-const NOON: u64 = 1_746_273_600_000_000_000;
+pub(super) const NOON: u64 = 1_746_273_600_000_000_000;
 const EARLY: u64 = 1_746_252_000_000_000_000;
 
 const CONFIG: &str = r#"{"resources": {
@@ -22,7 +22,7 @@ fn filter() -> Filter {
     Filter::new(CONFIG.as_bytes(), 7).unwrap()
 }
 
-fn claims(extra: Value) -> Value {
+pub(super) fn claims(extra: Value) -> Value {
     let mut c = json!({
         "sub": "support-triage@clients",
         "exp": 1_746_277_200,
@@ -37,7 +37,7 @@ fn claims(extra: Value) -> Value {
     c
 }
 
-fn request(method: &str, path: &str, payload: Option<Value>) -> MockHost {
+pub(super) fn request(method: &str, path: &str, payload: Option<Value>) -> MockHost {
     let mut h = MockHost::new()
         .at(NOON)
         .with_header(":method", method)
@@ -55,11 +55,11 @@ fn request(method: &str, path: &str, payload: Option<Value>) -> MockHost {
     h
 }
 
-fn body(h: &MockHost) -> Value {
+pub(super) fn body(h: &MockHost) -> Value {
     serde_json::from_slice(&h.reply.as_ref().expect("a reply").body).unwrap()
 }
 
-fn reply_header<'a>(h: &'a MockHost, name: &str) -> Option<&'a str> {
+pub(super) fn reply_header<'a>(h: &'a MockHost, name: &str) -> Option<&'a str> {
     h.reply
         .as_ref()?
         .headers
@@ -1110,12 +1110,12 @@ fn policy_headers_cannot_overwrite_trusted_or_pseudo_headers() {
 
 // --- MCP -------------------------------------------------------------
 
-const MCP_CONFIG: &str = r#"{"resources": {
+pub(super) const MCP_CONFIG: &str = r#"{"resources": {
     "tickets-mcp": {"type": "tool", "protocol": "mcp",
         "metadata": {"team": "customer-success", "environment": "production"}}
 }, "mcp": {"max_body_bytes": 2048}}"#;
 
-fn mcp_claims(perms: &[&str]) -> Value {
+pub(super) fn mcp_claims(perms: &[&str]) -> Value {
     claims(json!({ "permissions": perms }))
 }
 
