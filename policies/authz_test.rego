@@ -287,7 +287,14 @@ experimental_agent := object.union(support_agent, {"id": "lab-agent@clients", "t
 test_limits_come_from_the_agent_type_layer if {
 	inp := req(experimental_agent, skill, "invoke_skill", "POST", noon)
 	names := {l.name | some l in authz.limits} with input as inp
-	names == {"experimental", "experimental.in_flight"}
+	names == {"experimental"}
+}
+
+test_limits_come_from_the_agent_layer if {
+	batch := object.union(support_agent, {"id": "batch-runner@clients"})
+	inp := req(batch, skill, "invoke_skill", "POST", noon)
+	some l in authz.limits with input as inp
+	l == {"name": "batch-runner.in_flight", "by": ["agent"], "in_flight": 2}
 }
 
 test_no_layer_limits_no_limits if {

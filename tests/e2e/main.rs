@@ -14,5 +14,6 @@ mod audit;
 mod authz;
 mod config;
 mod identity;
+mod limits;
 mod mcp;
 mod secrets;

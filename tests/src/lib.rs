@@ -378,6 +378,10 @@ fn serve(
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
+        // A slow upstream, when a test asks for one.
+        if let Some(ms) = header("x-test-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+        }
         // Tests that need a server's answer (an MCP list result) name it:
         // `x-test-reply` as JSON, `x-test-reply-sse` as one SSE event.
         let (content_type, out) = if let Some(r) = header("x-test-reply") {
@@ -461,8 +465,7 @@ pub fn send_raw(port: u16, request: &[u8]) -> Result<Response, String> {
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(|e| e.to_string())?;
     s.write_all(request).map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let raw = read_response(&mut s)?;
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -488,6 +491,38 @@ pub fn send_raw(port: u16, request: &[u8]) -> Result<Response, String> {
         headers,
         body,
     })
+}
+
+/// One response's bytes: up to its `content-length` when it has one (a
+/// local reply's connection can stay open for Envoy's delayed close, up to
+/// a second), else to the end of the stream.
+fn read_response(s: &mut TcpStream) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        if head.contains("transfer-encoding:") {
+            continue; // read to the end
+        }
+        let len = head.lines().find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+        if let Some(len) = len {
+            if raw.len() >= end + 4 + len {
+                raw.truncate(end + 4 + len);
+                return Ok(raw);
+            }
+        }
+    }
 }
 
 fn dechunk(mut rest: &str) -> String {

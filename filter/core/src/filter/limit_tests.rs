@@ -1,6 +1,7 @@
 //! The policy's limits through the request path (`MockHost`; the shipped
-//! policy gives `experimental` agents 10 requests of burst at 5/s and 2 in
-//! flight, and `delete_ticket` 3 calls per agent at 1 a minute).
+//! policy gives `experimental` agents 10 requests of burst at 5/s,
+//! `batch-runner@clients` 2 requests in flight, and `delete_ticket` 3
+//! calls per agent at 1 a minute).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -139,13 +140,13 @@ fn refused_requests_never_consume() {
 fn an_in_flight_cap_frees_its_slot_however_the_stream_ends() {
     let f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
     let shared = SharedData::default();
-    let who = || lab_agent("lab-1@clients");
+    let who = || claims(json!({"sub": "batch-runner@clients"}));
     let (mut one, mut h1) = send(&f, &shared, 1, "/mcp://hello-skill/go", who(), true);
     let (_two, _h2) = send(&f, &shared, 2, "/mcp://hello-skill/go", who(), true);
     assert!(one.allowed());
     let (d, h) = send(&f, &shared, 3, "/mcp://hello-skill/go", who(), true);
     assert_eq!(h.reply.as_ref().unwrap().status, 429);
-    assert_eq!(body(&h)["reason"], "limit experimental.in_flight exceeded");
+    assert_eq!(body(&h)["reason"], "limit batch-runner.in_flight exceeded");
     assert!(d.held.is_empty(), "a refusal holds nothing");
     // The first stream is reset: Envoy calls done without a log.
     f.on_stream_done(&mut h1, 1, Some(&mut one));

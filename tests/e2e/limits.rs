@@ -1,0 +1,217 @@
+//! Rate limits and in-flight caps through real Envoy with two workers: one
+//! bucket per key for the whole proxy, drawn from by both workers.
+//!
+//! The shipped policy gives `experimental` agents 5 requests/s with a
+//! burst of 10, and `batch-runner@clients` 2 requests in flight.
+
+use agentplane_e2e::{default_plugin_config, render_envoy, Envoy, EnvoySetup, Idp, Upstream};
+use std::time::{Duration, Instant};
+
+struct Proxy {
+    idp: Idp,
+    upstream: Upstream,
+    envoy: Envoy,
+}
+
+fn two_workers() -> Proxy {
+    let idp = Idp::new();
+    let upstream = Upstream::start();
+    let mut r = render_envoy(
+        &EnvoySetup {
+            jwks: idp.jwks(),
+            upstream_port: upstream.port,
+            plugin_config: default_plugin_config(),
+            vault_port: agentplane_e2e::free_port(),
+        },
+        true,
+    );
+    r.workers = 2;
+    let envoy = Envoy::start_yaml(&r);
+    Proxy {
+        idp,
+        upstream,
+        envoy,
+    }
+}
+
+impl Proxy {
+    fn bearer(&self, sub: &str, kind: &str, perms: &[&str]) -> String {
+        let t = self
+            .idp
+            .agent_token(sub, "customer-success", kind, "production", perms);
+        format!("Bearer {t}")
+    }
+
+    /// The number of connections each worker accepted.
+    fn connections_per_worker(&self) -> Vec<u64> {
+        let stats = self
+            .envoy
+            .admin("/stats?filter=worker_.*downstream_cx_total");
+        stats
+            .lines()
+            .filter(|l| l.starts_with("listener.") && !l.contains("admin"))
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
+            .collect()
+    }
+}
+
+/// The limit holds for the whole proxy, not per worker: 32 clients on
+/// their own connections (spread over both workers) hammer for 2 s; the
+/// agent gets its burst plus its rate over the time it tried, within one
+/// request either way, where two per-worker buckets would have given it
+/// about twice that. Requests the policy refuses never count.
+#[test]
+fn a_looping_agent_gets_its_burst_plus_its_rate_across_workers() {
+    let p = two_workers();
+    let lab = p.bearer(
+        "lab-1@clients",
+        "experimental",
+        &["skills:invoke", "data:write"],
+    );
+    // Refused by the policy (experimental agents may not write data):
+    // these consume nothing.
+    for _ in 0..20 {
+        let r = p
+            .envoy
+            .request("POST", "/mcp://customer-data/x", &[("authorization", &lab)]);
+        assert_eq!(r.status, 403, "{r:?}");
+    }
+    let port = p.envoy.port;
+    let start = Instant::now();
+    let run = Duration::from_secs(2);
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let lab = lab.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while start.elapsed() < run {
+                    let r = agentplane_e2e::http(
+                        port,
+                        "POST",
+                        "/mcp://sentiment-analysis/x",
+                        &[("authorization", &lab)],
+                        "",
+                    );
+                    seen.push(r);
+                }
+                seen
+            })
+        })
+        .collect();
+    let all: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let tried = start.elapsed().as_secs_f64();
+    let allowed = all.iter().filter(|r| r.status == 200).count() as f64;
+    let limited: Vec<_> = all.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        allowed as usize + limited.len(),
+        all.len(),
+        "only 200 or 429"
+    );
+    let workers = p.connections_per_worker();
+    assert!(
+        workers.len() == 2 && workers.iter().all(|&n| n > 0),
+        "both workers took connections: {workers:?}"
+    );
+    // Burst 10 plus 5/s over the time requests were sent.
+    let expected = 10.0 + 5.0 * tried;
+    eprintln!(
+        "limits accuracy: {allowed} allowed of {} requests in {tried:.3} s on workers {workers:?}; burst + rate x t = {expected:.2}",
+        all.len()
+    );
+    assert!(
+        (allowed - expected).abs() <= 2.0,
+        "{allowed} allowed in {tried:.2} s, expected {expected:.1} ± 2 ({} requests)",
+        all.len()
+    );
+    // The 429's shape.
+    let r = limited[0];
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(body["reason"], "limit experimental exceeded");
+    assert_eq!(
+        body["decision_id"].as_str(),
+        r.header("x-decision-id"),
+        "{r:?}"
+    );
+    assert!(r
+        .header("retry-after")
+        .is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"experimental\";q=10;w=2")
+    );
+    assert!(r
+        .header("ratelimit")
+        .unwrap()
+        .starts_with("\"experimental\";r=0;t="));
+    // Another agent of the same type has its own bucket.
+    let other = p.bearer("lab-2@clients", "experimental", &["skills:invoke"]);
+    let r = p.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/x",
+        &[("authorization", &other)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    // The upstream saw exactly the allowed ones (plus that last one).
+    assert_eq!(p.upstream.seen().len(), allowed as usize + 1);
+    let stats = p.envoy.admin("/stats?filter=agentplane");
+    assert!(
+        stats.contains("agentplane.limits.refused.experimental: "),
+        "{stats}"
+    );
+}
+
+/// A slow upstream: of 5 concurrent requests from an agent capped at 2 in
+/// flight, 2 reach it and 3 get an immediate 429; once they finish, the
+/// slots are free again.
+#[test]
+fn an_in_flight_cap_holds_against_a_slow_upstream_and_frees_its_slots() {
+    let p = two_workers();
+    let auth = p.bearer("batch-runner@clients", "support", &["skills:invoke"]);
+    let port = p.envoy.port;
+    let t0 = Instant::now();
+    let calls: Vec<_> = (0..5)
+        .map(|i| {
+            let auth = auth.clone();
+            std::thread::spawn(move || {
+                // Stagger so the first two are surely in flight first.
+                std::thread::sleep(Duration::from_millis(if i < 2 { 0 } else { 300 }));
+                let r = agentplane_e2e::http(
+                    port,
+                    "POST",
+                    "/mcp://sentiment-analysis/slow",
+                    &[("authorization", &auth), ("x-test-delay-ms", "1500")],
+                    "",
+                );
+                (r.status, t0.elapsed())
+            })
+        })
+        .collect();
+    let mut results: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    results.sort();
+    let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    for (status, took) in &results {
+        if *status == 429 {
+            assert!(
+                *took < Duration::from_millis(1400),
+                "refused at once: {took:?}"
+            );
+        }
+    }
+    // Both finished: their slots are back.
+    let r = p.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/again",
+        &[("authorization", &auth)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("ratelimit"),
+        None,
+        "an allowed response carries no limit fields"
+    );
+}
