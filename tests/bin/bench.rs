@@ -668,7 +668,7 @@ fn many_agents(
     // MIX: 100 agents. MIX-hard: 2,000, so that agent × target keys (8,000)
     // outnumber the decision cache (1,024 entries by default) and each
     // comes back only after 8,000 other requests.
-    let mint = |n: usize| -> Vec<String> {
+    let mint = |n: usize, kind: &str| -> Vec<String> {
         (0..n)
             .map(|i| {
                 let perms: &[&str] = if i % 5 == 4 {
@@ -679,15 +679,20 @@ fn many_agents(
                 idp.agent_token(
                     &format!("agent-{i:04}@clients"),
                     "customer-success",
-                    "support",
+                    kind,
                     "production",
                     perms,
                 )
             })
             .collect()
     };
-    let few = mint(100);
-    let many = mint(2000);
+    let few = mint(100, "support");
+    let many = mint(2000, "support");
+    // The same agents as `metered` ones: the shipped data gives that type
+    // one rate limit per agent (10,000/s, never reached here), so S4Q
+    // counts every allowed request in shared data and S4 does not.
+    let few_metered = mint(100, "metered");
+    let many_metered = mint(2000, "metered");
     let arm = |name: &str, kind: Kind, enforces: bool, pc: Option<&str>| Arm {
         name: name.into(),
         kind,
@@ -707,6 +712,12 @@ fn many_agents(
             true,
             Some(uncached),
         ),
+        arm(
+            "S4Q S4, one rate limit per agent",
+            Kind::Filter,
+            true,
+            Some(base_config),
+        ),
     ];
     if let Ok(only) = std::env::var("AGENTPLANE_BENCH_ARMS") {
         let keep: Vec<&str> = only.split(',').collect();
@@ -725,7 +736,12 @@ fn many_agents(
                 rows[i].startup.push(t0.elapsed().as_secs_f64());
                 let mut go = |secs: u32| {
                     run_no += 1;
-                    let tokens = if hard { &many } else { &few };
+                    let tokens = match (hard, a.name.starts_with("S4Q")) {
+                        (false, false) => &few,
+                        (true, false) => &many,
+                        (false, true) => &few_metered,
+                        (true, true) => &many_metered,
+                    };
                     let script = many_script(tokens, hard, run_no * 10_000_000);
                     let r = wrk(envoy.port, "unused", secs, &script);
                     std::fs::remove_file(&script).ok();
@@ -967,6 +983,17 @@ struct Row {
 fn targets(rows: &[Row], soak: Option<(f64, f64)>, wasm_bytes: u64) {
     let get = |w: &str, a: &str| rows.iter().find(|r| r.workload == w && r.arm == a);
     let mut lines: Vec<(String, String, String, Option<bool>)> = Vec::new();
+    for w in ["MIX", "MIX-hard"] {
+        if let (Some(q), Some(s4)) = (get(w, "S4Q"), get(w, "S4")) {
+            let d = q.cpu - s4.cpu;
+            lines.push((
+                format!("{w}: one rate limit per agent, S4Q CPU over S4 (issue 12)"),
+                "≤ 5 µs".into(),
+                format!("{d:.1} µs"),
+                Some(d <= 5.0),
+            ));
+        }
+    }
     let mut ratio = |name: &str, w: &str, a: &str, b: &str, min: f64| {
         if let (Some(x), Some(y)) = (get(w, a), get(w, b)) {
             let v = x.rps / y.rps;

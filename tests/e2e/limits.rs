@@ -215,3 +215,66 @@ fn an_in_flight_cap_holds_against_a_slow_upstream_and_frees_its_slots() {
         "an allowed response carries no limit fields"
     );
 }
+
+/// `envoy/ratelimit/`, the fleet-wide path (Envoy's rate limit filter after
+/// agentplane, descriptors from its trusted headers, an RLS cluster), put
+/// into the shipped Envoy config, is accepted by Envoy itself
+/// (`--mode validate`). A broken snippet fails here, not in a user's fleet.
+#[test]
+fn the_fleet_wide_rate_limit_example_is_a_valid_envoy_config() {
+    let root = agentplane_e2e::repo_root().join("envoy/ratelimit");
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
+    let indent = |text: &str, n: usize| -> String {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{}{l}\n", " ".repeat(n)))
+            .collect()
+    };
+    let mut r = render_envoy(
+        &EnvoySetup {
+            jwks: Idp::new().jwks(),
+            upstream_port: agentplane_e2e::free_port(),
+            plugin_config: default_plugin_config(),
+            vault_port: agentplane_e2e::free_port(),
+        },
+        true,
+    );
+    let y = &mut r.yaml;
+    let router = y
+        .find("          - name: envoy.filters.http.router")
+        .unwrap();
+    y.insert_str(router, &indent(&read("filter.yaml"), 10));
+    let domains = "              domains: [\"*\"]\n";
+    let vh = y.find(domains).unwrap() + domains.len();
+    y.insert_str(vh, &indent(&read("virtual-host.yaml"), 14));
+    let clusters = "  clusters:\n";
+    let c = y.find(clusters).unwrap() + clusters.len();
+    y.insert_str(c, &indent(&read("cluster.yaml"), 2));
+    assert!(y.contains("envoy.filters.http.ratelimit") && y.contains("descriptor_key: tool"));
+    let path = std::env::temp_dir().join(format!("agentplane-fleet-{}.yaml", std::process::id()));
+    std::fs::write(&path, &*y).unwrap();
+    let out = std::process::Command::new(agentplane_e2e::envoy_bin())
+        .args([
+            "--mode",
+            "validate",
+            "--use-dynamic-base-id",
+            "-l",
+            "error",
+            "-c",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The service's own config names the same descriptor keys.
+    let svc = read("service-config.yaml");
+    for key in ["key: agent", "key: team", "key: tool"] {
+        assert!(svc.contains(key), "{key}");
+    }
+}

@@ -115,6 +115,11 @@ pub struct Filter {
     worker: Worker,
 }
 
+/// The MCP tool an allowed `tools/call` names, for the upstream (and a
+/// fleet-wide rate limit service's descriptors). In the stripped
+/// `x-agent-` namespace: a client cannot set it.
+pub const TOOL_HEADER: &str = "x-agent-tool";
+
 /// A request body the filter waited for, as the host delivered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestBody<'a> {
@@ -737,13 +742,12 @@ impl Filter {
             ),
             (Protocol::Http, _) => (self.config.action_for(resource, method), None),
         };
-        if self.policy.has_limits() {
-            // Limits may count by tool (only names they list: see limits).
-            trail.tool = mcp
-                .filter(|m| m.method.as_deref() == Some("tools/call"))
-                .and_then(|m| m.name())
-                .map(str::to_string);
-        }
+        // The tool called: limits may count by it (only names they list),
+        // and it goes upstream as `x-agent-tool` for fleet-wide limits.
+        trail.tool = mcp
+            .filter(|m| m.method.as_deref() == Some("tools/call"))
+            .and_then(|m| m.name())
+            .map(str::to_string);
         let request_id = trail.request_id.clone();
         let facts = RequestFacts {
             method,
@@ -918,6 +922,13 @@ impl Filter {
             .chain(allowed.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .collect();
         writes.push(("x-request-id", request_id));
+        let tool = trail
+            .tool
+            .clone()
+            .filter(|t| check_value(t, self.config.headers.max_value_bytes).is_ok());
+        if let Some(tool) = &tool {
+            writes.push((TOOL_HEADER, tool));
+        }
         if let Some(service) = route.service {
             if check_value(service, self.config.headers.max_value_bytes).is_err() {
                 return Err(bad("service name cannot be sent as a header"));

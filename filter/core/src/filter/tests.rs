@@ -1147,11 +1147,18 @@ const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"
 #[test]
 fn an_mcp_tool_call_is_decided_on_its_body() {
     let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
-    let (flow, d, h) = mcp_call(&f, &["tools:call"], Some(CALL), &[]);
+    let (flow, d, h) = mcp_call(
+        &f,
+        &["tools:call"],
+        Some(CALL),
+        &[("x-agent-tool", "run_shell")],
+    );
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     assert!(d.allowed());
     assert_eq!(h.header_values("x-agent-id"), ["support-triage@clients"]);
     assert_eq!(h.header_values(":path"), ["/mcp"]);
+    // The tool goes upstream as a trusted header; a client's is gone.
+    assert_eq!(h.header_values("x-agent-tool"), ["lookup_ticket"]);
 }
 
 #[test]
