@@ -13,15 +13,15 @@
 # applies has room.
 package mcp.authz
 
-layer_limits(layer) := object.get(layer, "limits", [])
+# One rule body for the four layers: a request's decision evaluates it
+# whenever the decision cache misses, so it stays one pass.
+limits contains l if some l in global_layer.limits
 
-limits contains l if some l in layer_limits(global_layer)
+limits contains l if some l in team_layer.limits
 
-limits contains l if some l in layer_limits(team_layer)
+limits contains l if some l in type_layer.limits
 
-limits contains l if some l in layer_limits(type_layer)
-
-limits contains l if some l in layer_limits(agent_layer)
+limits contains l if some l in agent_layer.limits
 
 # A tool named in data is counted by name: the limit lists it in `tools`,
 # so a name a client invents never mints a bucket of its own.

@@ -12,6 +12,12 @@ use std::time::Instant;
 
 const CONFIG: &str = include_str!("../../../envoy/agentplane.json");
 
+/// `AGENTPLANE_MIX_TYPE=metered` gives every agent the shipped data's
+/// per-agent rate limit (the bench's S4Q arm).
+fn agent_type() -> String {
+    std::env::var("AGENTPLANE_MIX_TYPE").unwrap_or_else(|_| "support".into())
+}
+
 fn metadata(i: usize) -> Vec<u8> {
     let perms: Vec<&str> = if i % 5 == 4 {
         vec![]
@@ -23,7 +29,7 @@ fn metadata(i: usize) -> Vec<u8> {
         "sub": format!("agent-{i:04}@clients"), "azp": format!("agent-{i:04}@clients"),
         "gty": "client-credentials", "iat": 1746270000, "exp": 1746277200,
         "permissions": perms,
-        "https://mcp.example.com/agent_type": "support",
+        "https://mcp.example.com/agent_type": agent_type(),
         "https://mcp.example.com/team": "customer-success",
         "https://mcp.example.com/environment": "production",
     }});
