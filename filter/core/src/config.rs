@@ -251,7 +251,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             table: "agentplane.limits".into(),
-            slots: 4096,
+            slots: 16384,
             lease_ms: 300_000,
         }
     }
