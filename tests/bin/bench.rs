@@ -815,6 +815,10 @@ fn many_agents(
     out
 }
 
+/// One MCP arm: name, path, body, the upstream's answer, Envoy's native
+/// MCP filter in front, and the arm it is compared with.
+type McpArm<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, bool, usize);
+
 /// Issue 11's MCP arm: the same ~1 KB POST through agentplane, once to a
 /// plain service (S4P: the body streams through unread) and once as an
 /// MCP `tools/call` to a service with `"protocol": "mcp"` (S4M: the body
@@ -878,7 +882,7 @@ fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmu
     };
     // (name, path, body, upstream answer, Envoy's native MCP filter in
     // front, the arm it is compared with)
-    let arms: [(&str, &str, &str, Option<&str>, bool, usize); 5] = [
+    let arms: [McpArm; 5] = [
         (
             "S4P same POST, plain service",
             "/mcp://hello-skill/call",
