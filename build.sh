@@ -149,6 +149,15 @@ lint() {
   cargo clippy -q -p agentplane-filter -p agentplane-core --target wasm32-wasip1 -- -D warnings
 }
 
+# The identity provider (oidc-provider, pinned in idp/package.json), under
+# the machine's Node.js.
+ensure_idp() {
+  ensure_node
+  [ -f "$ROOT/idp/node_modules/oidc-provider/package.json" ] && return
+  log "installing the identity provider (npm oidc-provider, idp/package.json)"
+  npm install --silent --no-audit --no-fund --prefix "$ROOT/idp" >/dev/null
+}
+
 run_tests() {
   deps
   lint
@@ -171,7 +180,8 @@ run_tests() {
     "$ROOT/target/release/agentplane-bench" 1 1
   core_benches 20
   build_trap
-  log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION)"
+  ensure_idp
+  log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION, oidc-provider)"
   ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" AGENTPLANE_TRAP_WASM="$TRAP_WASM" \
     cargo test -p agentplane-e2e --test e2e -- --test-threads 2
 }

@@ -10,6 +10,7 @@
 )]
 
 mod adversarial;
+mod agents;
 mod audit;
 mod authz;
 mod config;

@@ -14,6 +14,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod provider;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jwt_compact::alg::{Rsa, RsaPrivateKey};

@@ -1,0 +1,134 @@
+//! Agents with identities from a real identity provider (oidc-provider,
+//! `idp/server.mjs`), calling through Envoy + agentplane with the SDK.
+
+use agentplane_agent::{Agent, ClientCredentials, Error, SystemClock, TokenCache};
+use agentplane_e2e::provider::{IdProvider, Registered};
+use agentplane_e2e::{
+    default_plugin_config, render_envoy, Envoy, EnvoySetup, Upstream, AUDIENCE, ISSUER,
+};
+use serde_json::json;
+
+struct World {
+    idp: IdProvider,
+    upstream: Upstream,
+    envoy: Envoy,
+}
+
+/// Envoy verifying the provider's tokens (its issuer, its JWKS).
+fn world() -> World {
+    let idp = IdProvider::start();
+    let upstream = Upstream::start();
+    let mut r = render_envoy(
+        &EnvoySetup {
+            jwks: idp.jwks(),
+            upstream_port: upstream.port,
+            plugin_config: default_plugin_config(),
+            vault_port: agentplane_e2e::free_port(),
+        },
+        true,
+    );
+    r.yaml = r.yaml.replace(ISSUER, &idp.issuer());
+    let envoy = Envoy::start_yaml(&r);
+    World {
+        idp,
+        upstream,
+        envoy,
+    }
+}
+
+fn agent(w: &World, a: &Registered, scope: &str) -> Agent<ClientCredentials, SystemClock> {
+    let creds = ClientCredentials::new(&w.idp.token_url(), &a.client_id, &a.client_secret)
+        .resource(AUDIENCE)
+        .scope(scope);
+    Agent::new(
+        &format!("http://127.0.0.1:{}", w.envoy.port),
+        TokenCache::new(creds, SystemClock),
+    )
+}
+
+/// Register at the provider (RFC 7591), get a token (client credentials,
+/// resource-bound JWT), call through the sidecar: the attributes given at
+/// registration are the identity agentplane decides on; a refusal comes
+/// back as a typed error with its decision id; deregistration ends it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registered_agent_calls_through_the_sidecar_until_it_is_deregistered() {
+    let w = world();
+    let reg = w.idp.register(
+        "support-triage",
+        "support",
+        "customer-success",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    let a = agent(&w, &reg, "skills:invoke data:read");
+    let out = a
+        .call_skill(
+            "sentiment-analysis",
+            "analyze",
+            &json!({"text": "it broke"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["path"], "/analyze", "{out}");
+    let seen = w.upstream.seen();
+    let up = seen.last().unwrap();
+    assert_eq!(
+        up.one("x-agent-id").as_deref(),
+        Some(reg.client_id.as_str())
+    );
+    assert_eq!(up.one("x-agent-team").as_deref(), Some("customer-success"));
+    assert_eq!(up.one("x-agent-type").as_deref(), Some("support"));
+    assert!(
+        up.one("authorization").is_none(),
+        "the token stays at the sidecar"
+    );
+    assert!(
+        up.one("traceparent")
+            .is_some_and(|t| t.starts_with(&format!("00-{}-", a.trace_id()))),
+        "{:?}",
+        up.one("traceparent")
+    );
+
+    // Not registered with data:write: a typed refusal.
+    let e = a
+        .write_data("customer-lookup", "customers/42", &json!({"note": "x"}))
+        .await
+        .unwrap_err();
+    let d = e.denial().expect("a denial");
+    assert_eq!(d.status, 403);
+    assert!(d.reason.contains("data:write"), "{d}");
+    assert!(d.decision_id.as_deref().is_some_and(|id| id.len() == 36));
+
+    // Deregistered: no new token, a clear error.
+    assert_eq!(w.idp.deregister(&reg).status, 204);
+    assert_eq!(w.idp.token_response(&reg, "skills:invoke").status, 401);
+    let after = agent(&w, &reg, "skills:invoke");
+    match after
+        .call_skill("sentiment-analysis", "analyze", &json!({}))
+        .await
+    {
+        Err(Error::Token(m)) => assert!(m.contains("refused"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A provider that is down is a clear error, not a hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_that_is_down_is_a_clear_error() {
+    let w = world();
+    let reg = w
+        .idp
+        .register("x", "support", "ml", "production", &["skills:invoke"]);
+    let a = agent(&w, &reg, "skills:invoke");
+    drop(w.idp);
+    let t0 = std::time::Instant::now();
+    let e = a
+        .call_skill("sentiment-analysis", "x", &json!({}))
+        .await
+        .unwrap_err();
+    assert!(t0.elapsed() < std::time::Duration::from_secs(15));
+    assert!(
+        matches!(e, Error::Token(ref m) if m.contains("unreachable")),
+        "{e}"
+    );
+}
