@@ -8,15 +8,17 @@
 // - dynamic client registration (RFC 7591) behind an initial access
 //   token, and deregistration (RFC 7592) with the registration access
 //   token it hands out;
-// - JWKS at /jwks; `POST /admin/rotate` (with the initial access token)
-//   publishes a new key first and signs with it from then on.
+// - JWKS at /jwks; `POST /admin/keys/publish` then `/admin/keys/sign`
+//   (with the initial access token) rotate the signing key.
 //
 // Environment: ISSUER (default http://127.0.0.1:<port>), PORT (0: any;
 // the port is printed as `listening <port>`), AUDIENCE, INITIAL_ACCESS_TOKEN,
-// CLAIMS_NAMESPACE (default https://mcp.example.com/), TOKEN_TTL (s, 300).
-// Registrations live in memory: a restart forgets every agent.
+// CLAIMS_NAMESPACE (default https://mcp.example.com/), TOKEN_TTL (s, 300),
+// DATA_FILE (where registrations persist across restarts; without it they
+// live in memory and a restart forgets every agent).
 
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import Provider from 'oidc-provider';
 
@@ -50,10 +52,73 @@ function validate(key, value) {
   }
 }
 
+// Storage shared by every provider instance of this process (a key
+// rotation builds a new one), with registrations (the Client model) kept
+// in DATA_FILE when set, so a restart keeps every registered agent.
+const store = new Map();
+const dataFile = env.DATA_FILE;
+if (dataFile && existsSync(dataFile)) {
+  for (const [k, v] of Object.entries(JSON.parse(readFileSync(dataFile, 'utf8')))) store.set(k, v);
+}
+function persist() {
+  if (!dataFile) return;
+  const clients = Object.fromEntries([...store].filter(([k]) => k.startsWith('Client:')));
+  writeFileSync(`${dataFile}.tmp`, JSON.stringify(clients));
+  renameSync(`${dataFile}.tmp`, dataFile);
+}
+
+class Adapter {
+  constructor(name) {
+    this.name = name;
+  }
+  key(id) {
+    return `${this.name}:${id}`;
+  }
+  async upsert(id, payload, expiresIn) {
+    const exp = expiresIn ? Date.now() + expiresIn * 1000 : undefined;
+    store.set(this.key(id), { payload, exp });
+    if (payload.grantId) {
+      const g = `grant:${payload.grantId}`;
+      store.set(g, [...(store.get(g) ?? []), this.key(id)]);
+    }
+    if (this.name === 'Client') persist();
+  }
+  async find(id) {
+    const e = store.get(this.key(id));
+    if (!e) return undefined;
+    if (e.exp && e.exp < Date.now()) {
+      store.delete(this.key(id));
+      return undefined;
+    }
+    return e.payload;
+  }
+  async findByUid(uid) {
+    for (const [k, e] of store) if (k.startsWith(`${this.name}:`) && e.payload?.uid === uid) return e.payload;
+    return undefined;
+  }
+  async findByUserCode(code) {
+    for (const [k, e] of store) if (k.startsWith(`${this.name}:`) && e.payload?.userCode === code) return e.payload;
+    return undefined;
+  }
+  async consume(id) {
+    const e = store.get(this.key(id));
+    if (e) e.payload.consumed = Math.floor(Date.now() / 1000);
+  }
+  async destroy(id) {
+    store.delete(this.key(id));
+    if (this.name === 'Client') persist();
+  }
+  async revokeByGrantId(grantId) {
+    for (const k of store.get(`grant:${grantId}`) ?? []) store.delete(k);
+    store.delete(`grant:${grantId}`);
+  }
+}
+
 async function start(keys, server) {
   const issuer = env.ISSUER ?? `http://127.0.0.1:${server.address().port}`;
   const provider = new Provider(issuer, {
     jwks: { keys },
+    adapter: Adapter,
     clients: [],
     features: {
       devInteractions: { enabled: false },
@@ -104,16 +169,26 @@ let keys = [newKey()];
 const server = createServer();
 let provider;
 server.on('request', async (req, res) => {
-  if (req.method === 'POST' && req.url === '/admin/rotate') {
+  // Key rotation in two steps, as a provider should do it: publish the
+  // next key (verifiers fetch it while the current one still signs), then
+  // sign with it (the old one stays published for tokens already issued).
+  if (req.method === 'POST' && req.url.startsWith('/admin/keys/')) {
     if (req.headers.authorization !== `Bearer ${iat}`) {
       res.writeHead(401).end();
       return;
     }
-    // Publish the new key first (it leads the set, so it signs); the old
-    // one stays published for tokens already issued.
-    keys = [newKey(), keys[0]];
+    const step = req.url.slice('/admin/keys/'.length);
+    if (step === 'publish') {
+      keys = [...keys, newKey()];
+    } else if (step === 'sign' && keys.length > 1) {
+      keys = [keys[keys.length - 1], ...keys.slice(0, -1)];
+    } else {
+      res.writeHead(400).end();
+      return;
+    }
     provider = await start(keys, server);
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kid: keys[0].kid }));
+    res.writeHead(200, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ signing: keys[0].kid, published: keys.map((k) => k.kid) }));
     return;
   }
   provider.callback()(req, res);

@@ -20,7 +20,7 @@ fn world() -> World {
     let upstream = Upstream::start();
     let mut r = render_envoy(
         &EnvoySetup {
-            jwks: idp.jwks(),
+            jwks: "{}".into(), // replaced by remote_jwks below
             upstream_port: upstream.port,
             plugin_config: default_plugin_config(),
             vault_port: agentplane_e2e::free_port(),
@@ -28,6 +28,26 @@ fn world() -> World {
         true,
     );
     r.yaml = r.yaml.replace(ISSUER, &idp.issuer());
+    // jwt_authn fetches the provider's keys itself (remote JWKS, a short
+    // cache), as a deployment would: nothing is copied into the config.
+    let y = &mut r.yaml;
+    let a = y.find("                  local_jwks:").unwrap();
+    let b = a + y[a..].find("                  from_headers:").unwrap();
+    y.replace_range(
+        a..b,
+        &format!(
+            "                  remote_jwks:\n                    http_uri: {{ uri: \"{}/jwks\", cluster: idp, timeout: 2s }}\n                    cache_duration: 1s\n                    async_fetch: {{}}\n",
+            idp.issuer()
+        ),
+    );
+    let c = y.find("  clusters:\n").unwrap() + "  clusters:\n".len();
+    y.insert_str(
+        c,
+        &format!(
+            "  - name: idp\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: idp\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
+            idp.port
+        ),
+    );
     let envoy = Envoy::start_yaml(&r);
     World {
         idp,
@@ -131,4 +151,76 @@ async fn a_provider_that_is_down_is_a_clear_error() {
         matches!(e, Error::Token(ref m) if m.contains("unreachable")),
         "{e}"
     );
+}
+
+fn kid(token: &str) -> String {
+    use base64::Engine;
+    let head = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head)
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    v["kid"].as_str().unwrap_or_default().to_string()
+}
+
+fn token(w: &World, a: &Registered) -> String {
+    let r = w.idp.token_response(a, "skills:invoke");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+/// Key rotation at the provider (publish the next key, then sign with it)
+/// is picked up by Envoy's remote JWKS without a restart; tokens signed
+/// with the old key keep working while it is published.
+#[test]
+fn a_key_rotation_at_the_provider_is_picked_up_without_restarting_envoy() {
+    let w = world();
+    let reg = w.idp.register(
+        "rotating",
+        "support",
+        "ml",
+        "production",
+        &["skills:invoke"],
+    );
+    let call = |t: &str| {
+        w.envoy
+            .request(
+                "POST",
+                "/mcp://sentiment-analysis/x",
+                &[("authorization", &format!("Bearer {t}"))],
+            )
+            .status
+    };
+    let old = token(&w, &reg);
+    assert_eq!(call(&old), 200);
+    w.idp.keys("publish");
+    let signing = w.idp.keys("sign");
+    let new = token(&w, &reg);
+    assert_eq!(kid(&new), signing);
+    assert_ne!(kid(&new), kid(&old));
+    // Within a few cache periods (1 s) Envoy has the new key.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut status = call(&new);
+    while status != 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        status = call(&new);
+    }
+    assert_eq!(status, 200, "the new key was never picked up");
+    assert_eq!(call(&old), 200, "the old key is still published");
+}
+
+/// With a data file, the provider keeps its registrations across a
+/// restart (without one they live in memory: README, "Agents").
+#[test]
+fn registrations_survive_a_provider_restart_with_a_data_file() {
+    let file = std::env::temp_dir().join(format!("agentplane-idp-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let first = IdProvider::start_with("iat-restart", Some(&file));
+    let reg = first.register("kept", "support", "ml", "production", &["skills:invoke"]);
+    drop(first);
+    let second = IdProvider::start_with("iat-restart", Some(&file));
+    let r = second.token_response(&reg, "skills:invoke");
+    std::fs::remove_file(&file).ok();
+    assert_eq!(r.status, 200, "{}", r.body);
 }

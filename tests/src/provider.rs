@@ -38,6 +38,13 @@ impl IdProvider {
     /// Starts `idp/server.mjs` on a port it picks itself.
     pub fn start() -> IdProvider {
         let iat = format!("iat-{}-{}", std::process::id(), rand::random::<u64>());
+        IdProvider::start_with(&iat, None)
+    }
+
+    /// Starts it with a given initial access token, keeping registrations
+    /// in `data_file` when given (a restart then keeps them).
+    pub fn start_with(iat: &str, data_file: Option<&std::path::Path>) -> IdProvider {
+        let iat = iat.to_string();
         let dir = idp_dir();
         let mut child = Command::new("node")
             .arg(dir.join("server.mjs"))
@@ -45,6 +52,7 @@ impl IdProvider {
             .env("PORT", "0")
             .env("INITIAL_ACCESS_TOKEN", &iat)
             .env("AUDIENCE", crate::AUDIENCE)
+            .envs(data_file.map(|f| ("DATA_FILE", f.as_os_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -154,20 +162,20 @@ impl IdProvider {
         )
     }
 
-    /// Publishes a new signing key (it signs from now on; the old one stays
-    /// published).
-    pub fn rotate(&self) -> String {
+    /// A key rotation step: `publish` the next key, or `sign` with it.
+    /// Returns the signing key id.
+    pub fn keys(&self, step: &str) -> String {
         let auth = format!("Bearer {}", self.initial_access_token);
         let r = http(
             self.port,
             "POST",
-            "/admin/rotate",
+            &format!("/admin/keys/{step}"),
             &[("authorization", &auth)],
             "",
         );
         assert_eq!(r.status, 200, "{}", r.body);
         let v: Value = serde_json::from_str(&r.body).unwrap();
-        v["kid"].as_str().unwrap_or_default().to_string()
+        v["signing"].as_str().unwrap_or_default().to_string()
     }
 }
 
