@@ -181,6 +181,7 @@ run_tests() {
   core_benches 20
   build_trap
   ensure_idp
+  cargo build -q -p agentplane-agent
   log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION, oidc-provider)"
   ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" AGENTPLANE_TRAP_WASM="$TRAP_WASM" \
     cargo test -p agentplane-e2e --test e2e -- --test-threads 2

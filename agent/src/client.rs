@@ -88,7 +88,7 @@ impl<S: TokenSource, C: Clock> Agent<S, C> {
 
     /// One call with its retries: a 401 refreshes the token once; the rest
     /// follows [`crate::retry`].
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: &str,
         service: &str,

@@ -16,7 +16,9 @@ pub mod error;
 pub mod retry;
 pub mod token;
 pub mod trace;
+pub mod workflow;
 
 pub use client::{Agent, Step};
 pub use error::{Denial, Error};
 pub use token::{ClientCredentials, Clock, SystemClock, TokenCache, TokenSource};
+pub use workflow::Workflow;

@@ -224,3 +224,146 @@ fn registrations_survive_a_provider_restart_with_a_data_file() {
     std::fs::remove_file(&file).ok();
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// `target/debug/agentplane-agent` (`./build.sh test` builds it).
+fn cli() -> std::process::Command {
+    let bin = agentplane_e2e::repo_root().join("target/debug/agentplane-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: ./build.sh test builds it",
+        bin.display()
+    );
+    std::process::Command::new(bin)
+}
+
+/// The whole onboarding: `agentplane-agent register` creates the client at
+/// the provider and the agent's secret in OpenBao; the agent runs the
+/// shipped support workflow through the sidecar (one step refused and
+/// recorded, one skipped by its condition); `deregister` removes both, and
+/// the agent can no longer get a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cli_registered_agent_runs_the_support_workflow_then_is_offboarded() {
+    let w = world();
+    let bao = agentplane_e2e::Bao::start();
+    let vault = format!("http://127.0.0.1:{}", bao.port);
+    let out = cli()
+        .args([
+            "register",
+            "--idp",
+            &w.idp.issuer(),
+            "--initial-access-token",
+        ])
+        .arg(&w.idp.initial_access_token)
+        .args([
+            "--name",
+            "support-triage",
+            "--type",
+            "support",
+            "--team",
+            "customer-success",
+        ])
+        .args([
+            "--env",
+            "production",
+            "--perm",
+            "skills:invoke",
+            "--perm",
+            "data:read",
+        ])
+        .args([
+            "--perm",
+            "tools:access",
+            "--vault",
+            &vault,
+            "--vault-token",
+            &bao.root,
+        ])
+        .args(["--secret", "api_key=k-123"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reg: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = reg["client_id"].as_str().unwrap().to_string();
+    let secret_path = format!("/v1/secret/data/mcp/agents/{id}/credentials");
+    assert_eq!(
+        bao.api("GET", &secret_path, serde_json::Value::Null)["data"]["data"]["api_key"],
+        "k-123"
+    );
+
+    let registered = Registered {
+        client_id: id.clone(),
+        client_secret: reg["client_secret"].as_str().unwrap().into(),
+        registration_client_uri: reg["registration_client_uri"].as_str().unwrap().into(),
+        registration_access_token: reg["registration_access_token"].as_str().unwrap().into(),
+    };
+    let a = agent(&w, &registered, "skills:invoke data:read tools:access");
+    let text = std::fs::read_to_string(
+        agentplane_e2e::repo_root().join("examples/workflows/support.yaml"),
+    )
+    .unwrap();
+    let wf = agentplane_agent::Workflow::parse(&text).unwrap();
+    let inputs = json!({"customer_id": "42", "ticket_text": "my order is broken"});
+    let outputs = a
+        .run(&wf, inputs.as_object().unwrap().clone())
+        .await
+        .unwrap();
+    // The echo service answers with what it received.
+    assert_eq!(outputs["customer"]["path"], "/customers/42");
+    assert_eq!(outputs["sentiment"]["method"], "POST");
+    // save-note needs data:write: refused, recorded, the run went on.
+    assert_eq!(outputs["save-note"]["error"]["status"], 403);
+    assert!(outputs["save-note"]["error"]["decision_id"].is_string());
+    // The sentiment was not "negative": escalate was skipped.
+    assert!(outputs.get("related").is_none());
+    // Every call of the run is one trace.
+    let traces: std::collections::BTreeSet<String> = w
+        .upstream
+        .seen()
+        .iter()
+        .filter_map(|s| s.one("traceparent"))
+        .map(|t| t.split('-').nth(1).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(traces.into_iter().collect::<Vec<_>>(), [a.trace_id()]);
+
+    let out = cli()
+        .args([
+            "deregister",
+            "--registration-uri",
+            &registered.registration_client_uri,
+        ])
+        .args([
+            "--registration-token",
+            &registered.registration_access_token,
+        ])
+        .args([
+            "--client-id",
+            &id,
+            "--vault",
+            &vault,
+            "--vault-token",
+            &bao.root,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        w.idp.token_response(&registered, "skills:invoke").status,
+        401
+    );
+    let gone = agentplane_e2e::http(
+        bao.port,
+        "GET",
+        &secret_path,
+        &[("x-vault-token", &bao.root)],
+        "",
+    );
+    assert_eq!(gone.status, 404, "{}", gone.body);
+}
