@@ -40,6 +40,16 @@ impl<S: TokenSource, C: Clock> Agent<S, C> {
         }
     }
 
+    /// The sidecar's base URL.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The current token (fetched or refreshed as due).
+    pub(crate) async fn token(&self) -> Result<crate::token::Token, Error> {
+        self.tokens.lock().await.get().await
+    }
+
     /// The trace every call of this agent carries (`traceparent`).
     pub fn trace_id(&self) -> String {
         self.trace.id()

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod error;
+pub mod mcp;
 pub mod retry;
 pub mod token;
 pub mod trace;

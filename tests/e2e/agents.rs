@@ -16,16 +16,22 @@ struct World {
 
 /// Envoy verifying the provider's tokens (its issuer, its JWKS).
 fn world() -> World {
+    world_with(&default_plugin_config(), &std::collections::HashMap::new())
+}
+
+/// [`world`] with a plugin config and some services on their own ports.
+fn world_with(plugin_config: &str, ports: &std::collections::HashMap<String, u16>) -> World {
     let idp = IdProvider::start();
     let upstream = Upstream::start();
-    let mut r = render_envoy(
+    let mut r = agentplane_e2e::render_envoy_routed(
         &EnvoySetup {
             jwks: "{}".into(), // replaced by remote_jwks below
             upstream_port: upstream.port,
-            plugin_config: default_plugin_config(),
+            plugin_config: plugin_config.to_string(),
             vault_port: agentplane_e2e::free_port(),
         },
         true,
+        ports,
     );
     r.yaml = r.yaml.replace(ISSUER, &idp.issuer());
     // jwt_authn fetches the provider's keys itself (remote JWKS, a short
@@ -366,4 +372,51 @@ async fn a_cli_registered_agent_runs_the_support_workflow_then_is_offboarded() {
         "",
     );
     assert_eq!(gone.status, 404, "{}", gone.body);
+}
+
+/// The SDK's MCP session (rmcp's client) with a provider-issued token: the
+/// tickets skill behind Envoy + agentplane lists only what the agent may
+/// call, runs an allowed tool, and refuses a forbidden one with the
+/// policy's reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_speaks_mcp_through_the_sidecar_with_a_provider_token() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let skill_port = listener.local_addr().unwrap().port();
+    tokio::spawn(agentplane_skills::serve(listener));
+    let mut cfg: serde_json::Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["resources"]["tickets-mcp"] = json!({
+        "type": "tool", "protocol": "mcp",
+        "metadata": {"team": "customer-success", "environment": "production"}
+    });
+    let ports = std::collections::HashMap::from([("tickets-mcp".to_string(), skill_port)]);
+    let w = world_with(&cfg.to_string(), &ports);
+    let reg = w.idp.register(
+        "mcp-agent",
+        "support",
+        "customer-success",
+        "production",
+        &["mcp:connect", "tools:list", "tools:call"],
+    );
+    let a = agent(&w, &reg, "mcp:connect tools:list tools:call");
+    let session = a.mcp("tickets-mcp").await.unwrap();
+    let mut tools = session.list_tools().await.unwrap();
+    tools.sort();
+    assert_eq!(tools, ["lookup_ticket", "search_docs", "update_ticket"]);
+    let ok = session
+        .call_tool(
+            "lookup_ticket",
+            json!({"team": "customer-success", "id": "T-1"}),
+        )
+        .await
+        .unwrap();
+    assert!(ok.to_string().contains("T-1"), "{ok}");
+    let refused = session
+        .call_tool("run_shell", json!({"command": "id"}))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("run_shell is denied"),
+        "{refused}"
+    );
+    session.close().await;
 }
