@@ -3,9 +3,7 @@
 
 use agentplane_agent::{Agent, ClientCredentials, Error, SystemClock, TokenCache};
 use agentplane_e2e::provider::{IdProvider, Registered};
-use agentplane_e2e::{
-    default_plugin_config, render_envoy, Envoy, EnvoySetup, Upstream, AUDIENCE, ISSUER,
-};
+use agentplane_e2e::{default_plugin_config, Envoy, EnvoySetup, Upstream, AUDIENCE, ISSUER};
 use serde_json::json;
 
 struct World {
