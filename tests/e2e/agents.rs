@@ -3,7 +3,7 @@
 
 use agentplane_agent::{Agent, ClientCredentials, Error, SystemClock, TokenCache};
 use agentplane_e2e::provider::{IdProvider, Registered};
-use agentplane_e2e::{default_plugin_config, Envoy, EnvoySetup, Upstream, AUDIENCE, ISSUER};
+use agentplane_e2e::{default_plugin_config, Envoy, EnvoySetup, Upstream, AUDIENCE};
 use serde_json::json;
 
 struct World {
@@ -14,11 +14,19 @@ struct World {
 
 /// Envoy verifying the provider's tokens (its issuer, its JWKS).
 fn world() -> World {
-    world_with(&default_plugin_config(), &std::collections::HashMap::new())
+    world_with(
+        &default_plugin_config(),
+        &std::collections::HashMap::new(),
+        None,
+    )
 }
 
 /// [`world`] with a plugin config and some services on their own ports.
-fn world_with(plugin_config: &str, ports: &std::collections::HashMap<String, u16>) -> World {
+fn world_with(
+    plugin_config: &str,
+    ports: &std::collections::HashMap<String, u16>,
+    vault_port: Option<u16>,
+) -> World {
     let idp = IdProvider::start();
     let upstream = Upstream::start();
     let mut r = agentplane_e2e::render_envoy_routed(
@@ -26,32 +34,12 @@ fn world_with(plugin_config: &str, ports: &std::collections::HashMap<String, u16
             jwks: "{}".into(), // replaced by remote_jwks below
             upstream_port: upstream.port,
             plugin_config: plugin_config.to_string(),
-            vault_port: agentplane_e2e::free_port(),
+            vault_port: vault_port.unwrap_or_else(agentplane_e2e::free_port),
         },
         true,
         ports,
     );
-    r.yaml = r.yaml.replace(ISSUER, &idp.issuer());
-    // jwt_authn fetches the provider's keys itself (remote JWKS, a short
-    // cache), as a deployment would: nothing is copied into the config.
-    let y = &mut r.yaml;
-    let a = y.find("                  local_jwks:").unwrap();
-    let b = a + y[a..].find("                  from_headers:").unwrap();
-    y.replace_range(
-        a..b,
-        &format!(
-            "                  remote_jwks:\n                    http_uri: {{ uri: \"{}/jwks\", cluster: idp, timeout: 2s }}\n                    cache_duration: 1s\n                    async_fetch: {{}}\n",
-            idp.issuer()
-        ),
-    );
-    let c = y.find("  clusters:\n").unwrap() + "  clusters:\n".len();
-    y.insert_str(
-        c,
-        &format!(
-            "  - name: idp\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: idp\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
-            idp.port
-        ),
-    );
+    agentplane_e2e::provider::use_provider(&mut r, &idp);
     let envoy = Envoy::start_yaml(&r);
     World {
         idp,
@@ -247,8 +235,19 @@ fn cli() -> std::process::Command {
 /// the agent can no longer get a token.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cli_registered_agent_runs_the_support_workflow_then_is_offboarded() {
-    let w = world();
     let bao = agentplane_e2e::Bao::start();
+    // sentiment-analysis gets the agent's API key injected; OpenBao trusts
+    // the provider's keys for the agent's own login.
+    let cfg = agentplane_e2e::config_with_api_key(
+        json!({"cluster": "vault", "authority": "127.0.0.1", "auth_mount": "jwt-idp"}),
+        &["sentiment-analysis"],
+    );
+    let w = world_with(
+        &cfg.to_string(),
+        &std::collections::HashMap::new(),
+        Some(bao.port),
+    );
+    agentplane_e2e::provider::bao_trusts(&bao, &w.idp, "jwt-idp");
     let vault = format!("http://127.0.0.1:{}", bao.port);
     let out = cli()
         .args([
@@ -318,6 +317,14 @@ async fn a_cli_registered_agent_runs_the_support_workflow_then_is_offboarded() {
     // The echo service answers with what it received.
     assert_eq!(outputs["customer"]["path"], "/customers/42");
     assert_eq!(outputs["sentiment"]["method"], "POST");
+    // The secret registration put in OpenBao was injected for this agent.
+    let injected = w
+        .upstream
+        .seen()
+        .iter()
+        .find(|s| s.path == "/analyze")
+        .and_then(|s| s.one("x-api-key"));
+    assert_eq!(injected.as_deref(), Some("k-123"));
     // save-note needs data:write: refused, recorded, the run went on.
     assert_eq!(outputs["save-note"]["error"]["status"], 403);
     assert!(outputs["save-note"]["error"]["decision_id"].is_string());
@@ -387,7 +394,7 @@ async fn the_sdk_speaks_mcp_through_the_sidecar_with_a_provider_token() {
         "metadata": {"team": "customer-success", "environment": "production"}
     });
     let ports = std::collections::HashMap::from([("tickets-mcp".to_string(), skill_port)]);
-    let w = world_with(&cfg.to_string(), &ports);
+    let w = world_with(&cfg.to_string(), &ports, None);
     let reg = w.idp.register(
         "mcp-agent",
         "support",

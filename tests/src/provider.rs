@@ -185,3 +185,64 @@ impl Drop for IdProvider {
         let _ = self.child.wait();
     }
 }
+
+/// Points a rendered Envoy config at the provider: its issuer, and
+/// jwt_authn fetching its keys itself (remote JWKS through a cluster `idp`,
+/// a 1 s cache, fetched ahead of time), as a deployment would: no key is
+/// copied into the config.
+pub fn use_provider(r: &mut crate::RenderedEnvoy, idp: &IdProvider) {
+    let y = &mut r.yaml;
+    *y = y.replace(crate::ISSUER, &idp.issuer());
+    let a = y
+        .find("                  local_jwks:")
+        .expect("local_jwks in envoy.yaml");
+    let b = a + y[a..]
+        .find("                  from_headers:")
+        .expect("from_headers");
+    y.replace_range(
+        a..b,
+        &format!(
+            "                  remote_jwks:\n                    http_uri: {{ uri: \"{}/jwks\", cluster: idp, timeout: 2s }}\n                    cache_duration: 1s\n                    async_fetch: {{}}\n",
+            idp.issuer()
+        ),
+    );
+    r.add_cluster("idp", idp.port);
+}
+
+/// An OpenBao JWT auth mount (`mount`) trusting the provider's keys (its
+/// JWKS URL, its issuer), with role `agent` (`sub` as the alias) and a
+/// policy letting each agent read only `secret/data/mcp/agents/<its own
+/// client id>/*`.
+pub fn bao_trusts(bao: &crate::Bao, idp: &IdProvider, mount: &str) {
+    bao.api(
+        "POST",
+        &format!("/v1/sys/auth/{mount}"),
+        json!({"type": "jwt"}),
+    );
+    bao.api(
+        "POST",
+        &format!("/v1/auth/{mount}/config"),
+        json!({"jwks_url": format!("{}/jwks", idp.issuer()), "bound_issuer": idp.issuer()}),
+    );
+    let mounts = bao.api("GET", "/v1/sys/auth", Value::Null);
+    let key = format!("{mount}/");
+    let accessor = mounts["data"][&key]["accessor"]
+        .as_str()
+        .or_else(|| mounts[&key]["accessor"].as_str())
+        .expect("mount accessor")
+        .to_string();
+    let policy = format!(
+        "path \"secret/data/mcp/agents/{{{{identity.entity.aliases.{accessor}.name}}}}/*\" {{ capabilities = [\"read\"] }}\n"
+    );
+    bao.api(
+        "PUT",
+        &format!("/v1/sys/policies/acl/{mount}-agent-kv"),
+        json!({"policy": policy}),
+    );
+    bao.api(
+        "POST",
+        &format!("/v1/auth/{mount}/role/agent"),
+        json!({"role_type": "jwt", "bound_audiences": [crate::AUDIENCE], "user_claim": "sub",
+               "token_policies": [format!("{mount}-agent-kv")], "token_ttl": "1h"}),
+    );
+}
