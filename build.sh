@@ -191,7 +191,9 @@ demo() {
   ensure_envoy
   ensure_bao
   ensure_postgres
+  ensure_idp
   build
+  cargo build -q -p agentplane-agent
   ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
     cargo run -q -p agentplane-e2e --bin agentplane-demo
 }

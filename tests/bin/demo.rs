@@ -2,6 +2,8 @@
 //! a handful of agents, and a transcript of what each call got and why.
 //! OpenBao (dev server) holds each agent's API key and issues PostgreSQL
 //! credentials; the transcript shows them arriving upstream (masked).
+//! It ends with an agent onboarded at the real identity provider running
+//! the seed's support workflow (`demo_agents.rs`).
 
 #![allow(
     clippy::unwrap_used,
@@ -11,6 +13,9 @@
 )]
 
 use agentplane_e2e::{Bao, Envoy, EnvoySetup, Idp, Postgres, Upstream};
+
+#[path = "demo_agents.rs"]
+mod demo_agents;
 use serde_json::{json, Value};
 
 struct Stack {
@@ -278,6 +283,7 @@ fn main() {
         serde_json::to_string_pretty(&v).unwrap()
     );
     mcp_session(&rt, &s);
+    demo_agents::onboarding(&rt, &s._bao, mask);
     println!("\nstopping Envoy and the sample services");
 }
 
