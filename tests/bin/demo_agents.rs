@@ -5,6 +5,7 @@
 use agentplane_agent::{Agent, ClientCredentials, SystemClock, TokenCache, Workflow};
 use agentplane_e2e::provider::{bao_trusts, use_provider, IdProvider};
 use agentplane_e2e::{Bao, Envoy, EnvoySetup, Upstream, AUDIENCE};
+
 use serde_json::{json, Value};
 
 fn cli(args: &[&str]) -> Value {
@@ -34,8 +35,25 @@ pub fn onboarding(rt: &tokio::runtime::Runtime, bao: &Bao, mask: fn(&str) -> Str
         json!({"cluster": "vault", "authority": "127.0.0.1", "auth_mount": "jwt-idp"}),
         &["sentiment-analysis"],
     );
+    // The sample services, for real: sentiment from the text, customers,
+    // search results (skills/src/samples.rs).
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let samples = listener.local_addr().unwrap().port();
+    rt.spawn(agentplane_skills::samples::serve(listener));
+    let ports: std::collections::HashMap<String, u16> = [
+        "hello-skill",
+        "sentiment-analysis",
+        "customer-lookup",
+        "web-search",
+        "model-registry",
+    ]
+    .iter()
+    .map(|s| (s.to_string(), samples))
+    .collect();
     let upstream = Upstream::start();
-    let mut r = agentplane_e2e::render_envoy(
+    let mut r = agentplane_e2e::render_envoy_routed(
         &EnvoySetup {
             jwks: "{}".into(),
             upstream_port: upstream.port,
@@ -43,6 +61,7 @@ pub fn onboarding(rt: &tokio::runtime::Runtime, bao: &Bao, mask: fn(&str) -> Str
             vault_port: bao.port,
         },
         true,
+        &ports,
     );
     use_provider(&mut r, &idp);
     let envoy = Envoy::start_yaml(&r);
@@ -121,26 +140,14 @@ pub fn onboarding(rt: &tokio::runtime::Runtime, bao: &Bao, mask: fn(&str) -> Str
                 v["error"]["reason"].as_str().unwrap_or(""),
                 v["error"]["decision_id"].as_str().unwrap_or("")
             ),
-            Some(v) => println!(
-                "  {:<18} {} {} -> allowed",
-                step.name,
-                v["method"].as_str().unwrap_or(""),
-                v["path"].as_str().unwrap_or("")
-            ),
+            Some(v) => println!("  {:<18} -> {v}", step.name),
             None => println!("  {:<18} skipped (its condition did not hold)", step.name),
         }
     }
-    if let Some(key) = upstream
-        .seen()
-        .iter()
-        .find(|s| s.path == "/analyze")
-        .and_then(|s| s.one("x-api-key"))
-    {
-        println!(
-            "  sentiment-analysis received x-api-key {} from the agent's own OpenBao login",
-            mask(&key)
-        );
-    }
+    let key = outputs["sentiment"]["api_key_received"] == json!(true);
+    println!("  sentiment-analysis got the agent's API key from its own OpenBao login: {key}");
+    assert!(key, "the secret was not injected");
+    drop(upstream);
 
     cli(&[
         "deregister",
