@@ -425,3 +425,29 @@ async fn the_sdk_speaks_mcp_through_the_sidecar_with_a_provider_token() {
     );
     session.close().await;
 }
+
+/// A client secret the provider does not accept (wrong, or expired) is a
+/// clear error naming the client, and nothing is sent to the sidecar.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_client_secret_is_a_clear_error() {
+    let w = world();
+    let mut reg = w
+        .idp
+        .register("x", "support", "ml", "production", &["skills:invoke"]);
+    reg.client_secret = "not-the-secret".into();
+    let a = agent(&w, &reg, "skills:invoke");
+    let e = a
+        .call_skill("sentiment-analysis", "x", &json!({}))
+        .await
+        .unwrap_err();
+    match &e {
+        Error::Token(m) => assert!(
+            m.contains("refused client")
+                && m.contains(&reg.client_id)
+                && !m.contains("not-the-secret"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(w.upstream.seen().is_empty());
+}
