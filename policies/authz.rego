@@ -78,6 +78,7 @@ fast_ok if {
 	not high_risk_off_hours
 	layers_clear
 	tools_ok
+	delegation_ok
 }
 
 # Read with defaults: under `not`, OPA and regorus disagree about
@@ -96,7 +97,11 @@ agent_environment := object.get(input, ["agent", "environment"], null)
 
 action := object.get(input, "action", null)
 
-agent_permissions := object.get(input, ["agent", "permissions"], [])
+# The permissions a request may use: the token's, and for a delegated call
+# (policies/delegation.rego) only those its current actor holds as well.
+agent_permissions := delegated_permissions if delegation != null else := token_permissions
+
+token_permissions := object.get(input, ["agent", "permissions"], [])
 
 environment_ok if {
 	is_string(resource_environment)

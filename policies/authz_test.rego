@@ -313,3 +313,37 @@ test_a_tool_named_in_data_is_limited_by_agent_and_tool if {
 test_an_invented_tool_gets_no_limit_of_its_own if {
 	count(authz.limits) == 0 with input as tool_call("made_up_tool", {}, ["tools:call"])
 }
+
+# Delegation (policies/delegation.rego).
+
+delegated(actor_type, actor_perms, depth) := object.union(ok, {"delegation": {
+	"subject": support_agent.id,
+	"actor": "orchestrator-1",
+	"actor_type": actor_type,
+	"actor_permissions": actor_perms,
+	"chain": [sprintf("actor-%d", [i]) | some i in numbers.range(1, depth)],
+	"depth": depth,
+	"may_act": null,
+}})
+
+test_an_orchestrator_may_act_for_a_support_agent if {
+	authz.allow with input as delegated("orchestrator", ["skills:invoke"], 1)
+}
+
+test_a_delegated_call_uses_only_permissions_both_hold if {
+	inp := delegated("orchestrator", ["data:read"], 1)
+	not authz.allow with input as inp
+	authz.deny["missing permission skills:invoke for action invoke_skill"] with input as inp
+}
+
+test_a_chain_longer_than_allowed_is_refused if {
+	inp := delegated("orchestrator", ["skills:invoke"], 3)
+	not authz.allow with input as inp
+	authz.deny["delegation chain of 3 actors is longer than the 2 allowed"] with input as inp
+}
+
+test_an_actor_type_not_listed_may_not_act if {
+	inp := delegated("support", ["skills:invoke"], 1)
+	not authz.allow with input as inp
+	authz.deny["an agent of type support may not act for a support agent"] with input as inp
+}

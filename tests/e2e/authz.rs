@@ -290,3 +290,104 @@ fn repeated_requests_answer_the_same_from_the_decision_cache() {
     }
     assert!(s.upstream.seen().is_empty());
 }
+
+/// Delegation (RFC 8693): a token naming an orchestrator acting for a
+/// support agent passes with the permissions both hold; upstream learns the
+/// actor and the chain; a chain that is too long, or an actor type the
+/// policy does not allow, is refused with its reason.
+#[test]
+fn a_delegated_call_carries_its_chain_and_never_gains_permissions() {
+    let s = Stack::start();
+    let token = |act: serde_json::Value| {
+        bearer(&s.idp.mint(
+            serde_json::json!({
+                "sub": "support-triage@clients",
+                "permissions": ["skills:invoke", "data:read"],
+                "https://mcp.example.com/agent_type": "support",
+                "https://mcp.example.com/team": "customer-success",
+                "https://mcp.example.com/environment": "production",
+                "act": act,
+            }),
+            300,
+        ))
+    };
+    let orchestrator = |perms: serde_json::Value, inner: serde_json::Value| {
+        serde_json::json!({"sub": "orchestrator-1@clients",
+            "https://mcp.example.com/agent_type": "orchestrator",
+            "permissions": perms, "act": inner})
+    };
+    let ok = token(orchestrator(
+        serde_json::json!(["skills:invoke"]),
+        serde_json::json!({"sub": "planner@clients"}),
+    ));
+    let r = s.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/analyze",
+        &[("authorization", &ok)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let up = s.upstream.seen().pop().unwrap();
+    assert_eq!(
+        up.one("x-agent-id").as_deref(),
+        Some("support-triage@clients")
+    );
+    assert_eq!(
+        up.one("x-agent-actor").as_deref(),
+        Some("orchestrator-1@clients")
+    );
+    assert_eq!(
+        up.one("x-agent-delegation").as_deref(),
+        Some(r#"["orchestrator-1@clients","planner@clients"]"#)
+    );
+    // The subject may read data; the orchestrator may not: refused.
+    let r = s.envoy.request(
+        "GET",
+        "/mcp://customer-lookup/customers/42",
+        &[("authorization", &ok)],
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body.contains("missing permission data:read"),
+        "{}",
+        r.body
+    );
+    // Three actors: longer than the 2 allowed.
+    let deep = token(orchestrator(
+        serde_json::json!(["skills:invoke"]),
+        serde_json::json!({"sub": "b", "act": {"sub": "c"}}),
+    ));
+    let r = s.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/analyze",
+        &[("authorization", &deep)],
+    );
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body.contains("delegation chain of 3 actors"),
+        "{}",
+        r.body
+    );
+    // A client cannot claim a chain in a header: stripped.
+    let r = s.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/analyze",
+        &[
+            ("authorization", &ok),
+            ("x-agent-delegation", "[\"forged\"]"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let up = s.upstream.seen().pop().unwrap();
+    assert!(!up
+        .one("x-agent-delegation")
+        .unwrap_or_default()
+        .contains("forged"));
+    // A malformed act is an unusable token.
+    let bad = token(serde_json::json!("orchestrator"));
+    let r = s.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/analyze",
+        &[("authorization", &bad)],
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+}

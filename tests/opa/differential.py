@@ -144,6 +144,29 @@ TOOL_CALLS = [
     (None, {}),
 ]
 
+# Delegations for the corpus: allowed, a narrower actor, too deep, a type
+# not allowed to act, actor permissions absent.
+DELEGATIONS = [
+    {"actor_type": "orchestrator", "actor_permissions": ["skills:invoke", "data:read", "tools:call"], "depth": 1},
+    {"actor_type": "orchestrator", "actor_permissions": ["data:read"], "depth": 2},
+    {"actor_type": "orchestrator", "actor_permissions": ["skills:invoke", "data:read"], "depth": 3},
+    {"actor_type": "support", "actor_permissions": ["skills:invoke", "data:read"], "depth": 1},
+    {"actor_type": None, "actor_permissions": None, "depth": 1},
+]
+
+
+def delegated_corpus(base):
+    """Every 31st input of the corpus, once per delegation."""
+    out = []
+    for inp in base[::31]:
+        for d in DELEGATIONS:
+            x = json.loads(json.dumps(inp))
+            x["delegation"] = {"subject": x["agent"]["id"], "actor": "orch-1",
+                               "chain": [f"a{i}" for i in range(d["depth"])], "may_act": None, **d}
+            out.append(x)
+    return out
+
+
 ABSENT = object()
 
 
@@ -205,6 +228,18 @@ def intended(inp, data):
         return d
     jwt, agent, res = inp.get("jwt") or {}, inp.get("agent") or {}, inp.get("resource") or {}
     perms = agent.get("permissions") if isinstance(agent.get("permissions"), list) else []
+    # Delegation (delegation.rego): a chain within the limit, an actor type
+    # allowed for the subject's type, and only permissions both hold.
+    dl = inp.get("delegation")
+    if dl is not None:
+        dcfg = cfg.get("delegation", {})
+        if not dl.get("depth", 0) <= dcfg.get("max_depth", 0):
+            return False
+        allowed = dcfg.get("may_act_for", {}).get(agent.get("type"), []) if isinstance(agent.get("type"), str) else []
+        if dl.get("actor_type") not in allowed:
+            return False
+        actor = dl.get("actor_permissions") if isinstance(dl.get("actor_permissions"), list) else []
+        perms = [p for p in perms if p in actor]
     exp = get(jwt, "payload", "exp")
     if jwt.get("valid") is not True:
         return False
@@ -295,7 +330,8 @@ def main():
             failed += 1
             print(f"FAIL (OPA) case {case.name}: got {got}, want {want}")
 
-    inputs = corpus() + edge_corpus()
+    base = corpus()
+    inputs = base + edge_corpus() + delegated_corpus(base)
     data = json.loads((POLICIES / "data.json").read_text())
     proc = subprocess.run([eval_bin], input=json.dumps(inputs), capture_output=True, text=True, check=True)
     ours = json.loads(proc.stdout)

@@ -48,6 +48,9 @@ pub struct Trail {
     pub agent_type: Option<String>,
     /// Agent team, when known.
     pub team: Option<String>,
+    /// The delegation chain (actors, the one acting now first), when the
+    /// token has one.
+    pub chain: Option<Vec<String>>,
     /// The MCP tool called, when any (limits may count by it).
     pub tool: Option<String>,
     /// In-flight leases taken for this request, released at stream end.
@@ -125,7 +128,8 @@ pub fn record(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
         "result": {"allowed": f.allowed, "reasons": reasons},
         "labels": {"id": "agentplane", "version": VERSION, "policy_revision": f.revision},
         "metrics": metrics,
-        "agent": {"id": f.agent, "type": trail.agent_type, "team": trail.team},
+        "agent": {"id": f.agent, "type": trail.agent_type, "team": trail.team,
+                  "delegation": trail.chain},
         "resource": trail.service,
         "reason": f.reason,
         "status": f.status,

@@ -233,7 +233,7 @@ impl KeyPlan {
                     };
                     match (root.as_str(), rest.first().map(String::as_str)) {
                         // The principal covers the token and the agent.
-                        ("jwt" | "agent", _) => {}
+                        ("jwt" | "agent" | "delegation", _) => {}
                         ("resource", _) => parts.push(Part::Service),
                         ("action", _) => parts.push(Part::Action),
                         ("mcp", field) => parts.push(Part::Mcp(field.map(str::to_owned))),

@@ -68,6 +68,9 @@ pub struct Identity {
     pub permissions: Vec<String>,
     /// The whole verified payload, for `input.jwt.payload`.
     pub payload: Map<String, Value>,
+    /// RFC 8693 actors (`act`), the one acting now first; empty when the
+    /// subject acts itself.
+    pub chain: Vec<crate::delegation::Actor>,
 }
 
 /// Reads the payload jwt_authn verified. Trusts it without checking any
@@ -188,6 +191,7 @@ pub fn identity(
             .filter(|t| !t.is_empty())
             .for_each(&mut add);
     }
+    let chain = crate::delegation::chain(&payload, &cfg.claims_namespace)?;
     Ok(Identity {
         id,
         agent_type,
@@ -195,6 +199,7 @@ pub fn identity(
         environment,
         permissions,
         payload,
+        chain,
     })
 }
 

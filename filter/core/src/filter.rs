@@ -717,6 +717,14 @@ impl Filter {
         if logging {
             trail.agent_type.clone_from(&principal.identity.agent_type);
             trail.team.clone_from(&principal.identity.team);
+            trail.chain = (!principal.identity.chain.is_empty()).then(|| {
+                principal
+                    .identity
+                    .chain
+                    .iter()
+                    .map(|a| a.sub.clone())
+                    .collect()
+            });
         }
         let resource = self.config.resource(route.service.unwrap_or(""));
         let (action, mcp_version) = match (resource.protocol, mcp) {

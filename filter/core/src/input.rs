@@ -235,6 +235,7 @@ pub fn build(
     value::object([
         ("jwt", principal.jwt.clone()),
         ("agent", principal.agent.clone()),
+        ("delegation", principal.delegation.clone()),
         (
             "request",
             value::object([
@@ -372,6 +373,7 @@ mod tests {
             environment: None,
             permissions: vec!["skills:invoke".into()],
             payload: json!({"sub": "agent@clients"}).as_object().unwrap().clone(),
+            chain: Vec::new(),
         };
         let ident = Principal::new(1, ident, 256);
         let route = parse_route("/mcp://sentiment-analysis/analyze", &c).unwrap();

@@ -15,6 +15,7 @@ pub mod bundle;
 pub mod cache;
 pub mod claims;
 pub mod config;
+pub mod delegation;
 pub mod filter;
 pub mod headers;
 pub mod host;

@@ -38,6 +38,8 @@ pub struct Principal {
     pub jwt: Rego,
     /// `input.agent`.
     pub agent: Rego,
+    /// `input.delegation` (`null` when the subject acts itself).
+    pub delegation: Rego,
     /// The `x-agent-*` headers, or why the identity cannot be sent as one.
     pub trusted: Result<Vec<(&'static str, String)>, String>,
 }
@@ -67,11 +69,27 @@ impl Principal {
             ),
             ("permissions", value::strings(&identity.permissions)),
         ]);
-        let mut trusted = Ok(Vec::with_capacity(3));
+        let delegation = crate::delegation::doc(&identity.id, &identity.chain, &identity.payload);
+        // Upstream, a delegated call names who acts now and the whole chain
+        // (a JSON array, outermost first).
+        let actor = identity.chain.first().map(|a| a.sub.clone());
+        let chain = (!identity.chain.is_empty()).then(|| {
+            serde_json::Value::from(
+                identity
+                    .chain
+                    .iter()
+                    .map(|a| a.sub.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .to_string()
+        });
+        let mut trusted = Ok(Vec::with_capacity(5));
         for (name, v) in [
             ("x-agent-id", Some(&identity.id)),
             ("x-agent-type", identity.agent_type.as_ref()),
             ("x-agent-team", identity.team.as_ref()),
+            ("x-agent-actor", actor.as_ref()),
+            ("x-agent-delegation", chain.as_ref()),
         ] {
             let Some(v) = v else { continue };
             match check_value(v, max_header_bytes) {
@@ -92,6 +110,7 @@ impl Principal {
             issuer,
             jwt,
             agent,
+            delegation,
             trusted,
             identity,
         }
