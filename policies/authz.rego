@@ -79,6 +79,7 @@ fast_ok if {
 	layers_clear
 	tools_ok
 	delegation_ok
+	workload_ok
 }
 
 # Read with defaults: under `not`, OPA and regorus disagree about

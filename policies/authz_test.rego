@@ -347,3 +347,25 @@ test_an_actor_type_not_listed_may_not_act if {
 	not authz.allow with input as inp
 	authz.deny["an agent of type support may not act for a support agent"] with input as inp
 }
+
+# Workload binding (policies/workload.rego).
+
+bound(spiffe) := object.union(object.union(ok, {"agent": object.union(support_agent, {"workload_id": "spiffe://corp/ns/agents/sa/triage"})}), {"source": spiffe})
+
+test_a_bound_token_passes_from_its_own_workload if {
+	authz.allow with input as bound({"mtls": true, "spiffe_id": "spiffe://corp/ns/agents/sa/triage"})
+}
+
+test_a_bound_token_from_another_workload_is_refused if {
+	inp := bound({"mtls": true, "spiffe_id": "spiffe://corp/ns/agents/sa/other"})
+	not authz.allow with input as inp
+	authz.deny["token is bound to workload spiffe://corp/ns/agents/sa/triage; the request came from spiffe://corp/ns/agents/sa/other"] with input as inp
+}
+
+test_a_bound_token_without_a_certificate_is_refused if {
+	not authz.allow with input as bound(null)
+}
+
+test_an_unbound_token_needs_no_certificate if {
+	authz.allow with input as object.union(ok, {"source": null})
+}

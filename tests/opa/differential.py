@@ -167,6 +167,20 @@ def delegated_corpus(base):
     return out
 
 
+def workload_corpus(base):
+    """Every 31st input with a token bound to a workload, from that
+    workload, another one, and with no certificate."""
+    out = []
+    wid = "spiffe://corp/ns/agents/sa/triage"
+    for inp in base[::31]:
+        for src in [{"mtls": True, "spiffe_id": wid}, {"mtls": True, "spiffe_id": wid + "-x"}, None]:
+            x = json.loads(json.dumps(inp))
+            x["agent"]["workload_id"] = wid
+            x["source"] = src
+            out.append(x)
+    return out
+
+
 ABSENT = object()
 
 
@@ -240,6 +254,12 @@ def intended(inp, data):
             return False
         actor = dl.get("actor_permissions") if isinstance(dl.get("actor_permissions"), list) else []
         perms = [p for p in perms if p in actor]
+    # Workload binding (workload.rego): a bound token only from its workload.
+    wid = agent.get("workload_id")
+    if isinstance(wid, str):
+        src = inp.get("source")
+        if not (isinstance(src, dict) and src.get("spiffe_id") == wid):
+            return False
     exp = get(jwt, "payload", "exp")
     if jwt.get("valid") is not True:
         return False
@@ -331,7 +351,7 @@ def main():
             print(f"FAIL (OPA) case {case.name}: got {got}, want {want}")
 
     base = corpus()
-    inputs = base + edge_corpus() + delegated_corpus(base)
+    inputs = base + edge_corpus() + delegated_corpus(base) + workload_corpus(base)
     data = json.loads((POLICIES / "data.json").read_text())
     proc = subprocess.run([eval_bin], input=json.dumps(inputs), capture_output=True, text=True, check=True)
     ours = json.loads(proc.stdout)

@@ -69,6 +69,7 @@ fn benches(c: &mut Criterion) {
         id: "d6a6db44-a797-4c31-8540-aa62826572a4",
         action: Some("invoke_skill"),
         time_ns: h.now_ns,
+        source: None,
     };
     let h2 = host();
     let Some(headers) = agentplane_core::headers::read(&h2, &config) else {

@@ -169,6 +169,8 @@ enum Part {
     RequestId,
     /// `input.mcp`, or one field of it.
     Mcp(Option<String>),
+    /// `input.source`.
+    Source,
 }
 
 /// The request facts a decision depends on, besides the principal, as
@@ -195,6 +197,8 @@ pub struct KeyFacts<'a> {
     pub headers: &'a RequestHeaders,
     /// The MCP message and its protocol version, for an MCP request.
     pub mcp: Option<(&'a crate::mcp::Message, Option<&'a str>)>,
+    /// The connection's peer, when read.
+    pub source: Option<&'a crate::source::Source>,
 }
 
 /// Which facts a decision key holds, decided once at configure time from
@@ -237,6 +241,7 @@ impl KeyPlan {
                         ("resource", _) => parts.push(Part::Service),
                         ("action", _) => parts.push(Part::Action),
                         ("mcp", field) => parts.push(Part::Mcp(field.map(str::to_owned))),
+                        ("source", _) => parts.push(Part::Source),
                         ("request", None) => parts.extend(request.iter().cloned()),
                         ("request", Some("method")) => parts.push(Part::Method),
                         ("request", Some("host")) => parts.push(Part::Host),
@@ -282,6 +287,15 @@ impl KeyPlan {
                 Part::Path => k.field(f.raw_path.as_bytes()),
                 Part::Query => k.field(f.query.as_bytes()),
                 Part::RequestId => k.field(f.request_id.as_bytes()),
+                Part::Source => match f.source {
+                    Some(src) => {
+                        for v in src.key_fields() {
+                            k.optional(v.map(str::as_bytes));
+                        }
+                        &mut k
+                    }
+                    None => k.optional(None),
+                },
                 Part::Header(h) => {
                     let listed = self.input_headers.iter().any(|n| n == h);
                     k.optional(f.headers.get(h).filter(|_| listed).map(str::as_bytes))
@@ -366,6 +380,7 @@ mod tests {
             request_id: "r1",
             headers: h,
             mcp: None,
+            source: None,
         }
     }
 

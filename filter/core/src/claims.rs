@@ -63,6 +63,9 @@ pub struct Identity {
     pub team: Option<String>,
     /// Namespaced `environment` claim.
     pub environment: Option<String>,
+    /// Namespaced `workload_id` claim: the workload (SPIFFE ID) the token
+    /// is bound to, set at registration.
+    pub workload_id: Option<String>,
     /// `permissions` (array) and `scope` (space-separated), merged, in order,
     /// without duplicates.
     pub permissions: Vec<String>,
@@ -159,6 +162,7 @@ pub fn identity(
     let agent_type = optional_string(&payload, &ns("agent_type"))?;
     let team = optional_string(&payload, &ns("team"))?;
     let environment = optional_string(&payload, &ns("environment"))?;
+    let workload_id = optional_string(&payload, &ns("workload_id"))?;
 
     let mut permissions: Vec<String> = Vec::new();
     let mut add = |p: &str| {
@@ -197,6 +201,7 @@ pub fn identity(
         agent_type,
         team,
         environment,
+        workload_id,
         permissions,
         payload,
         chain,

@@ -232,6 +232,21 @@ pub enum Protocol {
     Mcp,
 }
 
+/// The connection's peer (see [`crate::source`]).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Read the peer certificate's identity from Envoy's connection
+    /// properties into `input.source` (where agentplane sees mTLS).
+    /// Off: `input.source` is `null` and no property is read.
+    pub peer_certificate: bool,
+    /// Envoy sanitizes and sets `x-forwarded-client-cert` itself (the
+    /// connection manager's `forward_client_cert_details`): keep it. Off:
+    /// a client's `x-forwarded-client-cert` is stripped like any trusted
+    /// header.
+    pub xfcc_from_envoy: bool,
+}
+
 /// Where rate limits and in-flight caps count (see [`crate::limits`]).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -655,6 +670,8 @@ struct RawConfig {
     #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
+    source: SourceConfig,
+    #[serde(default)]
     mcp: McpConfig,
     #[serde(default)]
     oauth: Option<OAuthConfig>,
@@ -689,6 +706,8 @@ pub struct Config {
     pub oauth: Option<OAuthConfig>,
     /// Where the policy's limits count.
     pub limits: LimitsConfig,
+    /// The connection's peer.
+    pub source: SourceConfig,
 }
 
 /// The seed's actions: skills are invoked, tools accessed, data read or written.
@@ -768,6 +787,7 @@ impl Config {
             mcp,
             oauth,
             limits,
+            source,
         } = raw;
         if !(1..=1 << 20).contains(&limits.slots) {
             return Err(invalid("limits.slots", "must be between 1 and 1048576"));
@@ -1085,6 +1105,7 @@ impl Config {
             mcp,
             oauth,
             limits,
+            source,
         })
     }
 
@@ -1121,6 +1142,7 @@ impl Config {
             .any(|p| folded.starts_with(p.as_bytes()))
             || self.headers.strip.iter().any(|h| folded == h.as_bytes())
             || ALWAYS_STRIPPED.iter().any(|h| folded == h.as_bytes())
+            || (!self.source.xfcc_from_envoy && folded == b"x-forwarded-client-cert")
     }
 }
 

@@ -184,6 +184,8 @@ struct Admitted {
     path: String,
     service: Option<String>,
     authority: Option<String>,
+    /// The connection's peer, when `source.peer_certificate` is on.
+    source: Option<crate::source::Source>,
 }
 
 impl Admitted {
@@ -696,6 +698,11 @@ impl Filter {
             path,
             service,
             authority,
+            source: self
+                .config
+                .source
+                .peer_certificate
+                .then(|| crate::source::Source::read(host)),
         }))
     }
 
@@ -764,6 +771,7 @@ impl Filter {
             id: &request_id,
             action,
             time_ns: now,
+            source: a.source.as_ref(),
         };
         let mcp_doc = || mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref()));
         // The input document, built at most once: a list request keeps it
@@ -791,6 +799,7 @@ impl Filter {
                 request_id: &request_id,
                 headers,
                 mcp: mcp.map(|m| (m, mcp_version.as_deref())),
+                source: a.source.as_ref(),
             })
         });
         // A list request: its response is filtered by the policy, on this

@@ -207,6 +207,8 @@ pub struct RequestFacts<'a> {
     pub action: Option<&'a str>,
     /// When the decision is made, ns since the epoch.
     pub time_ns: u64,
+    /// The connection's peer, when read.
+    pub source: Option<&'a crate::source::Source>,
 }
 
 /// Builds the input document, directly as a regorus value (see
@@ -236,6 +238,7 @@ pub fn build(
         ("jwt", principal.jwt.clone()),
         ("agent", principal.agent.clone()),
         ("delegation", principal.delegation.clone()),
+        ("source", crate::source::Source::doc(facts.source)),
         (
             "request",
             value::object([
@@ -371,6 +374,7 @@ mod tests {
             agent_type: Some("support".into()),
             team: Some("customer-success".into()),
             environment: None,
+            workload_id: None,
             permissions: vec!["skills:invoke".into()],
             payload: json!({"sub": "agent@clients"}).as_object().unwrap().clone(),
             chain: Vec::new(),
@@ -384,6 +388,7 @@ mod tests {
             id: "rid",
             action: c.action_for(c.resource("sentiment-analysis"), "POST"),
             time_ns: 7,
+            source: None,
         };
         let hdrs = crate::headers::read(&h, &c).unwrap();
         let doc = crate::value::from_rego(&build(
@@ -420,6 +425,7 @@ mod tests {
             id: "r",
             action: c.action_for(c.resource("nope"), "GET"),
             time_ns: 7,
+            source: None,
         };
         let doc = crate::value::from_rego(&build(
             &hdrs,

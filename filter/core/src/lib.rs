@@ -31,6 +31,7 @@ pub mod policy;
 pub mod principal;
 pub mod reads;
 pub mod secrets;
+pub mod source;
 pub mod value;
 pub mod wire;
 

@@ -68,6 +68,10 @@ impl Principal {
                 value::opt_str(identity.environment.as_deref()),
             ),
             ("permissions", value::strings(&identity.permissions)),
+            (
+                "workload_id",
+                value::opt_str(identity.workload_id.as_deref()),
+            ),
         ]);
         let delegation = crate::delegation::doc(&identity.id, &identity.chain, &identity.payload);
         // Upstream, a delegated call names who acts now and the whole chain
