@@ -185,7 +185,7 @@ struct Admitted {
     service: Option<String>,
     authority: Option<String>,
     /// The connection's peer, when `source.peer_certificate` is on.
-    source: Option<crate::source::Source>,
+    source: Option<Box<crate::source::Source>>,
 }
 
 impl Admitted {
@@ -702,7 +702,7 @@ impl Filter {
                 .config
                 .source
                 .peer_certificate
-                .then(|| crate::source::Source::read(host)),
+                .then(|| Box::new(crate::source::Source::read(host))),
         }))
     }
 
@@ -771,7 +771,7 @@ impl Filter {
             id: &request_id,
             action,
             time_ns: now,
-            source: a.source.as_ref(),
+            source: a.source.as_deref(),
         };
         let mcp_doc = || mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref()));
         // The input document, built at most once: a list request keeps it
@@ -799,7 +799,7 @@ impl Filter {
                 request_id: &request_id,
                 headers,
                 mcp: mcp.map(|m| (m, mcp_version.as_deref())),
-                source: a.source.as_ref(),
+                source: a.source.as_deref(),
             })
         });
         // A list request: its response is filtered by the policy, on this
