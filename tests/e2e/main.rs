@@ -18,3 +18,4 @@ mod identity;
 mod limits;
 mod mcp;
 mod secrets;
+mod source;
