@@ -46,7 +46,7 @@ fn pki(dir: &Path, clients: &[(&str, &str)]) {
         "1",
     ]);
     openssl(dir, &ca);
-    let mut issue = |name: &str, subject: &str, san: &str| {
+    let issue = |name: &str, subject: &str, san: &str| {
         let mut req = vec!["req"];
         req.extend(ec);
         let (key, csr, crt) = (
