@@ -861,6 +861,39 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_in_arbitrary_chunks_never_lose_or_invent_a_byte() {
+        // A small LCG: deterministic, no dependency.
+        let mut x: u64 = 0x5eed;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as usize
+        };
+        let alphabet = b"\r\n\r\ndata: x{}:";
+        for _ in 0..300 {
+            let len = next() % 200;
+            let stream: Vec<u8> = (0..len)
+                .map(|_| alphabet[next() % alphabet.len()])
+                .collect();
+            let mut s = EventSplitter::default();
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < stream.len() {
+                let n = 1 + next() % 17;
+                let end = (at + n).min(stream.len());
+                for e in s.push(&stream[at..end]) {
+                    out.extend(e);
+                }
+                assert!(s.pending() <= stream.len());
+                at = end;
+            }
+            out.extend(s.take_rest());
+            assert_eq!(out, stream);
+        }
+    }
+
+    #[test]
     fn a_rewritten_event_keeps_its_other_fields() {
         let raw = b"event: message\r\nid: 7\r\ndata: {\"old\":\r\ndata: 1}\r\n\r\n";
         let out = with_data(raw, r#"{"new":2}"#);

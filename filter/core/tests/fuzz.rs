@@ -169,6 +169,9 @@ fn metadata(r: &mut Rng) -> Option<Vec<u8>> {
         "permissions",
         "iss",
         "exp",
+        "act",
+        "may_act",
+        "https://mcp.example.com/workload_id",
     ] {
         if r.chance(15) {
             payload.insert(claim.into(), value_for(r));
@@ -183,6 +186,20 @@ fn metadata(r: &mut Rng) -> Option<Vec<u8>> {
             "https://mcp.example.com/environment".into(),
             json!("production"),
         );
+    }
+    // Delegation chains: well-formed, too deep, or with broken links.
+    if r.chance(20) {
+        let mut act = json!({"sub": "orchestrator-1@clients",
+            "https://mcp.example.com/agent_type": "orchestrator",
+            "permissions": ["skills:invoke"]});
+        for i in 0..r.below(20) {
+            act = if r.chance(10) {
+                json!({"sub": value_for(r), "act": act})
+            } else {
+                json!({"sub": format!("a{i}"), "act": act})
+            };
+        }
+        payload.insert("act".into(), act);
     }
     let mut ns = Map::new();
     ns.insert("jwt_payload".into(), Value::Object(payload));
