@@ -233,8 +233,8 @@ pub extern "C" fn proxy_on_request_trailers(context: u32, _trailers: usize) -> u
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_response_headers(context: u32, _headers: usize, _eos: bool) -> u32 {
-    crate::on_response_headers(context)
+pub extern "C" fn proxy_on_response_headers(context: u32, _headers: usize, eos: bool) -> u32 {
+    crate::on_response_headers(context, eos)
 }
 
 #[no_mangle]

@@ -255,7 +255,7 @@ pub(crate) fn on_request_body(context: u32, size: usize, eos: bool) -> u32 {
     }
 }
 
-pub(crate) fn on_response_headers(context: u32) -> u32 {
+pub(crate) fn on_response_headers(context: u32, eos: bool) -> u32 {
     let found = with(|p| {
         p.streams
             .get_mut(&context)
@@ -269,10 +269,12 @@ pub(crate) fn on_response_headers(context: u32) -> u32 {
     with(|p| {
         if let Some(s) = p.streams.get_mut(&context) {
             s.decision = Some(decision);
-            s.filtering_response = body != ResponseBody::Untouched;
+            // A response without a body has no list to filter: waiting
+            // for one would hold the headers until a timeout.
+            s.filtering_response = body != ResponseBody::Untouched && !eos;
         }
     });
-    if body == ResponseBody::Buffered {
+    if body == ResponseBody::Buffered && !eos {
         PAUSE // the headers wait for the filtered body
     } else {
         CONTINUE
