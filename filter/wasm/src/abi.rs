@@ -243,6 +243,11 @@ pub extern "C" fn proxy_on_response_body(context: u32, size: usize, eos: bool) -
 }
 
 #[no_mangle]
+pub extern "C" fn proxy_on_response_trailers(context: u32, _trailers: usize) -> u32 {
+    crate::on_response_trailers(context)
+}
+
+#[no_mangle]
 pub extern "C" fn proxy_on_log(context: u32) {
     crate::on_log(context);
 }

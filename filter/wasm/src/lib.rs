@@ -325,6 +325,22 @@ pub(crate) fn on_response_body(context: u32, size: usize, eos: bool) -> u32 {
     }
 }
 
+/// Trailers end a response body without an end-of-stream body callback:
+/// a JSON list still being buffered cannot be filtered here, so the
+/// response ends as a 503 rather than pass unfiltered.
+pub(crate) fn on_response_trailers(context: u32) -> u32 {
+    let held = with(|p| {
+        p.streams.get(&context).is_some_and(|s| {
+            s.filtering_response && s.decision.as_ref().is_some_and(Decision::holds_list_body)
+        })
+    })
+    .unwrap_or(false);
+    if held {
+        return unavailable("list_response_with_trailers");
+    }
+    CONTINUE
+}
+
 pub(crate) fn on_log(context: u32) {
     let found = with(|p| {
         p.streams

@@ -38,6 +38,17 @@ pub enum BodyStep {
     Replace(Vec<u8>),
 }
 
+impl Decision {
+    /// A JSON list response is still being buffered: its body must not
+    /// pass before it is filtered (the host calls this when trailers end
+    /// the body without an end-of-stream body callback).
+    pub fn holds_list_body(&self) -> bool {
+        self.list
+            .as_ref()
+            .is_some_and(|j| j.form == Some(BodyForm::Json) && j.phase == ListPhase::Reading)
+    }
+}
+
 impl Filter {
     /// Adds the decision id to the upstream response of an allowed request,
     /// and says whether its body must be read: a list response to filter,

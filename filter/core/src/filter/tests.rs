@@ -1415,6 +1415,26 @@ fn a_tool_list_response_shows_only_the_tools_the_agent_may_call() {
 }
 
 #[test]
+fn a_json_list_still_buffered_is_held_until_filtered() {
+    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let (mut d, mut h, _) = list_reply(&f, "application/json");
+    assert!(d.holds_list_body(), "trailers now would pass it unfiltered");
+    let body = TOOLS.as_bytes();
+    assert_eq!(
+        f.on_response_body(&mut h, &mut d, 10, false, || None),
+        BodyStep::Hold
+    );
+    assert!(d.holds_list_body());
+    stream_through(&f, &mut d, &mut h, &[body]);
+    assert!(!d.holds_list_body(), "filtered: nothing held");
+    let (d, _, _) = list_reply(&f, "text/event-stream");
+    assert!(
+        !d.holds_list_body(),
+        "event streams are filtered chunk by chunk"
+    );
+}
+
+#[test]
 fn an_oversized_list_response_ends_as_an_error_never_unfiltered() {
     let mut config: Value = serde_json::from_str(MCP_CONFIG).unwrap();
     config["mcp"]["max_body_bytes"] = json!(4096);
