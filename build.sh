@@ -5,6 +5,7 @@
 #   ./build.sh demo    Envoy + agentplane + OpenBao + PostgreSQL: allowed, denied calls, injected secrets
 #   ./build.sh bench   the side-by-side benchmark (README "Performance"); not part of test
 #   ./build.sh build   build target/agentplane.wasm (cargo release build, then wasm-opt -O3)
+#   ./build.sh oci     the filter as an OCI image (Istio's Wasm image spec) in target/oci
 #   ./build.sh lint    cargo fmt --check and clippy -D warnings (host and wasm32-wasip1)
 #   ./build.sh deps    install what the above need (idempotent; runs automatically)
 #
@@ -158,6 +159,51 @@ ensure_idp() {
   npm install --silent --no-audit --no-fund --prefix "$ROOT/idp" >/dev/null
 }
 
+ensure_skopeo() {
+  command -v skopeo >/dev/null && return
+  log "installing skopeo (Debian) to inspect the OCI image offline"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo >/dev/null
+}
+
+# The filter as an OCI image (Istio's Wasm image spec, Wasm media types)
+# in a local OCI layout: target/oci, tagged with the crate version.
+oci() {
+  build
+  local version
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
+  local rev
+  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  local digest
+  digest=$(python3 "$ROOT/deploy/oci_layout.py" "$WASM" "$ROOT/target/oci" "$version" "$rev")
+  log "OCI image oci:target/oci:$version, manifest $digest, module sha256:$(sha256sum "$WASM" | cut -d' ' -f1)"
+}
+
+# An independent reader (skopeo) must find the module as the image's one
+# layer, with the Wasm media type, byte for byte, and every digest right.
+check_oci() {
+  ensure_skopeo
+  oci
+  local version
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
+  local out="$ROOT/target/oci-check"
+  rm -rf "$out"
+  skopeo inspect --raw "oci:$ROOT/target/oci:$version" | python3 -c '
+import json, sys, hashlib
+m = json.load(sys.stdin)
+wasm = open(sys.argv[1], "rb").read()
+layers = m["layers"]
+assert len(layers) == 1, layers
+assert layers[0]["mediaType"] == "application/vnd.module.wasm.content.layer.v1+wasm", layers[0]
+assert m["config"]["mediaType"] == "application/vnd.module.wasm.config.v1+json", m["config"]
+assert layers[0]["digest"] == "sha256:" + hashlib.sha256(wasm).hexdigest()
+assert layers[0]["size"] == len(wasm)
+' "$WASM"
+  # skopeo verifies every blob against its digest while copying.
+  skopeo copy -q "oci:$ROOT/target/oci:$version" "dir:$out"
+  cmp "$out/$(sha256sum "$WASM" | cut -d' ' -f1)" "$WASM"
+  log "OCI image checked by skopeo: one Wasm layer, digests verified, the module byte for byte"
+}
+
 run_tests() {
   deps
   lint
@@ -169,6 +215,7 @@ run_tests() {
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
     cargo test -p agentplane-core --lib --target wasm32-unknown-unknown
   build
+  check_oci
   log "differential test against the real OPA engine"
   cargo build -q -p agentplane-core --example eval
   python3 tests/opa/differential.py "$TOOLS/opa" "$ROOT/target/debug/examples/eval"
@@ -236,8 +283,9 @@ case "$cmd" in
   test) run_tests ;;
   demo) demo ;;
   bench) bench "$@" ;;
+  oci) oci ;;
   build) build ;;
   lint) lint ;;
   deps) deps ;;
-  *) echo "usage: ./build.sh {test|demo|bench|build|lint|deps}" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh {test|demo|bench|build|oci|lint|deps}" >&2; exit 2 ;;
 esac
