@@ -826,10 +826,7 @@ type McpArm<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, bool, usize);
 /// body: the difference is the MCP machinery, not the policy.
 fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmup: u32, idp: &Idp) {
     let mut cfg: serde_json::Value = serde_json::from_str(base_config).unwrap();
-    cfg["resources"]["tickets-mcp"] = serde_json::json!({
-        "type": "tool", "protocol": "mcp",
-        "metadata": {"team": "customer-success", "environment": "production"}
-    });
+    agentplane_e2e::add_tickets_mcp(&mut cfg);
     let cfg = cfg.to_string();
     let token = idp.agent_token(
         "support-triage@clients",

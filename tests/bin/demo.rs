@@ -67,10 +67,7 @@ fn main() {
         .unwrap();
     let skill_port = listener.local_addr().unwrap().port();
     rt.spawn(agentplane_skills::serve(listener));
-    cfg["resources"]["tickets-mcp"] = json!({
-        "type": "tool", "protocol": "mcp",
-        "metadata": {"team": "customer-success", "environment": "production"}
-    });
+    agentplane_e2e::add_tickets_mcp(&mut cfg);
     let upstream = Upstream::start();
     let envoy = Envoy::start_yaml(&agentplane_e2e::render_envoy_routed(
         &EnvoySetup {

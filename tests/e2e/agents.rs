@@ -389,10 +389,7 @@ async fn the_sdk_speaks_mcp_through_the_sidecar_with_a_provider_token() {
     let skill_port = listener.local_addr().unwrap().port();
     tokio::spawn(agentplane_skills::serve(listener));
     let mut cfg: serde_json::Value = serde_json::from_str(&default_plugin_config()).unwrap();
-    cfg["resources"]["tickets-mcp"] = json!({
-        "type": "tool", "protocol": "mcp",
-        "metadata": {"team": "customer-success", "environment": "production"}
-    });
+    agentplane_e2e::add_tickets_mcp(&mut cfg);
     let ports = std::collections::HashMap::from([("tickets-mcp".to_string(), skill_port)]);
     let w = world_with(&cfg.to_string(), &ports, None);
     let reg = w.idp.register(

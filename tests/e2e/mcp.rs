@@ -256,10 +256,7 @@ fn an_official_mcp_client_lists_only_its_tools_and_is_refused_per_tool() {
     rt.spawn(agentplane_skills::serve(listener));
 
     let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
-    cfg["resources"]["tickets-mcp"] = json!({
-        "type": "tool", "protocol": "mcp",
-        "metadata": {"team": "customer-success", "environment": "production"}
-    });
+    agentplane_e2e::add_tickets_mcp(&mut cfg);
     let idp = agentplane_e2e::Idp::new();
     let up = agentplane_e2e::Upstream::start();
     let setup = agentplane_e2e::EnvoySetup {

@@ -1245,6 +1245,15 @@ impl RenderedEnvoy {
     }
 }
 
+/// Registers the tickets skill (an MCP server, `agentplane_skills::serve`)
+/// in a plugin configuration as the MCP service `tickets-mcp`.
+pub fn add_tickets_mcp(cfg: &mut Value) {
+    cfg["resources"]["tickets-mcp"] = json!({
+        "type": "tool", "protocol": "mcp",
+        "metadata": {"team": "customer-success", "environment": "production"}
+    });
+}
+
 /// The demo/test plugin configuration (`envoy/agentplane.json`).
 pub fn default_plugin_config() -> String {
     std::fs::read_to_string(repo_root().join("envoy/agentplane.json")).unwrap()
