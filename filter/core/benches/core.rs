@@ -70,6 +70,7 @@ fn benches(c: &mut Criterion) {
         action: Some("invoke_skill"),
         time_ns: h.now_ns,
         source: None,
+        transaction: None,
     };
     let h2 = host();
     let Some(headers) = agentplane_core::headers::read(&h2, &config) else {

@@ -171,6 +171,8 @@ enum Part {
     Mcp(Option<String>),
     /// `input.source`.
     Source,
+    /// `input.transaction`.
+    Transaction,
 }
 
 /// The request facts a decision depends on, besides the principal, as
@@ -199,6 +201,8 @@ pub struct KeyFacts<'a> {
     pub mcp: Option<(&'a crate::mcp::Message, Option<&'a str>)>,
     /// The connection's peer, when read.
     pub source: Option<&'a crate::source::Source>,
+    /// A verified inbound transaction token.
+    pub transaction: Option<&'a crate::txn::Inbound>,
 }
 
 /// Which facts a decision key holds, decided once at configure time from
@@ -223,7 +227,13 @@ impl KeyPlan {
         ];
         let mut parts: Vec<Part> = Vec::new();
         let everything = || {
-            let mut all = vec![Part::Service, Part::Action, Part::Mcp(None)];
+            let mut all = vec![
+                Part::Service,
+                Part::Action,
+                Part::Mcp(None),
+                Part::Source,
+                Part::Transaction,
+            ];
             all.extend(request.iter().cloned());
             all
         };
@@ -242,6 +252,7 @@ impl KeyPlan {
                         ("action", _) => parts.push(Part::Action),
                         ("mcp", field) => parts.push(Part::Mcp(field.map(str::to_owned))),
                         ("source", _) => parts.push(Part::Source),
+                        ("transaction", _) => parts.push(Part::Transaction),
                         ("request", None) => parts.extend(request.iter().cloned()),
                         ("request", Some("method")) => parts.push(Part::Method),
                         ("request", Some("host")) => parts.push(Part::Host),
@@ -291,6 +302,15 @@ impl KeyPlan {
                     Some(src) => {
                         for v in src.key_fields() {
                             k.optional(v.map(str::as_bytes));
+                        }
+                        &mut k
+                    }
+                    None => k.optional(None),
+                },
+                Part::Transaction => match f.transaction {
+                    Some(t) => {
+                        for v in t.key_fields() {
+                            k.field(v.as_bytes());
                         }
                         &mut k
                     }
@@ -381,6 +401,7 @@ mod tests {
             headers: h,
             mcp: None,
             source: None,
+            transaction: None,
         }
     }
 

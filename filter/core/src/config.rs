@@ -204,6 +204,19 @@ pub struct ResourceConfig {
     /// Scopes its metadata lists (default: `oauth.scopes_supported`).
     #[serde(default)]
     pub scopes_supported: Vec<String>,
+    /// Allowed requests carry a signed transaction token (`Txn-Token`,
+    /// see [`crate::txn`]; needs the `txn_token` block).
+    #[serde(default)]
+    pub txn_token: bool,
+    /// Allowed requests carry the plain `x-agent-*` identity headers
+    /// (default). Off, with `txn_token`, the token is the only statement
+    /// of identity upstream.
+    #[serde(default = "yes")]
+    pub identity_headers: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The resource-server side of OAuth (see [`crate::oauth`]).
@@ -509,6 +522,8 @@ fn default_resource() -> ResourceConfig {
         protocol: Protocol::Http,
         resource_uri: None,
         scopes_supported: Vec::new(),
+        txn_token: false,
+        identity_headers: true,
     }
 }
 
@@ -675,6 +690,8 @@ struct RawConfig {
     mcp: McpConfig,
     #[serde(default)]
     oauth: Option<OAuthConfig>,
+    #[serde(default)]
+    txn_token: Option<crate::txn::TxnConfig>,
 }
 
 /// A validated configuration. Immutable after [`Config::from_json`].
@@ -708,6 +725,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The connection's peer.
     pub source: SourceConfig,
+    /// Transaction tokens, when configured.
+    pub txn_token: Option<crate::txn::TxnConfig>,
 }
 
 /// The seed's actions: skills are invoked, tools accessed, data read or written.
@@ -788,7 +807,40 @@ impl Config {
             oauth,
             limits,
             source,
+            txn_token,
         } = raw;
+        if let Some(t) = &txn_token {
+            t.check()
+                .map_err(|(field, problem)| invalid(field, problem))?;
+            if vault.is_none() {
+                return Err(invalid(
+                    "txn_token",
+                    "needs a vault block: the signing key is read from it",
+                ));
+            }
+        }
+        let named = resources
+            .iter()
+            .map(|(n, r)| (format!("resources.{n}"), r))
+            .chain(
+                default_res
+                    .iter()
+                    .map(|r| ("default_resource".to_string(), r)),
+            );
+        for (name, r) in named {
+            if r.txn_token && txn_token.is_none() {
+                return Err(invalid(
+                    format!("{name}.txn_token"),
+                    "needs the txn_token block",
+                ));
+            }
+            if !r.identity_headers && !r.txn_token {
+                return Err(invalid(
+                    format!("{name}.identity_headers"),
+                    "may be off only when txn_token is on",
+                ));
+            }
+        }
         if !(1..=1 << 20).contains(&limits.slots) {
             return Err(invalid("limits.slots", "must be between 1 and 1048576"));
         }
@@ -1106,6 +1158,7 @@ impl Config {
             oauth,
             limits,
             source,
+            txn_token,
         })
     }
 
@@ -1143,6 +1196,7 @@ impl Config {
             || self.headers.strip.iter().any(|h| folded == h.as_bytes())
             || ALWAYS_STRIPPED.iter().any(|h| folded == h.as_bytes())
             || (!self.source.xfcc_from_envoy && folded == b"x-forwarded-client-cert")
+            || (self.txn_token.is_none() && folded == crate::txn::HEADER.as_bytes())
     }
 }
 

@@ -162,6 +162,8 @@ struct Worker {
     lease_owner: u64,
     /// Per-limit refusal counters, by limit name (bounded).
     limit_metrics: RefCell<HashMap<String, Option<u32>>>,
+    /// Transaction tokens: the key, minted and verified tokens.
+    txn: Option<RefCell<crate::txn::Signer>>,
 }
 
 /// What the headers phase ends in.
@@ -186,6 +188,8 @@ struct Admitted {
     authority: Option<String>,
     /// The connection's peer, when `source.peer_certificate` is on.
     source: Option<Box<crate::source::Source>>,
+    /// A verified inbound transaction token.
+    transaction: Option<Rc<crate::txn::Inbound>>,
 }
 
 impl Admitted {
@@ -280,6 +284,10 @@ impl Filter {
                 limits: crate::limits::Table::new(&config.limits),
                 lease_owner: (seed ^ (seed >> 32)) << 32,
                 limit_metrics: RefCell::new(HashMap::new()),
+                txn: config
+                    .txn_token
+                    .as_ref()
+                    .map(|_| RefCell::new(crate::txn::Signer::default())),
             },
             config,
             policy,
@@ -325,6 +333,7 @@ impl Filter {
                 ),
             );
         }
+        self.txn_tick(host);
         self.needs_tick().then_some(TICK_MS)
     }
 
@@ -625,6 +634,7 @@ impl Filter {
             "mcp-protocol-version",
             "mcp-method",
             "mcp-name",
+            crate::txn::HEADER,
         ]
         .into_iter()
         .chain(self.config.headers.input.iter().map(String::as_str))
@@ -672,6 +682,9 @@ impl Filter {
         if let Some(reply) = crate::oauth::serve(&method, &path, &self.config) {
             return Ok(Admission::Answer(reply));
         }
+        if let Some(reply) = self.serve_jwks(&method, &path) {
+            return Ok(Admission::Answer(reply));
+        }
         if self.config.decision_log.mandatory {
             if !self.reserve_log() {
                 return Err((Denial::LogUnavailable, None));
@@ -689,6 +702,9 @@ impl Filter {
             .ok_or_else(|| unauthorized(ClaimsError::Missing))?;
         let authority = headers.get(":authority").map(str::to_owned);
         let principal = self.principal(&raw)?;
+        let transaction = self
+            .inbound_txn(host, headers.get(crate::txn::HEADER))
+            .map_err(|d| (d, Some(principal.identity.id.clone())))?;
         Ok(Admission::Decide(Admitted {
             decision_id: decision_id.to_string(),
             reserved: *reserved,
@@ -703,6 +719,7 @@ impl Filter {
                 .source
                 .peer_certificate
                 .then(|| Box::new(crate::source::Source::read(host))),
+            transaction,
         }))
     }
 
@@ -772,6 +789,7 @@ impl Filter {
             action,
             time_ns: now,
             source: a.source.as_deref(),
+            transaction: a.transaction.as_deref(),
         };
         let mcp_doc = || mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref()));
         // The input document, built at most once: a list request keeps it
@@ -800,6 +818,7 @@ impl Filter {
                 headers,
                 mcp: mcp.map(|m| (m, mcp_version.as_deref())),
                 source: a.source.as_deref(),
+                transaction: a.transaction.as_deref(),
             })
         });
         // A list request: its response is filtered by the policy, on this
@@ -836,7 +855,7 @@ impl Filter {
                 if logging {
                     trail.input = Some(list_doc(trail).unwrap_or_else(build));
                 }
-                return self.forward(host, &outcome, headers, &route, &request_id, trail);
+                return self.forward(host, &outcome, a, &route, &request_id, trail);
             }
         }
         let doc = list_doc(trail).unwrap_or_else(build);
@@ -847,7 +866,7 @@ impl Filter {
                 c.insert(key, Rc::clone(&outcome), now, until);
             }
         }
-        self.forward(host, &outcome, headers, &route, &request_id, trail)
+        self.forward(host, &outcome, a, &route, &request_id, trail)
     }
 
     /// The MCP revision a message is sent under: the `mcp-protocol-version`
@@ -910,11 +929,12 @@ impl Filter {
         &self,
         host: &mut H,
         outcome: &Outcome,
-        headers: &RequestHeaders,
+        a: &Admitted,
         route: &Route<'_>,
         request_id: &str,
         trail: &mut Trail,
     ) -> Result<(String, Flow), Refused> {
+        let headers = &a.headers;
         let agent = &outcome.agent;
         let allowed = match &outcome.result {
             Ok(a) => a,
@@ -932,17 +952,31 @@ impl Filter {
                 .meter(host, &allowed.limits, &facts)
                 .map_err(|r| (Denial::RateLimited(r), Some(agent.clone())))?;
         }
-        let mut writes: Vec<(&str, &str)> = allowed
-            .trusted
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .chain(allowed.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .collect();
-        writes.push(("x-request-id", request_id));
+        let resource = self.config.resource(route.service.unwrap_or(""));
         let tool = trail
             .tool
             .clone()
             .filter(|t| check_value(t, self.config.headers.max_value_bytes).is_ok());
+        // A registered service only: config refuses txn_token elsewhere.
+        let signed = match route.service.filter(|_| resource.txn_token) {
+            Some(service) => Some(
+                self.txn_token_for(host, a, service, tool.as_deref())
+                    .map_err(|d| (d, Some(agent.clone())))?,
+            ),
+            None => None,
+        };
+        let mut writes: Vec<(&str, &str)> = allowed
+            .trusted
+            .iter()
+            .filter(|_| resource.identity_headers)
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(allowed.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect();
+        if let Some(t) = &signed {
+            writes.push((crate::txn::HEADER, t));
+            writes.push((DECISION_ID_HEADER, &a.decision_id));
+        }
+        writes.push(("x-request-id", request_id));
         if let Some(tool) = &tool {
             writes.push((TOOL_HEADER, tool));
         }
@@ -955,11 +989,15 @@ impl Filter {
         if let Some(p) = &route.upstream_path {
             writes.push((":path", p.as_str()));
         }
-        let mut drop: Vec<&str> = Vec::with_capacity(2);
+        let mut drop: Vec<&str> = Vec::with_capacity(3);
         if !self.config.identity.forward_token {
             drop.push("authorization");
         }
-        if self.config.resource(route.service.unwrap_or("")).protocol == Protocol::Mcp {
+        if signed.is_none() && self.config.txn_token.is_some() {
+            // An inbound token is for this hop: never passed on as is.
+            drop.push(crate::txn::HEADER);
+        }
+        if resource.protocol == Protocol::Mcp {
             // Responses stay readable for list filtering.
             drop.push("accept-encoding");
         }
@@ -1166,7 +1204,7 @@ impl Filter {
     /// Whether the root context must tick: secret fetches or a decision-log
     /// collector.
     pub fn needs_tick(&self) -> bool {
-        self.worker.broker.is_some() || self.worker.shipper.is_some()
+        self.worker.broker.is_some() || self.worker.shipper.is_some() || self.worker.txn.is_some()
     }
 
     /// Root context tick: ships decision records, dispatches due secret
@@ -1174,6 +1212,7 @@ impl Filter {
     /// secret work is pending.
     pub fn on_tick<H: Host>(&self, host: &mut H) -> bool {
         let w = &self.worker;
+        self.txn_tick(host);
         if let Some(mut sh) = w.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
             sh.on_tick(host);
             let (was_s, was_d) = w.exported_log.replace((sh.shipped, sh.dropped));
@@ -1214,6 +1253,9 @@ impl Filter {
         status: Option<u16>,
         body: Option<&[u8]>,
     ) {
+        if self.txn_response(host, token, status, body) {
+            return;
+        }
         let now = host.now_ns();
         if let Some(mut sh) = self
             .worker
@@ -1451,3 +1493,8 @@ mod listing;
 pub use listing::{BodyStep, ResponseBody};
 
 mod limiting;
+
+mod signing;
+
+#[cfg(test)]
+mod signing_tests;

@@ -101,6 +101,12 @@ pub trait Host {
     fn shared_set(&mut self, _key: &str, _value: &[u8], _cas: Option<u32>) -> bool {
         false
     }
+    /// An environment variable the proxy hands the VM (Envoy:
+    /// `vm_config.environment_variables`), for credentials that must not
+    /// be in the plugin configuration.
+    fn env_var(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Shared data as [`MockHost`] keeps it: give two hosts the same one to
@@ -199,6 +205,8 @@ pub struct MockHost {
     /// Metrics by name: counter totals, or histogram samples summed.
     pub metrics: BTreeMap<String, u64>,
     metric_names: Vec<String>,
+    /// Environment variables [`Host::env_var`] answers from.
+    pub env: BTreeMap<String, String>,
 }
 
 impl MockHost {
@@ -309,6 +317,10 @@ impl Host for MockHost {
 
     fn stream_id(&self) -> u32 {
         self.stream
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        self.env.get(name).cloned()
     }
 
     fn arm_tick(&mut self, period_ms: u64) {

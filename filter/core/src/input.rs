@@ -209,6 +209,8 @@ pub struct RequestFacts<'a> {
     pub time_ns: u64,
     /// The connection's peer, when read.
     pub source: Option<&'a crate::source::Source>,
+    /// A verified inbound transaction token.
+    pub transaction: Option<&'a crate::txn::Inbound>,
 }
 
 /// Builds the input document, directly as a regorus value (see
@@ -239,6 +241,7 @@ pub fn build(
         ("agent", principal.agent.clone()),
         ("delegation", principal.delegation.clone()),
         ("source", crate::source::Source::doc(facts.source)),
+        ("transaction", crate::txn::Inbound::doc(facts.transaction)),
         (
             "request",
             value::object([
@@ -389,6 +392,7 @@ mod tests {
             action: c.action_for(c.resource("sentiment-analysis"), "POST"),
             time_ns: 7,
             source: None,
+            transaction: None,
         };
         let hdrs = crate::headers::read(&h, &c).unwrap();
         let doc = crate::value::from_rego(&build(
@@ -426,6 +430,7 @@ mod tests {
             action: c.action_for(c.resource("nope"), "GET"),
             time_ns: 7,
             source: None,
+            transaction: None,
         };
         let doc = crate::value::from_rego(&build(
             &hdrs,

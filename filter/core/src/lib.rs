@@ -32,6 +32,7 @@ pub mod principal;
 pub mod reads;
 pub mod secrets;
 pub mod source;
+pub mod txn;
 pub mod value;
 pub mod wire;
 

@@ -51,6 +51,14 @@ pub enum M {
     LimitEvictions,
     /// Limit writes that lost a compare-and-swap race and were retried.
     LimitRetries,
+    /// Requests refused because no transaction token could be had (503).
+    TxnUnavailable,
+    /// Transaction tokens signed.
+    TxnMinted,
+    /// Requests that reused a token signed before.
+    TxnReused,
+    /// Inbound transaction tokens verified (signature checked).
+    TxnVerified,
     /// Policy evaluation time, µs (histogram).
     PolicyEvalUs,
 }
@@ -78,6 +86,10 @@ pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
     "agentplane.limits.collisions",
     "agentplane.limits.evictions",
     "agentplane.limits.cas_retries",
+    "agentplane.decisions.txn_token_unavailable",
+    "agentplane.txn_token.minted",
+    "agentplane.txn_token.reused",
+    "agentplane.txn_token.verified",
     "agentplane.policy.eval_us",
 ];
 

@@ -51,6 +51,11 @@ pub enum Denial {
     /// Over a limit the policy applies: 429 with `Retry-After` and the
     /// RateLimit fields.
     RateLimited(crate::limits::Refusal),
+    /// An inbound `Txn-Token` that does not verify (403), with why.
+    InvalidTxnToken(&'static str),
+    /// A transaction token is needed and cannot be had: the signing key
+    /// has not loaded, or signing failed (503).
+    TxnTokenUnavailable(&'static str),
 }
 
 impl Denial {
@@ -62,8 +67,11 @@ impl Denial {
             Denial::TooLarge { .. } => 413,
             Denial::RateLimited(_) => 429,
             Denial::Policy { status, .. } => *status,
-            Denial::PolicyError | Denial::UnsafeIdentity(_) => 403,
-            Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => 503,
+            Denial::PolicyError | Denial::UnsafeIdentity(_) | Denial::InvalidTxnToken(_) => 403,
+            Denial::SecretsUnavailable(_)
+            | Denial::LogUnavailable
+            | Denial::HostFailure(_)
+            | Denial::TxnTokenUnavailable(_) => 503,
         }
     }
 
@@ -74,10 +82,14 @@ impl Denial {
             Denial::BadRequest(_) | Denial::Mcp(_) => "bad_request",
             Denial::TooLarge { .. } => "payload_too_large",
             Denial::RateLimited(_) => "rate_limited",
-            Denial::Policy { .. } | Denial::PolicyError | Denial::UnsafeIdentity(_) => "forbidden",
-            Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => {
-                "unavailable"
-            }
+            Denial::Policy { .. }
+            | Denial::PolicyError
+            | Denial::UnsafeIdentity(_)
+            | Denial::InvalidTxnToken(_) => "forbidden",
+            Denial::SecretsUnavailable(_)
+            | Denial::LogUnavailable
+            | Denial::HostFailure(_)
+            | Denial::TxnTokenUnavailable(_) => "unavailable",
         }
     }
 
@@ -102,6 +114,8 @@ impl Denial {
             Denial::SecretsUnavailable(class) => format!("secrets_unavailable: {class}"),
             Denial::LogUnavailable => "decision_log_unavailable".into(),
             Denial::HostFailure(what) => format!("proxy_error: {what}"),
+            Denial::InvalidTxnToken(why) => format!("invalid_txn_token: {why}"),
+            Denial::TxnTokenUnavailable(why) => format!("txn_token_unavailable: {why}"),
         }
     }
 
@@ -124,6 +138,8 @@ impl Denial {
             Denial::SecretsUnavailable(_) => M::SecretsUnavailable,
             Denial::LogUnavailable => M::LogUnavailable,
             Denial::HostFailure(_) => M::HostFailure,
+            Denial::InvalidTxnToken(_) => M::Unauthorized,
+            Denial::TxnTokenUnavailable(_) => M::TxnUnavailable,
         }
     }
 
@@ -195,12 +211,14 @@ impl Denial {
             Denial::Mcp(e) => e.code,
             Denial::BadRequest(_) | Denial::TooLarge { .. } => code::INVALID_REQUEST,
             Denial::Unauthorized(_) => code::UNAUTHORIZED,
-            Denial::Policy { .. } | Denial::PolicyError | Denial::UnsafeIdentity(_) => {
-                code::FORBIDDEN
-            }
-            Denial::SecretsUnavailable(_) | Denial::LogUnavailable | Denial::HostFailure(_) => {
-                code::UNAVAILABLE
-            }
+            Denial::Policy { .. }
+            | Denial::PolicyError
+            | Denial::UnsafeIdentity(_)
+            | Denial::InvalidTxnToken(_) => code::FORBIDDEN,
+            Denial::SecretsUnavailable(_)
+            | Denial::LogUnavailable
+            | Denial::HostFailure(_)
+            | Denial::TxnTokenUnavailable(_) => code::UNAVAILABLE,
             Denial::RateLimited(_) => code::RATE_LIMITED,
         }
     }

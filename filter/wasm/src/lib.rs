@@ -509,6 +509,11 @@ impl Host for EnvoyHost {
         .unwrap_or(false)
     }
 
+    fn env_var(&self, name: &str) -> Option<String> {
+        // WASI environ: what vm_config.environment_variables hands the VM.
+        std::env::var(name).ok()
+    }
+
     fn log(&self, level: LogLevel, message: &str) {
         let level = match level {
             LogLevel::Debug => abi::LOG_DEBUG,

@@ -1,0 +1,371 @@
+//! Transaction tokens through the request path (`signing.rs`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::tests::{body, claims, request, NOON};
+use super::*;
+use crate::host::MockHost;
+use crate::txn::{self, Keyring};
+use serde_json::{json, Value};
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const SEED: [u8; 32] = [42; 32];
+const VAULT_TOKEN: &str = "hvs.vault-token-canary";
+
+fn kv() -> Vec<u8> {
+    json!({"data": {"data": {
+        "kid": "gw-1",
+        "d": <base64ct::Base64UrlUnpadded as base64ct::Encoding>::encode_string(&SEED),
+    }}})
+    .to_string()
+    .into_bytes()
+}
+
+fn seed_b64() -> String {
+    <base64ct::Base64UrlUnpadded as base64ct::Encoding>::encode_string(&SEED)
+}
+
+fn signing_filter(extra: Value) -> Filter {
+    let mut cfg = json!({
+        "vault": {"cluster": "vault", "role": "agent"},
+        "txn_token": {"issuer": "https://gw.example", "audience": "corp.example"},
+        "resources": {
+            "tickets": {"type": "data", "txn_token": true,
+                "metadata": {"team": "customer-success", "environment": "production"}},
+            "plain": {"type": "data",
+                "metadata": {"team": "customer-success", "environment": "production"}},
+            "sealed": {"type": "data", "txn_token": true, "identity_headers": false,
+                "metadata": {"team": "customer-success", "environment": "production"}}
+        }
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
+}
+
+fn root() -> MockHost {
+    let mut r = MockHost::new().at(NOON);
+    r.env
+        .insert("AGENTPLANE_VAULT_TOKEN".into(), VAULT_TOKEN.into());
+    r
+}
+
+/// Configures `f` and answers its key read.
+fn loaded(f: &Filter) -> MockHost {
+    let mut r = root();
+    f.on_configured(&mut r, "test");
+    let call = r.dispatched.last().expect("the key is read at configure");
+    let token = call.token;
+    f.on_callout_response(&mut r, token, Some(200), Some(&kv()));
+    r
+}
+
+fn ring() -> Keyring {
+    Keyring::from_kv(&kv()).unwrap()
+}
+
+fn cfg(f: &Filter) -> txn::TxnConfig {
+    f.config().txn_token.clone().unwrap()
+}
+
+fn get(path: &str) -> MockHost {
+    request("GET", path, Some(claims(json!({}))))
+}
+
+#[test]
+fn requests_needing_a_token_wait_for_the_key_and_never_pass_unsigned() {
+    let f = signing_filter(json!({}));
+    let mut r = root();
+    f.on_configured(&mut r, "test");
+    let call = &r.dispatched[0];
+    assert_eq!(call.cluster, "vault");
+    assert!(call.headers.contains(&(
+        ":path".into(),
+        "/v1/secret/data/agentplane/txn-signing".into()
+    )));
+    assert!(call
+        .headers
+        .contains(&("x-vault-token".into(), VAULT_TOKEN.into())));
+    // Not loaded yet: 503 with a reason and a decision id; the JWKS too.
+    let mut h = get("/tickets/1");
+    let (flow, d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 503);
+    assert_eq!(
+        body(&h)["reason"],
+        "txn_token_unavailable: signing key not loaded"
+    );
+    assert_eq!(body(&h)["decision_id"], d.id.as_str());
+    let mut j = get("/.well-known/agentplane/jwks.json");
+    f.on_request_headers(&mut j);
+    assert_eq!(j.reply.as_ref().unwrap().status, 503);
+    // A service without tokens is not held up.
+    let mut p = get("/plain/1");
+    assert_eq!(f.on_request_headers(&mut p).0, Flow::Continue);
+    // A failed read is retried with backoff; the key then loads.
+    let token = r.dispatched[0].token;
+    f.on_callout_response(&mut r, token, Some(503), None);
+    f.on_tick(&mut r);
+    assert_eq!(r.dispatched.len(), 1, "backing off");
+    r.now_ns += 1_000_000_000;
+    f.on_tick(&mut r);
+    assert_eq!(r.dispatched.len(), 2);
+    let token = r.dispatched[1].token;
+    f.on_callout_response(&mut r, token, Some(200), Some(&kv()));
+    let mut h = get("/tickets/1");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    assert_eq!(h.header_values("txn-token").len(), 1);
+}
+
+#[test]
+fn one_token_is_reused_and_each_request_carries_its_own_decision_id() {
+    let f = signing_filter(json!({}));
+    loaded(&f);
+    let mut a = get("/tickets/1");
+    let (_, da) = f.on_request_headers(&mut a);
+    let mut b = get("/tickets/2");
+    let (_, db) = f.on_request_headers(&mut b);
+    let ta = a.header_values("txn-token");
+    assert_eq!(ta, b.header_values("txn-token"), "reused");
+    assert_eq!(a.header_values("x-decision-id"), vec![da.id.clone()]);
+    assert_eq!(b.header_values("x-decision-id"), vec![db.id.clone()]);
+    assert_ne!(da.id, db.id);
+    let t = txn::verify(&ta[0], &ring(), &cfg(&f), (NOON / 1_000_000_000) as i64).unwrap();
+    assert_eq!(t.claims.sub, "support-triage@clients");
+    assert_eq!(t.claims.svc, "tickets");
+    assert_eq!(t.claims.aud, "corp.example");
+    assert_eq!(t.claims.scope, "skills:invoke data:read data:write");
+    assert_eq!(t.claims.tctx.decision, da.id);
+    assert_eq!(t.claims.txn, da.id);
+    assert!(t.claims.act.is_none(), "the agent acts for itself");
+    // Another service gets its own token; after reuse_s a new one is signed.
+    let mut c = get("/sealed/1");
+    f.on_request_headers(&mut c);
+    assert_ne!(c.header_values("txn-token"), ta);
+    let mut late = get("/tickets/3").at(NOON + 31_000_000_000);
+    f.on_request_headers(&mut late);
+    assert_ne!(late.header_values("txn-token"), ta);
+    // Signed again for the new window, then reused.
+    let mut later = get("/tickets/4").at(NOON + 32_000_000_000);
+    f.on_request_headers(&mut later);
+    assert_eq!(
+        later.header_values("txn-token"),
+        late.header_values("txn-token")
+    );
+}
+
+#[test]
+fn identity_headers_off_sends_only_the_token() {
+    let f = signing_filter(json!({}));
+    loaded(&f);
+    let mut h = get("/sealed/1");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    assert!(h.header_values("x-agent-id").is_empty());
+    assert_eq!(h.header_values("txn-token").len(), 1);
+    let mut p = get("/plain/1");
+    f.on_request_headers(&mut p);
+    assert_eq!(p.header_values("x-agent-id"), ["support-triage@clients"]);
+    assert!(p.header_values("txn-token").is_empty());
+}
+
+#[test]
+fn a_forged_or_expired_inbound_txn_token_is_refused() {
+    let f = signing_filter(json!({}));
+    loaded(&f);
+    let other = Keyring::from_kv(
+        json!({"data": {"data": {"kid": "gw-1", "d": <base64ct::Base64UrlUnpadded as base64ct::Encoding>::encode_string(&[1u8; 32])}}})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let claims_for = |iss: &str| txn::TxnClaims {
+        iss: iss.into(),
+        aud: "corp.example".into(),
+        txn: "t-1".into(),
+        sub: "alice@clients".into(),
+        scope: "data:read".into(),
+        req_wl: "a@clients".into(),
+        svc: "orchestrator".into(),
+        tool: None,
+        act: None,
+        tctx: txn::Tctx::default(),
+    };
+    let now = (NOON / 1_000_000_000) as i64;
+    let forged = txn::mint(
+        other.current.as_ref().unwrap(),
+        claims_for("https://gw.example"),
+        now,
+        60,
+    )
+    .unwrap();
+    let expired = txn::mint(
+        ring().current.as_ref().unwrap(),
+        claims_for("https://gw.example"),
+        now - 600,
+        60,
+    )
+    .unwrap();
+    for (token, why) in [
+        (
+            forged.as_str(),
+            "invalid_txn_token: signature or claims do not verify",
+        ),
+        (expired.as_str(), "invalid_txn_token: expired"),
+        ("garbage", "invalid_txn_token: malformed token"),
+    ] {
+        let mut h = get("/plain/1").with_header("txn-token", token);
+        let (flow, d) = f.on_request_headers(&mut h);
+        assert_eq!(flow, Flow::Replied);
+        assert_eq!(h.reply.as_ref().unwrap().status, 403);
+        assert_eq!(body(&h)["reason"], why);
+        assert_eq!(body(&h)["decision_id"], d.id.as_str());
+    }
+}
+
+#[test]
+fn a_second_hop_keeps_the_subject_and_transaction_and_narrows_scope() {
+    let f = signing_filter(json!({}));
+    loaded(&f);
+    let now = (NOON / 1_000_000_000) as i64;
+    let first = txn::mint(
+        ring().current.as_ref().unwrap(),
+        txn::TxnClaims {
+            iss: "https://gw.example".into(),
+            aud: "corp.example".into(),
+            txn: "txn-root".into(),
+            sub: "alice@clients".into(),
+            scope: "data:read".into(),
+            req_wl: "orchestrator@clients".into(),
+            svc: "support".into(),
+            tool: None,
+            act: txn::nest(&["orchestrator@clients".into()]),
+            tctx: txn::Tctx::default(),
+        },
+        now,
+        60,
+    )
+    .unwrap();
+    // The support agent, called by the orchestrator for alice, calls on.
+    let mut h = get("/tickets/1").with_header("txn-token", &first);
+    assert_eq!(
+        f.on_request_headers(&mut h).0,
+        Flow::Continue,
+        "{:?}",
+        h.reply
+    );
+    let next = h.header_values("txn-token");
+    assert_ne!(next[0], first);
+    let t = txn::verify(&next[0], &ring(), &cfg(&f), now).unwrap();
+    assert_eq!(t.claims.sub, "alice@clients");
+    assert_eq!(t.claims.txn, "txn-root");
+    assert_eq!(t.actors, ["support-triage@clients", "orchestrator@clients"]);
+    assert_eq!(t.claims.scope, "data:read", "narrowed, never widened");
+    assert_eq!(t.claims.tctx.agent, "support-triage@clients");
+    // A service without tokens never sees the inbound one.
+    let mut p = get("/plain/1").with_header("txn-token", &first);
+    assert_eq!(f.on_request_headers(&mut p).0, Flow::Continue);
+    assert!(p.header_values("txn-token").is_empty());
+}
+
+#[test]
+fn the_policy_sees_the_inbound_transaction() {
+    let f = signing_filter(json!({"decision_log": {"enabled": true, "sample_allowed": 1.0}}));
+    loaded(&f);
+    let now = (NOON / 1_000_000_000) as i64;
+    let first = txn::mint(
+        ring().current.as_ref().unwrap(),
+        txn::TxnClaims {
+            iss: "https://gw.example".into(),
+            aud: "corp.example".into(),
+            txn: "txn-root".into(),
+            sub: "alice@clients".into(),
+            scope: "data:read".into(),
+            req_wl: "orchestrator@clients".into(),
+            svc: "support".into(),
+            tool: None,
+            act: None,
+            tctx: txn::Tctx::default(),
+        },
+        now,
+        60,
+    )
+    .unwrap();
+    let mut h = get("/plain/1").with_header("txn-token", &first);
+    let (_, mut d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d);
+    let logs = h.logs.borrow();
+    let line = logs
+        .iter()
+        .find_map(|(_, l)| l.strip_prefix(crate::audit::PREFIX))
+        .expect("a decision record");
+    let rec: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(rec["input"]["transaction"]["sub"], "alice@clients");
+    assert_eq!(rec["input"]["transaction"]["txn"], "txn-root");
+    assert!(!line.contains(&first), "the raw token is not logged");
+}
+
+#[test]
+fn the_jwks_is_public_and_no_secret_leaks_into_logs_or_replies() {
+    let f = signing_filter(json!({"decision_log": {"enabled": true, "sample_allowed": 1.0}}));
+    let r = loaded(&f);
+    let mut j = MockHost::new()
+        .at(NOON)
+        .with_header(":method", "GET")
+        .with_header(":path", "/.well-known/agentplane/jwks.json")
+        .with_header(":authority", "gw");
+    f.on_request_headers(&mut j);
+    let reply = j.reply.clone().unwrap();
+    assert_eq!(reply.status, 200);
+    let jwks: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], "gw-1");
+    let mut h = get("/tickets/1");
+    let (_, mut d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d);
+    let seed = seed_b64();
+    let mut seen: Vec<String> = r.logs.borrow().iter().map(|(_, l)| l.clone()).collect();
+    seen.extend(h.logs.borrow().iter().map(|(_, l)| l.clone()));
+    seen.push(String::from_utf8_lossy(&reply.body).into_owned());
+    seen.push(format!("{f:?}"));
+    assert!(seen.iter().any(|l| l.contains("signing key gw-1 loaded")));
+    for l in &seen {
+        assert!(!l.contains(&seed), "seed leaked: {l}");
+        assert!(!l.contains(VAULT_TOKEN), "vault token leaked: {l}");
+    }
+}
+
+#[test]
+fn without_the_vault_token_variable_the_key_is_not_read_and_it_says_why() {
+    let f = signing_filter(json!({}));
+    let mut r = MockHost::new().at(NOON);
+    f.on_configured(&mut r, "test");
+    assert!(r.dispatched.is_empty());
+    assert!(r
+        .logs
+        .borrow()
+        .iter()
+        .any(|(_, l)| l.contains("AGENTPLANE_VAULT_TOKEN is not set")));
+}
+
+#[test]
+fn txn_token_configuration_is_checked() {
+    for bad in [
+        json!({"resources": {"s": {"type": "data", "txn_token": true}}}),
+        json!({"txn_token": {"issuer": "i", "audience": "a"}}),
+        json!({"vault": {}, "txn_token": {"issuer": "i", "audience": "a"},
+               "resources": {"s": {"type": "data", "identity_headers": false}}}),
+    ] {
+        assert!(Filter::new(bad.to_string().as_bytes(), 1).is_err(), "{bad}");
+    }
+    // Without the block, a client's Txn-Token is stripped like x-agent-*.
+    let f = Filter::new(
+        br#"{"resources": {"tickets": {"type": "data",
+            "metadata": {"team": "customer-success", "environment": "production"}}}}"#,
+        1,
+    )
+    .unwrap();
+    let mut h = get("/tickets/1").with_header("txn-token", "forged");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    assert!(h.header_values("txn-token").is_empty());
+}
