@@ -19,3 +19,4 @@ mod limits;
 mod mcp;
 mod secrets;
 mod source;
+mod txn;

@@ -557,6 +557,9 @@ pub struct RenderedEnvoy {
     pub yaml: String,
     /// Worker threads (`--concurrency`), 1 unless a test wants more.
     pub workers: u32,
+    /// Environment of the Envoy process (the VM sees the names listed in
+    /// `vm_config.environment_variables.host_env_keys`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The registered service names of a plugin configuration.
@@ -628,6 +631,7 @@ pub fn render_envoy_routed(
     RenderedEnvoy {
         workers: 1,
         yaml: render(&template, &vars),
+        env: Vec::new(),
     }
 }
 
@@ -836,6 +840,34 @@ impl Bao {
                 "max_ttl": "1h",
             }),
         );
+    }
+
+    /// The gateway's transaction-token signing key: a fresh Ed25519 seed
+    /// at `secret/data/agentplane/txn-signing` (`kid`, `d`), and a token
+    /// whose only policy reads it (what Envoy's VM gets in
+    /// `AGENTPLANE_VAULT_TOKEN`). Returns (vault token, seed base64url).
+    pub fn setup_txn_signing(&self, kid: &str) -> (String, String) {
+        let mut seed = [0u8; 32];
+        let mut f = std::fs::File::open("/dev/urandom").unwrap();
+        std::io::Read::read_exact(&mut f, &mut seed).unwrap();
+        let d = base64url(&seed);
+        self.api(
+            "POST",
+            "/v1/secret/data/agentplane/txn-signing",
+            json!({"data": {"kid": kid, "d": d}}),
+        );
+        self.api(
+            "PUT",
+            "/v1/sys/policies/acl/agentplane-gateway",
+            json!({"policy": "path \"secret/data/agentplane/txn-signing\" { capabilities = [\"read\"] }\n"}),
+        );
+        let t = self.api(
+            "POST",
+            "/v1/auth/token/create",
+            json!({"policies": ["agentplane-gateway"], "no_default_policy": true, "ttl": "1h"}),
+        );
+        let token = t["auth"]["client_token"].as_str().unwrap().to_string();
+        (token, d)
     }
 
     /// Writes a KV v2 secret for an agent.
@@ -1084,6 +1116,7 @@ impl Envoy {
             .arg(dir.join("admin.address"))
             .args(["--use-dynamic-base-id", "-l", "info", "--concurrency"])
             .arg(rendered.workers.to_string())
+            .envs(rendered.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -1252,6 +1285,12 @@ pub fn add_tickets_mcp(cfg: &mut Value) {
         "type": "tool", "protocol": "mcp",
         "metadata": {"team": "customer-success", "environment": "production"}
     });
+}
+
+/// Unpadded base64url.
+pub fn base64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The demo/test plugin configuration (`envoy/agentplane.json`).
