@@ -95,7 +95,7 @@ impl Default for TxnConfig {
             refresh_s: 300,
             jwks_path: "/.well-known/agentplane/jwks.json".into(),
             trusted: Vec::new(),
-            max_entries: 4096,
+            max_entries: 16_384,
         }
     }
 }
@@ -492,13 +492,19 @@ impl Signer {
             .map(|(t, _)| Rc::clone(t))
     }
 
-    /// Keeps a minted token for reuse until `until_ns`.
-    pub fn keep(&mut self, key: Vec<u8>, token: Rc<str>, until_ns: u64, max: usize) {
+    /// Keeps a minted token for reuse until `until_ns`. When full, the
+    /// stale ones go, then (still full) every other one: never the whole
+    /// table at once, which would make a working set just above the
+    /// bound sign every request.
+    pub fn keep(&mut self, key: Vec<u8>, token: Rc<str>, until_ns: u64, max: usize, now_ns: u64) {
         if self.minted.len() >= max {
-            self.minted
-                .retain(|_, (_, u)| *u > until_ns.saturating_sub(1));
+            self.minted.retain(|_, (_, u)| *u > now_ns);
             if self.minted.len() >= max {
-                self.minted.clear();
+                let mut n = 0usize;
+                self.minted.retain(|_, _| {
+                    n += 1;
+                    n % 2 == 0
+                });
             }
         }
         self.minted.insert(key, (token, until_ns));

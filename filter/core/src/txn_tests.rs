@@ -248,3 +248,24 @@ fn bad_configurations_are_refused() {
     });
     assert!(c.check().is_err());
 }
+
+#[test]
+fn a_full_token_table_sheds_half_not_everything() {
+    let mut s = Signer::default();
+    let t: Rc<str> = "t".into();
+    for i in 0..8u8 {
+        s.keep(vec![i], Rc::clone(&t), 100, 8, 10);
+    }
+    s.keep(vec![99], Rc::clone(&t), 100, 8, 10);
+    assert!(s.reuse(&[99], 50).is_some(), "the new token is kept");
+    let kept = (0..8u8).filter(|i| s.reuse(&[*i], 50).is_some()).count();
+    assert_eq!(kept, 4, "half the old ones stay");
+    // Stale ones go first.
+    let mut s = Signer::default();
+    for i in 0..8u8 {
+        s.keep(vec![i], Rc::clone(&t), if i < 4 { 5 } else { 100 }, 8, 0);
+    }
+    s.keep(vec![99], Rc::clone(&t), 100, 8, 10);
+    let kept = (4..8u8).filter(|i| s.reuse(&[*i], 50).is_some()).count();
+    assert_eq!(kept, 4, "only the stale ones went");
+}

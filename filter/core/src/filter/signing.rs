@@ -138,7 +138,7 @@ impl Filter {
             .map_err(|_| Denial::TxnTokenUnavailable("signing failed"))?
             .into();
         let until = now_ns.saturating_add(cfg.reuse_s.saturating_mul(NS));
-        s.keep(key, Rc::clone(&token), until, cfg.max_entries);
+        s.keep(key, Rc::clone(&token), until, cfg.max_entries, now_ns);
         drop(s);
         self.worker.metrics.add(host, M::TxnMinted, 1);
         Ok(token)
