@@ -14,6 +14,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod deploy;
 pub mod provider;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -761,37 +762,43 @@ impl Bao {
         }
     }
 
+    /// Runs `deploy/openbao/init.sh` (the compose stack's setup steps)
+    /// against this server with `env`.
+    pub fn run_init(&self, env: &[(&str, String)]) {
+        let script = repo_root().join("deploy/openbao/init.sh");
+        let bin = bao_bin();
+        let mut path = std::env::var("PATH").unwrap_or_default();
+        if let Some(dir) = bin.parent().filter(|d| !d.as_os_str().is_empty()) {
+            path = format!("{}:{path}", dir.display());
+        }
+        let out = Command::new("sh")
+            .arg(&script)
+            .env("BAO_ADDR", format!("http://127.0.0.1:{}", self.port))
+            .env("BAO_TOKEN", &self.root)
+            .env("PATH", path)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "deploy/openbao/init.sh failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// JWT auth trusting `idp`'s key for its issuer; role `agent` bound to
     /// the audience, `sub` as the alias; policy `agent-kv` lets each agent
     /// read only `secret/data/mcp/agents/<its own sub>/*` (entity alias
-    /// templating), and `agent-db` its database role.
+    /// templating), and its database role. The steps are
+    /// `deploy/openbao/init.sh`'s, as in the compose stack.
     pub fn setup_agents(&self, idp: &Idp) {
-        self.api("POST", "/v1/sys/auth/jwt", json!({"type": "jwt"}));
-        self.api(
-            "POST",
-            "/v1/auth/jwt/config",
-            json!({"jwt_validation_pubkeys": [idp.public_pem()], "bound_issuer": ISSUER}),
-        );
-        let mounts = self.api("GET", "/v1/sys/auth", Value::Null);
-        let accessor = mounts["data"]["jwt/"]["accessor"]
-            .as_str()
-            .or_else(|| mounts["jwt/"]["accessor"].as_str())
-            .expect("jwt mount accessor")
-            .to_string();
-        let policy = format!(
-            "path \"secret/data/mcp/agents/{{{{identity.entity.aliases.{accessor}.name}}}}/*\" {{ capabilities = [\"read\"] }}\npath \"database/creds/readonly\" {{ capabilities = [\"read\"] }}\n"
-        );
-        self.api(
-            "PUT",
-            "/v1/sys/policies/acl/agent-kv",
-            json!({"policy": policy}),
-        );
-        self.api(
-            "POST",
-            "/v1/auth/jwt/role/agent",
-            json!({"role_type": "jwt", "bound_audiences": [AUDIENCE], "user_claim": "sub",
-                   "token_policies": ["agent-kv"], "token_ttl": "1h"}),
-        );
+        self.run_init(&[
+            ("STEPS", "agents".into()),
+            ("ISSUER", ISSUER.into()),
+            ("AUDIENCE", AUDIENCE.into()),
+            ("JWT_PUBKEY", idp.public_pem()),
+        ]);
     }
 
     /// A counter from OpenBao's Prometheus metrics (0 when absent).
@@ -812,34 +819,15 @@ impl Bao {
     }
 
     /// The database secrets engine against `pg`: connection `pg`, role
-    /// `readonly` issuing login roles that live `ttl`.
+    /// `readonly` issuing login roles that live `ttl` (`init.sh`'s steps).
     pub fn setup_database(&self, pg: &Postgres, ttl: &str) {
-        self.api(
-            "POST",
-            "/v1/sys/mounts/database",
-            json!({"type": "database"}),
-        );
-        self.api(
-            "POST",
-            "/v1/database/config/pg",
-            json!({
-                "plugin_name": "postgresql-database-plugin",
-                "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable", pg.port),
-                "username": "postgres",
-                "password": pg.password,
-                "allowed_roles": ["readonly"],
-            }),
-        );
-        self.api(
-            "POST",
-            "/v1/database/roles/readonly",
-            json!({
-                "db_name": "pg",
-                "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
-                "default_ttl": ttl,
-                "max_ttl": "1h",
-            }),
-        );
+        self.run_init(&[
+            ("STEPS", "database".into()),
+            ("PG_HOST", "127.0.0.1".into()),
+            ("PG_PORT", pg.port.to_string()),
+            ("PG_PASSWORD", pg.password.clone()),
+            ("DB_TTL", ttl.into()),
+        ]);
     }
 
     /// The gateway's transaction-token signing key: a fresh Ed25519 seed

@@ -111,8 +111,29 @@ impl Filter {
             .as_deref()
             .and_then(|s| s.spiffe_id())
             .unwrap_or(&identity.id);
-        let mut key = Vec::with_capacity(96);
-        key.extend_from_slice(&a.principal.serial.to_le_bytes());
+        // Everything the claims are made of but the decision id: not the
+        // principal's serial, which a refreshed token or an evicted
+        // principal changes while the identity stays the same.
+        let mut key = Vec::with_capacity(128);
+        field(&mut key, identity.id.as_bytes());
+        field(
+            &mut key,
+            identity.agent_type.as_deref().unwrap_or("\u{0}").as_bytes(),
+        );
+        field(
+            &mut key,
+            identity.team.as_deref().unwrap_or("\u{0}").as_bytes(),
+        );
+        field(&mut key, identity.permissions.join(" ").as_bytes());
+        let actors = u32::try_from(identity.chain.len()).unwrap_or(u32::MAX);
+        key.extend_from_slice(&actors.to_le_bytes());
+        for actor in &identity.chain {
+            field(&mut key, actor.sub.as_bytes());
+            match &actor.permissions {
+                Some(ps) => field(&mut key, ps.join(" ").as_bytes()),
+                None => field(&mut key, b"\x00"),
+            }
+        }
         field(&mut key, service.as_bytes());
         field(&mut key, tool.unwrap_or("\u{0}").as_bytes());
         field(&mut key, req_wl.as_bytes());

@@ -1,0 +1,20 @@
+# The Rust parts of the compose stack: the sample skills, the tickets MCP
+# skill and the agent CLI. (The filter itself is not an image here: Envoy
+# mounts target/agentplane.wasm; see README "Deploying".)
+FROM rust:1.95.0-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p agentplane-skills --bins \
+ && cargo build --release --locked -p agentplane-agent --bin agentplane-agent
+
+FROM debian:bookworm-20251117-slim AS skills
+COPY --from=build /src/target/release/agentplane-skill-samples /src/target/release/agentplane-skill-tickets /usr/local/bin/
+USER 65534
+CMD ["agentplane-skill-samples", "0.0.0.0:8080"]
+
+FROM debian:bookworm-20251117-slim AS agent
+COPY --from=build /src/target/release/agentplane-agent /usr/local/bin/
+COPY examples/workflows /workflows
+COPY deploy/docker/demo-agent.sh /usr/local/bin/demo-agent.sh
+USER 65534
+ENTRYPOINT ["/bin/sh", "/usr/local/bin/demo-agent.sh"]

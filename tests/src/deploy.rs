@@ -1,0 +1,130 @@
+//! The ready-to-mount Envoy configurations, rendered from the one
+//! template (`envoy/envoy.yaml`) and the one plugin configuration
+//! (`envoy/agentplane.json`) that the demo and the tests use:
+//!
+//! - `deploy/compose/envoy.yaml`: the compose stack's (hostnames of its
+//!   services, the filter mounted at `/etc/agentplane/agentplane.wasm`);
+//! - `envoy/example/envoy.yaml`: your own Envoy next to services on
+//!   loopback, run from the repository root.
+//!
+//! Both are checked in; `./build.sh render` writes them again and
+//! `./build.sh test` fails when a checked-in copy differs from a fresh
+//! render, so neither can drift from what the tests run.
+
+use crate::{registered_services, render, repo_root, AUDIENCE};
+use std::collections::HashMap;
+
+/// Where one rendered configuration points.
+pub struct Profile {
+    /// Output path, relative to the repository root.
+    pub out: &'static str,
+    /// The address Envoy's listener and admin bind (in a container:
+    /// every interface; the compose file publishes them on loopback).
+    pub bind: &'static str,
+    /// The agent-facing port.
+    pub listen: u16,
+    /// Admin port.
+    pub admin: u16,
+    /// The filter's path as Envoy sees it.
+    pub wasm: &'static str,
+    /// OpenBao's host and port.
+    pub vault: (&'static str, u16),
+    /// The identity provider (issuer URL; its JWKS is `<issuer>/jwks`).
+    pub idp: (&'static str, u16),
+    /// Every sample service's host and port.
+    pub skills: (&'static str, u16),
+}
+
+/// The compose stack's Envoy.
+pub const COMPOSE: Profile = Profile {
+    out: "deploy/compose/envoy.yaml",
+    bind: "0.0.0.0",
+    listen: 15000,
+    admin: 9901,
+    wasm: "/etc/agentplane/agentplane.wasm",
+    vault: ("openbao", 8200),
+    idp: ("idp", 3000),
+    skills: ("skills", 8080),
+};
+
+/// Your own Envoy beside services on loopback.
+pub const EXAMPLE: Profile = Profile {
+    out: "envoy/example/envoy.yaml",
+    bind: "127.0.0.1",
+    listen: 15000,
+    admin: 9901,
+    wasm: "target/agentplane.wasm",
+    vault: ("127.0.0.1", 8200),
+    idp: ("127.0.0.1", 3000),
+    skills: ("127.0.0.1", 8080),
+};
+
+fn cluster(name: &str, host: &str, port: u16, indent: &str) -> String {
+    let kind = if host.parse::<std::net::IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    let body = format!(
+        "- name: \"{name}\"\n  type: {kind}\n  connect_timeout: 2s\n  load_assignment:\n    cluster_name: \"{name}\"\n    endpoints:\n    - lb_endpoints:\n      - endpoint:\n          address:\n            socket_address: {{ address: {host}, port_value: {port} }}\n"
+    );
+    body.lines()
+        .map(|l| format!("{indent}{l}\n"))
+        .collect::<String>()
+}
+
+/// Renders one profile.
+pub fn render_profile(p: &Profile) -> String {
+    let template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
+    let plugin = std::fs::read_to_string(repo_root().join("envoy/agentplane.json")).unwrap();
+    let issuer = format!("http://{}:{}", p.idp.0, p.idp.1);
+    let services = registered_services(&plugin);
+    let (routes, _) = crate::service_blocks(&services, |_| p.skills.1);
+    let clusters: String = services
+        .iter()
+        .map(|s| cluster(&format!("service.{s}"), p.skills.0, p.skills.1, ""))
+        .collect();
+    let mut vars = HashMap::new();
+    vars.insert("LISTEN_PORT", p.listen.to_string());
+    vars.insert("ADMIN_PORT", p.admin.to_string());
+    vars.insert("VAULT_PORT", p.vault.1.to_string());
+    vars.insert("ISSUER", issuer.clone());
+    vars.insert("AUDIENCE", AUDIENCE.to_string());
+    vars.insert("JWKS", String::new());
+    vars.insert("SERVICE_ROUTES", routes);
+    vars.insert("SERVICE_CLUSTERS", clusters);
+    vars.insert("WASM", p.wasm.to_string());
+    vars.insert("PLUGIN_CONFIG", plugin);
+    let mut y = render(&template, &vars);
+    // jwt_authn fetches the provider's keys itself: no key in the file.
+    let a = y.find("                  local_jwks:").unwrap();
+    let b = a + y[a..].find("                  from_headers:").unwrap();
+    y.replace_range(
+        a..b,
+        &format!(
+            "                  remote_jwks:\n                    http_uri: {{ uri: \"{issuer}/jwks\", cluster: idp, timeout: 2s }}\n                    cache_duration: 300s\n                    async_fetch: {{}}\n"
+        ),
+    );
+    // OpenBao and the provider by name.
+    let vault_static = format!(
+        "  - name: vault\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: vault\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
+        p.vault.1
+    );
+    assert!(y.contains(&vault_static), "the template's vault cluster");
+    let named = format!(
+        "{}{}",
+        cluster("vault", p.vault.0, p.vault.1, "  "),
+        cluster("idp", p.idp.0, p.idp.1, "  ")
+    );
+    y = y.replace(&vault_static, &named);
+    for port in [p.listen, p.admin] {
+        let at = format!("address: 127.0.0.1, port_value: {port} }}");
+        assert_eq!(y.matches(&at).count(), 1, "the template binds {port} once");
+        y = y.replace(&at, &format!("address: {}, port_value: {port} }}", p.bind));
+    }
+    let header = format!(
+        "# GENERATED by `./build.sh render` from envoy/envoy.yaml and\n# envoy/agentplane.json: edit those, then render again (`./build.sh test`\n# fails while this copy differs). Filter: {}.\n",
+        p.wasm
+    );
+    header + &y
+}
