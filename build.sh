@@ -159,6 +159,34 @@ ensure_idp() {
   npm install --silent --no-audit --no-fund --prefix "$ROOT/idp" >/dev/null
 }
 
+ensure_compose() {
+  command -v docker-compose >/dev/null && return
+  log "installing docker-compose (Debian, 1.29) to validate docker-compose.yml offline"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+}
+
+ensure_istio_models() {
+  ensure_node
+  [ -f "$ROOT/deploy/istio-check/node_modules/@kubernetes-models/istio/package.json" ] && return
+  log "installing Istio's CRD models (npm @kubernetes-models/istio, deploy/istio-check)"
+  npm ci --silent --no-audit --no-fund --prefix "$ROOT/deploy/istio-check" >/dev/null
+}
+
+# The Istio manifests (envoy/istio/) validated against Istio's CRD schemas
+# and written to target/istio with the OCI image's digest filled in.
+istio() {
+  oci
+  ensure_istio_models
+  node "$ROOT/deploy/istio-check/validate.mjs" --digest "$(cat "$ROOT/target/oci-manifest-digest")" \
+    --out "$ROOT/target/istio" "$ROOT"/envoy/istio/*.yaml
+}
+
+# The ready-to-mount Envoy configurations, from envoy/envoy.yaml and
+# envoy/agentplane.json: deploy/compose/envoy.yaml, envoy/example/envoy.yaml.
+render() {
+  cargo run -q -p agentplane-e2e --bin agentplane-render
+}
+
 ensure_skopeo() {
   command -v skopeo >/dev/null && return
   log "installing skopeo (Debian) to inspect the OCI image offline"
@@ -175,6 +203,7 @@ oci() {
   rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
   local digest
   digest=$(python3 "$ROOT/deploy/oci_layout.py" "$WASM" "$ROOT/target/oci" "$version" "$rev")
+  echo "$digest" >"$ROOT/target/oci-manifest-digest"
   log "OCI image oci:target/oci:$version, manifest $digest, module sha256:$(sha256sum "$WASM" | cut -d' ' -f1)"
 }
 
@@ -216,6 +245,9 @@ run_tests() {
     cargo test -p agentplane-core --lib --target wasm32-unknown-unknown
   build
   check_oci
+  istio
+  ensure_compose
+  ensure_istio_models
   log "differential test against the real OPA engine"
   cargo build -q -p agentplane-core --example eval
   python3 tests/opa/differential.py "$TOOLS/opa" "$ROOT/target/debug/examples/eval"
@@ -284,8 +316,10 @@ case "$cmd" in
   demo) demo ;;
   bench) bench "$@" ;;
   oci) oci ;;
+  istio) istio ;;
+  render) render ;;
   build) build ;;
   lint) lint ;;
   deps) deps ;;
-  *) echo "usage: ./build.sh {test|demo|bench|build|oci|lint|deps}" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh {test|demo|bench|build|oci|istio|render|lint|deps}" >&2; exit 2 ;;
 esac

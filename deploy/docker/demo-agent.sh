@@ -1,11 +1,13 @@
 #!/bin/sh
 # The compose stack's demo agent: registers itself with the identity
-# provider (RFC 7591, with the stack's initial access token), then runs the
+# provider (RFC 7591, with the stack's initial access token) and stores its
+# API key in OpenBao (dev: with the root token), then runs the
 # seed's support workflow through Envoy. Every call is decided by agentplane.
 set -eu
 reg=$(agentplane-agent register --idp "$IDP_URL" --initial-access-token "$INITIAL_ACCESS_TOKEN" \
   --name demo-support --type support --team customer-success --env production \
-  --perm skills:invoke --perm data:read)
+  --perm skills:invoke --perm data:read \
+  --vault "$BAO_ADDR" --vault-token "$BAO_TOKEN" --secret api_key=demo-support-key)
 field() { printf '%s\n' "$reg" | sed -n "s/.*\"$1\": *\"\\([^\"]*\\)\".*/\\1/p" | head -1; }
 client_id=$(field client_id)
 AGENTPLANE_CLIENT_SECRET=$(field client_secret)

@@ -52,14 +52,8 @@ fn main() {
         json!({"api_key": "sk-support-3f9a1c77e2"}),
     );
     bao.put_agent_secret("ml-bot@clients", json!({"api_key": "sk-mlbot-b41d09aa5f"}));
-    let mut cfg = agentplane_e2e::config_with_api_key(
-        json!({"cluster": "vault", "authority": "127.0.0.1"}),
-        &["sentiment-analysis"],
-    );
-    cfg["decision_log"] = json!({"enabled": true});
-    cfg["resources"]["model-registry"]["secrets"] = json!([
-        {"database": "database/creds/readonly", "username_header": "x-db-username", "password_header": "x-db-password"}
-    ]);
+    // The compose stack's configuration too (deploy/compose/envoy.yaml).
+    let cfg = agentplane_e2e::deploy::demo_plugin_config("127.0.0.1");
     // The tickets skill: a real MCP server (rmcp), on its own port.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
@@ -67,7 +61,6 @@ fn main() {
         .unwrap();
     let skill_port = listener.local_addr().unwrap().port();
     rt.spawn(agentplane_skills::serve(listener));
-    agentplane_e2e::add_tickets_mcp(&mut cfg);
     let upstream = Upstream::start();
     let envoy = Envoy::start_yaml(&agentplane_e2e::render_envoy_routed(
         &EnvoySetup {

@@ -14,6 +14,7 @@ mod agents;
 mod audit;
 mod authz;
 mod config;
+mod deploy;
 mod identity;
 mod limits;
 mod mcp;

@@ -12,7 +12,26 @@
 //! render, so neither can drift from what the tests run.
 
 use crate::{registered_services, render, repo_root, AUDIENCE};
+use serde_json::{json, Value};
 use std::collections::HashMap;
+
+/// The demo's plugin configuration, the compose stack's too:
+/// `envoy/agentplane.json` plus the agent's API key from OpenBao on
+/// sentiment-analysis, PostgreSQL logins on model-registry, the decision
+/// log, and the tickets MCP skill. `vault_authority` is how OpenBao is
+/// addressed (`:authority` of the callouts).
+pub fn demo_plugin_config(vault_authority: &str) -> Value {
+    let mut cfg = crate::config_with_api_key(
+        json!({"cluster": "vault", "authority": vault_authority}),
+        &["sentiment-analysis"],
+    );
+    cfg["decision_log"] = json!({"enabled": true});
+    cfg["resources"]["model-registry"]["secrets"] = json!([
+        {"database": "database/creds/readonly", "username_header": "x-db-username", "password_header": "x-db-password"}
+    ]);
+    crate::add_tickets_mcp(&mut cfg);
+    cfg
+}
 
 /// Where one rendered configuration points.
 pub struct Profile {
@@ -33,6 +52,8 @@ pub struct Profile {
     pub idp: (&'static str, u16),
     /// Every sample service's host and port.
     pub skills: (&'static str, u16),
+    /// The tickets MCP skill's host and port.
+    pub tickets: (&'static str, u16),
 }
 
 /// The compose stack's Envoy.
@@ -45,6 +66,7 @@ pub const COMPOSE: Profile = Profile {
     vault: ("openbao", 8200),
     idp: ("idp", 3000),
     skills: ("skills", 8080),
+    tickets: ("tickets", 8001),
 };
 
 /// Your own Envoy beside services on loopback.
@@ -57,6 +79,7 @@ pub const EXAMPLE: Profile = Profile {
     vault: ("127.0.0.1", 8200),
     idp: ("127.0.0.1", 3000),
     skills: ("127.0.0.1", 8080),
+    tickets: ("127.0.0.1", 8001),
 };
 
 fn cluster(name: &str, host: &str, port: u16, indent: &str) -> String {
@@ -76,13 +99,25 @@ fn cluster(name: &str, host: &str, port: u16, indent: &str) -> String {
 /// Renders one profile.
 pub fn render_profile(p: &Profile) -> String {
     let template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
-    let plugin = std::fs::read_to_string(repo_root().join("envoy/agentplane.json")).unwrap();
+    let vault_authority = if p.vault.0.parse::<std::net::IpAddr>().is_ok() {
+        p.vault.0.to_string()
+    } else {
+        format!("{}:{}", p.vault.0, p.vault.1)
+    };
+    let plugin = serde_json::to_string_pretty(&demo_plugin_config(&vault_authority)).unwrap();
     let issuer = format!("http://{}:{}", p.idp.0, p.idp.1);
     let services = registered_services(&plugin);
     let (routes, _) = crate::service_blocks(&services, |_| p.skills.1);
     let clusters: String = services
         .iter()
-        .map(|s| cluster(&format!("service.{s}"), p.skills.0, p.skills.1, ""))
+        .map(|s| {
+            let (host, port) = if s == "tickets-mcp" {
+                p.tickets
+            } else {
+                p.skills
+            };
+            cluster(&format!("service.{s}"), host, port, "")
+        })
         .collect();
     let mut vars = HashMap::new();
     vars.insert("LISTEN_PORT", p.listen.to_string());

@@ -1,0 +1,205 @@
+//! The ways users deploy agentplane, checked offline: the mountable Envoy
+//! configurations (fresh renders of the template, accepted by Envoy
+//! 1.40), the compose stack (`docker-compose config`, one source of
+//! truth with the demo), the Istio manifests (Istio's CRD schemas, and
+//! agentplane's own config parser for the plugin configurations inside),
+//! and the OpenBao setup script.
+
+use agentplane_e2e::deploy::{demo_plugin_config, render_profile, COMPOSE, EXAMPLE};
+use agentplane_e2e::{envoy_bin, repo_root, wasm_path, Bao, Idp};
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("agentplane-deploy-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn the_mountable_envoy_configs_are_fresh_renders_of_the_template_and_plugin_config() {
+    for p in [COMPOSE, EXAMPLE] {
+        // The demo's plugin configuration (tests/bin/demo.rs uses the
+        // same function), line for line.
+        let authority = if p.vault.0 == "127.0.0.1" {
+            "127.0.0.1".to_string()
+        } else {
+            format!("{}:{}", p.vault.0, p.vault.1)
+        };
+        let plugin = serde_json::to_string_pretty(&demo_plugin_config(&authority)).unwrap();
+        let checked_in = std::fs::read_to_string(repo_root().join(p.out)).unwrap();
+        assert!(
+            checked_in == render_profile(&p),
+            "{} is stale: run ./build.sh render",
+            p.out
+        );
+        assert!(
+            !checked_in.contains("${"),
+            "{}: a placeholder is left",
+            p.out
+        );
+        assert!(
+            checked_in.contains("remote_jwks:"),
+            "{}: keys fetched, not copied",
+            p.out
+        );
+        // The plugin configuration is the demo's, line for line.
+        for line in plugin.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(checked_in.contains(line.trim()), "{}: {line}", p.out);
+        }
+    }
+}
+
+#[test]
+fn envoy_accepts_the_mountable_configs() {
+    let dir = temp("validate");
+    for p in [COMPOSE, EXAMPLE] {
+        let yaml = render_profile(&p).replace(p.wasm, &wasm_path().display().to_string());
+        let file = dir.join(p.out.replace('/', "_"));
+        std::fs::write(&file, yaml).unwrap();
+        let (ok, text) = run(Command::new(envoy_bin())
+            .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+            .arg(&file));
+        assert!(ok, "envoy --mode validate refused {}:\n{text}", p.out);
+    }
+    // And one that is wrong is refused (the check can fail).
+    let broken = render_profile(&EXAMPLE)
+        .replace(EXAMPLE.wasm, &wasm_path().display().to_string())
+        .replace(
+            "failure_policy: FAIL_RELOAD",
+            "failure_policy: FAIL_SOMETIMES",
+        );
+    let file = dir.join("broken.yaml");
+    std::fs::write(&file, broken).unwrap();
+    let (ok, _) = run(Command::new(envoy_bin())
+        .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+        .arg(&file));
+    assert!(!ok, "a broken config validated");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_compose_stack_runs_the_demos_envoy_config_and_openbao_steps() {
+    let (ok, text) = run(Command::new("docker-compose")
+        .current_dir(repo_root())
+        .args(["-f", "docker-compose.yml", "config"]));
+    assert!(
+        ok,
+        "docker-compose config refused docker-compose.yml:\n{text}"
+    );
+    let root = repo_root().display().to_string();
+    for mount in [
+        format!("{root}/deploy/compose/envoy.yaml:/etc/envoy/envoy.yaml:ro"),
+        format!("{root}/target/agentplane.wasm:{}:ro", COMPOSE.wasm),
+        format!("{root}/deploy/openbao/init.sh:/agentplane/init.sh:ro"),
+    ] {
+        assert!(text.contains(&mount), "compose lacks {mount}:\n{text}");
+    }
+    for service in [
+        "postgres:",
+        "openbao:",
+        "openbao-init:",
+        "idp:",
+        "skills:",
+        "tickets:",
+        "envoy:",
+        "demo-agent:",
+    ] {
+        assert!(
+            text.contains(&format!("\n  {service}")),
+            "no service {service}"
+        );
+    }
+    // Every image is pinned by version, never `latest`.
+    for line in text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("image:"))
+    {
+        let image = line.trim_start().trim_start_matches("image:").trim();
+        assert!(
+            image.contains(':') && !image.ends_with(":latest"),
+            "unpinned image {image}"
+        );
+    }
+    // The compose Envoy names the compose services, the demo's loopback.
+    let y = std::fs::read_to_string(repo_root().join(COMPOSE.out)).unwrap();
+    assert!(y.contains("address: openbao, port_value: 8200"));
+    assert!(y.contains("uri: \"http://idp:3000/jwks\""));
+}
+
+#[test]
+fn the_istio_manifests_validate_and_carry_plugin_configs_agentplane_accepts() {
+    let out = temp("istio");
+    let script = repo_root().join("deploy/istio-check/validate.mjs");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let manifests: Vec<_> = std::fs::read_dir(repo_root().join("envoy/istio"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    assert!(manifests.len() >= 2);
+    let (ok, text) = run(Command::new("node")
+        .arg(&script)
+        .args(["--digest", &digest, "--out"])
+        .arg(&out)
+        .args(&manifests));
+    assert!(ok, "{text}");
+    assert!(text.contains("5 manifests valid"), "{text}");
+    let rendered = std::fs::read_to_string(out.join("agentplane.yaml")).unwrap();
+    assert!(
+        rendered.contains(&"ab".repeat(32)),
+        "the image digest is filled in"
+    );
+    let configs: Vec<_> = std::fs::read_dir(out.join("plugin-configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(configs.len(), 2, "{configs:?}");
+    for c in configs {
+        let json = std::fs::read(&c).unwrap();
+        if let Err(e) = agentplane_core::Filter::new(&json, 1) {
+            panic!("{}: agentplane refuses it: {e}", c.display());
+        }
+    }
+    // A manifest the schema refuses fails the check.
+    let bad = out.join("bad.yaml");
+    let text = std::fs::read_to_string(repo_root().join("envoy/istio/agentplane.yaml")).unwrap();
+    let broken = text.replace("failStrategy: FAIL_RELOAD", "failStrategy: FAIL_SOMETIMES");
+    assert_ne!(broken, text);
+    std::fs::write(&bad, broken).unwrap();
+    let (ok, text) = run(Command::new("node")
+        .arg(&script)
+        .args(["--digest", &digest, "--out"])
+        .arg(out.join("bad-out"))
+        .arg(&bad));
+    assert!(!ok, "a broken manifest validated: {text}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn the_openbao_setup_script_is_idempotent() {
+    let idp = Idp::new();
+    let bao = Bao::start();
+    bao.setup_agents(&idp);
+    bao.setup_agents(&idp);
+    let policy = bao.api(
+        "GET",
+        "/v1/sys/policies/acl/agent-kv",
+        serde_json::Value::Null,
+    );
+    let text = policy["data"]["policy"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(text.contains("identity.entity.aliases.auth_jwt_"), "{text}");
+}
