@@ -132,11 +132,24 @@ build() {
 # trap costs (tests/e2e/adversarial.rs). Never shipped; built after the
 # shipped filter so target/agentplane.wasm stays the real one.
 TRAP_WASM="$ROOT/target/agentplane-trap.wasm"
+NEXT_WASM="$ROOT/target/agentplane-next.wasm"
 build_trap() {
   log "building the test-only trapping filter (feature test-trap)"
   cargo build -q --release -p agentplane-filter --target wasm32-wasip1 --features test-trap
   cp "$RAW_WASM" "$TRAP_WASM"
   # The next plain build must not mistake this for the shipped filter.
+  touch -d '2000-01-01' "$RAW_WASM"
+}
+
+# The filter built from the policies plus one comment: the next policy
+# revision with the same decisions, for the hot-swap test.
+build_next() {
+  log "building the filter with the next policy revision (hot-swap test)"
+  local dir="$ROOT/target/policies-next"
+  rm -rf "$dir" && cp -r "$ROOT/policies" "$dir"
+  echo "# next revision (hot-swap test)" >>"$dir/authz.rego"
+  AGENTPLANE_POLICY_DIR="$dir" cargo build -q --release -p agentplane-filter --target wasm32-wasip1
+  cp "$RAW_WASM" "$NEXT_WASM"
   touch -d '2000-01-01' "$RAW_WASM"
 }
 
@@ -259,11 +272,12 @@ run_tests() {
     "$ROOT/target/release/agentplane-bench" 1 1
   core_benches 20
   build_trap
+  build_next
   ensure_idp
   cargo build -q -p agentplane-agent
   log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION, oidc-provider)"
   ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" AGENTPLANE_TRAP_WASM="$TRAP_WASM" \
-    cargo test -p agentplane-e2e --test e2e -- --test-threads 2
+    AGENTPLANE_NEXT_WASM="$NEXT_WASM" cargo test -p agentplane-e2e --test e2e -- --test-threads 2
 }
 
 demo() {

@@ -15,6 +15,7 @@ mod audit;
 mod authz;
 mod config;
 mod deploy;
+mod hotswap;
 mod identity;
 mod limits;
 mod mcp;

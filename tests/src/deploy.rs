@@ -163,3 +163,56 @@ pub fn render_profile(p: &Profile) -> String {
     );
     header + &y
 }
+
+/// The ECDS document (a `DiscoveryResponse`) that delivers the filter to
+/// an Envoy loading it through `config_discovery` from a file: the same
+/// filter settings as `envoy/envoy.yaml`'s static one.
+pub fn ecds_document(wasm: &str, plugin_config: &str) -> String {
+    let config = serde_json::to_string(plugin_config).unwrap_or_default();
+    format!(
+        "# agentplane's filter, delivered by Envoy's extension config discovery\n\
+         # from this file; deploy/swap.sh replaces it atomically.\n\
+         version_info: \"1\"\n\
+         resources:\n\
+         - \"@type\": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig\n\
+         \x20 name: agentplane\n\
+         \x20 typed_config:\n\
+         \x20   \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n\
+         \x20   config:\n\
+         \x20     name: agentplane\n\
+         \x20     root_id: agentplane\n\
+         \x20     failure_policy: FAIL_RELOAD\n\
+         \x20     allow_on_headers_stop_iteration: true\n\
+         \x20     vm_config:\n\
+         \x20       vm_id: agentplane\n\
+         \x20       runtime: envoy.wasm.runtime.v8\n\
+         \x20       environment_variables:\n\
+         \x20         host_env_keys: [\"AGENTPLANE_VAULT_TOKEN\"]\n\
+         \x20       code:\n\
+         \x20         local:\n\
+         \x20           filename: \"{wasm}\"\n\
+         \x20     configuration:\n\
+         \x20       \"@type\": type.googleapis.com/google.protobuf.StringValue\n\
+         \x20       value: {config}\n"
+    )
+}
+
+/// A rendered Envoy config whose agentplane filter comes from
+/// `<dir>/ecds.yaml` (watched: an atomic rename swaps it) instead of
+/// being inline.
+pub fn with_ecds(yaml: &str, dir: &std::path::Path) -> String {
+    let (Some(a), Some(b)) = (
+        yaml.find("          - name: envoy.filters.http.wasm"),
+        yaml.find("          - name: envoy.filters.http.router"),
+    ) else {
+        return yaml.to_string();
+    };
+    let block = format!(
+        "          - name: agentplane\n            config_discovery:\n              config_source:\n                path_config_source:\n                  path: \"{}/ecds.yaml\"\n                  watched_directory: {{ path: \"{}\" }}\n              type_urls: [\"type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\"]\n",
+        dir.display(),
+        dir.display()
+    );
+    let mut out = yaml.to_string();
+    out.replace_range(a..b, &block);
+    out
+}
