@@ -28,3 +28,96 @@ fn invalid_plugin_config_keeps_listener_down() {
         "log does not explain the problem:\n{log}"
     );
 }
+
+/// Two builds side by side in one Envoy, each on its own listener with
+/// its own VM and limits table (README "Two filters side by side"): each
+/// decides, with its own policy revision in its decision records.
+#[test]
+fn a_canary_filter_runs_beside_the_current_one_on_its_own_listener() {
+    let next = std::env::var("AGENTPLANE_NEXT_WASM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| agentplane_e2e::repo_root().join("target/agentplane-next.wasm"));
+    assert!(
+        next.exists(),
+        "{}: ./build.sh test builds it",
+        next.display()
+    );
+    let idp = Idp::new();
+    let up = Upstream::start();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
+    cfg["decision_log"] = serde_json::json!({"enabled": true});
+    let mut r = agentplane_e2e::render_envoy(
+        &EnvoySetup {
+            jwks: idp.jwks(),
+            upstream_port: up.port,
+            plugin_config: cfg.to_string(),
+            vault_port: agentplane_e2e::free_port(),
+        },
+        true,
+    );
+    // The listener, copied: another name, the canary build, its own VM
+    // and limits table.
+    let a = r.yaml.find("  - name: agent_listener").unwrap();
+    let b = r.yaml.find("  clusters:").unwrap();
+    let canary = r.yaml[a..b]
+        .replace("name: agent_listener", "name: canary_listener")
+        .replace(
+            &agentplane_e2e::wasm_path().display().to_string(),
+            &next.display().to_string(),
+        )
+        .replace("vm_id: agentplane", "vm_id: agentplane-canary")
+        .replace(
+            "\"decision_log\":{\"enabled\":true}",
+            "\"decision_log\":{\"enabled\":true},\"limits\":{\"table\":\"agentplane.canary\"}",
+        );
+    assert!(canary.contains("agentplane.canary") && canary.contains("agentplane-canary"));
+    r.yaml.insert_str(b, &canary);
+    let e = Envoy::start_yaml(&r);
+    let canary_port = e.listener_port("canary_listener").expect("canary port");
+    assert_ne!(canary_port, e.port);
+    let token = idp.agent_token(
+        "support-triage@clients",
+        "customer-success",
+        "support",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    let auth = format!("Bearer {token}");
+    let mut revision = Vec::new();
+    for port in [e.port, canary_port] {
+        let ok = agentplane_e2e::http(
+            port,
+            "GET",
+            "/mcp://hello-skill/hello",
+            &[("authorization", &auth)],
+            "",
+        );
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        let no = agentplane_e2e::http(
+            port,
+            "GET",
+            "/mcp://web-search/search",
+            &[("authorization", &auth)],
+            "",
+        );
+        assert_eq!(no.status, 403, "{}", no.body);
+        let id = ok.header("x-decision-id").unwrap().to_string();
+        let t0 = std::time::Instant::now();
+        let rev = loop {
+            let log = e.log();
+            let rec = log
+                .lines()
+                .filter_map(|l| l.split("agentplane-decision ").nth(1))
+                .filter_map(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+                .find(|r| r["decision_id"] == id.as_str());
+            if let Some(r) = rec {
+                break r["labels"]["policy_revision"].as_str().unwrap().to_string();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(15), "no record for {id}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        revision.push(rev);
+    }
+    assert_ne!(revision[0], revision[1], "each listener runs its own build");
+}

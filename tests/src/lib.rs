@@ -1118,7 +1118,7 @@ impl Envoy {
     }
 
     /// The port Envoy bound for a listener (admin `/listeners`).
-    fn listener_port(&self, name: &str) -> Option<u16> {
+    pub fn listener_port(&self, name: &str) -> Option<u16> {
         let r = try_http(self.admin_port, "GET", "/listeners?format=json", &[], "").ok()?;
         let v: Value = serde_json::from_str(&r.body).ok()?;
         v.get("listener_statuses")?
