@@ -675,24 +675,7 @@ fn many_agents(
     // MIX: 100 agents. MIX-hard: 2,000, so that agent × target keys (8,000)
     // outnumber the decision cache (1,024 entries by default) and each
     // comes back only after 8,000 other requests.
-    let mint = |n: usize, kind: &str| -> Vec<String> {
-        (0..n)
-            .map(|i| {
-                let perms: &[&str] = if i % 5 == 4 {
-                    &[]
-                } else {
-                    &["skills:invoke", "data:read"]
-                };
-                idp.agent_token(
-                    &format!("agent-{i:04}@clients"),
-                    "customer-success",
-                    kind,
-                    "production",
-                    perms,
-                )
-            })
-            .collect()
-    };
+    let mint = |n: usize, kind: &str| agent_tokens(idp, n, kind);
     let few = mint(100, "support");
     let many = mint(2000, "support");
     // The same agents as `metered` ones: the shipped data gives that type
@@ -975,6 +958,27 @@ fn mcp_arms(setup: &EnvoySetup, base_config: &str, secs: u32, reps: usize, warmu
     }
 }
 
+/// Tokens for `n` agents of type `kind`, every fifth without the
+/// permission the mix needs (20% denied).
+fn agent_tokens(idp: &Idp, n: usize, kind: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let perms: &[&str] = if i % 5 == 4 {
+                &[]
+            } else {
+                &["skills:invoke", "data:read"]
+            };
+            idp.agent_token(
+                &format!("agent-{i:04}@clients"),
+                "customer-success",
+                kind,
+                "production",
+                perms,
+            )
+        })
+        .collect()
+}
+
 /// Transaction tokens (issue 14), side by side on one worker, each arm on
 /// three workloads: the classic mix (one agent, four allowed requests to
 /// three services, one denied), MIX (100 agents, every request distinct,
@@ -1023,26 +1027,8 @@ fn txn_arms(
         "production",
         &["skills:invoke", "data:read"],
     );
-    let agents = |n: usize| -> Vec<String> {
-        (0..n)
-            .map(|i| {
-                let perms: &[&str] = if i % 5 == 4 {
-                    &[]
-                } else {
-                    &["skills:invoke", "data:read"]
-                };
-                idp.agent_token(
-                    &format!("agent-{i:04}@clients"),
-                    "customer-success",
-                    "support",
-                    "production",
-                    perms,
-                )
-            })
-            .collect()
-    };
-    let many = agents(100);
-    let hard = agents(2000);
+    let many = agent_tokens(idp, 100, "support");
+    let hard = agent_tokens(idp, 2000, "support");
     let workloads = ["classic", "MIX", "MIX-hard"];
     let mut rows: Vec<Vec<Samples>> = workloads
         .iter()

@@ -102,21 +102,11 @@ fn a_canary_filter_runs_beside_the_current_one_on_its_own_listener() {
             "",
         );
         assert_eq!(no.status, 403, "{}", no.body);
-        let id = ok.header("x-decision-id").unwrap().to_string();
-        let t0 = std::time::Instant::now();
-        let rev = loop {
-            let log = e.log();
-            let rec = log
-                .lines()
-                .filter_map(|l| l.split("agentplane-decision ").nth(1))
-                .filter_map(|j| serde_json::from_str::<serde_json::Value>(j).ok())
-                .find(|r| r["decision_id"] == id.as_str());
-            if let Some(r) = rec {
-                break r["labels"]["policy_revision"].as_str().unwrap().to_string();
-            }
-            assert!(t0.elapsed() < Duration::from_secs(15), "no record for {id}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let rec = e.decision_record(ok.header("x-decision-id").unwrap());
+        let rev = rec["labels"]["policy_revision"]
+            .as_str()
+            .unwrap()
+            .to_string();
         revision.push(rev);
     }
     assert_ne!(revision[0], revision[1], "each listener runs its own build");

@@ -30,29 +30,6 @@ fn configured(log: &str) -> Vec<String> {
         .collect()
 }
 
-/// Decision records (the filter logs each with its policy revision).
-fn records(log: &str) -> Vec<Value> {
-    log.lines()
-        .filter_map(|l| l.split("agentplane-decision ").nth(1))
-        .filter_map(|j| serde_json::from_str(j).ok())
-        .collect()
-}
-
-/// The decision record of `id`, once Envoy's log has it.
-fn record_of(envoy: &Envoy, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(r) = records(&envoy.log())
-            .into_iter()
-            .find(|r| r["decision_id"] == id)
-        {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "no decision record for {id}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn swapping_the_filter_under_load_fails_no_request() {
     let next = next_wasm();
@@ -199,7 +176,7 @@ fn swapping_the_filter_under_load_fails_no_request() {
     // The slow request started on the old filter and finished there.
     assert_eq!(slow.status, 200, "{}", slow.body);
     let slow_id = slow.header("x-decision-id").unwrap().to_string();
-    let slow_rec = record_of(&envoy, &slow_id);
+    let slow_rec = envoy.decision_record(&slow_id);
     assert_eq!(slow_rec["labels"]["policy_revision"], before[0].as_str());
     // The decision log shows the new revision after the swap.
     let last = try_http(
@@ -210,7 +187,7 @@ fn swapping_the_filter_under_load_fails_no_request() {
         "",
     )
     .unwrap();
-    let rec = record_of(&envoy, last.header("x-decision-id").unwrap());
+    let rec = envoy.decision_record(last.header("x-decision-id").unwrap());
     assert_eq!(rec["labels"]["policy_revision"], new_rev.as_str());
     let _ = std::fs::remove_dir_all(&dir);
 }

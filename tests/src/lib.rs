@@ -1211,6 +1211,35 @@ impl Envoy {
     }
 
     /// Envoy's log so far.
+    /// The decision records in Envoy's log so far (the filter writes
+    /// each as one line after `agentplane-decision `).
+    pub fn decision_records(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split("agentplane-decision ").nth(1))
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect()
+    }
+
+    /// The decision record of `id`, once Envoy's log has it (15 s).
+    pub fn decision_record(&self, id: &str) -> Value {
+        let t0 = Instant::now();
+        loop {
+            if let Some(r) = self
+                .decision_records()
+                .into_iter()
+                .find(|r| r["decision_id"] == id)
+            {
+                return r;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "no decision record for {id}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
