@@ -183,6 +183,18 @@ fn the_istio_manifests_validate_and_carry_plugin_configs_agentplane_accepts() {
         .arg(out.join("bad-out"))
         .arg(&bad));
     assert!(!ok, "a broken manifest validated: {text}");
+    // A misspelt field: the schemas accept unknown fields, the check does not.
+    let typo = std::fs::read_to_string(repo_root().join("envoy/istio/agentplane.yaml"))
+        .unwrap()
+        .replace("  priority: 10", "  priority: 10\n  failStratgy: FAIL_OPEN");
+    std::fs::write(&bad, typo).unwrap();
+    let (ok, text) = run(Command::new("node")
+        .arg(&script)
+        .args(["--digest", &digest, "--out"])
+        .arg(out.join("typo-out"))
+        .arg(&bad));
+    assert!(!ok, "a misspelt field validated: {text}");
+    assert!(text.contains("does not declare: spec.failStratgy"), "{text}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
