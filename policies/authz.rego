@@ -99,8 +99,15 @@ agent_environment := object.get(input, ["agent", "environment"], null)
 action := object.get(input, "action", null)
 
 # The permissions a request may use: the token's, and for a delegated call
-# (policies/delegation.rego) only those its current actor holds as well.
-agent_permissions := delegated_permissions if delegation != null else := token_permissions
+# (policies/delegation.rego) only those its current actor holds as well;
+# inside a transaction (policies/transaction.rego) only those its scope
+# carries too.
+agent_permissions := [p |
+	some p in own_permissions
+	p in transaction_scope
+] if transaction != null else := own_permissions
+
+own_permissions := delegated_permissions if delegation != null else := token_permissions
 
 token_permissions := object.get(input, ["agent", "permissions"], [])
 

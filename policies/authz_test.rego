@@ -348,6 +348,32 @@ test_an_actor_type_not_listed_may_not_act if {
 	authz.deny["an agent of type support may not act for a support agent"] with input as inp
 }
 
+# Transactions (policies/transaction.rego).
+
+in_transaction(scope) := object.union(ok, {"transaction": {
+	"iss": "https://gateway.corp.example",
+	"txn": "t-1",
+	"sub": "alice@clients",
+	"scope": scope,
+	"actors": ["orchestrator@clients"],
+	"svc": "support",
+}})
+
+test_a_call_inside_a_transaction_keeps_what_its_scope_carries if {
+	authz.allow with input as in_transaction(["skills:invoke", "data:read"])
+}
+
+test_a_call_inside_a_transaction_never_gains_permissions if {
+	inp := in_transaction(["data:read"])
+	not authz.allow with input as inp
+	authz.deny["missing permission skills:invoke for action invoke_skill"] with input as inp
+}
+
+test_a_transaction_without_a_scope_list_grants_nothing if {
+	not authz.allow with input as in_transaction(null)
+	not authz.allow with input as object.union(ok, {"transaction": {"txn": "t-1"}})
+}
+
 # Workload binding (policies/workload.rego).
 
 bound(spiffe) := object.union(object.union(ok, {"agent": object.union(support_agent, {"workload_id": "spiffe://corp/ns/agents/sa/triage"})}), {"source": spiffe})

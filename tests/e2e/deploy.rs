@@ -194,7 +194,10 @@ fn the_istio_manifests_validate_and_carry_plugin_configs_agentplane_accepts() {
         .arg(out.join("typo-out"))
         .arg(&bad));
     assert!(!ok, "a misspelt field validated: {text}");
-    assert!(text.contains("does not declare: spec.failStratgy"), "{text}");
+    assert!(
+        text.contains("does not declare: spec.failStratgy"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 

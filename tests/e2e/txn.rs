@@ -247,6 +247,33 @@ fn a_second_hop_keeps_the_subject_and_chain_and_a_forged_inbound_token_is_refuse
         "invalid_txn_token: signature or claims do not verify"
     );
     assert!(r.json()["decision_id"].is_string());
+
+    // Inside a transaction a call never gains permissions: an orchestrator
+    // holding only skills:invoke starts it; the analyst, who may read
+    // data on its own, may not read it within that transaction.
+    let narrow = w.idp.agent_token(
+        "orchestrator@clients",
+        "ml",
+        "orchestrator",
+        "production",
+        &["skills:invoke"],
+    );
+    let first = call(&w, &format!("Bearer {narrow}"), &[]).json();
+    assert_eq!(first["claims"]["scope"], "skills:invoke");
+    let hop1 = first["token"].as_str().unwrap().to_string();
+    let analyst = bearer(&w, "analyst@clients", "analysis");
+    let read = |extra: &[(&str, &str)]| {
+        let mut h = vec![("authorization", analyst.as_str())];
+        h.extend_from_slice(extra);
+        w.envoy.request("GET", "/mcp://model-registry/models", &h)
+    };
+    assert_eq!(read(&[]).status, 200, "the analyst may read on its own");
+    let inside = read(&[("txn-token", &hop1)]);
+    assert_eq!(inside.status, 403, "{}", inside.body);
+    assert_eq!(
+        inside.json()["reason"],
+        "missing permission data:read for action read_data"
+    );
 }
 
 /// The same claims and header, signed by another key.

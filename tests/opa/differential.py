@@ -167,6 +167,21 @@ def delegated_corpus(base):
     return out
 
 
+def transaction_corpus(base):
+    """Every 31st input inside a transaction whose scope carries all, some,
+    none or no list of the permissions."""
+    out = []
+    for inp in base[::31]:
+        perms = inp["agent"].get("permissions")
+        perms = perms if isinstance(perms, list) else []
+        for scope in [perms, perms[:1], [], None]:
+            x = json.loads(json.dumps(inp))
+            x["transaction"] = {"txn": "t-1", "sub": "alice@clients", "scope": scope,
+                                "actors": ["orchestrator@clients"]}
+            out.append(x)
+    return out
+
+
 def workload_corpus(base):
     """Every 31st input with a token bound to a workload, from that
     workload, another one, and with no certificate."""
@@ -254,6 +269,11 @@ def intended(inp, data):
             return False
         actor = dl.get("actor_permissions") if isinstance(dl.get("actor_permissions"), list) else []
         perms = [p for p in perms if p in actor]
+    # Transactions (transaction.rego): only what the transaction's scope carries.
+    txn = inp.get("transaction")
+    if txn is not None:
+        scope = txn.get("scope") if isinstance(txn, dict) and isinstance(txn.get("scope"), list) else []
+        perms = [p for p in perms if p in scope]
     # Workload binding (workload.rego): a bound token only from its workload.
     wid = agent.get("workload_id")
     if isinstance(wid, str):
@@ -351,7 +371,7 @@ def main():
             print(f"FAIL (OPA) case {case.name}: got {got}, want {want}")
 
     base = corpus()
-    inputs = base + edge_corpus() + delegated_corpus(base) + workload_corpus(base)
+    inputs = base + edge_corpus() + delegated_corpus(base) + transaction_corpus(base) + workload_corpus(base)
     data = json.loads((POLICIES / "data.json").read_text())
     proc = subprocess.run([eval_bin], input=json.dumps(inputs), capture_output=True, text=True, check=True)
     ours = json.loads(proc.stdout)
