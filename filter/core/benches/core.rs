@@ -117,5 +117,49 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(core, benches);
+/// One transaction token signed, and one verified (natively; the wasm
+/// figures are the bench's S4T0 arm).
+fn txn(c: &mut Criterion) {
+    use agentplane_core::txn;
+    let kv = json!({"data": {"data": {"kid": "k1", "d": "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio"}}});
+    let Ok(ring) = txn::Keyring::from_kv(kv.to_string().as_bytes()) else {
+        return;
+    };
+    let Some(key) = ring.current.as_ref() else {
+        return;
+    };
+    let claims = txn::TxnClaims {
+        iss: "https://gateway.corp.example".into(),
+        aud: "corp.example".into(),
+        txn: "d6a6db44-a797-4c31-8540-aa62826572a4".into(),
+        sub: "alice@clients".into(),
+        scope: "skills:invoke data:read".into(),
+        req_wl: "support-triage@clients".into(),
+        svc: "sentiment-analysis".into(),
+        tool: None,
+        act: txn::nest(&["support-triage@clients".into()]),
+        tctx: txn::Tctx {
+            agent: "support-triage@clients".into(),
+            decision: "d6a6db44-a797-4c31-8540-aa62826572a4".into(),
+            ..txn::Tctx::default()
+        },
+    };
+    let now = 1_746_273_600;
+    c.bench_function("txn_token_sign", |b| {
+        b.iter(|| txn::mint(key, black_box(claims.clone()), now, 60))
+    });
+    let Ok(token) = txn::mint(key, claims.clone(), now, 60) else {
+        return;
+    };
+    let cfg = txn::TxnConfig {
+        issuer: claims.iss.clone(),
+        audience: claims.aud.clone(),
+        ..txn::TxnConfig::default()
+    };
+    c.bench_function("txn_token_verify", |b| {
+        b.iter(|| txn::verify(black_box(&token), &ring, &cfg, now))
+    });
+}
+
+criterion_group!(core, benches, txn);
 criterion_main!(core);
