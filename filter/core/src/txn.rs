@@ -50,6 +50,10 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 const MAX_ACTORS: usize = 16;
 /// Clock skew tolerated between hops.
 const LEEWAY_S: i64 = 5;
+/// Inbound tokens kept verified per worker (each up to
+/// [`MAX_TOKEN_BYTES`]: at most 32 MiB, about 3 MiB for this gateway's own
+/// tokens).
+const MAX_VERIFIED: usize = 4096;
 
 /// The `txn_token` block of the plugin configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -518,10 +522,15 @@ impl Signer {
             .cloned()
     }
 
-    /// Remembers a verified inbound token.
-    pub fn remember(&mut self, token: &str, t: Rc<Inbound>, max: usize) {
-        if self.verified.len() >= max {
-            self.verified.clear();
+    /// Remembers a verified inbound token (at most `max`, and never more
+    /// than [`MAX_VERIFIED`]); when full, the expired ones go, then all.
+    pub fn remember(&mut self, token: &str, t: Rc<Inbound>, max: usize, now_s: i64) {
+        if self.verified.len() >= max.min(MAX_VERIFIED) {
+            self.verified
+                .retain(|_, v| v.exp_s.saturating_add(LEEWAY_S) > now_s);
+            if self.verified.len() >= max.min(MAX_VERIFIED) {
+                self.verified.clear();
+            }
         }
         self.verified.insert(token.to_string(), t);
     }

@@ -80,7 +80,7 @@ impl Filter {
         }
         let t =
             Rc::new(txn::verify(raw, &s.ring, cfg, now).map_err(|e| Denial::InvalidTxnToken(e.0))?);
-        s.remember(raw, Rc::clone(&t), cfg.max_entries);
+        s.remember(raw, Rc::clone(&t), cfg.max_entries, now);
         drop(s);
         self.worker.metrics.add(host, M::TxnVerified, 1);
         Ok(Some(t))
