@@ -224,29 +224,30 @@ fn a_forged_or_expired_inbound_txn_token_is_refused() {
     }
 }
 
+/// A token this gateway signed on a first hop, for alice, scope data:read.
+fn first_hop(actor: Option<&str>) -> String {
+    let now = (NOON / 1_000_000_000) as i64;
+    let claims = txn::TxnClaims {
+        iss: "https://gw.example".into(),
+        aud: "corp.example".into(),
+        txn: "txn-root".into(),
+        sub: "alice@clients".into(),
+        scope: "data:read".into(),
+        req_wl: "orchestrator@clients".into(),
+        svc: "support".into(),
+        tool: None,
+        act: actor.and_then(|a| txn::nest(&[a.to_string()])),
+        tctx: txn::Tctx::default(),
+    };
+    txn::mint(ring().current.as_ref().unwrap(), claims, now, 60).unwrap()
+}
+
 #[test]
 fn a_second_hop_keeps_the_subject_and_transaction_and_narrows_scope() {
     let f = signing_filter(json!({}));
     loaded(&f);
     let now = (NOON / 1_000_000_000) as i64;
-    let first = txn::mint(
-        ring().current.as_ref().unwrap(),
-        txn::TxnClaims {
-            iss: "https://gw.example".into(),
-            aud: "corp.example".into(),
-            txn: "txn-root".into(),
-            sub: "alice@clients".into(),
-            scope: "data:read".into(),
-            req_wl: "orchestrator@clients".into(),
-            svc: "support".into(),
-            tool: None,
-            act: txn::nest(&["orchestrator@clients".into()]),
-            tctx: txn::Tctx::default(),
-        },
-        now,
-        60,
-    )
-    .unwrap();
+    let first = first_hop(Some("orchestrator@clients"));
     // The support agent, called by the orchestrator for alice, calls on.
     let mut h = get("/tickets/1").with_header("txn-token", &first);
     assert_eq!(
@@ -273,25 +274,7 @@ fn a_second_hop_keeps_the_subject_and_transaction_and_narrows_scope() {
 fn the_policy_sees_the_inbound_transaction() {
     let f = signing_filter(json!({"decision_log": {"enabled": true, "sample_allowed": 1.0}}));
     loaded(&f);
-    let now = (NOON / 1_000_000_000) as i64;
-    let first = txn::mint(
-        ring().current.as_ref().unwrap(),
-        txn::TxnClaims {
-            iss: "https://gw.example".into(),
-            aud: "corp.example".into(),
-            txn: "txn-root".into(),
-            sub: "alice@clients".into(),
-            scope: "data:read".into(),
-            req_wl: "orchestrator@clients".into(),
-            svc: "support".into(),
-            tool: None,
-            act: None,
-            tctx: txn::Tctx::default(),
-        },
-        now,
-        60,
-    )
-    .unwrap();
+    let first = first_hop(None);
     let mut h = get("/plain/1").with_header("txn-token", &first);
     let (_, mut d) = f.on_request_headers(&mut h);
     f.on_log(&mut h, &mut d);
