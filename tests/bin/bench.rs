@@ -414,13 +414,7 @@ fn main() {
     let warmup = env_num("AGENTPLANE_BENCH_WARMUP", 3.0).max(1.0) as u32;
 
     let idp = Idp::new();
-    let token = idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke", "data:read"],
-    );
+    let token = idp.triage_token();
     let up = Upstream::start_unrecorded();
     let base_config = default_plugin_config();
     // S4S: the agent's API key from OpenBao, injected into every allowed
@@ -1020,13 +1014,7 @@ fn txn_arms(
         ("S4T", config(Some(30))),
         ("S4T0", config(Some(0))),
     ];
-    let one = idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke", "data:read"],
-    );
+    let one = idp.triage_token();
     let many = agent_tokens(idp, 100, "support");
     let hard = agent_tokens(idp, 2000, "support");
     let workloads = ["classic", "MIX", "MIX-hard"];

@@ -89,13 +89,7 @@ fn main() {
     );
     println!("policy revision {}\n", agentplane_core::bundle::REVISION);
 
-    let support = s.idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke", "data:read"],
-    );
+    let support = s.idp.triage_token();
     let ml = s.idp.agent_token(
         "ml-bot@clients",
         "ml",

@@ -38,13 +38,7 @@ fn counter(s: &Stack, name: &str) -> u64 {
 #[test]
 fn decisions_leave_records_and_move_counters() {
     let s = stack();
-    let tok = s.idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke", "data:read"],
-    );
+    let tok = s.idp.triage_token();
     let auth = format!("Bearer {tok}");
     for _ in 0..3 {
         let r = s.envoy.request(

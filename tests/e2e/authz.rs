@@ -12,13 +12,7 @@ fn bearer(t: &str) -> String {
 #[test]
 fn allowed_call_reaches_upstream_with_trusted_headers() {
     let s = Stack::start();
-    let tok = s.idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke", "data:read"],
-    );
+    let tok = s.idp.triage_token();
     let r = s.envoy.request(
         "POST",
         "/mcp://sentiment-analysis/v1/analyze?lang=en",
@@ -241,13 +235,7 @@ fn ambiguous_paths_are_decided_as_what_they_resolve_to() {
 #[test]
 fn repeated_requests_answer_the_same_from_the_decision_cache() {
     let s = Stack::start();
-    let tok = s.idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke", "data:read"],
-    );
+    let tok = s.idp.triage_token();
     let auth = bearer(&tok);
     let mut ids = Vec::new();
     for _ in 0..3 {

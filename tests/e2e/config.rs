@@ -76,13 +76,7 @@ fn a_canary_filter_runs_beside_the_current_one_on_its_own_listener() {
     let e = Envoy::start_yaml(&r);
     let canary_port = e.listener_port("canary_listener").expect("canary port");
     assert_ne!(canary_port, e.port);
-    let token = idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke", "data:read"],
-    );
+    let token = idp.triage_token();
     let auth = format!("Bearer {token}");
     let mut revision = Vec::new();
     for port in [e.port, canary_port] {

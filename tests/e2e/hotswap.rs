@@ -62,13 +62,7 @@ fn swapping_the_filter_under_load_fails_no_request() {
     rendered.yaml = with_ecds(&rendered.yaml, &dir);
     rendered.workers = 2;
     let envoy = Envoy::start_yaml(&rendered);
-    let token = idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke", "data:read"],
-    );
+    let token = idp.triage_token();
     let auth = format!("Bearer {token}");
     let port = envoy.port;
     let first = try_http(

@@ -162,6 +162,19 @@ impl Idp {
             .unwrap()
     }
 
+    /// The seed's support agent: `support-triage@clients`, team
+    /// customer-success, type support, production, with skills:invoke and
+    /// data:read.
+    pub fn triage_token(&self) -> String {
+        self.agent_token(
+            "support-triage@clients",
+            "customer-success",
+            "support",
+            "production",
+            &["skills:invoke", "data:read"],
+        )
+    }
+
     /// A token for an agent with the seed's claim layout.
     pub fn agent_token(
         &self,
