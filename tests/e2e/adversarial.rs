@@ -27,12 +27,7 @@ impl Routed {
         }
         let ports = upstreams.iter().map(|(k, u)| (k.clone(), u.port)).collect();
         let mut r = render_envoy_routed(
-            &EnvoySetup {
-                jwks: idp.jwks(),
-                upstream_port: free_port(),
-                plugin_config: plugin_config.to_string(),
-                vault_port: free_port(),
-            },
+            &EnvoySetup::without_vault(&idp, free_port(), plugin_config.to_string()),
             true,
             &ports,
         );
@@ -398,12 +393,7 @@ fn a_collector_rejecting_a_batch_cannot_block_the_audit_trail() {
     let idp = Idp::new();
     let upstream = Upstream::start();
     let mut r = agentplane_e2e::render_envoy(
-        &EnvoySetup {
-            jwks: idp.jwks(),
-            upstream_port: upstream.port,
-            plugin_config: cfg.to_string(),
-            vault_port: free_port(),
-        },
+        &EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string()),
         true,
     );
     r.add_cluster("decision_logs", collector.port);

@@ -143,12 +143,7 @@ fn collector_receives_batches_and_mandatory_logging_denies_without_it() {
         "cluster": "decision_logs", "authority": "collector", "path": "/v1/logs",
         "max_batch": 2, "flush_ms": 100, "max_buffer": 3}});
     let mut r = render_envoy(
-        &EnvoySetup {
-            jwks: idp.jwks(),
-            upstream_port: upstream.port,
-            plugin_config: cfg.to_string(),
-            vault_port: agentplane_e2e::free_port(),
-        },
+        &EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string()),
         true,
     );
     r.add_cluster("decision_logs", collector.port);

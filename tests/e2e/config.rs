@@ -9,12 +9,11 @@ use std::time::Duration;
 fn invalid_plugin_config_keeps_listener_down() {
     let idp = Idp::new();
     let up = Upstream::start();
-    let mut e = Envoy::spawn(&EnvoySetup {
-        jwks: idp.jwks(),
-        upstream_port: up.port,
-        plugin_config: r#"{"identity": {"payload_kye": "jwt_payload"}}"#.into(),
-        vault_port: agentplane_e2e::free_port(),
-    });
+    let mut e = Envoy::spawn(&EnvoySetup::without_vault(
+        &idp,
+        up.port,
+        r#"{"identity": {"payload_kye": "jwt_payload"}}"#.into(),
+    ));
     let ready = e.wait_ready(Duration::from_secs(20));
     assert!(ready.is_err(), "Envoy became ready with a bad config");
     assert!(
@@ -48,12 +47,7 @@ fn a_canary_filter_runs_beside_the_current_one_on_its_own_listener() {
         serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
     cfg["decision_log"] = serde_json::json!({"enabled": true});
     let mut r = agentplane_e2e::render_envoy(
-        &EnvoySetup {
-            jwks: idp.jwks(),
-            upstream_port: up.port,
-            plugin_config: cfg.to_string(),
-            vault_port: agentplane_e2e::free_port(),
-        },
+        &EnvoySetup::without_vault(&idp, up.port, cfg.to_string()),
         true,
     );
     // The listener, copied: another name, the canary build, its own VM

@@ -51,12 +51,7 @@ fn swapping_the_filter_under_load_fails_no_request() {
     )
     .unwrap();
     let mut rendered = render_envoy(
-        &EnvoySetup {
-            jwks: idp.jwks(),
-            upstream_port: upstream.port,
-            plugin_config: cfg.to_string(),
-            vault_port: agentplane_e2e::free_port(),
-        },
+        &EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string()),
         true,
     );
     rendered.yaml = with_ecds(&rendered.yaml, &dir);
@@ -65,14 +60,17 @@ fn swapping_the_filter_under_load_fails_no_request() {
     let token = idp.triage_token();
     let auth = format!("Bearer {token}");
     let port = envoy.port;
-    let first = try_http(
-        port,
-        "GET",
-        "/mcp://hello-skill/hello",
-        &[("authorization", &auth)],
-        "",
-    )
-    .unwrap();
+    let hello = || {
+        try_http(
+            port,
+            "GET",
+            "/mcp://hello-skill/hello",
+            &[("authorization", &auth)],
+            "",
+        )
+        .unwrap()
+    };
+    let first = hello();
     assert_eq!(first.status, 200, "{}\n{}", first.body, envoy.log());
     let before = configured(&envoy.log());
     assert!(!before.is_empty(), "{}", envoy.log());
@@ -173,14 +171,7 @@ fn swapping_the_filter_under_load_fails_no_request() {
     let slow_rec = envoy.decision_record(&slow_id);
     assert_eq!(slow_rec["labels"]["policy_revision"], before[0].as_str());
     // The decision log shows the new revision after the swap.
-    let last = try_http(
-        port,
-        "GET",
-        "/mcp://hello-skill/hello",
-        &[("authorization", &auth)],
-        "",
-    )
-    .unwrap();
+    let last = hello();
     let rec = envoy.decision_record(last.header("x-decision-id").unwrap());
     assert_eq!(rec["labels"]["policy_revision"], new_rev.as_str());
     let _ = std::fs::remove_dir_all(&dir);

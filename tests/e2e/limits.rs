@@ -17,12 +17,7 @@ fn two_workers() -> Proxy {
     let idp = Idp::new();
     let upstream = Upstream::start();
     let mut r = render_envoy(
-        &EnvoySetup {
-            jwks: idp.jwks(),
-            upstream_port: upstream.port,
-            plugin_config: default_plugin_config(),
-            vault_port: agentplane_e2e::free_port(),
-        },
+        &EnvoySetup::without_vault(&idp, upstream.port, default_plugin_config()),
         true,
     );
     r.workers = 2;
@@ -231,12 +226,11 @@ fn the_fleet_wide_rate_limit_example_is_a_valid_envoy_config() {
             .collect()
     };
     let mut r = render_envoy(
-        &EnvoySetup {
-            jwks: Idp::new().jwks(),
-            upstream_port: agentplane_e2e::free_port(),
-            plugin_config: default_plugin_config(),
-            vault_port: agentplane_e2e::free_port(),
-        },
+        &EnvoySetup::without_vault(
+            &Idp::new(),
+            agentplane_e2e::free_port(),
+            default_plugin_config(),
+        ),
         true,
     );
     let y = &mut r.yaml;

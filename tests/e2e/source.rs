@@ -146,12 +146,7 @@ fn a_token_bound_to_a_workload_passes_only_from_that_workload() {
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     cfg["source"] = json!({"peer_certificate": true});
     let mut r = render_envoy(
-        &EnvoySetup {
-            jwks: idp.jwks(),
-            upstream_port: upstream.port,
-            plugin_config: cfg.to_string(),
-            vault_port: agentplane_e2e::free_port(),
-        },
+        &EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string()),
         true,
     );
     let f = |n: &str| dir.join(n).display().to_string();

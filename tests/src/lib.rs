@@ -1083,6 +1083,19 @@ pub struct EnvoySetup {
     pub vault_port: u16,
 }
 
+impl EnvoySetup {
+    /// A setup without OpenBao (its cluster points at a closed port): the
+    /// identity provider's keys, one upstream, a plugin configuration.
+    pub fn without_vault(idp: &Idp, upstream_port: u16, plugin_config: String) -> EnvoySetup {
+        EnvoySetup {
+            jwks: idp.jwks(),
+            upstream_port,
+            plugin_config,
+            vault_port: free_port(),
+        }
+    }
+}
+
 impl Envoy {
     /// Starts Envoy with `envoy/envoy.yaml` filled in; does not wait.
     pub fn spawn(setup: &EnvoySetup) -> Envoy {

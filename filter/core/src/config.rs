@@ -1196,7 +1196,10 @@ impl Config {
             || self.headers.strip.iter().any(|h| folded == h.as_bytes())
             || ALWAYS_STRIPPED.iter().any(|h| folded == h.as_bytes())
             || (!self.source.xfcc_from_envoy && folded == b"x-forwarded-client-cert")
-            || (self.txn_token.is_none() && folded == crate::txn::HEADER.as_bytes())
+            // Without the block a client's Txn-Token means nothing; with it,
+            // only its own spelling is read, and `txn_token` goes.
+            || (folded == crate::txn::HEADER.as_bytes()
+                && (self.txn_token.is_none() || lower_name != crate::txn::HEADER.as_bytes()))
     }
 }
 

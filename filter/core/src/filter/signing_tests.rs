@@ -332,6 +332,37 @@ fn without_the_vault_token_variable_the_key_is_not_read_and_it_says_why() {
 }
 
 #[test]
+fn a_vault_that_hangs_keeps_token_services_closed_and_is_asked_again() {
+    let f = signing_filter(json!({}));
+    let mut r = root();
+    f.on_configured(&mut r, "test");
+    // The callout timed out: no answer at all.
+    let token = r.dispatched[0].token;
+    f.on_callout_response(&mut r, token, None, None);
+    let mut h = get("/tickets/1");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
+    assert_eq!(h.reply.as_ref().unwrap().status, 503);
+    assert!(r
+        .logs
+        .borrow()
+        .iter()
+        .any(|(_, l)| l.contains("vault unreachable")));
+    r.now_ns += 1_000_000_000;
+    f.on_tick(&mut r);
+    assert_eq!(r.dispatched.len(), 2, "read again after the backoff");
+}
+
+#[test]
+fn an_underscore_spelled_txn_token_never_reaches_upstream() {
+    let f = signing_filter(json!({}));
+    loaded(&f);
+    let mut h = get("/plain/1").with_header("txn_token", "forged");
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    assert!(h.header_values("txn_token").is_empty());
+    assert!(h.header_values("txn-token").is_empty());
+}
+
+#[test]
 fn txn_token_configuration_is_checked() {
     for bad in [
         json!({"resources": {"s": {"type": "data", "txn_token": true}}}),
