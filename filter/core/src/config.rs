@@ -165,6 +165,12 @@ pub struct RoutingConfig {
     pub mcp_scheme: bool,
     /// Accept `/<service>/<path>`.
     pub first_segment: bool,
+    /// The one service this filter guards, for a filter in front of a
+    /// single workload (an Istio inbound sidecar), where the request is
+    /// delivered to that workload whatever its path says. Every request is
+    /// decided as this service and keeps its path; a path naming another
+    /// registered service is refused (403). Must be registered.
+    pub local_service: Option<String>,
 }
 
 impl Default for RoutingConfig {
@@ -172,6 +178,7 @@ impl Default for RoutingConfig {
         RoutingConfig {
             mcp_scheme: true,
             first_segment: true,
+            local_service: None,
         }
     }
 }
@@ -948,6 +955,17 @@ impl Config {
                 "routing",
                 "enable at least one of mcp_scheme and first_segment",
             ));
+        }
+        if let Some(local) = &routing.local_service {
+            // The decision names this service's registry entry: an
+            // unregistered one would decide every request on
+            // default_resource, a typo that fails open or shut by accident.
+            if !resources.contains_key(local) {
+                return Err(invalid(
+                    "routing.local_service",
+                    format!("{local:?} is not a registered service (resources)"),
+                ));
+            }
         }
         for (name, r) in &resources {
             if !is_service_name(name) {

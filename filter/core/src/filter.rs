@@ -218,6 +218,17 @@ fn bad(why: impl Into<String>) -> Refused {
     (Denial::BadRequest(why.into()), None)
 }
 
+/// A path the filter will not decide: 403 when it names a service other
+/// than the one this proxy delivers to (`routing.local_service`), else 400.
+fn unroutable(e: input::RouteError) -> Refused {
+    match e {
+        input::RouteError::OtherService { local, named } => {
+            (Denial::OtherService { local, named }, None)
+        }
+        other => bad(other.to_string()),
+    }
+}
+
 fn unauthorized(e: ClaimsError) -> Refused {
     (Denial::Unauthorized(e), None)
 }
@@ -693,7 +704,7 @@ impl Filter {
         }
         // Refuse a malformed path before anything waits for a body.
         let service = input::parse_route(&path, &self.config)
-            .map_err(|e| bad(e.to_string()))?
+            .map_err(unroutable)?
             .service
             .map(str::to_owned);
         trail.service.clone_from(&service);
@@ -732,7 +743,7 @@ impl Filter {
         mcp: Option<&crate::mcp::Message>,
         trail: &mut Trail,
     ) -> Result<(String, Flow), Refused> {
-        let route = input::parse_route(&a.path, &self.config).map_err(|e| bad(e.to_string()))?;
+        let route = input::parse_route(&a.path, &self.config).map_err(unroutable)?;
         let now = host.now_ns();
         let logging = self.config.decision_log.enabled;
         let principal = &a.principal;
@@ -1488,6 +1499,9 @@ mod tests;
 
 #[cfg(test)]
 mod limit_tests;
+
+#[cfg(test)]
+mod route_tests;
 
 mod listing;
 pub use listing::{BodyStep, ResponseBody};

@@ -19,6 +19,15 @@ pub enum RouteError {
     Ambiguous(String),
     /// The `:path` header is missing or not origin-form.
     Malformed,
+    /// A filter guarding one service (`routing.local_service`) got a path
+    /// naming another registered service: the request was meant for a
+    /// service that is not the one it reaches.
+    OtherService {
+        /// The service this filter guards, where the request is delivered.
+        local: String,
+        /// The registered service the path names.
+        named: String,
+    },
 }
 
 impl fmt::Display for RouteError {
@@ -26,6 +35,10 @@ impl fmt::Display for RouteError {
         match self {
             RouteError::Ambiguous(seg) => write!(f, "ambiguous path segment {seg:?}"),
             RouteError::Malformed => write!(f, "malformed request path"),
+            RouteError::OtherService { local, named } => write!(
+                f,
+                "the path names service {named:?}, but this proxy guards and delivers to {local:?} only"
+            ),
         }
     }
 }
@@ -46,7 +59,8 @@ pub struct Route<'a> {
     /// The path the service itself receives: what follows the service
     /// segment (at least `/`), plus the query. Both route forms give the
     /// same upstream path, so where a request lands never depends on which
-    /// form the client chose. `None` when the path names no service.
+    /// form the client chose. `None` when the path names no service, and
+    /// with `routing.local_service`, where the path goes on unchanged.
     pub upstream_path: Option<String>,
 }
 
@@ -55,16 +69,15 @@ pub struct Route<'a> {
 /// `/mcp://svc/a/b?x=1` (when `routing.mcp_scheme`) and `/svc/a/b?x=1` (when
 /// `routing.first_segment`) both give service `svc` and segments
 /// `["svc", "a", "b"]`.
-pub fn parse_route<'a>(path: &'a str, config: &Config) -> Result<Route<'a>, RouteError> {
-    if !path.starts_with('/') {
-        return Err(RouteError::Malformed);
+///
+/// With `routing.local_service` the path does not pick the service: `/a/b`
+/// gives the local service, segments `[local, "a", "b"]` (so `path[0]` is
+/// still the service) and no upstream path (it is delivered as sent).
+pub fn parse_route<'a>(path: &'a str, config: &'a Config) -> Result<Route<'a>, RouteError> {
+    if let Some(local) = config.routing.local_service.as_deref() {
+        return parse_local(path, local, config);
     }
-    let (raw_path, query) = match path.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (path, ""),
-    };
-    let raw_path = raw_path.split_once('#').map_or(raw_path, |(p, _)| p);
-    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    let (raw_path, query) = split_path(path)?;
     let rest = match raw_path.strip_prefix("/mcp://") {
         Some(rest) if config.routing.mcp_scheme => Some(rest),
         _ if config.routing.first_segment => raw_path.get(1..),
@@ -73,18 +86,7 @@ pub fn parse_route<'a>(path: &'a str, config: &Config) -> Result<Route<'a>, Rout
     let segments: Vec<&str> = rest
         .map(|r| r.split('/').filter(|s| !s.is_empty()).collect())
         .unwrap_or_default();
-    for seg in &segments {
-        let lower = seg.to_ascii_lowercase();
-        if *seg == "."
-            || *seg == ".."
-            || lower.contains("%2f")
-            || lower.contains("%5c")
-            || seg.contains('\\')
-            || lower.contains("%2e")
-        {
-            return Err(RouteError::Ambiguous((*seg).to_string()));
-        }
-    }
+    check_segments(&segments)?;
     let upstream_path = rest.and_then(|r| {
         let r = r.trim_start_matches('/');
         let (svc, tail) = r.split_at(r.find('/').unwrap_or(r.len()));
@@ -107,6 +109,72 @@ pub fn parse_route<'a>(path: &'a str, config: &Config) -> Result<Route<'a>, Rout
         raw_path,
         query,
         upstream_path,
+    })
+}
+
+/// An origin-form `:path` split into path and query (any fragment dropped).
+fn split_path(path: &str) -> Result<(&str, &str), RouteError> {
+    if !path.starts_with('/') {
+        return Err(RouteError::Malformed);
+    }
+    let (raw_path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (path, ""),
+    };
+    let raw_path = raw_path.split_once('#').map_or(raw_path, |(p, _)| p);
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    Ok((raw_path, query))
+}
+
+/// Refuses segments the policy and the upstream could read as different
+/// resources.
+fn check_segments(segments: &[&str]) -> Result<(), RouteError> {
+    for seg in segments {
+        let lower = seg.to_ascii_lowercase();
+        if *seg == "."
+            || *seg == ".."
+            || lower.contains("%2f")
+            || lower.contains("%5c")
+            || seg.contains('\\')
+            || lower.contains("%2e")
+        {
+            return Err(RouteError::Ambiguous((*seg).to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// [`parse_route`] for a filter that guards one service: whatever the
+/// path says, that service is the one the request reaches, so it is the one
+/// decided. A path that names another registered service, in either route
+/// form and whatever `mcp_scheme`/`first_segment` say, was meant for that
+/// service and is refused rather than decided as this one.
+fn parse_local<'a>(
+    path: &'a str,
+    local: &'a str,
+    config: &Config,
+) -> Result<Route<'a>, RouteError> {
+    let (raw_path, query) = split_path(path)?;
+    let named = raw_path
+        .strip_prefix("/mcp://")
+        .unwrap_or(raw_path)
+        .split('/')
+        .find(|s| !s.is_empty());
+    if let Some(named) = named.filter(|n| *n != local && config.resources.contains_key(*n)) {
+        return Err(RouteError::OtherService {
+            local: local.to_string(),
+            named: named.to_string(),
+        });
+    }
+    let mut segments = vec![local];
+    segments.extend(raw_path.split('/').filter(|s| !s.is_empty()));
+    check_segments(segments.get(1..).unwrap_or_default())?;
+    Ok(Route {
+        service: Some(local),
+        segments,
+        raw_path,
+        query,
+        upstream_path: None,
     })
 }
 

@@ -56,6 +56,16 @@ pub enum Denial {
     /// A transaction token is needed and cannot be had: the signing key
     /// has not loaded, or signing failed (503).
     TxnTokenUnavailable(&'static str),
+    /// A proxy that guards and delivers to one service
+    /// (`routing.local_service`) got a path naming another registered
+    /// service (403): deciding it as either would decide on a service the
+    /// request was not meant for or does not reach.
+    OtherService {
+        /// The service this proxy delivers to.
+        local: String,
+        /// The registered service the path names.
+        named: String,
+    },
 }
 
 impl Denial {
@@ -67,7 +77,10 @@ impl Denial {
             Denial::TooLarge { .. } => 413,
             Denial::RateLimited(_) => 429,
             Denial::Policy { status, .. } => *status,
-            Denial::PolicyError | Denial::UnsafeIdentity(_) | Denial::InvalidTxnToken(_) => 403,
+            Denial::PolicyError
+            | Denial::UnsafeIdentity(_)
+            | Denial::InvalidTxnToken(_)
+            | Denial::OtherService { .. } => 403,
             Denial::SecretsUnavailable(_)
             | Denial::LogUnavailable
             | Denial::HostFailure(_)
@@ -85,7 +98,8 @@ impl Denial {
             Denial::Policy { .. }
             | Denial::PolicyError
             | Denial::UnsafeIdentity(_)
-            | Denial::InvalidTxnToken(_) => "forbidden",
+            | Denial::InvalidTxnToken(_)
+            | Denial::OtherService { .. } => "forbidden",
             Denial::SecretsUnavailable(_)
             | Denial::LogUnavailable
             | Denial::HostFailure(_)
@@ -116,6 +130,9 @@ impl Denial {
             Denial::HostFailure(what) => format!("proxy_error: {what}"),
             Denial::InvalidTxnToken(why) => format!("invalid_txn_token: {why}"),
             Denial::TxnTokenUnavailable(why) => format!("txn_token_unavailable: {why}"),
+            Denial::OtherService { local, named } => format!(
+                "the path names service {named:?}; this proxy guards and delivers to {local:?} only"
+            ),
         }
     }
 
@@ -132,7 +149,9 @@ impl Denial {
         match self {
             Denial::Unauthorized(_) => M::Unauthorized,
             Denial::BadRequest(_) | Denial::Mcp(_) | Denial::TooLarge { .. } => M::BadRequest,
-            Denial::Policy { .. } | Denial::UnsafeIdentity(_) => M::Denied,
+            Denial::Policy { .. } | Denial::UnsafeIdentity(_) | Denial::OtherService { .. } => {
+                M::Denied
+            }
             Denial::PolicyError => M::PolicyError,
             Denial::RateLimited(_) => M::RateLimited,
             Denial::SecretsUnavailable(_) => M::SecretsUnavailable,
@@ -214,7 +233,8 @@ impl Denial {
             Denial::Policy { .. }
             | Denial::PolicyError
             | Denial::UnsafeIdentity(_)
-            | Denial::InvalidTxnToken(_) => code::FORBIDDEN,
+            | Denial::InvalidTxnToken(_)
+            | Denial::OtherService { .. } => code::FORBIDDEN,
             Denial::SecretsUnavailable(_)
             | Denial::LogUnavailable
             | Denial::HostFailure(_)
