@@ -6,28 +6,43 @@
 // - the seed's claims from the client's registered metadata: `permissions`,
 //   `scope`, and the namespaced agent_type, team and environment;
 // - dynamic client registration (RFC 7591) behind an initial access
-//   token, and deregistration (RFC 7592) with the registration access
-//   token it hands out;
-// - JWKS at /jwks; `POST /admin/keys/publish` then `/admin/keys/sign`
-//   (with the initial access token) rotate the signing key.
+//   token, handing out no registration access token: RFC 7592 management
+//   would let an agent rewrite its own registration, its grants included;
+// - the administrator's routes, with ADMIN_TOKEN (none without it):
+//   `PUT /admin/clients/<id>`
+//   changes an agent's attributes, `DELETE /admin/clients/<id>` deletes
+//   it, `POST /admin/keys/publish` then `/admin/keys/sign` rotate the
+//   signing key; JWKS at /jwks.
 //
-// Environment: ISSUER (default http://127.0.0.1:<port>), PORT (0: any;
-// the port is printed as `listening <port>`), AUDIENCE, INITIAL_ACCESS_TOKEN,
+// Environment: ISSUER (default http://127.0.0.1:<port>), BIND_ADDRESS (the
+// address to listen on, default 127.0.0.1), PORT (0: any; the port is
+// printed as `listening <port>`), AUDIENCE, INITIAL_ACCESS_TOKEN (registers
+// agents), ADMIN_TOKEN (everything under /admin; must differ from the other;
+// unset, /admin refuses everyone),
 // CLAIMS_NAMESPACE (default https://mcp.example.com/), TOKEN_TTL (s, 300),
-// DATA_FILE (where registrations persist across restarts; without it they
-// live in memory and a restart forgets every agent).
+// DATA_FILE (where registrations persist across restarts, mode 0600: it
+// holds every client secret; without it they live in memory and a restart
+// forgets every agent).
 
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createHash, generateKeyPairSync, randomUUID, timingSafeEqual } from 'node:crypto';
+import { chmodSync, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import Provider from 'oidc-provider';
 
 const env = process.env;
+const host = env.BIND_ADDRESS || '127.0.0.1';
 const port = Number(env.PORT ?? 0);
 const audience = env.AUDIENCE ?? 'https://mcp.example.com/';
 const iat = env.INITIAL_ACCESS_TOKEN;
+const adminToken = env.ADMIN_TOKEN || undefined;
 if (!iat) {
   console.error('INITIAL_ACCESS_TOKEN is required');
+  process.exit(2);
+}
+// Whoever onboards agents (a pipeline, the compose demo agent) holds the
+// initial access token; it must not also rotate keys or rewrite agents.
+if (iat === adminToken) {
+  console.error('INITIAL_ACCESS_TOKEN and ADMIN_TOKEN must differ');
   process.exit(2);
 }
 const ns = env.CLAIMS_NAMESPACE ?? 'https://mcp.example.com/';
@@ -58,13 +73,20 @@ function validate(key, value) {
 const store = new Map();
 const dataFile = env.DATA_FILE;
 if (dataFile && existsSync(dataFile)) {
+  // It holds client secrets: a file from an older version may be readable
+  // by others until its first rewrite, so tighten it now.
+  chmodSync(dataFile, 0o600);
   for (const [k, v] of Object.entries(JSON.parse(readFileSync(dataFile, 'utf8')))) store.set(k, v);
 }
 function persist() {
   if (!dataFile) return;
   const clients = Object.fromEntries([...store].filter(([k]) => k.startsWith('Client:')));
-  writeFileSync(`${dataFile}.tmp`, JSON.stringify(clients));
-  renameSync(`${dataFile}.tmp`, dataFile);
+  const tmp = `${dataFile}.tmp`;
+  // A fresh file ('wx') is created 0600; an existing one (left by a crash,
+  // or planted) would keep its own mode, so it goes first.
+  rmSync(tmp, { force: true });
+  writeFileSync(tmp, JSON.stringify(clients), { mode: 0o600, flag: 'wx' });
+  renameSync(tmp, dataFile);
 }
 
 class Adapter {
@@ -123,8 +145,11 @@ async function start(keys, server) {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
-      registration: { enabled: true, initialAccessToken: iat },
-      registrationManagement: { enabled: true, rotateRegistrationAccessToken: false },
+      // No registration access token and no RFC 7592 management: with
+      // them a client PUTs its own metadata, its permissions and team
+      // included. Changes go through /admin/clients (ADMIN_TOKEN).
+      registration: { enabled: true, initialAccessToken: iat, issueRegistrationAccessToken: false },
+      registrationManagement: { enabled: false },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => audience,
@@ -165,35 +190,133 @@ async function start(keys, server) {
   return provider;
 }
 
+function reply(res, status, body) {
+  if (body === undefined) {
+    res.writeHead(status, { 'cache-control': 'no-store' }).end();
+    return;
+  }
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' })
+    .end(JSON.stringify(body));
+}
+
+// Compared as digests so the comparison takes the same time whatever the
+// length or content of the presented token.
+function isAdmin(req) {
+  if (!adminToken) return false;
+  const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
+  if (!m) return false;
+  const digest = (t) => createHash('sha256').update(t).digest();
+  return timingSafeEqual(digest(m[1]), digest(adminToken));
+}
+
+async function readJson(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 64 * 1024) throw new Error('body too large');
+    chunks.push(chunk);
+  }
+  return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+}
+
+const invalid = (description) => ({ error: 'invalid_request', error_description: description });
+
+// PUT /admin/clients/<id>: the given agent attributes replace the
+// registered ones (the rest of the registration, its secret included,
+// stays); validated as a registration is.
+async function updateClient(req, res, id) {
+  let changes;
+  try {
+    changes = await readJson(req);
+  } catch {
+    reply(res, 400, invalid('the body must be a JSON object'));
+    return;
+  }
+  const keys = changes && typeof changes === 'object' && !Array.isArray(changes) ? Object.keys(changes) : [];
+  if (keys.length === 0 || !keys.every((k) => AGENT_FIELDS.includes(k))) {
+    reply(res, 400, invalid(`the body must be a JSON object of some of ${AGENT_FIELDS.join(', ')}`));
+    return;
+  }
+  const client = await provider.Client.find(id);
+  if (!client) {
+    reply(res, 404, invalid('no such client'));
+    return;
+  }
+  let next;
+  try {
+    next = new provider.Client({ ...client.metadata(), ...changes });
+  } catch (e) {
+    reply(res, 400, { error: 'invalid_client_metadata', error_description: e.error_description ?? e.message });
+    return;
+  }
+  await provider.Client.adapter.upsert(id, next.metadata());
+  reply(res, 200, Object.fromEntries(
+    ['client_id', ...AGENT_FIELDS].filter((k) => next[k] !== undefined).map((k) => [k, next[k]]),
+  ));
+}
+
+async function deleteClient(res, id) {
+  if (!(await provider.Client.find(id))) {
+    reply(res, 404, invalid('no such client'));
+    return;
+  }
+  await provider.Client.adapter.destroy(id);
+  reply(res, 204);
+}
+
+// Key rotation in two steps, as a provider should do it: publish the next
+// key (verifiers fetch it while the current one still signs), then sign
+// with it (the old one stays published for tokens already issued).
+async function rotate(res, step) {
+  if (step === 'publish') {
+    keys = [...keys, newKey()];
+  } else if (step === 'sign' && keys.length > 1) {
+    keys = [keys[keys.length - 1], ...keys.slice(0, -1)];
+  } else {
+    reply(res, 400, invalid('publish, then sign'));
+    return;
+  }
+  provider = await start(keys, server);
+  reply(res, 200, { signing: keys[0].kid, published: keys.map((k) => k.kid) });
+}
+
+async function admin(req, res) {
+  if (!isAdmin(req)) {
+    reply(res, 401, { error: 'invalid_token' });
+    return;
+  }
+  const path = req.url.split('?')[0];
+  const keyStep = /^\/admin\/keys\/([a-z]+)$/.exec(path);
+  if (keyStep && req.method === 'POST') {
+    await rotate(res, keyStep[1]);
+    return;
+  }
+  const client = /^\/admin\/clients\/([A-Za-z0-9_-]+)$/.exec(path);
+  if (client && req.method === 'PUT') {
+    await updateClient(req, res, client[1]);
+  } else if (client && req.method === 'DELETE') {
+    await deleteClient(res, client[1]);
+  } else {
+    reply(res, 404, invalid('no such route'));
+  }
+}
+
 let keys = [newKey()];
 const server = createServer();
 let provider;
 server.on('request', async (req, res) => {
-  // Key rotation in two steps, as a provider should do it: publish the
-  // next key (verifiers fetch it while the current one still signs), then
-  // sign with it (the old one stays published for tokens already issued).
-  if (req.method === 'POST' && req.url.startsWith('/admin/keys/')) {
-    if (req.headers.authorization !== `Bearer ${iat}`) {
-      res.writeHead(401).end();
-      return;
+  if (req.url.startsWith('/admin/')) {
+    try {
+      await admin(req, res);
+    } catch {
+      if (!res.headersSent) reply(res, 500, { error: 'server_error' });
     }
-    const step = req.url.slice('/admin/keys/'.length);
-    if (step === 'publish') {
-      keys = [...keys, newKey()];
-    } else if (step === 'sign' && keys.length > 1) {
-      keys = [keys[keys.length - 1], ...keys.slice(0, -1)];
-    } else {
-      res.writeHead(400).end();
-      return;
-    }
-    provider = await start(keys, server);
-    res.writeHead(200, { 'content-type': 'application/json' })
-      .end(JSON.stringify({ signing: keys[0].kid, published: keys.map((k) => k.kid) }));
     return;
   }
   provider.callback()(req, res);
 });
-server.listen(port, '127.0.0.1', async () => {
+server.listen(port, host, async () => {
   provider = await start(keys, server);
   console.log(`listening ${server.address().port}`);
 });

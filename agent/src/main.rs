@@ -5,17 +5,18 @@
 //!     --type support --team customer-success --env production \
 //!     --perm skills:invoke --perm data:read \
 //!     [--vault URL --vault-token T --secret api_key=...]
-//! agentplane-agent deregister --registration-uri URI --registration-token T \
-//!     [--client-id ID --vault URL --vault-token T]
+//! agentplane-agent deregister --idp URL --admin-token T --client-id ID \
+//!     [--vault URL --vault-token T]
 //! agentplane-agent check WORKFLOW.yaml
 //! agentplane-agent run WORKFLOW.yaml --idp URL --client-id ID \
 //!     [--sidecar http://localhost:15000] [--scope "a b"] --input k=v ...
 //!     (the client secret from AGENTPLANE_CLIENT_SECRET)
 //! ```
 //!
-//! `register` prints the client id, its secret and the registration
-//! management credentials once, as JSON: keep them; nothing else has the
-//! secret.
+//! `register` prints the client id and its secret once, as JSON: keep
+//! them; nothing else has the secret. It prints nothing that manages the
+//! registration: changing an agent's grants or deleting it takes the
+//! provider's administrator token (`deregister --admin-token`).
 
 use agentplane_agent::{Agent, ClientCredentials, SystemClock, TokenCache, Workflow};
 use serde_json::{json, Map, Value};
@@ -130,7 +131,6 @@ async fn register(a: &Args) -> Result<(), String> {
         "registration",
     )
     .await?;
-    let field = |k: &str| reg.get(k).cloned().unwrap_or(Value::Null);
     let client_id = reg
         .get("client_id")
         .and_then(Value::as_str)
@@ -152,22 +152,28 @@ async fn register(a: &Args) -> Result<(), String> {
         )
         .await?;
     }
+    // The agent's own credentials only: a registration access token, if a
+    // provider hands one out, could rewrite the agent's grants (RFC 7592).
     println!(
         "{}",
         json!({
             "client_id": client_id,
-            "client_secret": field("client_secret"),
-            "registration_client_uri": field("registration_client_uri"),
-            "registration_access_token": field("registration_access_token"),
+            "client_secret": reg.get("client_secret").cloned().unwrap_or(Value::Null),
         })
     );
     Ok(())
 }
 
 async fn deregister(a: &Args) -> Result<(), String> {
+    let id = a.need("client-id")?;
+    let mut url = reqwest::Url::parse(a.need("idp")?).map_err(|e| format!("--idp: {e}"))?;
+    url.path_segments_mut()
+        .map_err(|()| "--idp: not a base URL".to_string())?
+        .pop_if_empty()
+        .extend(["admin", "clients", id]);
     let r = http()
-        .delete(a.need("registration-uri")?)
-        .bearer_auth(a.need("registration-token")?)
+        .delete(url)
+        .bearer_auth(a.need("admin-token")?)
         .send()
         .await
         .map_err(|e| format!("deregistration: {e}"))?;
@@ -175,7 +181,6 @@ async fn deregister(a: &Args) -> Result<(), String> {
         return Err(format!("deregistration: HTTP {}", r.status()));
     }
     if let Some(vault) = a.one("vault") {
-        let id = a.need("client-id")?;
         let meta = KV_PREFIX.replacen("/data/", "/metadata/", 1);
         let url = format!("{}/v1/{meta}/{id}/credentials", vault.trim_end_matches('/'));
         let r = http()

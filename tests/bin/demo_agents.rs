@@ -151,12 +151,10 @@ pub fn onboarding(rt: &tokio::runtime::Runtime, bao: &Bao, mask: fn(&str) -> Str
 
     cli(&[
         "deregister",
-        "--registration-uri",
-        reg["registration_client_uri"].as_str().unwrap_or_default(),
-        "--registration-token",
-        reg["registration_access_token"]
-            .as_str()
-            .unwrap_or_default(),
+        "--idp",
+        &issuer,
+        "--admin-token",
+        &idp.admin_token,
         "--client-id",
         &id,
         "--vault",

@@ -2,7 +2,7 @@
 //! `idp/server.mjs`), calling through Envoy + agentplane with the SDK.
 
 use agentplane_agent::{Agent, ClientCredentials, Error, SystemClock, TokenCache};
-use agentplane_e2e::provider::{IdProvider, Registered};
+use agentplane_e2e::provider::{agent_cli as cli, IdProvider, Registered};
 use agentplane_e2e::{default_plugin_config, Envoy, EnvoySetup, Upstream, AUDIENCE};
 use serde_json::json;
 
@@ -217,17 +217,6 @@ fn registrations_survive_a_provider_restart_with_a_data_file() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// `target/debug/agentplane-agent` (`./build.sh test` builds it).
-fn cli() -> std::process::Command {
-    let bin = agentplane_e2e::repo_root().join("target/debug/agentplane-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: ./build.sh test builds it",
-        bin.display()
-    );
-    std::process::Command::new(bin)
-}
-
 /// The whole onboarding: `agentplane-agent register` creates the client at
 /// the provider and the agent's secret in OpenBao; the agent runs the
 /// shipped support workflow through the sidecar (one step refused and
@@ -300,8 +289,6 @@ async fn a_cli_registered_agent_runs_the_support_workflow_then_is_offboarded() {
     let registered = Registered {
         client_id: id.clone(),
         client_secret: reg["client_secret"].as_str().unwrap().into(),
-        registration_client_uri: reg["registration_client_uri"].as_str().unwrap().into(),
-        registration_access_token: reg["registration_access_token"].as_str().unwrap().into(),
     };
     let a = agent(&w, &registered, "skills:invoke data:read tools:access");
     let text = std::fs::read_to_string(
@@ -341,15 +328,8 @@ async fn a_cli_registered_agent_runs_the_support_workflow_then_is_offboarded() {
     assert_eq!(traces.into_iter().collect::<Vec<_>>(), [a.trace_id()]);
 
     let out = cli()
-        .args([
-            "deregister",
-            "--registration-uri",
-            &registered.registration_client_uri,
-        ])
-        .args([
-            "--registration-token",
-            &registered.registration_access_token,
-        ])
+        .args(["deregister", "--idp", &w.idp.issuer()])
+        .args(["--admin-token", &w.idp.admin_token])
         .args([
             "--client-id",
             &id,

@@ -11,10 +11,14 @@ use std::process::{Child, Command, Stdio};
 /// A running provider.
 pub struct IdProvider {
     child: Child,
-    /// Its port on 127.0.0.1.
+    /// Its port on its bind address (127.0.0.1 unless `BIND_ADDRESS` says
+    /// otherwise).
     pub port: u16,
-    /// The initial access token registration needs.
+    /// The initial access token registration needs (`INITIAL_ACCESS_TOKEN`).
     pub initial_access_token: String,
+    /// The administrator's token (`ADMIN_TOKEN`): key rotation, and
+    /// changing or deleting a registration.
+    pub admin_token: String,
 }
 
 /// A registered agent: what `register` prints once.
@@ -22,9 +26,6 @@ pub struct IdProvider {
 pub struct Registered {
     pub client_id: String,
     pub client_secret: String,
-    /// RFC 7592: the management URI and its token (deregistration).
-    pub registration_client_uri: String,
-    pub registration_access_token: String,
 }
 
 /// Where `build.sh` installs the provider's packages.
@@ -34,6 +35,17 @@ pub fn idp_dir() -> PathBuf {
         .unwrap_or_else(|_| repo_root().join("idp"))
 }
 
+/// `target/debug/agentplane-agent` (`./build.sh test` builds it).
+pub fn agent_cli() -> Command {
+    let bin = repo_root().join("target/debug/agentplane-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: ./build.sh test builds it",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
 impl IdProvider {
     /// Starts `idp/server.mjs` on a port it picks itself.
     pub fn start() -> IdProvider {
@@ -41,39 +53,63 @@ impl IdProvider {
         IdProvider::start_with(&iat, None)
     }
 
-    /// Starts it with a given initial access token, keeping registrations
-    /// in `data_file` when given (a restart then keeps them).
+    /// Starts it with a given initial access token (and an administrator's
+    /// token of its own), keeping registrations in `data_file` when given
+    /// (a restart then keeps them).
     pub fn start_with(iat: &str, data_file: Option<&std::path::Path>) -> IdProvider {
-        let iat = iat.to_string();
+        let admin = format!("admin-{}-{}", std::process::id(), rand::random::<u64>());
+        let file = data_file.map(|f| f.display().to_string());
+        let mut env = vec![("INITIAL_ACCESS_TOKEN", iat), ("ADMIN_TOKEN", &admin)];
+        env.extend(file.as_deref().map(|f| ("DATA_FILE", f)));
+        IdProvider::spawn(&env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts it with exactly these variables besides `PORT` and
+    /// `AUDIENCE`; `Err` with what it printed when it does not start.
+    pub fn spawn(env: &[(&str, &str)]) -> Result<IdProvider, String> {
+        let var = |k: &str| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default()
+        };
         let dir = idp_dir();
         let mut child = Command::new("node")
             .arg(dir.join("server.mjs"))
             .current_dir(&dir)
+            // Only what the test says: nothing inherited from the runner.
+            .env_remove("INITIAL_ACCESS_TOKEN")
+            .env_remove("ADMIN_TOKEN")
+            .env_remove("BIND_ADDRESS")
+            .env_remove("DATA_FILE")
+            .env_remove("ISSUER")
             .env("PORT", "0")
-            .env("INITIAL_ACCESS_TOKEN", &iat)
             .env("AUDIENCE", crate::AUDIENCE)
-            .envs(data_file.map(|f| ("DATA_FILE", f.as_os_str())))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("node {}: {e}", dir.display()));
         let out = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(out)
-            .read_line(&mut line)
-            .expect("provider output");
-        let port = line
+        // EOF (an empty line) when it exits instead of listening.
+        let _ = BufReader::new(out).read_line(&mut line);
+        let Some(port) = line
             .strip_prefix("listening ")
             .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!("the identity provider did not start: {line:?}")
-            });
-        IdProvider {
+        else {
+            let _ = child.kill();
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(format!(
+                "the identity provider did not start ({status}): {line:?}"
+            ));
+        };
+        Ok(IdProvider {
             child,
             port,
-            initial_access_token: iat,
-        }
+            initial_access_token: var("INITIAL_ACCESS_TOKEN"),
+            admin_token: var("ADMIN_TOKEN"),
+        })
     }
 
     /// Its issuer (the `iss` of its tokens).
@@ -100,45 +136,51 @@ impl IdProvider {
         env: &str,
         perms: &[&str],
     ) -> Registered {
-        let body = json!({
-            "client_name": name,
-            "grant_types": ["client_credentials"],
-            "response_types": [],
-            "token_endpoint_auth_method": "client_secret_basic",
-            "agent_type": agent_type, "team": team, "environment": env,
-            "permissions": perms,
-        });
-        let auth = format!("Bearer {}", self.initial_access_token);
-        let r = http(
-            self.port,
-            "POST",
-            "/reg",
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
-            &body.to_string(),
-        );
+        let body = agent_metadata(name, agent_type, team, env, perms);
+        let r = self.post_registration(&self.initial_access_token, &body);
         assert_eq!(r.status, 201, "registration: {}", r.body);
-        let v: Value = serde_json::from_str(&r.body).unwrap();
+        let v = r.json();
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
         Registered {
             client_id: s("client_id"),
             client_secret: s("client_secret"),
-            registration_client_uri: s("registration_client_uri"),
-            registration_access_token: s("registration_access_token"),
         }
     }
 
-    /// Deregisters an agent (RFC 7592 DELETE).
+    /// `POST /reg` (RFC 7591) with `bearer` as the initial access token:
+    /// the provider's raw answer.
+    pub fn post_registration(&self, bearer: &str, metadata: &Value) -> Response {
+        http(
+            self.port,
+            "POST",
+            "/reg",
+            &[
+                ("authorization", &format!("Bearer {bearer}")),
+                ("content-type", "application/json"),
+            ],
+            &metadata.to_string(),
+        )
+    }
+
+    /// A request with `authorization` set as given (a whole header value:
+    /// `Bearer ..`, `Basic ..`), a JSON body when `body` is not null.
+    pub fn request(&self, method: &str, path: &str, authorization: &str, body: &Value) -> Response {
+        let mut headers = vec![("authorization", authorization)];
+        let text = if body.is_null() {
+            String::new()
+        } else {
+            headers.push(("content-type", "application/json"));
+            body.to_string()
+        };
+        http(self.port, method, path, &headers, &text)
+    }
+
+    /// Deregisters an agent: `DELETE /admin/clients/<id>` with the
+    /// administrator's token.
     pub fn deregister(&self, agent: &Registered) -> Response {
-        let path = agent
-            .registration_client_uri
-            .split_once("/reg")
-            .map(|(_, rest)| format!("/reg{rest}"))
-            .unwrap_or_default();
-        let auth = format!("Bearer {}", agent.registration_access_token);
-        http(self.port, "DELETE", &path, &[("authorization", &auth)], "")
+        let auth = format!("Bearer {}", self.admin_token);
+        let path = format!("/admin/clients/{}", agent.client_id);
+        self.request("DELETE", &path, &auth, &Value::Null)
     }
 
     /// A client-credentials token for the agent (the raw answer).
@@ -162,21 +204,48 @@ impl IdProvider {
         )
     }
 
+    /// The claims of a fresh access token for the agent.
+    pub fn token_claims(&self, agent: &Registered, scope: &str) -> Value {
+        let r = self.token_response(agent, scope);
+        assert_eq!(r.status, 200, "token: {}", r.body);
+        let token = r.json()["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let payload = token.split('.').nth(1).unwrap_or_default();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("token payload: {e}"))
+    }
+
     /// A key rotation step: `publish` the next key, or `sign` with it.
     /// Returns the signing key id.
     pub fn keys(&self, step: &str) -> String {
-        let auth = format!("Bearer {}", self.initial_access_token);
-        let r = http(
-            self.port,
-            "POST",
-            &format!("/admin/keys/{step}"),
-            &[("authorization", &auth)],
-            "",
-        );
+        let auth = format!("Bearer {}", self.admin_token);
+        let r = self.request("POST", &format!("/admin/keys/{step}"), &auth, &Value::Null);
         assert_eq!(r.status, 200, "{}", r.body);
-        let v: Value = serde_json::from_str(&r.body).unwrap();
-        v["signing"].as_str().unwrap_or_default().to_string()
+        r.json()["signing"].as_str().unwrap_or_default().to_string()
     }
+}
+
+/// An agent's registration metadata (RFC 7591 body): a confidential
+/// client-credentials client with the agent's attributes.
+pub fn agent_metadata(
+    name: &str,
+    agent_type: &str,
+    team: &str,
+    env: &str,
+    perms: &[&str],
+) -> Value {
+    json!({
+        "client_name": name,
+        "grant_types": ["client_credentials"],
+        "response_types": [],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "agent_type": agent_type, "team": team, "environment": env,
+        "permissions": perms,
+    })
 }
 
 impl Drop for IdProvider {
