@@ -78,7 +78,7 @@ visible contains name if {
 }
 
 visible contains name if {
-	input.mcp.method in {"prompts/list", "resources/list"}
+	input.mcp.method in {"prompts/list", "resources/list", "resources/templates/list"}
 	some name in object.get(input, ["mcp", "listed"], [])
 	is_string(name)
 }

@@ -55,6 +55,9 @@ pub struct Trail {
     pub tool: Option<String>,
     /// In-flight leases taken for this request, released at stream end.
     pub held: crate::limits::Held,
+    /// The length of the request body sent upstream, when the filter
+    /// replaced it with the message it decided on.
+    pub body_len: Option<usize>,
 }
 
 /// Whether an allowed decision with this id falls in the sample.

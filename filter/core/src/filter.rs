@@ -442,9 +442,24 @@ impl Filter {
                 agent,
             )),
             RequestBody::Unreadable => Err((Denial::HostFailure("request body"), agent)),
-            RequestBody::Complete(b) => {
-                crate::mcp::parse(b, limits).map_err(|e| (Denial::Mcp(e), agent))
-            }
+            RequestBody::Complete(b) => crate::mcp::parse(b, limits)
+                .map_err(|e| (Denial::Mcp(e), agent.clone()))
+                .and_then(|m| {
+                    // What goes upstream is the message the policy decides
+                    // on, re-serialized: never the client's bytes, which
+                    // another parser could read otherwise.
+                    let out = m.to_json().map_err(|_| {
+                        (
+                            Denial::HostFailure("request body serialization"),
+                            agent.clone(),
+                        )
+                    })?;
+                    if !host.replace_request_body(b.len(), &out) {
+                        return Err((Denial::HostFailure("request body write"), agent.clone()));
+                    }
+                    trail.body_len = Some(out.len());
+                    Ok(m)
+                }),
         };
         let rpc = Some(
             parsed
@@ -498,7 +513,9 @@ impl Filter {
             list: None,
             held: std::mem::take(&mut trail.held),
         };
-        if decision.state == State::Allowed {
+        // A request that waits for its secrets keeps its list job: its
+        // response is filtered alike when it resumes.
+        if matches!(decision.state, State::Allowed | State::Pending) {
             decision.list = trail.list.clone();
         }
         if !decision.allowed() {
@@ -714,7 +731,11 @@ impl Filter {
         let authority = headers.get(":authority").map(str::to_owned);
         let principal = self.principal(&raw)?;
         let transaction = self
-            .inbound_txn(host, headers.get(crate::txn::HEADER))
+            .inbound_txn(
+                host,
+                headers.get(crate::txn::HEADER),
+                &principal.identity.id,
+            )
             .map_err(|d| (d, Some(principal.identity.id.clone())))?;
         Ok(Admission::Decide(Admitted {
             decision_id: decision_id.to_string(),
@@ -815,7 +836,12 @@ impl Filter {
                 mcp_doc(),
             )
         };
-        let list_doc = |t: &Trail| t.list.as_ref().map(|j| j.doc.clone());
+        let list_doc = |t: &Trail| {
+            t.list
+                .as_ref()
+                .filter(|j| j.field.is_some())
+                .map(|j| j.doc.clone())
+        };
         let key = self.worker.cache.as_ref().map(|_| {
             self.key_plan.key(&KeyFacts {
                 principal: principal.serial,
@@ -832,15 +858,21 @@ impl Filter {
                 transaction: a.transaction.as_deref(),
             })
         });
-        // A list request: its response is filtered by the policy, on this
-        // request's input with the listed names added.
-        if let Some(field) = mcp
-            .and_then(|m| m.method.as_deref())
-            .and_then(crate::mcp::list_field)
-        {
+        // Every response of an MCP service is read for list results: a
+        // list request's answer is filtered by the policy, on this
+        // request's input with the listed names added; any other list
+        // result is refused (see `mcp::ListJob`).
+        if resource.protocol == Protocol::Mcp {
+            let field = mcp
+                .and_then(|m| m.method.as_deref())
+                .and_then(crate::mcp::list_field);
             trail.list = Some(crate::mcp::ListJob {
                 field,
-                doc: build(),
+                doc: if field.is_some() {
+                    build()
+                } else {
+                    regorus::Value::Null
+                },
                 private: mcp_version.as_deref().is_some_and(|v| v >= "2026-07-28"),
                 form: None,
                 key: key.clone(),
@@ -999,6 +1031,14 @@ impl Filter {
         }
         if let Some(p) = &route.upstream_path {
             writes.push((":path", p.as_str()));
+        }
+        // The body was replaced by the parsed message: its length with it.
+        let body_len = trail
+            .body_len
+            .filter(|_| headers.get("content-length").is_some())
+            .map(|n| n.to_string());
+        if let Some(n) = &body_len {
+            writes.push(("content-length", n.as_str()));
         }
         let mut drop: Vec<&str> = Vec::with_capacity(3);
         if !self.config.identity.forward_token {
@@ -1212,10 +1252,13 @@ impl Filter {
         self.worker.broker.is_some()
     }
 
-    /// Whether the root context must tick: secret fetches or a decision-log
-    /// collector.
+    /// Whether the root context must tick: secret fetches, a decision-log
+    /// collector, the signing key, or in-flight leases to renew.
     pub fn needs_tick(&self) -> bool {
-        self.worker.broker.is_some() || self.worker.shipper.is_some() || self.worker.txn.is_some()
+        self.worker.broker.is_some()
+            || self.worker.shipper.is_some()
+            || self.worker.txn.is_some()
+            || self.policy.has_limits()
     }
 
     /// Root context tick: ships decision records, dispatches due secret
@@ -1224,6 +1267,7 @@ impl Filter {
     pub fn on_tick<H: Host>(&self, host: &mut H) -> bool {
         let w = &self.worker;
         self.txn_tick(host);
+        w.limits.renew(host);
         if let Some(mut sh) = w.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
             sh.on_tick(host);
             let (was_s, was_d) = w.exported_log.replace((sh.shipped, sh.dropped));
@@ -1499,6 +1543,9 @@ mod tests;
 
 #[cfg(test)]
 mod limit_tests;
+
+#[cfg(test)]
+mod list_tests;
 
 #[cfg(test)]
 mod route_tests;

@@ -34,6 +34,13 @@ pub trait Host {
     fn set_request_header(&mut self, name: &str, value: &str) -> bool;
     /// Removes every value of a request header. False when the host refused.
     fn remove_request_header(&mut self, name: &[u8]) -> bool;
+    /// Replaces the request body the host buffered (`old_len` bytes) with
+    /// `body`, in the body phase. False when the host refused: the filter
+    /// then refuses the request, since the bytes it decided on would not
+    /// be the bytes that go upstream.
+    fn replace_request_body(&mut self, _old_len: usize, _body: &[u8]) -> bool {
+        false
+    }
     /// Sets (replaces) a response header; only valid in the response phase.
     fn set_response_header(&mut self, name: &str, value: &str);
     /// A response header's value (response phase), if present and UTF-8.
@@ -178,6 +185,10 @@ pub struct MockHost {
     pub no_header_map: bool,
     /// Request header writes and removals made.
     pub header_writes: u32,
+    /// The request body as it goes upstream, when the filter replaced it.
+    pub forwarded_body: Option<Vec<u8>>,
+    /// When set, the host refuses to replace the request body.
+    pub refuse_body_writes: bool,
     /// The local reply, if the filter sent one.
     pub reply: Option<Reply>,
     /// Clock reading returned by [`Host::now_ns`].
@@ -283,6 +294,14 @@ impl Host for MockHost {
         }
         self.header_writes += 1;
         self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        true
+    }
+
+    fn replace_request_body(&mut self, _old_len: usize, body: &[u8]) -> bool {
+        if self.refuse_body_writes {
+            return false;
+        }
+        self.forwarded_body = Some(body.to_vec());
         true
     }
 

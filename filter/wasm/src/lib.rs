@@ -422,6 +422,10 @@ impl Host for EnvoyHost {
         abi::remove_header(abi::REQUEST_HEADERS, name).is_ok()
     }
 
+    fn replace_request_body(&mut self, old_len: usize, body: &[u8]) -> bool {
+        abi::set_buffer(abi::REQUEST_BODY, old_len, body).is_ok()
+    }
+
     fn response_header(&self, name: &str) -> Option<String> {
         abi::header_value(abi::RESPONSE_HEADERS, name)
             .ok()

@@ -51,8 +51,10 @@ impl Decision {
 
 impl Filter {
     /// Adds the decision id to the upstream response of an allowed request,
-    /// and says whether its body must be read: a list response to filter,
-    /// JSON or an event stream. Its length then changes, so
+    /// and says whether its body must be read: an MCP service's event
+    /// stream (any request's: a list result may come on any), a list
+    /// request's JSON answer, or a list request's answer in a form the
+    /// filter cannot read (then refused). Its length may then change, so
     /// `content-length` goes and the response is marked private.
     pub fn on_response_headers<H: Host>(
         &self,
@@ -68,17 +70,44 @@ impl Filter {
         let form = host
             .response_header("content-type")
             .and_then(|c| BodyForm::of(&c));
-        let Some(form) = form else {
-            // Neither form carries a list (an error page, 202): untouched.
-            decision.list = None;
-            return ResponseBody::Untouched;
-        };
-        job.form = Some(form);
+        // Compressed bodies cannot be read (the request went without
+        // `accept-encoding`, so a server that compresses anyway is refused).
+        let encoded = host
+            .response_header("content-encoding")
+            .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        let listing = job.field.is_some();
+        match form {
+            // A JSON answer to a request that lists nothing carries no list
+            // to this client: only its own answer comes in it.
+            Some(BodyForm::Json) if !listing && !encoded => {
+                decision.list = None;
+                return ResponseBody::Untouched;
+            }
+            // Neither form on a request that lists nothing (an error page,
+            // 202): nothing an MCP client reads as a list.
+            None if !listing => {
+                decision.list = None;
+                return ResponseBody::Untouched;
+            }
+            _ => {}
+        }
+        if encoded || form.is_none() {
+            // A list answer the filter cannot read: a JSON-RPC error in its
+            // place.
+            host.remove_response_header("content-encoding");
+            host.set_response_header("content-type", "application/json");
+            job.phase = ListPhase::Refused;
+        }
+        job.form = Some(if encoded {
+            BodyForm::Json
+        } else {
+            form.unwrap_or(BodyForm::Json)
+        });
         host.remove_response_header("content-length");
         host.set_response_header("cache-control", "private, no-store");
-        match form {
-            BodyForm::Json => ResponseBody::Buffered,
-            BodyForm::Sse => ResponseBody::Streamed,
+        match job.form {
+            Some(BodyForm::Sse) => ResponseBody::Streamed,
+            _ => ResponseBody::Buffered,
         }
     }
 
@@ -99,6 +128,7 @@ impl Filter {
             return BodyStep::Pass;
         };
         let max = self.config.mcp.max_body_bytes;
+        let depth = self.config.mcp.max_depth;
         let form = job.form.unwrap_or(BodyForm::Json);
         let fail = |job: &mut ListJob, why: &str| {
             job.phase = ListPhase::Failed;
@@ -107,6 +137,17 @@ impl Filter {
         };
         match job.phase {
             ListPhase::Through => return BodyStep::Pass,
+            // Refused at its headers: the error in place of the first
+            // chunk, then nothing.
+            ListPhase::Refused => {
+                job.phase = ListPhase::Failed;
+                return BodyStep::Replace(error_body(
+                    form,
+                    rpc.as_ref(),
+                    "list response unreadable (compressed or of an unknown type)",
+                    id,
+                ));
+            }
             ListPhase::Failed => return BodyStep::Replace(Vec::new()),
             ListPhase::Reading => {}
         }
@@ -120,11 +161,11 @@ impl Filter {
             let Some(body) = read() else {
                 return BodyStep::Replace(fail(job, "list response unreadable"));
             };
-            let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(mut v) = mcp::strict_json(&body, depth) else {
                 return BodyStep::Replace(fail(job, "list response unreadable"));
             };
             job.phase = ListPhase::Through;
-            return match self.show(host, job, &mut v) {
+            return match self.screen(host, job, id, rpc.as_ref(), &mut v) {
                 Ok(false) => BodyStep::Pass,
                 Ok(true) => match serde_json::to_vec(&v) {
                     Ok(out) => BodyStep::Replace(out),
@@ -147,18 +188,19 @@ impl Filter {
         }
         let mut out = Vec::with_capacity(chunk.len());
         for raw in events {
-            if job.phase == ListPhase::Through {
-                out.extend_from_slice(&raw);
-                continue;
-            }
-            let Some(mut v) = mcp::event_data(&raw).and_then(|d| serde_json::from_slice(&d).ok())
-            else {
-                // No JSON-RPC message (a priming event, a comment): as is.
+            // No data (a comment), or empty data (the priming event a
+            // resumable stream starts with): nothing a client parses.
+            let Some(data) = mcp::event_data(&raw).filter(|d| !d.trim_ascii().is_empty()) else {
                 out.extend_from_slice(&raw);
                 continue;
             };
-            let answered = is_answer(&v, rpc.as_ref());
-            match self.show(host, job, &mut v) {
+            // Data the filter cannot read may be a list a laxer parser
+            // reads (a lone surrogate, `1e400`, deep nesting): refused.
+            let Ok(mut v) = mcp::strict_json(&data, depth) else {
+                out.extend(fail(job, "event stream message unreadable"));
+                return BodyStep::Replace(out);
+            };
+            match self.screen(host, job, id, rpc.as_ref(), &mut v) {
                 Ok(false) => out.extend_from_slice(&raw),
                 Ok(true) => match serde_json::to_string(&v) {
                     Ok(data) => out.extend(mcp::with_data(&raw, &data)),
@@ -173,14 +215,9 @@ impl Filter {
                     return BodyStep::Replace(out);
                 }
             }
-            if answered {
-                job.phase = ListPhase::Through;
-            }
         }
-        if job.phase == ListPhase::Through {
-            out.extend(job.events.take_rest());
-        } else if job.events.pending() > max {
-            out.extend(fail(job, "list response too large to filter"));
+        if job.events.pending() > max {
+            out.extend(fail(job, "event too large to filter"));
         }
         if out == chunk {
             BodyStep::Pass
@@ -189,22 +226,56 @@ impl Filter {
         }
     }
 
+    /// Looks at one message of a response: the answer to this list request
+    /// is filtered through `visible`; a list result it cannot tie to the
+    /// request the policy saw becomes a JSON-RPC error for that message.
+    /// True when the message was rewritten.
+    fn screen<H: Host>(
+        &self,
+        host: &mut H,
+        job: &ListJob,
+        decision_id: &str,
+        rpc: Option<&Value>,
+        v: &mut Value,
+    ) -> Result<bool, &'static str> {
+        if v.is_array() {
+            // Batches left MCP in 2025-06-18; an array could hide a list.
+            return Err("batched response refused");
+        }
+        let fields = mcp::list_fields_of(v);
+        if fields.is_empty() {
+            return Ok(false);
+        }
+        let answer = is_answer(v, rpc);
+        match job.field {
+            Some(field) if answer && fields == [field] => self.show(host, job, field, v),
+            // The answer to a request that lists nothing: its own result
+            // (a tool's output), not a list shown to the client.
+            None if answer => Ok(false),
+            _ => {
+                let id = v.get("id").cloned().unwrap_or(Value::Null);
+                *v = untied(id, decision_id);
+                Ok(true)
+            }
+        }
+    }
+
     /// Filters one message if it holds a list: true when it was rewritten.
     fn show<H: Host>(
         &self,
         host: &mut H,
         job: &ListJob,
+        field: &'static str,
         v: &mut Value,
     ) -> Result<bool, &'static str> {
-        let Some(listed) = mcp::list_names(v, job.field) else {
+        let Some(listed) = mcp::list_names(v, field) else {
             return Ok(false);
         };
-        let visible = self.visible(host, job, &listed)?;
-        let Some(names) = visible.as_ref() else {
-            // The policy has no `visible` rule: lists are not filtered.
-            return Ok(false);
-        };
-        mcp::retain_listed(v, job.field, job.private, |n| names.iter().any(|s| s == n));
+        let visible = self.visible(host, job, field, &listed)?;
+        // A policy without a `visible` rule shows nothing: a list is only
+        // ever shown through the policy.
+        let names: &[String] = visible.as_ref().as_deref().unwrap_or(&[]);
+        mcp::retain_listed(v, field, job.private, |n| names.iter().any(|s| s == n));
         Ok(true)
     }
 
@@ -215,11 +286,12 @@ impl Filter {
         &self,
         host: &mut H,
         job: &ListJob,
+        field: &'static str,
         listed: &[String],
     ) -> Result<Visible, &'static str> {
         let list_key = job.key.as_ref().map(|k| {
             let mut key = crate::cache::Key::with_capacity(k.len() + 16 * listed.len());
-            key.field(k).field(job.field.as_bytes());
+            key.field(k).field(field.as_bytes());
             for n in listed {
                 key.field(n.as_bytes());
             }
@@ -264,6 +336,18 @@ impl Filter {
 fn is_answer(v: &Value, rpc: Option<&Value>) -> bool {
     let responds = v.get("result").is_some() || v.get("error").is_some();
     responds && rpc.is_some_and(|id| v.get("id") == Some(id))
+}
+
+/// The JSON-RPC error that replaces a list result the filter cannot tie to
+/// the request it decided.
+fn untied(id: Value, decision_id: &str) -> Value {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": mcp::code::UNAVAILABLE,
+                  "message": "list result refused: it does not answer the list request this stream carries; list again",
+                  "data": {"decision_id": decision_id}},
+    })
 }
 
 /// A JSON-RPC error in the response's form, answering the request.

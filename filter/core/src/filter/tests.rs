@@ -1520,10 +1520,13 @@ fn an_event_stream_list_is_filtered_as_chunks_arrive_and_the_rest_streams_throug
         .unwrap();
     let v: Value = serde_json::from_str(data).unwrap();
     assert_eq!(tool_names(&v), ["search_docs", "lookup_ticket"]);
-    // After the answer, chunks are not even read.
+    // After the answer the stream is still read: a second list result on
+    // it (another id) is refused in place, never shown unfiltered.
     let (mut d, mut h, _) = list_reply(&f, "text/event-stream");
     let first = format!("data: {TOOLS}\n\n");
-    stream_through(&f, &mut d, &mut h, &[first.as_bytes()]);
-    let step = f.on_response_body(&mut h, &mut d, 3, false, || panic!("not read"));
-    assert_eq!(step, BodyStep::Pass);
+    let second = format!("data: {}\n\n", TOOLS.replace("\"id\":5", "\"id\":6"));
+    let out = stream_through(&f, &mut d, &mut h, &[first.as_bytes(), second.as_bytes()]);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.matches("run_shell").count(), 0, "{text}");
+    assert!(text.contains("does not answer the list request"), "{text}");
 }
