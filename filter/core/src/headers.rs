@@ -5,6 +5,31 @@
 use crate::config::Config;
 use crate::host::Host;
 
+/// Headers the filter itself sets upstream (the identity, the delegation,
+/// the MCP tool). A client's copy is removed whatever
+/// `headers.strip_prefixes` says: a configuration that leaves `x-agent-`
+/// out of it must not let a client name its own actor or tool, where the
+/// filter writes none (no delegation; not a `tools/call`).
+pub const FILTER_SET: &[&str] = &[
+    "x-agent-id",
+    "x-agent-type",
+    "x-agent-team",
+    "x-agent-actor",
+    "x-agent-delegation",
+    "x-agent-tool",
+];
+
+/// Whether a client header (lower-case) is one of [`FILTER_SET`], with `_`
+/// read as `-` as many frameworks do.
+pub fn filter_set(lower_name: &[u8]) -> bool {
+    FILTER_SET.iter().any(|h| {
+        h.len() == lower_name.len()
+            && h.bytes()
+                .zip(lower_name)
+                .all(|(a, &b)| a == b || (a == b'-' && b == b'_'))
+    })
+}
+
 /// The request headers after stripping, read from the host once: every
 /// later lookup is answered here instead of by another host call, and an
 /// allowed request's headers go back in one write ([`rewrite`]).
@@ -109,7 +134,9 @@ impl RequestHeaders {
 /// host could not hand over the header map: the caller fails closed.
 pub fn read<H: Host>(host: &H, config: &Config) -> Option<RequestHeaders> {
     let all = host.request_headers()?;
-    Some(RequestHeaders::from_pairs(all, |n| config.must_strip(n)))
+    Some(RequestHeaders::from_pairs(all, |n| {
+        filter_set(n) || config.must_strip(n)
+    }))
 }
 
 /// Writes an allowed request's headers: removes what was stripped and
@@ -194,6 +221,34 @@ mod tests {
         assert!(h.header_values("x-agent-id").is_empty());
         assert!(h.header_values("x-agent-team").is_empty());
         assert_eq!(h.header_values("content-type"), ["application/json"]);
+    }
+
+    #[test]
+    fn a_client_forging_the_filters_own_headers_is_stripped_without_the_x_agent_prefix() {
+        // The prefix list no longer names `x-agent-`: the filter's own
+        // headers still never come from the client.
+        let c = Config::from_json(br#"{"headers": {"strip_prefixes": ["x-mcp-"]}}"#).unwrap();
+        let mut h = MockHost::new()
+            .with_header("x-agent-tool", "delete_everything")
+            .with_header("X-Agent-Actor", "root@clients")
+            .with_header("x_agent_delegation", "[\"root@clients\"]")
+            .with_header("x-agent-id", "root@clients")
+            .with_header("x-agent-custom", "kept")
+            .with_header("x-agent-toolbox", "kept");
+        let left = read(&h, &c).unwrap();
+        assert_eq!(left.stripped, 4);
+        for name in ["x-agent-tool", "x-agent-actor", "x_agent_delegation"] {
+            assert_eq!(left.get(name), None, "{name}");
+        }
+        assert!(rewrite(&mut h, &left, &[], &[]));
+        for name in FILTER_SET.iter().chain(&["x_agent_delegation"]) {
+            assert!(h.header_values(name).is_empty(), "{name} reached upstream");
+        }
+        // Not the filter's: the configuration decides.
+        assert_eq!(h.header_values("x-agent-custom"), ["kept"]);
+        assert_eq!(h.header_values("x-agent-toolbox"), ["kept"]);
+        // The names the filter writes are all in the list.
+        assert!(filter_set(crate::filter::TOOL_HEADER.as_bytes()));
     }
 
     #[test]

@@ -11,17 +11,28 @@
 //!   holds a full bucket, exactly what an absent key has, so it can be
 //!   taken over without giving anyone quota;
 //! - an **in-flight** cap holds one lease per running request (owner,
-//!   expiry), released when the stream ends however it ends; a lease that
-//!   outlives its VM expires on its own.
+//!   expiry), renewed by the worker's tick while the stream lives and
+//!   released when it ends however it ends; a lease that outlives its VM
+//!   expires on its own.
 //!
 //! Shared data has no delete, so both live in fixed tables of hashed slots
 //! (`limits.slots` each, created when the filter is configured). A key
 //! probes [`PROBES`] slots; one held by another live key is a collision,
 //! and a key that finds none free is refused (never counted elsewhere).
+//!
+//! A request's limits commit or fail as one. A key is counted once per
+//! request (its shape is part of the key, so one name with two shapes is
+//! two buckets, and the same limit listed twice is one); within a round no
+//! two of its keys plan the same slot, since two writes with one
+//! compare-and-swap value would make the second fail on every retry; and
+//! writes go in slot order, so two workers contending for the same slots
+//! cannot each undo the other's round forever.
 
 use crate::config::LimitsConfig;
 use crate::host::Host;
 use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 /// Most limits one decision may carry.
@@ -268,8 +279,10 @@ impl Limit {
         format!("{}|{}|{size}", self.name, by.join(","))
     }
 
-    /// The key this request counts under: the limit's name and each
-    /// dimension's value, length-prefixed.
+    /// The key this request counts under: the limit's name, each
+    /// dimension's value and the limit's shape, length-prefixed. With the
+    /// shape in it, two limits of one name but different sizes are two
+    /// buckets (each holds), and equal keys are the same bucket.
     pub fn key(&self, f: &Facts<'_>) -> Vec<u8> {
         let mut k = Vec::with_capacity(64);
         let mut part = |s: &str| {
@@ -292,6 +305,14 @@ impl Limit {
                 },
             });
         }
+        part(&match self.kind {
+            Kind::Rate {
+                interval_ns,
+                burst,
+                cost,
+            } => format!("rate:{interval_ns}:{burst}:{cost}"),
+            Kind::InFlight { max } => format!("in_flight:{max}"),
+        });
         k
     }
 }
@@ -332,10 +353,13 @@ pub struct Events {
     pub retries: u64,
 }
 
+/// In-flight lease slots, each with its key's fingerprint.
+type Leases = Vec<(String, u64)>;
+
 /// In-flight leases a request holds, released when its stream ends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Held {
-    leases: Vec<(String, u64)>,
+    leases: Leases,
     owner: u64,
 }
 
@@ -346,12 +370,38 @@ impl Held {
     }
 }
 
-/// The two slot tables, named by the config's prefix.
-#[derive(Debug, Clone)]
+/// The two slot tables, named by the config's prefix, and this worker's
+/// live leases (renewed on its tick).
+#[derive(Debug)]
 pub struct Table {
     prefix: String,
     slots: u64,
     lease_ns: u64,
+    /// Leases of this worker's running streams, by owner, with when each
+    /// is next renewed: a long stream must not stop counting.
+    live: RefCell<HashMap<u64, (Leases, u64)>>,
+}
+
+/// One write a round plans: a rate slot (by index), its CAS, the key, the
+/// new TAT and what it charges.
+struct Step {
+    idx: u64,
+    slot: String,
+    cas: u32,
+    fp: u64,
+    new_tat: u64,
+    charged: u64,
+    evicts: bool,
+}
+
+/// A rate slot a key can use: its index, key, CAS, TAT (0 when free) and
+/// whether taking it evicts another key.
+struct Found {
+    idx: u64,
+    slot: String,
+    cas: u32,
+    tat: u64,
+    evicts: bool,
 }
 
 const RATE: &str = "r";
@@ -363,11 +413,17 @@ impl Table {
             prefix: cfg.table.clone(),
             slots: cfg.slots.max(1),
             lease_ns: cfg.lease_ms.saturating_mul(1_000_000),
+            live: RefCell::new(HashMap::new()),
         }
     }
 
     fn slot_key(&self, table: &str, i: u64) -> String {
         format!("{}.{table}.{}", self.prefix, i % self.slots)
+    }
+
+    /// The slot index a key's `p`th probe reads.
+    fn probe(&self, fp: u64, p: u64) -> u64 {
+        fp.wrapping_add(p) % self.slots
     }
 
     /// Creates every slot not yet present (configure time): afterwards
@@ -400,49 +456,66 @@ impl Table {
             leases: Vec::new(),
             owner,
         };
+        // One lease per key (the same limit twice would take two and refuse
+        // itself at a cap of 1), taken in key order.
+        let mut flights: Vec<(&Limit, u64, u64)> = Vec::new();
         for l in limits {
             if let Kind::InFlight { max } = l.kind {
                 let fp = fingerprint(&l.key(facts));
-                match self.lease(host, fp, max, owner, now, ev) {
-                    Ok(slot) => held.leases.push((slot, fp)),
-                    Err(table_full) => {
-                        self.release(host, &held);
-                        return Err(Refusal {
-                            limit: l.name.clone(),
-                            retry_after_s: 1,
-                            policy: format!("\"{}\";q={max}", l.name),
-                            state: format!("\"{}\";r=0;t=1", l.name),
-                            table_full,
-                        });
-                    }
+                if !flights.iter().any(|f| f.1 == fp) {
+                    flights.push((l, fp, max));
                 }
             }
         }
-        let rates: Vec<(&Limit, u64, u64, u64, u64)> = limits
-            .iter()
-            .filter_map(|l| match l.kind {
-                Kind::Rate {
-                    interval_ns,
-                    burst,
-                    cost,
-                } if cost > 0 => Some((l, fingerprint(&l.key(facts)), interval_ns, burst, cost)),
-                _ => None,
-            })
-            .collect();
-        if rates.is_empty() {
-            return Ok(held);
-        }
-        match self.take(host, &rates, now, ev) {
-            Ok(()) => Ok(held),
-            Err(r) => {
-                self.release(host, &held);
-                Err(r)
+        flights.sort_by_key(|f| f.1);
+        for (l, fp, max) in flights {
+            match self.lease(host, fp, max, owner, now, ev) {
+                Ok(slot) => held.leases.push((slot, fp)),
+                Err(table_full) => {
+                    self.release(host, &held);
+                    return Err(Refusal {
+                        limit: l.name.clone(),
+                        retry_after_s: 1,
+                        policy: format!("\"{}\";q={max}", l.name),
+                        state: format!("\"{}\";r=0;t=1", l.name),
+                        table_full,
+                    });
+                }
             }
         }
+        // Each key once: equal keys are one bucket (the shape is in it).
+        let mut rates: Vec<(&Limit, u64, u64, u64, u64)> = Vec::new();
+        for l in limits {
+            if let Kind::Rate {
+                interval_ns,
+                burst,
+                cost,
+            } = l.kind
+            {
+                let fp = fingerprint(&l.key(facts));
+                if cost > 0 && !rates.iter().any(|r| r.1 == fp) {
+                    rates.push((l, fp, interval_ns, burst, cost));
+                }
+            }
+        }
+        if !rates.is_empty() {
+            if let Err(r) = self.take(host, &rates, now, ev) {
+                self.release(host, &held);
+                return Err(r);
+            }
+        }
+        if !held.is_empty() {
+            if let Ok(mut live) = self.live.try_borrow_mut() {
+                let renew_at = now.saturating_add(self.lease_ns / 2);
+                live.insert(owner, (held.leases.clone(), renew_at));
+            }
+        }
+        Ok(held)
     }
 
     /// One all-or-none round over the rate buckets, retried on a lost
-    /// race; whatever a failed round wrote is refunded first.
+    /// race; whatever a failed round wrote is refunded first. No two keys
+    /// of the round plan one slot, and the writes go in slot order.
     fn take<H: Host>(
         &self,
         host: &mut H,
@@ -458,19 +531,27 @@ impl Table {
             table_full: false,
         };
         'round: for _ in 0..ATTEMPTS {
-            // (slot, its CAS, fingerprint, new TAT, what it charges)
-            let mut plan: Vec<(String, u32, u64, u64, u64)> = Vec::with_capacity(rates.len());
+            let mut plan: Vec<Step> = Vec::with_capacity(rates.len());
             for &(l, fp, interval, burst, cost) in rates {
-                let Some((slot, cas, tat, evicts)) = self.find_rate(host, fp, now, ev) else {
+                let Some(found) = self.find_rate(host, fp, now, &plan, ev) else {
                     return Err(Refusal {
                         table_full: true,
                         ..contended(l)
                     });
                 };
-                let start = tat.max(now);
-                let new_tat = start.saturating_add(cost.saturating_mul(interval));
+                // An empty bucket's TAT. One beyond it was written before
+                // the clock stepped back: it is held at empty, so the
+                // bucket refills at its rate from now rather than after
+                // the time the clock lost (and never gains anything).
                 let until = now.saturating_add(burst.saturating_mul(interval));
+                let start = found.tat.max(now).min(until);
+                let new_tat = start.saturating_add(cost.saturating_mul(interval));
                 if new_tat > until {
+                    if found.tat > until {
+                        // Stored, or every later request would clamp
+                        // from its own `now` and never see a refill.
+                        host.shared_set(&found.slot, &rate_value(fp, until), Some(found.cas));
+                    }
                     let wait = (new_tat - until).div_ceil(1_000_000_000).max(1);
                     let window = burst
                         .saturating_mul(interval)
@@ -486,20 +567,33 @@ impl Table {
                         table_full: false,
                     });
                 }
-                if evicts {
-                    ev.evictions += 1;
-                }
-                plan.push((slot, cas, fp, new_tat, cost.saturating_mul(interval)));
+                plan.push(Step {
+                    idx: found.idx,
+                    slot: found.slot,
+                    cas: found.cas,
+                    fp,
+                    new_tat,
+                    charged: cost.saturating_mul(interval),
+                    evicts: found.evicts,
+                });
             }
-            for (i, (slot, cas, fp, new_tat, _)) in plan.iter().enumerate() {
-                if !host.shared_set(slot, &rate_value(*fp, *new_tat), Some(*cas)) {
+            // Slot order: of two rounds wanting the same slots, the one
+            // that wins the first contested slot wins them all.
+            plan.sort_by_key(|s| s.idx);
+            for (i, step) in plan.iter().enumerate() {
+                if !host.shared_set(
+                    &step.slot,
+                    &rate_value(step.fp, step.new_tat),
+                    Some(step.cas),
+                ) {
                     ev.retries += 1;
-                    for (slot, _, fp, _, charged) in plan.iter().take(i) {
-                        self.refund(host, slot, *fp, *charged);
+                    for done in plan.iter().take(i) {
+                        self.refund(host, &done.slot, done.fp, done.charged);
                     }
                     continue 'round;
                 }
             }
+            ev.evictions += plan.iter().filter(|s| s.evicts).count() as u64;
             return Ok(());
         }
         match rates.first() {
@@ -509,27 +603,41 @@ impl Table {
     }
 
     /// The slot for `fp`: its own, else the first free one among its
-    /// probes (never written, or a refilled bucket). With its CAS, its TAT
-    /// (0 for a free slot) and whether taking it evicts another key.
+    /// probes (never written, or a refilled bucket) that no other key of
+    /// this round has planned.
     fn find_rate<H: Host>(
         &self,
         host: &mut H,
         fp: u64,
         now: u64,
+        plan: &[Step],
         ev: &mut Events,
-    ) -> Option<(String, u32, u64, bool)> {
+    ) -> Option<Found> {
         let mut free = None;
         for p in 0..PROBES {
-            let slot = self.slot_key(RATE, fp.wrapping_add(p));
+            let idx = self.probe(fp, p);
+            if plan.iter().any(|s| s.idx == idx) {
+                // Another key of this request writes it this round.
+                ev.collisions += 1;
+                continue;
+            }
+            let slot = self.slot_key(RATE, idx);
             let (value, cas) = get_slot(host, &slot);
+            let found = |tat, evicts| Found {
+                idx,
+                slot: slot.clone(),
+                cas,
+                tat,
+                evicts,
+            };
             match read_rate(&value) {
-                Some((f, tat)) if f == fp => return Some((slot, cas, tat, false)),
+                Some((f, tat)) if f == fp => return Some(found(tat, false)),
                 Some((_, tat)) if tat > now => ev.collisions += 1,
                 Some(_) => {
-                    free.get_or_insert((slot, cas, 0, true));
+                    free.get_or_insert_with(|| found(0, true));
                 }
                 None => {
-                    free.get_or_insert((slot, cas, 0, false));
+                    free.get_or_insert_with(|| found(0, false));
                 }
             }
         }
@@ -569,7 +677,7 @@ impl Table {
         for _ in 0..ATTEMPTS {
             let mut found = None;
             for p in 0..PROBES {
-                let slot = self.slot_key(FLIGHT, fp.wrapping_add(p));
+                let slot = self.slot_key(FLIGHT, self.probe(fp, p));
                 let (value, cas) = get_slot(host, &slot);
                 let (f, leases) = read_flight(&value);
                 let live: Vec<(u64, u64)> = leases.into_iter().filter(|l| l.1 > now).collect();
@@ -603,25 +711,71 @@ impl Table {
         Err(false)
     }
 
-    /// Releases every lease `held` has (stream end; also after a refusal).
-    pub fn release<H: Host>(&self, host: &mut H, held: &Held) {
-        for (slot, fp) in &held.leases {
-            for _ in 0..ATTEMPTS {
-                let Some((value, cas)) = host.shared_get(slot) else {
-                    break;
-                };
-                let (f, mut leases) = read_flight(&value);
-                if f != *fp {
-                    break; // taken over after our lease expired
-                }
-                let Some(i) = leases.iter().position(|l| l.0 == held.owner) else {
-                    break;
-                };
-                leases.remove(i);
-                if host.shared_set(slot, &flight_value(*fp, &leases), Some(cas)) {
-                    break;
+    /// Extends, on the worker's tick, every lease of a running stream that
+    /// is half-way to expiring: a stream that outlives `limits.lease_ms`
+    /// still counts against its cap. A lease already gone (expired while
+    /// the worker stalled, and taken over) is not brought back.
+    pub fn renew<H: Host>(&self, host: &mut H) {
+        let now = host.now_ns();
+        let due: Vec<(u64, Leases)> = match self.live.try_borrow_mut() {
+            Ok(mut live) => live
+                .iter_mut()
+                .filter(|(_, (_, at))| *at <= now)
+                .map(|(owner, (leases, at))| {
+                    *at = now.saturating_add(self.lease_ns / 2);
+                    (*owner, leases.clone())
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        let until = now.saturating_add(self.lease_ns);
+        for (owner, leases) in due {
+            for (slot, fp) in &leases {
+                self.update_lease(host, slot, *fp, owner, Some(until));
+            }
+        }
+    }
+
+    /// Extends `owner`'s lease on `slot` (while still `fp`'s) to `until`,
+    /// or removes it (`None`).
+    fn update_lease<H: Host>(
+        &self,
+        host: &mut H,
+        slot: &str,
+        fp: u64,
+        owner: u64,
+        until: Option<u64>,
+    ) {
+        for _ in 0..ATTEMPTS {
+            let Some((value, cas)) = host.shared_get(slot) else {
+                return;
+            };
+            let (f, mut leases) = read_flight(&value);
+            if f != fp {
+                return; // taken over after our lease expired
+            }
+            let Some(i) = leases.iter().position(|l| l.0 == owner) else {
+                return;
+            };
+            match (until, leases.get_mut(i)) {
+                (Some(until), Some(lease)) => lease.1 = lease.1.max(until),
+                _ => {
+                    leases.remove(i);
                 }
             }
+            if host.shared_set(slot, &flight_value(fp, &leases), Some(cas)) {
+                return;
+            }
+        }
+    }
+
+    /// Releases every lease `held` has (stream end; also after a refusal).
+    pub fn release<H: Host>(&self, host: &mut H, held: &Held) {
+        if let Ok(mut live) = self.live.try_borrow_mut() {
+            live.remove(&held.owner);
+        }
+        for (slot, fp) in &held.leases {
+            self.update_lease(host, slot, *fp, held.owner, None);
         }
     }
 }

@@ -121,8 +121,11 @@ impl Host for Racing<'_> {
     }
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         self.writes += 1;
-        // Every other write of this worker loses a race to the other one.
-        let race = self.writes % 2 == 1;
+        // Every third write of this worker loses a race to the other one
+        // (every other write would always strike the same bucket of a
+        // two-bucket round: whichever worker's round that favours would
+        // win every time).
+        let race = self.writes % 3 == 1;
         if let Some((t, l, mut h)) = self.other.take_if(|_| race) {
             let mut ev = Events::default();
             if t.admit(&mut h, l, &agent("a"), 7, &mut ev).is_ok() {
@@ -297,4 +300,126 @@ fn malformed_limits_are_errors_not_silently_dropped() {
     );
     assert_eq!(l[0].by, [Dim::Agent], "by agent unless told");
     assert!(parse(&serde_json::Value::Null).unwrap().is_empty());
+}
+
+/// Two limit names whose keys (agent `a`) start probing at the same slot
+/// of a `slots`-slot table.
+fn same_first_slot(slots: u64) -> (String, String) {
+    let first = |n: &str| {
+        let l = limits(json!([{"name": n, "rate": 1, "burst": 5}]));
+        fingerprint(&l[0].key(&agent("a"))) % slots
+    };
+    let names: Vec<String> = (0..64).map(|i| format!("l{i}")).collect();
+    for (i, a) in names.iter().enumerate() {
+        if let Some(b) = names.iter().skip(i + 1).find(|b| first(b) == first(a)) {
+            return (a.clone(), b.clone());
+        }
+    }
+    unreachable!("64 names over {slots} slots share a first slot");
+}
+
+#[test]
+fn two_limits_on_one_slot_never_livelock_into_a_permanent_429() {
+    // Both keys probe the same free slot first: one request must not plan
+    // two writes to it (the second would lose its compare-and-swap to the
+    // first on every retry).
+    let t = table(2);
+    let (a, b) = same_first_slot(2);
+    let l = limits(json!([
+        {"name": a, "rate": 1, "burst": 5},
+        {"name": b, "rate": 1, "burst": 3},
+    ]));
+    let mut h = host_at(S);
+    t.create(&mut h);
+    let mut ev = Events::default();
+    let first = t.admit(&mut h, &l, &agent("a"), 0, &mut ev);
+    assert!(first.is_ok(), "{first:?}");
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 2, "b's 3 in all");
+    // Each key kept a slot of its own: a alone still has 2 left.
+    let a_only = limits(json!([{"name": a, "rate": 1, "burst": 5}]));
+    assert_eq!(admitted(&t, &mut h, &a_only, &agent("a"), 10), 2);
+}
+
+#[test]
+fn two_limits_with_one_name_never_livelock_into_a_permanent_429() {
+    let t = table(64);
+    let mut h = host_at(S);
+    t.create(&mut h);
+    // One name, two shapes: two buckets, both charged.
+    let l = limits(json!([
+        {"name": "x", "rate": 1, "burst": 5},
+        {"name": "x", "rate": 2, "burst": 3},
+    ]));
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 3, "the smaller");
+    // The same limit twice (an array, not a set) counts once.
+    let twice = limits(json!([
+        {"name": "y", "rate": 1, "burst": 5},
+        {"name": "y", "rate": 1, "burst": 5},
+    ]));
+    assert_eq!(admitted(&t, &mut h, &twice, &agent("a"), 10), 5);
+}
+
+#[test]
+fn an_in_flight_limit_named_twice_never_refuses_its_own_request() {
+    let t = table(64);
+    let mut h = host_at(S);
+    let l = limits(json!([
+        {"name": "f", "in_flight": 1},
+        {"name": "f", "in_flight": 1},
+    ]));
+    let mut ev = Events::default();
+    let held = t.admit(&mut h, &l, &agent("a"), 1, &mut ev);
+    assert!(held.is_ok(), "{held:?}");
+    assert!(
+        t.admit(&mut h, &l, &agent("a"), 2, &mut ev).is_err(),
+        "cap 1"
+    );
+    t.release(&mut h, &held.unwrap());
+    assert!(t.admit(&mut h, &l, &agent("a"), 3, &mut ev).is_ok());
+}
+
+#[test]
+fn a_clock_stepped_back_never_blocks_a_bucket_past_its_refill() {
+    let t = table(64);
+    let l = limits(json!([{"name": "r", "rate": 2, "burst": 4}]));
+    let mut h = host_at(1_000 * S);
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 4, "the burst");
+    // NTP steps the clock back a minute: nothing is given back...
+    h.now_ns -= 60 * S;
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 0);
+    // ...but the bucket refills at its rate from there, not after the
+    // minute the clock lost.
+    h.now_ns += S;
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 2);
+    h.now_ns += 10 * S;
+    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 4, "full again");
+}
+
+#[test]
+fn a_stream_outliving_its_lease_still_counts_against_the_in_flight_cap() {
+    let t = table(64);
+    let l = limits(json!([{"name": "inflight", "in_flight": 1}]));
+    let mut h = host_at(S);
+    let mut ev = Events::default();
+    let lease = LimitsConfig::default().lease_ms * 1_000_000;
+    let held = t.admit(&mut h, &l, &agent("a"), 1, &mut ev).unwrap();
+    // The stream runs for three leases; the worker ticks meanwhile.
+    for _ in 0..12 {
+        h.now_ns += lease / 4;
+        t.renew(&mut h);
+        assert!(
+            t.admit(&mut h, &l, &agent("a"), 2, &mut ev).is_err(),
+            "still running: still counted"
+        );
+    }
+    t.release(&mut h, &held);
+    t.renew(&mut h);
+    assert!(t.admit(&mut h, &l, &agent("a"), 3, &mut ev).is_ok());
+    // A released lease is never renewed back to life.
+    h.now_ns += lease / 2;
+    t.renew(&mut h);
+    assert!(
+        t.admit(&mut h, &l, &agent("a"), 4, &mut ev).is_err(),
+        "3 holds it"
+    );
 }

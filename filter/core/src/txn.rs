@@ -27,7 +27,9 @@
 //!   (signature, `typ`, `kid`, `iss`, `aud`, `exp`) and becomes
 //!   `input.transaction`; the token minted for the next hop keeps its
 //!   `txn`, `sub` and actors and narrows its scope. A token that does not
-//!   verify refuses the request.
+//!   verify refuses the request, and so does one presented by an agent it
+//!   does not name ([`Inbound::presented_by`]): a leaked token is not a
+//!   way to act in someone else's transaction.
 
 use crate::value;
 use base64ct::{Base64UrlUnpadded, Encoding};
@@ -369,6 +371,23 @@ impl Inbound {
 }
 
 impl Inbound {
+    /// Checks that `agent`, the verified identity of the request carrying
+    /// the token, is a party to it: its subject (acting itself, or through
+    /// an actor its own token names, RFC 8693) or one of its actors. Every
+    /// agent that minted a token in the chain is one of these, so a genuine
+    /// next hop always is; an agent the token never named presenting it is
+    /// a replay, and would otherwise get the next hop's token in the
+    /// subject's name.
+    pub fn presented_by(&self, agent: &str) -> Result<(), Invalid> {
+        if self.claims.sub == agent || self.actors.iter().any(|a| a == agent) {
+            Ok(())
+        } else {
+            Err(Invalid(
+                "presented by an agent that is neither its subject nor one of its actors",
+            ))
+        }
+    }
+
     /// The facts a decision key holds for it.
     pub fn key_fields(&self) -> [&str; 10] {
         let c = &self.claims;

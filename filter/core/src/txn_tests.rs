@@ -269,3 +269,30 @@ fn a_full_token_table_sheds_half_not_everything() {
     let kept = (4..8u8).filter(|i| s.reuse(&[*i], 50).is_some()).count();
     assert_eq!(kept, 4, "only the stale ones went");
 }
+
+#[test]
+fn a_leaked_token_presented_by_an_agent_it_does_not_name_is_refused() {
+    let r = ring("k1", 7);
+    let t = verify(&token(&r, claims(), NOW), &r, &cfg(), NOW).unwrap();
+    // Its subject (directly, or through a delegated token) and its actors
+    // may carry it on.
+    assert_eq!(t.presented_by("alice@clients"), Ok(()));
+    assert_eq!(t.presented_by("support@clients"), Ok(()));
+    // Anyone else holding a copy may not.
+    for intruder in ["mallory@clients", "", "alice@clients ", "ALICE@clients"] {
+        assert_eq!(
+            t.presented_by(intruder),
+            Err(Invalid(
+                "presented by an agent that is neither its subject nor one of its actors"
+            )),
+            "{intruder:?}"
+        );
+    }
+    // Naming an agent elsewhere (its workload, its service) is not enough.
+    let mut c = claims();
+    c.act = None;
+    c.req_wl = "mallory@clients".into();
+    c.svc = "mallory@clients".into();
+    let t = verify(&token(&r, c, NOW), &r, &cfg(), NOW).unwrap();
+    assert!(t.presented_by("mallory@clients").is_err());
+}

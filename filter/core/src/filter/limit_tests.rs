@@ -190,3 +190,52 @@ fn a_tool_call_over_its_limit_gets_a_json_rpc_error_with_its_id() {
         "a token a minute"
     );
 }
+
+#[test]
+fn a_stream_outliving_its_lease_still_counts_through_the_workers_tick() {
+    let f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
+    let shared = SharedData::default();
+    let mut root = MockHost::new().at(NOON);
+    root.shared = shared.clone();
+    assert_eq!(
+        f.on_configured(&mut root, "test"),
+        Some(TICK_MS),
+        "limits need the tick"
+    );
+    let who = || claims(json!({"sub": "batch-runner@clients"}));
+    let at = |stream: u32, now: u64, keep_open: bool| {
+        let mut h = request("POST", "/mcp://hello-skill/go", Some(who())).at(now);
+        h.shared = shared.clone();
+        h.stream = stream;
+        let (_, mut d) = f.on_request_headers(&mut h);
+        if !keep_open {
+            f.on_log(&mut h, &mut d);
+            f.on_stream_done(&mut h, stream, Some(&mut d));
+        }
+        (d, h)
+    };
+    // Two long downloads, capped at 2 in flight.
+    let (mut one, mut h1) = at(1, NOON, true);
+    let (_two, _h2) = at(2, NOON, true);
+    assert!(one.allowed());
+    // Twice the lease later, with the worker ticking all along, they
+    // still run, so a third still waits.
+    let lease = crate::config::LimitsConfig::default().lease_ms * 1_000_000;
+    for _ in 0..8 {
+        root.now_ns += lease / 4;
+        f.on_tick(&mut root);
+    }
+    let (d, h) = at(3, root.now_ns, false);
+    assert_eq!(
+        h.reply.as_ref().map(|r| r.status),
+        Some(429),
+        "{:?}",
+        d.state
+    );
+    // One ends: its slot is back, and not renewed back to life.
+    f.on_stream_done(&mut h1, 1, Some(&mut one));
+    root.now_ns += lease / 4;
+    f.on_tick(&mut root);
+    let (d, _) = at(4, root.now_ns, false);
+    assert!(d.allowed());
+}

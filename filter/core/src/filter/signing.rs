@@ -55,11 +55,13 @@ impl Filter {
         })
     }
 
-    /// The request's `Txn-Token`, verified (`None` when it has none).
+    /// The request's `Txn-Token`, verified and presented by a party to it
+    /// (`agent`, the request's verified identity); `None` when it has none.
     pub(super) fn inbound_txn<H: Host>(
         &self,
         host: &mut H,
         raw: Option<&str>,
+        agent: &str,
     ) -> Result<Option<Rc<Inbound>>, Denial> {
         let (Some(cfg), Some(raw)) = (self.config.txn_token.as_ref(), raw) else {
             return Ok(None);
@@ -72,8 +74,14 @@ impl Filter {
         let mut s = cell
             .try_borrow_mut()
             .map_err(|_| Denial::TxnTokenUnavailable("busy"))?;
+        let bound = |t: Rc<Inbound>| match t.presented_by(agent) {
+            Ok(()) => Ok(Some(t)),
+            Err(e) => Err(Denial::InvalidTxnToken(e.0)),
+        };
+        // Checked on every request, cached or not: one verification serves
+        // its parties, never whoever else presents the same bytes.
         if let Some(t) = s.verified(raw, now) {
-            return Ok(Some(t));
+            return bound(t);
         }
         if s.ring.current.is_none() {
             return Err(Denial::TxnTokenUnavailable("signing key not loaded"));
@@ -83,7 +91,7 @@ impl Filter {
         s.remember(raw, Rc::clone(&t), cfg.max_entries, now);
         drop(s);
         self.worker.metrics.add(host, M::TxnVerified, 1);
-        Ok(Some(t))
+        bound(t)
     }
 
     /// The token an allowed request to `service` carries: reused while

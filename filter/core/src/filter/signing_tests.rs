@@ -242,13 +242,27 @@ fn first_hop(actor: Option<&str>) -> String {
     txn::mint(ring().current.as_ref().unwrap(), claims, now, 60).unwrap()
 }
 
+/// A request by `sub` (a support agent), the orchestrator acting for it
+/// when `delegated` (RFC 8693: the token an exchange gives the
+/// orchestrator for alice).
+fn get_as(path: &str, sub: &str, delegated: bool) -> MockHost {
+    let mut c = json!({"sub": sub});
+    if delegated {
+        c["act"] = json!({"sub": "orchestrator@clients",
+            "https://mcp.example.com/agent_type": "orchestrator",
+            "permissions": ["skills:invoke", "data:read"]});
+    }
+    request("GET", path, Some(claims(c)))
+}
+
 #[test]
 fn a_second_hop_keeps_the_subject_and_transaction_and_narrows_scope() {
     let f = signing_filter(json!({}));
     loaded(&f);
     let now = (NOON / 1_000_000_000) as i64;
-    let first = first_hop(Some("orchestrator@clients"));
-    // The support agent, called by the orchestrator for alice, calls on.
+    let first = first_hop(Some("support-triage@clients"));
+    // The support agent, called by the orchestrator for alice, calls on
+    // (it is the token's actor).
     let mut h = get("/tickets/1").with_header("txn-token", &first);
     assert_eq!(
         f.on_request_headers(&mut h).0,
@@ -261,9 +275,26 @@ fn a_second_hop_keeps_the_subject_and_transaction_and_narrows_scope() {
     let t = txn::verify(&next[0], &ring(), &cfg(&f), now).unwrap();
     assert_eq!(t.claims.sub, "alice@clients");
     assert_eq!(t.claims.txn, "txn-root");
-    assert_eq!(t.actors, ["support-triage@clients", "orchestrator@clients"]);
+    assert_eq!(
+        t.actors,
+        ["support-triage@clients", "support-triage@clients"]
+    );
     assert_eq!(t.claims.scope, "data:read", "narrowed, never widened");
     assert_eq!(t.claims.tctx.agent, "support-triage@clients");
+    // The orchestrator, acting for alice with a token exchanged for her,
+    // carries her transaction on: alice is its subject.
+    let mut d =
+        get_as("/tickets/1", "alice@clients", true).with_header("txn-token", &first_hop(None));
+    assert_eq!(
+        f.on_request_headers(&mut d).0,
+        Flow::Continue,
+        "{:?}",
+        d.reply
+    );
+    let t = txn::verify(&d.header_values("txn-token")[0], &ring(), &cfg(&f), now).unwrap();
+    assert_eq!(t.claims.sub, "alice@clients");
+    assert_eq!(t.claims.txn, "txn-root");
+    assert_eq!(t.actors, ["orchestrator@clients"]);
     // A service without tokens never sees the inbound one.
     let mut p = get("/plain/1").with_header("txn-token", &first);
     assert_eq!(f.on_request_headers(&mut p).0, Flow::Continue);
@@ -271,10 +302,54 @@ fn a_second_hop_keeps_the_subject_and_transaction_and_narrows_scope() {
 }
 
 #[test]
+fn a_leaked_txn_token_presented_by_another_agent_is_refused() {
+    let f = signing_filter(json!({}));
+    loaded(&f);
+    // Alice's transaction, the orchestrator acting in it. The support
+    // agent got a copy (a log, a skill that echoes headers) and attaches
+    // it to its own calls: the next hop's token would name alice as the
+    // subject of what the support agent does.
+    let leaked = first_hop(Some("orchestrator@clients"));
+    for path in ["/tickets/1", "/plain/1"] {
+        let mut h = get(path).with_header("txn-token", &leaked);
+        let (flow, d) = f.on_request_headers(&mut h);
+        assert_eq!(flow, Flow::Replied, "{path}");
+        assert_eq!(h.reply.as_ref().unwrap().status, 403);
+        assert_eq!(
+            body(&h)["reason"],
+            "invalid_txn_token: presented by an agent that is neither its subject nor one of its actors"
+        );
+        assert_eq!(body(&h)["decision_id"], d.id.as_str());
+        assert_eq!(h.header_writes, 0, "nothing forwarded");
+    }
+    // Verified once and cached: the cache answers for its parties only.
+    let mut ok =
+        get_as("/tickets/1", "orchestrator@clients", false).with_header("txn-token", &leaked);
+    assert_eq!(
+        f.on_request_headers(&mut ok).0,
+        Flow::Continue,
+        "{:?}",
+        ok.reply
+    );
+    let mut again = get("/tickets/1").with_header("txn-token", &leaked);
+    assert_eq!(f.on_request_headers(&mut again).0, Flow::Replied);
+    assert_eq!(again.reply.as_ref().unwrap().status, 403);
+    // Its own token, or one exchanged to act for alice, would do: acting
+    // in alice's name takes alice's consent, not a copy of her token.
+    let mut d = get_as("/tickets/1", "alice@clients", true).with_header("txn-token", &leaked);
+    assert_eq!(
+        f.on_request_headers(&mut d).0,
+        Flow::Continue,
+        "{:?}",
+        d.reply
+    );
+}
+
+#[test]
 fn the_policy_sees_the_inbound_transaction() {
     let f = signing_filter(json!({"decision_log": {"enabled": true, "sample_allowed": 1.0}}));
     loaded(&f);
-    let first = first_hop(None);
+    let first = first_hop(Some("support-triage@clients"));
     let mut h = get("/plain/1").with_header("txn-token", &first);
     let (_, mut d) = f.on_request_headers(&mut h);
     f.on_log(&mut h, &mut d);
