@@ -18,6 +18,7 @@ mod deploy;
 mod hotswap;
 mod identity;
 mod istio;
+mod istio;
 mod limits;
 mod mcp;
 mod registration;

@@ -1374,3 +1374,23 @@ impl Stack {
         Stack::start_with(&default_plugin_config())
     }
 }
+
+/// `envoy/envoy.yaml` routed as an Istio sidecar's inbound listener is:
+/// one route delivers every request to the pod (`setup.upstream_port`,
+/// cluster `inbound`), whatever its path or `x-agentplane-service` says.
+pub fn render_envoy_inbound(setup: &EnvoySetup) -> RenderedEnvoy {
+    let mut r = render_envoy(setup, true);
+    let open = "One route and cluster per service.\n";
+    let from = r.yaml.find(open).expect("the service routes' comment") + open.len();
+    let to = r
+        .yaml
+        .find("              # Anything else never reaches an upstream.")
+        .expect("the last route's comment");
+    r.yaml.replace_range(
+        from..to,
+        "              - match: { prefix: \"/\" }\n                route: { cluster: inbound, timeout: 30s }\n",
+    );
+    assert!(!r.yaml.contains("name: x-agentplane-service"));
+    r.add_cluster("inbound", setup.upstream_port);
+    r
+}
