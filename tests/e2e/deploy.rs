@@ -154,7 +154,7 @@ fn the_istio_manifests_validate_and_carry_plugin_configs_agentplane_accepts() {
         .arg(&out)
         .args(&manifests));
     assert!(ok, "{text}");
-    assert!(text.contains("5 manifests valid"), "{text}");
+    assert!(text.contains("6 manifests valid"), "{text}");
     let rendered = std::fs::read_to_string(out.join("agentplane.yaml")).unwrap();
     assert!(
         rendered.contains(&"ab".repeat(32)),
@@ -164,12 +164,20 @@ fn the_istio_manifests_validate_and_carry_plugin_configs_agentplane_accepts() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(configs.len(), 2, "{configs:?}");
+    assert_eq!(configs.len(), 3, "{configs:?}");
     for c in configs {
         let json = std::fs::read(&c).unwrap();
         if let Err(e) = agentplane_core::Filter::new(&json, 1) {
             panic!("{}: agentplane refuses it: {e}", c.display());
         }
+        // A sidecar delivers to its own pod: each plugin decides that
+        // pod's service, never the one a path names (one per workload).
+        let cfg: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(
+            cfg["routing"]["local_service"].is_string(),
+            "{}: no routing.local_service",
+            c.display()
+        );
     }
     // A manifest the schema refuses fails the check.
     let bad = out.join("bad.yaml");
