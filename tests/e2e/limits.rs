@@ -14,10 +14,14 @@ struct Proxy {
 }
 
 fn two_workers() -> Proxy {
+    two_workers_with(default_plugin_config())
+}
+
+fn two_workers_with(plugin_config: String) -> Proxy {
     let idp = Idp::new();
     let upstream = Upstream::start();
     let mut r = render_envoy(
-        &EnvoySetup::without_vault(&idp, upstream.port, default_plugin_config()),
+        &EnvoySetup::without_vault(&idp, upstream.port, plugin_config),
         true,
     );
     r.workers = 2;
@@ -209,6 +213,67 @@ fn an_in_flight_cap_holds_against_a_slow_upstream_and_frees_its_slots() {
         None,
         "an allowed response carries no limit fields"
     );
+}
+
+/// A stream that runs longer than `limits.lease_ms` keeps its lease (each
+/// worker renews its streams' leases on its tick): with leases of 1 s, two
+/// calls of 3 s from an agent capped at 2 in flight still hold both slots
+/// 2 s in, so a third is refused; before, their leases lapsed at 1 s and
+/// the cap let a third (and a fourth...) through.
+#[test]
+fn a_stream_outliving_its_lease_still_counts_against_the_in_flight_cap() {
+    let mut cfg: serde_json::Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["limits"]["lease_ms"] = serde_json::json!(1000);
+    let p = two_workers_with(cfg.to_string());
+    let auth = p.bearer("batch-runner@clients", "support", &["skills:invoke"]);
+    let port = p.envoy.port;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let auth = auth.clone();
+            std::thread::spawn(move || {
+                agentplane_e2e::http(
+                    port,
+                    "POST",
+                    "/mcp://sentiment-analysis/slow",
+                    &[("authorization", &auth), ("x-test-delay-ms", "3000")],
+                    "",
+                )
+                .status
+            })
+        })
+        .collect();
+    // Both reached the upstream (polled, not slept on).
+    let t0 = Instant::now();
+    while p.upstream.seen().len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the slow calls never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Past twice their lease, still running.
+    std::thread::sleep(Duration::from_millis(2000));
+    for _ in 0..4 {
+        let r = p.envoy.request(
+            "POST",
+            "/mcp://sentiment-analysis/third",
+            &[("authorization", &auth)],
+        );
+        assert_eq!(r.status, 429, "a lapsed lease let it through: {r:?}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["reason"],
+            "limit batch-runner.in_flight exceeded"
+        );
+    }
+    let statuses: Vec<u16> = slow.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(statuses, [200, 200]);
+    // Both ended: their slots are back (released, not renewed).
+    let r = p.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/again",
+        &[("authorization", &auth)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 /// `envoy/ratelimit/`, the fleet-wide path (Envoy's rate limit filter after

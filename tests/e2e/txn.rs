@@ -145,6 +145,26 @@ fn bearer(w: &World, sub: &str, agent_type: &str) -> String {
     format!("Bearer {t}")
 }
 
+/// The orchestrator acting for the analyst (RFC 8693: the token an
+/// exchange gives it for the analyst, whose grant is `perms`): how a skill
+/// that received the analyst's transaction calls on within it.
+fn acting_for_analyst(w: &World, perms: &[&str]) -> String {
+    let t = w.idp.mint(
+        json!({
+            "sub": "analyst@clients",
+            "permissions": perms,
+            "https://mcp.example.com/agent_type": "analysis",
+            "https://mcp.example.com/team": "ml",
+            "https://mcp.example.com/environment": "production",
+            "act": {"sub": "orchestrator@clients",
+                "https://mcp.example.com/agent_type": "orchestrator",
+                "permissions": ["skills:invoke", "data:read"]},
+        }),
+        300,
+    );
+    format!("Bearer {t}")
+}
+
 fn call(w: &World, auth: &str, extra: &[(&str, &str)]) -> agentplane_e2e::Response {
     let mut h = vec![("authorization", auth)];
     h.extend_from_slice(extra);
@@ -220,27 +240,21 @@ fn a_skill_verifies_the_gateway_token_with_jose_and_refuses_forged_and_expired_o
 #[test]
 fn a_second_hop_keeps_the_subject_and_chain_and_a_forged_inbound_token_is_refused() {
     let w = world();
-    let first = call(&w, &bearer(&w, "orchestrator@clients", "orchestrator"), &[]).json();
+    let first = call(&w, &bearer(&w, "analyst@clients", "analysis"), &[]).json();
     let hop1 = first["token"].as_str().unwrap().to_string();
-    // The skill, acting as an agent itself, calls on with the token it got.
-    let second = call(
-        &w,
-        &bearer(&w, "analyst@clients", "analysis"),
-        &[("txn-token", &hop1)],
-    );
+    // The skill, as the orchestrator acting for the analyst, calls on with
+    // the token it got.
+    let delegated = acting_for_analyst(&w, &["skills:invoke", "data:read"]);
+    let second = call(&w, &delegated, &[("txn-token", &hop1)]);
     assert_eq!(second.status, 200, "{}", second.body);
     let c = &second.json()["claims"];
-    assert_eq!(c["sub"], "orchestrator@clients", "the original subject");
+    assert_eq!(c["sub"], "analyst@clients", "the original subject");
     assert_eq!(c["txn"], first["claims"]["txn"], "one transaction");
-    assert_eq!(c["act"], json!({"sub": "analyst@clients"}));
+    assert_eq!(c["act"], json!({"sub": "orchestrator@clients"}));
     assert_eq!(c["tctx"]["agent"], "analyst@clients");
     // A token the gateway did not sign is refused at the gateway.
     let forged = forge(&hop1, [9u8; 32]);
-    let r = call(
-        &w,
-        &bearer(&w, "analyst@clients", "analysis"),
-        &[("txn-token", &forged)],
-    );
+    let r = call(&w, &delegated, &[("txn-token", &forged)]);
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(
         r.json()["reason"],
@@ -248,32 +262,84 @@ fn a_second_hop_keeps_the_subject_and_chain_and_a_forged_inbound_token_is_refuse
     );
     assert!(r.json()["decision_id"].is_string());
 
-    // Inside a transaction a call never gains permissions: an orchestrator
-    // holding only skills:invoke starts it; the analyst, who may read
-    // data on its own, may not read it within that transaction.
+    // Inside a transaction a call never gains permissions: the analyst,
+    // holding only skills:invoke, starts it; the orchestrator acting for
+    // it, which may read data outside it, may not read within it.
     let narrow = w.idp.agent_token(
-        "orchestrator@clients",
+        "analyst@clients",
         "ml",
-        "orchestrator",
+        "analysis",
         "production",
         &["skills:invoke"],
     );
     let first = call(&w, &format!("Bearer {narrow}"), &[]).json();
     assert_eq!(first["claims"]["scope"], "skills:invoke");
     let hop1 = first["token"].as_str().unwrap().to_string();
-    let analyst = bearer(&w, "analyst@clients", "analysis");
     let read = |extra: &[(&str, &str)]| {
-        let mut h = vec![("authorization", analyst.as_str())];
+        let mut h = vec![("authorization", delegated.as_str())];
         h.extend_from_slice(extra);
         w.envoy.request("GET", "/mcp://model-registry/models", &h)
     };
-    assert_eq!(read(&[]).status, 200, "the analyst may read on its own");
+    assert_eq!(read(&[]).status, 200, "it may read outside the transaction");
     let inside = read(&[("txn-token", &hop1)]);
     assert_eq!(inside.status, 403, "{}", inside.body);
     assert_eq!(
         inside.json()["reason"],
         "missing permission data:read for action read_data"
     );
+}
+
+/// The analyst's transaction token, leaked (a log line, a skill that
+/// echoes headers), attached by another agent to its own calls: the next
+/// hop's token would name the analyst as the subject of what that agent
+/// does. Refused at the gateway; the analyst itself, and the orchestrator
+/// acting for it or named in its chain, carry it on.
+#[test]
+fn a_leaked_txn_token_presented_by_another_agent_is_refused() {
+    let w = world();
+    let first = call(&w, &bearer(&w, "analyst@clients", "analysis"), &[]).json();
+    let leaked = first["token"].as_str().unwrap().to_string();
+    let intruder = bearer(&w, "lab-1@clients", "analysis");
+    assert_eq!(
+        call(&w, &intruder, &[]).status,
+        200,
+        "the intruder may call the skill on its own"
+    );
+    let refused = |r: &agentplane_e2e::Response| {
+        assert_eq!(r.status, 403, "{}", r.body);
+        let b = r.json();
+        assert_eq!(
+            b["reason"],
+            "invalid_txn_token: presented by an agent that is neither its subject nor one of its actors"
+        );
+        assert!(b["decision_id"].is_string());
+        assert_eq!(b["decision_id"].as_str(), r.header("x-decision-id"));
+    };
+    refused(&call(&w, &intruder, &[("txn-token", &leaked)]));
+    // Its own (verified, cached) token serves the analyst as before.
+    let own = call(
+        &w,
+        &bearer(&w, "analyst@clients", "analysis"),
+        &[("txn-token", &leaked)],
+    );
+    assert_eq!(own.status, 200, "{}", own.body);
+    // The orchestrator acting for the analyst carries the transaction on;
+    // the token it gets names it, so it may present that one itself.
+    let next = call(
+        &w,
+        &acting_for_analyst(&w, &["skills:invoke", "data:read"]),
+        &[("txn-token", &leaked)],
+    );
+    assert_eq!(next.status, 200, "{}", next.body);
+    let hop2 = next.json()["token"].as_str().unwrap().to_string();
+    let orchestrator = bearer(&w, "orchestrator@clients", "orchestrator");
+    let on = call(&w, &orchestrator, &[("txn-token", &hop2)]);
+    assert_eq!(on.status, 200, "{}", on.body);
+    assert_eq!(on.json()["claims"]["sub"], "analyst@clients");
+    // The intruder fares no better with the later hop's token, nor does
+    // the orchestrator with the first (it is not named there).
+    refused(&call(&w, &intruder, &[("txn-token", &hop2)]));
+    refused(&call(&w, &orchestrator, &[("txn-token", &leaked)]));
 }
 
 /// The same claims and header, signed by another key.
