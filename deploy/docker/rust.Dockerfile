@@ -15,6 +15,9 @@ CMD ["agentplane-skill-samples", "0.0.0.0:8080"]
 FROM debian:bookworm-20251117-slim AS agent
 COPY --from=build /src/target/release/agentplane-agent /usr/local/bin/
 COPY examples/workflows /workflows
-COPY deploy/docker/demo-agent.sh /usr/local/bin/demo-agent.sh
+COPY deploy/docker/demo-agent.sh deploy/docker/demo-register.sh /usr/local/bin/
+# The demo agent's credentials volume (docker-compose.yml) starts as a copy
+# of this directory: owned by the user that demo-register writes them as.
+RUN mkdir -p /run/agentplane/demo-agent && chown 65534:65534 /run/agentplane/demo-agent
 USER 65534
 ENTRYPOINT ["/bin/sh", "/usr/local/bin/demo-agent.sh"]

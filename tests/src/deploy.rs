@@ -233,3 +233,7 @@ pub fn with_ecds(yaml: &str, dir: &std::path::Path) -> String {
     out.replace_range(a..b, &block);
     out
 }
+
+/// The compose stack's checks: `docker-compose config` as JSON, and
+/// OpenBao as the stack runs it.
+pub mod compose;
