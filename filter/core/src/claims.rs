@@ -33,6 +33,18 @@ pub enum ClaimsError {
         /// What it should be.
         expected: &'static str,
     },
+    /// The token's `aud` names none of the audiences its service requires
+    /// (RFC 8707): it was issued for another resource.
+    WrongAudience {
+        /// The service's own audiences (one of them is required).
+        required: Vec<String>,
+    },
+    /// The token is bound to a registered service's own audience and was
+    /// sent to a service that has none: it is good only at its own.
+    OtherServiceAudience {
+        /// The audience it carries (a configured one, so safe to quote).
+        audience: String,
+    },
 }
 
 impl fmt::Display for ClaimsError {
@@ -46,11 +58,53 @@ impl fmt::Display for ClaimsError {
             ClaimsError::WrongType { claim, expected } => {
                 write!(f, "claim {claim:?} must be {expected}")
             }
+            ClaimsError::WrongAudience { required } => match required.as_slice() {
+                [one] => write!(f, "token audience does not include {one}"),
+                all => write!(
+                    f,
+                    "token audience does not include any of {}",
+                    all.join(", ")
+                ),
+            },
+            ClaimsError::OtherServiceAudience { audience } => write!(
+                f,
+                "token audience {audience} is another service's; it is accepted only there"
+            ),
         }
     }
 }
 
 impl std::error::Error for ClaimsError {}
+
+impl ClaimsError {
+    /// The challenge's `error_description` (RFC 6750 §3), for the failures
+    /// a client fixes by asking for another token. Only these: their text
+    /// names configured audiences alone (validated to be quotable), never
+    /// anything the token says.
+    pub fn error_description(&self) -> Option<String> {
+        match self {
+            ClaimsError::WrongAudience { .. } | ClaimsError::OtherServiceAudience { .. } => {
+                Some(self.to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The token's audiences: `aud` as a string or the strings of an array
+/// (RFC 7519 §4.1.3). Anything else is no audience at all, which no
+/// service's own audience matches.
+pub fn audiences(payload: &Map<String, Value>) -> Vec<String> {
+    match payload.get("aud") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
 
 /// The agent as the policy and the upstream see it.
 #[derive(Debug, Clone, PartialEq)]

@@ -104,6 +104,8 @@ pub struct IdentityConfig {
     /// Key of jwt_authn's `failed_status_in_metadata` in the namespace: a
     /// token that failed verification (401 `invalid_token` with its reason).
     pub failure_key: String,
+    /// Whose audience a token must carry (see [`crate::audience`]).
+    pub audience_mode: AudienceMode,
 }
 
 impl Default for IdentityConfig {
@@ -117,6 +119,59 @@ impl Default for IdentityConfig {
             forward_token: false,
             cache_entries: 1024,
             failure_key: "jwt_failure".into(),
+            audience_mode: AudienceMode::PerService,
+        }
+    }
+}
+
+/// Whose audience a token must carry (`identity.audience_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AudienceMode {
+    /// A service with its own audience (`resources.<name>.audience`, else
+    /// its `resource_uri`) accepts only tokens issued for it; a service
+    /// without one refuses tokens bound to another service's (RFC 8707).
+    #[default]
+    PerService,
+    /// Only the gateway's one audience, which jwt_authn checks: the filter
+    /// checks no audience (tokens cannot be bound to one service).
+    Gateway,
+}
+
+impl TryFrom<String> for AudienceMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "per_service" => Ok(AudienceMode::PerService),
+            "gateway" => Ok(AudienceMode::Gateway),
+            other => Err(format!(
+                "identity.audience_mode {other:?} is not a mode: use \"per_service\" (each service accepts tokens for its own audience) or \"gateway\" (one audience, checked by jwt_authn)"
+            )),
+        }
+    }
+}
+
+/// A service's own audience (`resources.<name>.audience`): a string or a
+/// list of strings, of which a token must carry one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct Audience(pub Vec<String>);
+
+impl TryFrom<Value> for Audience {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Self, String> {
+        let not_strings = || "audience must be a string or a list of strings".to_string();
+        match v {
+            Value::String(s) => Ok(Audience(vec![s])),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|i| match i {
+                    Value::String(s) => Ok(s),
+                    _ => Err(not_strings()),
+                })
+                .collect::<Result<_, _>>()
+                .map(Audience),
+            _ => Err(not_strings()),
         }
     }
 }
@@ -208,6 +263,10 @@ pub struct ResourceConfig {
     /// served, and its 401s point there (needs `oauth`).
     #[serde(default)]
     pub resource_uri: Option<String>,
+    /// The audience its tokens must carry, overriding `resource_uri` (see
+    /// [`crate::audience`]).
+    #[serde(default)]
+    pub audience: Option<Audience>,
     /// Scopes its metadata lists (default: `oauth.scopes_supported`).
     #[serde(default)]
     pub scopes_supported: Vec<String>,
@@ -454,6 +513,52 @@ fn is_vault_path(s: &str) -> bool {
         }
 }
 
+/// Each service's own audience: usable in a challenge, and meaningful in
+/// the configured mode.
+fn validate_audiences(
+    identity: &IdentityConfig,
+    resources: &BTreeMap<String, ResourceConfig>,
+    default_res: Option<&ResourceConfig>,
+) -> Result<(), ConfigError> {
+    if default_res.is_some_and(|r| r.audience.is_some()) {
+        return Err(invalid(
+            "default_resource.audience",
+            "unregistered services have no audience of their own; register the service under resources",
+        ));
+    }
+    for (name, r) in resources {
+        let Some(Audience(list)) = &r.audience else {
+            continue;
+        };
+        let field = format!("resources.{name}.audience");
+        if identity.audience_mode == AudienceMode::Gateway {
+            return Err(invalid(
+                field,
+                "has no effect with identity.audience_mode \"gateway\" (tokens carry the gateway's one audience); remove it, or use \"per_service\"",
+            ));
+        }
+        if list.is_empty() {
+            return Err(invalid(
+                field,
+                "must name at least one audience; omit it to use the service's resource_uri",
+            ));
+        }
+        // Named in the WWW-Authenticate challenge's quoted error_description.
+        if let Some(bad) = list.iter().find(|a| {
+            a.is_empty()
+                || !a
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            return Err(invalid(
+                field,
+                format!("{bad:?} is not an audience: non-empty printable text without spaces, quotes or backslashes, like \"https://gw.example.com/tickets-mcp/mcp\""),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_secret(field: &str, sc: &SecretConfig) -> Result<(), ConfigError> {
     let header_ok = |h: &Option<String>, name: &str| -> Result<(), ConfigError> {
         match h {
@@ -528,6 +633,7 @@ fn default_resource() -> ResourceConfig {
         secrets: Vec::new(),
         protocol: Protocol::Http,
         resource_uri: None,
+        audience: None,
         scopes_supported: Vec::new(),
         txn_token: false,
         identity_headers: true,
@@ -907,6 +1013,7 @@ impl Config {
                 }
             }
         }
+        validate_audiences(&identity, &resources, default_res.as_ref())?;
         if !(1024..=16 * 1024 * 1024).contains(&mcp.max_body_bytes) {
             return Err(invalid(
                 "mcp.max_body_bytes",

@@ -538,6 +538,9 @@ impl Filter {
                 if *e != ClaimsError::Missing {
                     v.push_str(r#", error="invalid_token""#);
                 }
+                if let Some(d) = e.error_description() {
+                    v.push_str(&format!(r#", error_description="{d}""#));
+                }
                 for (k, old) in &mut reply.headers {
                     if k == "www-authenticate" {
                         *old = v.clone();
@@ -730,6 +733,10 @@ impl Filter {
             .ok_or_else(|| unauthorized(ClaimsError::Missing))?;
         let authority = headers.get(":authority").map(str::to_owned);
         let principal = self.principal(&raw)?;
+        // RFC 8707: a token issued for another service is refused here,
+        // before the policy or a cached decision sees it.
+        crate::audience::check(&self.config, service.as_deref(), &principal.audiences)
+            .map_err(|e| (Denial::Unauthorized(e), Some(principal.identity.id.clone())))?;
         let transaction = self
             .inbound_txn(
                 host,
@@ -1549,6 +1556,9 @@ mod list_tests;
 
 #[cfg(test)]
 mod route_tests;
+
+#[cfg(test)]
+mod audience_tests;
 
 mod listing;
 pub use listing::{BodyStep, ResponseBody};

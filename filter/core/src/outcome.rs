@@ -200,11 +200,15 @@ impl Denial {
         headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         match self {
             Denial::Unauthorized(e) => {
-                let challenge = match e {
+                let mut challenge = match e {
                     ClaimsError::Missing => r#"Bearer realm="agentplane""#,
                     _ => r#"Bearer realm="agentplane", error="invalid_token""#,
-                };
-                headers.push(("www-authenticate".into(), challenge.into()));
+                }
+                .to_string();
+                if let Some(d) = e.error_description() {
+                    challenge.push_str(&format!(r#", error_description="{d}""#));
+                }
+                headers.push(("www-authenticate".into(), challenge));
             }
             Denial::Policy { headers: h, .. } => headers.extend(h.iter().cloned()),
             Denial::RateLimited(r) => {

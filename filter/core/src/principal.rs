@@ -42,6 +42,10 @@ pub struct Principal {
     pub delegation: Rego,
     /// The `x-agent-*` headers, or why the identity cannot be sent as one.
     pub trusted: Result<Vec<(&'static str, String)>, String>,
+    /// The token's audiences (`aud`), checked per request against the
+    /// service's own (see [`crate::audience`]): one token may be sent to
+    /// several services, so the check is not part of the cached principal.
+    pub audiences: Vec<String>,
 }
 
 impl Principal {
@@ -110,6 +114,7 @@ impl Principal {
         }
         Principal {
             serial,
+            audiences: claims::audiences(&identity.payload),
             secrets_principal: crate::secrets::principal(issuer.as_deref(), &identity.id),
             issuer,
             jwt,
