@@ -2,7 +2,10 @@
 // for agents, as the seed uses Auth0.
 //
 // - client credentials grant, JWT access tokens signed RS256, the audience
-//   bound by an RFC 8707 resource indicator (AUDIENCE);
+//   bound by an RFC 8707 resource indicator: `resource=<uri>` gets a token
+//   whose `aud` is that URI, for the gateway's audience (AUDIENCE, also
+//   the default without `resource`) and each URI in RESOURCES; any other
+//   resource is refused (invalid_target);
 // - the seed's claims from the client's registered metadata: `permissions`,
 //   `scope`, and the namespaced agent_type, team and environment;
 // - dynamic client registration (RFC 7591) behind an initial access
@@ -16,7 +19,9 @@
 //
 // Environment: ISSUER (default http://127.0.0.1:<port>), BIND_ADDRESS (the
 // address to listen on, default 127.0.0.1), PORT (0: any; the port is
-// printed as `listening <port>`), AUDIENCE, INITIAL_ACCESS_TOKEN (registers
+// printed as `listening <port>`), AUDIENCE, RESOURCES (a JSON array of the
+// services' resource URIs, e.g. '["https://gw.example.com/tickets-mcp/mcp"]':
+// the `resource_uri`s the gateway advertises), INITIAL_ACCESS_TOKEN (registers
 // agents), ADMIN_TOKEN (everything under /admin; must differ from the other;
 // unset, /admin refuses everyone),
 // CLAIMS_NAMESPACE (default https://mcp.example.com/), TOKEN_TTL (s, 300),
@@ -27,7 +32,7 @@
 import { createHash, generateKeyPairSync, randomUUID, timingSafeEqual } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const env = process.env;
 const host = env.BIND_ADDRESS || '127.0.0.1';
@@ -45,6 +50,33 @@ if (iat === adminToken) {
   console.error('INITIAL_ACCESS_TOKEN and ADMIN_TOKEN must differ');
   process.exit(2);
 }
+// The resources a token can be issued for, compared exactly as the client
+// sends them: the gateway's metadata advertises each service's URI and
+// the gateway checks `aud` against that same string.
+function parseResources(text) {
+  let list;
+  try {
+    list = JSON.parse(text);
+  } catch {
+    list = undefined;
+  }
+  if (!Array.isArray(list)) return 'must be a JSON array of URIs';
+  for (const r of list) {
+    // RFC 8707 §2: an absolute URI without a fragment; agentplane's
+    // resource_uri is an http(s) URL without query or fragment.
+    const url = typeof r === 'string' ? URL.parse(r) : null;
+    if (!url || !['https:', 'http:'].includes(url.protocol) || r.includes('#') || r.includes('?')) {
+      return `${JSON.stringify(r)} is not an http(s) URI without query or fragment`;
+    }
+  }
+  return list;
+}
+const resources = parseResources(env.RESOURCES ?? '[]');
+if (typeof resources === 'string') {
+  console.error(`RESOURCES ${resources}`);
+  process.exit(2);
+}
+const known = new Set([audience, ...resources]);
 const ns = env.CLAIMS_NAMESPACE ?? 'https://mcp.example.com/';
 const ttl = Number(env.TOKEN_TTL ?? 300);
 
@@ -150,16 +182,25 @@ async function start(keys, server) {
       // included. Changes go through /admin/clients (ADMIN_TOKEN).
       registration: { enabled: true, initialAccessToken: iat, issueRegistrationAccessToken: false },
       registrationManagement: { enabled: false },
+      // RFC 8707: one resource per client-credentials request (the
+      // provider refuses several), its URI the token's `aud`.
       resourceIndicators: {
         enabled: true,
+        // Without `resource`: the gateway's audience, as before services
+        // had their own.
         defaultResource: () => audience,
+        // Authorization-code and refresh flows (unused here) keep the
+        // resource the grant was for.
         useGrantedResource: () => true,
         getResourceServerInfo: async (_ctx, resource, client) => {
-          if (resource !== audience) throw new Provider.errors.InvalidTarget();
+          if (!known.has(resource)) {
+            // Not echoed: error_description allows only a narrow character set.
+            throw new errors.InvalidTarget('not a resource this provider issues tokens for');
+          }
           return {
             // The client may ask for any permission it was registered with.
             scope: (client.permissions ?? []).join(' '),
-            audience,
+            audience: resource,
             accessTokenTTL: ttl,
             accessTokenFormat: 'jwt',
             jwt: { sign: { alg: 'RS256' } },
