@@ -58,6 +58,8 @@ pub struct Trail {
     /// The length of the request body sent upstream, when the filter
     /// replaced it with the message it decided on.
     pub body_len: Option<usize>,
+    /// For a request to an MCP service: its principal and session digest.
+    pub session: Option<crate::session::Ticket>,
 }
 
 /// Whether an allowed decision with this id falls in the sample.
@@ -123,7 +125,7 @@ pub fn record(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
     if let Some(ns) = trail.eval_ns {
         metrics.insert("timer_rego_query_eval_ns".into(), Value::from(ns));
     }
-    json!({
+    let mut rec = json!({
         "decision_id": f.decision_id,
         "timestamp": rfc3339(f.now_ns),
         "path": f.entrypoint.strip_prefix("data.").unwrap_or(f.entrypoint).replace('.', "/"),
@@ -139,7 +141,16 @@ pub fn record(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
         "cached": trail.cached,
         "secrets": trail.secrets,
         "request_id": trail.request_id,
-    })
+    });
+    // The session as its digest only: the id itself continues the session.
+    let sent = trail
+        .session
+        .as_ref()
+        .and_then(crate::session::Ticket::sent_sha256);
+    if let (Some(h), Some(obj)) = (sent, rec.as_object_mut()) {
+        obj.insert("mcp_session".into(), json!({ "id_sha256": h }));
+    }
+    rec
 }
 
 /// Turns the record of a request that was allowed but then refused (its

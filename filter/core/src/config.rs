@@ -35,6 +35,9 @@ pub const ALWAYS_STRIPPED: &[&str] = &[
 /// Credentials that never enter the input document.
 const NEVER_IN_INPUT: &[&str] = &[
     "authorization",
+    // Whoever holds it continues an MCP session (bound, but logged
+    // nowhere in full).
+    crate::session::HEADER,
     "proxy-authorization",
     "cookie",
     "set-cookie",
@@ -365,6 +368,11 @@ pub struct McpConfig {
     /// client's answer to a server request; `"GET"` and `"DELETE"` are the
     /// HTTP methods on an MCP endpoint (the server's stream, session end).
     pub actions: BTreeMap<String, String>,
+    /// How long a session stays bound to its principal after its last use
+    /// (see [`crate::session`]).
+    pub session_ttl_s: u64,
+    /// Session bindings kept per proxy (shared-data slots).
+    pub session_slots: u64,
 }
 
 impl Default for McpConfig {
@@ -396,6 +404,8 @@ impl Default for McpConfig {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            session_ttl_s: 86_400,
+            session_slots: 16_384,
         }
     }
 }
@@ -1023,6 +1033,18 @@ impl Config {
         if !(2..=128).contains(&mcp.max_depth) {
             return Err(invalid("mcp.max_depth", "must be between 2 and 128"));
         }
+        if !(60..=30 * 86_400).contains(&mcp.session_ttl_s) {
+            return Err(invalid(
+                "mcp.session_ttl_s",
+                "must be between 60 and 2592000",
+            ));
+        }
+        if !(1..=1 << 20).contains(&mcp.session_slots) {
+            return Err(invalid(
+                "mcp.session_slots",
+                "must be between 1 and 1048576",
+            ));
+        }
 
         if identity.metadata_namespace.is_empty() {
             return Err(invalid("identity.metadata_namespace", "must not be empty"));
@@ -1292,6 +1314,14 @@ impl Config {
         self.resources
             .get(service)
             .unwrap_or(&self.default_resource)
+    }
+
+    /// Whether any service (or the default resource) speaks MCP.
+    pub fn has_mcp(&self) -> bool {
+        self.resources
+            .values()
+            .chain([&self.default_resource])
+            .any(|r| r.protocol == Protocol::Mcp)
     }
 
     /// The action for a resource and method, if the table defines one.

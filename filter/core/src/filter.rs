@@ -75,6 +75,9 @@ pub struct Decision {
     pub list: Option<crate::mcp::ListJob>,
     /// In-flight leases held until the stream ends.
     pub held: crate::limits::Held,
+    /// For an allowed request to an MCP service: who may use a session
+    /// its response opens ([`crate::session`]).
+    pub session: Option<crate::session::Ticket>,
 }
 
 impl Decision {
@@ -327,6 +330,9 @@ impl Filter {
         if self.policy.has_limits() {
             self.worker.limits.create(host);
         }
+        if self.config.has_mcp() {
+            crate::session::Table::new(&self.config.mcp).create(host);
+        }
         host.log(
             LogLevel::Info,
             &format!(
@@ -376,6 +382,7 @@ impl Filter {
                     rpc: None,
                     list: None,
                     held: Default::default(),
+                    session: None,
                 };
                 return (Flow::Replied, d);
             }
@@ -391,6 +398,7 @@ impl Filter {
                     rpc: None,
                     list: None,
                     held: Default::default(),
+                    session: None,
                 };
                 self.put_awaiting(
                     host.stream_id(),
@@ -512,11 +520,13 @@ impl Filter {
             rpc,
             list: None,
             held: std::mem::take(&mut trail.held),
+            session: None,
         };
         // A request that waits for its secrets keeps its list job: its
         // response is filtered alike when it resumes.
         if matches!(decision.state, State::Allowed | State::Pending) {
             decision.list = trail.list.clone();
+            decision.session = trail.session.clone();
         }
         if !decision.allowed() {
             // Refused after its leases were taken: they go back now.
@@ -665,6 +675,7 @@ impl Filter {
             "mcp-protocol-version",
             "mcp-method",
             "mcp-name",
+            crate::session::HEADER,
             crate::txn::HEADER,
         ]
         .into_iter()
@@ -990,6 +1001,17 @@ impl Filter {
             Ok(a) => a,
             Err(d) => return Err((d.clone(), Some(agent.clone()))),
         };
+        // Before anything counts: a session only its own principal uses.
+        if self.config.resource(route.service.unwrap_or("")).protocol == Protocol::Mcp {
+            let ticket = crate::session::Ticket::new(
+                &a.principal,
+                &a.method,
+                headers.get(crate::session::HEADER),
+            );
+            let admitted = crate::session::Table::new(&self.config.mcp).admit(host, &ticket);
+            trail.session = Some(ticket);
+            admitted.map_err(|r| (Denial::McpSession(r), Some(agent.clone())))?;
+        }
         if !allowed.limits.is_empty() {
             let facts = crate::limits::Facts {
                 agent,
@@ -1556,6 +1578,9 @@ mod list_tests;
 
 #[cfg(test)]
 mod route_tests;
+
+#[cfg(test)]
+mod session_tests;
 
 #[cfg(test)]
 mod audience_tests;

@@ -32,6 +32,7 @@ pub mod policy;
 pub mod principal;
 pub mod reads;
 pub mod secrets;
+pub mod session;
 pub mod source;
 pub mod txn;
 pub mod value;

@@ -66,6 +66,10 @@ pub enum Denial {
         /// The registered service the path names.
         named: String,
     },
+    /// An `Mcp-Session-Id` this principal may not use: never bound, expired,
+    /// or bound to another principal (404, as an MCP server answers an
+    /// unknown session: the client starts a new one).
+    McpSession(crate::session::Refusal),
 }
 
 impl Denial {
@@ -75,6 +79,7 @@ impl Denial {
             Denial::Unauthorized(_) => 401,
             Denial::BadRequest(_) | Denial::Mcp(_) => 400,
             Denial::TooLarge { .. } => 413,
+            Denial::McpSession(_) => 404,
             Denial::RateLimited(_) => 429,
             Denial::Policy { status, .. } => *status,
             Denial::PolicyError
@@ -94,6 +99,7 @@ impl Denial {
             Denial::Unauthorized(_) => "unauthorized",
             Denial::BadRequest(_) | Denial::Mcp(_) => "bad_request",
             Denial::TooLarge { .. } => "payload_too_large",
+            Denial::McpSession(_) => "not_found",
             Denial::RateLimited(_) => "rate_limited",
             Denial::Policy { .. }
             | Denial::PolicyError
@@ -114,6 +120,7 @@ impl Denial {
             Denial::BadRequest(why) => why.clone(),
             Denial::Mcp(e) => e.message.clone(),
             Denial::TooLarge { max } => format!("request body exceeds {max} bytes"),
+            Denial::McpSession(r) => r.reason().into(),
             Denial::RateLimited(r) if r.table_full => format!(
                 "limit {} has no free slot in the limits table (limits.slots)",
                 r.limit
@@ -149,9 +156,10 @@ impl Denial {
         match self {
             Denial::Unauthorized(_) => M::Unauthorized,
             Denial::BadRequest(_) | Denial::Mcp(_) | Denial::TooLarge { .. } => M::BadRequest,
-            Denial::Policy { .. } | Denial::UnsafeIdentity(_) | Denial::OtherService { .. } => {
-                M::Denied
-            }
+            Denial::Policy { .. }
+            | Denial::UnsafeIdentity(_)
+            | Denial::OtherService { .. }
+            | Denial::McpSession(_) => M::Denied,
             Denial::PolicyError => M::PolicyError,
             Denial::RateLimited(_) => M::RateLimited,
             Denial::SecretsUnavailable(_) => M::SecretsUnavailable,
@@ -239,6 +247,9 @@ impl Denial {
             | Denial::UnsafeIdentity(_)
             | Denial::InvalidTxnToken(_)
             | Denial::OtherService { .. } => code::FORBIDDEN,
+            // The code the MCP TypeScript SDK's servers answer an unknown
+            // session with.
+            Denial::McpSession(_) => code::FORBIDDEN,
             Denial::SecretsUnavailable(_)
             | Denial::LogUnavailable
             | Denial::HostFailure(_)

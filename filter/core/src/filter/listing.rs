@@ -61,6 +61,10 @@ impl Filter {
         host: &mut H,
         decision: &mut Decision,
     ) -> ResponseBody {
+        if let Some(t) = &decision.session {
+            let table = crate::session::Table::new(&self.config.mcp);
+            table.on_response(host, t, decision.record.as_mut());
+        }
         for (k, v) in self.reply_headers(decision) {
             host.set_response_header(k, v);
         }
