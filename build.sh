@@ -246,6 +246,22 @@ assert layers[0]["size"] == len(wasm)
   log "OCI image checked by skopeo: one Wasm layer, digests verified, the module byte for byte"
 }
 
+# Real MCP clients for tests/e2e/clients.rs: the TypeScript SDK, the
+# conformance suite, the everything server and a Node >= 22 for them, locked
+# in tests/clients/package-lock.json; the Python SDK (PyPI mcp) into .venv.
+ensure_mcp_clients() {
+  local dir="$ROOT/tests/clients" py_version=2.3.0
+  ensure_node
+  ensure_envoy # creates .venv
+  if [ ! "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]; then
+    log "installing the MCP clients (npm ci, tests/clients/package-lock.json)"
+    npm ci --loglevel=error --prefer-offline --no-audit --no-fund --prefix "$dir" >/dev/null
+  fi
+  "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$py_version')" 2>/dev/null && return
+  log "installing the Python MCP SDK (PyPI mcp $py_version) into .venv"
+  "$VENV/bin/pip" install -q "mcp==$py_version"
+}
+
 run_tests() {
   deps
   lint
@@ -275,6 +291,7 @@ run_tests() {
   build_next
   ensure_idp
   cargo build -q -p agentplane-agent
+  ensure_mcp_clients
   log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION, oidc-provider)"
   ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" AGENTPLANE_TRAP_WASM="$TRAP_WASM" \
     AGENTPLANE_NEXT_WASM="$NEXT_WASM" cargo test -p agentplane-e2e --test e2e -- --test-threads 2

@@ -13,6 +13,7 @@ mod adversarial;
 mod agents;
 mod audit;
 mod authz;
+mod clients;
 mod config;
 mod deploy;
 mod hotswap;
