@@ -11,6 +11,7 @@
 
 mod adversarial;
 mod agents;
+mod audience;
 mod audit;
 mod authz;
 mod clients;

@@ -19,10 +19,12 @@ fn stack() -> Stack {
     Stack::start_with(&cfg.to_string())
 }
 
+/// A token for the service's own resource: the audience it requires.
 fn token(s: &Stack, perms: &[&str]) -> String {
     format!(
         "Bearer {}",
-        s.idp.agent_token(
+        s.idp.agent_token_for(
+            "https://gw.example.com/tickets-mcp/mcp",
             "support-triage@clients",
             "customer-success",
             "support",

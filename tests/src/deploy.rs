@@ -11,7 +11,7 @@
 //! `./build.sh test` fails when a checked-in copy differs from a fresh
 //! render, so neither can drift from what the tests run.
 
-use crate::{registered_services, render, repo_root, AUDIENCE};
+use crate::{jwt_audiences, registered_services, render, repo_root};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -126,7 +126,7 @@ pub fn render_profile(p: &Profile) -> String {
     vars.insert("ADMIN_PORT", p.admin.to_string());
     vars.insert("VAULT_PORT", p.vault.1.to_string());
     vars.insert("ISSUER", issuer.clone());
-    vars.insert("AUDIENCE", AUDIENCE.to_string());
+    vars.insert("AUDIENCES", jwt_audiences(&plugin));
     vars.insert("JWKS", String::new());
     vars.insert("SERVICE_ROUTES", routes);
     vars.insert("SERVICE_CLUSTERS", clusters);

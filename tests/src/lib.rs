@@ -184,8 +184,23 @@ impl Idp {
         env: &str,
         perms: &[&str],
     ) -> String {
+        self.agent_token_for(AUDIENCE, sub, team, agent_type, env, perms)
+    }
+
+    /// [`Idp::agent_token`] for one audience: what a provider issues for
+    /// `resource=<audience>` (RFC 8707), e.g. a service's `resource_uri`.
+    pub fn agent_token_for(
+        &self,
+        audience: &str,
+        sub: &str,
+        team: &str,
+        agent_type: &str,
+        env: &str,
+        perms: &[&str],
+    ) -> String {
         self.mint(
             json!({
+                "aud": audience,
                 "sub": sub, "azp": sub, "gty": "client-credentials",
                 "permissions": perms,
                 "https://mcp.example.com/agent_type": agent_type,
@@ -585,6 +600,38 @@ pub fn registered_services(plugin_config: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// jwt_authn's `audiences` for a plugin configuration, as a YAML flow
+/// list: the gateway's [`AUDIENCE`], then each registered service's own
+/// (its `audience`, else its `resource_uri`), unless
+/// `identity.audience_mode` is `"gateway"`. The filter then tells them
+/// apart per service.
+pub fn jwt_audiences(plugin_config: &str) -> String {
+    let v: Value = serde_json::from_str(plugin_config).unwrap_or(Value::Null);
+    let mut all = vec![AUDIENCE.to_string()];
+    let gateway = v["identity"]["audience_mode"].as_str() == Some("gateway");
+    for r in v["resources"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        let own = match (&r["audience"], &r["resource_uri"]) {
+            (Value::String(a), _) => vec![a.clone()],
+            (Value::Array(a), _) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+            (_, Value::String(u)) => vec![u.clone()],
+            _ => Vec::new(),
+        };
+        for a in own.into_iter().filter(|_| !gateway) {
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+    }
+    Value::from(all).to_string()
+}
+
 /// The route and cluster blocks for each service: routes match the
 /// service agentplane authorized (`x-agentplane-service`), clusters point
 /// at `port_of(service)`.
@@ -621,7 +668,7 @@ pub fn render_envoy_routed(
     vars.insert("ADMIN_PORT", "0".to_string());
     vars.insert("VAULT_PORT", setup.vault_port.to_string());
     vars.insert("ISSUER", ISSUER.to_string());
-    vars.insert("AUDIENCE", AUDIENCE.to_string());
+    vars.insert("AUDIENCES", jwt_audiences(&setup.plugin_config));
     vars.insert("JWKS", setup.jwks.clone());
     let services = registered_services(&setup.plugin_config);
     let (routes, clusters) = service_blocks(&services, |s| {

@@ -64,6 +64,20 @@ impl IdProvider {
         IdProvider::spawn(&env).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Starts it issuing tokens for these resource URIs too (`RESOURCES`,
+    /// RFC 8707), besides the gateway's audience.
+    pub fn start_for_resources(resources: &[&str]) -> IdProvider {
+        let iat = format!("iat-{}-{}", std::process::id(), rand::random::<u64>());
+        let admin = format!("admin-{}-{}", std::process::id(), rand::random::<u64>());
+        let list = Value::from(resources.to_vec()).to_string();
+        IdProvider::spawn(&[
+            ("INITIAL_ACCESS_TOKEN", &iat),
+            ("ADMIN_TOKEN", &admin),
+            ("RESOURCES", &list),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Starts it with exactly these variables besides `PORT` and
     /// `AUDIENCE`; `Err` with what it printed when it does not start.
     pub fn spawn(env: &[(&str, &str)]) -> Result<IdProvider, String> {
@@ -83,6 +97,7 @@ impl IdProvider {
             .env_remove("BIND_ADDRESS")
             .env_remove("DATA_FILE")
             .env_remove("ISSUER")
+            .env_remove("RESOURCES")
             .env("PORT", "0")
             .env("AUDIENCE", crate::AUDIENCE)
             .envs(env.iter().copied())
@@ -183,15 +198,26 @@ impl IdProvider {
         self.request("DELETE", &path, &auth, &Value::Null)
     }
 
-    /// A client-credentials token for the agent (the raw answer).
+    /// A client-credentials token for the agent, for the gateway's
+    /// audience (the raw answer).
     pub fn token_response(&self, agent: &Registered, scope: &str) -> Response {
+        self.token_response_for(agent, scope, Some(crate::AUDIENCE))
+    }
+
+    /// A client-credentials token for the agent with an RFC 8707
+    /// `resource` (none: the provider's default), the raw answer.
+    pub fn token_response_for(
+        &self,
+        agent: &Registered,
+        scope: &str,
+        resource: Option<&str>,
+    ) -> Response {
         let basic = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", agent.client_id, agent.client_secret));
-        let form = format!(
-            "grant_type=client_credentials&resource={}&scope={}",
-            crate::AUDIENCE.replace(':', "%3A").replace('/', "%2F"),
-            scope.replace(' ', "+").replace(':', "%3A")
-        );
+        let mut form = format!("grant_type=client_credentials&scope={}", form_encode(scope));
+        if let Some(r) = resource {
+            form.push_str(&format!("&resource={}", form_encode(r)));
+        }
         http(
             self.port,
             "POST",
@@ -227,6 +253,19 @@ impl IdProvider {
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()["signing"].as_str().unwrap_or_default().to_string()
     }
+}
+
+/// `application/x-www-form-urlencoded`: every byte but the unreserved ones
+/// percent-encoded.
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// An agent's registration metadata (RFC 7591 body): a confidential
