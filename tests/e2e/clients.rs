@@ -50,6 +50,7 @@ impl Tickets {
         let mut cfg: Value =
             serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
         agentplane_e2e::add_tickets_mcp(&mut cfg);
+        cfg["decision_log"] = json!({"enabled": true});
         let idp = Idp::new();
         let upstream = Upstream::start();
         let setup = EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string());
@@ -104,9 +105,11 @@ impl Tickets {
     fn assert_denied_as_tool_error(&self, who: &str, denied: &Value) {
         assert_eq!(denied["isError"], true, "{who}: {denied}");
         let text = denied["content"][0]["text"].as_str().unwrap_or_default();
+        // "<reason> (decision <id>)", the reason word for word; a lead-in
+        // before it (e.g. "Refused by policy: ") is the filter's to choose.
         let id = text
-            .strip_prefix(DENIED_REASON)
-            .and_then(|t| t.strip_prefix(" (decision "))
+            .split_once(DENIED_REASON)
+            .and_then(|(_, t)| t.strip_prefix(" (decision "))
             .and_then(|t| t.strip_suffix(')'))
             .unwrap_or_else(|| panic!("{who}: {text:?} is not '<reason> (decision <id>)'"));
         assert!(!id.is_empty(), "{who}: {text:?}");
@@ -421,6 +424,7 @@ fn the_conformance_suite_passes_the_same_checks_through_agentplane_as_directly()
         "type": "tool", "protocol": "mcp",
         "metadata": {"team": "customer-success", "environment": "production"}
     });
+    cfg["decision_log"] = json!({"enabled": true});
     let idp = Idp::new();
     let upstream = Upstream::start();
     let setup = EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string());
