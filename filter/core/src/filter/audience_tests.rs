@@ -200,6 +200,9 @@ fn gateway_mode_leaves_the_audience_to_jwt_authn() {
     assert!(call(&f, "svc-b", token(json!(A))).0.allowed());
 }
 
+/// An edit of [`config`] that makes it invalid.
+type Edit = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn audience_config_errors_say_what_to_fix() {
     let with = |edit: &dyn Fn(&mut Value)| {
@@ -210,7 +213,7 @@ fn audience_config_errors_say_what_to_fix() {
             .unwrap_err()
             .to_string()
     };
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|c| c["identity"] = json!({"audience_mode": "per-service"})),
             r#"identity.audience_mode "per-service" is not a mode: use "per_service""#,
