@@ -25,5 +25,6 @@ mod mcp;
 mod mcp_delivery;
 mod registration;
 mod secrets;
+mod session;
 mod source;
 mod txn;

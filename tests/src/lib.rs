@@ -427,8 +427,13 @@ fn serve(
                 json!({"method": method, "path": path, "headers": hdrs}).to_string(),
             )
         };
+        // `x-test-reply-header: name: value` adds that header to the answer
+        // (a server's `mcp-session-id`).
+        let extra = header("x-test-reply-header")
+            .map(|h| format!("{h}\r\n"))
+            .unwrap_or_default();
         let resp = format!(
-            "HTTP/1.1 {} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{}",
+            "HTTP/1.1 {} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{extra}\r\n{}",
             status.load(Ordering::SeqCst),
             out.len(),
             out

@@ -1,0 +1,153 @@
+//! MCP sessions bound to the principal that opened them, through real
+//! Envoy with two workers: a session id one agent's `initialize` opened is
+//! refused to every other agent on either worker, and keeps working for
+//! its own agent on both (the binding is in shared data).
+
+use agentplane_e2e::{
+    add_tickets_mcp, default_plugin_config, http, render_envoy, Envoy, EnvoySetup, Idp, Response,
+    Upstream,
+};
+use serde_json::{json, Value};
+
+const SESSION: &str = "e2e-5c7d1f0a-9b3e-session-never-log";
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}"#;
+const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+
+struct Proxy {
+    idp: Idp,
+    upstream: Upstream,
+    envoy: Envoy,
+}
+
+fn two_workers() -> Proxy {
+    let idp = Idp::new();
+    let upstream = Upstream::start();
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    add_tickets_mcp(&mut cfg);
+    cfg["decision_log"] = json!({"enabled": true});
+    let mut r = render_envoy(
+        &EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string()),
+        true,
+    );
+    r.workers = 2;
+    let envoy = Envoy::start_yaml(&r);
+    Proxy {
+        idp,
+        upstream,
+        envoy,
+    }
+}
+
+impl Proxy {
+    /// An MCP POST by agent `sub` (on its own connection), with `extra`
+    /// headers.
+    fn post(&self, sub: &str, body: &str, extra: &[(&str, &str)]) -> Response {
+        let token = self.idp.agent_token(
+            sub,
+            "customer-success",
+            "support",
+            "production",
+            &["mcp:connect"],
+        );
+        let auth = format!("Bearer {token}");
+        let mut h = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2025-06-18"),
+        ];
+        h.extend_from_slice(extra);
+        http(self.envoy.port, "POST", "/mcp://tickets-mcp/mcp", &h, body)
+    }
+
+    /// Connections each worker accepted so far.
+    fn connections_per_worker(&self) -> Vec<u64> {
+        self.envoy
+            .admin("/stats?filter=worker_.*downstream_cx_total")
+            .lines()
+            .filter(|l| l.starts_with("listener.") && !l.contains("admin"))
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
+            .collect()
+    }
+}
+
+#[test]
+fn a_session_opened_by_one_agent_is_refused_to_another_on_either_worker() {
+    let p = two_workers();
+    let a = "session-owner@clients";
+    let b = "session-thief@clients";
+    // a opens a session: the server's answer carries its id.
+    let reply_header = format!("mcp-session-id: {SESSION}");
+    let r = p.post(
+        a,
+        INIT,
+        &[
+            ("x-test-reply-header", &reply_header),
+            (
+                "x-test-reply",
+                r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"echo","version":"1"}}}"#,
+            ),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("mcp-session-id"), Some(SESSION));
+    let opened = r.header("x-decision-id").unwrap().to_string();
+    p.upstream.clear();
+    let before = p.connections_per_worker();
+    let mut refused = None;
+    // Each request on its own connection: both workers take some.
+    for _ in 0..16 {
+        let r = p.post(b, PING, &[("mcp-session-id", SESSION)]);
+        assert_eq!(r.status, 404, "{r:?}");
+        let body = r.json();
+        assert_eq!(body["id"], 2);
+        assert_eq!(
+            body["error"]["message"],
+            "MCP session belongs to another principal"
+        );
+        assert_eq!(
+            body["error"]["data"]["decision_id"],
+            r.header("x-decision-id").unwrap()
+        );
+        refused.get_or_insert(r.header("x-decision-id").unwrap().to_string());
+        let r = p.post(
+            a,
+            PING,
+            &[
+                ("mcp-session-id", SESSION),
+                ("x-test-reply", r#"{"jsonrpc":"2.0","id":2,"result":{}}"#),
+            ],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let after = p.connections_per_worker();
+    assert_eq!(after.len(), 2, "two workers: {after:?}");
+    assert!(
+        after.iter().zip(&before).all(|(n, m)| n > m),
+        "both workers served the session ({before:?} -> {after:?})"
+    );
+    // Only a's requests reached the server with the session.
+    let seen = p.upstream.seen();
+    assert_eq!(seen.len(), 16);
+    assert!(seen
+        .iter()
+        .all(|s| s.one("x-agent-id").as_deref() == Some(a)));
+    // A session id no one opened through the proxy: refused to a as well.
+    let r = p.post(a, PING, &[("mcp-session-id", "opened-elsewhere")]);
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("MCP session not found"));
+    // The decision log names the session by one digest, never by its id.
+    let bound = p.envoy.decision_record(&opened);
+    let replay = p.envoy.decision_record(refused.as_deref().unwrap());
+    let digest = bound["mcp_session"]["bound_sha256"].as_str().unwrap();
+    assert_eq!(digest.len(), 64);
+    assert_eq!(replay["mcp_session"]["id_sha256"], digest);
+    assert_eq!(replay["status"], 404);
+    assert!(
+        !p.envoy.log().contains(SESSION),
+        "session id in Envoy's log"
+    );
+}
