@@ -348,6 +348,55 @@ test_an_actor_type_not_listed_may_not_act if {
 	authz.deny["an agent of type support may not act for a support agent"] with input as inp
 }
 
+# Every actor of a chain, as the filter gives them (`actors`).
+delegated_chain(actors) := object.union(ok, {"delegation": {
+	"subject": support_agent.id,
+	"actor": actors[0].sub,
+	"actor_type": actors[0].type,
+	"actor_permissions": actors[0].permissions,
+	"actors": actors,
+	"chain": [a.sub | some a in actors],
+	"depth": count(actors),
+	"may_act": null,
+}})
+
+orchestrator_actor(sub, perms) := {"sub": sub, "type": "orchestrator", "permissions": perms}
+
+test_an_agent_that_may_not_act_cannot_pass_its_call_through_an_orchestrator if {
+	inp := delegated_chain([
+		orchestrator_actor("orchestrator-1", ["skills:invoke"]),
+		{"sub": "lab-1", "type": "experimental", "permissions": ["skills:invoke"]},
+	])
+	not authz.allow with input as inp
+	authz.deny["an agent of type experimental may not act for a support agent"] with input as inp
+}
+
+test_a_nested_actor_without_a_type_or_permissions_is_refused if {
+	inp := delegated_chain([
+		orchestrator_actor("orchestrator-1", ["skills:invoke"]),
+		{"sub": "planner", "type": null, "permissions": null},
+	])
+	not authz.allow with input as inp
+	authz.deny["an agent of type null may not act for a support agent"] with input as inp
+	authz.deny["missing permission skills:invoke for action invoke_skill"] with input as inp
+}
+
+test_a_nested_actor_narrows_the_permissions_too if {
+	inp := delegated_chain([
+		orchestrator_actor("orchestrator-1", ["skills:invoke"]),
+		orchestrator_actor("orchestrator-2", ["data:read"]),
+	])
+	not authz.allow with input as inp
+	authz.deny["missing permission skills:invoke for action invoke_skill"] with input as inp
+}
+
+test_a_chain_of_actors_each_allowed_passes if {
+	authz.allow with input as delegated_chain([
+		orchestrator_actor("orchestrator-1", ["skills:invoke"]),
+		orchestrator_actor("orchestrator-2", ["skills:invoke", "data:read"]),
+	])
+}
+
 # Transactions (policies/transaction.rego).
 
 in_transaction(scope) := object.union(ok, {"transaction": {

@@ -1,16 +1,17 @@
 # Delegation (RFC 8693): a token whose `act` claim names who acts for its
 # subject. The filter gives `input.delegation`: null when the subject acts
 # itself, else {subject, actor, actor_type, actor_permissions, chain,
-# depth, may_act}. Only `actor` (the outermost `act`) is acting now; the
-# rest of `chain` is history.
+# depth, may_act, actors}. Only `actor` (the outermost `act`) is acting
+# now; the rest of `chain` is history, but the call rides on it, so every
+# actor in `actors` is held to what the current one is.
 #
 # Rules (data: mcp.config.delegation):
 # - a chain may be at most `max_depth` actors long;
-# - an actor's agent type must be one `may_act_for` lists for the
+# - every actor's agent type must be one `may_act_for` lists for the
 #   subject's agent type;
 # - a delegated call never gains permissions: it may use only the
-#   permissions both the token (the subject's grant) and the current actor
-#   hold (authz.rego's `agent_permissions`).
+#   permissions the token (the subject's grant) and every actor hold
+#   (authz.rego's `agent_permissions`).
 package mcp.authz
 
 delegation := object.get(input, "delegation", null)
@@ -29,7 +30,25 @@ actor_type := object.get(input, ["delegation", "actor_type"], null)
 delegated_permissions := [p |
 	some p in token_permissions
 	p in actor_permissions
+	every a in delegation_actors {
+		p in listed_permissions(a)
+	}
 ]
+
+# Every actor of the chain (the filter always gives them; an input
+# without them is held to the current actor alone).
+delegation_actors := a if {
+	a := input.delegation.actors
+	is_array(a)
+} else := []
+
+# An actor's permissions; none listed grants nothing.
+listed_permissions(a) := p if {
+	p := object.get(a, "permissions", null)
+	is_array(p)
+} else := []
+
+chain_actor_type(a) := object.get(a, "type", null)
 
 # A list even when absent or null: absent actor permissions grant nothing.
 default actor_permissions := []
@@ -45,6 +64,9 @@ delegation_ok if {
 	delegation != null
 	delegation.depth <= max_delegation_depth
 	actor_type in actor_types_allowed
+	every a in delegation_actors {
+		chain_actor_type(a) in actor_types_allowed
+	}
 }
 
 reasons contains msg if {
@@ -57,4 +79,11 @@ reasons contains msg if {
 	delegation != null
 	not actor_type in actor_types_allowed
 	msg := sprintf("an agent of type %v may not act for a %v agent", [actor_type, agent_type_of_subject])
+}
+
+reasons contains msg if {
+	delegation != null
+	some a in delegation_actors
+	not chain_actor_type(a) in actor_types_allowed
+	msg := sprintf("an agent of type %v may not act for a %v agent", [chain_actor_type(a), agent_type_of_subject])
 }

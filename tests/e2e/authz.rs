@@ -304,9 +304,13 @@ fn a_delegated_call_carries_its_chain_and_never_gains_permissions() {
             "https://mcp.example.com/agent_type": "orchestrator",
             "permissions": perms, "act": inner})
     };
+    // Every actor of the chain is held to what the current one is: the
+    // planner behind the orchestrator is an orchestrator too.
     let ok = token(orchestrator(
         serde_json::json!(["skills:invoke"]),
-        serde_json::json!({"sub": "planner@clients"}),
+        serde_json::json!({"sub": "planner@clients",
+            "https://mcp.example.com/agent_type": "orchestrator",
+            "permissions": ["skills:invoke", "data:read"]}),
     ));
     let r = s.envoy.request(
         "POST",
@@ -336,6 +340,26 @@ fn a_delegated_call_carries_its_chain_and_never_gains_permissions() {
     assert_eq!(r.status, 403, "{r:?}");
     assert!(
         r.body.contains("missing permission data:read"),
+        "{}",
+        r.body
+    );
+    // An agent that may not act for a support agent cannot pass its call
+    // through an orchestrator that may.
+    let laundered = token(orchestrator(
+        serde_json::json!(["skills:invoke"]),
+        serde_json::json!({"sub": "lab-1@clients",
+            "https://mcp.example.com/agent_type": "experimental",
+            "permissions": ["skills:invoke"]}),
+    ));
+    let r = s.envoy.request(
+        "POST",
+        "/mcp://sentiment-analysis/analyze",
+        &[("authorization", &laundered)],
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body
+            .contains("an agent of type experimental may not act for a support agent"),
         "{}",
         r.body
     );

@@ -145,13 +145,24 @@ TOOL_CALLS = [
 ]
 
 # Delegations for the corpus: allowed, a narrower actor, too deep, a type
-# not allowed to act, actor permissions absent.
+# not allowed to act, actor permissions absent; with every actor listed
+# (as the filter gives them): a nested actor of a type not allowed, one
+# narrower than the current actor, one with neither type nor permissions.
+ORCH = {"sub": "orch-1", "type": "orchestrator", "permissions": ["skills:invoke", "data:read", "tools:call"]}
 DELEGATIONS = [
     {"actor_type": "orchestrator", "actor_permissions": ["skills:invoke", "data:read", "tools:call"], "depth": 1},
     {"actor_type": "orchestrator", "actor_permissions": ["data:read"], "depth": 2},
     {"actor_type": "orchestrator", "actor_permissions": ["skills:invoke", "data:read"], "depth": 3},
     {"actor_type": "support", "actor_permissions": ["skills:invoke", "data:read"], "depth": 1},
     {"actor_type": None, "actor_permissions": None, "depth": 1},
+    {"actor_type": "orchestrator", "actor_permissions": ORCH["permissions"], "depth": 2,
+     "actors": [ORCH, {"sub": "lab-1", "type": "experimental", "permissions": ORCH["permissions"]}]},
+    {"actor_type": "orchestrator", "actor_permissions": ORCH["permissions"], "depth": 2,
+     "actors": [ORCH, {"sub": "orch-2", "type": "orchestrator", "permissions": ["data:read"]}]},
+    {"actor_type": "orchestrator", "actor_permissions": ORCH["permissions"], "depth": 2,
+     "actors": [ORCH, {"sub": "planner", "type": None, "permissions": None}]},
+    {"actor_type": "orchestrator", "actor_permissions": ORCH["permissions"], "depth": 2,
+     "actors": [ORCH, dict(ORCH, sub="orch-2")]},
 ]
 
 
@@ -269,6 +280,12 @@ def intended(inp, data):
             return False
         actor = dl.get("actor_permissions") if isinstance(dl.get("actor_permissions"), list) else []
         perms = [p for p in perms if p in actor]
+        # Every actor of the chain is held to what the current one is.
+        for a in dl.get("actors") or []:
+            if a.get("type") not in allowed:
+                return False
+            listed = a.get("permissions") if isinstance(a.get("permissions"), list) else []
+            perms = [p for p in perms if p in listed]
     # Transactions (transaction.rego): only what the transaction's scope carries.
     txn = inp.get("transaction")
     if txn is not None:

@@ -1,7 +1,11 @@
 //! Delegation (RFC 8693): a token whose `act` claim names the party acting
 //! for its subject, nested for chains (`act.act`...). Only the outermost
-//! actor is the one acting now (§4.1); the nested ones are history.
-//! `may_act` (§4.4) says who may act for the subject; it is passed on.
+//! actor is the one acting now (§4.1); the nested ones are history, but
+//! history the call rides on: every actor, with its type and permissions,
+//! goes to the policy (`actors`), which holds each to what it holds the
+//! current one to, so an agent that may not act for the subject cannot
+//! pass its call through one that may. `may_act` (§4.4) says who may act
+//! for the subject; it is passed on.
 
 use crate::claims::ClaimsError;
 use crate::value;
@@ -73,12 +77,26 @@ pub fn chain(payload: &Map<String, Value>, ns: &str) -> Result<Vec<Actor>, Claim
 
 /// `input.delegation`: `null` without an actor, else `subject`, `actor`
 /// (the outermost: acting now), `actor_type`, `actor_permissions`,
-/// `chain` (subs, outermost first), `depth` and `may_act`.
+/// `actors` (every actor's `sub`, `type` and `permissions`, outermost
+/// first), `chain` (subs, outermost first), `depth` and `may_act`.
 pub fn doc(subject: &str, chain: &[Actor], payload: &Map<String, Value>) -> Rego {
     let Some(first) = chain.first() else {
         return Rego::Null;
     };
     let subs: Vec<String> = chain.iter().map(|a| a.sub.clone()).collect();
+    let actors = chain
+        .iter()
+        .map(|a| {
+            value::object([
+                ("sub", Rego::from(a.sub.as_str())),
+                ("type", value::opt_str(a.agent_type.as_deref())),
+                (
+                    "permissions",
+                    a.permissions.as_deref().map_or(Rego::Null, value::strings),
+                ),
+            ])
+        })
+        .collect::<Vec<_>>();
     value::object([
         ("subject", Rego::from(subject)),
         ("actor", Rego::from(first.sub.as_str())),
@@ -90,6 +108,7 @@ pub fn doc(subject: &str, chain: &[Actor], payload: &Map<String, Value>) -> Rego
                 .as_deref()
                 .map_or(Rego::Null, value::strings),
         ),
+        ("actors", Rego::from(actors)),
         ("chain", value::strings(&subs)),
         ("depth", Rego::from(chain.len() as u64)),
         (
@@ -129,8 +148,108 @@ mod tests {
         assert_eq!(d["chain"], json!(["orchestrator", "planner"]));
         assert_eq!(d["depth"], 2);
         assert_eq!(d["actor_permissions"], json!(["skills:invoke"]));
+        assert_eq!(
+            d["actors"],
+            json!([
+                {"sub": "orchestrator", "type": "orchestrator", "permissions": ["skills:invoke"]},
+                {"sub": "planner", "type": null, "permissions": null},
+            ]),
+            "every actor, for the policy to check each"
+        );
         assert_eq!(d["may_act"], Value::Null);
         assert_eq!(doc("x", &[], &p), Rego::Null);
+    }
+
+    /// `POST /mcp://hello-skill/go` by the seed's support agent with `act`,
+    /// through the whole filter and the shipped policy: the status and
+    /// the reply's reason (empty when allowed).
+    fn call_with(act: Value) -> (u16, String) {
+        let f = crate::filter::Filter::new(
+            br#"{"resources": {"hello-skill": {"type": "skill",
+                "metadata": {"team": "platform", "environment": "production"}}}}"#,
+            7,
+        )
+        .unwrap();
+        let mut ns = Map::new();
+        ns.insert(
+            "jwt_payload".into(),
+            json!({"sub": "support-triage@clients", "exp": 1_746_277_200,
+                "permissions": ["skills:invoke", "data:read"],
+                "https://mcp.example.com/agent_type": "support",
+                "https://mcp.example.com/team": "customer-success",
+                "https://mcp.example.com/environment": "production",
+                "act": act}),
+        );
+        let mut h = crate::host::MockHost::new()
+            .with_header(":method", "POST")
+            .with_header(":path", "/mcp://hello-skill/go")
+            .with_header(":authority", "localhost")
+            .with_property(
+                &["metadata"],
+                crate::pbstruct::encode_metadata(&[("envoy.filters.http.jwt_authn", &ns)]),
+            );
+        f.on_request_headers(&mut h);
+        match &h.reply {
+            None => (200, String::new()),
+            Some(r) => {
+                let b: Value = serde_json::from_slice(&r.body).unwrap();
+                (
+                    r.status,
+                    b["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            }
+        }
+    }
+
+    fn orchestrator(perms: Value, inner: Value) -> Value {
+        let mut o = json!({"sub": "orchestrator-1@clients", "permissions": perms,
+            "https://mcp.example.com/agent_type": "orchestrator"});
+        if !inner.is_null() {
+            o["act"] = inner;
+        }
+        o
+    }
+
+    #[test]
+    fn an_agent_that_may_not_act_cannot_pass_its_call_through_an_orchestrator() {
+        // An orchestrator may act for a support agent: alone, it passes.
+        assert_eq!(
+            call_with(orchestrator(json!(["skills:invoke"]), Value::Null)).0,
+            200
+        );
+        // An experimental agent may not; nested behind an orchestrator it
+        // used to ride on the orchestrator's standing.
+        let lab = json!({"sub": "lab-1@clients", "permissions": ["skills:invoke"],
+            "https://mcp.example.com/agent_type": "experimental"});
+        let (status, reason) = call_with(orchestrator(json!(["skills:invoke"]), lab));
+        assert_eq!(status, 403);
+        assert!(
+            reason.contains("an agent of type experimental may not act for a support agent"),
+            "{reason}"
+        );
+        // A nested actor stating neither type nor permissions is held to
+        // what the current actor would be: refused.
+        let (status, reason) = call_with(orchestrator(
+            json!(["skills:invoke"]),
+            json!({"sub": "planner@clients"}),
+        ));
+        assert_eq!(status, 403, "{reason}");
+        // A nested actor narrows the call like the current one does.
+        let narrow = json!({"sub": "orchestrator-2@clients", "permissions": ["data:read"],
+            "https://mcp.example.com/agent_type": "orchestrator"});
+        let (status, reason) = call_with(orchestrator(json!(["skills:invoke"]), narrow));
+        assert_eq!(status, 403);
+        assert!(
+            reason.contains("missing permission skills:invoke"),
+            "{reason}"
+        );
+        // Two orchestrators that both hold the permission pass.
+        let peer = json!({"sub": "orchestrator-2@clients", "permissions": ["skills:invoke"],
+            "https://mcp.example.com/agent_type": "orchestrator"});
+        assert_eq!(
+            call_with(orchestrator(json!(["skills:invoke"]), peer)).0,
+            200
+        );
     }
 
     #[test]
