@@ -9,10 +9,11 @@
 # input.action, not a path index; off-hours really denies; HTTP methods, not
 # CRUD words; a clock (input.request.time_ns) that tests can fix.
 #
-# Cost: the reasons live in `reasons` (one rule body per reason). `deny`
-# evaluates them only when `fast_ok`, one body, does not hold. `fast_ok`
-# must imply that `reasons` is empty, and its failure must produce at least
-# one reason (the OPA differential test checks both on its whole corpus).
+# Cost: the reasons live in `request_reasons` (one rule body per reason;
+# `reasons` picks them, or a session end's own). `deny` evaluates them only
+# when `fast_ok`, one body, does not hold. `fast_ok` must imply that
+# `reasons` is empty, and its failure must produce at least one reason (the
+# OPA differential test checks both on its whole corpus).
 #
 # Absent or null data denies: a resource without a string `team` or
 # `environment` in its metadata is refused, never treated as open.
@@ -43,23 +44,65 @@ required_permission := cfg.action_permissions[action]
 
 has_permission_for_action if required_permission in agent_permissions
 
-# The scope (permission) a refused request lacked, for the 403's
+# Every scope (permission) a refused request lacked, for the 403's
 # `WWW-Authenticate: Bearer error="insufficient_scope", scope="..."`: the
-# action's permission first, else a service's or a tool's extra one.
-missing_scope := required_permission if {
+# action's permission and any a service or a tool needs on top, so a client
+# steps up once (RFC 6750 §3.1: space-separated, sorted).
+missing_scope := concat(" ", sort([s | some s in missing_scopes])) if {
 	not fast_ok
+	count(missing_scopes) > 0
+}
+
+missing_scopes contains required_permission if {
 	is_string(required_permission)
 	not required_permission in agent_permissions
-} else := missing_extra_scopes[0] if not fast_ok
+}
 
-missing_extra_scopes := [p |
+missing_scopes contains p if {
 	some p in array.concat(object.get(cfg.service_permissions, resource_id, []), tool_permissions)
+	is_string(p)
 	not p in agent_permissions
-]
+}
 
 default deny := set()
 
 deny := reasons if not fast_ok
+
+# The reasons of a refusal: a session end has its own few requirements.
+reasons := session_reasons if {
+	session_end
+} else := request_reasons
+
+# Ending one's own session (cfg.session_actions: DELETE on an MCP endpoint)
+# needs only a valid token at a registered service: no permission, team,
+# layer or time window keeps an agent from closing what it opened (the
+# filter binds a session to the principal that opened it).
+session_end if action in object.get(cfg, "session_actions", [])
+
+fast_ok if {
+	session_end
+	input.jwt.valid == true
+	is_number(exp)
+	input.request.time_ns < exp * 1000000000
+	is_string(resource_id)
+	registered == true
+}
+
+session_reasons contains "token is not valid" if not token_valid
+
+session_reasons contains "token has no numeric exp claim" if not is_number(exp)
+
+session_reasons contains "token has expired" if {
+	is_number(exp)
+	not token_not_expired
+}
+
+session_reasons contains "resource has no id" if not is_string(resource_id)
+
+session_reasons contains msg if {
+	registered != true
+	msg := sprintf("service %v is not registered", [resource_id])
+}
 
 # Every requirement at once; each line negates one or more `reasons`.
 fast_ok if {
@@ -76,6 +119,7 @@ fast_ok if {
 	environment_ok
 	team_ok
 	not high_risk_off_hours
+	not destructive_off_hours
 	layers_clear
 	tools_ok
 	delegation_ok
@@ -136,42 +180,52 @@ team_ok if {
 	input.resource.metadata.shared == true
 }
 
+# Time windows: high-risk HTTP methods on plain HTTP services; on MCP
+# services the HTTP method says nothing about risk (DELETE ends a session,
+# every call is a POST), so the window applies to destructive tools.
 high_risk_off_hours if {
+	object.get(input.resource, "protocol", "http") != "mcp"
 	input.request.method in cfg.high_risk_methods
+	off_hours
+}
+
+destructive_off_hours if {
+	is_string(mcp_tool)
+	mcp_tool in object.get(cfg, "destructive_tools", [])
 	off_hours
 }
 
 # --- token -------------------------------------------------------------
 
-reasons contains "token is not valid" if not token_valid
+request_reasons contains "token is not valid" if not token_valid
 
-reasons contains "token has no numeric exp claim" if not is_number(exp)
+request_reasons contains "token has no numeric exp claim" if not is_number(exp)
 
-reasons contains "token has expired" if {
+request_reasons contains "token has expired" if {
 	is_number(exp)
 	not token_not_expired
 }
 
 # --- action and permissions ----------------------------------------------
 
-reasons contains msg if {
+request_reasons contains msg if {
 	not is_string(action)
 	msg := sprintf("no action is defined for resource type %v", [object.get(input, ["resource", "type"], null)])
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	is_string(action)
 	not cfg.action_permissions[action]
 	msg := sprintf("action %v requires a permission the policy does not know", [action])
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	not required_permission in agent_permissions
 	msg := sprintf("missing permission %v for action %v", [required_permission, action])
 }
 
 # Some services demand extra permissions on top of the action's.
-reasons contains msg if {
+request_reasons contains msg if {
 	some needed in cfg.service_permissions[resource_id]
 	not needed in agent_permissions
 	msg := sprintf("service %v requires permission %v", [resource_id, needed])
@@ -179,25 +233,25 @@ reasons contains msg if {
 
 # --- resource ------------------------------------------------------------
 
-reasons contains msg if {
+request_reasons contains msg if {
 	registered != true
 	msg := sprintf("service %v is not registered", [resource_id])
 }
 
-reasons contains "resource has no id" if not is_string(resource_id)
+request_reasons contains "resource has no id" if not is_string(resource_id)
 
-reasons contains msg if {
+request_reasons contains msg if {
 	not is_string(resource_environment)
 	msg := sprintf("resource %v has no environment in its metadata", [resource_id])
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	not is_string(resource_team)
 	msg := sprintf("resource %v has no owning team in its metadata", [resource_id])
 }
 
 # Only production agents reach production resources.
-reasons contains msg if {
+request_reasons contains msg if {
 	resource_environment == "production"
 	agent_environment != "production"
 	msg := sprintf("production resource %v requires a production agent, not %v", [resource_id, agent_environment])
@@ -205,7 +259,7 @@ reasons contains msg if {
 
 # Teams reach their own resources, resources of shared teams, and resources
 # marked shared.
-reasons contains msg if {
+request_reasons contains msg if {
 	owner := resource_team
 	is_string(owner)
 	owner != agent_team
@@ -222,9 +276,14 @@ off_hours if hour_utc < cfg.business_hours.start_hour_utc
 
 off_hours if hour_utc >= cfg.business_hours.end_hour_utc
 
-reasons contains msg if {
+request_reasons contains msg if {
 	high_risk_off_hours
 	msg := sprintf("%v is not permitted outside business hours (%v:00-%v:00 UTC)", [input.request.method, cfg.business_hours.start_hour_utc, cfg.business_hours.end_hour_utc])
+}
+
+request_reasons contains msg if {
+	destructive_off_hours
+	msg := sprintf("tool %v is not permitted outside business hours (%v:00-%v:00 UTC)", [mcp_tool, cfg.business_hours.start_hour_utc, cfg.business_hours.end_hour_utc])
 }
 
 # --- decision lifetime -----------------------------------------------------

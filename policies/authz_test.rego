@@ -268,6 +268,44 @@ test_missing_scope_names_the_permission_to_ask_for if {
 	not authz.missing_scope with input as tool_call("search_docs", {}, ["tools:call"])
 }
 
+# Every missing scope at once, so a client steps up once.
+test_missing_scope_names_every_missing_permission if {
+	authz.missing_scope == "tickets:delete tools:call" with input as tool_call("delete_ticket", {}, ["tools:list"])
+}
+
+mcp_tickets := object.union(tickets_mcp, {"protocol": "mcp"})
+
+end_session(perms, now) := req(object.union(support_agent, {"permissions": perms}), mcp_tickets, "end_session", "DELETE", now)
+
+# An agent may always end its session: at night, without mcp:connect.
+test_ending_a_session_is_allowed_at_night_and_without_permissions if {
+	authz.allow with input as end_session(["mcp:connect"], early)
+	authz.allow with input as end_session([], noon)
+	count(authz.deny) == 0 with input as end_session([], early)
+}
+
+test_ending_a_session_still_needs_a_valid_token_at_a_registered_service if {
+	expired := object.union(end_session([], noon), {"jwt": {"payload": {"exp": 1746270000}}})
+	not authz.allow with input as expired
+	authz.deny == {"token has expired"} with input as expired
+	unknown := object.union(end_session([], noon), {"resource": {"registered": false}})
+	not authz.allow with input as unknown
+	"service tickets-mcp is not registered" in authz.deny with input as unknown
+}
+
+# On MCP services the time window applies to destructive tools, not to
+# HTTP methods.
+test_destructive_tools_only_in_business_hours if {
+	perms := ["tools:call", "tickets:delete"]
+	call := object.union(tool_call("delete_ticket", {}, perms), {"resource": {"protocol": "mcp"}})
+	authz.allow with input as call
+	night := object.union(call, {"request": {"time_ns": early}})
+	not authz.allow with input as night
+	"tool delete_ticket is not permitted outside business hours (9:00-17:00 UTC)" in authz.deny with input as night
+	lookup := object.union(tool_call("search_docs", {}, perms), {"resource": {"protocol": "mcp"}, "request": {"time_ns": early}})
+	authz.allow with input as lookup
+}
+
 tool_list(perms, listed) := object.union(
 	req(object.union(support_agent, {"permissions": perms}), tickets_mcp, "list_tools", "POST", noon),
 	{"mcp": {"kind": "request", "method": "tools/list", "id": 1, "listed": listed}},

@@ -69,19 +69,19 @@ delegation_ok if {
 	}
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	delegation != null
 	delegation.depth > max_delegation_depth
 	msg := sprintf("delegation chain of %v actors is longer than the %v allowed", [delegation.depth, max_delegation_depth])
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	delegation != null
 	not actor_type in actor_types_allowed
 	msg := sprintf("an agent of type %v may not act for a %v agent", [actor_type, agent_type_of_subject])
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	delegation != null
 	some a in delegation_actors
 	not chain_actor_type(a) in actor_types_allowed

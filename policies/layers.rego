@@ -31,23 +31,23 @@ layer_allows if type_layer.allow == true
 
 layer_allows if agent_layer.allow == true
 
-reasons contains "no policy layer allows this agent" if not layer_allows
+request_reasons contains "no policy layer allows this agent" if not layer_allows
 
-reasons contains layer_denial("global", global_layer) if global_layer.deny
+request_reasons contains layer_denial("global", global_layer) if global_layer.deny
 
-reasons contains layer_denial(sprintf("team %v", [input.agent.team]), team_layer) if team_layer.deny
+request_reasons contains layer_denial(sprintf("team %v", [input.agent.team]), team_layer) if team_layer.deny
 
-reasons contains layer_denial(sprintf("agent type %v", [input.agent.type]), type_layer) if type_layer.deny
+request_reasons contains layer_denial(sprintf("agent type %v", [input.agent.type]), type_layer) if type_layer.deny
 
-reasons contains layer_denial(sprintf("agent %v", [input.agent.id]), agent_layer) if agent_layer.deny
+request_reasons contains layer_denial(sprintf("agent %v", [input.agent.id]), agent_layer) if agent_layer.deny
 
-reasons contains action_denial("global") if input.action in global_layer.deny_actions
+request_reasons contains action_denial("global") if input.action in global_layer.deny_actions
 
-reasons contains action_denial(sprintf("team %v", [input.agent.team])) if input.action in team_layer.deny_actions
+request_reasons contains action_denial(sprintf("team %v", [input.agent.team])) if input.action in team_layer.deny_actions
 
-reasons contains action_denial(sprintf("agent type %v", [input.agent.type])) if input.action in type_layer.deny_actions
+request_reasons contains action_denial(sprintf("agent type %v", [input.agent.type])) if input.action in type_layer.deny_actions
 
-reasons contains action_denial(sprintf("agent %v", [input.agent.id])) if input.action in agent_layer.deny_actions
+request_reasons contains action_denial(sprintf("agent %v", [input.agent.id])) if input.action in agent_layer.deny_actions
 
 # No layer denies the agent or its action (part of `fast_ok`).
 layers_clear if {

@@ -44,20 +44,20 @@ team_argument_ok if {
 	object.get(mcp_arguments, team_argument, null) == agent_team
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	is_string(mcp_tool)
 	mcp_tool in denied_tools
 	msg := sprintf("tool %v is denied for every agent", [mcp_tool])
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	is_string(mcp_tool)
 	some needed in tool_permissions
 	not needed in agent_permissions
 	msg := sprintf("tool %v requires permission %v", [mcp_tool, needed])
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	is_string(mcp_tool)
 	team_argument != null
 	not team_argument_ok

@@ -18,7 +18,7 @@ workload_ok if {
 	peer_spiffe_id == bound_workload
 }
 
-reasons contains msg if {
+request_reasons contains msg if {
 	is_string(bound_workload)
 	peer_spiffe_id != bound_workload
 	msg := sprintf("token is bound to workload %v; the request came from %v", [bound_workload, peer_spiffe_id])

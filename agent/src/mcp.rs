@@ -56,7 +56,30 @@ impl McpSession {
             .call_tool(params)
             .await
             .map_err(|e| Error::Protocol(format!("tools/call {name}: {e}")))?;
-        serde_json::to_value(out).map_err(|e| Error::Protocol(e.to_string()))
+        let v = serde_json::to_value(out).map_err(|e| Error::Protocol(e.to_string()))?;
+        // agentplane answers a policy refusal of a call as a tool result
+        // marked `isError` (so a model reads why); to the program it is
+        // the refusal it is, with its decision id.
+        if v.get("isError") == Some(&Value::Bool(true)) {
+            if let Some(d) = v.get("_meta").and_then(|m| m.get("io.agentplane/decision")) {
+                let text = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+                let reasons: Vec<&str> = d
+                    .get("reasons")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                return Err(Error::Denied(crate::error::Denial {
+                    // The refusal's class (the policy's "forbidden"),
+                    // delivered inside a 200 MCP answer.
+                    status: 403,
+                    error: text("error"),
+                    reason: reasons.join("; "),
+                    decision_id: text("decision_id"),
+                    retry_after: None,
+                }));
+            }
+        }
+        Ok(v)
     }
 
     /// Ends the session.

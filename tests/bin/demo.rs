@@ -303,14 +303,18 @@ fn mcp_session(rt: &tokio::runtime::Runtime, s: &Stack) {
             let r = client
                 .call_tool(CallToolRequestParams::new(tool).with_arguments(args(a.clone())))
                 .await;
+            let text = |res: &rmcp::model::CallToolResult| {
+                res.content
+                    .first()
+                    .and_then(|c| c.as_text())
+                    .map_or(String::new(), |t| t.text.clone())
+            };
             match r {
-                Ok(res) => println!(
-                    "  tools/call {tool} {a} -> allowed: {}",
-                    res.content
-                        .first()
-                        .and_then(|c| c.as_text())
-                        .map_or(String::new(), |t| t.text.clone())
-                ),
+                // The policy's refusal of a call, as the model reads it.
+                Ok(res) if res.is_error == Some(true) => {
+                    println!("  tools/call {tool} {a} -> tool error (HTTP 200): {:?}", text(&res))
+                }
+                Ok(res) => println!("  tools/call {tool} {a} -> allowed: {}", text(&res)),
                 Err(e) => println!("  tools/call {tool} {a} -> refused: {e}"),
             }
         }

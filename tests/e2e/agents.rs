@@ -400,6 +400,10 @@ async fn the_sdk_speaks_mcp_through_the_sidecar_with_a_provider_token() {
         refused.to_string().contains("run_shell is denied"),
         "{refused}"
     );
+    // The SDK reads the refusal out of the tool result: agentplane's,
+    // with the decision id to look up.
+    let d = refused.denial().expect("a refusal");
+    assert!(d.from_agentplane(), "{d:?}");
     session.close().await;
 }
 

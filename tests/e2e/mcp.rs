@@ -70,17 +70,22 @@ fn an_allowed_tool_call_reaches_the_server_with_its_body() {
     );
 }
 
-/// A call the agent may not make is a JSON-RPC error carrying the
-/// request's id, the reason and the decision id; nothing goes upstream.
+/// A call the agent lacks the scope for is a 403 the client can step up
+/// from, its body a JSON-RPC error carrying the request's id, the reason
+/// and the decision id; nothing goes upstream.
 #[test]
 fn a_forbidden_tool_call_is_a_json_rpc_error_and_never_reaches_the_server() {
     let s = stack();
     let r = post(&s, &token(&s, &["tools:list"]), CALL, &[]);
     assert_eq!(r.status, 403, "{r:?}");
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains(r#"error="insufficient_scope", scope="tools:call""#));
     let b = r.json();
     assert_eq!(b["jsonrpc"], "2.0");
     assert_eq!(b["id"], 42);
-    assert_eq!(b["error"]["code"], -32001);
+    assert_eq!(b["error"]["code"], -32031);
     assert_eq!(
         b["error"]["data"]["decision_id"].as_str(),
         r.header("x-decision-id")
@@ -93,27 +98,39 @@ fn a_forbidden_tool_call_is_a_json_rpc_error_and_never_reaches_the_server() {
 }
 
 /// An allowed tool with arguments the policy forbids (another team's
-/// ticket) and a tool on the deny list: refused with the policy's reason.
+/// ticket) and a tool on the deny list: refused with the policy's reason,
+/// answered as the tool's result marked `isError` (HTTP 200), so the
+/// client hands the reason to its model instead of failing the transport.
 #[test]
 fn an_allowed_tool_with_forbidden_arguments_is_refused_with_the_reason() {
     let s = stack();
     let auth = token(&s, &["tools:call"]);
+    let refusal = |r: &agentplane_e2e::Response| {
+        assert_eq!(r.status, 200, "{r:?}");
+        let b = r.json();
+        assert_eq!(b["result"]["isError"], true, "{r:?}");
+        let d = &b["result"]["_meta"]["io.agentplane/decision"];
+        assert_eq!(d["decision_id"].as_str(), r.header("x-decision-id"));
+        let text = b["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(text.contains(r.header("x-decision-id").unwrap()), "{text}");
+        (
+            b["id"].clone(),
+            d["reasons"][0].as_str().unwrap().to_string(),
+        )
+    };
     let other_team = r#"{"jsonrpc":"2.0","id":"q-7","method":"tools/call","params":{"name":"lookup_ticket","arguments":{"team":"ml","id":"T-9"}}}"#;
-    let r = post(&s, &auth, other_team, &[]);
-    assert_eq!(r.status, 403, "{r:?}");
-    let b = r.json();
-    assert_eq!(b["id"], "q-7");
+    let (id, reason) = refusal(&post(&s, &auth, other_team, &[]));
+    assert_eq!(id, "q-7");
     assert_eq!(
-        b["error"]["message"],
+        reason,
         "tool lookup_ticket is limited to the agent's own team: argument team must be customer-success"
     );
     let shell = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"run_shell","arguments":{"cmd":"id"}}}"#;
-    let r = post(&s, &auth, shell, &[]);
-    assert_eq!(r.status, 403, "{r:?}");
-    assert_eq!(
-        r.json()["error"]["message"],
-        "tool run_shell is denied for every agent"
-    );
+    let (_, reason) = refusal(&post(&s, &auth, shell, &[]));
+    assert_eq!(reason, "tool run_shell is denied for every agent");
     assert!(s.upstream.seen().is_empty());
 }
 
@@ -177,7 +194,7 @@ fn a_client_without_a_token_is_pointed_to_the_resource_metadata() {
     assert_eq!(
         r.header("www-authenticate"),
         Some(
-            r#"Bearer resource_metadata="https://gw.example.com/.well-known/oauth-protected-resource/tickets-mcp/mcp""#
+            r#"Bearer resource_metadata="https://gw.example.com/.well-known/oauth-protected-resource/tickets-mcp/mcp", scope="tools:call tools:list""#
         )
     );
     assert!(r.header("x-decision-id").is_some());
@@ -322,13 +339,16 @@ fn an_official_mcp_client_lists_only_its_tools_and_is_refused_per_tool() {
             format!("{denied:?}").contains(r#"required_scope: Some("tickets:delete")"#),
             "{denied:?}"
         );
+        // Another team's ticket: the policy's answer is the tool's result,
+        // marked as an error, with the reason the model reads.
         let other_team = client
             .call_tool(
                 CallToolRequestParams::new("lookup_ticket")
                     .with_arguments(args(json!({"team": "ml", "id": "T-9"}))),
             )
             .await
-            .expect_err("another team's ticket");
+            .expect("another team's ticket: a tool result, not a transport error");
+        assert_eq!(other_team.is_error, Some(true), "{other_team:?}");
         assert!(
             format!("{other_team:?}").contains("limited to the agent's own team"),
             "{other_team:?}"

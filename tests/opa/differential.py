@@ -87,6 +87,8 @@ def corpus():
          "metadata": {"team": "customer-success", "environment": "production"}},
         {"type": "tool", "id": "staging-tool", "registered": True,
          "metadata": {"team": "ml", "environment": "staging"}},
+        {"type": "tool", "id": "tickets-mcp", "registered": True, "protocol": "mcp",
+         "metadata": {"team": "customer-success", "environment": "production"}},
         {"type": "unknown", "id": "mystery", "registered": False,
          "metadata": {"team": "unknown", "environment": "unknown"}},
         # Edge cases for the fast path: absent, null or false metadata.
@@ -98,7 +100,7 @@ def corpus():
         {"type": "data", "id": "unflagged", "metadata": {"team": "customer-success"}},
     ]
     # MCP actions (call_tool, ...) on tool resources, beside the seed's.
-    actions = {"skill": ["invoke_skill"], "tool": ["access_tool", "call_tool", "list_tools", "initialize"],
+    actions = {"skill": ["invoke_skill"], "tool": ["access_tool", "call_tool", "list_tools", "initialize", "end_session"],
                "data": ["read_data", "write_data"], "unknown": [None]}
     clocks = [1746273600000000000, 1746252000000000000, 1746291600000000000, 1746262800000000000]
     tokens = [{"valid": True, "exp": 1746300000}, {"valid": True, "exp": 1746200000},
@@ -268,6 +270,13 @@ def intended(inp, data):
         return d
     jwt, agent, res = inp.get("jwt") or {}, inp.get("agent") or {}, inp.get("resource") or {}
     perms = agent.get("permissions") if isinstance(agent.get("permissions"), list) else []
+    # Ending one's own session (session_actions) needs only a valid,
+    # unexpired token at a registered service.
+    if inp.get("action") in cfg.get("session_actions", []):
+        exp = get(jwt, "payload", "exp")
+        return (jwt.get("valid") is True and isinstance(exp, (int, float)) and not isinstance(exp, bool)
+                and inp["request"]["time_ns"] < exp * 1e9 and isinstance(res.get("id"), str)
+                and res.get("registered") is True)
     # Delegation (delegation.rego): a chain within the limit, an actor type
     # allowed for the subject's type, and only permissions both hold.
     dl = inp.get("delegation")
@@ -322,7 +331,11 @@ def intended(inp, data):
         return False
     hour = (inp["request"]["time_ns"] // 3600000000000) % 24
     off = hour < cfg["business_hours"]["start_hour_utc"] or hour >= cfg["business_hours"]["end_hour_utc"]
-    if inp["request"]["method"] in cfg["high_risk_methods"] and off:
+    # The window: high-risk HTTP methods on HTTP services, destructive tools
+    # on MCP services.
+    if res.get("protocol") != "mcp" and inp["request"]["method"] in cfg["high_risk_methods"] and off:
+        return False
+    if isinstance(get(inp, "mcp", "tool"), str) and get(inp, "mcp", "tool") in cfg.get("destructive_tools", []) and off:
         return False
     def layer(table, key):
         return data.get(table, {}).get(key, {}) if isinstance(key, str) else {}

@@ -282,6 +282,38 @@ pub struct ResourceConfig {
     /// of identity upstream.
     #[serde(default = "yes")]
     pub identity_headers: bool,
+    /// For an MCP service: the protocol revisions it accepts (default:
+    /// every one the filter knows, [`crate::mcp::SUPPORTED_VERSIONS`]).
+    #[serde(default)]
+    pub mcp_versions: Option<Vec<String>>,
+    /// For an MCP service: how a policy denial of `tools/call` answers.
+    #[serde(default)]
+    pub tool_denial: ToolDenial,
+}
+
+/// How a policy denial of an MCP `tools/call` is answered.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolDenial {
+    /// HTTP 200 with a `CallToolResult` marked `isError`, carrying the
+    /// reason and the decision id: the model sees why (default).
+    #[default]
+    Result,
+    /// HTTP 200 with a JSON-RPC error (code −32031).
+    Error,
+}
+
+impl ResourceConfig {
+    /// The MCP revisions this service accepts, oldest first.
+    pub fn mcp_versions(&self) -> Vec<String> {
+        match &self.mcp_versions {
+            Some(v) => v.clone(),
+            None => crate::mcp::SUPPORTED_VERSIONS
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -393,6 +425,14 @@ impl Default for McpConfig {
             ("prompts/get", "get_prompt"),
             ("completion/complete", "get_prompt"),
             ("logging/setLevel", "initialize"),
+            // 2026-07-28: change notifications on a stream the client
+            // opens, and tasks (long-running tool calls).
+            ("subscriptions/listen", "open_stream"),
+            ("tasks/get", "manage_task"),
+            ("tasks/result", "manage_task"),
+            ("tasks/list", "manage_task"),
+            ("tasks/cancel", "manage_task"),
+            ("tasks/update", "manage_task"),
             ("response", "respond"),
             ("GET", "open_stream"),
             ("DELETE", "end_session"),
@@ -647,6 +687,8 @@ fn default_resource() -> ResourceConfig {
         scopes_supported: Vec::new(),
         txn_token: false,
         identity_headers: true,
+        mcp_versions: None,
+        tool_denial: ToolDenial::Result,
     }
 }
 
@@ -1008,6 +1050,30 @@ impl Config {
             }
         }
         for (name, r) in &resources {
+            if let Some(vs) = &r.mcp_versions {
+                let field = format!("resources.{name}.mcp_versions");
+                if r.protocol != Protocol::Mcp {
+                    return Err(invalid(
+                        field,
+                        "applies to \"protocol\": \"mcp\" services only",
+                    ));
+                }
+                if vs.is_empty() {
+                    return Err(invalid(field, "must list at least one revision"));
+                }
+                if let Some(v) = vs
+                    .iter()
+                    .find(|v| !crate::mcp::SUPPORTED_VERSIONS.contains(&v.as_str()))
+                {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "{v:?} is not a revision the filter knows; known: {}",
+                            crate::mcp::SUPPORTED_VERSIONS.join(", ")
+                        ),
+                    ));
+                }
+            }
             if let Some(u) = &r.resource_uri {
                 if !crate::oauth::valid_resource(u) {
                     return Err(invalid(

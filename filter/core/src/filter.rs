@@ -533,10 +533,19 @@ impl Filter {
             self.release_held(host, &mut decision);
         }
         if let State::Denied(d) = &decision.state {
-            let mut reply = d.reply(
+            // A policy refusal of a tools/call is a tool result the model
+            // reads, unless the service asks for a JSON-RPC error.
+            let tool_result = trail.tool.is_some()
+                && self
+                    .config
+                    .resource(trail.service.as_deref().unwrap_or(""))
+                    .tool_denial
+                    == crate::config::ToolDenial::Result;
+            let mut reply = d.answer(
                 &decision.id,
                 &self.reply_headers(&decision),
                 decision.rpc.as_ref(),
+                tool_result,
             );
             if let (Denial::Unauthorized(e), Some(url)) = (
                 d,
@@ -545,6 +554,12 @@ impl Filter {
                 // MCP authorization: the client finds its authorization
                 // server from the resource metadata (RFC 9728 §5.1).
                 let mut v = format!(r#"Bearer resource_metadata="{url}""#);
+                // The scopes to ask for (MCP authorization: the client
+                // requests them from the start).
+                let scopes = crate::oauth::scopes(&self.config, trail.service.as_deref());
+                if !scopes.is_empty() {
+                    v.push_str(&format!(r#", scope="{}""#, scopes.join(" ")));
+                }
                 if *e != ClaimsError::Missing {
                     v.push_str(r#", error="invalid_token""#);
                 }
@@ -804,7 +819,7 @@ impl Filter {
         let (action, mcp_version) = match (resource.protocol, mcp) {
             (Protocol::Mcp, Some(m)) => {
                 let version = self
-                    .mcp_version(headers, m)
+                    .mcp_version(headers, m, resource)
                     .map_err(|e| (Denial::Mcp(e), Some(principal.identity.id.clone())))?;
                 let action = match m.kind {
                     crate::mcp::Kind::Response => self.config.mcp.actions.get("response"),
@@ -816,6 +831,18 @@ impl Filter {
                         .as_deref()
                         .and_then(|name| self.config.mcp.action_for(name))
                 });
+                if action.is_none() && m.kind == crate::mcp::Kind::Request {
+                    // A method no action maps: unknown here, as a server
+                    // answers one it does not implement.
+                    let e = crate::mcp::McpError::new(
+                        crate::mcp::code::METHOD_NOT_FOUND,
+                        format!(
+                            "method {:?} is not available through this gateway",
+                            m.method.as_deref().unwrap_or_default()
+                        ),
+                    );
+                    return Err((Denial::Mcp(e), Some(principal.identity.id.clone())));
+                }
                 (action, version)
             }
             (Protocol::Mcp, None) => (
@@ -931,38 +958,53 @@ impl Filter {
     }
 
     /// The MCP revision a message is sent under: the `mcp-protocol-version`
-    /// header, or the message's own `_meta` (2026-07-28); both, when
-    /// present, must agree, name a supported revision, and the mirror
-    /// headers must agree with the body.
+    /// header, or the message's own `_meta` (2026-07-28, which then needs
+    /// the header too); both, when present, must agree and name a revision
+    /// the service accepts, as must the one an `initialize` asks for; the
+    /// mirror headers must agree with the body; from 2026-07-28 on a
+    /// client answers the server through multi-round-trip requests, never
+    /// with a JSON-RPC response.
     fn mcp_version(
         &self,
         headers: &RequestHeaders,
         m: &crate::mcp::Message,
+        resource: &crate::config::ResourceConfig,
     ) -> Result<Option<String>, crate::mcp::McpError> {
-        use crate::mcp::{code, McpError, SUPPORTED_VERSIONS};
+        use crate::mcp::{code, Kind, McpError};
         let header = headers.get("mcp-protocol-version");
         let meta = m.meta_version();
         let version = match (header, meta) {
             (Some(h), Some(b)) if h != b => {
-                return Err(McpError {
-                    code: code::HEADER_MISMATCH,
-                    message: format!(
-                        "MCP-Protocol-Version header {h:?} does not match the message's {b:?}"
-                    ),
-                })
+                return Err(McpError::new(
+                    code::HEADER_MISMATCH,
+                    format!("MCP-Protocol-Version header {h:?} does not match the message's {b:?}"),
+                ))
             }
-            (h, b) => h.or(b),
+            (None, Some(b)) => {
+                return Err(McpError::new(
+                    code::HEADER_MISMATCH,
+                    format!("the message declares protocol version {b:?} in _meta but the MCP-Protocol-Version header is missing"),
+                ))
+            }
+            (h, _) => h,
         };
-        if let Some(v) = version {
-            if !SUPPORTED_VERSIONS.contains(&v) {
-                return Err(McpError {
-                    code: code::UNSUPPORTED_PROTOCOL_VERSION,
-                    message: format!(
-                        "unsupported MCP protocol version {v:?}; supported: {}",
-                        SUPPORTED_VERSIONS.join(", ")
-                    ),
-                });
+        let accepted = resource.mcp_versions();
+        // Without a header a request is taken as 2025-03-26, as the
+        // specification tells servers to; `initialize` says its own.
+        let assumed = match version {
+            None if m.method.as_deref() != Some("initialize") => Some("2025-03-26"),
+            v => v,
+        };
+        for v in assumed.iter().chain(m.requested_version().iter()) {
+            if !accepted.iter().any(|a| a == v) {
+                return Err(McpError::unsupported_version(v, &accepted));
             }
+        }
+        if m.kind == Kind::Response && version.is_some_and(|v| v >= "2026-07-28") {
+            return Err(McpError::new(
+                code::INVALID_REQUEST,
+                "from 2026-07-28 on a client answers a server through multi-round-trip requests, not JSON-RPC responses",
+            ));
         }
         m.check_mirrors(headers.get("mcp-method"), headers.get("mcp-name"), version)?;
         Ok(version.map(str::to_owned))
@@ -1501,7 +1543,9 @@ impl Filter {
             let mut headers = extra;
             if let Some(scope) = scope.filter(|_| status == 403) {
                 // RFC 6750 §3.1: the client can ask for this scope and retry.
-                let mut v = format!(r#"Bearer error="insufficient_scope", scope="{scope}""#);
+                let mut v = format!(
+                    r#"Bearer error="insufficient_scope", scope="{scope}", error_description="missing scope(s): {scope}""#
+                );
                 if let Some(url) =
                     crate::oauth::challenge_url(&self.config, trail.service.as_deref())
                 {
@@ -1575,6 +1619,9 @@ mod limit_tests;
 
 #[cfg(test)]
 mod list_tests;
+
+#[cfg(test)]
+mod edge_tests;
 
 #[cfg(test)]
 mod route_tests;

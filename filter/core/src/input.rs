@@ -224,8 +224,10 @@ pub struct ResourceDocs {
     docs: std::collections::BTreeMap<String, Rego>,
 }
 
+/// `input.resource`: type, id, whether registered, metadata, and
+/// `protocol: "mcp"` for an MCP service (absent: plain HTTP).
 fn resource_doc(r: &ResourceConfig, id: Option<&str>, registered: bool) -> Rego {
-    value::object([
+    let mut entries = vec![
         ("type", Rego::from(r.kind.as_str())),
         ("id", value::opt_str(id)),
         ("registered", Rego::from(registered)),
@@ -237,7 +239,11 @@ fn resource_doc(r: &ResourceConfig, id: Option<&str>, registered: bool) -> Rego 
                     .map(|(k, v)| (k.as_str(), value::to_rego(v))),
             ),
         ),
-    ])
+    ];
+    if r.protocol == crate::config::Protocol::Mcp {
+        entries.push(("protocol", Rego::from("mcp")));
+    }
+    value::object(entries)
 }
 
 impl ResourceDocs {
@@ -330,8 +336,12 @@ pub fn build(
 }
 
 /// `input.mcp` for an MCP message: `kind`, `method`, `id`, the target
-/// (`tool`, `prompt` or `uri`, by method), `arguments`, and the protocol
-/// version it was sent under. `null` on requests that are not MCP.
+/// (`tool`, `prompt` or `uri`, by method), `arguments`, the protocol
+/// version it was sent under, the version an `initialize` asks for
+/// (`requested_version`), the client (`client.info`,
+/// `client.capabilities`, when it says) and a multi-round-trip request's
+/// `input_responses` and `request_state`. `null` on requests that are not
+/// MCP.
 pub fn mcp_doc(m: &crate::mcp::Message, version: Option<&str>) -> Rego {
     let method = m.method.as_deref();
     let target = match method {
@@ -355,6 +365,27 @@ pub fn mcp_doc(m: &crate::mcp::Message, version: Option<&str>) -> Rego {
             value::to_rego(&Value::Object(a.clone()))
         });
         entries.push(("arguments", args));
+    }
+    let (info, capabilities) = (m.client_info(), m.client_capabilities());
+    if info.is_some() || capabilities.is_some() {
+        let opt = |v: Option<&Value>| v.map_or(Rego::Null, value::to_rego);
+        entries.push((
+            "client",
+            value::object(vec![
+                ("info", opt(info)),
+                ("capabilities", opt(capabilities)),
+            ]),
+        ));
+    }
+    if let Some(v) = m.requested_version() {
+        entries.push(("requested_version", Rego::from(v)));
+    }
+    let (responses, state) = m.mrtr();
+    if let Some(r) = responses {
+        entries.push(("input_responses", value::to_rego(r)));
+    }
+    if let Some(s) = state {
+        entries.push(("request_state", value::to_rego(s)));
     }
     value::object(entries)
 }

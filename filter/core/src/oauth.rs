@@ -121,6 +121,28 @@ pub fn challenge_url(config: &Config, service: Option<&str>) -> Option<String> {
     metadata_url(uri)
 }
 
+/// The scopes a service's tokens are asked for: the service's own list,
+/// else `oauth.scopes_supported`; only values safe inside a quoted
+/// challenge parameter.
+pub fn scopes<'a>(config: &'a Config, service: Option<&str>) -> Vec<&'a str> {
+    let Some(oauth) = config.oauth.as_ref() else {
+        return Vec::new();
+    };
+    let own = service
+        .and_then(|s| config.resources.get(s))
+        .map(|r| &r.scopes_supported)
+        .filter(|s| !s.is_empty());
+    own.unwrap_or(&oauth.scopes_supported)
+        .iter()
+        .map(String::as_str)
+        .filter(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -77,7 +77,8 @@ impl Denial {
     pub fn status(&self) -> u16 {
         match self {
             Denial::Unauthorized(_) => 401,
-            Denial::BadRequest(_) | Denial::Mcp(_) => 400,
+            Denial::BadRequest(_) => 400,
+            Denial::Mcp(e) => e.status(),
             Denial::TooLarge { .. } => 413,
             Denial::McpSession(_) => 404,
             Denial::RateLimited(_) => 429,
@@ -179,22 +180,68 @@ impl Denial {
         extra: &[(&str, &str)],
         rpc: Option<&serde_json::Value>,
     ) -> Reply {
+        self.answer(decision_id, extra, rpc, false)
+    }
+
+    /// The policy's plain "no" (403, no scope to step up to): what an MCP
+    /// server would answer itself, so an MCP request gets it as an answer
+    /// (HTTP 200) that its client hands to the model, not as a transport
+    /// failure.
+    pub fn is_policy_answer(&self) -> bool {
+        matches!(self, Denial::Policy { status: 403, headers, .. }
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("www-authenticate")))
+    }
+
+    /// [`Denial::reply`] for an MCP message with id `rpc`: a policy refusal
+    /// of a request ([`Denial::is_policy_answer`]) is HTTP 200, as a
+    /// `CallToolResult` marked `isError` when `tool_result` (a `tools/call`),
+    /// else as a JSON-RPC error; every other refusal keeps its status.
+    pub fn answer(
+        &self,
+        decision_id: &str,
+        extra: &[(&str, &str)],
+        rpc: Option<&serde_json::Value>,
+        tool_result: bool,
+    ) -> Reply {
+        let answered = rpc.is_some_and(|id| !id.is_null()) && self.is_policy_answer();
         let body = match rpc {
-            // An MCP client shows a JSON-RPC error best: the request's id,
-            // the reason, and the decision id in `data`.
-            Some(id) => serde_json::json!({
+            Some(id) if answered && tool_result => serde_json::json!({
                 "jsonrpc": "2.0",
                 "id": id,
-                "error": {
-                    "code": self.rpc_code(),
-                    "message": self.reason(),
-                    "data": {
+                "result": {
+                    "content": [{"type": "text", "text": format!(
+                        "Refused by policy: {} (decision {decision_id})", self.reason())}],
+                    "isError": true,
+                    // 2026-07-28 results say they are complete; earlier
+                    // revisions ignore a member they do not know.
+                    "resultType": "complete",
+                    "_meta": {"io.agentplane/decision": {
                         "error": self.error(),
                         "decision_id": decision_id,
                         "reasons": self.reasons(),
-                    },
+                    }},
                 },
             }),
+            // An MCP client shows a JSON-RPC error best: the request's id,
+            // the reason, and the decision id in `data`.
+            Some(id) => {
+                let mut data = serde_json::Map::new();
+                if let Denial::Mcp(crate::mcp::McpError { data: Some(d), .. }) = self {
+                    data.extend(d.clone());
+                }
+                data.insert("error".into(), self.error().into());
+                data.insert("decision_id".into(), decision_id.into());
+                data.insert("reasons".into(), self.reasons().into());
+                serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "id": id,
+                    "error": {
+                        "code": self.rpc_code(),
+                        "message": self.reason(),
+                        "data": data,
+                    },
+                })
+            }
             None => serde_json::json!({
                 "error": self.error(),
                 "reason": self.reason(),
@@ -227,7 +274,7 @@ impl Denial {
             _ => {}
         }
         Reply {
-            status: self.status(),
+            status: if answered { 200 } else { self.status() },
             headers,
             body,
         }

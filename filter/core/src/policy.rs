@@ -377,17 +377,21 @@ impl Policy {
                     .remove("valid_until_ns")
                     .and_then(|v| v.as_u64())
                     .filter(|&t| t > 0);
-                // Only a token-safe scope is kept: it goes into a header.
+                // Only token-safe scopes are kept (RFC 6749 §3.3: tokens
+                // of NQCHAR apart by single spaces): they go into a header.
+                // A set or array of scopes is joined the same way.
+                let token = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes().all(|b| {
+                            b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+                        })
+                };
                 let scope = match decision.remove("scope") {
-                    Some(Value::String(s))
-                        if !s.is_empty()
-                            && s.bytes().all(|b| {
-                                b == 0x21
-                                    || (0x23..=0x5b).contains(&b)
-                                    || (0x5d..=0x7e).contains(&b)
-                            }) =>
-                    {
-                        Some(s)
+                    Some(Value::String(s)) if s.split(' ').all(token) => Some(s),
+                    Some(Value::Array(items)) if !items.is_empty() => {
+                        let all: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+                        all.filter(|v| v.iter().all(|s| token(s)))
+                            .map(|v| v.join(" "))
                     }
                     _ => None,
                 };

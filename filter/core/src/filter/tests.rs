@@ -1214,7 +1214,7 @@ fn malformed_or_smuggling_mcp_bodies_are_refused_before_the_policy() {
         &f,
         perms,
         Some(CALL),
-        &[("mcp-protocol-version", "2025-03-26")],
+        &[("mcp-protocol-version", "2024-01-01")],
     );
     assert_eq!(
         body_code(&h),
@@ -1253,25 +1253,32 @@ fn body_code(h: &MockHost) -> i64 {
 #[test]
 fn mcp_get_and_delete_are_their_own_actions() {
     let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
-    for (method, action) in [("GET", "open_stream"), ("DELETE", "end_session")] {
-        let mut h = request(
-            method,
-            "/mcp://tickets-mcp/mcp",
-            Some(mcp_claims(&["tools:call"])),
-        );
-        let (flow, _) = f.on_request_headers(&mut h);
-        assert_eq!(flow, Flow::Replied, "{method}: needs mcp:connect");
-        assert!(
-            body(&h)["reason"].as_str().unwrap().contains(action),
-            "{method}"
-        );
-        let mut h = request(
-            method,
-            "/mcp://tickets-mcp/mcp",
-            Some(mcp_claims(&["mcp:connect"])),
-        );
-        assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue, "{method}");
-    }
+    // Ending a session needs no permission (the shipped policy's
+    // session_actions); opening the server's stream needs mcp:connect.
+    let mut h = request(
+        "DELETE",
+        "/mcp://tickets-mcp/mcp",
+        Some(mcp_claims(&["tools:call"])),
+    );
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
+    let (method, action) = ("GET", "open_stream");
+    let mut h = request(
+        method,
+        "/mcp://tickets-mcp/mcp",
+        Some(mcp_claims(&["tools:call"])),
+    );
+    let (flow, _) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Replied, "{method}: needs mcp:connect");
+    assert!(
+        body(&h)["reason"].as_str().unwrap().contains(action),
+        "{method}"
+    );
+    let mut h = request(
+        method,
+        "/mcp://tickets-mcp/mcp",
+        Some(mcp_claims(&["mcp:connect"])),
+    );
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue, "{method}");
 }
 
 #[test]
@@ -1336,12 +1343,16 @@ fn a_missing_scope_is_named_so_the_client_can_step_up() {
     assert_eq!(h.reply.as_ref().unwrap().status, 403);
     assert_eq!(
         reply_header(&h, "www-authenticate"),
-        Some(r#"Bearer error="insufficient_scope", scope="tools:call""#)
+        Some(
+            r#"Bearer error="insufficient_scope", scope="tools:call", error_description="missing scope(s): tools:call""#
+        )
     );
-    // A refusal for another reason names no scope.
+    // A refusal for another reason names no scope: it is the policy's
+    // answer to the call (a tool result marked as an error).
     let other = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_shell"}}"#;
     let (_, _, h) = mcp_call(&f, &["tools:call"], Some(other), &[]);
-    assert_eq!(h.reply.as_ref().unwrap().status, 403);
+    assert_eq!(h.reply.as_ref().unwrap().status, 200);
+    assert_eq!(body(&h)["result"]["isError"], true);
     assert_eq!(reply_header(&h, "www-authenticate"), None);
 }
 

@@ -20,29 +20,42 @@
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// The MCP protocol revisions this filter understands.
-pub const SUPPORTED_VERSIONS: [&str; 3] = ["2025-06-18", "2025-11-25", "2026-07-28"];
+/// The MCP protocol revisions this filter understands, oldest first: every
+/// era clients speak (a service may accept fewer: `resources.<id>.mcp_versions`).
+pub const SUPPORTED_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
 
-/// JSON-RPC error codes used in refusals.
+/// JSON-RPC error codes used in refusals. The filter's own codes sit in
+/// the implementation-defined range where no MCP SDK has one of its own
+/// (the TypeScript SDK reads −32000 as a closed connection and −32001 as a
+/// timeout; MCP itself uses −32002, −32020…−32022 and −32042).
 pub mod code {
     /// Invalid JSON.
     pub const PARSE_ERROR: i64 = -32700;
     /// Not a valid request object.
     pub const INVALID_REQUEST: i64 = -32600;
+    /// A method the gateway does not know (no action maps it).
+    pub const METHOD_NOT_FOUND: i64 = -32601;
     /// Invalid method parameters.
     pub const INVALID_PARAMS: i64 = -32602;
     /// MCP 2026-07-28: a mirror header disagrees with the body.
     pub const HEADER_MISMATCH: i64 = -32020;
-    /// MCP 2026-07-28: the protocol version is not supported.
+    /// MCP 2026-07-28: the protocol version is not supported; `data`
+    /// carries `supported` and `requested`.
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
-    /// Implementation-defined: refused by policy.
-    pub const FORBIDDEN: i64 = -32001;
-    /// Implementation-defined: no verified identity.
-    pub const UNAUTHORIZED: i64 = -32002;
-    /// Implementation-defined: the gateway could not decide.
-    pub const UNAVAILABLE: i64 = -32003;
+    /// agentplane: refused by policy.
+    pub const FORBIDDEN: i64 = -32031;
+    /// agentplane: no verified identity (with HTTP 401).
+    pub const UNAUTHORIZED: i64 = -32032;
+    /// agentplane: the gateway could not decide or deliver (HTTP 503).
+    pub const UNAVAILABLE: i64 = -32033;
     /// agentplane: over a rate limit or in-flight cap (HTTP 429).
-    pub const RATE_LIMITED: i64 = -32004;
+    pub const RATE_LIMITED: i64 = -32034;
 }
 
 /// Bounds on what the parser accepts.
@@ -98,19 +111,45 @@ pub struct McpError {
     pub code: i64,
     /// What is wrong, for the client.
     pub message: String,
+    /// Members the error's `data` carries besides the filter's own (for
+    /// −32022: `supported`, `requested`).
+    pub data: Option<Map<String, Value>>,
 }
 
 impl McpError {
-    fn new(code: i64, message: impl Into<String>) -> McpError {
+    /// An error with a code and a message.
+    pub fn new(code: i64, message: impl Into<String>) -> McpError {
         McpError {
             code,
             message: message.into(),
+            data: None,
         }
     }
 
-    /// The HTTP status of the refusal.
+    /// −32022 for a revision outside `supported`, with the `data` a
+    /// 2026-07-28 client reads to retry with one it speaks.
+    pub fn unsupported_version(requested: &str, supported: &[String]) -> McpError {
+        let mut data = Map::new();
+        data.insert("supported".into(), Value::from(supported.to_vec()));
+        data.insert("requested".into(), Value::from(requested));
+        McpError {
+            code: code::UNSUPPORTED_PROTOCOL_VERSION,
+            message: format!(
+                "unsupported MCP protocol version {requested:?}; supported: {}",
+                supported.join(", ")
+            ),
+            data: Some(data),
+        }
+    }
+
+    /// The HTTP status of the refusal: a method the gateway does not know
+    /// is an answer (200, as a server answers it); anything else is 400.
     pub fn status(&self) -> u16 {
-        400
+        if self.code == code::METHOD_NOT_FOUND {
+            200
+        } else {
+            400
+        }
     }
 }
 
@@ -203,7 +242,7 @@ pub fn parse(body: &[u8], limits: Limits) -> Result<Message, McpError> {
 /// The JSON-RPC members, as the protocol spells them.
 const MEMBERS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
 /// The `params` members the filter or the policy reads.
-const PARAMS: [&str; 8] = [
+const PARAMS: [&str; 12] = [
     "name",
     "arguments",
     "uri",
@@ -212,6 +251,10 @@ const PARAMS: [&str; 8] = [
     "cursor",
     "protocolVersion",
     "capabilities",
+    "clientInfo",
+    "clientCapabilities",
+    "inputResponses",
+    "requestState",
 ];
 
 /// A key that a case-insensitive decoder would take for one of `known`
@@ -281,6 +324,50 @@ impl Message {
             .as_str()
     }
 
+    /// A member of `params`, or of `params._meta` under the
+    /// `io.modelcontextprotocol/` prefix (2026-07-28 carries per-request
+    /// client facts there).
+    fn param_or_meta(&self, key: &str, meta: &str) -> Option<&Value> {
+        let p = self.params.as_ref()?;
+        p.get(key).or_else(|| {
+            p.get("_meta")?
+                .get(format!("io.modelcontextprotocol/{meta}").as_str())
+        })
+    }
+
+    /// The client's `clientInfo` (`initialize`, or a request's `_meta`).
+    pub fn client_info(&self) -> Option<&Value> {
+        self.param_or_meta("clientInfo", "clientInfo")
+    }
+
+    /// The client's capabilities (`initialize`'s `capabilities`, or
+    /// `clientCapabilities` in a request or its `_meta`).
+    pub fn client_capabilities(&self) -> Option<&Value> {
+        match self.method.as_deref() {
+            Some("initialize") => self.params.as_ref()?.get("capabilities"),
+            _ => self.param_or_meta("clientCapabilities", "clientCapabilities"),
+        }
+    }
+
+    /// The revision an `initialize` asks for (`params.protocolVersion`).
+    pub fn requested_version(&self) -> Option<&str> {
+        if self.method.as_deref() != Some("initialize") {
+            return None;
+        }
+        self.param_str("protocolVersion")
+    }
+
+    /// Multi-round-trip requests (2026-07-28): the answers a client brings
+    /// back (`params.inputResponses`) and the server's sealed state
+    /// (`params.requestState`).
+    pub fn mrtr(&self) -> (Option<&Value>, Option<&Value>) {
+        let p = self.params.as_ref();
+        (
+            p.and_then(|p| p.get("inputResponses")),
+            p.and_then(|p| p.get("requestState")),
+        )
+    }
+
     /// The methods that name a target must name it, with the right type.
     fn check_params(&self) -> Result<(), McpError> {
         let bad = |m: String| McpError::new(code::INVALID_PARAMS, m);
@@ -345,7 +432,14 @@ impl Message {
                     )));
                 }
             }
-            (None, Some(_)) if mandatory => {
+            // SEP-2243 demands the name header for these three only.
+            (None, Some(_))
+                if mandatory
+                    && matches!(
+                        self.method.as_deref(),
+                        Some("tools/call" | "resources/read" | "prompts/get")
+                    ) =>
+            {
                 return Err(mismatch("missing required Mcp-Name header".into()))
             }
             _ => {}
