@@ -57,6 +57,16 @@ fn mcp_config() -> Value {
     cfg
 }
 
+/// Envoy with agentplane in front of `port`, the tickets MCP service
+/// registered.
+fn mcp_envoy(idp: &Idp, port: u16) -> Envoy {
+    Envoy::start(&EnvoySetup::without_vault(
+        idp,
+        port,
+        mcp_config().to_string(),
+    ))
+}
+
 fn token(idp: &Idp, perms: &[&str]) -> String {
     let t = idp.agent_token(
         "support-triage@clients",
@@ -110,11 +120,7 @@ fn post_in_two_writes(port: u16, auth: &str, body: &str) -> (String, String) {
 fn case_variant_keys_cannot_make_a_go_server_run_another_tool_than_the_one_authorized() {
     let idp = Idp::new();
     let go = GoKeys::start();
-    let envoy = Envoy::start(&EnvoySetup::without_vault(
-        &idp,
-        go.port,
-        mcp_config().to_string(),
-    ));
+    let envoy = mcp_envoy(&idp, go.port);
     let auth = token(&idp, &["tools:list", "tools:call"]);
     for body in [
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_ticket","Name":"delete_all_tickets","arguments":{"team":"customer-success"}}}"#,
@@ -193,11 +199,7 @@ fn the_first_list_while_secrets_are_fetched_is_filtered() {
 fn unreadable_list_events_end_the_stream_instead_of_leaking_the_list() {
     let idp = Idp::new();
     let upstream = Upstream::start();
-    let envoy = Envoy::start(&EnvoySetup::without_vault(
-        &idp,
-        upstream.port,
-        mcp_config().to_string(),
-    ));
+    let envoy = mcp_envoy(&idp, upstream.port);
     let auth = token(&idp, &["tools:list", "tools:call"]);
     for event in [
         r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"run_shell","t":"\udc00"}]}}"#,
@@ -218,11 +220,7 @@ fn unreadable_list_events_end_the_stream_instead_of_leaking_the_list() {
 fn a_list_replayed_on_a_get_stream_is_refused() {
     let idp = Idp::new();
     let upstream = Upstream::start();
-    let envoy = Envoy::start(&EnvoySetup::without_vault(
-        &idp,
-        upstream.port,
-        mcp_config().to_string(),
-    ));
+    let envoy = mcp_envoy(&idp, upstream.port);
     let auth = token(&idp, &["tools:list", "tools:call", "mcp:connect"]);
     let r = http(
         envoy.port,
