@@ -340,9 +340,27 @@ bench() {
   log "micro-benchmarks of the request path: cargo bench -p agentplane-core --bench core"
 }
 
-cmd="${1:-test}"
+usage() {
+  cat <<'TXT'
+usage: ./build.sh <command>
+
+  test     lint, unit + Rego + wasm-bindgen tests, OPA differential, end-to-end (what CI runs)
+  demo     Envoy + agentplane + OpenBao + PostgreSQL + the identity provider: allowed and denied calls
+  bench    the side-by-side benchmark (not part of test)
+  build    target/agentplane.wasm (release, wasm32-wasip1, then wasm-opt -O3)
+  oci      the filter as an OCI image (Istio's Wasm image spec) in target/oci
+  istio    the Istio manifests checked against Istio's CRD schemas, into target/istio
+  render   the ready-to-mount Envoy configs from envoy/envoy.yaml and the demo's plugin config
+  lint     cargo fmt --check and clippy -D warnings (host and wasm32-wasip1)
+  deps     install what the above need (idempotent; runs automatically)
+  help     this list
+TXT
+}
+
+cmd="${1:-help}"
 shift || true
 case "$cmd" in
+  help|-h|--help) usage ;;
   test) run_tests ;;
   demo) demo ;;
   bench) bench "$@" ;;
@@ -352,5 +370,5 @@ case "$cmd" in
   build) build ;;
   lint) lint ;;
   deps) deps ;;
-  *) echo "usage: ./build.sh {test|demo|bench|build|oci|istio|render|lint|deps}" >&2; exit 2 ;;
+  *) usage >&2; exit 2 ;;
 esac
