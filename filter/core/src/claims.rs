@@ -249,7 +249,12 @@ pub fn identity(
             .filter(|t| !t.is_empty())
             .for_each(&mut add);
     }
-    let chain = crate::delegation::chain(&payload, &cfg.claims_namespace)?;
+    let chain = crate::delegation::chain(&payload, &cfg.claims_namespace).map_err(|expected| {
+        ClaimsError::WrongType {
+            claim: "act".into(),
+            expected,
+        }
+    })?;
     Ok(Identity {
         id,
         agent_type,

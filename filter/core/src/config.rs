@@ -37,7 +37,7 @@ const NEVER_IN_INPUT: &[&str] = &[
     "authorization",
     // Whoever holds it continues an MCP session (bound, but logged
     // nowhere in full).
-    crate::session::HEADER,
+    crate::mcp::SESSION_HEADER,
     "proxy-authorization",
     "cookie",
     "set-cookie",
@@ -1032,7 +1032,7 @@ impl Config {
                 || !o
                     .authorization_servers
                     .iter()
-                    .all(|a| crate::oauth::valid_resource(a))
+                    .all(|a| crate::uri::valid_resource(a))
             {
                 return Err(invalid(
                     "oauth.authorization_servers",
@@ -1041,7 +1041,7 @@ impl Config {
             }
             if o.resource
                 .as_deref()
-                .is_some_and(|r| !crate::oauth::valid_resource(r))
+                .is_some_and(|r| !crate::uri::valid_resource(r))
             {
                 return Err(invalid(
                     "oauth.resource",
@@ -1075,7 +1075,7 @@ impl Config {
                 }
             }
             if let Some(u) = &r.resource_uri {
-                if !crate::oauth::valid_resource(u) {
+                if !crate::uri::valid_resource(u) {
                     return Err(invalid(
                         format!("resources.{name}.resource_uri"),
                         "must be an http(s) URL without query or fragment",

@@ -7,7 +7,6 @@
 //! pass its call through one that may. `may_act` (§4.4) says who may act
 //! for the subject; it is passed on.
 
-use crate::claims::ClaimsError;
 use crate::value;
 use regorus::Value as Rego;
 use serde_json::{Map, Value};
@@ -27,11 +26,10 @@ pub struct Actor {
 }
 
 /// The actors of a token, outermost (acting now) first; empty without `act`.
-pub fn chain(payload: &Map<String, Value>, ns: &str) -> Result<Vec<Actor>, ClaimsError> {
-    let bad = |expected: &'static str| ClaimsError::WrongType {
-        claim: "act".into(),
-        expected,
-    };
+/// A malformed chain is refused with what `act` should have been (the
+/// claims reader reports it as the `act` claim's wrong type).
+pub fn chain(payload: &Map<String, Value>, ns: &str) -> Result<Vec<Actor>, &'static str> {
+    let bad = |expected: &'static str| expected;
     let mut out = Vec::new();
     let mut next = payload.get("act");
     while let Some(v) = next {

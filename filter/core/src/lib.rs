@@ -35,6 +35,7 @@ pub mod secrets;
 pub mod session;
 pub mod source;
 pub mod txn;
+pub mod uri;
 pub mod value;
 pub mod wire;
 

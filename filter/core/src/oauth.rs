@@ -11,33 +11,12 @@
 
 use crate::config::{Config, OAuthConfig};
 use crate::outcome::Reply;
+use crate::uri::split;
+pub use crate::uri::valid_resource;
 use serde_json::json;
 
 /// RFC 9728's well-known path.
 pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
-
-/// Splits an `http(s)` URL into its origin and path (`/` when empty).
-fn split(uri: &str) -> Option<(&str, &str)> {
-    let rest = uri
-        .strip_prefix("https://")
-        .or_else(|| uri.strip_prefix("http://"))?;
-    let scheme_len = uri.len() - rest.len();
-    let (host, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    if host.is_empty() || uri.contains(['?', '#']) {
-        return None;
-    }
-    let origin = uri.get(..scheme_len + host.len())?;
-    Some((origin, path))
-}
-
-/// Whether a string can be a resource identifier here: an `http(s)` URL
-/// with a host, no query and no fragment (RFC 9728 §1.2).
-pub fn valid_resource(uri: &str) -> bool {
-    split(uri).is_some() && !uri.contains(['"', '\\', ' '])
-}
 
 /// Where a resource's metadata lives.
 pub fn metadata_url(resource: &str) -> Option<String> {

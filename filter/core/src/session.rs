@@ -31,7 +31,7 @@ use crate::principal::Principal;
 use sha2::{Digest, Sha256};
 
 /// The session header (lower-case, as the host presents it).
-pub const HEADER: &str = "mcp-session-id";
+pub const HEADER: &str = crate::mcp::SESSION_HEADER;
 /// Slots a session id may occupy.
 pub const PROBES: u64 = 8;
 /// Prefix of the slot keys in shared data.

@@ -58,6 +58,9 @@ pub mod code {
     pub const RATE_LIMITED: i64 = -32034;
 }
 
+/// The Streamable HTTP session header (lower case, as proxies hand it).
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
 /// Bounds on what the parser accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
