@@ -13,7 +13,7 @@
 //! (`ensure_mcp_clients`). Every subprocess is time-bound and stopped on
 //! drop, also when a test fails.
 
-mod procs;
+pub(crate) mod procs;
 
 use agentplane_e2e::{http, Envoy, EnvoySetup, Idp, Upstream};
 use procs::{clients_dir, node, python, run, Scratch, Service};

@@ -21,6 +21,7 @@ mod hotswap;
 mod identity;
 mod istio;
 mod limits;
+mod listen;
 mod mcp;
 mod mcp_delivery;
 mod registration;
