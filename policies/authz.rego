@@ -2,7 +2,7 @@
 #
 # Entrypoint: data.mcp.authz. The filter allows a request only when `allow`
 # is true AND `deny` is empty; every deny carries a human-readable reason.
-# The input document is described in README.md ("Input document").
+# The input document is described in docs/input.md.
 #
 # Seed fixes: one combined decision instead of four independent `allow`
 # rules (any of which used to grant access on its own); the action comes from

@@ -1,7 +1,7 @@
 # Limits: which rate limits and in-flight caps apply to a request.
 #
 # The filter counts them per request after an allow, across every Envoy
-# worker (README, "Rate limits"). Each limit is an object:
+# worker (docs/limits.md). Each limit is an object:
 #   {"name", "by", "rate", "period_s", "burst", "cost", "tools"}  a token bucket
 #   {"name", "by", "in_flight", "tools"}                          an in-flight cap
 # `by` lists what it counts by: global, agent, team, agent_type, service,

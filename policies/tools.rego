@@ -1,4 +1,4 @@
-# MCP tool rules (README "MCP"): which tools an agent may call, and with
+# MCP tool rules (docs/mcp.md): which tools an agent may call, and with
 # which arguments. They apply to `tools/call` only (input.mcp.tool is a
 # string); every other request passes them.
 #
@@ -64,7 +64,7 @@ request_reasons contains msg if {
 	msg := sprintf("tool %v is limited to the agent's own team: argument %v must be %v", [mcp_tool, team_argument, agent_team])
 }
 
-# List filtering (README "MCP"): of the names a list response holds
+# List filtering (docs/mcp.md): of the names a list response holds
 # (input.mcp.listed, set by the filter when the response arrives), those
 # the agent may see, in one evaluation. A tool is shown if the agent could
 # call it: it has the call permission and the tool's own, and the tool is

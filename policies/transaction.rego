@@ -1,6 +1,7 @@
 # Transactions: a Txn-Token from another agentplane hop, verified by the
 # filter, gives `input.transaction` (null without one): its `sub`, `txn`,
-# `scope`, actors and the rest (README "Signed identity for upstreams").
+# `scope`, actors and the rest (docs/identity.md, "Signed identity for
+# upstreams").
 #
 # Rule: a call made inside a transaction never gains permissions the
 # transaction did not carry. The permissions it may use are cut by the
