@@ -1,7 +1,8 @@
 //! The plugin configuration: one JSON document, unknown fields rejected,
 //! validated into an immutable [`Config`] once per VM.
 //!
-//! Every field and its default is documented in the README; the
+//! Every field and its default is documented in docs/configuration.md
+//! (`filter/core/tests/docs.rs` fails when one is missing); the
 //! error messages name the field and say what to fix.
 
 use serde::Deserialize;

@@ -1,6 +1,6 @@
 //! Builds the OPA input document from the request, the identity and the
-//! resource registry. Its shape is documented in the README ("Input
-//! document"); keep the two in step.
+//! resource registry. Its shape is documented in docs/input.md; keep the
+//! two in step.
 
 use crate::config::{Config, ResourceConfig};
 use crate::headers::RequestHeaders;

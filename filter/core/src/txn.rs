@@ -20,9 +20,9 @@
 //!   after configure, never from the plugin configuration; requests that
 //!   need it are refused with 503 until it has loaded.
 //! - **Reuse.** A signature is far too slow for every request (see the
-//!   README's figures): one token serves every request of the same
-//!   identity, service, tool and inbound token for `reuse_s`, and each
-//!   request's own decision id goes upstream in `x-decision-id`.
+//!   figures in docs/performance.md): one token serves every request of
+//!   the same identity, service, tool and inbound token for `reuse_s`,
+//!   and each request's own decision id goes upstream in `x-decision-id`.
 //! - **Inbound.** A `Txn-Token` from another agentplane hop is verified
 //!   (signature, `typ`, `kid`, `iss`, `aud`, `exp`) and becomes
 //!   `input.transaction`; the token minted for the next hop keeps its
