@@ -236,9 +236,14 @@ async fn main() -> ExitCode {
     let result = match args.positional.first().map(String::as_str) {
         Some("register") => register(&args).await,
         Some("deregister") => deregister(&args).await,
-        Some("check") => load(&args).map(|wf| println!("{}: {} steps, ok", wf.name, wf.steps.len())),
+        Some("check") => {
+            load(&args).map(|wf| println!("{}: {} steps, ok", wf.name, wf.steps.len()))
+        }
         Some("run") => run(&args).await,
-        _ => Err("usage: agentplane-agent {register|deregister|check|run} ... (see --help in the README, \"Agents\")".into()),
+        _ => Err(
+            "usage: agentplane-agent {register|deregister|check|run} ... (see docs/agents.md)"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

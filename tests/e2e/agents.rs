@@ -203,7 +203,7 @@ fn a_key_rotation_at_the_provider_is_picked_up_without_restarting_envoy() {
 }
 
 /// With a data file, the provider keeps its registrations across a
-/// restart (without one they live in memory: README, "Agents").
+/// restart (without one they live in memory: docs/agents.md).
 #[test]
 fn registrations_survive_a_provider_restart_with_a_data_file() {
     let file = std::env::temp_dir().join(format!("agentplane-idp-{}.json", std::process::id()));

@@ -29,7 +29,8 @@ fn invalid_plugin_config_keeps_listener_down() {
 }
 
 /// Two builds side by side in one Envoy, each on its own listener with
-/// its own VM and limits table (README "Two filters side by side"): each
+/// its own VM and limits table (docs/deploying.md, "Two filters side by
+/// side"): each
 /// decides, with its own policy revision in its decision records.
 #[test]
 fn a_canary_filter_runs_beside_the_current_one_on_its_own_listener() {

@@ -146,7 +146,7 @@ fn a_2026_07_28_client_discovers_lists_calls_and_listens_for_changes_through_the
     assert_eq!(streams.len(), 1, "{r}");
     let content_type = streams[0]["content_type"].as_str().unwrap_or_default();
     assert!(content_type.starts_with("text/event-stream"), "{r}");
-    // The filter decided the listen as the action the README names.
+    // The filter decided the listen as the action docs/mcp.md names.
     let records = l.envoy.decision_records();
     let decided: Vec<&Value> = records
         .iter()
