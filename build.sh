@@ -3,7 +3,7 @@
 #
 #   ./build.sh test    lint, unit + Rego + wasm-bindgen tests, OPA differential, end-to-end
 #   ./build.sh demo    Envoy + agentplane + OpenBao + PostgreSQL: allowed, denied calls, injected secrets
-#   ./build.sh bench   the side-by-side benchmark (README "Performance"); not part of test
+#   ./build.sh bench   the side-by-side benchmark (docs/performance.md); not part of test
 #   ./build.sh build   build target/agentplane.wasm (cargo release build, then wasm-opt -O3)
 #   ./build.sh oci     the filter as an OCI image (Istio's Wasm image spec) in target/oci
 #   ./build.sh lint    cargo fmt --check and clippy -D warnings (host and wasm32-wasip1)

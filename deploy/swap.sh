@@ -1,7 +1,7 @@
 #!/bin/sh
 # Hot-swaps the agentplane filter in a running Envoy that loads it through
 # file-based dynamic configuration (ECDS, `config_discovery` with a
-# `path_config_source`; README "Policy changes as rebuilds").
+# `path_config_source`; docs/deploying.md, "Policy changes as rebuilds").
 #
 #   deploy/swap.sh ECDS_DIR NEW.wasm
 #

@@ -1,6 +1,6 @@
 # The Rust parts of the compose stack: the sample skills, the tickets MCP
 # skill and the agent CLI. (The filter itself is not an image here: Envoy
-# mounts target/agentplane.wasm; see README "Deploying".)
+# mounts target/agentplane.wasm; see docs/deploying.md.)
 FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 COPY . .

@@ -2,7 +2,8 @@
 """What Envoy's native MCP filter (envoy.filters.http.mcp) makes of inputs
 agentplane refuses: starts Envoy with only that filter in front of a direct
 response, sends each case, prints the status and the dynamic metadata the
-filter wrote. The README's MCP section quotes its output (Envoy 1.40).
+filter wrote. docs/mcp.md ("Envoy's own MCP filter, compared") quotes its
+output (Envoy 1.40).
 
 usage: python3 tests/mcp/native_probe.py [--reject] [path/to/envoy]
 (--reject: the filter's traffic_mode REJECT_NO_MCP)

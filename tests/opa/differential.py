@@ -10,7 +10,7 @@ OPA engine, on the same modules, data and inputs.
    `reasons` must be empty (`deny` skips the reasons when `fast_ok` holds),
    and wherever it is false a refusal carries at least one reason.
 5. Intent: an independent statement of the rules in Python (`intended`),
-   written from the README, must agree with OPA's `allow` on every input.
+   written from the docs (docs/policy.md), must agree with OPA's `allow` on every input.
    Two engines agreeing on a wrong policy is not enough; this is what
    catches a rule that lets absent or null data through.
 
@@ -260,7 +260,7 @@ def edge_corpus():
 
 
 def intended(inp, data):
-    """The base policy and the layers, as the README states them."""
+    """The base policy and the layers, as docs/policy.md states them."""
     cfg = data["mcp"]["config"]
     def get(d, *path):
         for k in path:
