@@ -294,8 +294,8 @@ impl Denial {
             | Denial::UnsafeIdentity(_)
             | Denial::InvalidTxnToken(_)
             | Denial::OtherService { .. } => code::FORBIDDEN,
-            // The code the MCP TypeScript SDK's servers answer an unknown
-            // session with.
+            // A client reads the HTTP 404 (start a new session); the code
+            // is the filter's own refusal code, like every other refusal.
             Denial::McpSession(_) => code::FORBIDDEN,
             Denial::SecretsUnavailable(_)
             | Denial::LogUnavailable
