@@ -270,6 +270,26 @@ fn list_results_on_streams_not_tied_to_a_list_request_are_refused() {
     let (_, mut d, mut h) = post(&f, &["tools:call", "tools:list"], call, &[]);
     let (read, _) = respond(&f, &mut d, &mut h, &[JSON], &[b"{}"]);
     assert_eq!(read, ResponseBody::Untouched);
+    // Compressed too: it is the call's own answer, not a list.
+    let (_, mut d, mut h) = post(&f, &["tools:call", "tools:list"], call, &[]);
+    let (read, _) = respond(
+        &f,
+        &mut d,
+        &mut h,
+        &[JSON, ("content-encoding", "gzip")],
+        &[b"x"],
+    );
+    assert_eq!(read, ResponseBody::Untouched);
+    // An event stream that cannot be read could carry a list: refused.
+    let (_, mut d, mut h) = post(&f, &["tools:call", "tools:list"], call, &[]);
+    let (_, out) = respond(
+        &f,
+        &mut d,
+        &mut h,
+        &[SSE, ("content-encoding", "gzip")],
+        &[b"x"],
+    );
+    assert!(String::from_utf8_lossy(&out).contains("unreadable"));
 }
 
 /// Forms the filter cannot read or that could be read two ways are

@@ -82,8 +82,9 @@ impl Filter {
         let listing = job.field.is_some();
         match form {
             // A JSON answer to a request that lists nothing carries no list
-            // to this client: only its own answer comes in it.
-            Some(BodyForm::Json) if !listing && !encoded => {
+            // to this client, compressed or not: only its own answer comes
+            // in it.
+            Some(BodyForm::Json) if !listing => {
                 decision.list = None;
                 return ResponseBody::Untouched;
             }
