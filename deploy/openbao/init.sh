@@ -1,7 +1,7 @@
 #!/bin/sh
 # OpenBao setup for agentplane: the one list of steps that both the compose
 # stack's `openbao-init` job and the loopback demo and end-to-end tests
-# (tests/src/lib.rs: Bao::setup_agents, Bao::setup_database) run, so the
+# (tests/src/bao.rs: Bao::setup_agents, Bao::setup_database) run, so the
 # two cannot drift. Idempotent: running it twice changes nothing (but for
 # the demo step's fresh single-use token).
 #

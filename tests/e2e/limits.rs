@@ -4,13 +4,17 @@
 //! The shipped policy gives `experimental` agents 5 requests/s with a
 //! burst of 10, and `batch-runner@clients` 2 requests in flight.
 
-use agentplane_e2e::{default_plugin_config, render_envoy, Envoy, EnvoySetup, Idp, Upstream};
+use agentplane_e2e::{default_plugin_config, render_envoy, EnvoySetup, Idp, Stack};
 use std::time::{Duration, Instant};
 
-struct Proxy {
-    idp: Idp,
-    upstream: Upstream,
-    envoy: Envoy,
+/// Envoy with two workers and the echo upstream.
+struct Proxy(Stack);
+
+impl std::ops::Deref for Proxy {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
 fn two_workers() -> Proxy {
@@ -18,19 +22,7 @@ fn two_workers() -> Proxy {
 }
 
 fn two_workers_with(plugin_config: String) -> Proxy {
-    let idp = Idp::new();
-    let upstream = Upstream::start();
-    let mut r = render_envoy(
-        &EnvoySetup::without_vault(&idp, upstream.port, plugin_config),
-        true,
-    );
-    r.workers = 2;
-    let envoy = Envoy::start_yaml(&r);
-    Proxy {
-        idp,
-        upstream,
-        envoy,
-    }
+    Proxy(Stack::start_workers(&plugin_config, 2))
 }
 
 impl Proxy {

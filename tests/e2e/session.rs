@@ -3,39 +3,28 @@
 //! refused to every other agent on either worker, and keeps working for
 //! its own agent on both (the binding is in shared data).
 
-use agentplane_e2e::{
-    add_tickets_mcp, default_plugin_config, http, render_envoy, Envoy, EnvoySetup, Idp, Response,
-    Upstream,
-};
+use agentplane_e2e::{add_tickets_mcp, default_plugin_config, http, Response, Stack};
 use serde_json::{json, Value};
 
 const SESSION: &str = "e2e-5c7d1f0a-9b3e-session-never-log";
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}"#;
 const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
 
-struct Proxy {
-    idp: Idp,
-    upstream: Upstream,
-    envoy: Envoy,
+/// Envoy with two workers, the tickets MCP service and the decision log.
+struct Proxy(Stack);
+
+impl std::ops::Deref for Proxy {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
 fn two_workers() -> Proxy {
-    let idp = Idp::new();
-    let upstream = Upstream::start();
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     add_tickets_mcp(&mut cfg);
     cfg["decision_log"] = json!({"enabled": true});
-    let mut r = render_envoy(
-        &EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string()),
-        true,
-    );
-    r.workers = 2;
-    let envoy = Envoy::start_yaml(&r);
-    Proxy {
-        idp,
-        upstream,
-        envoy,
-    }
+    Proxy(Stack::start_workers(&cfg.to_string(), 2))
 }
 
 impl Proxy {

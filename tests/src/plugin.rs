@@ -1,0 +1,37 @@
+//! agentplane's plugin configuration as the tests and the demo use it:
+//! `envoy/agentplane.json`, and the additions most tests make (the
+//! agents' API key from OpenBao, the tickets MCP skill).
+
+use crate::repo_root;
+use serde_json::{json, Value};
+
+/// The demo/test plugin configuration (`envoy/agentplane.json`).
+pub fn default_plugin_config() -> String {
+    std::fs::read_to_string(repo_root().join("envoy/agentplane.json")).unwrap()
+}
+
+/// The KV secret every test and demo agent has in OpenBao, injected as
+/// `x-api-key` (see [`Bao::put_agent_secret`]).
+pub fn api_key_secret() -> Value {
+    json!({"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"})
+}
+
+/// `envoy/agentplane.json` with this `vault` section and the agents' API
+/// key injected into requests to each of `services`.
+pub fn config_with_api_key(vault: Value, services: &[&str]) -> Value {
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["vault"] = vault;
+    for s in services {
+        cfg["resources"][*s]["secrets"] = json!([api_key_secret()]);
+    }
+    cfg
+}
+
+/// Registers the tickets skill (an MCP server, `agentplane_skills::serve`)
+/// in a plugin configuration as the MCP service `tickets-mcp`.
+pub fn add_tickets_mcp(cfg: &mut Value) {
+    cfg["resources"]["tickets-mcp"] = json!({
+        "type": "tool", "protocol": "mcp",
+        "metadata": {"team": "customer-success", "environment": "production"}
+    });
+}
