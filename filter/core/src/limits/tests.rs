@@ -1,5 +1,6 @@
 use super::*;
-use crate::host::{LogLevel, MockHost};
+use crate::config::LimitsConfig;
+use crate::host::{Host, LogLevel, MockHost};
 use serde_json::json;
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
