@@ -24,11 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
-
-def failure(e: BaseException) -> dict:
-    """A raised error as data: MCPError carries the JSON-RPC code."""
-    code = getattr(getattr(e, "error", None), "code", None)
-    return {"threw": type(e).__name__, "code": code, "message": str(e)}
+from recorder import failure, recording_client, step
 
 
 def tool_result(r) -> dict:
@@ -38,39 +34,11 @@ def tool_result(r) -> dict:
     }
 
 
-async def step(f):
-    try:
-        return await f()
-    except Exception as e:  # noqa: BLE001 - the test asserts on what was raised
-        return failure(e)
-
-
 async def main(url: str, version: str, token: str) -> dict:
     out: dict = {"sdk": "python", "offered": version}
     exchanges: list[dict] = []
 
-    async def record(response: httpx2.Response) -> None:
-        req = response.request
-        rpc = None
-        if req.method == "POST":
-            try:
-                rpc = json.loads(req.content).get("method", "response")
-            except ValueError:
-                rpc = "?"
-        exchanges.append(
-            {
-                "method": req.method,
-                "rpc": rpc,
-                "version": req.headers.get("mcp-protocol-version"),
-                "status": response.status_code,
-            }
-        )
-
-    http = httpx2.AsyncClient(
-        headers={"authorization": f"Bearer {token}"},
-        timeout=httpx2.Timeout(20.0),
-        event_hooks={"response": [record]},
-    )
+    http = recording_client(token, exchanges)
     modern = version in MODERN_PROTOCOL_VERSIONS
     if not modern:
         # The version initialize() offers (a module-level name it reads).

@@ -16,54 +16,17 @@ import os
 import sys
 
 import anyio
-import httpx2
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-
-def failure(e: BaseException) -> dict:
-    """A raised error as data: MCPError carries the JSON-RPC code."""
-    code = getattr(getattr(e, "error", None), "code", None)
-    return {"threw": type(e).__name__, "code": code, "message": str(e)}
-
-
-async def step(f):
-    try:
-        return await f()
-    except Exception as e:  # noqa: BLE001 - the test asserts on what was raised
-        return failure(e)
+from recorder import failure, recording_client, step
 
 
 async def main(url: str, how: str, token: str) -> dict:
     out: dict = {"sdk": "python", "how": how}
     exchanges: list[dict] = []
 
-    async def record(response: httpx2.Response) -> None:
-        # Called once the headers are in: a listen stream is recorded while
-        # it is still open.
-        req = response.request
-        rpc = None
-        if req.method == "POST":
-            try:
-                rpc = json.loads(req.content).get("method", "response")
-            except ValueError:
-                rpc = "?"
-        exchanges.append(
-            {
-                "method": req.method,
-                "rpc": rpc,
-                "version": req.headers.get("mcp-protocol-version"),
-                "status": response.status_code,
-                "content_type": response.headers.get("content-type"),
-                "www_authenticate": response.headers.get("www-authenticate"),
-            }
-        )
-
-    http = httpx2.AsyncClient(
-        headers={"authorization": f"Bearer {token}"},
-        timeout=httpx2.Timeout(20.0),
-        event_hooks={"response": [record]},
-    )
+    http = recording_client(token, exchanges)
     mode = "auto" if how == "discover" else "2026-07-28"
     try:
         with anyio.fail_after(40):
