@@ -4,7 +4,7 @@
 //! - every metric in `metrics.rs` is in `docs/metrics.md`, and every
 //!   metric in that page's table is still defined;
 //! - every policy entry point the filter reads (`declared("…")` in
-//!   `policy.rs`) has a heading in `docs/policy.md`;
+//!   `policy/entry.rs`) has a heading in `docs/policy.md`;
 //! - every JSON-RPC code in `mcp/mod.rs`'s `code` module is in
 //!   `docs/outcomes.md`, and every code in that page's tables exists;
 //! - every field of the plugin configuration (the fields of the
@@ -151,7 +151,7 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
 
 #[test]
 fn every_policy_entry_point_the_filter_reads_is_documented() {
-    let src = read("filter/core/src/policy.rs");
+    let src = read("filter/core/src/policy/entry.rs");
     let rules: BTreeSet<String> = src
         .split("declared(\"")
         .skip(1)
@@ -159,7 +159,7 @@ fn every_policy_entry_point_the_filter_reads_is_documented() {
         .collect();
     assert!(
         rules.contains("allow"),
-        "no declared(\"…\") calls found in policy.rs: update filter/core/tests/docs.rs"
+        "no declared(\"…\") calls found in policy/entry.rs: update filter/core/tests/docs.rs"
     );
     let doc = prose(&read("docs/policy.md"));
     let missing: Vec<String> = rules
@@ -169,7 +169,7 @@ fn every_policy_entry_point_the_filter_reads_is_documented() {
             !doc.lines().any(|l| l.starts_with('#') && l.contains(&heading))
         })
         .map(|rule| format!(
-            "the filter reads policy entry point `{rule}` (declared(\"{rule}\") in filter/core/src/policy.rs), but docs/policy.md has no heading for it: add a section saying what it must return"
+            "the filter reads policy entry point `{rule}` (declared(\"{rule}\") in filter/core/src/policy/entry.rs), but docs/policy.md has no heading for it: add a section saying what it must return"
         ))
         .collect();
     report(&missing);

@@ -10,6 +10,9 @@
 //!   int, "headers": {..}, "reason": string}` that shapes the reply.
 //!
 //! Undefined, mistyped or erroring results deny.
+//!
+//! `entry.rs` resolves a package entrypoint into one generated decision
+//! rule; `verdict.rs` turns what the policy returned into a [`Verdict`].
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::RegoVM;
@@ -18,62 +21,10 @@ use serde_json::Value;
 use std::cell::RefCell;
 use std::fmt;
 
-/// Why the policy could not produce a decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PolicyError {
-    /// A module or the data failed to load or compile.
-    Compile(String),
-    /// The entrypoint does not exist or has no `allow` rule.
-    Entrypoint(String),
-    /// Evaluation failed at run time.
-    Eval(String),
-    /// The result is not a shape the filter understands.
-    BadResult(String),
-}
+mod entry;
+mod verdict;
 
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PolicyError::Compile(m) => write!(f, "policy does not compile: {m}"),
-            PolicyError::Entrypoint(m) => write!(f, "policy entrypoint: {m}"),
-            PolicyError::Eval(m) => write!(f, "policy evaluation failed: {m}"),
-            PolicyError::BadResult(m) => write!(f, "policy result not understood: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for PolicyError {}
-
-/// What the policy decided.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Verdict {
-    /// True only if the policy allowed and nothing denied.
-    pub allowed: bool,
-    /// Deny reasons, in the policy's order (sets are sorted).
-    pub reasons: Vec<String>,
-    /// Status chosen by a response-object policy.
-    pub status: Option<u16>,
-    /// Headers chosen by a response-object policy: added upstream on allow,
-    /// to the reply on deny.
-    pub headers: Vec<(String, String)>,
-    /// Until when (ns since the epoch, exclusive) the same input, at a later
-    /// `input.request.time_ns`, gets the same decision: the package's
-    /// `valid_until_ns` rule. `None` when the policy does not say; the
-    /// decision cache then never reuses the decision.
-    pub valid_until_ns: Option<u64>,
-    /// On a refusal, the OAuth scope whose absence caused it: the
-    /// package's `missing_scope` rule (a string). The 403 then says
-    /// `error="insufficient_scope", scope="…"` so a client can step up.
-    pub scope: Option<String>,
-    /// For a list response: the names the agent may see (the package's
-    /// `visible` rule, a set of strings). `None` when the policy has no
-    /// such rule.
-    pub visible: Option<Vec<String>>,
-    /// The limits that apply to the request: the package's `limits` rule
-    /// (see [`crate::limits::parse`]); empty without one.
-    pub limits: Vec<crate::limits::Limit>,
-}
+pub use verdict::{PolicyError, Verdict};
 
 #[derive(Debug)]
 enum Mode {
@@ -109,63 +60,6 @@ impl fmt::Debug for Backend {
 }
 
 pub use crate::config::EngineChoice;
-
-/// Name of the module agentplane adds to a package entrypoint.
-const ENTRY_MODULE: &str = "__agentplane_entry.rego";
-
-/// One rule that gathers `allow` (false when undefined), `deny` (empty
-/// when undefined or not declared) and `valid_until_ns` (0, "do not reuse",
-/// when undefined or not declared) so a single evaluation decides.
-fn entry_module(
-    package: &str,
-    has_deny: bool,
-    has_valid_until: bool,
-    has_scope: bool,
-    has_visible: bool,
-    has_limits: bool,
-) -> String {
-    let limits = if has_limits {
-        "__agentplane_limits := limits\n"
-    } else {
-        ""
-    };
-    let visible = if has_visible {
-        "__agentplane_visible := visible\n"
-    } else {
-        ""
-    };
-    let scope = if has_scope {
-        "__agentplane_scope := missing_scope\n"
-    } else {
-        ""
-    };
-    let deny = if has_deny {
-        "__agentplane_deny := deny\n"
-    } else {
-        ""
-    };
-    let until = if has_valid_until {
-        "__agentplane_valid_until := valid_until_ns\n"
-    } else {
-        ""
-    };
-    format!(
-        "package {package}\n\n\
-         default __agentplane_allow := false\n\
-         __agentplane_allow := allow\n\n\
-         default __agentplane_deny := []\n\
-         {deny}\n\
-         default __agentplane_valid_until := 0\n\
-         {until}\n\
-         default __agentplane_scope := null\n\
-         {scope}\n\
-         default __agentplane_visible := null\n\
-         {visible}\n\
-         default __agentplane_limits := null\n\
-         {limits}\n\
-         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until, \"scope\": __agentplane_scope, \"visible\": __agentplane_visible, \"limits\": __agentplane_limits}}\n"
-    )
-}
 
 /// A compiled policy bundle with its entrypoint resolved.
 #[derive(Debug)]
@@ -228,40 +122,11 @@ impl Policy {
             .filter(|(_, p)| p.as_str() == entrypoint)
             .map(|((name, _), _)| *name)
             .collect();
-        let declared = |rule: &str| -> Result<bool, PolicyError> {
-            for m in &in_package {
-                if engine
-                    .has_declared_rule_rooted_at(m, rule)
-                    .map_err(|e| PolicyError::Compile(e.to_string()))?
-                {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        };
-        let mut limits = false;
-        let mode = if in_package.is_empty() {
-            Mode::Rule(entrypoint.to_string())
+        let (mode, limits) = if in_package.is_empty() {
+            (Mode::Rule(entrypoint.to_string()), false)
         } else {
-            if !declared("allow")? {
-                return Err(PolicyError::Entrypoint(format!(
-                    "package {entrypoint} declares no `allow` rule"
-                )));
-            }
-            let package = entrypoint.strip_prefix("data.").unwrap_or(entrypoint);
-            limits = declared("limits")?;
-            let module = entry_module(
-                package,
-                declared("deny")?,
-                declared("valid_until_ns")?,
-                declared("missing_scope")?,
-                declared("visible")?,
-                limits,
-            );
-            engine
-                .add_policy(ENTRY_MODULE.to_string(), module)
-                .map_err(|e| PolicyError::Compile(format!("{ENTRY_MODULE}: {e}")))?;
-            Mode::Package(format!("{entrypoint}.__agentplane_decision"))
+            let (rule, limits) = entry::add(&mut engine, &in_package, entrypoint)?;
+            (Mode::Package(rule), limits)
         };
         // Resolve the entry rule with the interpreter first: a missing rule is
         // a configuration error, whichever backend runs requests.
@@ -351,74 +216,8 @@ impl Policy {
     /// path builds it for this call only).
     pub fn evaluate(&self, input: regorus::Value) -> Result<Verdict, PolicyError> {
         match &self.mode {
-            Mode::Package(rule) => {
-                let mut decision = match self.eval_rule(rule, input)? {
-                    Value::Object(o) => o,
-                    other => {
-                        return Err(PolicyError::BadResult(format!(
-                            "package decision is {}",
-                            kind(&other)
-                        )))
-                    }
-                };
-                let allowed = match decision.remove("allow") {
-                    Some(Value::Bool(b)) => b,
-                    Some(other) => {
-                        return Err(PolicyError::BadResult(format!(
-                            "`allow` is {}, not a boolean",
-                            kind(&other)
-                        )))
-                    }
-                    None => false,
-                };
-                let reasons = deny_reasons(decision.remove("deny").unwrap_or(Value::Null))?;
-                // Anything but a positive integer means "do not reuse".
-                let valid_until_ns = decision
-                    .remove("valid_until_ns")
-                    .and_then(|v| v.as_u64())
-                    .filter(|&t| t > 0);
-                // Only token-safe scopes are kept (RFC 6749 §3.3: tokens
-                // of NQCHAR apart by single spaces): they go into a header.
-                // A set or array of scopes is joined the same way.
-                let token = |s: &str| {
-                    !s.is_empty()
-                        && s.bytes().all(|b| {
-                            b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
-                        })
-                };
-                let scope = match decision.remove("scope") {
-                    Some(Value::String(s)) if s.split(' ').all(token) => Some(s),
-                    Some(Value::Array(items)) if !items.is_empty() => {
-                        let all: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
-                        all.filter(|v| v.iter().all(|s| token(s)))
-                            .map(|v| v.join(" "))
-                    }
-                    _ => None,
-                };
-                let visible = match decision.remove("visible") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::Array(items)) => Some(
-                        items
-                            .into_iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect(),
-                    ),
-                    Some(_) => Some(Vec::new()),
-                };
-                let limits =
-                    crate::limits::parse(&decision.remove("limits").unwrap_or(Value::Null))
-                        .map_err(PolicyError::BadResult)?;
-                Ok(Verdict {
-                    allowed: allowed && reasons.is_empty(),
-                    reasons,
-                    valid_until_ns,
-                    scope,
-                    visible,
-                    limits,
-                    ..Verdict::default()
-                })
-            }
-            Mode::Rule(r) => response_object(self.eval_rule(r, input)?),
+            Mode::Package(rule) => verdict::decision(self.eval_rule(rule, input)?),
+            Mode::Rule(r) => verdict::response_object(self.eval_rule(r, input)?),
         }
     }
 }
@@ -439,125 +238,6 @@ fn compile_rvm(engine: &mut Engine, rule: &str, data_json: &str) -> Result<RegoV
     vm.execute().map_err(|e| e.to_string())?;
     Ok(vm)
 }
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "undefined",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn deny_reasons(v: Value) -> Result<Vec<String>, PolicyError> {
-    Ok(match v {
-        Value::Null | Value::Bool(false) => Vec::new(),
-        Value::Bool(true) => vec!["denied by policy".into()],
-        Value::String(s) if s.is_empty() => Vec::new(),
-        Value::String(s) => vec![s],
-        Value::Array(items) => items
-            .into_iter()
-            .map(|i| match i {
-                Value::String(s) => s,
-                other => other.to_string(),
-            })
-            .collect(),
-        other => {
-            return Err(PolicyError::BadResult(format!(
-                "`deny` is {}; use a set of reason strings",
-                kind(&other)
-            )))
-        }
-    })
-}
-
-fn response_object(v: Value) -> Result<Verdict, PolicyError> {
-    let obj = match v {
-        Value::Bool(allowed) => {
-            return Ok(Verdict {
-                allowed,
-                ..Verdict::default()
-            })
-        }
-        Value::Null => {
-            return Ok(Verdict {
-                allowed: false,
-                reasons: vec!["policy result undefined".into()],
-                ..Verdict::default()
-            })
-        }
-        Value::Object(o) => o,
-        other => {
-            return Err(PolicyError::BadResult(format!(
-                "entrypoint is {}, not a boolean or response object",
-                kind(&other)
-            )))
-        }
-    };
-    let allowed = match obj.get("allowed") {
-        Some(Value::Bool(b)) => *b,
-        _ => {
-            return Err(PolicyError::BadResult(
-                "response object needs a boolean `allowed`".into(),
-            ))
-        }
-    };
-    let status = match obj.get("status") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64().and_then(|s| u16::try_from(s).ok()) {
-            Some(s) if (200..=599).contains(&s) => Some(s),
-            _ => return Err(PolicyError::BadResult(format!("status {n} is not 200-599"))),
-        },
-        Some(other) => {
-            return Err(PolicyError::BadResult(format!(
-                "`status` is {}",
-                kind(other)
-            )))
-        }
-    };
-    let mut headers = Vec::new();
-    match obj.get("headers") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(h)) => {
-            for (k, v) in h {
-                match v {
-                    Value::String(s) => headers.push((k.to_ascii_lowercase(), s.clone())),
-                    other => {
-                        return Err(PolicyError::BadResult(format!(
-                            "header {k:?} is {}",
-                            kind(other)
-                        )))
-                    }
-                }
-            }
-        }
-        Some(other) => {
-            return Err(PolicyError::BadResult(format!(
-                "`headers` is {}",
-                kind(other)
-            )))
-        }
-    }
-    let reasons = match obj.get("reason") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(other) => deny_reasons(other.clone())?,
-    };
-    // A rule entrypoint cannot say how long its answer holds: never reused.
-    Ok(Verdict {
-        allowed,
-        reasons,
-        status,
-        headers,
-        valid_until_ns: None,
-        scope: None,
-        visible: None,
-        limits: Vec::new(),
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
