@@ -1,0 +1,69 @@
+//! The `policy` section: which Rego document decides and which regorus
+//! engine evaluates it.
+
+use super::error::{invalid, ConfigError};
+use serde::Deserialize;
+
+/// Which Rego document decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A package (`data.mcp.authz`: its `allow` and `deny` rules decide) or a
+    /// rule whose value is a boolean or a response object.
+    pub entrypoint: String,
+    /// `"rvm"` (default) or `"interpreter"`.
+    pub engine: EngineChoice,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            entrypoint: "data.mcp.authz".into(),
+            engine: EngineChoice::Rvm,
+        }
+    }
+}
+
+/// Which regorus engine evaluates requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// The register VM (bytecode compiled once at configure time), falling
+    /// back to the interpreter for bundles it cannot compile. Like OPA
+    /// without strict builtin errors, builtin errors are undefined; unlike
+    /// OPA, a complete rule with conflicting values is undefined rather
+    /// than an error.
+    #[default]
+    Rvm,
+    /// The tree interpreter: conflicting complete-rule values are errors
+    /// (and deny), as in OPA. Slower.
+    Interpreter,
+}
+
+impl PolicyConfig {
+    /// Checks the section.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if !is_rego_path(&self.entrypoint) {
+            return Err(invalid(
+                "policy.entrypoint",
+                format!(
+                    "{:?} is not a Rego data path like \"data.mcp.authz\"",
+                    self.entrypoint
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_rego_path(s: &str) -> bool {
+    let mut parts = s.split('.');
+    parts.next() == Some("data")
+        && s.len() > 5
+        && parts.all(|p| {
+            let mut c = p.chars();
+            c.next()
+                .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+                && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+        })
+}
