@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(h.header_values("x-agent-custom"), ["kept"]);
         assert_eq!(h.header_values("x-agent-toolbox"), ["kept"]);
         // The names the filter writes are all in the list.
-        assert!(filter_set(crate::filter::TOOL_HEADER.as_bytes()));
+        assert!(filter_set(crate::request::TOOL_HEADER.as_bytes()));
     }
 
     #[test]

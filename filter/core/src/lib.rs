@@ -17,7 +17,7 @@ pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod delegation;
-pub mod filter;
+pub mod request;
 pub mod headers;
 pub mod host;
 pub mod ids;
@@ -40,6 +40,6 @@ pub mod value;
 pub mod wire;
 
 pub use config::{Config, ConfigError};
-pub use filter::{BodyStep, Decision, Filter, Flow, RequestBody, ResponseBody};
+pub use request::{BodyStep, Decision, Filter, Flow, RequestBody, ResponseBody};
 pub use host::{Host, LogLevel, MockHost};
 pub use outcome::{Denial, State};

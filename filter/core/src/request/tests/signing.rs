@@ -1,8 +1,7 @@
-//! Transaction tokens through the request path (`signing.rs`).
+//! Transaction tokens through the request path (`signed.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::tests::{body, claims, request, NOON};
 use super::*;
 use crate::host::MockHost;
 use crate::txn::{self, Keyring};

@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::tests::{body, claims, request, MCP_CONFIG};
 use super::*;
 use crate::host::{MockHost, SharedData};
 use serde_json::{json, Value};

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::tests::{body, claims, reply_header, request};
 use super::*;
 use crate::host::MockHost;
 use serde_json::{json, Value};

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::tests::{body, claims, reply_header, request, MCP_CONFIG, NOON};
 use super::*;
 use crate::host::{MockHost, SharedData};
 use serde_json::{json, Value};

@@ -1,0 +1,453 @@
+//! One request through agentplane: strip, identify, route, decide, then
+//! forward with trusted headers or refuse. A request's outcome is one
+//! [`State`] value, decided once; [`Denial`] renders it into the reply,
+//! the metric and the decision-log record. Nothing is forwarded unless it
+//! was explicitly allowed.
+//!
+//! This file holds the host callbacks in the order a request meets them
+//! (configure, request headers, request body, tick, callout response,
+//! stream done); each phase lives in its own file beside it: [`stream`]
+//! (per-stream state), [`worker`] ([`Filter`] and its per-VM state),
+//! `admitted` (headers phase), `judged` (the decision), `limited`,
+//! `forwarded`, `paused` (waiting for secrets), `recorded` (reply, metric,
+//! record, log), `listed` (list responses) and `signed` (txn tokens).
+
+use crate::audit::{self, Trail};
+use crate::cache::{DecisionCache, KeyPlan};
+use crate::config::{Config, ConfigError};
+use crate::host::{Host, LogLevel};
+use crate::ids::DecisionIds;
+use crate::input;
+use crate::metrics::{Metrics, M};
+use crate::outcome::{Denial, State};
+use crate::policy::Policy;
+use crate::principal::Principals;
+use crate::secrets;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+mod admitted;
+mod forwarded;
+mod judged;
+mod limited;
+mod listed;
+mod paused;
+mod recorded;
+mod signed;
+mod stream;
+mod worker;
+
+use admitted::{bad, unroutable, Admission};
+use forwarded::Who;
+pub use listed::{BodyStep, ResponseBody};
+use stream::{Admitted, Awaiting, Refused};
+pub use stream::{Decision, Flow, RequestBody};
+pub use worker::Filter;
+use worker::{Allowed, Outcome, Visible, Worker};
+
+#[cfg(test)]
+mod tests;
+
+/// Response (and reply) header carrying the decision id.
+pub const DECISION_ID_HEADER: &str = "x-decision-id";
+
+/// Response (and reply) header carrying the request id, as the seed's
+/// design names it.
+pub const TRACE_ID_HEADER: &str = "x-mcp-trace-id";
+
+/// Response header with the filter's own timing (`headers.metrics_header`).
+pub const METRICS_HEADER: &str = "x-mcp-metrics";
+
+/// The MCP tool an allowed `tools/call` names, for the upstream (and a
+/// fleet-wide rate limit service's descriptors). In the stripped
+/// `x-agent-` namespace: a client cannot set it.
+pub const TOOL_HEADER: &str = "x-agent-tool";
+
+/// How often the root context ticks when it has background work.
+pub const TICK_MS: u64 = 5;
+
+impl Filter {
+    /// Parses the plugin configuration and compiles the embedded policy.
+    /// `seed` feeds the decision-id generator.
+    pub fn new(config_json: &[u8], seed: u64) -> Result<Filter, ConfigError> {
+        let config = Config::from_json(config_json)?;
+        let policy = Policy::embedded(&config.policy.entrypoint, config.policy.engine)
+            .map_err(|e| ConfigError::Policy(e.to_string()))?;
+        Ok(Filter::with_policy(config, policy, seed))
+    }
+
+    /// A filter over an explicitly supplied policy (tests, benchmarks).
+    pub fn with_policy(config: Config, policy: Policy, seed: u64) -> Filter {
+        let cache = config
+            .decision_cache
+            .as_ref()
+            .map(|c| RefCell::new(DecisionCache::new(c)));
+        let shipper = config
+            .decision_log
+            .collector
+            .as_ref()
+            .filter(|_| config.decision_log.enabled)
+            .map(|c| RefCell::new(audit::Shipper::new(c.clone())));
+        let broker = config
+            .vault
+            .as_ref()
+            .filter(|_| config.resources.values().any(|r| !r.secrets.is_empty()))
+            .map(|v| RefCell::new(secrets::Broker::new(v.clone(), seed)));
+        Filter {
+            docs: input::ResourceDocs::new(&config),
+            key_plan: KeyPlan::new(policy.reads(), &config.headers.input),
+            worker: Worker {
+                ids: DecisionIds::new(seed),
+                lists: config
+                    .decision_cache
+                    .as_ref()
+                    .map(|c| RefCell::new(DecisionCache::new(c))),
+                cache,
+                principals: RefCell::new(Principals::new(config.identity.cache_entries)),
+                broker,
+                metrics: Metrics::default(),
+                exported: Cell::new(secrets::BrokerStats::default()),
+                shipper,
+                exported_log: Cell::new((0, 0)),
+                pending: RefCell::new(HashMap::new()),
+                awaiting: RefCell::new(HashMap::new()),
+                limits: crate::limits::Table::new(&config.limits),
+                lease_owner: (seed ^ (seed >> 32)) << 32,
+                limit_metrics: RefCell::new(HashMap::new()),
+                txn: config
+                    .txn_token
+                    .as_ref()
+                    .map(|_| RefCell::new(crate::txn::Signer::default())),
+            },
+            config,
+            policy,
+        }
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The compiled policy (backend, fallback reason).
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Once per VM, on the root context after a successful configure:
+    /// defines the stats, creates the cross-worker claims map (so every
+    /// claim is a compare-and-swap) and logs what was configured. Returns
+    /// the tick period the root context needs, if any.
+    pub fn on_configured<H: Host>(&self, host: &mut H, version: &str) -> Option<u64> {
+        self.worker.metrics.define(host);
+        if self.worker.broker.is_some() && host.shared_get(secrets::CLAIMS_KEY).is_none() {
+            host.shared_set(secrets::CLAIMS_KEY, b"{}", None);
+        }
+        if self.policy.has_limits() {
+            self.worker.limits.create(host);
+        }
+        if self.config.has_mcp() {
+            crate::session::Table::new(&self.config.mcp).create(host);
+        }
+        host.log(
+            LogLevel::Info,
+            &format!(
+                "agentplane {version} configured: policy revision {}, entrypoint {}, engine {}",
+                crate::bundle::REVISION,
+                self.config.policy.entrypoint,
+                self.policy.backend(),
+            ),
+        );
+        if let Some(why) = self.policy.rvm_fallback() {
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "agentplane: policy runs on the interpreter; the RVM cannot compile it: {why}"
+                ),
+            );
+        }
+        self.txn_tick(host);
+        self.needs_tick().then_some(TICK_MS)
+    }
+
+    /// Handles the request headers. On [`Flow::Replied`] the reply has been
+    /// sent through the host and nothing may be forwarded. On
+    /// [`Flow::NeedBody`] (a POST to an MCP service) nothing is decided
+    /// yet: the host buffers the body and hands it to
+    /// [`Filter::on_request_body`].
+    pub fn on_request_headers<H: Host>(&self, host: &mut H) -> (Flow, Decision) {
+        let t0 = if self.config.headers.metrics_header {
+            host.now_ns()
+        } else {
+            0
+        };
+        let id = self.worker.ids.next_id();
+        let mut trail = Trail::default();
+        let mut reserved = false;
+        let result = match self.admit(host, &id, &mut trail, &mut reserved) {
+            Ok(Admission::Answer(reply)) => {
+                host.send_reply(reply.status, &reply.header_refs(), &reply.body);
+                let d = Decision {
+                    id,
+                    state: State::Allowed,
+                    agent: None,
+                    record: None,
+                    request_id: trail.request_id,
+                    timing: None,
+                    reserved: false,
+                    rpc: None,
+                    list: None,
+                    held: Default::default(),
+                    session: None,
+                };
+                return (Flow::Replied, d);
+            }
+            Ok(Admission::Decide(admitted)) if admitted.needs_body(&self.config) => {
+                let waiting = Decision {
+                    id: id.clone(),
+                    state: State::Pending,
+                    agent: Some(admitted.principal.identity.id.clone()),
+                    record: None,
+                    request_id: trail.request_id.clone(),
+                    timing: None,
+                    reserved,
+                    rpc: None,
+                    list: None,
+                    held: Default::default(),
+                    session: None,
+                };
+                self.put_awaiting(
+                    host.stream_id(),
+                    Awaiting {
+                        admitted,
+                        trail,
+                        t0,
+                    },
+                );
+                return (Flow::NeedBody, waiting);
+            }
+            Ok(Admission::Decide(admitted)) => self.judge(host, &admitted, None, &mut trail),
+            Err(refused) => Err(refused),
+        };
+        self.finish(host, id, trail, reserved, t0, result, None)
+    }
+
+    /// The body of a request [`Filter::on_request_headers`] left waiting
+    /// (`Flow::NeedBody`), complete, too large for `mcp.max_body_bytes`
+    /// (413), or unreadable from the host (503). Decides and replies or
+    /// forwards as the headers phase would have.
+    pub fn on_request_body<H: Host>(
+        &self,
+        host: &mut H,
+        body: RequestBody<'_>,
+    ) -> (Flow, Decision) {
+        let Some(Awaiting {
+            admitted,
+            mut trail,
+            t0,
+        }) = self.take_awaiting(host.stream_id())
+        else {
+            // Not waiting: the host called twice, or for another stream.
+            let id = self.worker.ids.next_id();
+            let result = Err((Denial::HostFailure("request body without headers"), None));
+            return self.finish(host, id, Trail::default(), false, 0, result, None);
+        };
+        let id = admitted.decision_id.clone();
+        let reserved = admitted.reserved;
+        let limits = crate::mcp::Limits {
+            max_depth: self.config.mcp.max_depth,
+        };
+        let agent = Some(admitted.principal.identity.id.clone());
+        let parsed = match body {
+            RequestBody::TooLarge => Err((
+                Denial::TooLarge {
+                    max: self.config.mcp.max_body_bytes,
+                },
+                agent,
+            )),
+            RequestBody::Unreadable => Err((Denial::HostFailure("request body"), agent)),
+            RequestBody::Complete(b) => crate::mcp::parse(b, limits)
+                .map_err(|e| (Denial::Mcp(e), agent.clone()))
+                .and_then(|m| {
+                    // What goes upstream is the message the policy decides
+                    // on, re-serialized: never the client's bytes, which
+                    // another parser could read otherwise.
+                    let out = m.to_json().map_err(|_| {
+                        (
+                            Denial::HostFailure("request body serialization"),
+                            agent.clone(),
+                        )
+                    })?;
+                    if !host.replace_request_body(b.len(), &out) {
+                        return Err((Denial::HostFailure("request body write"), agent.clone()));
+                    }
+                    trail.body_len = Some(out.len());
+                    Ok(m)
+                }),
+        };
+        let rpc = Some(
+            parsed
+                .as_ref()
+                .ok()
+                .and_then(|m| m.id.clone())
+                .unwrap_or(serde_json::Value::Null),
+        );
+        let result = match &parsed {
+            Ok(m) => self.judge(host, &admitted, Some(m), &mut trail),
+            Err(refused) => Err(refused.clone()),
+        };
+        self.finish(host, id, trail, reserved, t0, result, rpc)
+    }
+
+    /// Root context tick: ships decision records, dispatches due secret
+    /// fetches and settles streams whose secrets arrived. Returns whether
+    /// secret work is pending.
+    pub fn on_tick<H: Host>(&self, host: &mut H) -> bool {
+        let w = &self.worker;
+        self.txn_tick(host);
+        w.limits.renew(host);
+        if let Some(mut sh) = w.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+            sh.on_tick(host);
+            let (was_s, was_d) = w.exported_log.replace((sh.shipped, sh.dropped));
+            w.metrics
+                .add(host, M::LogShipped, sh.shipped.saturating_sub(was_s));
+            w.metrics
+                .add(host, M::LogDropped, sh.dropped.saturating_sub(was_d));
+        }
+        let (wants, now) = match w.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
+            Some(mut b) => {
+                b.on_tick(host);
+                (b.wants_tick(), b.stats)
+            }
+            None => return false,
+        };
+        self.settle(host);
+        let was = w.exported.replace(now);
+        w.metrics
+            .add(host, M::SecretsCacheHit, now.hits.saturating_sub(was.hits));
+        w.metrics
+            .add(host, M::VaultLogins, now.logins.saturating_sub(was.logins));
+        w.metrics
+            .add(host, M::VaultReads, now.reads.saturating_sub(was.reads));
+        w.metrics.add(
+            host,
+            M::VaultFailures,
+            now.failures.saturating_sub(was.failures),
+        );
+        wants
+    }
+
+    /// Root context: a callout answered (`status` `None` when it failed;
+    /// `body` `None` when it was too large).
+    pub fn on_callout_response<H: Host>(
+        &self,
+        host: &mut H,
+        token: u32,
+        status: Option<u16>,
+        body: Option<&[u8]>,
+    ) {
+        if self.txn_response(host, token, status, body) {
+            return;
+        }
+        let now = host.now_ns();
+        if let Some(mut sh) = self
+            .worker
+            .shipper
+            .as_ref()
+            .and_then(|s| s.try_borrow_mut().ok())
+        {
+            if sh.on_response(token, status, now) {
+                return;
+            }
+        }
+        if let Some(mut b) = self
+            .worker
+            .broker
+            .as_ref()
+            .and_then(|b| b.try_borrow_mut().ok())
+        {
+            if !b.on_response(host, token, status, body) {
+                host.log(
+                    LogLevel::Debug,
+                    &format!("agentplane: stale callout {token}"),
+                );
+            }
+            // Steps that can go at once (the next read) go now.
+            b.on_tick(host);
+        }
+        self.settle(host);
+    }
+
+    /// A stream ended (possibly while waiting for secrets, possibly before
+    /// its log phase).
+    pub fn on_stream_done<H: Host>(
+        &self,
+        host: &mut H,
+        stream: u32,
+        decision: Option<&mut Decision>,
+    ) {
+        if let Some(mut b) = self
+            .worker
+            .broker
+            .as_ref()
+            .and_then(|b| b.try_borrow_mut().ok())
+        {
+            b.forget_stream(stream);
+        }
+        self.take_pending(stream);
+        self.take_awaiting(stream);
+        if let Some(d) = decision {
+            self.release_held(host, d);
+            if std::mem::take(&mut d.reserved) {
+                self.release_reservation();
+            }
+        }
+    }
+
+    /// Whether any service has secrets (the workers then share claims).
+    pub fn has_secrets(&self) -> bool {
+        self.worker.broker.is_some()
+    }
+
+    /// Whether the root context must tick: secret fetches, a decision-log
+    /// collector, the signing key, or in-flight leases to renew.
+    pub fn needs_tick(&self) -> bool {
+        self.worker.broker.is_some()
+            || self.worker.shipper.is_some()
+            || self.worker.txn.is_some()
+            || self.policy.has_limits()
+    }
+
+    /// Largest callout response the filter reads.
+    pub fn max_callout_bytes(&self) -> usize {
+        let vault = self
+            .config
+            .vault
+            .as_ref()
+            .map_or(0, |v| v.max_response_bytes);
+        vault.max(64 * 1024)
+    }
+
+    /// Secrets counters, when secrets are configured.
+    pub fn secrets_stats(&self) -> Option<secrets::BrokerStats> {
+        Some(self.worker.broker.as_ref()?.try_borrow().ok()?.stats)
+    }
+
+    /// Where a stream that waited for secrets stands now (`Pending` until
+    /// its job ends); `None` for a stream this worker does not hold.
+    pub fn settled(&self, stream: u32) -> Option<State> {
+        let p = self.worker.pending.try_borrow().ok()?;
+        p.get(&stream).map(|d| d.state.clone())
+    }
+
+    /// Streams waiting for secrets on this worker.
+    pub fn pending_streams(&self) -> usize {
+        self.worker.pending.try_borrow().map_or(0, |p| p.len())
+    }
+
+    /// Decision-cache counters `(hits, misses, entries)`, when the cache is on.
+    pub fn cache_stats(&self) -> Option<(u64, u64, usize)> {
+        let c = self.worker.cache.as_ref()?.try_borrow().ok()?;
+        Some((c.hits, c.misses, c.len()))
+    }
+}

@@ -1,0 +1,174 @@
+//! Waiting for secrets: an allowed request's headers are written with its
+//! service's secrets, or it pauses until the broker fetches them; the
+//! worker then resumes or refuses the stream ([`Filter::on_tick`],
+//! [`Filter::on_callout_response`]).
+
+use super::{Filter, Flow, Refused, Who};
+use crate::audit::{self, Trail};
+use crate::headers::{check_value, RequestHeaders};
+use crate::host::Host;
+use crate::outcome::{Denial, State};
+use crate::secrets::{self, Completion, Lookup};
+
+impl Filter {
+    /// After an allow: writes the request's headers through `commit` with
+    /// the service's secrets from the cache (none when it has no secrets),
+    /// or writes them without and pauses the stream until a job fetches
+    /// the secrets, or refuses with 503.
+    pub(super) fn secrets<H: Host>(
+        &self,
+        host: &mut H,
+        headers: &RequestHeaders,
+        service: Option<&str>,
+        who: &Who<'_>,
+        trail: &mut Trail,
+        commit: impl FnOnce(&mut H, &[(String, secrets::Secret)]) -> bool,
+    ) -> Result<Flow, Refused> {
+        let failed = || {
+            (
+                Denial::HostFailure("request header write"),
+                Some(who.agent.to_string()),
+            )
+        };
+        // An unregistered service never has secrets (config refuses
+        // default_resource.secrets).
+        let Some(specs) = service
+            .and_then(|s| self.config.resources.get(s))
+            .map(|r| &r.secrets)
+            .filter(|s| !s.is_empty())
+        else {
+            return if commit(host, &[]) {
+                Ok(Flow::Continue)
+            } else {
+                Err(failed())
+            };
+        };
+        if self.config.decision_log.enabled {
+            // Secret names are only for the decision log.
+            for sc in specs {
+                for h in [&sc.header, &sc.username_header, &sc.password_header]
+                    .into_iter()
+                    .flatten()
+                {
+                    trail.secrets.push(h.to_ascii_lowercase());
+                }
+                if sc.bearer {
+                    trail.secrets.push("authorization".into());
+                }
+            }
+        }
+        let unavailable =
+            |why: String| (Denial::SecretsUnavailable(why), Some(who.agent.to_string()));
+        let Some(broker) = self.worker.broker.as_ref() else {
+            return Err(unavailable("no vault configured".into()));
+        };
+        let needs = secrets::plan(specs, who.agent, who.team, who.kind).map_err(unavailable)?;
+        let jwt = headers
+            .get("authorization")
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                    .and_then(|_| v.get(7..))
+            })
+            .map(|t| secrets::Secret::new(t.trim()));
+        let mut trace: Vec<(String, String)> = Vec::new();
+        if !trail.request_id.is_empty() {
+            trace.push(("x-request-id".into(), trail.request_id.clone()));
+        }
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = headers.get(name).filter(|v| check_value(v, 512).is_ok()) {
+                trace.push((name.into(), v.to_string()));
+            }
+        }
+        let waiter = secrets::Waiter {
+            stream: host.stream_id(),
+            trace,
+        };
+        let mut b = broker
+            .try_borrow_mut()
+            .map_err(|_| unavailable("busy".into()))?;
+        let lookup = b.request(
+            host,
+            who.principal,
+            service.unwrap_or(""),
+            needs,
+            jwt,
+            waiter,
+        );
+        drop(b);
+        match lookup {
+            Lookup::Ready(set) => {
+                if commit(host, &set) {
+                    Ok(Flow::Continue)
+                } else {
+                    Err(failed())
+                }
+            }
+            // The secrets are set when the stream resumes.
+            Lookup::Pending => {
+                if commit(host, &[]) {
+                    Ok(Flow::Paused)
+                } else {
+                    Err(failed())
+                }
+            }
+            Lookup::Failed(why) => Err(unavailable(why)),
+        }
+    }
+
+    /// Settles a stream that waited for secrets: resumes it with them, or
+    /// refuses it. The broker reports; only the filter replies and counts.
+    /// The stream's final state is recorded before the host is asked to
+    /// resume or reply, so a callback the host makes meanwhile (body, log)
+    /// already sees it.
+    pub(super) fn complete<H: Host>(&self, host: &mut H, c: Completion) {
+        let Some(mut d) = self.take_pending(c.stream) else {
+            return; // the stream is gone
+        };
+        let denial = match c.result {
+            Ok(set) => {
+                let set: Vec<(String, String)> = set
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                    .collect();
+                d.state = State::Allowed;
+                self.put_pending(c.stream, d);
+                if host.resume_stream(c.stream, &set) {
+                    self.count(host, &State::Allowed);
+                    return;
+                }
+                // Not resumed: a header could not be set, or the stream is
+                // gone (then nothing is left to refuse).
+                let Some(back) = self.take_pending(c.stream) else {
+                    return;
+                };
+                d = back;
+                Denial::HostFailure("resume with secrets")
+            }
+            Err(why) => Denial::SecretsUnavailable(why),
+        };
+        let reply = denial.reply(&d.id, &self.reply_headers(&d), d.rpc.as_ref());
+        if let Some(r) = d.record.as_mut() {
+            audit::refused(r, &denial.reason(), &denial.reasons(), denial.status());
+        }
+        d.state = State::Denied(denial);
+        self.count(host, &d.state);
+        self.put_pending(c.stream, d);
+        if !host.reply_stream(c.stream, reply.status, &reply.header_refs(), &reply.body) {
+            self.take_pending(c.stream); // gone: nothing will log it
+        }
+    }
+
+    pub(super) fn settle<H: Host>(&self, host: &mut H) {
+        let done = self
+            .worker
+            .broker
+            .as_ref()
+            .and_then(|b| b.try_borrow_mut().ok())
+            .map(|mut b| b.take_completions())
+            .unwrap_or_default();
+        for c in done {
+            self.complete(host, c);
+        }
+    }
+}

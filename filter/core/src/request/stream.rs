@@ -1,0 +1,132 @@
+//! Per-stream state: what the host does next ([`Flow`]), the request's
+//! [`Decision`] the stream carries to its response and log phases, the
+//! body the filter waited for ([`RequestBody`]), and what the headers
+//! phase established ([`Admitted`]) while the body is awaited
+//! ([`Awaiting`]).
+
+use crate::audit::Trail;
+use crate::config::{Config, Protocol};
+use crate::headers::RequestHeaders;
+use crate::outcome::{Denial, State};
+use crate::principal::Principal;
+use std::rc::Rc;
+
+/// What the proxy should do with the request after the filter ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Forward upstream.
+    Continue,
+    /// A local reply was sent; stop processing.
+    Replied,
+    /// Allowed, waiting for secrets: the worker's root context resumes the
+    /// stream (or replies 503) when they arrive.
+    Paused,
+    /// Undecided until the whole body is read ([`Filter::on_request_body`]):
+    /// hold the headers and buffer the body.
+    NeedBody,
+}
+
+/// One request's decision, for the response phase and the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Unique id, also sent to the client.
+    pub id: String,
+    /// Where the request stands.
+    pub state: State,
+    /// The agent id, when one was established.
+    pub agent: Option<String>,
+    /// The decision-log record, when this decision is logged; written by
+    /// [`Filter::on_log`] with the final status.
+    pub record: Option<serde_json::Value>,
+    /// The request id, echoed as `x-mcp-trace-id`.
+    pub request_id: String,
+    /// `x-mcp-metrics` value, when `headers.metrics_header` is on.
+    pub timing: Option<String>,
+    /// Holds a place in the collector buffer (mandatory logging).
+    pub reserved: bool,
+    /// For an MCP message: its JSON-RPC id (`null` when unknown), so a
+    /// refusal answers as a JSON-RPC error.
+    pub rpc: Option<serde_json::Value>,
+    /// For an allowed MCP list request: how to filter its response.
+    pub list: Option<crate::mcp::ListJob>,
+    /// In-flight leases held until the stream ends.
+    pub held: crate::limits::Held,
+    /// For an allowed request to an MCP service: who may use a session
+    /// its response opens ([`crate::session`]).
+    pub session: Option<crate::session::Ticket>,
+}
+
+impl Decision {
+    /// Not refused (forwarded, or waiting for secrets).
+    pub fn allowed(&self) -> bool {
+        !matches!(self.state, State::Denied(_))
+    }
+
+    /// The refusal, if refused.
+    pub fn denial(&self) -> Option<&Denial> {
+        match &self.state {
+            State::Denied(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The status the filter replied with (0 when not refused).
+    pub fn status(&self) -> u16 {
+        self.denial().map_or(0, Denial::status)
+    }
+
+    /// Why refused; empty otherwise.
+    pub fn reason(&self) -> String {
+        self.denial().map(Denial::reason).unwrap_or_default()
+    }
+}
+
+/// A request body the filter waited for, as the host delivered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody<'a> {
+    /// All of it.
+    Complete(&'a [u8]),
+    /// Longer than `mcp.max_body_bytes`: 413, nothing upstream.
+    TooLarge,
+    /// The host failed to hand it over: 503, nothing upstream.
+    Unreadable,
+}
+
+/// What the headers phase established about a request.
+#[derive(Debug)]
+pub(super) struct Admitted {
+    pub(super) decision_id: String,
+    pub(super) reserved: bool,
+    pub(super) headers: RequestHeaders,
+    pub(super) principal: Rc<Principal>,
+    pub(super) method: String,
+    pub(super) path: String,
+    pub(super) service: Option<String>,
+    pub(super) authority: Option<String>,
+    /// The connection's peer, when `source.peer_certificate` is on.
+    pub(super) source: Option<Box<crate::source::Source>>,
+    /// A verified inbound transaction token.
+    pub(super) transaction: Option<Rc<crate::txn::Inbound>>,
+}
+
+impl Admitted {
+    /// A POST to an MCP service is decided on its body.
+    pub(super) fn needs_body(&self, config: &Config) -> bool {
+        self.method == "POST"
+            && config
+                .resource(self.service.as_deref().unwrap_or(""))
+                .protocol
+                == Protocol::Mcp
+    }
+}
+
+/// A request waiting for its body.
+#[derive(Debug)]
+pub(super) struct Awaiting {
+    pub(super) admitted: Admitted,
+    pub(super) trail: Trail,
+    pub(super) t0: u64,
+}
+
+/// A refusal and the agent it concerns, if known.
+pub(super) type Refused = (Denial, Option<String>);

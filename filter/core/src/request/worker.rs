@@ -1,0 +1,136 @@
+//! The configured [`Filter`]: its immutable config and compiled policy
+//! beside one [`Worker`] of per-VM mutable state (ids, caches, the secrets
+//! broker, the log shipper, streams waiting for secrets or their body),
+//! the reusable [`Outcome`] of a decision, and the headers every reply
+//! carries.
+
+use super::{Awaiting, Decision, DECISION_ID_HEADER, METRICS_HEADER, TRACE_ID_HEADER};
+use crate::audit;
+use crate::cache::{DecisionCache, KeyPlan};
+use crate::config::Config;
+use crate::host::Host;
+use crate::ids::DecisionIds;
+use crate::input;
+use crate::metrics::{Metrics, M};
+use crate::outcome::{Denial, State};
+use crate::policy::Policy;
+use crate::principal::Principals;
+use crate::secrets;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// The configured filter: immutable config and compiled policy, and the
+/// worker's mutable state beside them.
+#[derive(Debug)]
+pub struct Filter {
+    pub(super) config: Config,
+    /// `input.resource` per registered service, built at configure time.
+    pub(super) docs: input::ResourceDocs,
+    pub(super) policy: Policy,
+    /// Which request facts a decision key holds.
+    pub(super) key_plan: KeyPlan,
+    pub(super) worker: Worker,
+}
+
+/// A list response's visible names (`None`: the policy does not filter).
+pub(super) type Visible = Rc<Option<Vec<String>>>;
+
+/// Per-worker (per-VM) state. Everything that changes while requests flow
+/// lives here, apart from the immutable config and policy.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) ids: DecisionIds,
+    pub(super) cache: Option<RefCell<DecisionCache<Rc<Outcome>>>>,
+    /// Visible sets of list responses, like decisions (same bounds).
+    pub(super) lists: Option<RefCell<DecisionCache<Visible>>>,
+    /// Verified identities by their metadata bytes.
+    pub(super) principals: RefCell<Principals>,
+    pub(super) broker: Option<RefCell<secrets::Broker>>,
+    pub(super) metrics: Metrics,
+    /// Broker counters already exported as metrics.
+    pub(super) exported: Cell<secrets::BrokerStats>,
+    pub(super) shipper: Option<RefCell<audit::Shipper>>,
+    /// Shipper counters (shipped, dropped) already exported.
+    pub(super) exported_log: Cell<(u64, u64)>,
+    /// Decisions of streams waiting for secrets, by stream id: settled by
+    /// [`Filter::on_tick`] / [`Filter::on_callout_response`].
+    pub(super) pending: RefCell<HashMap<u32, Decision>>,
+    /// Requests waiting for their body (MCP POSTs), by stream id.
+    pub(super) awaiting: RefCell<HashMap<u32, Awaiting>>,
+    /// Where the policy's limits count (shared by every worker).
+    pub(super) limits: crate::limits::Table,
+    /// This VM's lease owner prefix (the stream id fills the low half).
+    pub(super) lease_owner: u64,
+    /// Per-limit refusal counters, by limit name (bounded).
+    pub(super) limit_metrics: RefCell<HashMap<String, Option<u32>>>,
+    /// Transaction tokens: the key, minted and verified tokens.
+    pub(super) txn: Option<RefCell<crate::txn::Signer>>,
+}
+
+/// What to do with an identified request: reusable as is for an equal
+/// request (the decision cache stores these).
+#[derive(Debug, Clone)]
+pub(super) struct Outcome {
+    pub(super) agent: String,
+    /// Issuer and subject, for secret cache keys.
+    pub(super) principal: String,
+    pub(super) result: Result<Allowed, Denial>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Allowed {
+    /// `x-agent-*` headers, checked.
+    pub(super) trusted: Vec<(&'static str, String)>,
+    /// Headers a response-object policy added, checked.
+    pub(super) extra: Vec<(String, String)>,
+    /// The agent's team and type (secret path templates), from the token.
+    pub(super) team: Option<String>,
+    pub(super) kind: Option<String>,
+    /// The limits the policy applies (counted per request).
+    pub(super) limits: Vec<crate::limits::Limit>,
+}
+
+impl Filter {
+    /// The response headers every reply and every allowed response carry.
+    pub(super) fn reply_headers<'a>(&self, d: &'a Decision) -> Vec<(&'static str, &'a str)> {
+        let mut h = vec![(DECISION_ID_HEADER, d.id.as_str())];
+        if !d.request_id.is_empty() {
+            h.push((TRACE_ID_HEADER, d.request_id.as_str()));
+        }
+        if let Some(t) = &d.timing {
+            h.push((METRICS_HEADER, t.as_str()));
+        }
+        h
+    }
+
+    /// The one place outcomes become metrics.
+    pub(super) fn count<H: Host>(&self, host: &mut H, state: &State) {
+        let m = match state {
+            State::Allowed => M::Allowed,
+            State::Pending => return,
+            State::Denied(d) => d.metric(),
+        };
+        self.worker.metrics.add(host, m, 1);
+    }
+
+    pub(super) fn put_awaiting(&self, stream: u32, a: Awaiting) {
+        if let Ok(mut w) = self.worker.awaiting.try_borrow_mut() {
+            w.insert(stream, a);
+        }
+    }
+
+    pub(super) fn take_awaiting(&self, stream: u32) -> Option<Awaiting> {
+        self.worker.awaiting.try_borrow_mut().ok()?.remove(&stream)
+    }
+
+    pub(super) fn take_pending(&self, stream: u32) -> Option<Decision> {
+        self.worker.pending.try_borrow_mut().ok()?.remove(&stream)
+    }
+
+    pub(super) fn put_pending(&self, stream: u32, d: Decision) {
+        if let Ok(mut p) = self.worker.pending.try_borrow_mut() {
+            p.insert(stream, d);
+        }
+    }
+}
