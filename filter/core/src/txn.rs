@@ -31,6 +31,8 @@
 //!   does not name ([`Inbound::presented_by`]): a leaked token is not a
 //!   way to act in someone else's transaction.
 
+use crate::config::txn_public_key as public_key;
+pub use crate::config::{TrustedIssuer, TxnConfig, TXN_HEADER as HEADER};
 use crate::value;
 use base64ct::{Base64UrlUnpadded, Encoding};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -42,8 +44,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 
-/// The request header carrying a transaction token (the draft's).
-pub const HEADER: &str = "txn-token";
 /// The JWT `typ` of a transaction token.
 pub const TYP: &str = "txntoken+jwt";
 /// Longest inbound token read; longer ones are refused unread.
@@ -56,109 +56,6 @@ const LEEWAY_S: i64 = 5;
 /// [`MAX_TOKEN_BYTES`]: at most 32 MiB, about 3 MiB for this gateway's own
 /// tokens).
 const MAX_VERIFIED: usize = 4096;
-
-/// The `txn_token` block of the plugin configuration.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TxnConfig {
-    /// `iss` of minted tokens.
-    pub issuer: String,
-    /// `aud`: the trust domain every hop of this deployment shares.
-    pub audience: String,
-    /// Lifetime of a minted token.
-    pub ttl_s: u64,
-    /// How long one token is reused for equal requests (less than
-    /// `ttl_s`: a receiver always gets `ttl_s - reuse_s` seconds).
-    pub reuse_s: u64,
-    /// KV v2 path of the signing key, read through the `vault` cluster,
-    /// e.g. `secret/data/agentplane/txn-signing`. Fields: `kid`, `d` (the
-    /// Ed25519 seed, base64url) and optionally `previous_kid` and
-    /// `previous_x` (the retired public key, still published and accepted).
-    pub key_path: String,
-    /// Environment variable of the Envoy process holding the token the
-    /// filter reads the key with (`vm_config.environment_variables
-    /// .host_env_keys`): only its name is configuration.
-    pub vault_token_env: String,
-    /// The key is read again this often (rotation).
-    pub refresh_s: u64,
-    /// Where the filter serves the JWKS (any `:authority`).
-    pub jwks_path: String,
-    /// Other gateways whose tokens are accepted inbound.
-    pub trusted: Vec<TrustedIssuer>,
-    /// Minted tokens (and verified inbound ones) kept per worker.
-    pub max_entries: usize,
-}
-
-impl Default for TxnConfig {
-    fn default() -> Self {
-        TxnConfig {
-            issuer: String::new(),
-            audience: String::new(),
-            ttl_s: 60,
-            reuse_s: 30,
-            key_path: "secret/data/agentplane/txn-signing".into(),
-            vault_token_env: "AGENTPLANE_VAULT_TOKEN".into(),
-            refresh_s: 300,
-            jwks_path: "/.well-known/agentplane/jwks.json".into(),
-            trusted: Vec::new(),
-            max_entries: 16_384,
-        }
-    }
-}
-
-/// Another gateway's issuer and public key.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TrustedIssuer {
-    /// Its `iss`.
-    pub issuer: String,
-    /// Its key id.
-    pub kid: String,
-    /// Its Ed25519 public key (base64url, the JWK's `x`).
-    pub x: String,
-}
-
-impl TxnConfig {
-    /// Checks the block; the field and the problem when not acceptable.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if self.issuer.is_empty() || self.audience.is_empty() {
-            return Err(("txn_token", "needs issuer and audience".into()));
-        }
-        if !(1..=3_600).contains(&self.ttl_s) || self.reuse_s >= self.ttl_s {
-            return Err((
-                "txn_token.reuse_s",
-                "ttl_s must be 1-3600 and reuse_s less than ttl_s".into(),
-            ));
-        }
-        if !self.jwks_path.starts_with('/') || self.jwks_path.contains(['?', '#']) {
-            return Err(("txn_token.jwks_path", "must be an absolute path".into()));
-        }
-        if self.vault_token_env.is_empty() || self.key_path.is_empty() {
-            return Err((
-                "txn_token.key_path",
-                "key_path and vault_token_env are required".into(),
-            ));
-        }
-        if !(1..=1 << 20).contains(&self.max_entries) || self.refresh_s == 0 {
-            return Err((
-                "txn_token.max_entries",
-                "max_entries must be 1-1048576 and refresh_s positive".into(),
-            ));
-        }
-        for t in &self.trusted {
-            public_key(&t.x).map_err(|e| ("txn_token.trusted", format!("{}: {e}", t.kid)))?;
-        }
-        Ok(())
-    }
-}
-
-fn public_key(x: &str) -> Result<VerifyingKey, String> {
-    let raw = Base64UrlUnpadded::decode_vec(x).map_err(|_| "x is not base64url".to_string())?;
-    let raw: [u8; 32] = raw
-        .try_into()
-        .map_err(|_| "x is not 32 bytes".to_string())?;
-    VerifyingKey::from_bytes(&raw).map_err(|_| "x is not an Ed25519 point".to_string())
-}
 
 /// The gateway's signing key. Its `Debug` shows the key id only.
 pub struct Key {

@@ -5,7 +5,7 @@
 //! `identity` (and `source`), `policy`, `resources` (with `routing`,
 //! `default_resource` and `actions`), `headers`, `vault` (and the
 //! secrets), `limits`, `mcp`, `cache` (`decision_cache`), `oauth`,
-//! `decision_log`. This file holds what ties them together: the document
+//! `decision_log`, `txn` (`txn_token`). This file holds what ties them together: the document
 //! ([`RawConfig`]), the parse, and the rules that span two sections (a
 //! service's secrets need `vault`, its `resource_uri` needs `oauth`, ...).
 //!
@@ -23,6 +23,7 @@ mod mcp;
 mod oauth;
 mod policy;
 mod resources;
+mod txn;
 mod vault;
 
 pub use cache::DecisionCacheConfig;
@@ -35,6 +36,8 @@ pub use mcp::McpConfig;
 pub use oauth::OAuthConfig;
 pub use policy::{EngineChoice, PolicyConfig};
 pub use resources::{Audience, Protocol, ResourceConfig, RoutingConfig, ToolDenial};
+pub(crate) use txn::public_key as txn_public_key;
+pub use txn::{TrustedIssuer, TxnConfig, HEADER as TXN_HEADER};
 pub use vault::{SecretConfig, VaultConfig};
 
 use error::invalid;
@@ -75,7 +78,7 @@ struct RawConfig {
     #[serde(default)]
     oauth: Option<OAuthConfig>,
     #[serde(default)]
-    txn_token: Option<crate::txn::TxnConfig>,
+    txn_token: Option<TxnConfig>,
 }
 
 /// A validated configuration. Immutable after [`Config::from_json`].
@@ -110,7 +113,7 @@ pub struct Config {
     /// The connection's peer.
     pub source: SourceConfig,
     /// Transaction tokens, when configured.
-    pub txn_token: Option<crate::txn::TxnConfig>,
+    pub txn_token: Option<TxnConfig>,
 }
 
 impl Config {
@@ -150,8 +153,7 @@ impl Config {
     /// and adds the trusted headers to `strip`).
     fn check_sections(&mut self) -> Result<(), ConfigError> {
         if let Some(t) = &self.txn_token {
-            t.check()
-                .map_err(|(field, problem)| invalid(field, problem))?;
+            t.check()?;
         }
         self.limits.check()?;
         if let Some(o) = &self.oauth {
@@ -282,8 +284,8 @@ impl Config {
             || (!self.source.xfcc_from_envoy && folded == b"x-forwarded-client-cert")
             // Without the block a client's Txn-Token means nothing; with it,
             // only its own spelling is read, and `txn_token` goes.
-            || (folded == crate::txn::HEADER.as_bytes()
-                && (self.txn_token.is_none() || lower_name != crate::txn::HEADER.as_bytes()))
+            || (folded == TXN_HEADER.as_bytes()
+                && (self.txn_token.is_none() || lower_name != TXN_HEADER.as_bytes()))
     }
 }
 
