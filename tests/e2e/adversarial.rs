@@ -2,6 +2,7 @@
 //! defect class of issue 9, each named after the attack it stops. Every
 //! one of them failed against the filter and config that came before.
 
+use agentplane_e2e::envoy::yaml;
 use agentplane_e2e::{
     default_plugin_config, free_port, registered_services, render_envoy_routed, send_raw, Envoy,
     EnvoySetup, Idp, Upstream,
@@ -32,13 +33,14 @@ impl Routed {
             &ports,
         );
         if let Some(w) = wasm {
-            let shipped = agentplane_e2e::wasm_path().display().to_string();
-            r.yaml = r.yaml.replace(&shipped, w);
+            r.set_wasm(w);
         }
         if fail_closed {
-            r.yaml = r
-                .yaml
-                .replace("failure_policy: FAIL_RELOAD", "failure_policy: FAIL_CLOSED");
+            r.edit(|v| {
+                let wasm = yaml::wasm_config(yaml::listener(v, yaml::AGENT_LISTENER));
+                assert_eq!(wasm["failure_policy"], "FAIL_RELOAD");
+                wasm["failure_policy"] = "FAIL_CLOSED".into();
+            });
         }
         let envoy = Envoy::start_yaml(&r);
         Routed {

@@ -1,5 +1,6 @@
 //! Configuration: a bad plugin configuration keeps the listener down.
 
+use agentplane_e2e::envoy::yaml;
 use agentplane_e2e::{Envoy, EnvoySetup, Idp, Upstream};
 use std::time::Duration;
 
@@ -53,21 +54,17 @@ fn a_canary_filter_runs_beside_the_current_one_on_its_own_listener() {
     );
     // The listener, copied: another name, the canary build, its own VM
     // and limits table.
-    let a = r.yaml.find("  - name: agent_listener").unwrap();
-    let b = r.yaml.find("  clusters:").unwrap();
-    let canary = r.yaml[a..b]
-        .replace("name: agent_listener", "name: canary_listener")
-        .replace(
-            &agentplane_e2e::wasm_path().display().to_string(),
-            &next.display().to_string(),
-        )
-        .replace("vm_id: agentplane", "vm_id: agentplane-canary")
-        .replace(
-            "\"decision_log\":{\"enabled\":true}",
-            "\"decision_log\":{\"enabled\":true},\"limits\":{\"table\":\"agentplane.canary\"}",
-        );
-    assert!(canary.contains("agentplane.canary") && canary.contains("agentplane-canary"));
-    r.yaml.insert_str(b, &canary);
+    r.edit(|v| {
+        let mut canary = yaml::listener(v, yaml::AGENT_LISTENER).clone();
+        canary["name"] = "canary_listener".into();
+        yaml::set_wasm(&mut canary, &next.display().to_string());
+        yaml::wasm_config(&mut canary)["vm_config"]["vm_id"] = "agentplane-canary".into();
+        yaml::edit_plugin_config(&mut canary, |cfg| {
+            cfg["limits"] = serde_json::json!({"table": "agentplane.canary"});
+        });
+        yaml::listeners(v).push(canary);
+    });
+    assert!(r.yaml.contains("agentplane.canary") && r.yaml.contains("agentplane-canary"));
     let e = Envoy::start_yaml(&r);
     let canary_port = e.listener_port("canary_listener").expect("canary port");
     assert_ne!(canary_port, e.port);

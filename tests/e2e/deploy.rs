@@ -11,7 +11,8 @@ use agentplane_e2e::deploy::compose::{
     compose_config, compose_config_text, mounts, named_volumes, neighbours, networks, ports,
     services, yaml_to_json, ComposeBao,
 };
-use agentplane_e2e::deploy::{demo_plugin_config, render_profile, COMPOSE, EXAMPLE};
+use agentplane_e2e::deploy::{demo_plugin_config, render_profile, Profile, COMPOSE, EXAMPLE};
+use agentplane_e2e::envoy::yaml;
 use agentplane_e2e::{envoy_bin, repo_root, wasm_path, Bao, Idp, AUDIENCE, ISSUER};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -68,25 +69,32 @@ fn the_mountable_envoy_configs_are_fresh_renders_of_the_template_and_plugin_conf
     }
 }
 
+/// A profile's configuration running the built filter, its agentplane
+/// filter's `config` changed by `f`.
+fn with_built_wasm(p: &Profile, f: impl FnOnce(&mut Value)) -> String {
+    let mut v = yaml::parse(&render_profile(p));
+    let listener = yaml::listener(&mut v, yaml::AGENT_LISTENER);
+    yaml::set_wasm(listener, &wasm_path().display().to_string());
+    f(yaml::wasm_config(listener));
+    yaml::to_yaml(&v)
+}
+
 #[test]
 fn envoy_accepts_the_mountable_configs() {
     let dir = temp("validate");
     for p in [COMPOSE, EXAMPLE] {
-        let yaml = render_profile(&p).replace(p.wasm, &wasm_path().display().to_string());
         let file = dir.join(p.out.replace('/', "_"));
-        std::fs::write(&file, yaml).unwrap();
+        std::fs::write(&file, with_built_wasm(&p, |_| ())).unwrap();
         let (ok, text) = run(Command::new(envoy_bin())
             .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
             .arg(&file));
         assert!(ok, "envoy --mode validate refused {}:\n{text}", p.out);
     }
     // And one that is wrong is refused (the check can fail).
-    let broken = render_profile(&EXAMPLE)
-        .replace(EXAMPLE.wasm, &wasm_path().display().to_string())
-        .replace(
-            "failure_policy: FAIL_RELOAD",
-            "failure_policy: FAIL_SOMETIMES",
-        );
+    let broken = with_built_wasm(&EXAMPLE, |wasm| {
+        assert_eq!(wasm["failure_policy"], "FAIL_RELOAD");
+        wasm["failure_policy"] = "FAIL_SOMETIMES".into();
+    });
     let file = dir.join("broken.yaml");
     std::fs::write(&file, broken).unwrap();
     let (ok, _) = run(Command::new(envoy_bin())

@@ -54,7 +54,7 @@ fn swapping_the_filter_under_load_fails_no_request() {
         &EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string()),
         true,
     );
-    rendered.yaml = with_ecds(&rendered.yaml, &dir);
+    with_ecds(&mut rendered, &dir);
     rendered.workers = 2;
     let envoy = Envoy::start_yaml(&rendered);
     let token = idp.triage_token();

@@ -4,6 +4,7 @@
 //! The shipped policy gives `experimental` agents 5 requests/s with a
 //! burst of 10, and `batch-runner@clients` 2 requests in flight.
 
+use agentplane_e2e::envoy::yaml;
 use agentplane_e2e::{default_plugin_config, render_envoy, EnvoySetup, Idp, Stack};
 use std::time::{Duration, Instant};
 
@@ -276,12 +277,7 @@ fn a_stream_outliving_its_lease_still_counts_against_the_in_flight_cap() {
 fn the_fleet_wide_rate_limit_example_is_a_valid_envoy_config() {
     let root = agentplane_e2e::repo_root().join("envoy/ratelimit");
     let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
-    let indent = |text: &str, n: usize| -> String {
-        text.lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .map(|l| format!("{}{l}\n", " ".repeat(n)))
-            .collect()
-    };
+    let parse = |f: &str| yaml::parse(&read(f));
     let mut r = render_envoy(
         &EnvoySetup::without_vault(
             &Idp::new(),
@@ -290,20 +286,24 @@ fn the_fleet_wide_rate_limit_example_is_a_valid_envoy_config() {
         ),
         true,
     );
-    let y = &mut r.yaml;
-    let router = y
-        .find("          - name: envoy.filters.http.router")
-        .unwrap();
-    y.insert_str(router, &indent(&read("filter.yaml"), 10));
-    let domains = "              domains: [\"*\"]\n";
-    let vh = y.find(domains).unwrap() + domains.len();
-    y.insert_str(vh, &indent(&read("virtual-host.yaml"), 14));
-    let clusters = "  clusters:\n";
-    let c = y.find(clusters).unwrap() + clusters.len();
-    y.insert_str(c, &indent(&read("cluster.yaml"), 2));
+    r.edit(|v| {
+        let listener = yaml::listener(v, yaml::AGENT_LISTENER);
+        let filters = yaml::http_filters(listener);
+        let router = filters.len() - 1;
+        assert_eq!(filters[router]["name"], yaml::ROUTER_FILTER);
+        let limit = parse("filter.yaml");
+        filters.splice(router..router, limit.as_array().unwrap().iter().cloned());
+        let host = &mut yaml::hcm(listener)["route_config"]["virtual_hosts"][0];
+        for (k, x) in parse("virtual-host.yaml").as_object().unwrap() {
+            host[k] = x.clone();
+        }
+        let cluster = parse("cluster.yaml");
+        yaml::clusters(v).splice(0..0, cluster.as_array().unwrap().iter().cloned());
+    });
+    let y = &r.yaml;
     assert!(y.contains("envoy.filters.http.ratelimit") && y.contains("descriptor_key: tool"));
     let path = std::env::temp_dir().join(format!("agentplane-fleet-{}.yaml", std::process::id()));
-    std::fs::write(&path, &*y).unwrap();
+    std::fs::write(&path, y).unwrap();
     let out = std::process::Command::new(agentplane_e2e::envoy_bin())
         .args([
             "--mode",

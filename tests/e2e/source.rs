@@ -3,6 +3,7 @@
 //! `input.source` from Envoy's connection properties, and the shipped
 //! policy binding a token to the workload its registration names.
 
+use agentplane_e2e::envoy::yaml;
 use agentplane_e2e::{default_plugin_config, render_envoy, Envoy, EnvoySetup, Idp, Upstream};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -150,16 +151,24 @@ fn a_token_bound_to_a_workload_passes_only_from_that_workload() {
         true,
     );
     let f = |n: &str| dir.join(n).display().to_string();
-    let tls = format!(
-        "    filter_chains:\n    - transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          require_client_certificate: true\n          common_tls_context:\n            tls_certificates:\n            - certificate_chain: {{ filename: \"{}\" }}\n              private_key: {{ filename: \"{}\" }}\n            validation_context:\n              trusted_ca: {{ filename: \"{}\" }}\n      filters:\n",
-        f("server.crt"),
-        f("server.key"),
-        f("ca.crt")
-    );
-    assert!(r.yaml.contains("    filter_chains:\n    - filters:\n"));
-    r.yaml = r
-        .yaml
-        .replacen("    filter_chains:\n    - filters:\n", &tls, 1);
+    r.edit(|v| {
+        let chain = &mut yaml::listener(v, yaml::AGENT_LISTENER)["filter_chains"][0];
+        assert!(chain.get("transport_socket").is_none());
+        chain["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": true,
+                "common_tls_context": {
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": f("server.crt")},
+                        "private_key": {"filename": f("server.key")},
+                    }],
+                    "validation_context": {"trusted_ca": {"filename": f("ca.crt")}},
+                },
+            },
+        });
+    });
     let envoy = Envoy::start_yaml(&r);
     let token = idp.mint(
         json!({"sub": "triage@clients", "permissions": ["skills:invoke"],

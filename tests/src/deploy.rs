@@ -11,6 +11,7 @@
 //! `./build.sh test` fails when a checked-in copy differs from a fresh
 //! render, so neither can drift from what the tests run.
 
+use crate::envoy::yaml;
 use crate::{jwt_audiences, registered_services, render, repo_root};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -217,21 +218,20 @@ pub fn ecds_document(wasm: &str, plugin_config: &str) -> String {
 /// A rendered Envoy config whose agentplane filter comes from
 /// `<dir>/ecds.yaml` (watched: an atomic rename swaps it) instead of
 /// being inline.
-pub fn with_ecds(yaml: &str, dir: &std::path::Path) -> String {
-    let (Some(a), Some(b)) = (
-        yaml.find("          - name: envoy.filters.http.wasm"),
-        yaml.find("          - name: envoy.filters.http.router"),
-    ) else {
-        return yaml.to_string();
-    };
-    let block = format!(
-        "          - name: agentplane\n            config_discovery:\n              config_source:\n                path_config_source:\n                  path: \"{}/ecds.yaml\"\n                  watched_directory: {{ path: \"{}\" }}\n              type_urls: [\"type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\"]\n",
-        dir.display(),
-        dir.display()
-    );
-    let mut out = yaml.to_string();
-    out.replace_range(a..b, &block);
-    out
+pub fn with_ecds(rendered: &mut crate::RenderedEnvoy, dir: &std::path::Path) {
+    rendered.edit(|v| {
+        let filter = yaml::http_filter(yaml::listener(v, yaml::AGENT_LISTENER), yaml::WASM_FILTER);
+        *filter = json!({
+            "name": "agentplane",
+            "config_discovery": {
+                "config_source": {"path_config_source": {
+                    "path": format!("{}/ecds.yaml", dir.display()),
+                    "watched_directory": {"path": dir.display().to_string()},
+                }},
+                "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
+            },
+        });
+    });
 }
 
 /// The compose stack's checks: `docker-compose config` as JSON, and

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod render;
+pub mod yaml;
 use render::{render_envoy, EnvoySetup, RenderedEnvoy};
 
 /// The Envoy binary: `$ENVOY_BIN`, else the repo-local venv's.

@@ -4,9 +4,10 @@
 //! (no filter, some services on their own ports, an Istio inbound route,
 //! more workers).
 
+use super::yaml::{self, AGENT_LISTENER, WASM_FILTER};
 use crate::{free_port, Idp};
 use crate::{repo_root, wasm_path, AUDIENCE, ISSUER};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 
 /// Fills `${NAME}` placeholders. A placeholder alone on its line is replaced
@@ -136,24 +137,18 @@ pub fn render_envoy_routed(
     });
     vars.insert("SERVICE_ROUTES", routes);
     vars.insert("SERVICE_CLUSTERS", clusters);
-    let mut template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
-    if with_filter {
-        vars.insert("WASM", wasm_path().display().to_string());
-        vars.insert("PLUGIN_CONFIG", setup.plugin_config.clone());
-    } else {
-        let start = template
-            .find("          - name: envoy.filters.http.wasm")
-            .expect("wasm filter in template");
-        let end = template
-            .find("          - name: envoy.filters.http.router")
-            .expect("router in template");
-        template.replace_range(start..end, "");
-    }
-    RenderedEnvoy {
+    vars.insert("WASM", wasm_path().display().to_string());
+    vars.insert("PLUGIN_CONFIG", setup.plugin_config.clone());
+    let template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
+    let mut r = RenderedEnvoy {
         workers: 1,
         yaml: render(&template, &vars),
         env: Vec::new(),
+    };
+    if !with_filter {
+        r.edit(|v| yaml::remove_http_filter(yaml::listener(v, AGENT_LISTENER), WASM_FILTER));
     }
+    r
 }
 
 /// Values for `envoy/envoy.yaml`'s placeholders.
@@ -181,34 +176,22 @@ impl EnvoySetup {
     }
 }
 
-impl RenderedEnvoy {
-    /// Adds a static loopback cluster (a collector, a fake Vault).
-    pub fn add_cluster(&mut self, name: &str, port: u16) {
-        let cluster = format!(
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
-        );
-        self.yaml = self
-            .yaml
-            .replace("  - name: vault\n", &format!("{cluster}  - name: vault\n"));
-    }
-}
-
 /// `envoy/envoy.yaml` routed as an Istio sidecar's inbound listener is:
 /// one route delivers every request to the pod (`setup.upstream_port`,
 /// cluster `inbound`), whatever its path or `x-agentplane-service` says.
 pub fn render_envoy_inbound(setup: &EnvoySetup) -> RenderedEnvoy {
     let mut r = render_envoy(setup, true);
-    let open = "One route and cluster per service.\n";
-    let from = r.yaml.find(open).expect("the service routes' comment") + open.len();
-    let to = r
-        .yaml
-        .find("              # Anything else never reaches an upstream.")
-        .expect("the last route's comment");
-    r.yaml.replace_range(
-        from..to,
-        "              - match: { prefix: \"/\" }\n                route: { cluster: inbound, timeout: 30s }\n",
-    );
+    r.edit(|v| {
+        let routes = yaml::routes(yaml::listener(v, AGENT_LISTENER));
+        // The service routes go; the last route (anything else: 403) stays.
+        let last = routes.pop().expect("the catch-all route");
+        assert!(last.get("direct_response").is_some(), "{last}");
+        *routes = vec![
+            json!({"match": {"prefix": "/"}, "route": {"cluster": "inbound", "timeout": "30s"}}),
+            last,
+        ];
+        yaml::clusters(v).push(yaml::loopback_cluster("inbound", setup.upstream_port));
+    });
     assert!(!r.yaml.contains("name: x-agentplane-service"));
-    r.add_cluster("inbound", setup.upstream_port);
     r
 }

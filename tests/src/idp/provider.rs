@@ -1,6 +1,7 @@
 //! The real identity provider (`idp/server.mjs`: oidc-provider under
 //! Node), started on loopback for a test and stopped when dropped.
 
+use crate::envoy::yaml;
 use crate::{http, repo_root, Response};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -299,21 +300,17 @@ impl Drop for IdProvider {
 /// a 1 s cache, fetched ahead of time), as a deployment would: no key is
 /// copied into the config.
 pub fn use_provider(r: &mut crate::RenderedEnvoy, idp: &IdProvider) {
-    let y = &mut r.yaml;
-    *y = y.replace(crate::ISSUER, &idp.issuer());
-    let a = y
-        .find("                  local_jwks:")
-        .expect("local_jwks in envoy.yaml");
-    let b = a + y[a..]
-        .find("                  from_headers:")
-        .expect("from_headers");
-    y.replace_range(
-        a..b,
-        &format!(
-            "                  remote_jwks:\n                    http_uri: {{ uri: \"{}/jwks\", cluster: idp, timeout: 2s }}\n                    cache_duration: 1s\n                    async_fetch: {{}}\n",
-            idp.issuer()
-        ),
-    );
+    r.edit(|v| {
+        let agents = yaml::jwt_provider(yaml::listener(v, yaml::AGENT_LISTENER));
+        agents["issuer"] = json!(idp.issuer());
+        let jwks = agents.as_object_mut().and_then(|p| p.remove("local_jwks"));
+        assert!(jwks.is_some(), "local_jwks in envoy.yaml");
+        agents["remote_jwks"] = json!({
+            "http_uri": {"uri": format!("{}/jwks", idp.issuer()), "cluster": "idp", "timeout": "2s"},
+            "cache_duration": "1s",
+            "async_fetch": {},
+        });
+    });
     r.add_cluster("idp", idp.port);
 }
 
