@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::events::*;
+use super::message::base64_decode;
 use super::*;
+use serde_json::Value;
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
