@@ -53,7 +53,7 @@ fn benches(c: &mut Criterion) {
     });
 
     let filter = Filter::new(CONFIG.as_bytes(), 1).ok();
-    let Some(filter) = filter else { return };
+    let Some(mut filter) = filter else { return };
     let config = filter.config().clone();
     let p = claims::trust_jwt_authn_payload(&h, &id_cfg).ok();
     let Some(ident) = p.and_then(|p| claims::identity(p, &id_cfg).ok()) else {
@@ -105,7 +105,7 @@ fn benches(c: &mut Criterion) {
     if let Some(o) = uncached.as_object_mut() {
         o.insert("decision_cache".into(), json!({"enabled": false}));
     }
-    let Ok(plain) = Filter::new(uncached.to_string().as_bytes(), 1) else {
+    let Ok(mut plain) = Filter::new(uncached.to_string().as_bytes(), 1) else {
         return;
     };
     c.bench_function("whole_decision_uncached", |b| {

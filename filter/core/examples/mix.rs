@@ -43,7 +43,7 @@ fn main() {
     let cache = args.next().unwrap_or_else(|| "on".into()) == "on";
     let mut cfg: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
     cfg["decision_cache"] = json!({ "enabled": cache });
-    let filter = Filter::new(cfg.to_string().as_bytes(), 1).unwrap();
+    let mut filter = Filter::new(cfg.to_string().as_bytes(), 1).unwrap();
     let metas: Vec<Vec<u8>> = (0..agents).map(metadata).collect();
     let paths = [
         "/mcp://sentiment-analysis/analyze?n=",

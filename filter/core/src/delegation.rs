@@ -162,7 +162,7 @@ mod tests {
     /// through the whole filter and the shipped policy: the status and
     /// the reply's reason (empty when allowed).
     fn call_with(act: Value) -> (u16, String) {
-        let f = crate::request::Filter::new(
+        let mut f = crate::request::Filter::new(
             br#"{"resources": {"hello-skill": {"type": "skill",
                 "metadata": {"team": "platform", "environment": "production"}}}}"#,
             7,

@@ -60,7 +60,7 @@ fn host(payload: &Value, method: &str, path: &str, ua: Option<&str>, t: u64, rid
 }
 
 /// Everything observable about one decision except its random id.
-fn observe(f: &Filter, mut h: MockHost) -> String {
+fn observe(f: &mut Filter, mut h: MockHost) -> String {
     let (flow, d) = f.on_request_headers(&mut h);
     let reply = h.reply.as_ref().map(|r| {
         let mut body: Value = serde_json::from_slice(&r.body).unwrap();
@@ -97,10 +97,10 @@ fn observe(f: &Filter, mut h: MockHost) -> String {
 fn cache_changes_no_decision() {
     let mut cached_cfg: Value = serde_json::from_str(CONFIG).unwrap();
     cached_cfg["decision_cache"] = json!({"max_entries": 1024, "max_ttl_ms": 3_600_000});
-    let cached = Filter::new(cached_cfg.to_string().as_bytes(), 1).unwrap();
+    let mut cached = Filter::new(cached_cfg.to_string().as_bytes(), 1).unwrap();
     let mut plain_cfg: Value = serde_json::from_str(CONFIG).unwrap();
     plain_cfg["decision_cache"] = json!({"enabled": false});
-    let plain = Filter::new(plain_cfg.to_string().as_bytes(), 1).unwrap();
+    let mut plain = Filter::new(plain_cfg.to_string().as_bytes(), 1).unwrap();
     assert!(plain.cache_stats().is_none());
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -194,8 +194,8 @@ fn cache_changes_no_decision() {
             _ => format!("{}?n={i}", rng.pick(&paths)).replace("?q=a?n", "?q=a&n"),
         };
         let ua = *rng.pick(&uas);
-        let a = observe(&cached, host(tok, method, &path, ua, t, i));
-        let b = observe(&plain, host(tok, method, &path, ua, t, i));
+        let a = observe(&mut cached, host(tok, method, &path, ua, t, i));
+        let b = observe(&mut plain, host(tok, method, &path, ua, t, i));
         if a != b {
             differences.push(format!("#{i} t={t}\n  cached: {a}\n  plain:  {b}"));
         }

@@ -218,7 +218,7 @@ fn metadata(r: &mut Rng) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-fn one_case(f: &Filter, r: &mut Rng) {
+fn one_case(f: &mut Filter, r: &mut Rng) {
     let mut h = MockHost::new();
     if r.chance(90) {
         let methods = ["GET", "POST", "DELETE", "delete", "PATCH", "G\u{e9}T", ""];
@@ -345,12 +345,13 @@ fn seed() -> u64 {
 
 #[test]
 fn arbitrary_requests_never_panic_and_always_end_in_a_well_formed_outcome() {
-    let f = Filter::new(CONFIG.as_bytes(), 1).unwrap();
+    let mut f = Filter::new(CONFIG.as_bytes(), 1).unwrap();
     let mut r = Rng(seed());
     let (mut refused, mut forwarded) = (0u64, 0u64);
     for i in 0..cases() {
         let before = r.0;
-        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one_case(&f, &mut r)));
+        let res =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| one_case(&mut f, &mut r)));
         if let Err(e) = res {
             panic!("case {i} (rng state {before:#x}) failed: {e:?}");
         }

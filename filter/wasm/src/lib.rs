@@ -2,16 +2,18 @@
 //!
 //! [`abi`] is our own proxy-wasm ABI layer (the only `unsafe`, and nothing
 //! in it panics); this file is the dispatcher it calls into. Each root
-//! context configures one immutable-config [`Filter`] (or refuses the
-//! configuration, with a log line saying what to fix); each stream context
-//! holds an `Rc` of its root's filter and its decision, and maps the
-//! core's [`Flow`] to the ABI's action codes. [`EnvoyHost`] implements the
-//! core's `Host` over the ABI.
+//! context configures one [`Filter`] (or refuses the configuration, with a
+//! log line saying what to fix); each stream context holds its decision and
+//! the id of its root, and maps the core's [`Flow`] to the ABI's action
+//! codes. [`EnvoyHost`] implements the core's `Host` over the ABI.
 //!
-//! No callback can trap: the state lives in one thread-local map that is
-//! borrowed only for lookups and updates (never across a call into the
-//! core or the host), unknown context ids are ignored or answered with a
-//! fail-closed 503, and every host error becomes a core-level failure.
+//! No callback can trap: the state lives in one thread-local cell that each
+//! callback borrows once, lending its root's filter `&mut` to the core for
+//! the length of the call (proxy-wasm runs one callback at a time per VM;
+//! Envoy defers local replies and resumes to after the call). Should that
+//! borrow ever fail, a stream callback answers the fail-closed 503 and a
+//! root callback logs it. Unknown context ids are ignored or answered with
+//! the 503, and every host error becomes a core-level failure.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -25,7 +27,6 @@ use agentplane_core::{
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::rc::Rc;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -37,13 +38,15 @@ const PAUSE: u32 = 1;
 struct Plugin {
     /// Root contexts and their configured filter (None until configured,
     /// or when the configuration was refused).
-    roots: HashMap<u32, Option<Rc<Filter>>>,
+    roots: HashMap<u32, Option<Filter>>,
     streams: HashMap<u32, Stream>,
 }
 
 struct Stream {
     root: u32,
-    filter: Option<Rc<Filter>>,
+    /// Whether its root had a filter when the stream began: a stream that
+    /// began unconfigured stays refused.
+    configured: bool,
     decision: Option<Decision>,
     /// Undecided until its body is complete (an MCP POST).
     awaiting_body: bool,
@@ -56,13 +59,42 @@ thread_local! {
 }
 
 /// Runs `f` on the plugin state; `None` if it is already borrowed (a
-/// re-entrant callback), which callers treat as "unknown".
+/// callback the host made while another was running), which each caller
+/// turns into its fail-closed answer.
 fn with<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
     PLUGIN.with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p)))
 }
 
-fn filter_of_root(root: u32) -> Option<Rc<Filter>> {
-    with(|p| p.roots.get(&root).cloned().flatten()).flatten()
+/// Runs `f` on one stream and its root's filter. `Err` carries the
+/// fail-closed reason when there is none to run on.
+fn with_stream<R>(
+    context: u32,
+    f: impl FnOnce(&mut Stream, &mut Filter) -> R,
+) -> Result<R, &'static str> {
+    with(|p| {
+        let Plugin { roots, streams } = p;
+        let s = streams.get_mut(&context).ok_or("unknown_stream")?;
+        let filter = roots
+            .get_mut(&s.root)
+            .and_then(Option::as_mut)
+            .filter(|_| s.configured)
+            .ok_or("filter_not_configured")?;
+        Ok(f(s, filter))
+    })
+    .unwrap_or(Err("reentrant_callback"))
+}
+
+/// Runs `f` on a root's filter; `None` when it has none (or the state is
+/// busy, which is logged: a root callback has no stream to refuse).
+fn with_root<R>(root: u32, f: impl FnOnce(&mut Filter) -> R) -> Option<R> {
+    let Some(r) = with(|p| p.roots.get_mut(&root).and_then(Option::as_mut).map(f)) else {
+        EnvoyHost::root(root).log(
+            LogLevel::Error,
+            "agentplane: root callback while another ran; skipped",
+        );
+        return None;
+    };
+    r
 }
 
 pub(crate) fn on_context_create(context: u32, parent: u32) {
@@ -70,12 +102,12 @@ pub(crate) fn on_context_create(context: u32, parent: u32) {
         if parent == 0 {
             p.roots.insert(context, None);
         } else {
-            let filter = p.roots.get(&parent).cloned().flatten();
+            let configured = p.roots.get(&parent).is_some_and(Option::is_some);
             p.streams.insert(
                 context,
                 Stream {
                     root: parent,
-                    filter,
+                    configured,
                     decision: None,
                     awaiting_body: false,
                     filtering_response: false,
@@ -106,13 +138,11 @@ pub(crate) fn on_configure(root: u32, size: usize) -> bool {
         }
     };
     match Filter::new(&config, seed(root)) {
-        Ok(filter) => {
+        Ok(mut filter) => {
             if let Some(ms) = filter.on_configured(&mut host, VERSION) {
                 let _ = abi::set_tick_period_ms(u32::try_from(ms).unwrap_or(u32::MAX));
             }
-            let filter = Rc::new(filter);
-            with(|p| p.roots.insert(root, Some(filter)));
-            true
+            with(|p| p.roots.insert(root, Some(filter))).is_some()
         }
         Err(e) => {
             host.log(
@@ -125,15 +155,10 @@ pub(crate) fn on_configure(root: u32, size: usize) -> bool {
 }
 
 pub(crate) fn on_tick(root: u32) {
-    if let Some(filter) = filter_of_root(root) {
-        filter.on_tick(&mut EnvoyHost::root(root));
-    }
+    with_root(root, |filter| filter.on_tick(&mut EnvoyHost::root(root)));
 }
 
 pub(crate) fn on_http_call_response(root: u32, token: u32, headers: usize, body_size: usize) {
-    let Some(filter) = filter_of_root(root) else {
-        return;
-    };
     // No headers: the call failed (timeout, refused, reset).
     let status = if headers == 0 {
         None
@@ -143,12 +168,14 @@ pub(crate) fn on_http_call_response(root: u32, token: u32, headers: usize, body_
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
     };
-    let body = if body_size > filter.max_callout_bytes() {
-        None
-    } else {
-        abi::buffer(abi::CALL_RESPONSE_BODY, body_size).ok()
-    };
-    filter.on_callout_response(&mut EnvoyHost::root(root), token, status, body.as_deref());
+    with_root(root, |filter| {
+        let body = if body_size > filter.max_callout_bytes() {
+            None
+        } else {
+            abi::buffer(abi::CALL_RESPONSE_BODY, body_size).ok()
+        };
+        filter.on_callout_response(&mut EnvoyHost::root(root), token, status, body.as_deref());
+    });
 }
 
 /// A fail-closed reply for a stream the filter cannot handle.
@@ -168,31 +195,23 @@ pub(crate) fn on_request_headers(context: u32, eos: bool) -> u32 {
         // The worst case the end-to-end test can provoke: a trap.
         std::process::abort();
     }
-    let Some((root, filter)) =
-        with(|p| p.streams.get(&context).map(|s| (s.root, s.filter.clone()))).flatten()
-    else {
-        return unavailable("unknown_stream");
-    };
-    let Some(filter) = filter else {
-        return unavailable("filter_not_configured");
-    };
-    let mut host = EnvoyHost::stream(context, root);
-    let (mut flow, mut decision) = filter.on_request_headers(&mut host);
-    if flow == Flow::NeedBody && eos {
-        // No body will come: decide on an empty one.
-        (flow, decision) = filter.on_request_body(&mut host, RequestBody::Complete(&[]));
-    }
-    with(|p| {
-        if let Some(s) = p.streams.get_mut(&context) {
-            s.decision = Some(decision);
-            s.awaiting_body = flow == Flow::NeedBody;
+    let served = with_stream(context, |s, filter| {
+        let mut host = EnvoyHost::stream(context, s.root);
+        let (mut flow, mut decision) = filter.on_request_headers(&mut host);
+        if flow == Flow::NeedBody && eos {
+            // No body will come: decide on an empty one.
+            (flow, decision) = filter.on_request_body(&mut host, RequestBody::Complete(&[]));
         }
+        s.decision = Some(decision);
+        s.awaiting_body = flow == Flow::NeedBody;
+        flow
     });
-    match flow {
-        Flow::Continue => CONTINUE,
+    match served {
+        Ok(Flow::Continue) => CONTINUE,
         // NeedBody: the headers wait for the body (Envoy's
         // `allow_on_headers_stop_iteration`).
-        Flow::Replied | Flow::Paused | Flow::NeedBody => PAUSE,
+        Ok(Flow::Replied | Flow::Paused | Flow::NeedBody) => PAUSE,
+        Err(reason) => unavailable(reason),
     }
 }
 
@@ -201,24 +220,25 @@ pub(crate) fn on_request_headers(context: u32, eos: bool) -> u32 {
 /// the request waits for secrets or was refused, so no byte of it reaches
 /// upstream before the headers do.
 pub(crate) fn on_request_body(context: u32, size: usize, eos: bool) -> u32 {
-    let found = with(|p| {
-        p.streams.get(&context).map(|s| {
-            (
-                s.root,
-                s.filter.clone(),
-                s.decision.as_ref().map(|d| d.state.clone()),
-                s.awaiting_body,
-            )
-        })
-    })
-    .flatten();
-    if let Some((root, Some(filter), _, true)) = &found {
+    let served = with_stream(context, |s, filter| {
+        if !s.awaiting_body {
+            let state = match s.decision.as_ref().map(|d| &d.state) {
+                // A stream that waited for secrets: how that ended.
+                Some(State::Pending) => filter.settled(context),
+                state => state.cloned(),
+            };
+            return match state {
+                Some(State::Allowed) => CONTINUE,
+                // Pending, denied, or headers never decided: hold it.
+                _ => PAUSE,
+            };
+        }
         let max = filter.config().mcp.max_body_bytes;
         let too_large = size > max && size != usize::MAX;
         if !eos && !too_large {
             return PAUSE; // StopIterationAndBuffer: Envoy keeps buffering.
         }
-        let mut host = EnvoyHost::stream(context, *root);
+        let mut host = EnvoyHost::stream(context, s.root);
         let read = if too_large {
             None
         } else {
@@ -231,53 +251,30 @@ pub(crate) fn on_request_body(context: u32, size: usize, eos: bool) -> u32 {
             Some(Err(_)) => RequestBody::Unreadable,
         };
         let (flow, decision) = filter.on_request_body(&mut host, body);
-        with(|p| {
-            if let Some(s) = p.streams.get_mut(&context) {
-                s.decision = Some(decision);
-                s.awaiting_body = false;
-            }
-        });
-        return match flow {
+        s.decision = Some(decision);
+        s.awaiting_body = false;
+        match flow {
             Flow::Continue => CONTINUE,
             _ => PAUSE,
-        };
-    }
-    let state = match found {
-        // A stream that waited for secrets: how that ended.
-        Some((_, Some(filter), Some(State::Pending), _)) => filter.settled(context),
-        Some((_, _, state, _)) => state,
-        None => None,
-    };
-    match state {
-        Some(State::Allowed) => CONTINUE,
-        // Pending, denied, or headers never decided: hold it.
-        _ => PAUSE,
-    }
+        }
+    });
+    // A stream the filter does not hold, or whose root has no filter:
+    // nothing was decided for it, so its body is held.
+    served.unwrap_or(PAUSE)
 }
 
 pub(crate) fn on_response_headers(context: u32, eos: bool) -> u32 {
-    let found = with(|p| {
-        p.streams
-            .get_mut(&context)
-            .and_then(|s| Some((s.root, s.filter.clone()?, s.decision.take()?)))
-    })
-    .flatten();
-    let Some((root, filter, mut decision)) = found else {
-        return CONTINUE;
-    };
-    let body = filter.on_response_headers(&mut EnvoyHost::stream(context, root), &mut decision);
-    with(|p| {
-        if let Some(s) = p.streams.get_mut(&context) {
-            s.decision = Some(decision);
-            // A response without a body has no list to filter: waiting
-            // for one would hold the headers until a timeout.
-            s.filtering_response = body != ResponseBody::Untouched && !eos;
-        }
+    let served = with_stream(context, |s, filter| {
+        let decision = s.decision.as_mut()?;
+        let body = filter.on_response_headers(&mut EnvoyHost::stream(context, s.root), decision);
+        // A response without a body has no list to filter: waiting for
+        // one would hold the headers until a timeout.
+        s.filtering_response = body != ResponseBody::Untouched && !eos;
+        Some(body)
     });
-    if body == ResponseBody::Buffered && !eos {
-        PAUSE // the headers wait for the filtered body
-    } else {
-        CONTINUE
+    match served {
+        Ok(Some(ResponseBody::Buffered)) if !eos => PAUSE, // the headers wait for the filtered body
+        _ => CONTINUE,
     }
 }
 
@@ -285,36 +282,24 @@ pub(crate) fn on_response_headers(context: u32, eos: bool) -> u32 {
 /// form; an event-stream list is rewritten chunk by chunk; every other
 /// response body streams through untouched.
 pub(crate) fn on_response_body(context: u32, size: usize, eos: bool) -> u32 {
-    let found = with(|p| {
-        p.streams.get_mut(&context).and_then(|s| {
-            if !s.filtering_response {
-                return None;
-            }
-            Some((s.root, s.filter.clone()?, s.decision.take()?))
-        })
-    })
-    .flatten();
-    let Some((root, filter, mut decision)) = found else {
-        return CONTINUE;
-    };
-    let step = filter.on_response_body(
-        &mut EnvoyHost::stream(context, root),
-        &mut decision,
-        size,
-        eos,
-        || abi::buffer(abi::RESPONSE_BODY, size).ok(),
-    );
-    let through = decision.list.is_none();
-    with(|p| {
-        if let Some(s) = p.streams.get_mut(&context) {
-            s.decision = Some(decision);
-            s.filtering_response = !through;
+    let served = with_stream(context, |s, filter| {
+        if !s.filtering_response {
+            return None;
         }
+        let decision = s.decision.as_mut()?;
+        let step = filter.on_response_body(
+            &mut EnvoyHost::stream(context, s.root),
+            decision,
+            size,
+            eos,
+            || abi::buffer(abi::RESPONSE_BODY, size).ok(),
+        );
+        s.filtering_response = decision.list.is_some();
+        Some(step)
     });
-    match step {
-        BodyStep::Pass => CONTINUE,
-        BodyStep::Hold => PAUSE, // StopIterationAndBuffer
-        BodyStep::Replace(out) => {
+    match served {
+        Ok(Some(BodyStep::Hold)) => PAUSE, // StopIterationAndBuffer
+        Ok(Some(BodyStep::Replace(out))) => {
             if abi::set_buffer(abi::RESPONSE_BODY, size, &out).is_err() {
                 // The body could not be replaced: end the stream rather
                 // than pass an unfiltered list.
@@ -322,6 +307,7 @@ pub(crate) fn on_response_body(context: u32, size: usize, eos: bool) -> u32 {
             }
             CONTINUE
         }
+        _ => CONTINUE,
     }
 }
 
@@ -342,32 +328,29 @@ pub(crate) fn on_response_trailers(context: u32) -> u32 {
 }
 
 pub(crate) fn on_log(context: u32) {
-    let found = with(|p| {
-        p.streams
-            .get_mut(&context)
-            .and_then(|s| Some((s.root, s.filter.clone()?, s.decision.take()?)))
-    })
-    .flatten();
-    if let Some((root, filter, mut decision)) = found {
-        filter.on_log(&mut EnvoyHost::stream(context, root), &mut decision);
-    }
+    let _ = with_stream(context, |s, filter| {
+        if let Some(mut decision) = s.decision.take() {
+            filter.on_log(&mut EnvoyHost::stream(context, s.root), &mut decision);
+        }
+    });
 }
 
 pub(crate) fn on_done(context: u32) {
-    let found = with(|p| p.streams.remove(&context)).flatten();
-    if let Some(Stream {
-        root,
-        filter: Some(filter),
-        mut decision,
-        ..
-    }) = found
-    {
-        filter.on_stream_done(
-            &mut EnvoyHost::stream(context, root),
-            context,
-            decision.as_mut(),
-        );
-    }
+    let _ = with(|p| {
+        let Plugin { roots, streams } = p;
+        let Some(mut s) = streams.remove(&context) else {
+            return;
+        };
+        if let Some(filter) = roots.get_mut(&s.root).and_then(Option::as_mut) {
+            if s.configured {
+                filter.on_stream_done(
+                    &mut EnvoyHost::stream(context, s.root),
+                    context,
+                    s.decision.as_mut(),
+                );
+            }
+        }
+    });
 }
 
 pub(crate) fn on_delete(context: u32) {

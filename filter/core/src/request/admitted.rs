@@ -2,7 +2,7 @@
 //! ids, the request line and the verified identity, and answer the public
 //! documents (protected resource metadata, JWKS). Nothing is decided here.
 
-use super::{Admitted, Filter, Refused};
+use super::{Admitted, Configured, Refused, Worker};
 use crate::audit::Trail;
 use crate::claims::ClaimsError;
 use crate::headers::{self, check_value};
@@ -10,7 +10,7 @@ use crate::host::Host;
 use crate::input;
 use crate::metrics::M;
 use crate::outcome::Denial;
-use crate::principal::{Principal, Principals};
+use crate::principal::Principal;
 use std::rc::Rc;
 
 /// What the headers phase ends in.
@@ -55,7 +55,7 @@ pub(super) fn normalize_method(m: &str) -> Result<String, Refused> {
     Ok(m.to_ascii_uppercase())
 }
 
-impl Filter {
+impl Configured {
     /// The headers the filter reads: each must be UTF-8 and single.
     pub(super) fn read_headers(&self) -> impl Iterator<Item = &str> {
         [
@@ -80,6 +80,7 @@ impl Filter {
     /// request line. Nothing is decided yet.
     pub(super) fn admit<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         decision_id: &str,
         trail: &mut Trail,
@@ -90,8 +91,7 @@ impl Filter {
         // forwarded; a refused request goes nowhere).
         let headers = headers::read(host, &self.config)
             .ok_or((Denial::HostFailure("request headers"), None))?;
-        self.worker
-            .metrics
+        w.metrics
             .add(host, M::HeadersStripped, headers.stripped as u64);
         // The ids the filter logs are its own unless the edge is trusted to
         // have set x-request-id (headers.trust_request_id).
@@ -118,11 +118,11 @@ impl Filter {
         if let Some(reply) = crate::oauth::serve(&method, &path, &self.config) {
             return Ok(Admission::Answer(reply));
         }
-        if let Some(reply) = self.serve_jwks(&method, &path) {
+        if let Some(reply) = self.serve_jwks(w, &method, &path) {
             return Ok(Admission::Answer(reply));
         }
         if self.config.decision_log.mandatory {
-            if !self.reserve_log() {
+            if !self.reserve_log(w) {
                 return Err((Denial::LogUnavailable, None));
             }
             *reserved = true;
@@ -137,13 +137,14 @@ impl Filter {
             .property(&["metadata"])
             .ok_or_else(|| unauthorized(ClaimsError::Missing))?;
         let authority = headers.get(":authority").map(str::to_owned);
-        let principal = self.principal(&raw)?;
+        let principal = self.principal(w, &raw)?;
         // RFC 8707: a token issued for another service is refused here,
         // before the policy or a cached decision sees it.
         crate::audience::check(&self.config, service.as_deref(), &principal.audiences)
             .map_err(|e| (Denial::Unauthorized(e), Some(principal.identity.id.clone())))?;
         let transaction = self
             .inbound_txn(
+                w,
                 host,
                 headers.get(crate::txn::HEADER),
                 &principal.identity.id,
@@ -169,23 +170,16 @@ impl Filter {
 
     /// The principal for this request's verified metadata, from the
     /// worker's principals when its bytes were seen before.
-    pub(super) fn principal(&self, raw: &[u8]) -> Result<Rc<Principal>, Refused> {
+    pub(super) fn principal(&self, w: &mut Worker, raw: &[u8]) -> Result<Rc<Principal>, Refused> {
         let max = self.config.headers.max_value_bytes;
-        match self.worker.principals.try_borrow_mut() {
-            Ok(mut ps) => ps.resolve(raw, &self.config.identity, max),
-            // Not re-entrant; a fresh table decodes without keeping.
-            Err(_) => Principals::new(0).resolve(raw, &self.config.identity, max),
-        }
-        .map_err(unauthorized)
+        w.principals
+            .resolve(raw, &self.config.identity, max)
+            .map_err(unauthorized)
     }
 
     /// With mandatory logging, reserves the record's place in the
     /// collector buffer; false when there is none.
-    pub(super) fn reserve_log(&self) -> bool {
-        self.worker
-            .shipper
-            .as_ref()
-            .and_then(|s| s.try_borrow_mut().ok())
-            .is_some_and(|mut s| s.reserve())
+    pub(super) fn reserve_log(&self, w: &mut Worker) -> bool {
+        w.shipper.as_mut().is_some_and(|s| s.reserve())
     }
 }

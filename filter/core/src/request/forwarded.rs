@@ -2,7 +2,9 @@
 //! transaction token, then the trusted headers, the route and the secrets
 //! written in one host call.
 
-use super::{bad, Admitted, Filter, Flow, Outcome, Refused, DECISION_ID_HEADER, TOOL_HEADER};
+use super::{
+    bad, Admitted, Configured, Flow, Outcome, Refused, Worker, DECISION_ID_HEADER, TOOL_HEADER,
+};
 use crate::audit::Trail;
 use crate::config::{Protocol, SERVICE_HEADER};
 use crate::headers::{self, check_value};
@@ -18,15 +20,17 @@ pub(super) struct Who<'a> {
     pub(super) kind: Option<&'a str>,
 }
 
-impl Filter {
+impl Configured {
     /// Forwards an allowed outcome or refuses a denied one. Forwarding
     /// writes the request's headers back in one host call: the client's
     /// minus what was stripped (and its token, unless forwarded), plus
     /// the trusted identity, the authorized service for Envoy to route on,
     /// the service's own path and any secrets. Every write must succeed or
     /// the request is refused.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn forward<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         outcome: &Outcome,
         a: &Admitted,
@@ -60,7 +64,7 @@ impl Filter {
                 tool: trail.tool.as_deref(),
             };
             trail.held = self
-                .meter(host, &allowed.limits, &facts)
+                .meter(w, host, &allowed.limits, &facts)
                 .map_err(|r| (Denial::RateLimited(r), Some(agent.clone())))?;
         }
         let resource = self.config.resource(route.service.unwrap_or(""));
@@ -71,7 +75,7 @@ impl Filter {
         // A registered service only: config refuses txn_token elsewhere.
         let signed = match route.service.filter(|_| resource.txn_token) {
             Some(service) => Some(
-                self.txn_token_for(host, a, service, tool.as_deref())
+                self.txn_token_for(w, host, a, service, tool.as_deref())
                     .map_err(|d| (d, Some(agent.clone())))?,
             ),
             None => None,
@@ -126,11 +130,19 @@ impl Filter {
             team: allowed.team.as_deref(),
             kind: allowed.kind.as_deref(),
         };
-        let flow = self.secrets(host, headers, route.service, &who, trail, |host, secret| {
-            let mut all = writes.clone();
-            all.extend(secret.iter().map(|(k, v)| (k.as_str(), v.expose())));
-            headers::rewrite(host, headers, &drop, &all)
-        })?;
+        let flow = self.secrets(
+            w,
+            host,
+            headers,
+            route.service,
+            &who,
+            trail,
+            |host, secret| {
+                let mut all = writes.clone();
+                all.extend(secret.iter().map(|(k, v)| (k.as_str(), v.expose())));
+                headers::rewrite(host, headers, &drop, &all)
+            },
+        )?;
         Ok((agent.clone(), flow))
     }
 }

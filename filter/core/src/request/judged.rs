@@ -2,7 +2,7 @@
 //! action, the decision cache, and the policy's verdict turned into an
 //! [`Outcome`] (with its limits and headers checked).
 
-use super::{unroutable, Admitted, Allowed, Filter, Flow, Outcome, Refused};
+use super::{unroutable, Admitted, Allowed, Configured, Flow, Outcome, Refused, Worker};
 use crate::audit::Trail;
 use crate::cache::KeyFacts;
 use crate::config::Protocol;
@@ -15,11 +15,12 @@ use crate::policy::Verdict;
 use crate::principal::Principal;
 use std::rc::Rc;
 
-impl Filter {
+impl Configured {
     /// Decides an admitted request (with its MCP message, for an MCP
     /// POST) and forwards or refuses it.
     pub(super) fn judge<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         a: &Admitted,
         mcp: Option<&crate::mcp::Message>,
@@ -115,7 +116,7 @@ impl Filter {
                 .filter(|j| j.field.is_some())
                 .map(|j| j.doc.clone())
         };
-        let key = self.worker.cache.as_ref().map(|_| {
+        let key = w.cache.as_ref().map(|_| {
             self.key_plan.key(&KeyFacts {
                 principal: principal.serial,
                 service: route.service,
@@ -153,17 +154,14 @@ impl Filter {
                 phase: Default::default(),
             });
         }
-        if let (Some(cache), Some(key)) = (&self.worker.cache, &key) {
-            let hit = cache
-                .try_borrow_mut()
-                .ok()
-                .and_then(|mut c| c.get(key, now));
+        if let (Some(cache), Some(key)) = (&mut w.cache, &key) {
+            let hit = cache.get(key, now);
             let m = if hit.is_some() {
                 M::DecisionCacheHit
             } else {
                 M::DecisionCacheMiss
             };
-            self.worker.metrics.add(host, m, 1);
+            w.metrics.add(host, m, 1);
             if let Some(outcome) = hit {
                 trail.cached = true;
                 // This request's own input: the cached decision was made on
@@ -171,18 +169,16 @@ impl Filter {
                 if logging {
                     trail.input = Some(list_doc(trail).unwrap_or_else(build));
                 }
-                return self.forward(host, &outcome, a, &route, &request_id, trail);
+                return self.forward(w, host, &outcome, a, &route, &request_id, trail);
             }
         }
         let doc = list_doc(trail).unwrap_or_else(build);
-        let (outcome, valid_until) = self.authorize(host, principal, doc, trail);
+        let (outcome, valid_until) = self.authorize(w, host, principal, doc, trail);
         let outcome = Rc::new(outcome);
-        if let (Some(cache), Some(key), Some(until)) = (&self.worker.cache, key, valid_until) {
-            if let Ok(mut c) = cache.try_borrow_mut() {
-                c.insert(key, Rc::clone(&outcome), now, until);
-            }
+        if let (Some(cache), Some(key), Some(until)) = (&mut w.cache, key, valid_until) {
+            cache.insert(key, Rc::clone(&outcome), now, until);
         }
-        self.forward(host, &outcome, a, &route, &request_id, trail)
+        self.forward(w, host, &outcome, a, &route, &request_id, trail)
     }
 
     /// The MCP revision a message is sent under: the `mcp-protocol-version`
@@ -242,6 +238,7 @@ impl Filter {
     /// policy said so, until when the same request gets the same outcome.
     pub(super) fn authorize<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         principal: &Principal,
         doc: regorus::Value,
@@ -270,9 +267,7 @@ impl Filter {
         let evaluated = self.policy.evaluate(doc);
         let eval_ns = host.now_ns().saturating_sub(t0);
         trail.eval_ns = Some(eval_ns);
-        self.worker
-            .metrics
-            .record(host, M::PolicyEvalUs, eval_ns / 1_000);
+        w.metrics.record(host, M::PolicyEvalUs, eval_ns / 1_000);
         let verdict = match evaluated {
             Ok(v) => v,
             Err(e) => {

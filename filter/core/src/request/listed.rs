@@ -10,7 +10,7 @@
 //! Whatever cannot be read or decided ends as a JSON-RPC error: an
 //! unfiltered list never passes.
 
-use super::{Decision, Filter, Visible};
+use super::{Configured, Decision, Visible, Worker};
 use crate::host::{Host, LogLevel};
 use crate::mcp::{self, BodyForm, ListJob, ListPhase};
 use serde_json::Value;
@@ -49,14 +49,9 @@ impl Decision {
     }
 }
 
-impl Filter {
-    /// Adds the decision id to the upstream response of an allowed request,
-    /// and says whether its body must be read: an MCP service's event
-    /// stream (any request's: a list result may come on any), a list
-    /// request's JSON answer, or a list request's answer in a form the
-    /// filter cannot read (then refused). Its length may then change, so
-    /// `content-length` goes and the response is marked private.
-    pub fn on_response_headers<H: Host>(
+impl Configured {
+    /// [`Filter::on_response_headers`] on this worker's state.
+    pub(super) fn on_response_headers<H: Host>(
         &self,
         host: &mut H,
         decision: &mut Decision,
@@ -116,12 +111,10 @@ impl Filter {
         }
     }
 
-    /// One chunk of a response [`Filter::on_response_headers`] asked to
-    /// read: `size` bytes have arrived (for a buffered JSON body, all so
-    /// far), `end` when the body is complete. `read` fetches them, called
-    /// only when they are needed.
-    pub fn on_response_body<H: Host>(
+    /// [`Filter::on_response_body`] on this worker's state.
+    pub(super) fn on_response_body<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         decision: &mut Decision,
         size: usize,
@@ -170,7 +163,7 @@ impl Filter {
                 return BodyStep::Replace(fail(job, "list response unreadable"));
             };
             job.phase = ListPhase::Through;
-            return match self.screen(host, job, id, rpc.as_ref(), &mut v) {
+            return match self.screen(w, host, job, id, rpc.as_ref(), &mut v) {
                 Ok(false) => BodyStep::Pass,
                 Ok(true) => match serde_json::to_vec(&v) {
                     Ok(out) => BodyStep::Replace(out),
@@ -205,7 +198,7 @@ impl Filter {
                 out.extend(fail(job, "event stream message unreadable"));
                 return BodyStep::Replace(out);
             };
-            match self.screen(host, job, id, rpc.as_ref(), &mut v) {
+            match self.screen(w, host, job, id, rpc.as_ref(), &mut v) {
                 Ok(false) => out.extend_from_slice(&raw),
                 Ok(true) => match serde_json::to_string(&v) {
                     Ok(data) => out.extend(mcp::with_data(&raw, &data)),
@@ -237,6 +230,7 @@ impl Filter {
     /// True when the message was rewritten.
     fn screen<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         job: &ListJob,
         decision_id: &str,
@@ -253,7 +247,7 @@ impl Filter {
         }
         let answer = is_answer(v, rpc);
         match job.field {
-            Some(field) if answer && fields == [field] => self.show(host, job, field, v),
+            Some(field) if answer && fields == [field] => self.show(w, host, job, field, v),
             // The answer to a request that lists nothing: its own result
             // (a tool's output), not a list shown to the client.
             None if answer => Ok(false),
@@ -268,6 +262,7 @@ impl Filter {
     /// Filters one message if it holds a list: true when it was rewritten.
     fn show<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         job: &ListJob,
         field: &'static str,
@@ -276,7 +271,7 @@ impl Filter {
         let Some(listed) = mcp::list_names(v, field) else {
             return Ok(false);
         };
-        let visible = self.visible(host, job, field, &listed)?;
+        let visible = self.visible(w, host, job, field, &listed)?;
         // A policy without a `visible` rule shows nothing: a list is only
         // ever shown through the policy.
         let names: &[String] = visible.as_ref().as_deref().unwrap_or(&[]);
@@ -289,6 +284,7 @@ impl Filter {
     /// decisions, keyed by the request's decision key and the names.
     fn visible<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         job: &ListJob,
         field: &'static str,
@@ -303,10 +299,9 @@ impl Filter {
             key.into_bytes()
         });
         let now = host.now_ns();
-        let lists = self.worker.lists.as_ref();
         if let Some(hit) = list_key
             .as_ref()
-            .and_then(|k| lists?.try_borrow_mut().ok()?.get(k, now))
+            .and_then(|k| w.lists.as_mut()?.get(k, now))
         {
             return Ok(hit);
         }
@@ -327,10 +322,10 @@ impl Filter {
             "list filter failed"
         })?;
         let visible: Visible = Rc::new(verdict.visible);
-        if let (Some(k), Some(until), Some(lists)) = (list_key, verdict.valid_until_ns, lists) {
-            if let Ok(mut c) = lists.try_borrow_mut() {
-                c.insert(k, visible.clone(), now, until);
-            }
+        if let (Some(k), Some(until), Some(lists)) =
+            (list_key, verdict.valid_until_ns, w.lists.as_mut())
+        {
+            lists.insert(k, visible.clone(), now, until);
         }
         Ok(visible)
     }

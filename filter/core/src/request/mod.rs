@@ -23,7 +23,6 @@ use crate::outcome::{Denial, State};
 use crate::policy::Policy;
 use crate::principal::Principals;
 use crate::secrets;
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 mod admitted;
@@ -43,7 +42,7 @@ pub use listed::{BodyStep, ResponseBody};
 use stream::{Admitted, Awaiting, Refused};
 pub use stream::{Decision, Flow, RequestBody};
 pub use worker::Filter;
-use worker::{Allowed, Outcome, Visible, Worker};
+use worker::{Allowed, Configured, Outcome, Visible, Worker};
 
 #[cfg(test)]
 mod tests;
@@ -78,73 +77,215 @@ impl Filter {
 
     /// A filter over an explicitly supplied policy (tests, benchmarks).
     pub fn with_policy(config: Config, policy: Policy, seed: u64) -> Filter {
-        let cache = config
-            .decision_cache
-            .as_ref()
-            .map(|c| RefCell::new(DecisionCache::new(c)));
         let shipper = config
             .decision_log
             .collector
             .as_ref()
             .filter(|_| config.decision_log.enabled)
-            .map(|c| RefCell::new(audit::Shipper::new(c.clone())));
+            .map(|c| audit::Shipper::new(c.clone()));
         let broker = config
             .vault
             .as_ref()
             .filter(|_| config.resources.values().any(|r| !r.secrets.is_empty()))
-            .map(|v| RefCell::new(secrets::Broker::new(v.clone(), seed)));
+            .map(|v| secrets::Broker::new(v.clone(), seed));
+        let worker = Worker {
+            ids: DecisionIds::new(seed),
+            cache: config.decision_cache.as_ref().map(DecisionCache::new),
+            lists: config.decision_cache.as_ref().map(DecisionCache::new),
+            principals: Principals::new(config.identity.cache_entries),
+            broker,
+            metrics: Metrics::default(),
+            exported: secrets::BrokerStats::default(),
+            shipper,
+            exported_log: (0, 0),
+            pending: HashMap::new(),
+            awaiting: HashMap::new(),
+            limits: crate::limits::Table::new(&config.limits),
+            lease_owner: (seed ^ (seed >> 32)) << 32,
+            limit_metrics: HashMap::new(),
+            txn: config
+                .txn_token
+                .as_ref()
+                .map(|_| crate::txn::Signer::default()),
+        };
         Filter {
-            docs: input::ResourceDocs::new(&config),
-            key_plan: KeyPlan::new(policy.reads(), &config.headers.input),
-            worker: Worker {
-                ids: DecisionIds::new(seed),
-                lists: config
-                    .decision_cache
-                    .as_ref()
-                    .map(|c| RefCell::new(DecisionCache::new(c))),
-                cache,
-                principals: RefCell::new(Principals::new(config.identity.cache_entries)),
-                broker,
-                metrics: Metrics::default(),
-                exported: Cell::new(secrets::BrokerStats::default()),
-                shipper,
-                exported_log: Cell::new((0, 0)),
-                pending: RefCell::new(HashMap::new()),
-                awaiting: RefCell::new(HashMap::new()),
-                limits: crate::limits::Table::new(&config.limits),
-                lease_owner: (seed ^ (seed >> 32)) << 32,
-                limit_metrics: RefCell::new(HashMap::new()),
-                txn: config
-                    .txn_token
-                    .as_ref()
-                    .map(|_| RefCell::new(crate::txn::Signer::default())),
+            core: Configured {
+                docs: input::ResourceDocs::new(&config),
+                key_plan: KeyPlan::new(policy.reads(), &config.headers.input),
+                config,
+                policy,
             },
-            config,
-            policy,
+            worker,
         }
     }
 
     /// The validated configuration.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.core.config
     }
 
     /// The compiled policy (backend, fallback reason).
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.core.policy
     }
 
     /// Once per VM, on the root context after a successful configure:
     /// defines the stats, creates the cross-worker claims map (so every
     /// claim is a compare-and-swap) and logs what was configured. Returns
     /// the tick period the root context needs, if any.
-    pub fn on_configured<H: Host>(&self, host: &mut H, version: &str) -> Option<u64> {
-        self.worker.metrics.define(host);
-        if self.worker.broker.is_some() && host.shared_get(secrets::CLAIMS_KEY).is_none() {
+    pub fn on_configured<H: Host>(&mut self, host: &mut H, version: &str) -> Option<u64> {
+        self.core.on_configured(&mut self.worker, host, version)
+    }
+
+    /// Handles the request headers. On [`Flow::Replied`] the reply has been
+    /// sent through the host and nothing may be forwarded. On
+    /// [`Flow::NeedBody`] (a POST to an MCP service) nothing is decided
+    /// yet: the host buffers the body and hands it to
+    /// [`Filter::on_request_body`].
+    pub fn on_request_headers<H: Host>(&mut self, host: &mut H) -> (Flow, Decision) {
+        self.core.on_request_headers(&mut self.worker, host)
+    }
+
+    /// The body of a request [`Filter::on_request_headers`] left waiting
+    /// (`Flow::NeedBody`), complete, too large for `mcp.max_body_bytes`
+    /// (413), or unreadable from the host (503). Decides and replies or
+    /// forwards as the headers phase would have.
+    pub fn on_request_body<H: Host>(
+        &mut self,
+        host: &mut H,
+        body: RequestBody<'_>,
+    ) -> (Flow, Decision) {
+        self.core.on_request_body(&mut self.worker, host, body)
+    }
+
+    /// Adds the decision id to the upstream response of an allowed request,
+    /// and says whether its body must be read: an MCP service's event
+    /// stream (any request's: a list result may come on any), a list
+    /// request's JSON answer, or a list request's answer in a form the
+    /// filter cannot read (then refused). Its length may then change, so
+    /// `content-length` goes and the response is marked private.
+    pub fn on_response_headers<H: Host>(
+        &self,
+        host: &mut H,
+        decision: &mut Decision,
+    ) -> ResponseBody {
+        self.core.on_response_headers(host, decision)
+    }
+
+    /// One chunk of a response [`Filter::on_response_headers`] asked to
+    /// read: `size` bytes have arrived (for a buffered JSON body, all so
+    /// far), `end` when the body is complete. `read` fetches them, called
+    /// only when they are needed.
+    pub fn on_response_body<H: Host>(
+        &mut self,
+        host: &mut H,
+        decision: &mut Decision,
+        size: usize,
+        end: bool,
+        read: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> BodyStep {
+        self.core
+            .on_response_body(&mut self.worker, host, decision, size, end, read)
+    }
+
+    /// End of the stream: writes the decision-log record, if any, with the
+    /// status the client got. A stream that waited for secrets is logged
+    /// with how that ended.
+    pub fn on_log<H: Host>(&mut self, host: &mut H, decision: &mut Decision) {
+        self.core.on_log(&mut self.worker, host, decision)
+    }
+
+    /// A stream ended (possibly while waiting for secrets, possibly before
+    /// its log phase).
+    pub fn on_stream_done<H: Host>(
+        &mut self,
+        host: &mut H,
+        stream: u32,
+        decision: Option<&mut Decision>,
+    ) {
+        self.core
+            .on_stream_done(&mut self.worker, host, stream, decision)
+    }
+
+    /// Root context tick: ships decision records, dispatches due secret
+    /// fetches and settles streams whose secrets arrived. Returns whether
+    /// secret work is pending.
+    pub fn on_tick<H: Host>(&mut self, host: &mut H) -> bool {
+        self.core.on_tick(&mut self.worker, host)
+    }
+
+    /// Root context: a callout answered (`status` `None` when it failed;
+    /// `body` `None` when it was too large).
+    pub fn on_callout_response<H: Host>(
+        &mut self,
+        host: &mut H,
+        token: u32,
+        status: Option<u16>,
+        body: Option<&[u8]>,
+    ) {
+        self.core
+            .on_callout_response(&mut self.worker, host, token, status, body)
+    }
+
+    /// Whether any service has secrets (the workers then share claims).
+    pub fn has_secrets(&self) -> bool {
+        self.worker.broker.is_some()
+    }
+
+    /// Whether the root context must tick: secret fetches, a decision-log
+    /// collector, the signing key, or in-flight leases to renew.
+    pub fn needs_tick(&self) -> bool {
+        self.core.needs_tick(&self.worker)
+    }
+
+    /// Largest callout response the filter reads.
+    pub fn max_callout_bytes(&self) -> usize {
+        let vault = self
+            .core
+            .config
+            .vault
+            .as_ref()
+            .map_or(0, |v| v.max_response_bytes);
+        vault.max(64 * 1024)
+    }
+
+    /// Secrets counters, when secrets are configured.
+    pub fn secrets_stats(&self) -> Option<secrets::BrokerStats> {
+        Some(self.worker.broker.as_ref()?.stats)
+    }
+
+    /// Where a stream that waited for secrets stands now (`Pending` until
+    /// its job ends); `None` for a stream this worker does not hold.
+    pub fn settled(&self, stream: u32) -> Option<State> {
+        self.worker.pending.get(&stream).map(|d| d.state.clone())
+    }
+
+    /// Streams waiting for secrets on this worker.
+    pub fn pending_streams(&self) -> usize {
+        self.worker.pending.len()
+    }
+
+    /// Decision-cache counters `(hits, misses, entries)`, when the cache is on.
+    pub fn cache_stats(&self) -> Option<(u64, u64, usize)> {
+        let c = self.worker.cache.as_ref()?;
+        Some((c.hits, c.misses, c.len()))
+    }
+}
+
+impl Configured {
+    /// [`Filter::on_configured`] on this worker's state.
+    pub(super) fn on_configured<H: Host>(
+        &self,
+        w: &mut Worker,
+        host: &mut H,
+        version: &str,
+    ) -> Option<u64> {
+        w.metrics.define(host);
+        if w.broker.is_some() && host.shared_get(secrets::CLAIMS_KEY).is_none() {
             host.shared_set(secrets::CLAIMS_KEY, b"{}", None);
         }
         if self.policy.has_limits() {
-            self.worker.limits.create(host);
+            w.limits.create(host);
         }
         if self.config.has_mcp() {
             crate::session::Table::new(&self.config.mcp).create(host);
@@ -166,25 +307,25 @@ impl Filter {
                 ),
             );
         }
-        self.txn_tick(host);
-        self.needs_tick().then_some(TICK_MS)
+        self.txn_tick(w, host);
+        self.needs_tick(w).then_some(TICK_MS)
     }
 
-    /// Handles the request headers. On [`Flow::Replied`] the reply has been
-    /// sent through the host and nothing may be forwarded. On
-    /// [`Flow::NeedBody`] (a POST to an MCP service) nothing is decided
-    /// yet: the host buffers the body and hands it to
-    /// [`Filter::on_request_body`].
-    pub fn on_request_headers<H: Host>(&self, host: &mut H) -> (Flow, Decision) {
+    /// [`Filter::on_request_headers`] on this worker's state.
+    pub(super) fn on_request_headers<H: Host>(
+        &self,
+        w: &mut Worker,
+        host: &mut H,
+    ) -> (Flow, Decision) {
         let t0 = if self.config.headers.metrics_header {
             host.now_ns()
         } else {
             0
         };
-        let id = self.worker.ids.next_id();
+        let id = w.ids.next_id();
         let mut trail = Trail::default();
         let mut reserved = false;
-        let result = match self.admit(host, &id, &mut trail, &mut reserved) {
+        let result = match self.admit(w, host, &id, &mut trail, &mut reserved) {
             Ok(Admission::Answer(reply)) => {
                 host.send_reply(reply.status, &reply.header_refs(), &reply.body);
                 let d = Decision {
@@ -216,7 +357,7 @@ impl Filter {
                     held: Default::default(),
                     session: None,
                 };
-                self.put_awaiting(
+                w.awaiting.insert(
                     host.stream_id(),
                     Awaiting {
                         admitted,
@@ -226,18 +367,16 @@ impl Filter {
                 );
                 return (Flow::NeedBody, waiting);
             }
-            Ok(Admission::Decide(admitted)) => self.judge(host, &admitted, None, &mut trail),
+            Ok(Admission::Decide(admitted)) => self.judge(w, host, &admitted, None, &mut trail),
             Err(refused) => Err(refused),
         };
-        self.finish(host, id, trail, reserved, t0, result, None)
+        self.finish(w, host, id, trail, reserved, t0, result, None)
     }
 
-    /// The body of a request [`Filter::on_request_headers`] left waiting
-    /// (`Flow::NeedBody`), complete, too large for `mcp.max_body_bytes`
-    /// (413), or unreadable from the host (503). Decides and replies or
-    /// forwards as the headers phase would have.
-    pub fn on_request_body<H: Host>(
+    /// [`Filter::on_request_body`] on this worker's state.
+    pub(super) fn on_request_body<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         body: RequestBody<'_>,
     ) -> (Flow, Decision) {
@@ -245,12 +384,12 @@ impl Filter {
             admitted,
             mut trail,
             t0,
-        }) = self.take_awaiting(host.stream_id())
+        }) = w.awaiting.remove(&host.stream_id())
         else {
             // Not waiting: the host called twice, or for another stream.
-            let id = self.worker.ids.next_id();
+            let id = w.ids.next_id();
             let result = Err((Denial::HostFailure("request body without headers"), None));
-            return self.finish(host, id, Trail::default(), false, 0, result, None);
+            return self.finish(w, host, id, Trail::default(), false, 0, result, None);
         };
         let id = admitted.decision_id.clone();
         let reserved = admitted.reserved;
@@ -293,36 +432,33 @@ impl Filter {
                 .unwrap_or(serde_json::Value::Null),
         );
         let result = match &parsed {
-            Ok(m) => self.judge(host, &admitted, Some(m), &mut trail),
+            Ok(m) => self.judge(w, host, &admitted, Some(m), &mut trail),
             Err(refused) => Err(refused.clone()),
         };
-        self.finish(host, id, trail, reserved, t0, result, rpc)
+        self.finish(w, host, id, trail, reserved, t0, result, rpc)
     }
 
-    /// Root context tick: ships decision records, dispatches due secret
-    /// fetches and settles streams whose secrets arrived. Returns whether
-    /// secret work is pending.
-    pub fn on_tick<H: Host>(&self, host: &mut H) -> bool {
-        let w = &self.worker;
-        self.txn_tick(host);
+    /// [`Filter::on_tick`] on this worker's state.
+    pub(super) fn on_tick<H: Host>(&self, w: &mut Worker, host: &mut H) -> bool {
+        self.txn_tick(w, host);
         w.limits.renew(host);
-        if let Some(mut sh) = w.shipper.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+        if let Some(sh) = w.shipper.as_mut() {
             sh.on_tick(host);
-            let (was_s, was_d) = w.exported_log.replace((sh.shipped, sh.dropped));
+            let (was_s, was_d) = std::mem::replace(&mut w.exported_log, (sh.shipped, sh.dropped));
             w.metrics
                 .add(host, M::LogShipped, sh.shipped.saturating_sub(was_s));
             w.metrics
                 .add(host, M::LogDropped, sh.dropped.saturating_sub(was_d));
         }
-        let (wants, now) = match w.broker.as_ref().and_then(|b| b.try_borrow_mut().ok()) {
-            Some(mut b) => {
+        let (wants, now) = match w.broker.as_mut() {
+            Some(b) => {
                 b.on_tick(host);
                 (b.wants_tick(), b.stats)
             }
             None => return false,
         };
-        self.settle(host);
-        let was = w.exported.replace(now);
+        self.settle(w, host);
+        let was = std::mem::replace(&mut w.exported, now);
         w.metrics
             .add(host, M::SecretsCacheHit, now.hits.saturating_sub(was.hits));
         w.metrics
@@ -337,35 +473,25 @@ impl Filter {
         wants
     }
 
-    /// Root context: a callout answered (`status` `None` when it failed;
-    /// `body` `None` when it was too large).
-    pub fn on_callout_response<H: Host>(
+    /// [`Filter::on_callout_response`] on this worker's state.
+    pub(super) fn on_callout_response<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         token: u32,
         status: Option<u16>,
         body: Option<&[u8]>,
     ) {
-        if self.txn_response(host, token, status, body) {
+        if self.txn_response(w, host, token, status, body) {
             return;
         }
         let now = host.now_ns();
-        if let Some(mut sh) = self
-            .worker
-            .shipper
-            .as_ref()
-            .and_then(|s| s.try_borrow_mut().ok())
-        {
+        if let Some(sh) = w.shipper.as_mut() {
             if sh.on_response(token, status, now) {
                 return;
             }
         }
-        if let Some(mut b) = self
-            .worker
-            .broker
-            .as_ref()
-            .and_then(|b| b.try_borrow_mut().ok())
-        {
+        if let Some(b) = w.broker.as_mut() {
             if !b.on_response(host, token, status, body) {
                 host.log(
                     LogLevel::Debug,
@@ -375,79 +501,33 @@ impl Filter {
             // Steps that can go at once (the next read) go now.
             b.on_tick(host);
         }
-        self.settle(host);
+        self.settle(w, host);
     }
 
-    /// A stream ended (possibly while waiting for secrets, possibly before
-    /// its log phase).
-    pub fn on_stream_done<H: Host>(
+    /// [`Filter::on_stream_done`] on this worker's state.
+    pub(super) fn on_stream_done<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         stream: u32,
         decision: Option<&mut Decision>,
     ) {
-        if let Some(mut b) = self
-            .worker
-            .broker
-            .as_ref()
-            .and_then(|b| b.try_borrow_mut().ok())
-        {
+        if let Some(b) = w.broker.as_mut() {
             b.forget_stream(stream);
         }
-        self.take_pending(stream);
-        self.take_awaiting(stream);
+        w.pending.remove(&stream);
+        w.awaiting.remove(&stream);
         if let Some(d) = decision {
-            self.release_held(host, d);
+            self.release_held(w, host, d);
             if std::mem::take(&mut d.reserved) {
-                self.release_reservation();
+                self.release_reservation(w);
             }
         }
     }
 
-    /// Whether any service has secrets (the workers then share claims).
-    pub fn has_secrets(&self) -> bool {
-        self.worker.broker.is_some()
-    }
-
     /// Whether the root context must tick: secret fetches, a decision-log
     /// collector, the signing key, or in-flight leases to renew.
-    pub fn needs_tick(&self) -> bool {
-        self.worker.broker.is_some()
-            || self.worker.shipper.is_some()
-            || self.worker.txn.is_some()
-            || self.policy.has_limits()
-    }
-
-    /// Largest callout response the filter reads.
-    pub fn max_callout_bytes(&self) -> usize {
-        let vault = self
-            .config
-            .vault
-            .as_ref()
-            .map_or(0, |v| v.max_response_bytes);
-        vault.max(64 * 1024)
-    }
-
-    /// Secrets counters, when secrets are configured.
-    pub fn secrets_stats(&self) -> Option<secrets::BrokerStats> {
-        Some(self.worker.broker.as_ref()?.try_borrow().ok()?.stats)
-    }
-
-    /// Where a stream that waited for secrets stands now (`Pending` until
-    /// its job ends); `None` for a stream this worker does not hold.
-    pub fn settled(&self, stream: u32) -> Option<State> {
-        let p = self.worker.pending.try_borrow().ok()?;
-        p.get(&stream).map(|d| d.state.clone())
-    }
-
-    /// Streams waiting for secrets on this worker.
-    pub fn pending_streams(&self) -> usize {
-        self.worker.pending.try_borrow().map_or(0, |p| p.len())
-    }
-
-    /// Decision-cache counters `(hits, misses, entries)`, when the cache is on.
-    pub fn cache_stats(&self) -> Option<(u64, u64, usize)> {
-        let c = self.worker.cache.as_ref()?.try_borrow().ok()?;
-        Some((c.hits, c.misses, c.len()))
+    fn needs_tick(&self, w: &Worker) -> bool {
+        w.broker.is_some() || w.shipper.is_some() || w.txn.is_some() || self.policy.has_limits()
     }
 }

@@ -3,20 +3,22 @@
 //! worker then resumes or refuses the stream ([`Filter::on_tick`],
 //! [`Filter::on_callout_response`]).
 
-use super::{Filter, Flow, Refused, Who};
+use super::{Configured, Flow, Refused, Who, Worker};
 use crate::audit::{self, Trail};
 use crate::headers::{check_value, RequestHeaders};
 use crate::host::Host;
 use crate::outcome::{Denial, State};
 use crate::secrets::{self, Completion, Lookup};
 
-impl Filter {
+impl Configured {
     /// After an allow: writes the request's headers through `commit` with
     /// the service's secrets from the cache (none when it has no secrets),
     /// or writes them without and pauses the stream until a job fetches
     /// the secrets, or refuses with 503.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn secrets<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         headers: &RequestHeaders,
         service: Option<&str>,
@@ -59,7 +61,7 @@ impl Filter {
         }
         let unavailable =
             |why: String| (Denial::SecretsUnavailable(why), Some(who.agent.to_string()));
-        let Some(broker) = self.worker.broker.as_ref() else {
+        let Some(broker) = w.broker.as_mut() else {
             return Err(unavailable("no vault configured".into()));
         };
         let needs = secrets::plan(specs, who.agent, who.team, who.kind).map_err(unavailable)?;
@@ -84,10 +86,7 @@ impl Filter {
             stream: host.stream_id(),
             trace,
         };
-        let mut b = broker
-            .try_borrow_mut()
-            .map_err(|_| unavailable("busy".into()))?;
-        let lookup = b.request(
+        let lookup = broker.request(
             host,
             who.principal,
             service.unwrap_or(""),
@@ -95,7 +94,6 @@ impl Filter {
             jwt,
             waiter,
         );
-        drop(b);
         match lookup {
             Lookup::Ready(set) => {
                 if commit(host, &set) {
@@ -121,8 +119,8 @@ impl Filter {
     /// The stream's final state is recorded before the host is asked to
     /// resume or reply, so a callback the host makes meanwhile (body, log)
     /// already sees it.
-    pub(super) fn complete<H: Host>(&self, host: &mut H, c: Completion) {
-        let Some(mut d) = self.take_pending(c.stream) else {
+    pub(super) fn complete<H: Host>(&self, w: &mut Worker, host: &mut H, c: Completion) {
+        let Some(mut d) = w.pending.remove(&c.stream) else {
             return; // the stream is gone
         };
         let denial = match c.result {
@@ -132,14 +130,14 @@ impl Filter {
                     .map(|(k, v)| (k.clone(), v.expose().to_string()))
                     .collect();
                 d.state = State::Allowed;
-                self.put_pending(c.stream, d);
+                w.pending.insert(c.stream, d);
                 if host.resume_stream(c.stream, &set) {
-                    self.count(host, &State::Allowed);
+                    w.count(host, &State::Allowed);
                     return;
                 }
                 // Not resumed: a header could not be set, or the stream is
                 // gone (then nothing is left to refuse).
-                let Some(back) = self.take_pending(c.stream) else {
+                let Some(back) = w.pending.remove(&c.stream) else {
                     return;
                 };
                 d = back;
@@ -152,23 +150,21 @@ impl Filter {
             audit::refused(r, &denial.reason(), &denial.reasons(), denial.status());
         }
         d.state = State::Denied(denial);
-        self.count(host, &d.state);
-        self.put_pending(c.stream, d);
+        w.count(host, &d.state);
+        w.pending.insert(c.stream, d);
         if !host.reply_stream(c.stream, reply.status, &reply.header_refs(), &reply.body) {
-            self.take_pending(c.stream); // gone: nothing will log it
+            w.pending.remove(&c.stream); // gone: nothing will log it
         }
     }
 
-    pub(super) fn settle<H: Host>(&self, host: &mut H) {
-        let done = self
-            .worker
+    pub(super) fn settle<H: Host>(&self, w: &mut Worker, host: &mut H) {
+        let done = w
             .broker
-            .as_ref()
-            .and_then(|b| b.try_borrow_mut().ok())
-            .map(|mut b| b.take_completions())
+            .as_mut()
+            .map(|b| b.take_completions())
             .unwrap_or_default();
         for c in done {
-            self.complete(host, c);
+            self.complete(w, host, c);
         }
     }
 }

@@ -2,18 +2,19 @@
 //! message), its metric and its decision-log record, and the record
 //! written with the final status when the stream logs.
 
-use super::{Decision, Filter, Flow, Refused};
+use super::{Configured, Decision, Flow, Refused, Worker};
 use crate::audit::{self, Trail};
 use crate::claims::ClaimsError;
 use crate::host::{Host, LogLevel};
 use crate::outcome::{Denial, State};
 
-impl Filter {
+impl Configured {
     /// Renders a decided request: the reply (a JSON-RPC error for an MCP
     /// message), the metric and the decision-log record.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         id: String,
         mut trail: Trail,
@@ -56,7 +57,7 @@ impl Filter {
         }
         if !decision.allowed() {
             // Refused after its leases were taken: they go back now.
-            self.release_held(host, &mut decision);
+            self.release_held(w, host, &mut decision);
         }
         if let State::Denied(d) = &decision.state {
             // A policy refusal of a tools/call is a tool result the model
@@ -101,7 +102,7 @@ impl Filter {
             host.send_reply(reply.status, &reply.header_refs(), &reply.body);
         }
         if decision.state != State::Pending {
-            self.count(host, &decision.state);
+            w.count(host, &decision.state);
         }
         let log = &self.config.decision_log;
         if log.enabled && (!decision.allowed() || audit::sampled(log, &decision.id)) {
@@ -120,18 +121,17 @@ impl Filter {
             decision.record = Some(audit::record(log, &facts, &trail));
         }
         if decision.state == State::Pending {
-            self.put_pending(host.stream_id(), decision.clone());
+            w.pending.insert(host.stream_id(), decision.clone());
         }
         (flow, decision)
     }
 
-    /// End of the stream: writes the decision-log record, if any, with the
-    /// status the client got. A stream that waited for secrets is logged
-    /// with how that ended.
-    pub fn on_log<H: Host>(&self, host: &mut H, decision: &mut Decision) {
-        self.release_held(host, decision);
-        let settled = self
-            .take_pending(host.stream_id())
+    /// [`Filter::on_log`] on this worker's state.
+    pub(super) fn on_log<H: Host>(&self, w: &mut Worker, host: &mut H, decision: &mut Decision) {
+        self.release_held(w, host, decision);
+        let settled = w
+            .pending
+            .remove(&host.stream_id())
             .filter(|d| d.id == decision.id);
         if let Some(d) = settled {
             decision.state = d.state;
@@ -140,7 +140,7 @@ impl Filter {
         let reserved = std::mem::take(&mut decision.reserved);
         let Some(record) = decision.record.take() else {
             if reserved {
-                self.release_reservation();
+                self.release_reservation(w);
             }
             return;
         };
@@ -150,23 +150,13 @@ impl Filter {
             .and_then(|b| u16::try_from(u64::from_le_bytes(b)).ok());
         let json = audit::finish(record, status);
         host.log(LogLevel::Info, &format!("{}{json}", audit::PREFIX));
-        if let Some(mut sh) = self
-            .worker
-            .shipper
-            .as_ref()
-            .and_then(|s| s.try_borrow_mut().ok())
-        {
+        if let Some(sh) = w.shipper.as_mut() {
             sh.push(json, host.now_ns(), reserved);
         }
     }
 
-    pub(super) fn release_reservation(&self) {
-        if let Some(mut sh) = self
-            .worker
-            .shipper
-            .as_ref()
-            .and_then(|s| s.try_borrow_mut().ok())
-        {
+    pub(super) fn release_reservation(&self, w: &mut Worker) {
+        if let Some(sh) = w.shipper.as_mut() {
             sh.release();
         }
     }

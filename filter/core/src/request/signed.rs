@@ -3,7 +3,7 @@
 //! tokens minted (or reused) for allowed requests, and the signing key
 //! read from Vault on the root context.
 
-use super::{Admitted, Filter};
+use super::{Admitted, Configured, Worker};
 use crate::host::{Host, LogLevel};
 use crate::metrics::M;
 use crate::outcome::{Denial, Reply};
@@ -22,19 +22,16 @@ fn field(k: &mut Vec<u8>, v: &[u8]) {
     k.extend_from_slice(v);
 }
 
-impl Filter {
+impl Configured {
     /// `GET` of the configured JWKS path: the public keys, or 503 until
     /// the key has loaded. Public, like protected resource metadata.
-    pub(super) fn serve_jwks(&self, method: &str, path: &str) -> Option<Reply> {
+    pub(super) fn serve_jwks(&self, w: &Worker, method: &str, path: &str) -> Option<Reply> {
         let cfg = self.config.txn_token.as_ref()?;
         let bare = path.split(['?', '#']).next().unwrap_or(path);
         if bare != cfg.jwks_path || !(method == "GET" || method == "HEAD") {
             return None;
         }
-        let signer = self.worker.txn.as_ref()?.try_borrow().ok();
-        let jwks = signer
-            .as_ref()
-            .and_then(|s| s.ring.jwks().map(str::to_owned));
+        let jwks = w.txn.as_ref()?.ring.jwks().map(str::to_owned);
         Some(match jwks {
             Some(body) => Reply {
                 status: 200,
@@ -59,6 +56,7 @@ impl Filter {
     /// (`agent`, the request's verified identity); `None` when it has none.
     pub(super) fn inbound_txn<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         raw: Option<&str>,
         agent: &str,
@@ -68,12 +66,9 @@ impl Filter {
         };
         let raw = raw.trim();
         let now = now_s(host.now_ns());
-        let Some(cell) = self.worker.txn.as_ref() else {
+        let Some(s) = w.txn.as_mut() else {
             return Err(Denial::TxnTokenUnavailable("no signer"));
         };
-        let mut s = cell
-            .try_borrow_mut()
-            .map_err(|_| Denial::TxnTokenUnavailable("busy"))?;
         let bound = |t: Rc<Inbound>| match t.presented_by(agent) {
             Ok(()) => Ok(Some(t)),
             Err(e) => Err(Denial::InvalidTxnToken(e.0)),
@@ -89,8 +84,7 @@ impl Filter {
         let t =
             Rc::new(txn::verify(raw, &s.ring, cfg, now).map_err(|e| Denial::InvalidTxnToken(e.0))?);
         s.remember(raw, Rc::clone(&t), cfg.max_entries, now);
-        drop(s);
-        self.worker.metrics.add(host, M::TxnVerified, 1);
+        w.metrics.add(host, M::TxnVerified, 1);
         bound(t)
     }
 
@@ -98,6 +92,7 @@ impl Filter {
     /// fresh, else signed now.
     pub(super) fn txn_token_for<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         a: &Admitted,
         service: &str,
@@ -108,10 +103,9 @@ impl Filter {
             .txn_token
             .as_ref()
             .ok_or(Denial::TxnTokenUnavailable("not configured"))?;
-        let cell = self
-            .worker
+        let s = w
             .txn
-            .as_ref()
+            .as_mut()
             .ok_or(Denial::TxnTokenUnavailable("no signer"))?;
         let identity = &a.principal.identity;
         let req_wl = a
@@ -151,12 +145,8 @@ impl Filter {
             }
         }
         let now_ns = host.now_ns();
-        let mut s = cell
-            .try_borrow_mut()
-            .map_err(|_| Denial::TxnTokenUnavailable("busy"))?;
         if let Some(t) = s.reuse(&key, now_ns) {
-            drop(s);
-            self.worker.metrics.add(host, M::TxnReused, 1);
+            w.metrics.add(host, M::TxnReused, 1);
             return Ok(t);
         }
         let Some(signing) = s.ring.current.as_ref() else {
@@ -168,8 +158,7 @@ impl Filter {
             .into();
         let until = now_ns.saturating_add(cfg.reuse_s.saturating_mul(NS));
         s.keep(key, Rc::clone(&token), until, cfg.max_entries, now_ns);
-        drop(s);
-        self.worker.metrics.add(host, M::TxnMinted, 1);
+        w.metrics.add(host, M::TxnMinted, 1);
         Ok(token)
     }
 
@@ -235,15 +224,12 @@ impl Filter {
 
     /// Root context: reads the signing key when it is due (at configure,
     /// then every `refresh_s`, sooner after a failure).
-    pub(super) fn txn_tick<H: Host>(&self, host: &mut H) {
-        let (Some(cfg), Some(vault), Some(cell)) = (
+    pub(super) fn txn_tick<H: Host>(&self, w: &mut Worker, host: &mut H) {
+        let (Some(cfg), Some(vault), Some(s)) = (
             self.config.txn_token.as_ref(),
             self.config.vault.as_ref(),
-            self.worker.txn.as_ref(),
+            w.txn.as_mut(),
         ) else {
-            return;
-        };
-        let Ok(mut s) = cell.try_borrow_mut() else {
             return;
         };
         let now = host.now_ns();
@@ -275,7 +261,7 @@ impl Filter {
         };
         match sent {
             Ok(t) => s.inflight = Some(t),
-            Err(why) => Self::key_failed(host, &mut s, &format!("cannot read it: {why}")),
+            Err(why) => Self::key_failed(host, s, &format!("cannot read it: {why}")),
         }
     }
 
@@ -297,16 +283,13 @@ impl Filter {
     /// Root context: the key read answered. False when `token` is not it.
     pub(super) fn txn_response<H: Host>(
         &self,
+        w: &mut Worker,
         host: &mut H,
         token: u32,
         status: Option<u16>,
         body: Option<&[u8]>,
     ) -> bool {
-        let (Some(cfg), Some(cell)) = (self.config.txn_token.as_ref(), self.worker.txn.as_ref())
-        else {
-            return false;
-        };
-        let Ok(mut s) = cell.try_borrow_mut() else {
+        let (Some(cfg), Some(s)) = (self.config.txn_token.as_ref(), w.txn.as_mut()) else {
             return false;
         };
         if s.inflight != Some(token) {
@@ -338,7 +321,7 @@ impl Filter {
                     );
                 }
             }
-            Err(why) => Self::key_failed(host, &mut s, &why),
+            Err(why) => Self::key_failed(host, s, &why),
         }
         true
     }

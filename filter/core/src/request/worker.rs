@@ -16,21 +16,30 @@ use crate::outcome::{Denial, State};
 use crate::policy::Policy;
 use crate::principal::Principals;
 use crate::secrets;
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// The configured filter: immutable config and compiled policy, and the
-/// worker's mutable state beside them.
+/// The configured filter of one VM: the immutable part beside the
+/// worker's mutable state. The host holds one per VM and lends it `&mut`
+/// to the callback it is serving (proxy-wasm runs one callback at a time
+/// per VM), so nothing in it needs a runtime borrow.
 #[derive(Debug)]
 pub struct Filter {
+    pub(super) core: Configured,
+    pub(super) worker: Worker,
+}
+
+/// What never changes after configure: the validated config and the
+/// compiled policy. Every phase reads it through `&self` and is handed the
+/// [`Worker`] it may change.
+#[derive(Debug)]
+pub(super) struct Configured {
     pub(super) config: Config,
     /// `input.resource` per registered service, built at configure time.
     pub(super) docs: input::ResourceDocs,
     pub(super) policy: Policy,
     /// Which request facts a decision key holds.
     pub(super) key_plan: KeyPlan,
-    pub(super) worker: Worker,
 }
 
 /// A list response's visible names (`None`: the policy does not filter).
@@ -41,31 +50,31 @@ pub(super) type Visible = Rc<Option<Vec<String>>>;
 #[derive(Debug)]
 pub(super) struct Worker {
     pub(super) ids: DecisionIds,
-    pub(super) cache: Option<RefCell<DecisionCache<Rc<Outcome>>>>,
+    pub(super) cache: Option<DecisionCache<Rc<Outcome>>>,
     /// Visible sets of list responses, like decisions (same bounds).
-    pub(super) lists: Option<RefCell<DecisionCache<Visible>>>,
+    pub(super) lists: Option<DecisionCache<Visible>>,
     /// Verified identities by their metadata bytes.
-    pub(super) principals: RefCell<Principals>,
-    pub(super) broker: Option<RefCell<secrets::Broker>>,
+    pub(super) principals: Principals,
+    pub(super) broker: Option<secrets::Broker>,
     pub(super) metrics: Metrics,
     /// Broker counters already exported as metrics.
-    pub(super) exported: Cell<secrets::BrokerStats>,
-    pub(super) shipper: Option<RefCell<audit::Shipper>>,
+    pub(super) exported: secrets::BrokerStats,
+    pub(super) shipper: Option<audit::Shipper>,
     /// Shipper counters (shipped, dropped) already exported.
-    pub(super) exported_log: Cell<(u64, u64)>,
+    pub(super) exported_log: (u64, u64),
     /// Decisions of streams waiting for secrets, by stream id: settled by
     /// [`Filter::on_tick`] / [`Filter::on_callout_response`].
-    pub(super) pending: RefCell<HashMap<u32, Decision>>,
+    pub(super) pending: HashMap<u32, Decision>,
     /// Requests waiting for their body (MCP POSTs), by stream id.
-    pub(super) awaiting: RefCell<HashMap<u32, Awaiting>>,
+    pub(super) awaiting: HashMap<u32, Awaiting>,
     /// Where the policy's limits count (shared by every worker).
     pub(super) limits: crate::limits::Table,
     /// This VM's lease owner prefix (the stream id fills the low half).
     pub(super) lease_owner: u64,
     /// Per-limit refusal counters, by limit name (bounded).
-    pub(super) limit_metrics: RefCell<HashMap<String, Option<u32>>>,
+    pub(super) limit_metrics: HashMap<String, Option<u32>>,
     /// Transaction tokens: the key, minted and verified tokens.
-    pub(super) txn: Option<RefCell<crate::txn::Signer>>,
+    pub(super) txn: Option<crate::txn::Signer>,
 }
 
 /// What to do with an identified request: reusable as is for an equal
@@ -91,7 +100,7 @@ pub(super) struct Allowed {
     pub(super) limits: Vec<crate::limits::Limit>,
 }
 
-impl Filter {
+impl Configured {
     /// The response headers every reply and every allowed response carry.
     pub(super) fn reply_headers<'a>(&self, d: &'a Decision) -> Vec<(&'static str, &'a str)> {
         let mut h = vec![(DECISION_ID_HEADER, d.id.as_str())];
@@ -103,34 +112,16 @@ impl Filter {
         }
         h
     }
+}
 
+impl Worker {
     /// The one place outcomes become metrics.
-    pub(super) fn count<H: Host>(&self, host: &mut H, state: &State) {
+    pub(super) fn count<H: Host>(&mut self, host: &mut H, state: &State) {
         let m = match state {
             State::Allowed => M::Allowed,
             State::Pending => return,
             State::Denied(d) => d.metric(),
         };
-        self.worker.metrics.add(host, m, 1);
-    }
-
-    pub(super) fn put_awaiting(&self, stream: u32, a: Awaiting) {
-        if let Ok(mut w) = self.worker.awaiting.try_borrow_mut() {
-            w.insert(stream, a);
-        }
-    }
-
-    pub(super) fn take_awaiting(&self, stream: u32) -> Option<Awaiting> {
-        self.worker.awaiting.try_borrow_mut().ok()?.remove(&stream)
-    }
-
-    pub(super) fn take_pending(&self, stream: u32) -> Option<Decision> {
-        self.worker.pending.try_borrow_mut().ok()?.remove(&stream)
-    }
-
-    pub(super) fn put_pending(&self, stream: u32, d: Decision) {
-        if let Ok(mut p) = self.worker.pending.try_borrow_mut() {
-            p.insert(stream, d);
-        }
+        self.metrics.add(host, m, 1);
     }
 }

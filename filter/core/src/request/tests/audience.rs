@@ -38,7 +38,7 @@ fn token(aud: Value) -> Value {
     claims(json!({ "aud": aud }))
 }
 
-fn call(f: &Filter, service: &str, payload: Value) -> (Decision, MockHost) {
+fn call(f: &mut Filter, service: &str, payload: Value) -> (Decision, MockHost) {
     let mut h = request("POST", &format!("/mcp://{service}/run"), Some(payload));
     let (_, d) = f.on_request_headers(&mut h);
     (d, h)
@@ -48,11 +48,11 @@ fn call(f: &Filter, service: &str, payload: Value) -> (Decision, MockHost) {
 fn a_token_for_service_a_is_refused_at_service_b() {
     let mut cfg = config();
     cfg["decision_log"] = json!({"enabled": true});
-    let f = filter_with(&cfg);
-    let (d, h) = call(&f, "svc-a", token(json!(A)));
+    let mut f = filter_with(&cfg);
+    let (d, h) = call(&mut f, "svc-a", token(json!(A)));
     assert!(d.allowed(), "{:?}", h.reply);
 
-    let (mut d, mut h) = call(&f, "svc-b", token(json!(A)));
+    let (mut d, mut h) = call(&mut f, "svc-b", token(json!(A)));
     assert_eq!(d.status(), 401);
     assert_eq!(
         reply_header(&h, "www-authenticate"),
@@ -87,15 +87,17 @@ fn a_token_for_service_a_is_refused_at_service_b() {
 
     // `aud` as an array carrying B is a token for B; one that is not a
     // string or an array of strings carries no audience.
-    assert!(call(&f, "svc-b", token(json!([GATEWAY, B]))).0.allowed());
-    assert_eq!(call(&f, "svc-b", token(json!(5))).0.status(), 401);
-    assert_eq!(call(&f, "svc-b", claims(json!({}))).0.status(), 401);
+    assert!(call(&mut f, "svc-b", token(json!([GATEWAY, B])))
+        .0
+        .allowed());
+    assert_eq!(call(&mut f, "svc-b", token(json!(5))).0.status(), 401);
+    assert_eq!(call(&mut f, "svc-b", claims(json!({}))).0.status(), 401);
 }
 
 #[test]
 fn a_gateway_token_is_refused_where_a_service_has_its_own_audience() {
-    let f = filter_with(&config());
-    let (d, _) = call(&f, "svc-a", token(json!(GATEWAY)));
+    let mut f = filter_with(&config());
+    let (d, _) = call(&mut f, "svc-a", token(json!(GATEWAY)));
     assert_eq!(d.status(), 401);
     assert_eq!(d.reason(), format!("token audience does not include {A}"));
 }
@@ -105,9 +107,9 @@ fn a_gateway_token_is_refused_where_a_service_has_its_own_audience() {
 /// good only there.
 #[test]
 fn a_token_for_service_a_is_refused_at_a_service_without_its_own_audience() {
-    let f = filter_with(&config());
-    assert!(call(&f, "svc-c", token(json!(GATEWAY))).0.allowed());
-    let (d, h) = call(&f, "svc-c", token(json!(A)));
+    let mut f = filter_with(&config());
+    assert!(call(&mut f, "svc-c", token(json!(GATEWAY))).0.allowed());
+    let (d, h) = call(&mut f, "svc-c", token(json!(A)));
     assert_eq!(d.status(), 401);
     let challenge = reply_header(&h, "www-authenticate").unwrap();
     assert!(
@@ -121,24 +123,27 @@ fn a_token_for_service_a_is_refused_at_a_service_without_its_own_audience() {
         "{challenge}"
     );
     // Also at a name nothing registers.
-    assert_eq!(call(&f, "unregistered", token(json!(A))).0.status(), 401);
+    assert_eq!(
+        call(&mut f, "unregistered", token(json!(A))).0.status(),
+        401
+    );
 }
 
 #[test]
 fn an_audience_list_overrides_the_resource_uri() {
     let mut cfg = config();
     cfg["resources"]["svc-b"]["audience"] = json!(["b-api", "b-api-v2"]);
-    let f = filter_with(&cfg);
-    let (d, h) = call(&f, "svc-b", token(json!(B)));
+    let mut f = filter_with(&cfg);
+    let (d, h) = call(&mut f, "svc-b", token(json!(B)));
     assert_eq!(d.status(), 401);
     assert!(reply_header(&h, "www-authenticate")
         .unwrap()
         .contains(r#"error_description="token audience does not include any of b-api, b-api-v2""#));
-    assert!(call(&f, "svc-b", token(json!(["x", "b-api-v2"])))
+    assert!(call(&mut f, "svc-b", token(json!(["x", "b-api-v2"])))
         .0
         .allowed());
     // Bound to svc-b now: refused at svc-c.
-    assert_eq!(call(&f, "svc-c", token(json!("b-api"))).0.status(), 401);
+    assert_eq!(call(&mut f, "svc-c", token(json!("b-api"))).0.status(), 401);
 }
 
 /// Without `oauth` (an `audience` and no resource_uri) the challenge has
@@ -147,8 +152,8 @@ fn an_audience_list_overrides_the_resource_uri() {
 fn without_oauth_the_challenge_still_names_the_audience() {
     let cfg = json!({"resources": {"svc-a": {"type": "skill", "audience": "svc-a-api",
         "metadata": {"team": "platform", "environment": "production"}}}});
-    let f = filter_with(&cfg);
-    let (d, h) = call(&f, "svc-a", token(json!(GATEWAY)));
+    let mut f = filter_with(&cfg);
+    let (d, h) = call(&mut f, "svc-a", token(json!(GATEWAY)));
     assert_eq!(d.status(), 401);
     assert_eq!(
         reply_header(&h, "www-authenticate"),
@@ -156,7 +161,7 @@ fn without_oauth_the_challenge_still_names_the_audience() {
             r#"Bearer realm="agentplane", error="invalid_token", error_description="token audience does not include svc-a-api""#
         )
     );
-    assert!(call(&f, "svc-a", token(json!("svc-a-api"))).0.allowed());
+    assert!(call(&mut f, "svc-a", token(json!("svc-a-api"))).0.allowed());
 }
 
 /// The decision cache keys on the principal and the service; the audience
@@ -166,25 +171,25 @@ fn without_oauth_the_challenge_still_names_the_audience() {
 fn a_token_for_service_a_cannot_ride_a_decision_cached_at_service_b() {
     let mut cfg = config();
     cfg["decision_cache"] = json!({"max_entries": 16});
-    let f = filter_with(&cfg);
+    let mut f = filter_with(&cfg);
     for _ in 0..2 {
-        assert!(call(&f, "svc-b", token(json!(B))).0.allowed());
+        assert!(call(&mut f, "svc-b", token(json!(B))).0.allowed());
     }
     assert_eq!(f.cache_stats(), Some((1, 1, 1)), "B's decision is cached");
     // The same agent, same request, token for A: refused, and the cache
     // was not even asked.
-    let (d, _) = call(&f, "svc-b", token(json!(A)));
+    let (d, _) = call(&mut f, "svc-b", token(json!(A)));
     assert_eq!(d.status(), 401);
     assert_eq!(f.cache_stats(), Some((1, 1, 1)));
     // A token for A and B alike would share nothing with B's entry either:
     // another token, another principal, another key.
-    assert!(call(&f, "svc-b", token(json!([A, B]))).0.allowed());
+    assert!(call(&mut f, "svc-b", token(json!([A, B]))).0.allowed());
     assert_eq!(f.cache_stats(), Some((1, 2, 2)));
     // And A's own allow, cached, is not reached at B.
-    assert!(call(&f, "svc-a", token(json!(A))).0.allowed());
-    assert!(call(&f, "svc-a", token(json!(A))).0.allowed());
+    assert!(call(&mut f, "svc-a", token(json!(A))).0.allowed());
+    assert!(call(&mut f, "svc-a", token(json!(A))).0.allowed());
     assert_eq!(f.cache_stats(), Some((2, 3, 3)));
-    assert_eq!(call(&f, "svc-b", token(json!(A))).0.status(), 401);
+    assert_eq!(call(&mut f, "svc-b", token(json!(A))).0.status(), 401);
     assert_eq!(f.cache_stats(), Some((2, 3, 3)));
 }
 
@@ -194,9 +199,9 @@ fn a_token_for_service_a_cannot_ride_a_decision_cached_at_service_b() {
 fn gateway_mode_leaves_the_audience_to_jwt_authn() {
     let mut cfg = config();
     cfg["identity"] = json!({"audience_mode": "gateway"});
-    let f = filter_with(&cfg);
-    assert!(call(&f, "svc-a", token(json!(GATEWAY))).0.allowed());
-    assert!(call(&f, "svc-b", token(json!(A))).0.allowed());
+    let mut f = filter_with(&cfg);
+    assert!(call(&mut f, "svc-a", token(json!(GATEWAY))).0.allowed());
+    assert!(call(&mut f, "svc-b", token(json!(A))).0.allowed());
 }
 
 /// An edit of [`config`] that makes it invalid.

@@ -18,8 +18,8 @@ const HOUR: u64 = 3_600_000_000_000;
 
 #[test]
 fn cache_reuses_decisions_for_equal_requests_only() {
-    let f = cached_filter();
-    let run = |path: &str, payload: Value, ua: Option<&str>, rid: &str| {
+    let mut f = cached_filter();
+    let run = |f: &mut Filter, path: &str, payload: Value, ua: Option<&str>, rid: &str| {
         let mut h = request("POST", path, Some(payload))
             .with_property(&["request", "id"], rid)
             .with_header("x-agent-team", "forged");
@@ -29,10 +29,22 @@ fn cache_reuses_decisions_for_equal_requests_only() {
         let (flow, d) = f.on_request_headers(&mut h);
         (flow, d, h)
     };
-    let (flow, d1, _) = run("/mcp://hello-skill/greet", claims(json!({})), None, "r1");
+    let (flow, d1, _) = run(
+        &mut f,
+        "/mcp://hello-skill/greet",
+        claims(json!({})),
+        None,
+        "r1",
+    );
     assert_eq!(flow, Flow::Continue);
     assert_eq!(f.cache_stats(), Some((0, 1, 1)));
-    let (flow, d2, h) = run("/mcp://hello-skill/greet", claims(json!({})), None, "r2");
+    let (flow, d2, h) = run(
+        &mut f,
+        "/mcp://hello-skill/greet",
+        claims(json!({})),
+        None,
+        "r2",
+    );
     assert_eq!(flow, Flow::Continue);
     assert_eq!(f.cache_stats(), Some((1, 1, 1)), "second request is a hit");
     assert_ne!(d1.id, d2.id, "every request gets its own decision id");
@@ -42,6 +54,7 @@ fn cache_reuses_decisions_for_equal_requests_only() {
     // What the policy never reads (the path below the service, a header
     // it ignores) shares the decision; anything it reads changes the key.
     let (_, _, h3) = run(
+        &mut f,
         "/mcp://hello-skill/other?q=1",
         claims(json!({})),
         None,
@@ -53,6 +66,7 @@ fn cache_reuses_decisions_for_equal_requests_only() {
         "this request's own path"
     );
     run(
+        &mut f,
         "/mcp://hello-skill/greet",
         claims(json!({})),
         Some("x"),
@@ -60,17 +74,24 @@ fn cache_reuses_decisions_for_equal_requests_only() {
     );
     assert_eq!(f.cache_stats(), Some((3, 1, 1)));
     run(
+        &mut f,
         "/mcp://hello-skill/greet",
         claims(json!({"sub": "other@clients"})),
         None,
         "r4",
     );
-    run("/mcp://tickets/1", claims(json!({})), None, "r8");
+    run(&mut f, "/mcp://tickets/1", claims(json!({})), None, "r8");
     assert_eq!(f.cache_stats(), Some((3, 3, 3)));
     // A cached deny is still a deny, with its reason and a fresh id.
     let no_perm = claims(json!({"permissions": ["data:read"]}));
-    let (_, d6, _) = run("/mcp://hello-skill/greet", no_perm.clone(), None, "r6");
-    let (flow, d7, h) = run("/mcp://hello-skill/greet", no_perm, None, "r7");
+    let (_, d6, _) = run(
+        &mut f,
+        "/mcp://hello-skill/greet",
+        no_perm.clone(),
+        None,
+        "r6",
+    );
+    let (flow, d7, h) = run(&mut f, "/mcp://hello-skill/greet", no_perm, None, "r7");
     assert_eq!(f.cache_stats(), Some((4, 4, 4)));
     assert_eq!(flow, Flow::Replied);
     assert!(!d7.allowed() && d7.reason() == d6.reason() && d7.id != d6.id);
@@ -81,9 +102,9 @@ fn cache_reuses_decisions_for_equal_requests_only() {
 #[test]
 fn cache_never_outlives_the_hour_or_the_token() {
     // DELETE on data is allowed in business hours only (9-17 UTC).
-    let f = cached_filter();
+    let mut f = cached_filter();
     let day = NOON - 12 * HOUR;
-    let at = |t: u64, exp_s: u64| {
+    let at = |f: &mut Filter, t: u64, exp_s: u64| {
         let mut h = request(
             "DELETE",
             "/mcp://tickets/1",
@@ -93,10 +114,10 @@ fn cache_never_outlives_the_hour_or_the_token() {
         f.on_request_headers(&mut h).1
     };
     let late = day + 17 * HOUR;
-    assert!(at(late - 1, 4_000_000_000).allowed());
-    assert!(at(late - 1, 4_000_000_000).allowed());
+    assert!(at(&mut f, late - 1, 4_000_000_000).allowed());
+    assert!(at(&mut f, late - 1, 4_000_000_000).allowed());
     assert_eq!(f.cache_stats().unwrap().0, 1);
-    let d = at(late, 4_000_000_000);
+    let d = at(&mut f, late, 4_000_000_000);
     assert!(!d.allowed(), "17:00 is off hours, whatever the cache held");
     assert!(
         d.reason().contains("outside business hours"),
@@ -105,9 +126,9 @@ fn cache_never_outlives_the_hour_or_the_token() {
     );
     // Token expiry inside the hour.
     let exp = (NOON + 10 * 60 * 1_000_000_000) / 1_000_000_000;
-    assert!(at(NOON, exp).allowed());
-    assert!(at(exp * 1_000_000_000 - 1, exp).allowed());
-    let d = at(exp * 1_000_000_000, exp);
+    assert!(at(&mut f, NOON, exp).allowed());
+    assert!(at(&mut f, exp * 1_000_000_000 - 1, exp).allowed());
+    let d = at(&mut f, exp * 1_000_000_000, exp);
     assert!(
         !d.allowed() && d.reason().contains("expired"),
         "{}",
@@ -129,7 +150,7 @@ fn cache_ignores_policies_that_do_not_say_how_long_they_hold() {
         "data.p",
     )
     .unwrap();
-    let f = Filter::with_policy(config, policy, 1);
+    let mut f = Filter::with_policy(config, policy, 1);
     for _ in 0..3 {
         let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
         assert!(f.on_request_headers(&mut h).1.allowed());
@@ -157,7 +178,7 @@ fn pb_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
 fn cache_key_ignores_protobuf_map_order() {
     // Envoy serializes Struct maps in no fixed order: the same payload
     // must still hit.
-    let f = filter();
+    let mut f = filter();
     let payload = claims(json!({}));
     let fields: Vec<(String, Value)> = payload.as_object().unwrap().clone().into_iter().collect();
     let metadata = |reverse: bool| {

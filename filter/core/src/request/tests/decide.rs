@@ -9,7 +9,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 #[test]
 fn allow_sets_trusted_headers() {
-    let f = filter();
+    let mut f = filter();
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
         .with_header("X-Agent-Id", "root@clients")
         .with_header("x-agent-team", "platform");
@@ -33,7 +33,7 @@ fn allow_sets_trusted_headers() {
 
 #[test]
 fn no_identity_is_401_with_challenge() {
-    let f = filter();
+    let mut f = filter();
     let mut h =
         request("POST", "/mcp://hello-skill/greet", None).with_header("x-agent-id", "forged");
     let (flow, d) = f.on_request_headers(&mut h);
@@ -51,7 +51,7 @@ fn no_identity_is_401_with_challenge() {
 
 #[test]
 fn wrong_claim_types_are_401_invalid_token() {
-    let f = filter();
+    let mut f = filter();
     let mut h = request(
         "POST",
         "/mcp://hello-skill/greet",
@@ -70,7 +70,7 @@ fn wrong_claim_types_are_401_invalid_token() {
 
 #[test]
 fn header_injection_in_claims_is_denied() {
-    let f = filter();
+    let mut f = filter();
     for (claim, name) in [
         ("https://mcp.example.com/team", "x-agent-team"),
         ("sub", "x-agent-id"),
@@ -102,7 +102,7 @@ fn header_injection_in_claims_is_denied() {
 
 #[test]
 fn policy_denies_with_reasons() {
-    let f = filter();
+    let mut f = filter();
     let mut h = request(
         "POST",
         "/mcp://hello-skill/greet",
@@ -127,7 +127,7 @@ fn policy_denies_with_reasons() {
 
 #[test]
 fn unknown_service_is_denied() {
-    let f = filter();
+    let mut f = filter();
     let mut h = request("GET", "/nowhere/x", Some(claims(json!({}))));
     f.on_request_headers(&mut h);
     assert_eq!(h.reply.as_ref().unwrap().status, 403);
@@ -140,7 +140,7 @@ fn unknown_service_is_denied() {
 
 #[test]
 fn ambiguous_or_missing_path_is_400() {
-    let f = filter();
+    let mut f = filter();
     let mut h = request(
         "GET",
         "/mcp://hello-skill/../tickets",
@@ -163,7 +163,7 @@ fn ambiguous_or_missing_path_is_400() {
 
 #[test]
 fn clock_drives_off_hours_rule() {
-    let f = filter();
+    let mut f = filter();
     let mut h = request("DELETE", "/tickets/42", Some(claims(json!({}))));
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
     let mut h = request("DELETE", "/tickets/42", Some(claims(json!({})))).at(EARLY);
@@ -184,7 +184,7 @@ fn policy_errors_fail_closed() {
         "data.t",
     )
     .unwrap();
-    let f = Filter::with_policy(config, policy, 1);
+    let mut f = Filter::with_policy(config, policy, 1);
     let mut h = request("GET", "/svc/x", Some(claims(json!({}))));
     let (flow, d) = f.on_request_headers(&mut h);
     assert_eq!(flow, Flow::Replied);
@@ -205,7 +205,7 @@ decision := {"allowed": false, "status": 429, "reason": "slow down", "headers": 
 decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.agent.team != "customer-success"
 "#;
     let policy = Policy::compile(&[("p.rego", src)], "{}", "data.t.decision").unwrap();
-    let f = Filter::with_policy(config, policy, 1);
+    let mut f = Filter::with_policy(config, policy, 1);
     let mut h = request("GET", "/svc/x", Some(claims(json!({}))));
     f.on_request_headers(&mut h);
     assert_eq!(h.reply.as_ref().unwrap().status, 429);
@@ -222,7 +222,7 @@ decision := {"allowed": true, "headers": {"x-policy-tier": "gold"}} if input.age
 
 #[test]
 fn decision_ids_are_unique_per_request() {
-    let f = filter();
+    let mut f = filter();
     let mut a = request("POST", "/mcp://hello-skill/x", None);
     let mut b = request("POST", "/mcp://hello-skill/x", None);
     assert_ne!(

@@ -34,7 +34,7 @@ fn filter_with(service: Value) -> Filter {
 }
 
 fn post(
-    f: &Filter,
+    f: &mut Filter,
     perms: &[&str],
     body: &str,
     headers: &[(&str, &str)],
@@ -61,21 +61,21 @@ fn init(version: &str) -> String {
 /// 2024-11-05 and 2025-03-26 ones were refused before.
 #[test]
 fn every_protocol_era_initializes_and_calls() {
-    let f = filter_with(json!({}));
+    let mut f = filter_with(json!({}));
     for v in crate::mcp::SUPPORTED_VERSIONS {
-        let (flow, h) = post(&f, ALL, &init(v), &[], NOON);
+        let (flow, h) = post(&mut f, ALL, &init(v), &[], NOON);
         assert_eq!(flow, Flow::Continue, "{v}: {:?}", h.reply);
         let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
         let mut hs = vec![("mcp-protocol-version", v)];
         if v >= "2026-07-28" {
             hs.push(("mcp-method", "tools/list"));
         }
-        let (flow, h) = post(&f, ALL, list, &hs, NOON);
+        let (flow, h) = post(&mut f, ALL, list, &hs, NOON);
         assert_eq!(flow, Flow::Continue, "{v}: {:?}", h.reply);
     }
     // No header: taken as 2025-03-26, which every service accepts by default.
     let (flow, _) = post(
-        &f,
+        &mut f,
         ALL,
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
         &[],
@@ -88,8 +88,8 @@ fn every_protocol_era_initializes_and_calls() {
 /// `initialize` already, with the data a 2026-07-28 client retries from.
 #[test]
 fn a_service_refuses_revisions_outside_its_set_with_supported_and_requested() {
-    let f = filter_with(json!({"mcp_versions": ["2025-11-25", "2026-07-28"]}));
-    let (flow, h) = post(&f, ALL, &init("2025-03-26"), &[], NOON);
+    let mut f = filter_with(json!({"mcp_versions": ["2025-11-25", "2026-07-28"]}));
+    let (flow, h) = post(&mut f, ALL, &init("2025-03-26"), &[], NOON);
     assert_eq!(flow, Flow::Replied);
     assert_eq!(h.reply.as_ref().unwrap().status, 400);
     let e = &body(&h)["error"];
@@ -99,7 +99,7 @@ fn a_service_refuses_revisions_outside_its_set_with_supported_and_requested() {
     assert!(e["data"]["decision_id"].is_string());
     // A request without the header is a 2025-03-26 one: refused here too.
     let (flow, h) = post(
-        &f,
+        &mut f,
         ALL,
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
         &[],
@@ -107,7 +107,7 @@ fn a_service_refuses_revisions_outside_its_set_with_supported_and_requested() {
     );
     assert_eq!(flow, Flow::Replied);
     assert_eq!(body(&h)["error"]["data"]["requested"], "2025-03-26");
-    let (flow, _) = post(&f, ALL, &init("2026-07-28"), &[], NOON);
+    let (flow, _) = post(&mut f, ALL, &init("2026-07-28"), &[], NOON);
     assert_eq!(flow, Flow::Continue);
     // An unknown revision in the configuration is refused at start.
     let mut cfg: Value = serde_json::from_str(MCP_CONFIG).unwrap();
@@ -123,9 +123,9 @@ fn a_service_refuses_revisions_outside_its_set_with_supported_and_requested() {
 /// a call was refused: a policy denial of a tool call is a tool result.
 #[test]
 fn a_denied_tool_call_is_a_tool_error_the_model_reads() {
-    let f = filter_with(json!({}));
+    let mut f = filter_with(json!({}));
     let shell = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"run_shell","arguments":{}}}"#;
-    let (flow, h) = post(&f, ALL, shell, &[], NOON);
+    let (flow, h) = post(&mut f, ALL, shell, &[], NOON);
     assert_eq!(flow, Flow::Replied);
     let r = h.reply.as_ref().unwrap();
     assert_eq!(r.status, 200);
@@ -144,13 +144,13 @@ fn a_denied_tool_call_is_a_tool_error_the_model_reads() {
         id
     );
     // Per service: a JSON-RPC error instead, on the filter's own code.
-    let f = filter_with(json!({"tool_denial": "error"}));
-    let (_, h) = post(&f, ALL, shell, &[], NOON);
+    let mut f = filter_with(json!({"tool_denial": "error"}));
+    let (_, h) = post(&mut f, ALL, shell, &[], NOON);
     assert_eq!(h.reply.as_ref().unwrap().status, 200);
     assert_eq!(body(&h)["error"]["code"], code::FORBIDDEN);
     // Another method's denial: 200 with a JSON-RPC error; a notification
     // has no answer, so it stays an HTTP refusal.
-    let f = filter_with(json!({}));
+    let mut f = filter_with(json!({}));
     let revoked = || {
         request(
             "POST",
@@ -186,9 +186,9 @@ fn a_denied_tool_call_is_a_tool_error_the_model_reads() {
 /// description, so a client asks once; a 401 names the scopes to ask for.
 #[test]
 fn a_client_learns_every_missing_scope_and_where_to_ask() {
-    let f = filter_with(json!({}));
+    let mut f = filter_with(json!({}));
     let delete = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"delete_ticket","arguments":{}}}"#;
-    let (_, h) = post(&f, &["tools:list"], delete, &[], NOON);
+    let (_, h) = post(&mut f, &["tools:list"], delete, &[], NOON);
     assert_eq!(h.reply.as_ref().unwrap().status, 403);
     assert_eq!(
         reply_header(&h, "www-authenticate").unwrap(),
@@ -211,9 +211,9 @@ fn a_client_learns_every_missing_scope_and_where_to_ask() {
 /// A method no action maps is unknown here, as a server says it.
 #[test]
 fn an_unmapped_method_is_method_not_found() {
-    let f = filter_with(json!({}));
+    let mut f = filter_with(json!({}));
     let (_, h) = post(
-        &f,
+        &mut f,
         ALL,
         r#"{"jsonrpc":"2.0","id":5,"method":"vendor/secret_admin"}"#,
         &[],
@@ -228,7 +228,7 @@ fn an_unmapped_method_is_method_not_found() {
 /// rule applies to destructive tools on MCP services, not to DELETE).
 #[test]
 fn a_session_ends_at_night_while_destructive_tools_wait_for_business_hours() {
-    let f = filter_with(json!({}));
+    let mut f = filter_with(json!({}));
     let mut h = request("DELETE", "/mcp://tickets-mcp/mcp", Some(mcp_claims(&[]))).at(EARLY);
     assert_eq!(
         f.on_request_headers(&mut h).0,
@@ -237,7 +237,7 @@ fn a_session_ends_at_night_while_destructive_tools_wait_for_business_hours() {
         h.reply
     );
     let delete = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"delete_ticket","arguments":{}}}"#;
-    let (_, h) = post(&f, ALL, delete, &[], EARLY);
+    let (_, h) = post(&mut f, ALL, delete, &[], EARLY);
     assert!(
         body(&h)["result"]["content"][0]["text"]
             .as_str()
@@ -246,7 +246,7 @@ fn a_session_ends_at_night_while_destructive_tools_wait_for_business_hours() {
         "{:?}",
         body(&h)
     );
-    let (flow, _) = post(&f, ALL, delete, &[], NOON);
+    let (flow, _) = post(&mut f, ALL, delete, &[], NOON);
     assert_eq!(flow, Flow::Continue);
 }
 
@@ -256,16 +256,16 @@ fn a_session_ends_at_night_while_destructive_tools_wait_for_business_hours() {
 /// listening for changes and tasks have actions.
 #[test]
 fn the_2026_07_28_rules() {
-    let f = filter_with(json!({}));
+    let mut f = filter_with(json!({}));
     let meta = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
-    let (_, h) = post(&f, ALL, meta, &[], NOON);
+    let (_, h) = post(&mut f, ALL, meta, &[], NOON);
     assert_eq!(body(&h)["error"]["code"], code::HEADER_MISMATCH);
     let v = ("mcp-protocol-version", "2026-07-28");
     let answer = r#"{"jsonrpc":"2.0","id":"s1","result":{}}"#;
-    let (_, h) = post(&f, ALL, answer, &[v], NOON);
+    let (_, h) = post(&mut f, ALL, answer, &[v], NOON);
     assert_eq!(body(&h)["error"]["code"], code::INVALID_REQUEST);
     let (flow, _) = post(
-        &f,
+        &mut f,
         ALL,
         answer,
         &[("mcp-protocol-version", "2025-11-25")],
@@ -275,7 +275,7 @@ fn the_2026_07_28_rules() {
     let subscribe =
         r#"{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"file:///a"}}"#;
     let (_, h) = post(
-        &f,
+        &mut f,
         &["resources:read"],
         subscribe,
         &[v, ("mcp-method", "resources/subscribe")],
@@ -291,7 +291,7 @@ fn the_2026_07_28_rules() {
         ("tasks/get", r#"{"taskId":"t1"}"#),
     ] {
         let m = format!(r#"{{"jsonrpc":"2.0","id":3,"method":"{method}","params":{params}}}"#);
-        let (flow, h) = post(&f, ALL, &m, &[v, ("mcp-method", method)], NOON);
+        let (flow, h) = post(&mut f, ALL, &m, &[v, ("mcp-method", method)], NOON);
         assert_eq!(
             flow,
             Flow::Continue,

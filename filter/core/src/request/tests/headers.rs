@@ -10,7 +10,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 #[test]
 fn non_utf8_header_value_cannot_crash_or_confuse_the_filter() {
-    let f = filter();
+    let mut f = filter();
     // In a header the filter never reads: forwarded untouched.
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
         .with_header_bytes(b"x-legacy", b"caf\xe9 \xff");
@@ -38,7 +38,7 @@ fn non_utf8_header_value_cannot_crash_or_confuse_the_filter() {
 
 #[test]
 fn non_utf8_header_name_in_the_trusted_namespace_is_stripped() {
-    let f = filter();
+    let mut f = filter();
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
         .with_header_bytes(b"x-agent-\xff", b"root");
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
@@ -47,7 +47,7 @@ fn non_utf8_header_name_in_the_trusted_namespace_is_stripped() {
 
 #[test]
 fn underscore_spelling_of_trusted_headers_never_reaches_upstream() {
-    let f = filter();
+    let mut f = filter();
     // No team claim: the spoofed one would be the only team header.
     let c = claims(json!({"https://mcp.example.com/team": null}));
     let mut h = request("POST", "/mcp://hello-skill/x", Some(c))
@@ -75,7 +75,7 @@ fn underscore_spelling_of_trusted_headers_never_reaches_upstream() {
 
 #[test]
 fn method_override_headers_cannot_turn_an_authorized_post_into_a_delete() {
-    let f = filter();
+    let mut f = filter();
     for name in [
         "x-http-method-override",
         "X-HTTP-Method",
@@ -96,7 +96,7 @@ fn method_override_headers_cannot_turn_an_authorized_post_into_a_delete() {
 
 #[test]
 fn lowercase_method_is_decided_as_the_method_upstreams_will_run() {
-    let f = filter();
+    let mut f = filter();
     // DELETE is off limits outside business hours; `delete` is the same.
     let mut h = request("delete", "/mcp://tickets/1", Some(claims(json!({})))).at(EARLY);
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
@@ -111,7 +111,7 @@ fn lowercase_method_is_decided_as_the_method_upstreams_will_run() {
 
 #[test]
 fn client_chosen_request_and_decision_ids_never_reach_logs_or_upstream() {
-    let f = logged_filter(json!({"enabled": true}));
+    let mut f = logged_filter(json!({"enabled": true}));
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
         .with_header("x-request-id", "attacker-chosen")
         .with_header("x-decision-id", "forged-decision");
@@ -125,7 +125,7 @@ fn client_chosen_request_and_decision_ids_never_reach_logs_or_upstream() {
     // An edge that sets x-request-id itself may be trusted, explicitly.
     let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
     cfg["headers"] = json!({"trust_request_id": true});
-    let f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
         .with_header("x-request-id", "edge-id-1");
     f.on_request_headers(&mut h);
@@ -134,7 +134,7 @@ fn client_chosen_request_and_decision_ids_never_reach_logs_or_upstream() {
 
 #[test]
 fn duplicate_headers_the_filter_reads_are_refused() {
-    let f = filter();
+    let mut f = filter();
     for (name, a, b) in [
         ("authorization", "Bearer a", "Bearer b"),
         ("content-type", "application/json", "text/plain"),
@@ -153,7 +153,7 @@ fn duplicate_headers_the_filter_reads_are_refused() {
 
 #[test]
 fn scope_with_tabs_or_newlines_grants_nothing() {
-    let f = filter();
+    let mut f = filter();
     let c = claims(json!({"permissions": null, "scope": "mcp:read\tskills:invoke\nadmin"}));
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(c));
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
@@ -165,7 +165,7 @@ fn scope_with_tabs_or_newlines_grants_nothing() {
 
 #[test]
 fn a_path_authorized_for_one_service_is_routed_to_that_service_only() {
-    let f = filter();
+    let mut f = filter();
     for (path, service, upstream) in [
         ("/mcp://hello-skill/tickets/x", "hello-skill", "/tickets/x"),
         (
@@ -190,7 +190,7 @@ fn a_path_authorized_for_one_service_is_routed_to_that_service_only() {
 
 #[test]
 fn a_proxy_refusing_header_writes_fails_closed() {
-    let f = filter();
+    let mut f = filter();
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
     h.refuse_header_writes = true;
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
@@ -232,7 +232,7 @@ fn policy_headers_cannot_overwrite_trusted_or_pseudo_headers() {
             crate::policy::EngineChoice::Interpreter,
         )
         .unwrap();
-        let f = Filter::with_policy(Config::from_json(CONFIG.as_bytes()).unwrap(), policy, 1);
+        let mut f = Filter::with_policy(Config::from_json(CONFIG.as_bytes()).unwrap(), policy, 1);
         let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
         assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied, "{header}");
         assert_eq!(body(&h)["reason"], "policy_error", "{header}");

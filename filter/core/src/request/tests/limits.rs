@@ -23,7 +23,7 @@ fn lab_agent(id: &str) -> Value {
 /// One request on a proxy whose workers share `shared`; the stream ends
 /// (log, done) unless `keep_open`.
 fn send(
-    f: &Filter,
+    f: &mut Filter,
     shared: &SharedData,
     stream: u32,
     path: &str,
@@ -43,14 +43,14 @@ fn send(
 
 #[test]
 fn a_looping_agent_is_held_to_its_rate_and_others_are_not() {
-    let f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
     let shared = SharedData::default();
     f.on_configured(&mut MockHost::new(), "test");
     let mut passed = 0;
     let mut refused = None;
     for i in 0..25 {
         let (d, h) = send(
-            &f,
+            &mut f,
             &shared,
             i,
             "/mcp://hello-skill/go",
@@ -82,7 +82,7 @@ fn a_looping_agent_is_held_to_its_rate_and_others_are_not() {
     assert_eq!(h.header_writes, 0, "nothing forwarded");
     // Another experimental agent has its own bucket; a support agent none.
     let (d, _) = send(
-        &f,
+        &mut f,
         &shared,
         90,
         "/mcp://hello-skill/go",
@@ -91,7 +91,7 @@ fn a_looping_agent_is_held_to_its_rate_and_others_are_not() {
     );
     assert!(d.allowed());
     let (d, _) = send(
-        &f,
+        &mut f,
         &shared,
         91,
         "/mcp://hello-skill/go",
@@ -103,12 +103,12 @@ fn a_looping_agent_is_held_to_its_rate_and_others_are_not() {
 
 #[test]
 fn refused_requests_never_consume() {
-    let f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
     let shared = SharedData::default();
     // Experimental agents may not write data: 30 refusals...
     for i in 0..30 {
         let (d, h) = send(
-            &f,
+            &mut f,
             &shared,
             i,
             "/mcp://tickets/t/1",
@@ -121,7 +121,7 @@ fn refused_requests_never_consume() {
     let passed = (100..120)
         .filter(|i| {
             send(
-                &f,
+                &mut f,
                 &shared,
                 *i,
                 "/mcp://hello-skill/go",
@@ -137,25 +137,25 @@ fn refused_requests_never_consume() {
 
 #[test]
 fn an_in_flight_cap_frees_its_slot_however_the_stream_ends() {
-    let f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
     let shared = SharedData::default();
     let who = || claims(json!({"sub": "batch-runner@clients"}));
-    let (mut one, mut h1) = send(&f, &shared, 1, "/mcp://hello-skill/go", who(), true);
-    let (_two, _h2) = send(&f, &shared, 2, "/mcp://hello-skill/go", who(), true);
+    let (mut one, mut h1) = send(&mut f, &shared, 1, "/mcp://hello-skill/go", who(), true);
+    let (_two, _h2) = send(&mut f, &shared, 2, "/mcp://hello-skill/go", who(), true);
     assert!(one.allowed());
-    let (d, h) = send(&f, &shared, 3, "/mcp://hello-skill/go", who(), true);
+    let (d, h) = send(&mut f, &shared, 3, "/mcp://hello-skill/go", who(), true);
     assert_eq!(h.reply.as_ref().unwrap().status, 429);
     assert_eq!(body(&h)["reason"], "limit batch-runner.in_flight exceeded");
     assert!(d.held.is_empty(), "a refusal holds nothing");
     // The first stream is reset: Envoy calls done without a log.
     f.on_stream_done(&mut h1, 1, Some(&mut one));
-    let (d, _) = send(&f, &shared, 4, "/mcp://hello-skill/go", who(), true);
+    let (d, _) = send(&mut f, &shared, 4, "/mcp://hello-skill/go", who(), true);
     assert!(d.allowed(), "its slot came back");
 }
 
 #[test]
 fn a_tool_call_over_its_limit_gets_a_json_rpc_error_with_its_id() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let shared = SharedData::default();
     let call = r#"{"jsonrpc":"2.0","id":77,"method":"tools/call","params":{"name":"delete_ticket","arguments":{"id":"T-1"}}}"#;
     let perms = json!({"permissions": ["tools:call", "tickets:delete"]});
@@ -192,7 +192,7 @@ fn a_tool_call_over_its_limit_gets_a_json_rpc_error_with_its_id() {
 
 #[test]
 fn a_stream_outliving_its_lease_still_counts_through_the_workers_tick() {
-    let f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(CONFIG.as_bytes(), 7).unwrap();
     let shared = SharedData::default();
     let mut root = MockHost::new().at(NOON);
     root.shared = shared.clone();
@@ -202,7 +202,7 @@ fn a_stream_outliving_its_lease_still_counts_through_the_workers_tick() {
         "limits need the tick"
     );
     let who = || claims(json!({"sub": "batch-runner@clients"}));
-    let at = |stream: u32, now: u64, keep_open: bool| {
+    let at = |f: &mut Filter, stream: u32, now: u64, keep_open: bool| {
         let mut h = request("POST", "/mcp://hello-skill/go", Some(who())).at(now);
         h.shared = shared.clone();
         h.stream = stream;
@@ -214,8 +214,8 @@ fn a_stream_outliving_its_lease_still_counts_through_the_workers_tick() {
         (d, h)
     };
     // Two long downloads, capped at 2 in flight.
-    let (mut one, mut h1) = at(1, NOON, true);
-    let (_two, _h2) = at(2, NOON, true);
+    let (mut one, mut h1) = at(&mut f, 1, NOON, true);
+    let (_two, _h2) = at(&mut f, 2, NOON, true);
     assert!(one.allowed());
     // Twice the lease later, with the worker ticking all along, they
     // still run, so a third still waits.
@@ -224,7 +224,7 @@ fn a_stream_outliving_its_lease_still_counts_through_the_workers_tick() {
         root.now_ns += lease / 4;
         f.on_tick(&mut root);
     }
-    let (d, h) = at(3, root.now_ns, false);
+    let (d, h) = at(&mut f, 3, root.now_ns, false);
     assert_eq!(
         h.reply.as_ref().map(|r| r.status),
         Some(429),
@@ -235,6 +235,6 @@ fn a_stream_outliving_its_lease_still_counts_through_the_workers_tick() {
     f.on_stream_done(&mut h1, 1, Some(&mut one));
     root.now_ns += lease / 4;
     f.on_tick(&mut root);
-    let (d, _) = at(4, root.now_ns, false);
+    let (d, _) = at(&mut f, 4, root.now_ns, false);
     assert!(d.allowed());
 }

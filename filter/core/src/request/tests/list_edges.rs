@@ -16,7 +16,7 @@ const LIST: &str = r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#;
 
 /// An MCP POST through both phases, with `headers` added.
 fn post(
-    f: &Filter,
+    f: &mut Filter,
     perms: &[&str],
     body: &str,
     headers: &[(&str, &str)],
@@ -33,7 +33,7 @@ fn post(
 /// The response to `d`'s request, with these headers and body chunks;
 /// returns what the client receives.
 fn respond(
-    f: &Filter,
+    f: &mut Filter,
     d: &mut Decision,
     h: &mut MockHost,
     headers: &[(&str, &str)],
@@ -70,10 +70,15 @@ const JSON: (&str, &str) = ("content-type", "application/json");
 
 #[test]
 fn case_variant_keys_are_refused_and_the_parsed_message_is_what_goes_upstream() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     // Authorized as lookup, executed as delete by a Go server: refused.
     let smuggled = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_ticket","Name":"delete_ticket","arguments":{"team":"customer-success"}}}"#;
-    let (flow, _, h) = post(&f, &["tools:call"], smuggled, &[("content-length", "150")]);
+    let (flow, _, h) = post(
+        &mut f,
+        &["tools:call"],
+        smuggled,
+        &[("content-length", "150")],
+    );
     assert_eq!(flow, Flow::Replied);
     assert_eq!(body(&h)["error"]["code"], crate::mcp::code::PARSE_ERROR);
     assert!(h.forwarded_body.is_none() && h.header_writes == 0);
@@ -81,7 +86,7 @@ fn case_variant_keys_are_refused_and_the_parsed_message_is_what_goes_upstream() 
     // content-length that goes with them.
     let spaced = "{ \"jsonrpc\" : \"2.0\", \"id\" : 42, \"method\" : \"tools/call\",\n \"params\" : {\"name\":\"lookup_ticket\",\"arguments\":{\"team\":\"customer-success\",\"id\":\"T\\u002d1\"}} }";
     let (flow, _, h) = post(
-        &f,
+        &mut f,
         &["tools:call"],
         spaced,
         &[("content-length", &spaced.len().to_string())],
@@ -97,7 +102,7 @@ fn case_variant_keys_are_refused_and_the_parsed_message_is_what_goes_upstream() 
 
 #[test]
 fn a_proxy_that_cannot_replace_the_body_fails_closed() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let mut h = request(
         "POST",
         "/mcp://tickets-mcp/mcp",
@@ -123,9 +128,9 @@ fn secrets_mcp_filter() -> Filter {
 /// them; its answer is filtered all the same.
 #[test]
 fn a_list_that_waited_for_secrets_is_still_filtered() {
-    let f = secrets_mcp_filter();
+    let mut f = secrets_mcp_filter();
     let (flow, mut d, mut h) = post(
-        &f,
+        &mut f,
         &["tools:list", "tools:call"],
         LIST,
         &[("authorization", "Bearer the.agent.jwt")],
@@ -149,7 +154,7 @@ fn a_list_that_waited_for_secrets_is_still_filtered() {
         Some(br#"{"data":{"data":{"api_key":"k-1"}}}"#),
     );
     assert_eq!(root.resumed.len(), 1);
-    let (read, out) = respond(&f, &mut d, &mut h, &[JSON], &[TOOLS.as_bytes()]);
+    let (read, out) = respond(&mut f, &mut d, &mut h, &[JSON], &[TOOLS.as_bytes()]);
     assert_eq!(read, ResponseBody::Buffered);
     let v: Value = serde_json::from_slice(&out).unwrap();
     let names: Vec<&str> = v["result"]["tools"]
@@ -165,7 +170,7 @@ fn a_list_that_waited_for_secrets_is_still_filtered() {
 /// the stream with the JSON-RPC error instead of passing as is.
 #[test]
 fn unparseable_list_events_end_the_stream_instead_of_passing() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
     let hidden: Vec<Vec<u8>> = vec![
         // A lone surrogate in a listed name: JSON.parse takes it.
@@ -179,9 +184,9 @@ fn unparseable_list_events_end_the_stream_instead_of_passing() {
     ];
     for mut event in hidden {
         event.extend_from_slice(b"\n\n");
-        let (_, mut d, mut h) = post(&f, &["tools:list", "tools:call"], LIST, &[]);
+        let (_, mut d, mut h) = post(&mut f, &["tools:list", "tools:call"], LIST, &[]);
         let (_, out) = respond(
-            &f,
+            &mut f,
             &mut d,
             &mut h,
             &[SSE],
@@ -196,9 +201,9 @@ fn unparseable_list_events_end_the_stream_instead_of_passing() {
         );
     }
     // A byte-order mark does not hide the first event from the filter.
-    let (_, mut d, mut h) = post(&f, &["tools:list", "tools:call"], LIST, &[]);
+    let (_, mut d, mut h) = post(&mut f, &["tools:list", "tools:call"], LIST, &[]);
     let bom = format!("\u{feff}data: {TOOLS}\n\n");
-    let (_, out) = respond(&f, &mut d, &mut h, &[SSE], &[bom.as_bytes()]);
+    let (_, out) = respond(&mut f, &mut d, &mut h, &[SSE], &[bom.as_bytes()]);
     let text = String::from_utf8_lossy(&out);
     assert!(
         !text.contains("run_shell") && text.contains("lookup_ticket"),
@@ -211,7 +216,7 @@ fn unparseable_list_events_end_the_stream_instead_of_passing() {
 /// messages), or a tool call's stream carrying another message's answer.
 #[test]
 fn list_results_on_streams_not_tied_to_a_list_request_are_refused() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let mut h = request(
         "GET",
         "/mcp://tickets-mcp/mcp",
@@ -222,7 +227,7 @@ fn list_results_on_streams_not_tied_to_a_list_request_are_refused() {
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     let replayed = format!("id: r1\ndata: {TOOLS}\n\n");
     let (read, out) = respond(
-        &f,
+        &mut f,
         &mut d,
         &mut h,
         &[SSE],
@@ -242,13 +247,13 @@ fn list_results_on_streams_not_tied_to_a_list_request_are_refused() {
     // A tool call's event stream: its own answer passes, a list for
     // another id does not; templates too.
     let call = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"lookup_ticket","arguments":{"team":"customer-success"}}}"#;
-    let (flow, mut d, mut h) = post(&f, &["tools:call", "tools:list"], call, &[]);
+    let (flow, mut d, mut h) = post(&mut f, &["tools:call", "tools:list"], call, &[]);
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     let other = format!("data: {}\n\n", TOOLS);
     let templates = "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"resourceTemplates\":[{\"uriTemplate\":\"file:///{x}\",\"name\":\"x\"}]}}\n\n";
     let own = "data: {\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"ok\"}]}}\n\n";
     let (_, out) = respond(
-        &f,
+        &mut f,
         &mut d,
         &mut h,
         &[SSE],
@@ -266,13 +271,13 @@ fn list_results_on_streams_not_tied_to_a_list_request_are_refused() {
     );
     assert!(text.ends_with(own), "{text}");
     // A tool call's JSON answer is its own: not read.
-    let (_, mut d, mut h) = post(&f, &["tools:call", "tools:list"], call, &[]);
-    let (read, _) = respond(&f, &mut d, &mut h, &[JSON], &[b"{}"]);
+    let (_, mut d, mut h) = post(&mut f, &["tools:call", "tools:list"], call, &[]);
+    let (read, _) = respond(&mut f, &mut d, &mut h, &[JSON], &[b"{}"]);
     assert_eq!(read, ResponseBody::Untouched);
     // Compressed too: it is the call's own answer, not a list.
-    let (_, mut d, mut h) = post(&f, &["tools:call", "tools:list"], call, &[]);
+    let (_, mut d, mut h) = post(&mut f, &["tools:call", "tools:list"], call, &[]);
     let (read, _) = respond(
-        &f,
+        &mut f,
         &mut d,
         &mut h,
         &[JSON, ("content-encoding", "gzip")],
@@ -280,9 +285,9 @@ fn list_results_on_streams_not_tied_to_a_list_request_are_refused() {
     );
     assert_eq!(read, ResponseBody::Untouched);
     // An event stream that cannot be read could carry a list: refused.
-    let (_, mut d, mut h) = post(&f, &["tools:call", "tools:list"], call, &[]);
+    let (_, mut d, mut h) = post(&mut f, &["tools:call", "tools:list"], call, &[]);
     let (_, out) = respond(
-        &f,
+        &mut f,
         &mut d,
         &mut h,
         &[SSE, ("content-encoding", "gzip")],
@@ -296,7 +301,7 @@ fn list_results_on_streams_not_tied_to_a_list_request_are_refused() {
 /// and a list in another field than the one asked for.
 #[test]
 fn batched_compressed_and_unknown_typed_list_answers_are_refused() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let batch = format!("[{TOOLS}]");
     let prompts = TOOLS.replace("\"tools\"", "\"prompts\"");
     let both = TOOLS.replace(
@@ -311,8 +316,8 @@ fn batched_compressed_and_unknown_typed_list_answers_are_refused() {
         (vec![JSON], prompts.as_str()),
         (vec![JSON], both.as_str()),
     ] {
-        let (_, mut d, mut h) = post(&f, &["tools:list", "tools:call"], LIST, &[]);
-        let (_, out) = respond(&f, &mut d, &mut h, &headers, &[chunk.as_bytes()]);
+        let (_, mut d, mut h) = post(&mut f, &["tools:list", "tools:call"], LIST, &[]);
+        let (_, out) = respond(&mut f, &mut d, &mut h, &headers, &[chunk.as_bytes()]);
         let text = String::from_utf8_lossy(&out);
         assert!(!text.contains("run_shell"), "{headers:?}: {text}");
         let v: Value =
@@ -332,10 +337,10 @@ fn a_policy_without_a_visible_rule_shows_nothing() {
     let policy =
         crate::policy::Policy::compile(&[("p.rego", "package p\nallow := true\n")], "{}", "data.p")
             .unwrap();
-    let f = Filter::with_policy(Config::from_json(MCP_CONFIG.as_bytes()).unwrap(), policy, 1);
-    let (flow, mut d, mut h) = post(&f, &["tools:list"], LIST, &[]);
+    let mut f = Filter::with_policy(Config::from_json(MCP_CONFIG.as_bytes()).unwrap(), policy, 1);
+    let (flow, mut d, mut h) = post(&mut f, &["tools:list"], LIST, &[]);
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
-    let (_, out) = respond(&f, &mut d, &mut h, &[JSON], &[TOOLS.as_bytes()]);
+    let (_, out) = respond(&mut f, &mut d, &mut h, &[JSON], &[TOOLS.as_bytes()]);
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["result"]["tools"], json!([]));
 }

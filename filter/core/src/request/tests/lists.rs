@@ -9,7 +9,7 @@ use super::*;
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 /// A list request through to its response headers, in `content_type`.
-fn list_reply(f: &Filter, content_type: &str) -> (Decision, MockHost, ResponseBody) {
+fn list_reply(f: &mut Filter, content_type: &str) -> (Decision, MockHost, ResponseBody) {
     let list = r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#;
     let (flow, mut d, mut h) = mcp_call(f, &["tools:list", "tools:call"], Some(list), &[]);
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
@@ -34,7 +34,7 @@ fn tool_names(v: &Value) -> Vec<&str> {
 }
 
 /// Feeds `chunks` as a response body; returns what the client receives.
-fn stream_through(f: &Filter, d: &mut Decision, h: &mut MockHost, chunks: &[&[u8]]) -> Vec<u8> {
+fn stream_through(f: &mut Filter, d: &mut Decision, h: &mut MockHost, chunks: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut held: Vec<u8> = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
@@ -55,21 +55,21 @@ fn stream_through(f: &Filter, d: &mut Decision, h: &mut MockHost, chunks: &[&[u8
 
 #[test]
 fn a_tool_list_response_shows_only_the_tools_the_agent_may_call() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
-    let (mut d, mut h, read) = list_reply(&f, "application/json");
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let (mut d, mut h, read) = list_reply(&mut f, "application/json");
     assert_eq!(read, ResponseBody::Buffered, "the body must be read");
     assert_eq!(h.response_header("content-length"), None);
     let body = TOOLS.as_bytes();
     let (a, b) = body.split_at(40);
-    let out = stream_through(&f, &mut d, &mut h, &[a, b]);
+    let out = stream_through(&mut f, &mut d, &mut h, &[a, b]);
     let out: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(tool_names(&out), ["search_docs", "lookup_ticket"]);
     // The same list again is answered from the worker's list cache, alike.
-    let (mut d, mut h, _) = list_reply(&f, "application/json");
-    let again = stream_through(&f, &mut d, &mut h, &[body]);
+    let (mut d, mut h, _) = list_reply(&mut f, "application/json");
+    let again = stream_through(&mut f, &mut d, &mut h, &[body]);
     assert_eq!(serde_json::from_slice::<Value>(&again).unwrap(), out);
     // A tool call's response is not read.
-    let (_, mut d, mut h) = mcp_call(&f, &["tools:call"], Some(CALL), &[]);
+    let (_, mut d, mut h) = mcp_call(&mut f, &["tools:call"], Some(CALL), &[]);
     h.response_headers = vec![("content-type".into(), "application/json".into())];
     assert_eq!(
         f.on_response_headers(&mut h, &mut d),
@@ -79,8 +79,8 @@ fn a_tool_list_response_shows_only_the_tools_the_agent_may_call() {
 
 #[test]
 fn a_json_list_still_buffered_is_held_until_filtered() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
-    let (mut d, mut h, _) = list_reply(&f, "application/json");
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let (mut d, mut h, _) = list_reply(&mut f, "application/json");
     assert!(d.holds_list_body(), "trailers now would pass it unfiltered");
     let body = TOOLS.as_bytes();
     assert_eq!(
@@ -88,9 +88,9 @@ fn a_json_list_still_buffered_is_held_until_filtered() {
         BodyStep::Hold
     );
     assert!(d.holds_list_body());
-    stream_through(&f, &mut d, &mut h, &[body]);
+    stream_through(&mut f, &mut d, &mut h, &[body]);
     assert!(!d.holds_list_body(), "filtered: nothing held");
-    let (d, _, _) = list_reply(&f, "text/event-stream");
+    let (d, _, _) = list_reply(&mut f, "text/event-stream");
     assert!(
         !d.holds_list_body(),
         "event streams are filtered chunk by chunk"
@@ -101,15 +101,15 @@ fn a_json_list_still_buffered_is_held_until_filtered() {
 fn an_oversized_list_response_ends_as_an_error_never_unfiltered() {
     let mut config: Value = serde_json::from_str(MCP_CONFIG).unwrap();
     config["mcp"]["max_body_bytes"] = json!(4096);
-    let f = Filter::new(config.to_string().as_bytes(), 7).unwrap();
+    let mut f = Filter::new(config.to_string().as_bytes(), 7).unwrap();
     // JSON: too large while buffering.
-    let (mut d, mut h, _) = list_reply(&f, "application/json");
+    let (mut d, mut h, _) = list_reply(&mut f, "application/json");
     let big = format!(
         r#"{{"jsonrpc":"2.0","id":5,"result":{{"tools":[{{"name":"run_shell","description":"{}"}}]}}}}"#,
         "x".repeat(5000)
     );
     let (a, b) = big.as_bytes().split_at(4500);
-    let out = stream_through(&f, &mut d, &mut h, &[a, b]);
+    let out = stream_through(&mut f, &mut d, &mut h, &[a, b]);
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["id"], 5);
     assert!(v["error"]["message"]
@@ -119,12 +119,12 @@ fn an_oversized_list_response_ends_as_an_error_never_unfiltered() {
     assert_eq!(v["error"]["data"]["decision_id"], d.id.as_str());
     // An event stream whose list event never ends within the bound: the
     // events before it pass, then the error; nothing of the list.
-    let (mut d, mut h, read) = list_reply(&f, "text/event-stream");
+    let (mut d, mut h, read) = list_reply(&mut f, "text/event-stream");
     assert_eq!(read, ResponseBody::Streamed);
     let progress = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
     let event = format!("data: {big}\n\n");
     let (a, b) = event.as_bytes().split_at(4200);
-    let out = stream_through(&f, &mut d, &mut h, &[progress, a, b, b"data: more\n\n"]);
+    let out = stream_through(&mut f, &mut d, &mut h, &[progress, a, b, b"data: more\n\n"]);
     let text = String::from_utf8(out).unwrap();
     assert!(
         text.starts_with(std::str::from_utf8(progress).unwrap()),
@@ -137,8 +137,8 @@ fn an_oversized_list_response_ends_as_an_error_never_unfiltered() {
         "the rest of a failed stream is dropped"
     );
     // Unreadable JSON is an error too.
-    let (mut d, mut h, _) = list_reply(&f, "application/json");
-    let out = stream_through(&f, &mut d, &mut h, &[b"{\"tools\": ["]);
+    let (mut d, mut h, _) = list_reply(&mut f, "application/json");
+    let out = stream_through(&mut f, &mut d, &mut h, &[b"{\"tools\": ["]);
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert!(v["error"]["message"]
         .as_str()
@@ -148,7 +148,7 @@ fn an_oversized_list_response_ends_as_an_error_never_unfiltered() {
 
 #[test]
 fn an_event_stream_list_is_filtered_as_chunks_arrive_and_the_rest_streams_through() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let prime = b"id: p0\ndata:\n\n".to_vec();
     let progress = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\r\n\r\n".to_vec();
     let result = format!("event: message\nid: r1\ndata: {TOOLS}\n\n").into_bytes();
@@ -157,9 +157,9 @@ fn an_event_stream_list_is_filtered_as_chunks_arrive_and_the_rest_streams_throug
     // However the network cuts the stream, the client gets the same.
     let mut seen = None;
     for cut in [1, 7, 13, 64, 200, stream.len()] {
-        let (mut d, mut h, _) = list_reply(&f, "text/event-stream");
+        let (mut d, mut h, _) = list_reply(&mut f, "text/event-stream");
         let chunks: Vec<&[u8]> = stream.chunks(cut).collect();
-        let out = stream_through(&f, &mut d, &mut h, &chunks);
+        let out = stream_through(&mut f, &mut d, &mut h, &chunks);
         if let Some(s) = &seen {
             assert_eq!(&out, s, "cut every {cut} bytes");
         }
@@ -185,10 +185,15 @@ fn an_event_stream_list_is_filtered_as_chunks_arrive_and_the_rest_streams_throug
     assert_eq!(tool_names(&v), ["search_docs", "lookup_ticket"]);
     // After the answer the stream is still read: a second list result on
     // it (another id) is refused in place, never shown unfiltered.
-    let (mut d, mut h, _) = list_reply(&f, "text/event-stream");
+    let (mut d, mut h, _) = list_reply(&mut f, "text/event-stream");
     let first = format!("data: {TOOLS}\n\n");
     let second = format!("data: {}\n\n", TOOLS.replace("\"id\":5", "\"id\":6"));
-    let out = stream_through(&f, &mut d, &mut h, &[first.as_bytes(), second.as_bytes()]);
+    let out = stream_through(
+        &mut f,
+        &mut d,
+        &mut h,
+        &[first.as_bytes(), second.as_bytes()],
+    );
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.matches("run_shell").count(), 0, "{text}");
     assert!(text.contains("does not answer the list request"), "{text}");

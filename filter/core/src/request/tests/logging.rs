@@ -9,7 +9,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 #[test]
 fn decisions_are_logged_in_opa_shape_without_credentials() {
-    let f = logged_filter(json!({"enabled": true, "mask": ["/input/jwt/payload/email"]}));
+    let mut f = logged_filter(json!({"enabled": true, "mask": ["/input/jwt/payload/email"]}));
     let canary_jwt = "Bearer canary-jwt-0a1b2c";
     let mut h = request(
         "POST",
@@ -65,7 +65,7 @@ fn decisions_are_logged_in_opa_shape_without_credentials() {
 
 #[test]
 fn denies_are_always_logged_allows_sampled() {
-    let f = logged_filter(json!({"enabled": true, "sample_allowed": 0.0}));
+    let mut f = logged_filter(json!({"enabled": true, "sample_allowed": 0.0}));
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
     let (_, d) = f.on_request_headers(&mut h);
     f.on_log(&mut h, &mut d.clone());
@@ -90,7 +90,7 @@ fn denies_are_always_logged_allows_sampled() {
     f.on_log(&mut h, &mut d.clone());
     assert_eq!(log_lines(&h)[0]["status"], 401);
     // Off by default.
-    let plain = filter();
+    let mut plain = filter();
     let mut h = request("POST", "/mcp://hello-skill/greet", None);
     let (_, d) = plain.on_request_headers(&mut h);
     plain.on_log(&mut h, &mut d.clone());
@@ -99,7 +99,7 @@ fn denies_are_always_logged_allows_sampled() {
 
 #[test]
 fn counters_move_exactly_with_the_requests() {
-    let f = filter();
+    let mut f = filter();
     let mut totals = std::collections::BTreeMap::new();
     let mut run = |mut h: MockHost| {
         f.on_configured(&mut h, "test");
@@ -137,7 +137,7 @@ fn counters_move_exactly_with_the_requests() {
 
 #[test]
 fn mandatory_logging_denies_when_records_cannot_be_handed_over() {
-    let f = logged_filter(json!({"enabled": true, "mandatory": true,
+    let mut f = logged_filter(json!({"enabled": true, "mandatory": true,
         "collector": {"cluster": "logs", "max_batch": 1, "max_buffer": 2}}));
     assert!(f.needs_tick());
     for _ in 0..2 {
@@ -180,7 +180,7 @@ fn mandatory_logging_denies_when_records_cannot_be_handed_over() {
 fn metrics_header_reports_the_filters_own_timing_when_enabled() {
     let mut cfg: Value = serde_json::from_str(CONFIG).unwrap();
     cfg["headers"] = json!({"metrics_header": true});
-    let f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
     let (_, mut d) = f.on_request_headers(&mut h);
     f.on_response_headers(&mut h, &mut d);

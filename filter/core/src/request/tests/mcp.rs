@@ -10,9 +10,9 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 #[test]
 fn an_mcp_tool_call_is_decided_on_its_body() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let (flow, d, h) = mcp_call(
-        &f,
+        &mut f,
         &["tools:call"],
         Some(CALL),
         &[("x-agent-tool", "run_shell")],
@@ -27,9 +27,9 @@ fn an_mcp_tool_call_is_decided_on_its_body() {
 
 #[test]
 fn an_mcp_refusal_is_a_json_rpc_error_with_the_request_id() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     // tools:list does not grant tools/call.
-    let (flow, d, h) = mcp_call(&f, &["tools:list"], Some(CALL), &[]);
+    let (flow, d, h) = mcp_call(&mut f, &["tools:list"], Some(CALL), &[]);
     assert_eq!(flow, Flow::Replied);
     assert_eq!(h.reply.as_ref().unwrap().status, 403);
     let b = body(&h);
@@ -45,7 +45,7 @@ fn an_mcp_refusal_is_a_json_rpc_error_with_the_request_id() {
 
 #[test]
 fn malformed_or_smuggling_mcp_bodies_are_refused_before_the_policy() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let perms = &["tools:call"];
     for (body, code) in [
         ("{not json", crate::mcp::code::PARSE_ERROR),
@@ -58,14 +58,14 @@ fn malformed_or_smuggling_mcp_bodies_are_refused_before_the_policy() {
             crate::mcp::code::INVALID_REQUEST,
         ),
     ] {
-        let (flow, _, h) = mcp_call(&f, perms, Some(body), &[]);
+        let (flow, _, h) = mcp_call(&mut f, perms, Some(body), &[]);
         assert_eq!(flow, Flow::Replied, "{body}");
         assert_eq!(h.reply.as_ref().unwrap().status, 400);
         assert_eq!(body_code(&h), code, "{body}");
     }
     // A mirror header that contradicts the body (2026-07-28 semantics).
     let (flow, _, h) = mcp_call(
-        &f,
+        &mut f,
         perms,
         Some(CALL),
         &[("mcp-method", "tools/call"), ("mcp-name", "harmless_tool")],
@@ -75,7 +75,7 @@ fn malformed_or_smuggling_mcp_bodies_are_refused_before_the_policy() {
     assert_eq!(body(&h)["id"], 42);
     // An unsupported revision.
     let (_, _, h) = mcp_call(
-        &f,
+        &mut f,
         perms,
         Some(CALL),
         &[("mcp-protocol-version", "2024-01-01")],
@@ -85,7 +85,7 @@ fn malformed_or_smuggling_mcp_bodies_are_refused_before_the_policy() {
         crate::mcp::code::UNSUPPORTED_PROTOCOL_VERSION
     );
     // Too large: 413, nothing upstream.
-    let (flow, _, h) = mcp_call(&f, perms, None, &[]);
+    let (flow, _, h) = mcp_call(&mut f, perms, None, &[]);
     assert_eq!(flow, Flow::Replied);
     assert_eq!(h.reply.as_ref().unwrap().status, 413);
     assert_eq!(h.header_writes, 0);
@@ -93,7 +93,7 @@ fn malformed_or_smuggling_mcp_bodies_are_refused_before_the_policy() {
 
 #[test]
 fn a_body_the_host_cannot_hand_over_is_a_503_not_a_parse_error() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let mut h = request(
         "POST",
         "/mcp://tickets-mcp/mcp",
@@ -116,7 +116,7 @@ fn body_code(h: &MockHost) -> i64 {
 
 #[test]
 fn mcp_get_and_delete_are_their_own_actions() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     // Ending a session needs no permission (the shipped policy's
     // session_actions); opening the server's stream needs mcp:connect.
     let mut h = request(
@@ -147,7 +147,7 @@ fn mcp_get_and_delete_are_their_own_actions() {
 
 #[test]
 fn a_body_for_a_stream_that_never_waited_fails_closed() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let mut h = request(
         "POST",
         "/mcp://tickets-mcp/mcp",
@@ -165,7 +165,7 @@ fn protected_resource_metadata_is_served_and_401s_point_to_it() {
         "resources": {"tickets-mcp": {"type": "tool", "protocol": "mcp",
             "resource_uri": "https://gw.example.com/tickets-mcp/mcp",
             "metadata": {"team": "customer-success", "environment": "production"}}}}"#;
-    let f = Filter::new(cfg.as_bytes(), 7).unwrap();
+    let mut f = Filter::new(cfg.as_bytes(), 7).unwrap();
     let mut h = request(
         "GET",
         "/.well-known/oauth-protected-resource/tickets-mcp/mcp",
@@ -202,8 +202,8 @@ fn protected_resource_metadata_is_served_and_401s_point_to_it() {
 
 #[test]
 fn a_missing_scope_is_named_so_the_client_can_step_up() {
-    let f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
-    let (_, _, h) = mcp_call(&f, &["tools:list"], Some(CALL), &[]);
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let (_, _, h) = mcp_call(&mut f, &["tools:list"], Some(CALL), &[]);
     assert_eq!(h.reply.as_ref().unwrap().status, 403);
     assert_eq!(
         reply_header(&h, "www-authenticate"),
@@ -214,7 +214,7 @@ fn a_missing_scope_is_named_so_the_client_can_step_up() {
     // A refusal for another reason names no scope: it is the policy's
     // answer to the call (a tool result marked as an error).
     let other = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_shell"}}"#;
-    let (_, _, h) = mcp_call(&f, &["tools:call"], Some(other), &[]);
+    let (_, _, h) = mcp_call(&mut f, &["tools:call"], Some(other), &[]);
     assert_eq!(h.reply.as_ref().unwrap().status, 200);
     assert_eq!(body(&h)["result"]["isError"], true);
     assert_eq!(reply_header(&h, "www-authenticate"), None);

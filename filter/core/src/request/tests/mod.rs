@@ -108,7 +108,7 @@ fn mcp_claims(perms: &[&str]) -> Value {
 
 /// Runs an MCP POST through both phases.
 fn mcp_call(
-    f: &Filter,
+    f: &mut Filter,
     perms: &[&str],
     body: Option<&str>,
     headers: &[(&str, &str)],

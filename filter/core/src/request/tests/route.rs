@@ -40,7 +40,7 @@ fn ml_agent() -> Value {
 
 #[test]
 fn istio_a_path_naming_another_service_cannot_reach_this_pod() {
-    let f = sidecar();
+    let mut f = sidecar();
     for path in [
         "/sentiment-analysis/customers/42",
         "/mcp://sentiment-analysis/customers/42",
@@ -67,12 +67,12 @@ fn istio_a_path_naming_another_service_cannot_reach_this_pod() {
 fn istio_without_local_service_the_path_picks_the_decided_service() {
     // What the sidecar did before local_service: the path's service was
     // decided (and allowed), then the request went on to this pod.
-    let f = Filter::new(config(None).to_string().as_bytes(), 7).unwrap();
+    let mut f = Filter::new(config(None).to_string().as_bytes(), 7).unwrap();
     let mut h = request("GET", "/sentiment-analysis/customers/42", Some(ml_agent()));
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
     assert_eq!(h.header_values(":path"), ["/customers/42"]);
     // With it, the same agent asking this pod directly meets its team rule.
-    let f = sidecar();
+    let mut f = sidecar();
     let mut h = request("GET", "/customers/42", Some(ml_agent()));
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
     assert_eq!(h.reply.as_ref().unwrap().status, 403);
@@ -83,7 +83,7 @@ fn istio_without_local_service_the_path_picks_the_decided_service() {
 
 #[test]
 fn istio_the_local_service_is_decided_and_its_path_kept() {
-    let f = sidecar();
+    let mut f = sidecar();
     // The pod's own team, with the path unchanged: no segment stripped,
     // not even one that names this service itself.
     for path in [
@@ -106,7 +106,7 @@ fn istio_the_local_service_is_decided_and_its_path_kept() {
 
 #[test]
 fn istio_dot_segments_are_still_refused_under_local_service() {
-    let f = sidecar();
+    let mut f = sidecar();
     let mut h = request("GET", "/customers/../admin", Some(claims(json!({}))));
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Replied);
     assert_eq!(h.reply.as_ref().unwrap().status, 400);
@@ -119,7 +119,7 @@ fn istio_an_mcp_pod_decides_its_body_as_itself() {
         "tickets-mcp": {"type": "tool", "protocol": "mcp",
             "metadata": {"team": "customer-success", "environment": "production"}}
     }});
-    let f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
     let mut h = request(
         "POST",
         "/mcp",

@@ -22,7 +22,7 @@ fn secrets_filter() -> Filter {
 
 #[test]
 fn allowed_requests_wait_for_their_secrets_denied_ones_fetch_nothing() {
-    let f = secrets_filter();
+    let mut f = secrets_filter();
     assert!(f.has_secrets());
     // Denied (missing permission): no callout, ever.
     let mut h = request(
@@ -87,7 +87,7 @@ fn allowed_requests_wait_for_their_secrets_denied_ones_fetch_nothing() {
 
 #[test]
 fn secrets_without_a_token_or_vault_config_fail_closed() {
-    let f = secrets_filter();
+    let mut f = secrets_filter();
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))));
     let (flow, d) = f.on_request_headers(&mut h);
     assert_eq!(flow, Flow::Replied);
@@ -148,7 +148,7 @@ fn a_request_whose_secrets_fail_after_pausing_is_logged_and_counted_as_refused()
         }
     }).to_string()).unwrap();
     cfg["decision_log"]["sample_allowed"] = json!(1.0);
-    let f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
     let mut root = MockHost::new();
     f.on_configured(&mut root, "test");
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))

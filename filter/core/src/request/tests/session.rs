@@ -20,7 +20,7 @@ fn agent(sub: &str) -> Value {
 
 /// One worker's filter, its slots created as at configure time.
 fn worker(shared: &SharedData, seed: u64, config: &str) -> Filter {
-    let f = Filter::new(config.as_bytes(), seed).unwrap();
+    let mut f = Filter::new(config.as_bytes(), seed).unwrap();
     let mut h = MockHost::new();
     h.shared = shared.clone();
     f.on_configured(&mut h, "test");
@@ -34,7 +34,7 @@ fn two_workers(shared: &SharedData) -> (Filter, Filter) {
 /// An MCP request by `who`, with `session` as its `mcp-session-id`; a POST
 /// goes through both phases with `body`.
 fn send(
-    f: &Filter,
+    f: &mut Filter,
     shared: &SharedData,
     method: &str,
     who: &str,
@@ -64,7 +64,7 @@ fn respond(f: &Filter, h: &mut MockHost, d: &mut Decision, status: &str, headers
 
 /// Agent `who` opens `SESSION` through `f`: its initialize is forwarded
 /// and the server answers with the session id.
-fn open(f: &Filter, shared: &SharedData, who: &str) {
+fn open(f: &mut Filter, shared: &SharedData, who: &str) {
     let (flow, mut d, mut h) = send(f, shared, "POST", who, None, INIT);
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     respond(f, &mut h, &mut d, "200", &[("mcp-session-id", SESSION)]);
@@ -73,14 +73,14 @@ fn open(f: &Filter, shared: &SharedData, who: &str) {
 #[test]
 fn a_session_id_replayed_by_another_agent_is_refused() {
     let shared = SharedData::default();
-    let (w1, w2) = two_workers(&shared);
-    open(&w1, &shared, "agent-a@clients");
+    let (mut w1, mut w2) = two_workers(&shared);
+    open(&mut w1, &shared, "agent-a@clients");
     // Agent b, allowed to list on its own (and that decision cached)...
-    let (flow, ..) = send(&w2, &shared, "POST", "agent-b@clients", None, LIST);
+    let (flow, ..) = send(&mut w2, &shared, "POST", "agent-b@clients", None, LIST);
     assert_eq!(flow, Flow::Continue);
     // ... replays a's session id, on either worker: refused as the MCP
     // spec answers an unknown session, and nothing reaches the server.
-    for w in [&w2, &w1] {
+    for w in [&mut w2, &mut w1] {
         let (flow, d, h) = send(w, &shared, "POST", "agent-b@clients", Some(SESSION), LIST);
         assert_eq!(flow, Flow::Replied);
         assert_eq!(h.reply.as_ref().unwrap().status, 404);
@@ -100,14 +100,35 @@ fn a_session_id_replayed_by_another_agent_is_refused() {
         );
     }
     // a's own requests pass on the worker that did not see it open.
-    let (flow, d, h) = send(&w2, &shared, "POST", "agent-a@clients", Some(SESSION), LIST);
+    let (flow, d, h) = send(
+        &mut w2,
+        &shared,
+        "POST",
+        "agent-a@clients",
+        Some(SESSION),
+        LIST,
+    );
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     assert!(d.allowed());
-    let (flow, ..) = send(&w2, &shared, "GET", "agent-a@clients", Some(SESSION), "");
+    let (flow, ..) = send(
+        &mut w2,
+        &shared,
+        "GET",
+        "agent-a@clients",
+        Some(SESSION),
+        "",
+    );
     assert_eq!(flow, Flow::Continue);
     // b's GET of the session's stream is refused alike (no JSON-RPC id:
     // the plain refusal body).
-    let (flow, d, h) = send(&w1, &shared, "GET", "agent-b@clients", Some(SESSION), "");
+    let (flow, d, h) = send(
+        &mut w1,
+        &shared,
+        "GET",
+        "agent-b@clients",
+        Some(SESSION),
+        "",
+    );
     assert_eq!(flow, Flow::Replied);
     assert_eq!(h.reply.as_ref().unwrap().status, 404);
     assert_eq!(body(&h)["decision_id"], d.id.as_str());
@@ -116,10 +137,10 @@ fn a_session_id_replayed_by_another_agent_is_refused() {
 #[test]
 fn a_session_id_the_filter_never_bound_is_refused() {
     let shared = SharedData::default();
-    let (w1, _) = two_workers(&shared);
+    let (mut w1, _) = two_workers(&shared);
     // Opened before the filter was deployed, or its binding lost.
     let (flow, d, h) = send(
-        &w1,
+        &mut w1,
         &shared,
         "POST",
         "agent-a@clients",
@@ -142,7 +163,7 @@ fn a_session_id_the_filter_never_bound_is_refused() {
     h.shared = shared.clone();
     let cfg: Value = json!({"resources": {
         "tickets": {"type": "data", "metadata": {"team": "customer-success", "environment": "production"}}}});
-    let plain = worker(&shared, 3, &cfg.to_string());
+    let mut plain = worker(&shared, 3, &cfg.to_string());
     assert_eq!(
         plain.on_request_headers(&mut h).0,
         Flow::Continue,
@@ -154,16 +175,37 @@ fn a_session_id_the_filter_never_bound_is_refused() {
 #[test]
 fn ending_a_session_is_bound_alike_and_frees_its_binding() {
     let shared = SharedData::default();
-    let (w1, w2) = two_workers(&shared);
-    open(&w1, &shared, "agent-a@clients");
-    let (flow, _, h) = send(&w2, &shared, "DELETE", "agent-b@clients", Some(SESSION), "");
+    let (mut w1, mut w2) = two_workers(&shared);
+    open(&mut w1, &shared, "agent-a@clients");
+    let (flow, _, h) = send(
+        &mut w2,
+        &shared,
+        "DELETE",
+        "agent-b@clients",
+        Some(SESSION),
+        "",
+    );
     assert_eq!(flow, Flow::Replied);
     assert_eq!(h.reply.as_ref().unwrap().status, 404);
-    let (flow, mut d, mut h) = send(&w2, &shared, "DELETE", "agent-a@clients", Some(SESSION), "");
+    let (flow, mut d, mut h) = send(
+        &mut w2,
+        &shared,
+        "DELETE",
+        "agent-a@clients",
+        Some(SESSION),
+        "",
+    );
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     respond(&w2, &mut h, &mut d, "200", &[]);
     // Ended: the id is unknown now, to its owner too.
-    let (flow, d, _) = send(&w1, &shared, "POST", "agent-a@clients", Some(SESSION), LIST);
+    let (flow, d, _) = send(
+        &mut w1,
+        &shared,
+        "POST",
+        "agent-a@clients",
+        Some(SESSION),
+        LIST,
+    );
     assert_eq!(flow, Flow::Replied);
     assert_eq!(
         d.denial(),
@@ -176,7 +218,7 @@ fn the_decision_log_names_a_session_by_its_digest_only() {
     let shared = SharedData::default();
     let mut cfg: Value = serde_json::from_str(MCP_CONFIG).unwrap();
     cfg["decision_log"] = json!({"enabled": true});
-    let w = worker(&shared, 1, &cfg.to_string());
+    let mut w = worker(&shared, 1, &cfg.to_string());
     let digest = |s: &str| {
         use sha2::Digest;
         sha2::Sha256::digest(s.as_bytes())
@@ -185,11 +227,18 @@ fn the_decision_log_names_a_session_by_its_digest_only() {
             .collect::<String>()
     };
     // The initialize's record names the session its answer opened.
-    let (_, mut d, mut h) = send(&w, &shared, "POST", "agent-a@clients", None, INIT);
+    let (_, mut d, mut h) = send(&mut w, &shared, "POST", "agent-a@clients", None, INIT);
     respond(&w, &mut h, &mut d, "200", &[("mcp-session-id", SESSION)]);
     w.on_log(&mut h, &mut d);
     // A refused replay's record names the session it carried.
-    let (_, mut d2, mut h2) = send(&w, &shared, "POST", "agent-b@clients", Some(SESSION), LIST);
+    let (_, mut d2, mut h2) = send(
+        &mut w,
+        &shared,
+        "POST",
+        "agent-b@clients",
+        Some(SESSION),
+        LIST,
+    );
     w.on_log(&mut h2, &mut d2);
     let mut recs = Vec::new();
     for h in [&h, &h2] {
@@ -228,8 +277,8 @@ fn the_decision_log_names_a_session_by_its_digest_only() {
 #[test]
 fn two_session_headers_are_refused_before_anything_is_bound_or_checked() {
     let shared = SharedData::default();
-    let (w1, _) = two_workers(&shared);
-    open(&w1, &shared, "agent-a@clients");
+    let (mut w1, _) = two_workers(&shared);
+    open(&mut w1, &shared, "agent-a@clients");
     // b names its own (unknown) id first and a's second: a proxy or server
     // reading the other copy must never see a's session through b.
     let mut h = request(

@@ -52,7 +52,7 @@ fn root() -> MockHost {
 }
 
 /// Configures `f` and answers its key read.
-fn loaded(f: &Filter) -> MockHost {
+fn loaded(f: &mut Filter) -> MockHost {
     let mut r = root();
     f.on_configured(&mut r, "test");
     let call = r.dispatched.last().expect("the key is read at configure");
@@ -75,7 +75,7 @@ fn get(path: &str) -> MockHost {
 
 #[test]
 fn requests_needing_a_token_wait_for_the_key_and_never_pass_unsigned() {
-    let f = signing_filter(json!({}));
+    let mut f = signing_filter(json!({}));
     let mut r = root();
     f.on_configured(&mut r, "test");
     let call = &r.dispatched[0];
@@ -120,8 +120,8 @@ fn requests_needing_a_token_wait_for_the_key_and_never_pass_unsigned() {
 
 #[test]
 fn one_token_is_reused_and_each_request_carries_its_own_decision_id() {
-    let f = signing_filter(json!({}));
-    loaded(&f);
+    let mut f = signing_filter(json!({}));
+    loaded(&mut f);
     let mut a = get("/tickets/1");
     let (_, da) = f.on_request_headers(&mut a);
     let mut b = get("/tickets/2");
@@ -157,8 +157,8 @@ fn one_token_is_reused_and_each_request_carries_its_own_decision_id() {
 
 #[test]
 fn identity_headers_off_sends_only_the_token() {
-    let f = signing_filter(json!({}));
-    loaded(&f);
+    let mut f = signing_filter(json!({}));
+    loaded(&mut f);
     let mut h = get("/sealed/1");
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
     assert!(h.header_values("x-agent-id").is_empty());
@@ -171,8 +171,8 @@ fn identity_headers_off_sends_only_the_token() {
 
 #[test]
 fn a_forged_or_expired_inbound_txn_token_is_refused() {
-    let f = signing_filter(json!({}));
-    loaded(&f);
+    let mut f = signing_filter(json!({}));
+    loaded(&mut f);
     let other = Keyring::from_kv(
         json!({"data": {"data": {"kid": "gw-1", "d": <base64ct::Base64UrlUnpadded as base64ct::Encoding>::encode_string(&[1u8; 32])}}})
             .to_string()
@@ -256,8 +256,8 @@ fn get_as(path: &str, sub: &str, delegated: bool) -> MockHost {
 
 #[test]
 fn a_second_hop_keeps_the_subject_and_transaction_and_narrows_scope() {
-    let f = signing_filter(json!({}));
-    loaded(&f);
+    let mut f = signing_filter(json!({}));
+    loaded(&mut f);
     let now = (NOON / 1_000_000_000) as i64;
     let first = first_hop(Some("support-triage@clients"));
     // The support agent, called by the orchestrator for alice, calls on
@@ -302,8 +302,8 @@ fn a_second_hop_keeps_the_subject_and_transaction_and_narrows_scope() {
 
 #[test]
 fn a_leaked_txn_token_presented_by_another_agent_is_refused() {
-    let f = signing_filter(json!({}));
-    loaded(&f);
+    let mut f = signing_filter(json!({}));
+    loaded(&mut f);
     // Alice's transaction, the orchestrator acting in it. The support
     // agent got a copy (a log, a skill that echoes headers) and attaches
     // it to its own calls: the next hop's token would name alice as the
@@ -346,8 +346,8 @@ fn a_leaked_txn_token_presented_by_another_agent_is_refused() {
 
 #[test]
 fn the_policy_sees_the_inbound_transaction() {
-    let f = signing_filter(json!({"decision_log": {"enabled": true, "sample_allowed": 1.0}}));
-    loaded(&f);
+    let mut f = signing_filter(json!({"decision_log": {"enabled": true, "sample_allowed": 1.0}}));
+    loaded(&mut f);
     let first = first_hop(Some("support-triage@clients"));
     let mut h = get("/plain/1").with_header("txn-token", &first);
     let (_, mut d) = f.on_request_headers(&mut h);
@@ -365,8 +365,8 @@ fn the_policy_sees_the_inbound_transaction() {
 
 #[test]
 fn the_jwks_is_public_and_no_secret_leaks_into_logs_or_replies() {
-    let f = signing_filter(json!({"decision_log": {"enabled": true, "sample_allowed": 1.0}}));
-    let r = loaded(&f);
+    let mut f = signing_filter(json!({"decision_log": {"enabled": true, "sample_allowed": 1.0}}));
+    let r = loaded(&mut f);
     let mut j = MockHost::new()
         .at(NOON)
         .with_header(":method", "GET")
@@ -394,7 +394,7 @@ fn the_jwks_is_public_and_no_secret_leaks_into_logs_or_replies() {
 
 #[test]
 fn without_the_vault_token_variable_the_key_is_not_read_and_it_says_why() {
-    let f = signing_filter(json!({}));
+    let mut f = signing_filter(json!({}));
     let mut r = MockHost::new().at(NOON);
     f.on_configured(&mut r, "test");
     assert!(r.dispatched.is_empty());
@@ -407,7 +407,7 @@ fn without_the_vault_token_variable_the_key_is_not_read_and_it_says_why() {
 
 #[test]
 fn a_vault_that_hangs_keeps_token_services_closed_and_is_asked_again() {
-    let f = signing_filter(json!({}));
+    let mut f = signing_filter(json!({}));
     let mut r = root();
     f.on_configured(&mut r, "test");
     // The callout timed out: no answer at all.
@@ -428,8 +428,8 @@ fn a_vault_that_hangs_keeps_token_services_closed_and_is_asked_again() {
 
 #[test]
 fn an_underscore_spelled_txn_token_never_reaches_upstream() {
-    let f = signing_filter(json!({}));
-    loaded(&f);
+    let mut f = signing_filter(json!({}));
+    loaded(&mut f);
     let mut h = get("/plain/1").with_header("txn_token", "forged");
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
     assert!(h.header_values("txn_token").is_empty());
@@ -447,7 +447,7 @@ fn txn_token_configuration_is_checked() {
         assert!(Filter::new(bad.to_string().as_bytes(), 1).is_err(), "{bad}");
     }
     // Without the block, a client's Txn-Token is stripped like x-agent-*.
-    let f = Filter::new(
+    let mut f = Filter::new(
         br#"{"resources": {"tickets": {"type": "data",
             "metadata": {"team": "customer-success", "environment": "production"}}}}"#,
         1,
