@@ -3,7 +3,8 @@
 //! [`Limit::key`] turns one limit and a request's [`Facts`] into the key it
 //! counts under. Counting lives in `table.rs`.
 
-use serde_json::Value;
+use crate::value::{from_rego, is_null, items, member, number, str_of};
+use regorus::Value;
 use std::hash::{Hash, Hasher};
 
 /// Most limits one decision may carry.
@@ -90,43 +91,53 @@ pub enum Kind {
     },
 }
 
-/// Reads the `limits` rule's value: a set (array) of objects
-/// `{"name", "by", "rate", "period_s", "burst", "cost", "tools"}` or
-/// `{"name", "by", "in_flight", "tools"}`. Anything malformed is an error
-/// (the decision then fails closed).
+/// Reads the `limits` rule's value as the policy returned it: a set (or
+/// array) of objects `{"name", "by", "rate", "period_s", "burst", "cost",
+/// "tools"}` or `{"name", "by", "in_flight", "tools"}`. Each value means
+/// what it would as JSON (see [`crate::value::number`]). Anything
+/// malformed is an error (the decision then fails closed).
 pub fn parse(v: &Value) -> Result<Vec<Limit>, String> {
-    let items = match v {
-        Value::Null => return Ok(Vec::new()),
-        Value::Array(items) => items,
-        other => return Err(format!("`limits` is {}, not a set", kind_of(other))),
-    };
-    if items.len() > MAX_LIMITS {
-        return Err(format!(
-            "`limits` has {} entries (at most {MAX_LIMITS})",
-            items.len()
-        ));
+    if is_null(v) {
+        return Ok(Vec::new());
     }
-    items.iter().map(parse_one).collect()
+    let Some((len, items)) = items(v) else {
+        return Err(format!("`limits` is {}, not a set", kind_of(v)));
+    };
+    if len > MAX_LIMITS {
+        return Err(format!("`limits` has {len} entries (at most {MAX_LIMITS})"));
+    }
+    items.map(parse_one).collect()
 }
 
 fn kind_of(v: &Value) -> &'static str {
     match v {
-        Value::Null => "null",
+        _ if is_null(v) => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
-        Value::Array(_) => "an array",
+        Value::Array(_) | Value::Set(_) => "an array",
         Value::Object(_) => "an object",
+        Value::Null | Value::Undefined => "null",
     }
 }
 
+/// A number as JSON reads it, when it is a non-negative integer.
+fn as_u64(v: &Value) -> Option<u64> {
+    number(v)?.as_u64()
+}
+
+/// A number as JSON reads it, as a float.
+fn as_f64(v: &Value) -> Option<f64> {
+    number(v)?.as_f64()
+}
+
 fn parse_one(v: &Value) -> Result<Limit, String> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| format!("a limit is {}, not an object", kind_of(v)))?;
-    let name = o
-        .get("name")
-        .and_then(Value::as_str)
+    if !matches!(v, Value::Object(_)) {
+        return Err(format!("a limit is {}, not an object", kind_of(v)));
+    }
+    let get = |k: &str| member(v, k);
+    let name = get("name")
+        .and_then(str_of)
         .filter(|n| {
             !n.is_empty()
                 && n.len() <= 64
@@ -135,43 +146,47 @@ fn parse_one(v: &Value) -> Result<Limit, String> {
         })
         .ok_or("a limit needs a `name` of 1-64 characters [A-Za-z0-9._:-]")?
         .to_string();
-    let by = match o.get("by") {
+    let by = match get("by") {
         None => vec![Dim::Agent],
-        Some(Value::Array(dims)) => dims
-            .iter()
-            .map(|d| {
-                d.as_str().and_then(Dim::parse).ok_or_else(|| {
-                    format!("limit {name}: `by` names global, agent, team, agent_type, service or tool, not {d}")
+        Some(by) => match items(by) {
+            Some((_, dims)) => dims
+                .map(|d| {
+                    str_of(d).and_then(Dim::parse).ok_or_else(|| {
+                        format!(
+                            "limit {name}: `by` names global, agent, team, agent_type, service or tool, not {}",
+                            from_rego(d)
+                        )
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(other) => {
-            return Err(format!(
-                "limit {name}: `by` is {}, not an array",
-                kind_of(other)
-            ))
-        }
+                .collect::<Result<Vec<_>, _>>()?,
+            None => {
+                return Err(format!(
+                    "limit {name}: `by` is {}, not an array",
+                    kind_of(by)
+                ))
+            }
+        },
     };
-    let tools = match o.get("tools") {
+    let tools = match get("tools") {
         None => Vec::new(),
-        Some(Value::Array(t)) => t
-            .iter()
-            .map(|t| t.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| format!("limit {name}: `tools` must be strings"))?,
-        Some(_) => return Err(format!("limit {name}: `tools` must be an array")),
+        Some(tools) => match items(tools) {
+            Some((_, t)) => t
+                .map(|t| str_of(t).map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("limit {name}: `tools` must be strings"))?,
+            None => return Err(format!("limit {name}: `tools` must be an array")),
+        },
     };
     let int = |k: &str| -> Result<Option<u64>, String> {
-        match o.get(k) {
+        match get(k) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
+            Some(v) => as_u64(v)
                 .map(Some)
                 .ok_or_else(|| format!("limit {name}: `{k}` must be a non-negative integer")),
         }
     };
     let kind = if let Some(max) = int("in_flight")? {
-        if o.contains_key("rate") {
+        if get("rate").is_some() {
             return Err(format!(
                 "limit {name}: `rate` and `in_flight` are separate limits"
             ));
@@ -183,15 +198,13 @@ fn parse_one(v: &Value) -> Result<Limit, String> {
         }
         Kind::InFlight { max }
     } else {
-        let rate = o
-            .get("rate")
-            .and_then(Value::as_f64)
+        let rate = get("rate")
+            .and_then(as_f64)
             .filter(|r| r.is_finite() && *r > 0.0)
             .ok_or_else(|| format!("limit {name}: needs a positive `rate` or an `in_flight`"))?;
-        let period = match o.get("period_s") {
+        let period = match get("period_s") {
             None => 1.0,
-            Some(p) => p
-                .as_f64()
+            Some(p) => as_f64(p)
                 .filter(|p| p.is_finite() && *p > 0.0 && *p <= 86_400.0 * 366.0)
                 .ok_or_else(|| format!("limit {name}: `period_s` must be positive"))?,
         };

@@ -15,7 +15,7 @@ fn table(slots: u64) -> Table {
 }
 
 fn limits(v: serde_json::Value) -> Vec<Limit> {
-    parse(&v).unwrap()
+    parse(&crate::value::to_rego(&v)).unwrap()
 }
 
 fn agent(a: &str) -> Facts<'_> {
@@ -288,7 +288,7 @@ fn malformed_limits_are_errors_not_silently_dropped() {
             .map(|i| json!({"name": format!("l{i}"), "rate": 1}))
             .collect::<Vec<_>>()),
     ] {
-        assert!(parse(&bad).is_err(), "{bad}");
+        assert!(parse(&crate::value::to_rego(&bad)).is_err(), "{bad}");
     }
     let l = limits(json!([{"name": "x", "rate": 100, "period_s": 60}]));
     assert_eq!(
@@ -300,7 +300,7 @@ fn malformed_limits_are_errors_not_silently_dropped() {
         }
     );
     assert_eq!(l[0].by, [Dim::Agent], "by agent unless told");
-    assert!(parse(&serde_json::Value::Null).unwrap().is_empty());
+    assert!(parse(&regorus::Value::Null).unwrap().is_empty());
 }
 
 /// Two limit names whose keys (agent `a`) start probing at the same slot

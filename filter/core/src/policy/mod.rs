@@ -188,9 +188,11 @@ impl Policy {
         )
     }
 
-    fn eval_rule(&self, rule: &str, input: regorus::Value) -> Result<Value, PolicyError> {
+    /// Runs the entry rule; its answer stays a regorus value, read in
+    /// place by `verdict.rs`.
+    fn eval_rule(&self, rule: &str, input: regorus::Value) -> Result<regorus::Value, PolicyError> {
         let reentrant = |_| PolicyError::Eval("re-entrant evaluation".into());
-        let v = match &self.backend {
+        Ok(match &self.backend {
             Backend::Rvm(vm) => {
                 let mut vm = vm.try_borrow_mut().map_err(reentrant)?;
                 vm.set_input(input);
@@ -203,8 +205,7 @@ impl Policy {
                     .eval_rule(rule.to_string())
                     .map_err(|e| PolicyError::Eval(e.to_string()))?
             }
-        };
-        Ok(crate::value::from_rego(&v))
+        })
     }
 
     /// [`Policy::evaluate`] for a JSON input (tests, tools).
@@ -391,5 +392,44 @@ flag := input.f
     fn embedded_bundle_compiles() {
         Policy::embedded("data.mcp.authz", EngineChoice::Interpreter).unwrap();
         assert_eq!(crate::bundle::REVISION.len(), 16);
+    }
+
+    #[test]
+    fn answers_are_read_as_their_json_would_be() {
+        // Sets come sorted, a reason that is not a string is its JSON
+        // text, integers written as floats are integers, and a float is
+        // not a time.
+        let src = r#"package t
+allow := true
+deny contains r if some r in input.deny
+valid_until_ns := input.until
+missing_scope := {"b:x", "a:y"}
+visible := {"t2", 3, "t1"}
+limits := {{"name": "r", "rate": 2}}
+d := {"allowed": false, "status": 403.0, "headers": {"X-B": "2", "x-a": "1", 1: "one"}, "reason": ["r2", "r1"]}
+"#;
+        let p = pol(src, "data.t").unwrap();
+        let v = p
+            .evaluate_json(&json!({"deny": ["b", 1, {"k": [2]}], "until": 7}))
+            .unwrap();
+        assert!(!v.allowed);
+        assert_eq!(v.reasons, ["1", "b", r#"{"k":[2]}"#]);
+        assert_eq!(v.valid_until_ns, Some(7));
+        assert_eq!(v.scope.as_deref(), Some("a:y b:x"));
+        assert_eq!(v.visible, Some(vec!["t1".to_string(), "t2".to_string()]));
+        assert_eq!(
+            v.limits.iter().map(|l| l.summary()).collect::<Vec<_>>(),
+            ["r|agent|burst=2"]
+        );
+        let v = p.evaluate_json(&json!({"until": 5.5})).unwrap();
+        assert!(v.allowed);
+        assert_eq!(v.valid_until_ns, None);
+
+        let p = pol(src, "data.t.d").unwrap();
+        let v = p.evaluate_json(&json!({})).unwrap();
+        assert_eq!(v.status, Some(403));
+        assert_eq!(v.reasons, ["r2", "r1"]);
+        let h = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(v.headers, [h("1", "one"), h("x-b", "2"), h("x-a", "1")]);
     }
 }

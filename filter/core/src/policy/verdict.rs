@@ -2,8 +2,15 @@
 //! generated decision object ([`decision`]) or a rule entrypoint's boolean
 //! or response object ([`response_object`]). Anything undefined, mistyped
 //! or malformed is a [`PolicyError::BadResult`] or a deny, never an allow.
+//!
+//! The answer is read where the evaluator left it, as a `regorus::Value`,
+//! with each value meaning what it would as JSON (a set is an array in
+//! sorted order, undefined is null: see [`crate::value::from_rego`]), so
+//! no JSON copy of the answer is built per request.
 
-use serde_json::Value;
+use crate::value::{from_rego, is_null, items, member, number, str_of};
+use regorus::Value;
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Why the policy could not produce a decision.
@@ -66,59 +73,57 @@ pub struct Verdict {
 /// Reads a package's decision object (`allow`, `deny`, `valid_until_ns`,
 /// `scope`, `visible`, `limits`, as the generated entry rule gathers them).
 pub(super) fn decision(v: Value) -> Result<Verdict, PolicyError> {
-    let mut decision = match v {
-        Value::Object(o) => o,
-        other => {
-            return Err(PolicyError::BadResult(format!(
-                "package decision is {}",
-                kind(&other)
-            )))
-        }
-    };
-    let allowed = match decision.remove("allow") {
-        Some(Value::Bool(b)) => b,
+    if !matches!(v, Value::Object(_)) {
+        return Err(PolicyError::BadResult(format!(
+            "package decision is {}",
+            kind(&v)
+        )));
+    }
+    let get = |k: &str| member(&v, k);
+    let allowed = match get("allow") {
+        Some(Value::Bool(b)) => *b,
         Some(other) => {
             return Err(PolicyError::BadResult(format!(
                 "`allow` is {}, not a boolean",
-                kind(&other)
+                kind(other)
             )))
         }
         None => false,
     };
-    let reasons = deny_reasons(decision.remove("deny").unwrap_or(Value::Null))?;
+    let reasons = deny_reasons(get("deny").unwrap_or(&Value::Null))?;
     // Anything but a positive integer means "do not reuse".
-    let valid_until_ns = decision
-        .remove("valid_until_ns")
-        .and_then(|v| v.as_u64())
+    let valid_until_ns = get("valid_until_ns")
+        .and_then(|v| number(v)?.as_u64())
         .filter(|&t| t > 0);
-    // Only token-safe scopes are kept (RFC 6749 §3.3: tokens
-    // of NQCHAR apart by single spaces): they go into a header.
-    // A set or array of scopes is joined the same way.
+    // Only token-safe scopes are kept (RFC 6749 §3.3: tokens of NQCHAR
+    // apart by single spaces): they go into a header. A set or array of
+    // scopes is joined the same way.
     let token = |s: &str| {
         !s.is_empty()
             && s.bytes()
                 .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
     };
-    let scope = match decision.remove("scope") {
-        Some(Value::String(s)) if s.split(' ').all(token) => Some(s),
-        Some(Value::Array(items)) if !items.is_empty() => {
-            let all: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
-            all.filter(|v| v.iter().all(|s| token(s)))
-                .map(|v| v.join(" "))
-        }
-        _ => None,
+    let scope = match get("scope") {
+        Some(Value::String(s)) if s.split(' ').all(token) => Some(s.to_string()),
+        Some(v) => match items(v) {
+            Some((len, items)) if len > 0 => {
+                let all: Option<Vec<&str>> = items.map(str_of).collect();
+                all.filter(|v| v.iter().all(|s| token(s)))
+                    .map(|v| v.join(" "))
+            }
+            _ => None,
+        },
+        None => None,
     };
-    let visible = match decision.remove("visible") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => Some(
-            items
-                .into_iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-        ),
-        Some(_) => Some(Vec::new()),
+    let visible = match get("visible") {
+        None => None,
+        Some(v) if is_null(v) => None,
+        Some(v) => match items(v) {
+            Some((_, items)) => Some(items.filter_map(str_of).map(str::to_owned).collect()),
+            None => Some(Vec::new()),
+        },
     };
-    let limits = crate::limits::parse(&decision.remove("limits").unwrap_or(Value::Null))
+    let limits = crate::limits::parse(get("limits").unwrap_or(&Value::Null))
         .map_err(PolicyError::BadResult)?;
     Ok(Verdict {
         allowed: allowed && reasons.is_empty(),
@@ -131,63 +136,72 @@ pub(super) fn decision(v: Value) -> Result<Verdict, PolicyError> {
     })
 }
 
+/// What a value is, in the words of an error (JSON's kinds: undefined and
+/// null are both "undefined", a set is an array).
 fn kind(v: &Value) -> &'static str {
     match v {
-        Value::Null => "undefined",
+        _ if is_null(v) => "undefined",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
-        Value::Array(_) => "an array",
+        Value::Array(_) | Value::Set(_) => "an array",
         Value::Object(_) => "an object",
+        Value::Null | Value::Undefined => "undefined",
     }
 }
 
-fn deny_reasons(v: Value) -> Result<Vec<String>, PolicyError> {
+fn deny_reasons(v: &Value) -> Result<Vec<String>, PolicyError> {
+    if is_null(v) {
+        return Ok(Vec::new());
+    }
+    if let Some((_, items)) = items(v) {
+        // A reason that is not a string is kept as its JSON text.
+        return Ok(items
+            .map(|i| match i {
+                Value::String(s) => s.to_string(),
+                other => from_rego(other).to_string(),
+            })
+            .collect());
+    }
     Ok(match v {
-        Value::Null | Value::Bool(false) => Vec::new(),
+        Value::Bool(false) => Vec::new(),
         Value::Bool(true) => vec!["denied by policy".into()],
         Value::String(s) if s.is_empty() => Vec::new(),
-        Value::String(s) => vec![s],
-        Value::Array(items) => items
-            .into_iter()
-            .map(|i| match i {
-                Value::String(s) => s,
-                other => other.to_string(),
-            })
-            .collect(),
+        Value::String(s) => vec![s.to_string()],
         other => {
             return Err(PolicyError::BadResult(format!(
                 "`deny` is {}; use a set of reason strings",
-                kind(&other)
+                kind(other)
             )))
         }
     })
 }
 
 pub(super) fn response_object(v: Value) -> Result<Verdict, PolicyError> {
-    let obj = match v {
+    match &v {
         Value::Bool(allowed) => {
             return Ok(Verdict {
-                allowed,
+                allowed: *allowed,
                 ..Verdict::default()
             })
         }
-        Value::Null => {
+        _ if is_null(&v) => {
             return Ok(Verdict {
                 allowed: false,
                 reasons: vec!["policy result undefined".into()],
                 ..Verdict::default()
             })
         }
-        Value::Object(o) => o,
+        Value::Object(_) => {}
         other => {
             return Err(PolicyError::BadResult(format!(
                 "entrypoint is {}, not a boolean or response object",
-                kind(&other)
+                kind(other)
             )))
         }
-    };
-    let allowed = match obj.get("allowed") {
+    }
+    let get = |k: &str| member(&v, k);
+    let allowed = match get("allowed") {
         Some(Value::Bool(b)) => *b,
         _ => {
             return Err(PolicyError::BadResult(
@@ -195,26 +209,35 @@ pub(super) fn response_object(v: Value) -> Result<Verdict, PolicyError> {
             ))
         }
     };
-    let status = match obj.get("status") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64().and_then(|s| u16::try_from(s).ok()) {
-            Some(s) if (200..=599).contains(&s) => Some(s),
-            _ => return Err(PolicyError::BadResult(format!("status {n} is not 200-599"))),
+    let status = match get("status") {
+        None => None,
+        Some(s) if is_null(s) => None,
+        Some(s) => match number(s) {
+            Some(n) => match n.as_u64().and_then(|s| u16::try_from(s).ok()) {
+                Some(s) if (200..=599).contains(&s) => Some(s),
+                _ => return Err(PolicyError::BadResult(format!("status {n} is not 200-599"))),
+            },
+            None => return Err(PolicyError::BadResult(format!("`status` is {}", kind(s)))),
         },
-        Some(other) => {
-            return Err(PolicyError::BadResult(format!(
-                "`status` is {}",
-                kind(other)
-            )))
-        }
     };
     let mut headers = Vec::new();
-    match obj.get("headers") {
-        None | Some(Value::Null) => {}
+    match get("headers") {
+        None => {}
+        Some(h) if is_null(h) => {}
         Some(Value::Object(h)) => {
-            for (k, v) in h {
+            // Named as JSON names them (a key that is not a string by its
+            // JSON text, the last of two equal names winning) and in the
+            // order JSON sorts them.
+            let named: BTreeMap<String, &Value> = h
+                .iter()
+                .map(|(k, v)| match k {
+                    Value::String(s) => (s.to_string(), v),
+                    other => (from_rego(other).to_string(), v),
+                })
+                .collect();
+            for (k, v) in named {
                 match v {
-                    Value::String(s) => headers.push((k.to_ascii_lowercase(), s.clone())),
+                    Value::String(s) => headers.push((k.to_ascii_lowercase(), s.to_string())),
                     other => {
                         return Err(PolicyError::BadResult(format!(
                             "header {k:?} is {}",
@@ -231,10 +254,11 @@ pub(super) fn response_object(v: Value) -> Result<Verdict, PolicyError> {
             )))
         }
     }
-    let reasons = match obj.get("reason") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(other) => deny_reasons(other.clone())?,
+    let reasons = match get("reason") {
+        None => Vec::new(),
+        Some(r) if is_null(r) => Vec::new(),
+        Some(Value::String(s)) => vec![s.to_string()],
+        Some(other) => deny_reasons(other)?,
     };
     // A rule entrypoint cannot say how long its answer holds: never reused.
     Ok(Verdict {
