@@ -38,7 +38,7 @@ pub use policy::{EngineChoice, PolicyConfig};
 pub use resources::{Audience, Protocol, ResourceConfig, RoutingConfig, ToolDenial};
 pub(crate) use txn::public_key as txn_public_key;
 pub use txn::{TrustedIssuer, TxnConfig, HEADER as TXN_HEADER};
-pub use vault::{SecretConfig, VaultConfig};
+pub use vault::{KvInto, SecretConfig, SecretFields, VaultConfig};
 
 use error::invalid;
 use serde::Deserialize;
@@ -62,9 +62,9 @@ struct RawConfig {
     #[serde(default)]
     routing: RoutingConfig,
     #[serde(default)]
-    resources: BTreeMap<String, ResourceConfig>,
+    resources: BTreeMap<String, ResourceConfig<SecretFields>>,
     #[serde(default)]
-    default_resource: Option<ResourceConfig>,
+    default_resource: Option<ResourceConfig<SecretFields>>,
     #[serde(default)]
     actions: Option<BTreeMap<String, BTreeMap<String, String>>>,
     #[serde(default)]
@@ -125,14 +125,26 @@ impl Config {
         } else {
             serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?
         };
+        // Each entry's check also turns its secrets into their checked
+        // form, the only one a Config holds.
+        let resources = raw
+            .resources
+            .into_iter()
+            .map(|(name, r)| {
+                let r = r.check(&name)?;
+                Ok((name, r))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        let default_resource = match raw.default_resource {
+            Some(r) => r.check_default()?,
+            None => resources::default_resource(),
+        };
         let mut config = Config {
             identity: raw.identity,
             policy: raw.policy,
             routing: raw.routing,
-            resources: raw.resources,
-            default_resource: raw
-                .default_resource
-                .unwrap_or_else(resources::default_resource),
+            resources,
+            default_resource,
             actions: raw.actions.unwrap_or_else(resources::default_actions),
             headers: raw.headers,
             decision_cache: raw.decision_cache.enabled.then_some(raw.decision_cache),
@@ -149,8 +161,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Each section checks itself (`headers` also lower-cases its names
-    /// and adds the trusted headers to `strip`).
+    /// Each other section checks itself (`headers` also lower-cases its
+    /// names and adds the trusted headers to `strip`).
     fn check_sections(&mut self) -> Result<(), ConfigError> {
         if let Some(t) = &self.txn_token {
             t.check()?;
@@ -159,10 +171,6 @@ impl Config {
         if let Some(o) = &self.oauth {
             o.check()?;
         }
-        for (name, r) in &self.resources {
-            r.check(name)?;
-        }
-        self.default_resource.check_default()?;
         self.mcp.check()?;
         self.identity.check()?;
         self.policy.check()?;

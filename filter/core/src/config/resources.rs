@@ -8,7 +8,7 @@
 
 use super::error::{invalid, ConfigError};
 use super::headers::is_token;
-use super::vault::SecretConfig;
+use super::vault::{SecretConfig, SecretFields};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -39,10 +39,14 @@ impl Default for RoutingConfig {
     }
 }
 
-/// One entry of the resource registry.
+/// One entry of the resource registry. `S` is how its secrets are held:
+/// as written ([`SecretFields`]) until the entry's check, then checked
+/// ([`SecretConfig`], the default), the only form a [`super::Config`] has.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ResourceConfig {
+// Only `S: Deserialize`: serde would also ask `S: Default` for `secrets`,
+// which an empty list does not need.
+#[serde(deny_unknown_fields, bound(deserialize = "S: Deserialize<'de>"))]
+pub struct ResourceConfig<S = SecretConfig> {
     /// `skill`, `tool`, `data` or any type your policy understands.
     #[serde(rename = "type")]
     pub kind: String,
@@ -54,7 +58,7 @@ pub struct ResourceConfig {
     pub action: Option<String>,
     /// Secrets an allowed request to this service carries upstream.
     #[serde(default)]
-    pub secrets: Vec<SecretConfig>,
+    pub secrets: Vec<S>,
     /// What the service speaks: `"http"` (default) or `"mcp"` (its POSTs
     /// are JSON-RPC messages the filter reads before deciding).
     #[serde(default)]
@@ -114,6 +118,7 @@ impl ResourceConfig {
     }
 }
 
+/// serde's default for `identity_headers`: on.
 fn yes() -> bool {
     true
 }
@@ -168,9 +173,9 @@ impl RoutingConfig {
     }
 }
 
-impl ResourceConfig {
+impl ResourceConfig<SecretFields> {
     /// Checks a registered service's entry, `resources.<name>`.
-    pub(crate) fn check(&self, name: &str) -> Result<(), ConfigError> {
+    pub(crate) fn check(mut self, name: &str) -> Result<ResourceConfig, ConfigError> {
         if !is_service_name(name) {
             return Err(invalid(
                 format!("resources.{name}"),
@@ -236,15 +241,17 @@ impl ResourceConfig {
                 ));
             }
         }
-        for (i, sc) in self.secrets.iter().enumerate() {
-            sc.check(&format!("resources.{name}.secrets[{i}]"))?;
-        }
-        Ok(())
+        let secrets = std::mem::take(&mut self.secrets)
+            .into_iter()
+            .enumerate()
+            .map(|(i, sc)| sc.check(&format!("resources.{name}.secrets[{i}]")))
+            .collect::<Result<_, _>>()?;
+        Ok(self.with_secrets(secrets))
     }
 
     /// Checks `default_resource`: it stands for every unregistered service
     /// name a client can invent, so it has no audience and no secrets.
-    pub(crate) fn check_default(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check_default(self) -> Result<ResourceConfig, ConfigError> {
         if self.audience.is_some() {
             return Err(invalid(
                 "default_resource.audience",
@@ -262,7 +269,27 @@ impl ResourceConfig {
                 "unregistered services never get secrets; register the service under resources",
             ));
         }
-        Ok(())
+        Ok(self.with_secrets(Vec::new()))
+    }
+}
+
+impl<S> ResourceConfig<S> {
+    /// The same entry with its secrets in another form.
+    fn with_secrets<T>(self, secrets: Vec<T>) -> ResourceConfig<T> {
+        ResourceConfig {
+            kind: self.kind,
+            metadata: self.metadata,
+            action: self.action,
+            secrets,
+            protocol: self.protocol,
+            resource_uri: self.resource_uri,
+            audience: self.audience,
+            scopes_supported: self.scopes_supported,
+            txn_token: self.txn_token,
+            identity_headers: self.identity_headers,
+            mcp_versions: self.mcp_versions,
+            tool_denial: self.tool_denial,
+        }
     }
 }
 

@@ -7,11 +7,84 @@ use super::error::{invalid, ConfigError};
 use super::headers::{is_token, ALWAYS_STRIPPED};
 use serde::Deserialize;
 
-/// One secret injected into requests to a service: a KV v2 field, or a
-/// dynamic database credential (username and password).
+/// One secret injected into requests to a service: a KV v2 field into a
+/// header or as the bearer token, or a dynamic database credential
+/// (username and password, each into its header). Built from the
+/// written form, [`SecretFields`], by its check: a secret that is
+/// neither, or both, never gets this far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretConfig {
+    /// A field of a KV v2 secret (`kv`, `field`, `header` or `bearer`).
+    Kv {
+        /// KV v2 read path, e.g. `secret/data/mcp/agents/{agent}/credentials`.
+        /// Placeholders: `{agent}` (the token's `sub`), `{team}`, `{type}`.
+        path: String,
+        /// The field of the KV secret to inject.
+        field: String,
+        /// Where its value goes.
+        into: KvInto,
+    },
+    /// Dynamic database credentials (`database`, `username_header`,
+    /// `password_header`).
+    Database {
+        /// Dynamic credentials path, e.g. `database/creds/readonly`.
+        path: String,
+        /// Header the database username goes into.
+        username_header: String,
+        /// Header the database password goes into.
+        password_header: String,
+    },
+}
+
+/// Where a KV field is injected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvInto {
+    /// Into this header (as configured; written lower-cased).
+    Header(String),
+    /// As `authorization: Bearer <value>`.
+    Bearer,
+}
+
+impl SecretConfig {
+    /// The Vault path template (placeholders unexpanded).
+    pub fn path(&self) -> &str {
+        match self {
+            SecretConfig::Kv { path, .. } | SecretConfig::Database { path, .. } => path,
+        }
+    }
+
+    /// Whether this is a KV v2 read (else a database lease).
+    pub fn is_kv(&self) -> bool {
+        matches!(self, SecretConfig::Kv { .. })
+    }
+
+    /// The headers this secret writes, as configured (not lower-cased).
+    pub fn headers(&self) -> Vec<&str> {
+        match self {
+            SecretConfig::Kv {
+                into: KvInto::Header(h),
+                ..
+            } => vec![h],
+            SecretConfig::Kv {
+                into: KvInto::Bearer,
+                ..
+            } => vec!["authorization"],
+            SecretConfig::Database {
+                username_header,
+                password_header,
+                ..
+            } => vec![username_header, password_header],
+        }
+    }
+}
+
+/// One secret as written in `resources.<name>.secrets`: the fields of
+/// both kinds side by side, so that a mistake is refused naming its field
+/// (`resources.<name>.secrets[<i>].field`) rather than as an unmatched
+/// variant. [`SecretFields::check`] turns it into a [`SecretConfig`].
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct SecretConfig {
+pub struct SecretFields {
     /// KV v2 read path, e.g. `secret/data/mcp/agents/{agent}/credentials`.
     /// Placeholders: `{agent}` (the token's `sub`), `{team}`, `{type}`.
     #[serde(default)]
@@ -117,13 +190,13 @@ impl VaultConfig {
     }
 }
 
-impl SecretConfig {
-    /// Checks one secret; `field` is its dotted path
-    /// (`resources.<name>.secrets[<i>]`).
-    pub(crate) fn check(&self, field: &str) -> Result<(), ConfigError> {
-        let header_ok = |h: &Option<String>, name: &str| -> Result<(), ConfigError> {
+impl SecretFields {
+    /// Checks one secret and says which kind it is; `field` is its dotted
+    /// path (`resources.<name>.secrets[<i>]`).
+    pub(crate) fn check(self, field: &str) -> Result<SecretConfig, ConfigError> {
+        let header_ok = |h: Option<String>, name: &str| -> Result<String, ConfigError> {
             match h {
-                Some(h) if is_token(h) && !h.starts_with(':') => {
+                Some(h) if is_token(&h) && !h.starts_with(':') => {
                     let lower = h.to_ascii_lowercase();
                     if ALWAYS_STRIPPED.contains(&lower.as_str()) || lower == "x-request-id" {
                         return Err(invalid(
@@ -131,7 +204,7 @@ impl SecretConfig {
                             "is a header the filter sets itself",
                         ));
                     }
-                    Ok(())
+                    Ok(h)
                 }
                 Some(h) => Err(invalid(
                     format!("{field}.{name}"),
@@ -140,34 +213,41 @@ impl SecretConfig {
                 None => Err(invalid(format!("{field}.{name}"), "is required")),
             }
         };
-        match (&self.kv, &self.database) {
+        match (self.kv, self.database) {
             (Some(path), None) => {
-                if !is_vault_path(path) {
+                if !is_vault_path(&path) {
                     return Err(invalid(
                         format!("{field}.kv"),
                         "a relative Vault path (letters, digits, -._~:@/) with only {agent}, {team}, {type} placeholders",
                     ));
                 }
-                if self.field.as_deref().is_none_or(str::is_empty) {
+                let Some(kv_field) = self.field.filter(|f| !f.is_empty()) else {
                     return Err(invalid(format!("{field}.field"), "is required for kv"));
-                }
+                };
                 if self.username_header.is_some() || self.password_header.is_some() {
                     return Err(invalid(
                         field,
                         "username_header/password_header belong to database secrets",
                     ));
                 }
-                match (self.bearer, &self.header) {
-                    (true, None) => Ok(()),
-                    (true, Some(_)) => Err(invalid(
-                        format!("{field}.header"),
-                        "set either header or bearer, not both",
-                    )),
-                    (false, h) => header_ok(h, "header"),
-                }
+                let into = match (self.bearer, self.header) {
+                    (true, None) => KvInto::Bearer,
+                    (true, Some(_)) => {
+                        return Err(invalid(
+                            format!("{field}.header"),
+                            "set either header or bearer, not both",
+                        ))
+                    }
+                    (false, h) => KvInto::Header(header_ok(h, "header")?),
+                };
+                Ok(SecretConfig::Kv {
+                    path,
+                    field: kv_field,
+                    into,
+                })
             }
             (None, Some(path)) => {
-                if !is_vault_path(path) {
+                if !is_vault_path(&path) {
                     return Err(invalid(
                         format!("{field}.database"),
                         "a relative Vault path like \"database/creds/readonly\"",
@@ -176,8 +256,11 @@ impl SecretConfig {
                 if self.field.is_some() || self.header.is_some() || self.bearer {
                     return Err(invalid(field, "field/header/bearer belong to kv secrets"));
                 }
-                header_ok(&self.username_header, "username_header")?;
-                header_ok(&self.password_header, "password_header")
+                Ok(SecretConfig::Database {
+                    path,
+                    username_header: header_ok(self.username_header, "username_header")?,
+                    password_header: header_ok(self.password_header, "password_header")?,
+                })
             }
             _ => Err(invalid(field, "set exactly one of kv and database")),
         }

@@ -48,14 +48,8 @@ impl Configured {
         if self.config.decision_log.enabled {
             // Secret names are only for the decision log.
             for sc in specs {
-                for h in [&sc.header, &sc.username_header, &sc.password_header]
-                    .into_iter()
-                    .flatten()
-                {
+                for h in sc.headers() {
                     trail.secrets.push(h.to_ascii_lowercase());
-                }
-                if sc.bearer {
-                    trail.secrets.push("authorization".into());
                 }
             }
         }

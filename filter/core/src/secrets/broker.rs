@@ -423,7 +423,7 @@ pub(super) fn inject(
         let fields = fetched
             .get(&n.path)
             .ok_or_else(|| format!("secret #{i} missing"))?;
-        if n.spec.kv.is_some() {
+        if n.spec.is_kv() {
             n.kv_headers(i, fields, &mut out)?;
         } else {
             n.database_headers(i, fields, &mut out)?;

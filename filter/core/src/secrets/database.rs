@@ -3,6 +3,7 @@
 //! two headers they go out in (username and password).
 
 use super::plan::{string_fields, usable, Fields, Need, Secret, SEC};
+use crate::config::SecretConfig;
 use serde_json::Value;
 
 /// The credential fields and their lease in nanoseconds (a missing lease
@@ -14,26 +15,29 @@ pub(super) fn parse(v: &Value) -> Option<(Fields, u64)> {
 }
 
 impl Need {
-    /// Secret #`i`'s username and password, each into its header if one
-    /// is configured.
+    /// Secret #`i`'s username and password, each into its header.
     pub(super) fn database_headers(
         &self,
         i: usize,
         fields: &Fields,
         out: &mut Vec<(String, Secret)>,
     ) -> Result<(), String> {
-        if let Some(h) = &self.spec.username_header {
-            out.push((
-                h.to_ascii_lowercase(),
-                usable(fields, i, "username")?.clone(),
-            ));
-        }
-        if let Some(h) = &self.spec.password_header {
-            out.push((
-                h.to_ascii_lowercase(),
-                usable(fields, i, "password")?.clone(),
-            ));
-        }
+        let SecretConfig::Database {
+            username_header,
+            password_header,
+            ..
+        } = &self.spec
+        else {
+            return Err(format!("secret #{i} is not a database secret"));
+        };
+        out.push((
+            username_header.to_ascii_lowercase(),
+            usable(fields, i, "username")?.clone(),
+        ));
+        out.push((
+            password_header.to_ascii_lowercase(),
+            usable(fields, i, "password")?.clone(),
+        ));
         Ok(())
     }
 }

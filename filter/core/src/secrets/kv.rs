@@ -9,7 +9,7 @@ use super::broker::{Broker, Job, Outcome};
 use super::database;
 use super::keys::value_key;
 use super::plan::{string_fields, usable, Fields, Lease, Need, Secret, SEC};
-use crate::config::VaultConfig;
+use crate::config::{KvInto, SecretConfig, VaultConfig};
 use crate::host::Host;
 use serde_json::Value;
 
@@ -55,7 +55,7 @@ impl Broker {
             return Outcome::Fail(format!("{what}: job lost"));
         };
         let need = job.needs.get(n);
-        let is_kv = need.is_some_and(|n| n.spec.kv.is_some());
+        let is_kv = need.is_some_and(|n| n.spec.is_kv());
         match (need, parse_read(v, is_kv, kv_ttl)) {
             (Some(need), Some((fields, ttl))) => {
                 let until = now.saturating_add(ttl);
@@ -103,22 +103,23 @@ fn parse_read(v: &Value, kv: bool, kv_ttl: u64) -> Option<(Fields, u64)> {
 
 impl Need {
     /// Secret #`i`'s configured field, as the bearer token or into its
-    /// header. The field must be usable even when neither is set.
+    /// header.
     pub(super) fn kv_headers(
         &self,
         i: usize,
         fields: &Fields,
         out: &mut Vec<(String, Secret)>,
     ) -> Result<(), String> {
-        let field = self.spec.field.as_deref().unwrap_or("");
+        let SecretConfig::Kv { field, into, .. } = &self.spec else {
+            return Err(format!("secret #{i} is not a KV secret"));
+        };
         let v = usable(fields, i, field)?;
-        if self.spec.bearer {
-            out.push((
+        match into {
+            KvInto::Bearer => out.push((
                 "authorization".into(),
                 Secret::new(format!("Bearer {}", v.expose())),
-            ));
-        } else if let Some(h) = &self.spec.header {
-            out.push((h.to_ascii_lowercase(), v.clone()));
+            )),
+            KvInto::Header(h) => out.push((h.to_ascii_lowercase(), v.clone())),
         }
         Ok(())
     }

@@ -70,11 +70,7 @@ pub fn plan(
     specs
         .iter()
         .map(|spec| {
-            let template = spec
-                .kv
-                .as_deref()
-                .or(spec.database.as_deref())
-                .unwrap_or("");
+            let template = spec.path();
             let mut path = template.to_string();
             if path.contains("{agent}") {
                 path = path.replace("{agent}", &safe("id", Some(agent))?);

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use super::*;
-use crate::config::{SecretConfig, VaultConfig};
+use crate::config::{KvInto, SecretConfig, VaultConfig};
 use crate::host::{Host, MockHost};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -24,26 +24,18 @@ pub(super) fn cfg() -> VaultConfig {
 }
 
 pub(super) fn kv_spec() -> SecretConfig {
-    SecretConfig {
-        kv: Some("secret/data/mcp/agents/{agent}/credentials".into()),
-        field: Some("api_key".into()),
-        header: Some("x-api-key".into()),
-        bearer: false,
-        database: None,
-        username_header: None,
-        password_header: None,
+    SecretConfig::Kv {
+        path: "secret/data/mcp/agents/{agent}/credentials".into(),
+        field: "api_key".into(),
+        into: KvInto::Header("x-api-key".into()),
     }
 }
 
 pub(super) fn db_spec() -> SecretConfig {
-    SecretConfig {
-        kv: None,
-        field: None,
-        header: None,
-        bearer: false,
-        database: Some("database/creds/readonly".into()),
-        username_header: Some("x-db-username".into()),
-        password_header: Some("x-db-password".into()),
+    SecretConfig::Database {
+        path: "database/creds/readonly".into(),
+        username_header: "x-db-username".into(),
+        password_header: "x-db-password".into(),
     }
 }
 
@@ -297,9 +289,10 @@ fn identity_values_cannot_escape_the_path() {
     }
     let p = plan(&[kv_spec()], "a@clients", None, None).unwrap();
     assert_eq!(p[0].path, "secret/data/mcp/agents/a@clients/credentials");
-    let team = SecretConfig {
-        kv: Some("secret/data/teams/{team}/k".into()),
-        ..kv_spec()
+    let team = SecretConfig::Kv {
+        path: "secret/data/teams/{team}/k".into(),
+        field: "api_key".into(),
+        into: KvInto::Header("x-api-key".into()),
     };
     assert!(
         plan(std::slice::from_ref(&team), "a", None, None).is_err(),
