@@ -12,7 +12,7 @@
     clippy::indexing_slicing
 )]
 
-use agentplane_e2e::{Bao, Envoy, EnvoySetup, Idp, Postgres, Upstream};
+use agentplane_e2e::{Bao, Envoy, Idp, Postgres, Upstream};
 
 #[path = "demo_agents.rs"]
 mod demo_agents;
@@ -56,22 +56,16 @@ fn main() {
     let cfg = agentplane_e2e::deploy::demo_plugin_config("127.0.0.1");
     // The tickets skill: a real MCP server (rmcp), on its own port.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let skill_port = listener.local_addr().unwrap().port();
-    rt.spawn(agentplane_skills::serve(listener));
-    let upstream = Upstream::start();
-    let envoy = Envoy::start_yaml(&agentplane_e2e::render_envoy_routed(
-        &EnvoySetup {
-            jwks: idp.jwks(),
-            upstream_port: upstream.port,
-            plugin_config: cfg.to_string(),
-            vault_port: bao.port,
-        },
-        true,
-        &std::collections::HashMap::from([("tickets-mcp".to_string(), skill_port)]),
-    ));
+    let skill_port = agentplane_e2e::serve_skill(&rt, agentplane_skills::serve);
+    let agentplane_e2e::Stack {
+        idp,
+        upstream,
+        envoy,
+    } = agentplane_e2e::Stack::build(&cfg.to_string())
+        .idp(idp)
+        .vault(bao.port)
+        .route("tickets-mcp", skill_port)
+        .start();
     let s = Stack {
         idp,
         upstream,

@@ -37,11 +37,7 @@ pub fn onboarding(rt: &tokio::runtime::Runtime, bao: &Bao, mask: fn(&str) -> Str
     );
     // The sample services, for real: sentiment from the text, customers,
     // search results (skills/src/samples.rs).
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let samples = listener.local_addr().unwrap().port();
-    rt.spawn(agentplane_skills::samples::serve(listener));
+    let samples = agentplane_e2e::serve_skill(rt, agentplane_skills::samples::serve);
     let ports: std::collections::HashMap<String, u16> = [
         "hello-skill",
         "sentiment-analysis",

@@ -15,10 +15,10 @@
 
 pub(crate) mod procs;
 
-use agentplane_e2e::{http, Envoy, EnvoySetup, Idp, Upstream};
+use agentplane_e2e::{add_mcp_service, http, serve_skill, Envoy, Idp, Stack, Upstream};
 use procs::{clients_dir, node, python, run, Scratch, Service};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -41,20 +41,18 @@ struct Tickets {
 impl Tickets {
     fn start() -> Tickets {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let skill_port = listener.local_addr().unwrap().port();
-        rt.spawn(agentplane_skills::serve(listener));
+        let skill_port = serve_skill(&rt, agentplane_skills::serve);
         let mut cfg: Value =
             serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
         agentplane_e2e::add_tickets_mcp(&mut cfg);
         cfg["decision_log"] = json!({"enabled": true});
-        let idp = Idp::new();
-        let upstream = Upstream::start();
-        let setup = EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string());
-        let ports = HashMap::from([("tickets-mcp".to_string(), skill_port)]);
-        let envoy = Envoy::start_yaml(&agentplane_e2e::render_envoy_routed(&setup, true, &ports));
+        let Stack {
+            idp,
+            upstream,
+            envoy,
+        } = Stack::build(&cfg.to_string())
+            .route("tickets-mcp", skill_port)
+            .start();
         Tickets {
             envoy,
             idp,
@@ -432,16 +430,15 @@ fn the_conformance_suite_passes_the_same_checks_through_agentplane_as_directly()
     let direct = conformance(&format!("http://127.0.0.1:{}/mcp", everything.port));
 
     let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
-    cfg["resources"]["everything"] = json!({
-        "type": "tool", "protocol": "mcp",
-        "metadata": {"team": "customer-success", "environment": "production"}
-    });
+    add_mcp_service(&mut cfg, "everything");
     cfg["decision_log"] = json!({"enabled": true});
-    let idp = Idp::new();
-    let upstream = Upstream::start();
-    let setup = EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string());
-    let ports = HashMap::from([("everything".to_string(), everything.port)]);
-    let envoy = Envoy::start_yaml(&agentplane_e2e::render_envoy_routed(&setup, true, &ports));
+    let Stack {
+        idp,
+        upstream: _upstream,
+        envoy,
+    } = Stack::build(&cfg.to_string())
+        .route("everything", everything.port)
+        .start();
     let perms =
         "mcp:connect tools:list tools:call resources:list resources:read prompts:list prompts:get";
     let perms: Vec<&str> = perms.split(' ').collect();

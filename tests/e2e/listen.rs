@@ -14,9 +14,8 @@
 //! is time-bound and stopped on drop, also when a test fails.
 
 use crate::clients::procs::{python, run, Service};
-use agentplane_e2e::{repo_root, Envoy, EnvoySetup, Idp, Upstream};
+use agentplane_e2e::{add_mcp_service, repo_root, Envoy, Idp, Stack, Upstream};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -45,16 +44,15 @@ impl Listening {
         );
         let mut cfg: Value =
             serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
-        cfg["resources"][SERVICE] = json!({
-            "type": "tool", "protocol": "mcp",
-            "metadata": {"team": "customer-success", "environment": "production"}
-        });
+        add_mcp_service(&mut cfg, SERVICE);
         cfg["decision_log"] = json!({"enabled": true});
-        let idp = Idp::new();
-        let upstream = Upstream::start();
-        let setup = EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string());
-        let ports = HashMap::from([(SERVICE.to_string(), server.port)]);
-        let envoy = Envoy::start_yaml(&agentplane_e2e::render_envoy_routed(&setup, true, &ports));
+        let Stack {
+            idp,
+            upstream,
+            envoy,
+        } = Stack::build(&cfg.to_string())
+            .route(SERVICE, server.port)
+            .start();
         Listening {
             envoy,
             idp,

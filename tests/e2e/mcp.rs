@@ -272,26 +272,18 @@ fn an_official_mcp_client_lists_only_its_tools_and_is_refused_per_tool() {
     use rmcp::ServiceExt;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let skill_port = listener.local_addr().unwrap().port();
-    rt.spawn(agentplane_skills::serve(listener));
+    let skill_port = agentplane_e2e::serve_skill(&rt, agentplane_skills::serve);
 
     let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
     agentplane_e2e::add_tickets_mcp(&mut cfg);
-    let idp = agentplane_e2e::Idp::new();
-    let up = agentplane_e2e::Upstream::start();
-    let setup = agentplane_e2e::EnvoySetup {
-        jwks: idp.jwks(),
-        upstream_port: up.port,
-        plugin_config: cfg.to_string(),
-        vault_port: 1,
-    };
-    let ports = std::collections::HashMap::from([("tickets-mcp".to_string(), skill_port)]);
-    let envoy = agentplane_e2e::Envoy::start_yaml(&agentplane_e2e::render_envoy_routed(
-        &setup, true, &ports,
-    ));
+    let Stack {
+        idp,
+        upstream: _up,
+        envoy,
+    } = Stack::build(&cfg.to_string())
+        .vault(1)
+        .route("tickets-mcp", skill_port)
+        .start();
     let token = idp.agent_token(
         "support-triage@clients",
         "customer-success",

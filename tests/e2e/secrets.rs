@@ -1,7 +1,7 @@
 //! Secrets: real OpenBao (dev server) with JWT auth and per-agent KV paths;
 //! the filter logs in as the agent, reads, injects, caches, fails closed.
 
-use agentplane_e2e::{default_plugin_config, Bao, Envoy, EnvoySetup, Idp, Upstream};
+use agentplane_e2e::{default_plugin_config, Bao, Envoy, EnvoySetup, Idp, Stack, Upstream};
 use serde_json::{json, Value};
 
 const CANARY_A: &str = "canary-a-5b1f0e3c-never-log";
@@ -30,13 +30,14 @@ fn world() -> World {
     cfg["resources"]["model-registry"]["secrets"] = json!([
         {"kv": "secret/data/mcp/agents/b@clients/credentials", "field": "api_key", "header": "x-api-key"}
     ]);
-    let upstream = Upstream::start();
-    let envoy = Envoy::start(&EnvoySetup {
-        jwks: idp.jwks(),
-        upstream_port: upstream.port,
-        plugin_config: cfg.to_string(),
-        vault_port: bao.port,
-    });
+    let Stack {
+        idp,
+        upstream,
+        envoy,
+    } = Stack::build(&cfg.to_string())
+        .idp(idp)
+        .vault(bao.port)
+        .start();
     World {
         idp,
         bao,
@@ -294,28 +295,23 @@ fn two_workers_share_one_fetch() {
         json!({"cluster": "vault", "authority": "127.0.0.1"}),
         &["sentiment-analysis"],
     );
-    let upstream = Upstream::start();
-    let mut r = agentplane_e2e::render_envoy(
-        &EnvoySetup {
-            jwks: idp.jwks(),
-            upstream_port: upstream.port,
-            plugin_config: cfg.to_string(),
-            vault_port: bao.port,
-        },
-        true,
+    let Stack {
+        idp,
+        upstream,
+        envoy,
+    } = Stack::build(&cfg.to_string())
+        .idp(idp)
+        .vault(bao.port)
+        .workers(2)
+        .start();
+    let token = idp.agent_token(
+        "a@clients",
+        "ml",
+        "support",
+        "production",
+        &["skills:invoke"],
     );
-    r.workers = 2;
-    let envoy = Envoy::start_yaml(&r);
-    let auth = format!(
-        "Bearer {}",
-        idp.agent_token(
-            "a@clients",
-            "ml",
-            "support",
-            "production",
-            &["skills:invoke"]
-        )
-    );
+    let auth = format!("Bearer {token}");
     let port = envoy.port;
     assert!(concurrently(port, &auth, 24).iter().all(|s| *s == 200));
     for s in upstream.seen() {

@@ -27,6 +27,7 @@ pub mod envoy;
 pub mod idp;
 pub mod plugin;
 pub mod postgres;
+pub mod stack;
 pub mod upstream;
 
 pub use bao::{bao_bin, Bao};
@@ -37,9 +38,12 @@ pub use envoy::render::{
 };
 pub use envoy::{envoy_bin, wasm_path, Envoy};
 pub use idp::{provider, Idp, AUDIENCE, ISSUER};
-pub use plugin::{add_tickets_mcp, api_key_secret, config_with_api_key, default_plugin_config};
+pub use plugin::{
+    add_mcp_service, add_tickets_mcp, api_key_secret, config_with_api_key, default_plugin_config,
+};
 pub use postgres::{pg_bin, Postgres};
-pub use upstream::{Seen, Upstream};
+pub use stack::{Stack, StackBuilder};
+pub use upstream::{serve_skill, Seen, Upstream};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -75,42 +79,4 @@ pub fn free_port() -> u16 {
 pub fn base64url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Envoy + upstream + identity provider, ready to take requests.
-pub struct Stack {
-    /// The identity provider.
-    pub idp: Idp,
-    /// The echo upstream.
-    pub upstream: Upstream,
-    /// Envoy.
-    pub envoy: Envoy,
-}
-
-impl Stack {
-    /// Starts everything with the given plugin configuration.
-    pub fn start_with(plugin_config: &str) -> Stack {
-        Stack::start_workers(plugin_config, 1)
-    }
-
-    /// Starts everything with `workers` Envoy worker threads: the setup of
-    /// the tests of what the workers share (limits, MCP sessions).
-    pub fn start_workers(plugin_config: &str, workers: u32) -> Stack {
-        let idp = Idp::new();
-        let upstream = Upstream::start();
-        let setup = EnvoySetup::without_vault(&idp, upstream.port, plugin_config.to_string());
-        let mut rendered = render_envoy(&setup, true);
-        rendered.workers = workers;
-        let envoy = Envoy::start_yaml(&rendered);
-        Stack {
-            idp,
-            upstream,
-            envoy,
-        }
-    }
-
-    /// Starts everything with `envoy/agentplane.json`.
-    pub fn start() -> Stack {
-        Stack::start_with(&default_plugin_config())
-    }
 }

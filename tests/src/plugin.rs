@@ -30,7 +30,13 @@ pub fn config_with_api_key(vault: Value, services: &[&str]) -> Value {
 /// Registers the tickets skill (an MCP server, `agentplane_skills::serve`)
 /// in a plugin configuration as the MCP service `tickets-mcp`.
 pub fn add_tickets_mcp(cfg: &mut Value) {
-    cfg["resources"]["tickets-mcp"] = json!({
+    add_mcp_service(cfg, "tickets-mcp");
+}
+
+/// Registers an MCP server as the service `name`: a tool of team
+/// customer-success in production, spoken to as MCP.
+pub fn add_mcp_service(cfg: &mut Value, name: &str) {
+    cfg["resources"][name] = json!({
         "type": "tool", "protocol": "mcp",
         "metadata": {"team": "customer-success", "environment": "production"}
     });

@@ -230,3 +230,19 @@ fn serve(
         }
     }
 }
+
+/// Serves a real MCP skill (`agentplane_skills::serve`, or the sample
+/// services' `agentplane_skills::samples::serve`) on `rt`, on a fresh
+/// loopback port, and returns the port. It serves as long as `rt` runs.
+pub fn serve_skill<F, Fut>(rt: &tokio::runtime::Runtime, serve: F) -> u16
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(serve(listener));
+    port
+}

@@ -4,7 +4,7 @@
 //! requests.
 
 use super::Routed;
-use agentplane_e2e::{default_plugin_config, Envoy, EnvoySetup, Idp, Upstream};
+use agentplane_e2e::{default_plugin_config, Envoy, EnvoySetup, Idp, Stack, Upstream};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -27,16 +27,7 @@ fn a_collector_rejecting_a_batch_cannot_block_the_audit_trail() {
     );
     r.add_cluster("decision_logs", collector.port);
     let envoy = Envoy::start_yaml(&r);
-    let auth = format!(
-        "Bearer {}",
-        idp.agent_token(
-            "a@clients",
-            "ml",
-            "support",
-            "production",
-            &["skills:invoke"]
-        )
-    );
+    let auth = agent_a(&idp);
     let wait_for = |what: &dyn Fn() -> bool| {
         let t0 = Instant::now();
         while !what() && t0.elapsed() < Duration::from_secs(10) {
@@ -97,29 +88,15 @@ fn a_stalled_vault_cannot_hold_other_workers_requests_past_the_failure() {
         json!({"cluster": "vault", "authority": "vault", "timeout_ms": 1000, "retries": 0}),
         &["sentiment-analysis"],
     );
-    let idp = Idp::new();
-    let upstream = Upstream::start();
-    let mut r = agentplane_e2e::render_envoy(
-        &EnvoySetup {
-            jwks: idp.jwks(),
-            upstream_port: upstream.port,
-            plugin_config: cfg.to_string(),
-            vault_port,
-        },
-        true,
-    );
-    r.workers = 2;
-    let envoy = Envoy::start_yaml(&r);
-    let auth = format!(
-        "Bearer {}",
-        idp.agent_token(
-            "a@clients",
-            "ml",
-            "support",
-            "production",
-            &["skills:invoke"]
-        )
-    );
+    let Stack {
+        idp,
+        upstream,
+        envoy,
+    } = Stack::build(&cfg.to_string())
+        .vault(vault_port)
+        .workers(2)
+        .start();
+    let auth = agent_a(&idp);
     // Separate connections, so both workers take some.
     let t0 = Instant::now();
     let handles: Vec<_> = (0..8)
@@ -254,29 +231,29 @@ fn fake_vault(delay: Duration, ok: bool) -> u16 {
     port
 }
 
+/// A bearer token for agent `a@clients` (team ml) with skills:invoke.
+fn agent_a(idp: &Idp) -> String {
+    let token = idp.agent_token(
+        "a@clients",
+        "ml",
+        "support",
+        "production",
+        &["skills:invoke"],
+    );
+    format!("Bearer {token}")
+}
+
 fn secrets_stack(vault_port: u16) -> (Idp, Upstream, Envoy, String) {
     let cfg = agentplane_e2e::config_with_api_key(
         json!({"cluster": "vault", "authority": "vault", "retries": 0, "timeout_ms": 2000}),
         &["sentiment-analysis"],
     );
-    let idp = Idp::new();
-    let upstream = Upstream::start();
-    let envoy = Envoy::start(&EnvoySetup {
-        jwks: idp.jwks(),
-        upstream_port: upstream.port,
-        plugin_config: cfg.to_string(),
-        vault_port,
-    });
-    let auth = format!(
-        "Bearer {}",
-        idp.agent_token(
-            "a@clients",
-            "ml",
-            "support",
-            "production",
-            &["skills:invoke"]
-        )
-    );
+    let Stack {
+        idp,
+        upstream,
+        envoy,
+    } = Stack::build(&cfg.to_string()).vault(vault_port).start();
+    let auth = agent_a(&idp);
     (idp, upstream, envoy, auth)
 }
 
