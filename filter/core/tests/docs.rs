@@ -225,9 +225,12 @@ fn every_json_rpc_code_is_documented_and_every_documented_code_exists() {
 }
 
 /// The fields of every struct deriving `Deserialize` in the sources: the
-/// JSON name (after `#[serde(rename = "…")]`) and the Rust type.
-fn deserialize_structs() -> BTreeMap<String, Vec<(String, String)>> {
+/// JSON name (after `#[serde(rename = "…")]`) and the Rust type; and the
+/// type parameters of the generic ones (`ResourceConfig<S = …>`: `S`).
+type Structs = BTreeMap<String, Vec<(String, String)>>;
+fn deserialize_structs() -> (Structs, BTreeMap<String, Vec<String>>) {
     let mut structs = BTreeMap::new();
+    let mut params = BTreeMap::new();
     for src in core_sources() {
         let (mut derives, mut current, mut rename) = (false, None::<String>, None);
         for line in src.lines().map(str::trim) {
@@ -241,6 +244,13 @@ fn deserialize_structs() -> BTreeMap<String, Vec<(String, String)>> {
                 if derives && line.ends_with('{') {
                     current = Some(name.to_string());
                     structs.insert(name.to_string(), Vec::new());
+                    if let Some((_, generics)) = rest.split_once('<') {
+                        let names = generics.split(',').filter_map(|p| {
+                            let p = p.split(['=', ':', '>']).next()?.trim();
+                            (!p.is_empty()).then(|| p.to_string())
+                        });
+                        params.insert(name.to_string(), names.collect());
+                    }
                 }
                 derives = false;
             } else if line == "}" {
@@ -261,12 +271,12 @@ fn deserialize_structs() -> BTreeMap<String, Vec<(String, String)>> {
             }
         }
     }
-    structs
+    (structs, params)
 }
 
 #[test]
 fn every_configuration_field_is_documented() {
-    let structs = deserialize_structs();
+    let (structs, params) = deserialize_structs();
     assert!(
         structs.contains_key("RawConfig"),
         "no `struct RawConfig` deriving Deserialize in filter/core/src: update filter/core/tests/docs.rs"
@@ -274,19 +284,30 @@ fn every_configuration_field_is_documented() {
     // Dotted paths from RawConfig down: a map level is `.<name>`, a list
     // element `[]` (`resources.<name>.secrets[].kv`).
     let mut paths = Vec::new();
-    let mut queue = vec![("RawConfig".to_string(), String::new())];
+    // A generic struct is read with the type arguments its field names
+    // (`ResourceConfig<SecretFields>`): a field typed `Vec<S>` is one of those.
+    let mut queue = vec![("RawConfig".to_string(), String::new(), Vec::new())];
     let mut seen = BTreeSet::from(["RawConfig".to_string()]);
-    while let Some((name, prefix)) = queue.pop() {
+    while let Some((name, prefix, args)) = queue.pop() {
         for (field, ty) in &structs[&name] {
             let path = if prefix.is_empty() {
                 field.clone()
             } else {
                 format!("{prefix}.{field}")
             };
-            let inner = ty
+            let named: Vec<String> = ty
                 .split(|c: char| !c.is_alphanumeric() && c != '_')
-                .find(|t| structs.contains_key(*t));
-            if let Some(inner) = inner.filter(|t| seen.insert(t.to_string())) {
+                .map(|t| {
+                    let param = params
+                        .get(&name)
+                        .and_then(|ps| ps.iter().position(|p| p == t));
+                    param
+                        .and_then(|i| args.get(i).cloned())
+                        .unwrap_or_else(|| t.to_string())
+                })
+                .filter(|t| structs.contains_key(t))
+                .collect();
+            if let Some(inner) = named.first().filter(|t| seen.insert(t.to_string())) {
                 let level = if ty.contains("Map<") {
                     ".<name>"
                 } else if ty.contains("Vec<") {
@@ -294,7 +315,11 @@ fn every_configuration_field_is_documented() {
                 } else {
                     ""
                 };
-                queue.push((inner.to_string(), format!("{path}{level}")));
+                queue.push((
+                    inner.to_string(),
+                    format!("{path}{level}"),
+                    named[1..].to_vec(),
+                ));
             }
             paths.push(path);
         }
