@@ -7,8 +7,8 @@
 
 use agentplane_e2e::envoy::yaml;
 use agentplane_e2e::{
-    default_plugin_config, free_port, registered_services, render_envoy_routed, Envoy, EnvoySetup,
-    Idp, Upstream,
+    default_plugin_config, free_port, registered_services, render_envoy_routed, send_raw, Envoy,
+    EnvoySetup, Idp, Response, Upstream,
 };
 use std::collections::HashMap;
 
@@ -77,6 +77,11 @@ impl Routed {
 
     fn total_seen(&self) -> usize {
         self.upstreams.values().map(|u| u.seen().len()).sum()
+    }
+
+    /// A POST with exactly these header bytes (see [`raw_request`]).
+    fn post_raw(&self, path: &str, headers: &[(&[u8], &[u8])]) -> Response {
+        send_raw(self.envoy.port, &raw_request(path, headers)).unwrap()
     }
 
     fn clear(&self) {

@@ -1,9 +1,15 @@
 //! Authorization: the embedded policy decides, with reasons and decision ids.
 
-use agentplane_e2e::Stack;
+use agentplane_e2e::{Response, Stack};
 
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")
+}
+
+/// A request to Envoy with this `authorization` header and no other.
+fn call(s: &Stack, method: &str, path: &str, authorization: &str) -> Response {
+    s.envoy
+        .request(method, path, &[("authorization", authorization)])
 }
 
 /// An allowed call reaches the service with the trusted agent headers and
@@ -39,11 +45,7 @@ fn allowed_call_reaches_upstream_with_trusted_headers() {
     assert!(up.one("x-request-id").is_some_and(|v| !v.is_empty()));
 
     // Plain first-segment routing works too.
-    let r = s.envoy.request(
-        "GET",
-        "/customer-lookup/tickets/42",
-        &[("authorization", &bearer(&tok))],
-    );
+    let r = call(&s, "GET", "/customer-lookup/tickets/42", &bearer(&tok));
     assert_eq!(r.status, 200, "{r:?}");
 }
 
@@ -59,11 +61,7 @@ fn missing_permission_is_403_with_reason() {
         "production",
         &["data:read"],
     );
-    let r = s.envoy.request(
-        "POST",
-        "/mcp://hello-skill/greet",
-        &[("authorization", &bearer(&tok))],
-    );
+    let r = call(&s, "POST", "/mcp://hello-skill/greet", &bearer(&tok));
     assert_eq!(r.status, 403, "{r:?}");
     let body = r.json();
     assert_eq!(body["error"], "forbidden");
@@ -87,11 +85,7 @@ fn oauth_scope_claim_grants() {
         }),
         3600,
     );
-    let r = s.envoy.request(
-        "GET",
-        "/mcp://web-search/q",
-        &[("authorization", &bearer(&tok))],
-    );
+    let r = call(&s, "GET", "/mcp://web-search/q", &bearer(&tok));
     assert_eq!(r.status, 200, "{r:?}");
 }
 
@@ -107,21 +101,13 @@ fn team_and_environment_rules() {
         "production",
         &["skills:invoke", "data:read"],
     );
-    let r = s.envoy.request(
-        "GET",
-        "/mcp://customer-lookup/tickets",
-        &[("authorization", &bearer(&ml))],
-    );
+    let r = call(&s, "GET", "/mcp://customer-lookup/tickets", &bearer(&ml));
     assert_eq!(r.status, 403);
     assert_eq!(
         r.json()["reason"],
         "resource customer-lookup belongs to team customer-success, not ml"
     );
-    let r = s.envoy.request(
-        "GET",
-        "/mcp://model-registry/models",
-        &[("authorization", &bearer(&ml))],
-    );
+    let r = call(&s, "GET", "/mcp://model-registry/models", &bearer(&ml));
     assert_eq!(r.status, 200, "{r:?}");
 
     let staging = s.idp.agent_token(
@@ -131,11 +117,7 @@ fn team_and_environment_rules() {
         "staging",
         &["skills:invoke", "data:read"],
     );
-    let r = s.envoy.request(
-        "GET",
-        "/mcp://model-registry/models",
-        &[("authorization", &bearer(&staging))],
-    );
+    let r = call(&s, "GET", "/mcp://model-registry/models", &bearer(&staging));
     assert_eq!(r.status, 403);
     assert_eq!(
         r.json()["reason"],
@@ -156,11 +138,7 @@ fn unknown_service_is_denied() {
         "production",
         &["skills:invoke", "data:read"],
     );
-    let r = s.envoy.request(
-        "GET",
-        "/mcp://shadow-it/x",
-        &[("authorization", &bearer(&tok))],
-    );
+    let r = call(&s, "GET", "/mcp://shadow-it/x", &bearer(&tok));
     assert_eq!(r.status, 403);
     let reason = r.json()["reason"].as_str().unwrap().to_string();
     assert!(
@@ -181,11 +159,7 @@ fn agent_layer_deny_wins() {
         "production",
         &["skills:invoke"],
     );
-    let r = s.envoy.request(
-        "POST",
-        "/mcp://hello-skill/greet",
-        &[("authorization", &bearer(&tok))],
-    );
+    let r = call(&s, "POST", "/mcp://hello-skill/greet", &bearer(&tok));
     assert_eq!(r.status, 403);
     assert_eq!(
         r.json()["reason"],
@@ -265,11 +239,7 @@ fn repeated_requests_answer_the_same_from_the_decision_cache() {
 
     s.upstream.clear();
     for _ in 0..3 {
-        let r = s.envoy.request(
-            "GET",
-            "/mcp://web-search/search?q=x",
-            &[("authorization", &auth)],
-        );
+        let r = call(&s, "GET", "/mcp://web-search/search?q=x", &auth);
         assert_eq!(r.status, 403, "{r:?}");
         assert_eq!(
             r.json()["reason"],
@@ -312,11 +282,7 @@ fn a_delegated_call_carries_its_chain_and_never_gains_permissions() {
             "https://mcp.example.com/agent_type": "orchestrator",
             "permissions": ["skills:invoke", "data:read"]}),
     ));
-    let r = s.envoy.request(
-        "POST",
-        "/mcp://sentiment-analysis/analyze",
-        &[("authorization", &ok)],
-    );
+    let r = call(&s, "POST", "/mcp://sentiment-analysis/analyze", &ok);
     assert_eq!(r.status, 200, "{r:?}");
     let up = s.upstream.seen().pop().unwrap();
     assert_eq!(
@@ -332,11 +298,7 @@ fn a_delegated_call_carries_its_chain_and_never_gains_permissions() {
         Some(r#"["orchestrator-1@clients","planner@clients"]"#)
     );
     // The subject may read data; the orchestrator may not: refused.
-    let r = s.envoy.request(
-        "GET",
-        "/mcp://customer-lookup/customers/42",
-        &[("authorization", &ok)],
-    );
+    let r = call(&s, "GET", "/mcp://customer-lookup/customers/42", &ok);
     assert_eq!(r.status, 403, "{r:?}");
     assert!(
         r.body.contains("missing permission data:read"),
@@ -351,11 +313,7 @@ fn a_delegated_call_carries_its_chain_and_never_gains_permissions() {
             "https://mcp.example.com/agent_type": "experimental",
             "permissions": ["skills:invoke"]}),
     ));
-    let r = s.envoy.request(
-        "POST",
-        "/mcp://sentiment-analysis/analyze",
-        &[("authorization", &laundered)],
-    );
+    let r = call(&s, "POST", "/mcp://sentiment-analysis/analyze", &laundered);
     assert_eq!(r.status, 403, "{r:?}");
     assert!(
         r.body
@@ -368,11 +326,7 @@ fn a_delegated_call_carries_its_chain_and_never_gains_permissions() {
         serde_json::json!(["skills:invoke"]),
         serde_json::json!({"sub": "b", "act": {"sub": "c"}}),
     ));
-    let r = s.envoy.request(
-        "POST",
-        "/mcp://sentiment-analysis/analyze",
-        &[("authorization", &deep)],
-    );
+    let r = call(&s, "POST", "/mcp://sentiment-analysis/analyze", &deep);
     assert_eq!(r.status, 403);
     assert!(
         r.body.contains("delegation chain of 3 actors"),
@@ -396,10 +350,6 @@ fn a_delegated_call_carries_its_chain_and_never_gains_permissions() {
         .contains("forged"));
     // A malformed act is an unusable token.
     let bad = token(serde_json::json!("orchestrator"));
-    let r = s.envoy.request(
-        "POST",
-        "/mcp://sentiment-analysis/analyze",
-        &[("authorization", &bad)],
-    );
+    let r = call(&s, "POST", "/mcp://sentiment-analysis/analyze", &bad);
     assert_eq!(r.status, 401, "{r:?}");
 }

@@ -1,7 +1,9 @@
 //! Secrets: real OpenBao (dev server) with JWT auth and per-agent KV paths;
 //! the filter logs in as the agent, reads, injects, caches, fails closed.
 
-use agentplane_e2e::{default_plugin_config, Bao, Envoy, EnvoySetup, Idp, Stack, Upstream};
+use agentplane_e2e::{
+    default_plugin_config, Bao, Envoy, EnvoySetup, Idp, Response, Stack, Upstream,
+};
 use serde_json::{json, Value};
 
 const CANARY_A: &str = "canary-a-5b1f0e3c-never-log";
@@ -57,6 +59,12 @@ fn token(w: &World, sub: &str, team: &str) -> String {
     format!("Bearer {t}")
 }
 
+/// A request to Envoy with this `authorization` header and no other.
+fn call(w: &World, method: &str, path: &str, authorization: &str) -> Response {
+    w.envoy
+        .request(method, path, &[("authorization", authorization)])
+}
+
 /// `n` simultaneous cold requests from one agent; their statuses.
 fn concurrently(port: u16, auth: &str, n: usize) -> Vec<u16> {
     let threads: Vec<_> = (0..n)
@@ -95,11 +103,7 @@ fn agents_receive_their_own_secrets() {
     let a = token(&w, "a@clients", "ml");
     let b = token(&w, "b@clients", "ml");
     for (auth, want) in [(&a, CANARY_A), (&b, CANARY_B), (&a, CANARY_A)] {
-        let r = w.envoy.request(
-            "POST",
-            "/mcp://sentiment-analysis/analyze",
-            &[("authorization", auth)],
-        );
+        let r = call(&w, "POST", "/mcp://sentiment-analysis/analyze", auth);
         assert_eq!(r.status, 200, "{r:?}");
         assert!(!r.body.contains(CANARY_A) || want == CANARY_A);
     }
@@ -119,11 +123,7 @@ fn agents_receive_their_own_secrets() {
     // Cached: OpenBao can go away.
     w.bao.stop();
     w.upstream.clear();
-    let r = w.envoy.request(
-        "POST",
-        "/mcp://sentiment-analysis/analyze",
-        &[("authorization", &a)],
-    );
+    let r = call(&w, "POST", "/mcp://sentiment-analysis/analyze", &a);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(w.upstream.seen()[0].all("x-api-key"), [CANARY_A]);
     no_canary_anywhere(&w);
@@ -135,11 +135,7 @@ fn agents_receive_their_own_secrets() {
 fn vault_policy_keeps_agents_apart() {
     let w = world();
     let a = token(&w, "a@clients", "ml");
-    let r = w.envoy.request(
-        "GET",
-        "/mcp://model-registry/models",
-        &[("authorization", &a)],
-    );
+    let r = call(&w, "GET", "/mcp://model-registry/models", &a);
     assert_eq!(r.status, 503, "{r:?}");
     let body = r.json();
     assert_eq!(body["error"], "unavailable");
@@ -151,11 +147,7 @@ fn vault_policy_keeps_agents_apart() {
     assert!(w.upstream.seen().is_empty());
     // B may read its own path through the same service.
     let b = token(&w, "b@clients", "ml");
-    let r = w.envoy.request(
-        "GET",
-        "/mcp://model-registry/models",
-        &[("authorization", &b)],
-    );
+    let r = call(&w, "GET", "/mcp://model-registry/models", &b);
     assert_eq!(r.status, 200, "{r:?}");
     no_canary_anywhere(&w);
 }
@@ -168,11 +160,7 @@ fn vault_outage_fails_closed_then_recovers() {
     let port = w.bao.port;
     w.bao.stop();
     let a = token(&w, "a@clients", "ml");
-    let r = w.envoy.request(
-        "POST",
-        "/mcp://sentiment-analysis/analyze",
-        &[("authorization", &a)],
-    );
+    let r = call(&w, "POST", "/mcp://sentiment-analysis/analyze", &a);
     assert_eq!(r.status, 503, "{r:?}");
     // Envoy answers the callout itself (503: no connection to the cluster).
     assert_eq!(
@@ -186,11 +174,7 @@ fn vault_outage_fails_closed_then_recovers() {
     w.bao.setup_agents(&w.idp);
     w.bao
         .put_agent_secret("a@clients", json!({"api_key": CANARY_A}));
-    let r = w.envoy.request(
-        "POST",
-        "/mcp://sentiment-analysis/analyze",
-        &[("authorization", &a)],
-    );
+    let r = call(&w, "POST", "/mcp://sentiment-analysis/analyze", &a);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(w.upstream.seen()[0].all("x-api-key"), [CANARY_A]);
     no_canary_anywhere(&w);

@@ -3,8 +3,8 @@
 //! method-override headers in disguise, client-chosen correlation ids, an
 //! unowned resource, a scope with whitespace tricks, percent-encoded paths.
 
-use super::{raw_request, Routed};
-use agentplane_e2e::{default_plugin_config, send_raw};
+use super::Routed;
+use agentplane_e2e::default_plugin_config;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -18,42 +18,30 @@ fn non_utf8_header_values_cannot_kill_the_worker() {
     let auth = s.token("ml", &["skills:invoke"]);
     for _ in 0..3 {
         // Without a token, as the shipped allow_missing_or_failed rule permits.
-        let r = send_raw(
-            s.envoy.port,
-            &raw_request(
-                "/mcp://sentiment-analysis/x",
-                &[(b"x-legacy", b"caf\xe9\xff")],
-            ),
-        )
-        .unwrap();
+        let r = s.post_raw(
+            "/mcp://sentiment-analysis/x",
+            &[(b"x-legacy", b"caf\xe9\xff")],
+        );
         assert_eq!(r.status, 401, "{r:?}");
         // In a header the policy reads.
-        let r = send_raw(
-            s.envoy.port,
-            &raw_request(
-                "/mcp://sentiment-analysis/x",
-                &[
-                    (b"authorization", auth.as_bytes()),
-                    (b"user-agent", b"\x80\x81\xfe"),
-                ],
-            ),
-        )
-        .unwrap();
+        let r = s.post_raw(
+            "/mcp://sentiment-analysis/x",
+            &[
+                (b"authorization", auth.as_bytes()),
+                (b"user-agent", b"\x80\x81\xfe"),
+            ],
+        );
         assert_eq!(r.status, 400, "{r:?}");
         assert_eq!(r.json()["reason"], "header user-agent is not valid UTF-8");
     }
     // In a header nobody reads, with a token: forwarded, bytes intact.
-    let r = send_raw(
-        s.envoy.port,
-        &raw_request(
-            "/mcp://sentiment-analysis/x",
-            &[
-                (b"authorization", auth.as_bytes()),
-                (b"x-legacy", b"caf\xe9"),
-            ],
-        ),
-    )
-    .unwrap();
+    let r = s.post_raw(
+        "/mcp://sentiment-analysis/x",
+        &[
+            (b"authorization", auth.as_bytes()),
+            (b"x-legacy", b"caf\xe9"),
+        ],
+    );
     assert_eq!(r.status, 200, "{r:?}");
     let seen = &s.seen("sentiment-analysis")[0];
     assert_eq!(
