@@ -127,14 +127,13 @@ impl Config {
         };
         // Each entry's check also turns its secrets into their checked
         // form, the only one a Config holds.
-        let resources = raw
-            .resources
-            .into_iter()
-            .map(|(name, r)| {
-                let r = r.check(&name)?;
-                Ok((name, r))
-            })
-            .collect::<Result<_, ConfigError>>()?;
+        // (A loop, not a collect: the map is already in order, and a
+        // collect would build and ship a sort for nothing.)
+        let mut resources = BTreeMap::new();
+        for (name, r) in raw.resources {
+            let r = r.check(&name)?;
+            resources.insert(name, r);
+        }
         let default_resource = match raw.default_resource {
             Some(r) => r.check_default()?,
             None => resources::default_resource(),

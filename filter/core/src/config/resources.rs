@@ -241,11 +241,10 @@ impl ResourceConfig<SecretFields> {
                 ));
             }
         }
-        let secrets = std::mem::take(&mut self.secrets)
-            .into_iter()
-            .enumerate()
-            .map(|(i, sc)| sc.check(&format!("resources.{name}.secrets[{i}]")))
-            .collect::<Result<_, _>>()?;
+        let mut secrets = Vec::with_capacity(self.secrets.len());
+        for (i, sc) in std::mem::take(&mut self.secrets).into_iter().enumerate() {
+            secrets.push(sc.check(&format!("resources.{name}.secrets[{i}]"))?);
+        }
         Ok(self.with_secrets(secrets))
     }
 
