@@ -126,9 +126,8 @@ impl Config {
             serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?
         };
         // Each entry's check also turns its secrets into their checked
-        // form, the only one a Config holds.
-        // (A loop, not a collect: the map is already in order, and a
-        // collect would build and ship a sort for nothing.)
+        // form, the only one a Config holds. A loop, not a collect: the
+        // map is already in order, and a collect would ship a sort.
         let mut resources = BTreeMap::new();
         for (name, r) in raw.resources {
             let r = r.check(&name)?;

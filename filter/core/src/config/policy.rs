@@ -56,6 +56,7 @@ impl PolicyConfig {
     }
 }
 
+/// `data.` and dot-separated Rego identifiers, like `data.mcp.authz`.
 fn is_rego_path(s: &str) -> bool {
     let mut parts = s.split('.');
     parts.next() == Some("data")
