@@ -29,8 +29,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Facts about one decision, gathered along the request path.
 #[derive(Debug, Default, Clone)]
 pub struct Trail {
-    /// For an MCP list request: how to filter its response.
-    pub list: Option<crate::mcp::ListJob>,
     /// The input document the policy saw (for a cache hit: the one the
     /// cached decision was made on).
     pub input: Option<regorus::Value>,
@@ -53,8 +51,6 @@ pub struct Trail {
     pub chain: Option<Vec<String>>,
     /// The MCP tool called, when any (limits may count by it).
     pub tool: Option<String>,
-    /// In-flight leases taken for this request, released at stream end.
-    pub held: crate::limits::Held,
     /// The length of the request body sent upstream, when the filter
     /// replaced it with the message it decided on.
     pub body_len: Option<usize>,

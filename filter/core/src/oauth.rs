@@ -10,7 +10,6 @@
 //! The gateway's own (`oauth.resource`) is at the bare well-known path.
 
 use crate::config::{Config, OAuthConfig};
-use crate::outcome::Reply;
 use crate::uri::split;
 pub use crate::uri::valid_resource;
 use serde_json::json;
@@ -48,10 +47,20 @@ fn document(oauth: &OAuthConfig, resource: &str, scopes: &[String], name: Option
     serde_json::Value::Object(doc).to_string().into_bytes()
 }
 
+/// What a metadata request gets: the filter renders it into the reply
+/// (`outcome::Served`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Metadata {
+    /// The resource's document (JSON).
+    Document(Vec<u8>),
+    /// No resource has this path.
+    NotFound,
+}
+
 /// Answers a metadata request (`GET` or `HEAD` under [`WELL_KNOWN`]) from
-/// config: 200 with the document, or 404 for a path no resource has.
-/// `None` when the request is not one, or no `oauth` is configured.
-pub fn serve(method: &str, path: &str, config: &Config) -> Option<Reply> {
+/// config: the document, or [`Metadata::NotFound`] for a path no resource
+/// has. `None` when the request is not one, or no `oauth` is configured.
+pub fn serve(method: &str, path: &str, config: &Config) -> Option<Metadata> {
     let oauth = config.oauth.as_ref()?;
     let rest = path.split(['?', '#']).next()?.strip_prefix(WELL_KNOWN)?;
     if !(rest.is_empty() || rest.starts_with('/')) || !matches!(method, "GET" | "HEAD") {
@@ -69,24 +78,7 @@ pub fn serve(method: &str, path: &str, config: &Config) -> Option<Reply> {
             (p == rest).then(|| document(oauth, uri, &r.scopes_supported, Some(name)))
         })
     };
-    let headers = vec![("content-type".to_string(), "application/json".to_string())];
-    Some(match found {
-        Some(body) => Reply {
-            status: 200,
-            headers: [
-                headers,
-                vec![("cache-control".into(), "max-age=300".into())],
-            ]
-            .concat(),
-            body,
-        },
-        None => Reply {
-            status: 404,
-            headers,
-            body: br#"{"error":"not_found","reason":"no protected resource at this path"}"#
-                .to_vec(),
-        },
-    })
+    Some(found.map_or(Metadata::NotFound, Metadata::Document))
 }
 
 /// The `resource_metadata` URL a 401 for this service points to: the
@@ -157,6 +149,16 @@ mod tests {
 
     #[test]
     fn each_service_has_its_own_document_and_unknown_paths_are_404() {
+        // Rendered as the filter renders them.
+        let serve = |method: &str, path: &str, c: &Config| {
+            super::serve(method, path, c).map(|m| {
+                match m {
+                    Metadata::Document(doc) => crate::outcome::Served::Metadata(doc),
+                    Metadata::NotFound => crate::outcome::Served::NoMetadata,
+                }
+                .reply()
+            })
+        };
         let c = config();
         let r = serve(
             "GET",

@@ -180,7 +180,7 @@ impl Denial {
         extra: &[(&str, &str)],
         rpc: Option<&serde_json::Value>,
     ) -> Reply {
-        self.answer(decision_id, extra, rpc, false)
+        self.answer(decision_id, extra, rpc, false, None)
     }
 
     /// The policy's plain "no" (403, no scope to step up to): what an MCP
@@ -195,13 +195,16 @@ impl Denial {
     /// [`Denial::reply`] for an MCP message with id `rpc`: a policy refusal
     /// of a request ([`Denial::is_policy_answer`]) is HTTP 200, as a
     /// `CallToolResult` marked `isError` when `tool_result` (a `tools/call`),
-    /// else as a JSON-RPC error; every other refusal keeps its status.
+    /// else as a JSON-RPC error; every other refusal keeps its status. A
+    /// 401 with a `challenge` points to the resource metadata (RFC 9728
+    /// §5.1) instead of naming a realm.
     pub fn answer(
         &self,
         decision_id: &str,
         extra: &[(&str, &str)],
         rpc: Option<&serde_json::Value>,
         tool_result: bool,
+        challenge: Option<&Challenge<'_>>,
     ) -> Reply {
         let answered = rpc.is_some_and(|id| !id.is_null()) && self.is_policy_answer();
         let body = match rpc {
@@ -255,15 +258,30 @@ impl Denial {
         headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         match self {
             Denial::Unauthorized(e) => {
-                let mut challenge = match e {
-                    ClaimsError::Missing => r#"Bearer realm="agentplane""#,
-                    _ => r#"Bearer realm="agentplane", error="invalid_token""#,
-                }
-                .to_string();
+                let mut v = match challenge {
+                    Some(c) => {
+                        let mut v =
+                            format!(r#"Bearer resource_metadata="{}""#, c.resource_metadata);
+                        // MCP authorization: the client asks for these
+                        // scopes from the start.
+                        if !c.scopes.is_empty() {
+                            v.push_str(&format!(r#", scope="{}""#, c.scopes.join(" ")));
+                        }
+                        if *e != ClaimsError::Missing {
+                            v.push_str(r#", error="invalid_token""#);
+                        }
+                        v
+                    }
+                    None => match e {
+                        ClaimsError::Missing => r#"Bearer realm="agentplane""#,
+                        _ => r#"Bearer realm="agentplane", error="invalid_token""#,
+                    }
+                    .to_string(),
+                };
                 if let Some(d) = e.error_description() {
-                    challenge.push_str(&format!(r#", error_description="{d}""#));
+                    v.push_str(&format!(r#", error_description="{d}""#));
                 }
-                headers.push(("www-authenticate".into(), challenge));
+                headers.push(("www-authenticate".into(), v));
             }
             Denial::Policy { headers: h, .. } => headers.extend(h.iter().cloned()),
             Denial::RateLimited(r) => {
@@ -312,6 +330,16 @@ impl fmt::Display for Denial {
     }
 }
 
+/// Where the client of a 401 finds its authorization server: the
+/// resource's metadata URL and the scopes to ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge<'a> {
+    /// The `resource_metadata` URL (RFC 9728 §5.1).
+    pub resource_metadata: String,
+    /// The scopes the client should request, checked safe to quote.
+    pub scopes: Vec<&'a str>,
+}
+
 /// A rendered local reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -330,6 +358,114 @@ impl Reply {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect()
+    }
+}
+
+/// A reply the filter makes that refuses nothing it decided: the public
+/// documents it serves before identity, their errors, and the answers of
+/// the shell and the list filter when they cannot go on. Rendered here,
+/// beside [`Denial`], so every byte the filter answers with has one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Served {
+    /// OAuth protected resource metadata (200, cacheable).
+    Metadata(Vec<u8>),
+    /// A metadata path no resource has (404).
+    NoMetadata,
+    /// The transaction-token JWKS (200, cacheable).
+    Jwks(String),
+    /// The JWKS before the signing key has loaded (503, retry soon).
+    JwksUnavailable,
+    /// The proxy-wasm shell cannot hand the stream to the filter (503),
+    /// with the failure class.
+    Unavailable(&'static str),
+}
+
+impl Served {
+    /// The local reply.
+    pub fn reply(&self) -> Reply {
+        let json = || ("content-type".to_string(), "application/json".to_string());
+        let (status, headers, body) = match self {
+            Served::Metadata(doc) => (
+                200,
+                vec![json(), ("cache-control".into(), "max-age=300".into())],
+                doc.clone(),
+            ),
+            Served::NoMetadata => (
+                404,
+                vec![json()],
+                br#"{"error":"not_found","reason":"no protected resource at this path"}"#.to_vec(),
+            ),
+            Served::Jwks(keys) => (
+                200,
+                vec![
+                    ("content-type".into(), "application/jwk-set+json".into()),
+                    ("cache-control".into(), "public, max-age=60".into()),
+                ],
+                keys.clone().into_bytes(),
+            ),
+            Served::JwksUnavailable => (
+                503,
+                vec![json(), ("retry-after".into(), "1".into())],
+                br#"{"error":"unavailable","reason":"txn_token_unavailable: signing key not loaded"}"#
+                    .to_vec(),
+            ),
+            Served::Unavailable(reason) => (
+                503,
+                vec![json()],
+                format!(r#"{{"error":"unavailable","reason":"{reason}"}}"#).into_bytes(),
+            ),
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// Why a list response (or one message in it) cannot be shown: it ends as
+/// a JSON-RPC error where the list would have been.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListRefusal {
+    /// The response (or an event) cannot be read or filtered, with why.
+    Unreadable(&'static str),
+    /// A list result that does not answer the list request this stream
+    /// carries.
+    Untied,
+}
+
+impl ListRefusal {
+    /// The JSON-RPC error message replacing the list: the answer to `rpc`
+    /// (for [`ListRefusal::Unreadable`]) or to the message's own `id`
+    /// (for [`ListRefusal::Untied`]).
+    pub fn message(&self, id: serde_json::Value, decision_id: &str) -> serde_json::Value {
+        let why = match self {
+            ListRefusal::Unreadable(why) => *why,
+            ListRefusal::Untied => "list result refused: it does not answer the list request this stream carries; list again",
+        };
+        serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {"code": crate::mcp::code::UNAVAILABLE,
+                      "message": why,
+                      "data": {"decision_id": decision_id}},
+        })
+    }
+
+    /// [`ListRefusal::message`] as a response body in the response's form.
+    pub fn body(
+        &self,
+        form: crate::mcp::BodyForm,
+        rpc: Option<&serde_json::Value>,
+        decision_id: &str,
+    ) -> Vec<u8> {
+        let msg = self
+            .message(rpc.cloned().unwrap_or(serde_json::Value::Null), decision_id)
+            .to_string();
+        match form {
+            crate::mcp::BodyForm::Json => msg.into_bytes(),
+            crate::mcp::BodyForm::Sse => format!("event: message\ndata: {msg}\n\n").into_bytes(),
+        }
     }
 }
 

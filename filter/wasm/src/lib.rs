@@ -21,6 +21,7 @@
 #[allow(unsafe_code)]
 mod abi;
 
+use agentplane_core::outcome::Served;
 use agentplane_core::{
     BodyStep, Decision, Filter, Flow, Host, LogLevel, RequestBody, ResponseBody, State,
 };
@@ -178,14 +179,11 @@ pub(crate) fn on_http_call_response(root: u32, token: u32, headers: usize, body_
     });
 }
 
-/// A fail-closed reply for a stream the filter cannot handle.
-fn unavailable(reason: &str) -> u32 {
-    let body = format!(r#"{{"error":"unavailable","reason":"{reason}"}}"#);
-    let _ = abi::send_local_response(
-        503,
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    );
+/// A fail-closed reply for a stream the filter cannot handle, rendered by
+/// the core like every other reply.
+fn unavailable(reason: &'static str) -> u32 {
+    let reply = Served::Unavailable(reason).reply();
+    let _ = abi::send_local_response(u32::from(reply.status), &reply.header_refs(), &reply.body);
     PAUSE
 }
 

@@ -9,7 +9,8 @@ use crate::headers::{self, check_value};
 use crate::host::Host;
 use crate::input;
 use crate::metrics::M;
-use crate::outcome::Denial;
+use crate::oauth::Metadata;
+use crate::outcome::{Denial, Served};
 use crate::principal::Principal;
 use std::rc::Rc;
 
@@ -18,8 +19,9 @@ use std::rc::Rc;
 pub(super) enum Admission {
     /// A request to decide.
     Decide(Admitted),
-    /// A request the filter answers itself (protected resource metadata).
-    Answer(crate::outcome::Reply),
+    /// A request the filter answers itself (protected resource metadata,
+    /// the JWKS).
+    Answer(Served),
 }
 
 pub(super) fn bad(why: impl Into<String>) -> Refused {
@@ -115,11 +117,14 @@ impl Configured {
             .ok_or_else(|| bad("missing :path"))?
             .to_string();
         // Protected resource metadata is public: served before identity.
-        if let Some(reply) = crate::oauth::serve(&method, &path, &self.config) {
-            return Ok(Admission::Answer(reply));
+        if let Some(m) = crate::oauth::serve(&method, &path, &self.config) {
+            return Ok(Admission::Answer(match m {
+                Metadata::Document(doc) => Served::Metadata(doc),
+                Metadata::NotFound => Served::NoMetadata,
+            }));
         }
-        if let Some(reply) = self.serve_jwks(w, &method, &path) {
-            return Ok(Admission::Answer(reply));
+        if let Some(served) = self.serve_jwks(w, &method, &path) {
+            return Ok(Admission::Answer(served));
         }
         if self.config.decision_log.mandatory {
             if !self.reserve_log(w) {

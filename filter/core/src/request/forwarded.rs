@@ -3,7 +3,8 @@
 //! written in one host call.
 
 use super::{
-    bad, Admitted, Configured, Flow, Outcome, Refused, Worker, DECISION_ID_HEADER, TOOL_HEADER,
+    bad, Admitted, Carried, Configured, Flow, Outcome, Refused, Worker, DECISION_ID_HEADER,
+    TOOL_HEADER,
 };
 use crate::audit::Trail;
 use crate::config::{Protocol, SERVICE_HEADER};
@@ -37,6 +38,7 @@ impl Configured {
         route: &Route<'_>,
         request_id: &str,
         trail: &mut Trail,
+        carried: &mut Carried,
     ) -> Result<(String, Flow), Refused> {
         let headers = &a.headers;
         let agent = &outcome.agent;
@@ -63,7 +65,7 @@ impl Configured {
                 service: route.service,
                 tool: trail.tool.as_deref(),
             };
-            trail.held = self
+            carried.held = self
                 .meter(w, host, &allowed.limits, &facts)
                 .map_err(|r| (Denial::RateLimited(r), Some(agent.clone())))?;
         }

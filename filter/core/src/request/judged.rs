@@ -2,7 +2,7 @@
 //! action, the decision cache, and the policy's verdict turned into an
 //! [`Outcome`] (with its limits and headers checked).
 
-use super::{unroutable, Admitted, Allowed, Configured, Flow, Outcome, Refused, Worker};
+use super::{unroutable, Admitted, Allowed, Carried, Configured, Flow, Outcome, Refused, Worker};
 use crate::audit::Trail;
 use crate::cache::KeyFacts;
 use crate::config::Protocol;
@@ -25,6 +25,7 @@ impl Configured {
         a: &Admitted,
         mcp: Option<&crate::mcp::Message>,
         trail: &mut Trail,
+        carried: &mut Carried,
     ) -> Result<(String, Flow), Refused> {
         let route = input::parse_route(&a.path, &self.config).map_err(unroutable)?;
         let now = host.now_ns();
@@ -110,8 +111,8 @@ impl Configured {
                 mcp_doc(),
             )
         };
-        let list_doc = |t: &Trail| {
-            t.list
+        let list_doc = |c: &Carried| {
+            c.list
                 .as_ref()
                 .filter(|j| j.field.is_some())
                 .map(|j| j.doc.clone())
@@ -140,7 +141,7 @@ impl Configured {
             let field = mcp
                 .and_then(|m| m.method.as_deref())
                 .and_then(crate::mcp::list_field);
-            trail.list = Some(crate::mcp::ListJob {
+            carried.list = Some(crate::mcp::ListJob {
                 field,
                 doc: if field.is_some() {
                     build()
@@ -167,18 +168,18 @@ impl Configured {
                 // This request's own input: the cached decision was made on
                 // one that differs at most where the policy never looks.
                 if logging {
-                    trail.input = Some(list_doc(trail).unwrap_or_else(build));
+                    trail.input = Some(list_doc(carried).unwrap_or_else(build));
                 }
-                return self.forward(w, host, &outcome, a, &route, &request_id, trail);
+                return self.forward(w, host, &outcome, a, &route, &request_id, trail, carried);
             }
         }
-        let doc = list_doc(trail).unwrap_or_else(build);
+        let doc = list_doc(carried).unwrap_or_else(build);
         let (outcome, valid_until) = self.authorize(w, host, principal, doc, trail);
         let outcome = Rc::new(outcome);
         if let (Some(cache), Some(key), Some(until)) = (&mut w.cache, key, valid_until) {
             cache.insert(key, Rc::clone(&outcome), now, until);
         }
-        self.forward(w, host, &outcome, a, &route, &request_id, trail)
+        self.forward(w, host, &outcome, a, &route, &request_id, trail, carried)
     }
 
     /// The MCP revision a message is sent under: the `mcp-protocol-version`

@@ -13,6 +13,7 @@
 use super::{Configured, Decision, Visible, Worker};
 use crate::host::{Host, LogLevel};
 use crate::mcp::{self, BodyForm, ListJob, ListPhase};
+use crate::outcome::ListRefusal;
 use serde_json::Value;
 use std::rc::Rc;
 
@@ -128,10 +129,10 @@ impl Configured {
         let max = self.config.mcp.max_body_bytes;
         let depth = self.config.mcp.max_depth;
         let form = job.form.unwrap_or(BodyForm::Json);
-        let fail = |job: &mut ListJob, why: &str| {
+        let fail = |job: &mut ListJob, why: &'static str| {
             job.phase = ListPhase::Failed;
             job.events.take_rest();
-            error_body(form, rpc.as_ref(), why, id)
+            ListRefusal::Unreadable(why).body(form, rpc.as_ref(), id)
         };
         match job.phase {
             ListPhase::Through => return BodyStep::Pass,
@@ -139,10 +140,10 @@ impl Configured {
             // chunk, then nothing.
             ListPhase::Refused => {
                 job.phase = ListPhase::Failed;
-                return BodyStep::Replace(error_body(
+                let why = "list response unreadable (compressed or of an unknown type)";
+                return BodyStep::Replace(ListRefusal::Unreadable(why).body(
                     form,
                     rpc.as_ref(),
-                    "list response unreadable (compressed or of an unknown type)",
                     id,
                 ));
             }
@@ -253,7 +254,7 @@ impl Configured {
             None if answer => Ok(false),
             _ => {
                 let id = v.get("id").cloned().unwrap_or(Value::Null);
-                *v = untied(id, decision_id);
+                *v = ListRefusal::Untied.message(id, decision_id);
                 Ok(true)
             }
         }
@@ -336,31 +337,4 @@ impl Configured {
 fn is_answer(v: &Value, rpc: Option<&Value>) -> bool {
     let responds = v.get("result").is_some() || v.get("error").is_some();
     responds && rpc.is_some_and(|id| v.get("id") == Some(id))
-}
-
-/// The JSON-RPC error that replaces a list result the filter cannot tie to
-/// the request it decided.
-fn untied(id: Value, decision_id: &str) -> Value {
-    serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {"code": mcp::code::UNAVAILABLE,
-                  "message": "list result refused: it does not answer the list request this stream carries; list again",
-                  "data": {"decision_id": decision_id}},
-    })
-}
-
-/// A JSON-RPC error in the response's form, answering the request.
-fn error_body(form: BodyForm, rpc: Option<&Value>, why: &str, decision_id: &str) -> Vec<u8> {
-    let msg = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": rpc.cloned().unwrap_or(Value::Null),
-        "error": {"code": mcp::code::UNAVAILABLE, "message": why,
-                  "data": {"decision_id": decision_id}},
-    })
-    .to_string();
-    match form {
-        BodyForm::Json => msg.into_bytes(),
-        BodyForm::Sse => format!("event: message\ndata: {msg}\n\n").into_bytes(),
-    }
 }

@@ -39,7 +39,7 @@ mod worker;
 use admitted::{bad, unroutable, Admission};
 use forwarded::Who;
 pub use listed::{BodyStep, ResponseBody};
-use stream::{Admitted, Awaiting, Refused};
+use stream::{Admitted, Awaiting, Carried, Refused};
 pub use stream::{Decision, Flow, RequestBody};
 pub use worker::Filter;
 use worker::{Allowed, Configured, Outcome, Visible, Worker};
@@ -325,8 +325,10 @@ impl Configured {
         let id = w.ids.next_id();
         let mut trail = Trail::default();
         let mut reserved = false;
+        let mut carried = Carried::default();
         let result = match self.admit(w, host, &id, &mut trail, &mut reserved) {
-            Ok(Admission::Answer(reply)) => {
+            Ok(Admission::Answer(served)) => {
+                let reply = served.reply();
                 host.send_reply(reply.status, &reply.header_refs(), &reply.body);
                 let d = Decision {
                     id,
@@ -367,10 +369,12 @@ impl Configured {
                 );
                 return (Flow::NeedBody, waiting);
             }
-            Ok(Admission::Decide(admitted)) => self.judge(w, host, &admitted, None, &mut trail),
+            Ok(Admission::Decide(admitted)) => {
+                self.judge(w, host, &admitted, None, &mut trail, &mut carried)
+            }
             Err(refused) => Err(refused),
         };
-        self.finish(w, host, id, trail, reserved, t0, result, None)
+        self.finish(w, host, id, trail, carried, reserved, t0, result, None)
     }
 
     /// [`Filter::on_request_body`] on this worker's state.
@@ -389,7 +393,17 @@ impl Configured {
             // Not waiting: the host called twice, or for another stream.
             let id = w.ids.next_id();
             let result = Err((Denial::HostFailure("request body without headers"), None));
-            return self.finish(w, host, id, Trail::default(), false, 0, result, None);
+            return self.finish(
+                w,
+                host,
+                id,
+                Trail::default(),
+                Carried::default(),
+                false,
+                0,
+                result,
+                None,
+            );
         };
         let id = admitted.decision_id.clone();
         let reserved = admitted.reserved;
@@ -431,11 +445,12 @@ impl Configured {
                 .and_then(|m| m.id.clone())
                 .unwrap_or(serde_json::Value::Null),
         );
+        let mut carried = Carried::default();
         let result = match &parsed {
-            Ok(m) => self.judge(w, host, &admitted, Some(m), &mut trail),
+            Ok(m) => self.judge(w, host, &admitted, Some(m), &mut trail, &mut carried),
             Err(refused) => Err(refused.clone()),
         };
-        self.finish(w, host, id, trail, reserved, t0, result, rpc)
+        self.finish(w, host, id, trail, carried, reserved, t0, result, rpc)
     }
 
     /// [`Filter::on_tick`] on this worker's state.

@@ -139,7 +139,8 @@ impl Configured {
             }
             Err(why) => Denial::SecretsUnavailable(why),
         };
-        let reply = denial.reply(&d.id, &self.reply_headers(&d), d.rpc.as_ref());
+        // A secrets or proxy failure: no challenge, no tool result.
+        let reply = self.refusal(&denial, &d, None, false);
         if let Some(r) = d.record.as_mut() {
             audit::refused(r, &denial.reason(), &denial.reasons(), denial.status());
         }

@@ -2,11 +2,10 @@
 //! message), its metric and its decision-log record, and the record
 //! written with the final status when the stream logs.
 
-use super::{Configured, Decision, Flow, Refused, Worker};
+use super::{Carried, Configured, Decision, Flow, Refused, Worker};
 use crate::audit::{self, Trail};
-use crate::claims::ClaimsError;
 use crate::host::{Host, LogLevel};
-use crate::outcome::{Denial, State};
+use crate::outcome::{Challenge, Denial, Reply, State};
 
 impl Configured {
     /// Renders a decided request: the reply (a JSON-RPC error for an MCP
@@ -17,7 +16,8 @@ impl Configured {
         w: &mut Worker,
         host: &mut H,
         id: String,
-        mut trail: Trail,
+        trail: Trail,
+        carried: Carried,
         reserved: bool,
         t0: u64,
         result: Result<(String, Flow), Refused>,
@@ -46,13 +46,13 @@ impl Configured {
             reserved,
             rpc,
             list: None,
-            held: std::mem::take(&mut trail.held),
+            held: carried.held,
             session: None,
         };
         // A request that waits for its secrets keeps its list job: its
         // response is filtered alike when it resumes.
         if matches!(decision.state, State::Allowed | State::Pending) {
-            decision.list = trail.list.clone();
+            decision.list = carried.list;
             decision.session = trail.session.clone();
         }
         if !decision.allowed() {
@@ -60,45 +60,7 @@ impl Configured {
             self.release_held(w, host, &mut decision);
         }
         if let State::Denied(d) = &decision.state {
-            // A policy refusal of a tools/call is a tool result the model
-            // reads, unless the service asks for a JSON-RPC error.
-            let tool_result = trail.tool.is_some()
-                && self
-                    .config
-                    .resource(trail.service.as_deref().unwrap_or(""))
-                    .tool_denial
-                    == crate::config::ToolDenial::Result;
-            let mut reply = d.answer(
-                &decision.id,
-                &self.reply_headers(&decision),
-                decision.rpc.as_ref(),
-                tool_result,
-            );
-            if let (Denial::Unauthorized(e), Some(url)) = (
-                d,
-                crate::oauth::challenge_url(&self.config, trail.service.as_deref()),
-            ) {
-                // MCP authorization: the client finds its authorization
-                // server from the resource metadata (RFC 9728 §5.1).
-                let mut v = format!(r#"Bearer resource_metadata="{url}""#);
-                // The scopes to ask for (MCP authorization: the client
-                // requests them from the start).
-                let scopes = crate::oauth::scopes(&self.config, trail.service.as_deref());
-                if !scopes.is_empty() {
-                    v.push_str(&format!(r#", scope="{}""#, scopes.join(" ")));
-                }
-                if *e != ClaimsError::Missing {
-                    v.push_str(r#", error="invalid_token""#);
-                }
-                if let Some(d) = e.error_description() {
-                    v.push_str(&format!(r#", error_description="{d}""#));
-                }
-                for (k, old) in &mut reply.headers {
-                    if k == "www-authenticate" {
-                        *old = v.clone();
-                    }
-                }
-            }
+            let reply = self.refusal(d, &decision, trail.service.as_deref(), trail.tool.is_some());
             host.send_reply(reply.status, &reply.header_refs(), &reply.body);
         }
         if decision.state != State::Pending {
@@ -153,6 +115,37 @@ impl Configured {
         if let Some(sh) = w.shipper.as_mut() {
             sh.push(json, host.now_ns(), reserved);
         }
+    }
+
+    /// The one place a refusal becomes its reply, whether the stream is
+    /// refused at once or after waiting for secrets: a JSON-RPC error (or
+    /// a tool result) for an MCP message, and for a 401 the challenge that
+    /// points to the resource metadata.
+    pub(super) fn refusal(
+        &self,
+        d: &Denial,
+        decision: &Decision,
+        service: Option<&str>,
+        tool_call: bool,
+    ) -> Reply {
+        // A policy refusal of a tools/call is a tool result the model
+        // reads, unless the service asks for a JSON-RPC error.
+        let tool_result = tool_call
+            && self.config.resource(service.unwrap_or("")).tool_denial
+                == crate::config::ToolDenial::Result;
+        // MCP authorization: a 401 tells the client where its
+        // authorization server is and which scopes to ask for.
+        let challenge = crate::oauth::challenge_url(&self.config, service).map(|url| Challenge {
+            resource_metadata: url,
+            scopes: crate::oauth::scopes(&self.config, service),
+        });
+        d.answer(
+            &decision.id,
+            &self.reply_headers(decision),
+            decision.rpc.as_ref(),
+            tool_result,
+            challenge.as_ref(),
+        )
     }
 
     pub(super) fn release_reservation(&self, w: &mut Worker) {

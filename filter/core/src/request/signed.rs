@@ -6,7 +6,7 @@
 use super::{Admitted, Configured, Worker};
 use crate::host::{Host, LogLevel};
 use crate::metrics::M;
-use crate::outcome::{Denial, Reply};
+use crate::outcome::{Denial, Served};
 use crate::txn::{self, Inbound, Keyring, Tctx, TxnClaims};
 use std::rc::Rc;
 
@@ -25,31 +25,14 @@ fn field(k: &mut Vec<u8>, v: &[u8]) {
 impl Configured {
     /// `GET` of the configured JWKS path: the public keys, or 503 until
     /// the key has loaded. Public, like protected resource metadata.
-    pub(super) fn serve_jwks(&self, w: &Worker, method: &str, path: &str) -> Option<Reply> {
+    pub(super) fn serve_jwks(&self, w: &Worker, method: &str, path: &str) -> Option<Served> {
         let cfg = self.config.txn_token.as_ref()?;
         let bare = path.split(['?', '#']).next().unwrap_or(path);
         if bare != cfg.jwks_path || !(method == "GET" || method == "HEAD") {
             return None;
         }
         let jwks = w.txn.as_ref()?.ring.jwks().map(str::to_owned);
-        Some(match jwks {
-            Some(body) => Reply {
-                status: 200,
-                headers: vec![
-                    ("content-type".into(), "application/jwk-set+json".into()),
-                    ("cache-control".into(), "public, max-age=60".into()),
-                ],
-                body: body.into_bytes(),
-            },
-            None => Reply {
-                status: 503,
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("retry-after".into(), "1".into()),
-                ],
-                body: br#"{"error":"unavailable","reason":"txn_token_unavailable: signing key not loaded"}"#.to_vec(),
-            },
-        })
+        Some(jwks.map_or(Served::JwksUnavailable, Served::Jwks))
     }
 
     /// The request's `Txn-Token`, verified and presented by a party to it

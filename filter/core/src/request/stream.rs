@@ -120,6 +120,18 @@ impl Admitted {
     }
 }
 
+/// What a request takes on while it is decided and keeps to its end, apart
+/// from its decision-log facts: the list job its response is filtered with
+/// and the in-flight leases it holds. The stream's [`Decision`] takes them
+/// over.
+#[derive(Debug, Default)]
+pub(super) struct Carried {
+    /// For an MCP list request: how to filter its response.
+    pub(super) list: Option<crate::mcp::ListJob>,
+    /// In-flight leases taken for this request, released at stream end.
+    pub(super) held: crate::limits::Held,
+}
+
 /// A request waiting for its body.
 #[derive(Debug)]
 pub(super) struct Awaiting {
