@@ -271,13 +271,9 @@ fn mcp_session(rt: &tokio::runtime::Runtime, s: &Stack) {
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::ServiceExt;
-    let token = s.idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["mcp:connect", "tools:list", "tools:call"],
-    );
+    let token = s
+        .idp
+        .triage_token_with(&["mcp:connect", "tools:list", "tools:call"]);
     let uri = format!("http://127.0.0.1:{}/tickets-mcp/mcp", s.envoy.port);
     println!("\nan MCP session: support-triage (tools:list, tools:call) with rmcp's client -> Envoy + agentplane -> the tickets skill (an rmcp server with 5 tools)");
     rt.block_on(async move {

@@ -100,13 +100,7 @@ fn decisions_leave_records_and_move_counters() {
 #[test]
 fn trace_context_reaches_upstream_and_the_response() {
     let s = stack();
-    let tok = s.idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke"],
-    );
+    let tok = s.idp.triage_token_with(&["skills:invoke"]);
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = s.envoy.request(
         "POST",
@@ -148,13 +142,7 @@ fn collector_receives_batches_and_mandatory_logging_denies_without_it() {
     );
     r.add_cluster("decision_logs", collector.port);
     let envoy = Envoy::start_yaml(&r);
-    let tok = idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke"],
-    );
+    let tok = idp.triage_token_with(&["skills:invoke"]);
     let auth = format!("Bearer {tok}");
     let mut ids = Vec::new();
     for _ in 0..3 {

@@ -62,13 +62,7 @@ impl Tickets {
     }
 
     fn token(&self, perms: &[&str]) -> String {
-        self.idp.agent_token(
-            "support-triage@clients",
-            "customer-success",
-            "support",
-            "production",
-            perms,
-        )
+        self.idp.triage_token_with(perms)
     }
 
     /// A session's token: connect, list and call tools; no resources.

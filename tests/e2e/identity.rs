@@ -79,13 +79,7 @@ fn bad_tokens_are_rejected() {
 #[test]
 fn spoofed_identity_headers_never_reach_upstream() {
     let s = Stack::start();
-    let tok = s.idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke"],
-    );
+    let tok = s.idp.triage_token_with(&["skills:invoke"]);
     let auth = format!("Bearer {tok}");
     let r = s.envoy.request(
         "POST",

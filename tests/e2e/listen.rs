@@ -65,13 +65,7 @@ impl Listening {
     /// (`discover` or `pinned`), and parses its one JSON line.
     fn client(&self, how: &str, perms: &[&str]) -> Value {
         let dir = repo_root().join("tests/clients");
-        let token = self.idp.agent_token(
-            "support-triage@clients",
-            "customer-success",
-            "support",
-            "production",
-            perms,
-        );
+        let token = self.idp.triage_token_with(perms);
         let url = format!("http://127.0.0.1:{}/mcp://{SERVICE}/mcp", self.envoy.port);
         let (out, err) = run(
             Command::new(python())

@@ -284,13 +284,7 @@ fn an_official_mcp_client_lists_only_its_tools_and_is_refused_per_tool() {
         .vault(1)
         .route("tickets-mcp", skill_port)
         .start();
-    let token = idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["mcp:connect", "tools:list", "tools:call"],
-    );
+    let token = idp.triage_token_with(&["mcp:connect", "tools:list", "tools:call"]);
     let uri = format!("http://127.0.0.1:{}/tickets-mcp/mcp", envoy.port);
     rt.block_on(async move {
         let transport = StreamableHttpClientTransport::from_config(

@@ -68,13 +68,7 @@ fn mcp_envoy(idp: &Idp, port: u16) -> Envoy {
 }
 
 fn token(idp: &Idp, perms: &[&str]) -> String {
-    let t = idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        perms,
-    );
+    let t = idp.triage_token_with(perms);
     format!("Bearer {t}")
 }
 

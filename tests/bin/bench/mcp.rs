@@ -25,13 +25,7 @@ pub(crate) fn mcp_arms(
     let mut cfg: serde_json::Value = serde_json::from_str(base_config).unwrap();
     agentplane_e2e::add_tickets_mcp(&mut cfg);
     let cfg = cfg.to_string();
-    let token = idp.agent_token(
-        "support-triage@clients",
-        "customer-success",
-        "support",
-        "production",
-        &["skills:invoke", "tools:call", "tools:list"],
-    );
+    let token = idp.triage_token_with(&["skills:invoke", "tools:call", "tools:list"]);
     let args = format!(
         r#"{{"team":"customer-success","id":"T-1","note":"{}"}}"#,
         "x".repeat(900)

@@ -74,12 +74,17 @@ impl Idp {
     /// customer-success, type support, production, with skills:invoke and
     /// data:read.
     pub fn triage_token(&self) -> String {
+        self.triage_token_with(&["skills:invoke", "data:read"])
+    }
+
+    /// The seed's support agent with these permissions.
+    pub fn triage_token_with(&self, perms: &[&str]) -> String {
         self.agent_token(
             "support-triage@clients",
             "customer-success",
             "support",
             "production",
-            &["skills:invoke", "data:read"],
+            perms,
         )
     }
 
