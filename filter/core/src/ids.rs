@@ -1,14 +1,12 @@
 //! Decision ids: unique per decision, cheap, and formatted like UUIDv4 so
 //! log pipelines accept them. Not secrets: uniqueness, not unpredictability.
 
-use std::cell::Cell;
-
 /// A per-VM generator: a random seed from the host, then a counter mixed
 /// through SplitMix64.
 #[derive(Debug)]
 pub struct DecisionIds {
     seed: u64,
-    counter: Cell<u64>,
+    counter: u64,
 }
 
 fn splitmix(mut z: u64) -> u64 {
@@ -23,14 +21,14 @@ impl DecisionIds {
     pub fn new(seed: u64) -> Self {
         DecisionIds {
             seed: splitmix(seed),
-            counter: Cell::new(0),
+            counter: 0,
         }
     }
 
     /// The next id, e.g. `3f1c9a2e-5b7d-4e10-9c3a-0d2b4f6e8a1c`.
-    pub fn next_id(&self) -> String {
-        let n = self.counter.get().wrapping_add(1);
-        self.counter.set(n);
+    pub fn next_id(&mut self) -> String {
+        let n = self.counter.wrapping_add(1);
+        self.counter = n;
         let hi = splitmix(self.seed ^ n.wrapping_mul(0xd6e8_feb8_6659_fd93));
         let lo = splitmix(hi ^ self.seed.rotate_left(17) ^ n);
         let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
@@ -55,7 +53,7 @@ mod tests {
 
     #[test]
     fn unique_and_uuid_shaped() {
-        let g = DecisionIds::new(42);
+        let mut g = DecisionIds::new(42);
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
             let id = g.next_id();

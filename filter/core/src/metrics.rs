@@ -3,7 +3,6 @@
 //! no per-request values, so cardinality is bounded.
 
 use crate::host::Host;
-use std::cell::Cell;
 
 /// Every metric, by index into [`NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,17 +95,15 @@ pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
 /// Metric ids from the host, defined once per VM.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ids: [Cell<Option<u32>>; NAMES.len()],
+    ids: [Option<u32>; NAMES.len()],
 }
 
 impl Metrics {
     /// Defines every metric (at configure time, on the root context).
-    pub fn define<H: Host>(&self, host: &mut H) {
-        for (i, name) in NAMES.iter().enumerate() {
+    pub fn define<H: Host>(&mut self, host: &mut H) {
+        for (i, (name, id)) in NAMES.iter().zip(self.ids.iter_mut()).enumerate() {
             let histogram = i == M::PolicyEvalUs as usize;
-            if let Some(c) = self.ids.get(i) {
-                c.set(host.define_metric(name, histogram));
-            }
+            *id = host.define_metric(name, histogram);
         }
     }
 
@@ -115,14 +112,14 @@ impl Metrics {
         if delta == 0 {
             return;
         }
-        if let Some(id) = self.ids.get(m as usize).and_then(Cell::get) {
+        if let Some(id) = self.ids.get(m as usize).copied().flatten() {
             host.add_metric(id, delta);
         }
     }
 
     /// Records a histogram sample.
     pub fn record<H: Host>(&self, host: &mut H, m: M, value: u64) {
-        if let Some(id) = self.ids.get(m as usize).and_then(Cell::get) {
+        if let Some(id) = self.ids.get(m as usize).copied().flatten() {
             host.record_metric(id, value);
         }
     }
