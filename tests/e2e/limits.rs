@@ -33,18 +33,6 @@ impl Proxy {
             .agent_token(sub, "customer-success", kind, "production", perms);
         format!("Bearer {t}")
     }
-
-    /// The number of connections each worker accepted.
-    fn connections_per_worker(&self) -> Vec<u64> {
-        let stats = self
-            .envoy
-            .admin("/stats?filter=worker_.*downstream_cx_total");
-        stats
-            .lines()
-            .filter(|l| l.starts_with("listener.") && !l.contains("admin"))
-            .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
-            .collect()
-    }
 }
 
 /// The limit holds for the whole proxy, not per worker: 32 clients on
@@ -102,7 +90,7 @@ fn a_looping_agent_gets_its_burst_plus_its_rate_across_workers() {
         all.len(),
         "only 200 or 429"
     );
-    let workers = p.connections_per_worker();
+    let workers = p.envoy.connections_per_worker();
     assert!(
         workers.len() == 2 && workers.iter().all(|&n| n > 0),
         "both workers took connections: {workers:?}"

@@ -48,16 +48,6 @@ impl Proxy {
         h.extend_from_slice(extra);
         http(self.envoy.port, "POST", "/mcp://tickets-mcp/mcp", &h, body)
     }
-
-    /// Connections each worker accepted so far.
-    fn connections_per_worker(&self) -> Vec<u64> {
-        self.envoy
-            .admin("/stats?filter=worker_.*downstream_cx_total")
-            .lines()
-            .filter(|l| l.starts_with("listener.") && !l.contains("admin"))
-            .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
-            .collect()
-    }
 }
 
 #[test]
@@ -82,7 +72,7 @@ fn a_session_opened_by_one_agent_is_refused_to_another_on_either_worker() {
     assert_eq!(r.header("mcp-session-id"), Some(SESSION));
     let opened = r.header("x-decision-id").unwrap().to_string();
     p.upstream.clear();
-    let before = p.connections_per_worker();
+    let before = p.envoy.connections_per_worker();
     let mut refused = None;
     // Each request on its own connection: both workers take some.
     for _ in 0..16 {
@@ -109,7 +99,7 @@ fn a_session_opened_by_one_agent_is_refused_to_another_on_either_worker() {
         );
         assert_eq!(r.status, 200, "{r:?}");
     }
-    let after = p.connections_per_worker();
+    let after = p.envoy.connections_per_worker();
     assert_eq!(after.len(), 2, "two workers: {after:?}");
     assert!(
         after.iter().zip(&before).all(|(n, m)| n > m),

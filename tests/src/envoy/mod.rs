@@ -224,6 +224,16 @@ impl Envoy {
         http(self.port, method, path, headers, "")
     }
 
+    /// The connections each worker accepted so far (admin stats), one
+    /// number per worker: the two-worker tests check both took some.
+    pub fn connections_per_worker(&self) -> Vec<u64> {
+        self.admin("/stats?filter=worker_.*downstream_cx_total")
+            .lines()
+            .filter(|l| l.starts_with("listener.") && !l.contains("admin"))
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
+            .collect()
+    }
+
     /// An admin endpoint's body.
     pub fn admin(&self, path: &str) -> String {
         http(self.admin_port, "GET", path, &[], "").body
