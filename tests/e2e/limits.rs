@@ -9,30 +9,20 @@ use agentplane_e2e::{default_plugin_config, render_envoy, EnvoySetup, Idp, Stack
 use std::time::{Duration, Instant};
 
 /// Envoy with two workers and the echo upstream.
-struct Proxy(Stack);
-
-impl std::ops::Deref for Proxy {
-    type Target = Stack;
-    fn deref(&self) -> &Stack {
-        &self.0
-    }
-}
-
-fn two_workers() -> Proxy {
+fn two_workers() -> Stack {
     two_workers_with(default_plugin_config())
 }
 
-fn two_workers_with(plugin_config: String) -> Proxy {
-    Proxy(Stack::start_workers(&plugin_config, 2))
+fn two_workers_with(plugin_config: String) -> Stack {
+    Stack::start_workers(&plugin_config, 2)
 }
 
-impl Proxy {
-    fn bearer(&self, sub: &str, kind: &str, perms: &[&str]) -> String {
-        let t = self
-            .idp
-            .agent_token(sub, "customer-success", kind, "production", perms);
-        format!("Bearer {t}")
-    }
+/// A bearer token for agent `sub` of team customer-success.
+fn bearer(p: &Stack, sub: &str, kind: &str, perms: &[&str]) -> String {
+    let t = p
+        .idp
+        .agent_token(sub, "customer-success", kind, "production", perms);
+    format!("Bearer {t}")
 }
 
 /// The limit holds for the whole proxy, not per worker: 32 clients on
@@ -43,7 +33,8 @@ impl Proxy {
 #[test]
 fn a_looping_agent_gets_its_burst_plus_its_rate_across_workers() {
     let p = two_workers();
-    let lab = p.bearer(
+    let lab = bearer(
+        &p,
         "lab-1@clients",
         "experimental",
         &["skills:invoke", "data:write"],
@@ -128,7 +119,7 @@ fn a_looping_agent_gets_its_burst_plus_its_rate_across_workers() {
         .unwrap()
         .starts_with("\"experimental\";r=0;t="));
     // Another agent of the same type has its own bucket.
-    let other = p.bearer("lab-2@clients", "experimental", &["skills:invoke"]);
+    let other = bearer(&p, "lab-2@clients", "experimental", &["skills:invoke"]);
     let r = p.envoy.request(
         "POST",
         "/mcp://sentiment-analysis/x",
@@ -150,7 +141,7 @@ fn a_looping_agent_gets_its_burst_plus_its_rate_across_workers() {
 #[test]
 fn an_in_flight_cap_holds_against_a_slow_upstream_and_frees_its_slots() {
     let p = two_workers();
-    let auth = p.bearer("batch-runner@clients", "support", &["skills:invoke"]);
+    let auth = bearer(&p, "batch-runner@clients", "support", &["skills:invoke"]);
     let port = p.envoy.port;
     let t0 = Instant::now();
     let calls: Vec<_> = (0..5)
@@ -206,7 +197,7 @@ fn a_stream_outliving_its_lease_still_counts_against_the_in_flight_cap() {
     let mut cfg: serde_json::Value = serde_json::from_str(&default_plugin_config()).unwrap();
     cfg["limits"]["lease_ms"] = serde_json::json!(1000);
     let p = two_workers_with(cfg.to_string());
-    let auth = p.bearer("batch-runner@clients", "support", &["skills:invoke"]);
+    let auth = bearer(&p, "batch-runner@clients", "support", &["skills:invoke"]);
     let port = p.envoy.port;
     let slow: Vec<_> = (0..2)
         .map(|_| {

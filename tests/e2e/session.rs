@@ -11,43 +11,32 @@ const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"p
 const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
 
 /// Envoy with two workers, the tickets MCP service and the decision log.
-struct Proxy(Stack);
-
-impl std::ops::Deref for Proxy {
-    type Target = Stack;
-    fn deref(&self) -> &Stack {
-        &self.0
-    }
-}
-
-fn two_workers() -> Proxy {
+fn two_workers() -> Stack {
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     add_tickets_mcp(&mut cfg);
     cfg["decision_log"] = json!({"enabled": true});
-    Proxy(Stack::start_workers(&cfg.to_string(), 2))
+    Stack::start_workers(&cfg.to_string(), 2)
 }
 
-impl Proxy {
-    /// An MCP POST by agent `sub` (on its own connection), with `extra`
-    /// headers.
-    fn post(&self, sub: &str, body: &str, extra: &[(&str, &str)]) -> Response {
-        let token = self.idp.agent_token(
-            sub,
-            "customer-success",
-            "support",
-            "production",
-            &["mcp:connect"],
-        );
-        let auth = format!("Bearer {token}");
-        let mut h = vec![
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("mcp-protocol-version", "2025-06-18"),
-        ];
-        h.extend_from_slice(extra);
-        http(self.envoy.port, "POST", "/mcp://tickets-mcp/mcp", &h, body)
-    }
+/// An MCP POST by agent `sub` (on its own connection), with `extra`
+/// headers.
+fn post(p: &Stack, sub: &str, body: &str, extra: &[(&str, &str)]) -> Response {
+    let token = p.idp.agent_token(
+        sub,
+        "customer-success",
+        "support",
+        "production",
+        &["mcp:connect"],
+    );
+    let auth = format!("Bearer {token}");
+    let mut h = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    h.extend_from_slice(extra);
+    http(p.envoy.port, "POST", "/mcp://tickets-mcp/mcp", &h, body)
 }
 
 #[test]
@@ -57,7 +46,8 @@ fn a_session_opened_by_one_agent_is_refused_to_another_on_either_worker() {
     let b = "session-thief@clients";
     // a opens a session: the server's answer carries its id.
     let reply_header = format!("mcp-session-id: {SESSION}");
-    let r = p.post(
+    let r = post(
+        &p,
         a,
         INIT,
         &[
@@ -76,7 +66,7 @@ fn a_session_opened_by_one_agent_is_refused_to_another_on_either_worker() {
     let mut refused = None;
     // Each request on its own connection: both workers take some.
     for _ in 0..16 {
-        let r = p.post(b, PING, &[("mcp-session-id", SESSION)]);
+        let r = post(&p, b, PING, &[("mcp-session-id", SESSION)]);
         assert_eq!(r.status, 404, "{r:?}");
         let body = r.json();
         assert_eq!(body["id"], 2);
@@ -89,7 +79,8 @@ fn a_session_opened_by_one_agent_is_refused_to_another_on_either_worker() {
             r.header("x-decision-id").unwrap()
         );
         refused.get_or_insert(r.header("x-decision-id").unwrap().to_string());
-        let r = p.post(
+        let r = post(
+            &p,
             a,
             PING,
             &[
@@ -112,7 +103,7 @@ fn a_session_opened_by_one_agent_is_refused_to_another_on_either_worker() {
         .iter()
         .all(|s| s.one("x-agent-id").as_deref() == Some(a)));
     // A session id no one opened through the proxy: refused to a as well.
-    let r = p.post(a, PING, &[("mcp-session-id", "opened-elsewhere")]);
+    let r = post(&p, a, PING, &[("mcp-session-id", "opened-elsewhere")]);
     assert_eq!(r.status, 404, "{r:?}");
     assert!(r.json()["error"]["message"]
         .as_str()
