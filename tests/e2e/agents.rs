@@ -238,47 +238,42 @@ async fn a_cli_registered_agent_runs_the_support_workflow_then_is_offboarded() {
     );
     agentplane_e2e::provider::bao_trusts(&bao, &w.idp, "jwt-idp");
     let vault = format!("http://127.0.0.1:{}", bao.port);
-    let out = cli()
-        .args([
-            "register",
-            "--idp",
-            &w.idp.issuer(),
-            "--initial-access-token",
-        ])
-        .arg(&w.idp.initial_access_token)
-        .args([
-            "--name",
-            "support-triage",
-            "--type",
-            "support",
-            "--team",
-            "customer-success",
-        ])
-        .args([
-            "--env",
-            "production",
-            "--perm",
-            "skills:invoke",
-            "--perm",
-            "data:read",
-        ])
-        .args([
-            "--perm",
-            "tools:access",
-            "--vault",
-            &vault,
-            "--vault-token",
-            &bao.root,
-        ])
-        .args(["--secret", "api_key=k-123"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = agentplane_e2e::run_ok(
+        cli()
+            .args([
+                "register",
+                "--idp",
+                &w.idp.issuer(),
+                "--initial-access-token",
+            ])
+            .arg(&w.idp.initial_access_token)
+            .args([
+                "--name",
+                "support-triage",
+                "--type",
+                "support",
+                "--team",
+                "customer-success",
+            ])
+            .args([
+                "--env",
+                "production",
+                "--perm",
+                "skills:invoke",
+                "--perm",
+                "data:read",
+            ])
+            .args([
+                "--perm",
+                "tools:access",
+                "--vault",
+                &vault,
+                "--vault-token",
+                &bao.root,
+            ])
+            .args(["--secret", "api_key=k-123"]),
     );
-    let reg: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reg: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let id = reg["client_id"].as_str().unwrap().to_string();
     let secret_path = format!("/v1/secret/data/mcp/agents/{id}/credentials");
     assert_eq!(
@@ -327,23 +322,18 @@ async fn a_cli_registered_agent_runs_the_support_workflow_then_is_offboarded() {
         .collect();
     assert_eq!(traces.into_iter().collect::<Vec<_>>(), [a.trace_id()]);
 
-    let out = cli()
-        .args(["deregister", "--idp", &w.idp.issuer()])
-        .args(["--admin-token", &w.idp.admin_token])
-        .args([
-            "--client-id",
-            &id,
-            "--vault",
-            &vault,
-            "--vault-token",
-            &bao.root,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    agentplane_e2e::run_ok(
+        cli()
+            .args(["deregister", "--idp", &w.idp.issuer()])
+            .args(["--admin-token", &w.idp.admin_token])
+            .args([
+                "--client-id",
+                &id,
+                "--vault",
+                &vault,
+                "--vault-token",
+                &bao.root,
+            ]),
     );
     assert_eq!(
         w.idp.token_response(&registered, "skills:invoke").status,

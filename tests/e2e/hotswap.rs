@@ -115,16 +115,11 @@ fn swapping_the_filter_under_load_fails_no_request() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let t_swap = Instant::now();
-    let out = std::process::Command::new("sh")
-        .arg(repo_root().join("deploy/swap.sh"))
-        .arg(&dir)
-        .arg(&next)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    agentplane_e2e::run_ok(
+        std::process::Command::new("sh")
+            .arg(repo_root().join("deploy/swap.sh"))
+            .arg(&dir)
+            .arg(&next),
     );
     // Until both workers run the new revision, then a little longer.
     let deadline = Instant::now() + Duration::from_secs(30);

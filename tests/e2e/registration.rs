@@ -90,19 +90,14 @@ fn try_to_rewrite(idp: &IdProvider, client_id: &str, held: &Value) {
 #[test]
 fn an_agent_cannot_rewrite_its_own_registration_to_gain_grants() {
     let idp = IdProvider::start();
-    let out = agent_cli()
-        .args(["register", "--idp", &idp.issuer(), "--initial-access-token"])
-        .arg(&idp.initial_access_token)
-        .args(["--name", "ml-helper", "--type", "assistant", "--team", "ml"])
-        .args(["--env", "staging", "--perm", "skills:invoke"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = agentplane_e2e::run_ok(
+        agent_cli()
+            .args(["register", "--idp", &idp.issuer(), "--initial-access-token"])
+            .arg(&idp.initial_access_token)
+            .args(["--name", "ml-helper", "--type", "assistant", "--team", "ml"])
+            .args(["--env", "staging", "--perm", "skills:invoke"]),
     );
-    let bundle: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bundle: Value = serde_json::from_slice(&out).unwrap();
     let agent = Registered {
         client_id: bundle["client_id"].as_str().unwrap().into(),
         client_secret: bundle["client_secret"].as_str().unwrap().into(),

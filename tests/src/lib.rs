@@ -75,6 +75,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs a command to its end and returns what it printed on stdout;
+/// panics with its stderr unless it succeeded. (The program is named, its
+/// arguments are not: they can carry tokens.)
+pub fn run_ok(cmd: &mut std::process::Command) -> Vec<u8> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Unpadded base64url.
 pub fn base64url(bytes: &[u8]) -> String {
     use base64::Engine;
