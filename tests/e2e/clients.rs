@@ -42,10 +42,8 @@ impl Tickets {
     fn start() -> Tickets {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let skill_port = serve_skill(&rt, agentplane_skills::serve);
-        let mut cfg: Value =
-            serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
+        let mut cfg = agentplane_e2e::logged_plugin_config();
         agentplane_e2e::add_tickets_mcp(&mut cfg);
-        cfg["decision_log"] = json!({"enabled": true});
         let Stack {
             idp,
             upstream,
@@ -423,9 +421,8 @@ fn the_conformance_suite_passes_the_same_checks_through_agentplane_as_directly()
     );
     let direct = conformance(&format!("http://127.0.0.1:{}/mcp", everything.port));
 
-    let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
+    let mut cfg = agentplane_e2e::logged_plugin_config();
     add_mcp_service(&mut cfg, "everything");
-    cfg["decision_log"] = json!({"enabled": true});
     let Stack {
         idp,
         upstream: _upstream,

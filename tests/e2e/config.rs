@@ -45,9 +45,7 @@ fn a_canary_filter_runs_beside_the_current_one_on_its_own_listener() {
     );
     let idp = Idp::new();
     let up = Upstream::start();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
-    cfg["decision_log"] = serde_json::json!({"enabled": true});
+    let cfg = agentplane_e2e::logged_plugin_config();
     let mut r = agentplane_e2e::render_envoy(
         &EnvoySetup::without_vault(&idp, up.port, cfg.to_string()),
         true,

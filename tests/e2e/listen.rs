@@ -42,10 +42,8 @@ impl Listening {
                 .arg(dir.join("py_server.py"))
                 .current_dir(&dir),
         );
-        let mut cfg: Value =
-            serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
+        let mut cfg = agentplane_e2e::logged_plugin_config();
         add_mcp_service(&mut cfg, SERVICE);
-        cfg["decision_log"] = json!({"enabled": true});
         let Stack {
             idp,
             upstream,

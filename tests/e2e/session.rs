@@ -3,8 +3,7 @@
 //! refused to every other agent on either worker, and keeps working for
 //! its own agent on both (the binding is in shared data).
 
-use agentplane_e2e::{add_tickets_mcp, default_plugin_config, http, Response, Stack};
-use serde_json::{json, Value};
+use agentplane_e2e::{add_tickets_mcp, http, Response, Stack};
 
 const SESSION: &str = "e2e-5c7d1f0a-9b3e-session-never-log";
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}}"#;
@@ -12,9 +11,8 @@ const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
 
 /// Envoy with two workers, the tickets MCP service and the decision log.
 fn two_workers() -> Stack {
-    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    let mut cfg = agentplane_e2e::logged_plugin_config();
     add_tickets_mcp(&mut cfg);
-    cfg["decision_log"] = json!({"enabled": true});
     Stack::start_workers(&cfg.to_string(), 2)
 }
 

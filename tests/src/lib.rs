@@ -40,6 +40,7 @@ pub use envoy::{envoy_bin, wasm_path, Envoy};
 pub use idp::{provider, Idp, AUDIENCE, ISSUER};
 pub use plugin::{
     add_mcp_service, add_tickets_mcp, api_key_secret, config_with_api_key, default_plugin_config,
+    logged_plugin_config,
 };
 pub use postgres::{pg_bin, Postgres};
 pub use stack::{Stack, StackBuilder};

@@ -10,6 +10,14 @@ pub fn default_plugin_config() -> String {
     std::fs::read_to_string(repo_root().join("envoy/agentplane.json")).unwrap()
 }
 
+/// `envoy/agentplane.json` with the decision log on (records in Envoy's
+/// log), as most tests that read decisions run it.
+pub fn logged_plugin_config() -> Value {
+    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
+    cfg["decision_log"] = json!({"enabled": true});
+    cfg
+}
+
 /// The KV secret every test and demo agent has in OpenBao, injected as
 /// `x-api-key` (see [`Bao::put_agent_secret`]).
 pub fn api_key_secret() -> Value {

@@ -195,8 +195,7 @@ fn method_override_headers_cannot_smuggle_a_delete() {
 /// headers and Vault callouts; a client `x-decision-id` passed upstream.
 #[test]
 fn client_chosen_correlation_ids_are_never_trusted() {
-    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
-    cfg["decision_log"] = json!({"enabled": true});
+    let cfg = agentplane_e2e::logged_plugin_config();
     let s = Routed::start_with(&cfg.to_string(), None, false);
     let auth = s.token("ml", &["skills:invoke"]);
     let r = s.envoy.request(
@@ -288,8 +287,7 @@ fn scope_with_tabs_and_newlines_grants_nothing() {
 /// the policy's input and the upstream's path agree.
 #[test]
 fn percent_encoded_paths_mean_to_the_policy_what_they_mean_upstream() {
-    let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
-    cfg["decision_log"] = json!({"enabled": true});
+    let cfg = agentplane_e2e::logged_plugin_config();
     let s = Routed::start_with(&cfg.to_string(), None, false);
     let auth = s.token("ml", &["skills:invoke"]);
     let r = s.envoy.request(
