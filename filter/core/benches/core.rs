@@ -86,7 +86,7 @@ fn benches(c: &mut Criterion) {
         ("policy_eval_rvm", EngineChoice::Rvm),
         ("policy_eval_interpreter", EngineChoice::Interpreter),
     ] {
-        let Ok(policy) = Policy::embedded("data.mcp.authz", choice) else {
+        let Ok(mut policy) = Policy::embedded("data.mcp.authz", choice) else {
             return;
         };
         c.bench_function(name, |b| b.iter(|| policy.evaluate(black_box(doc.clone()))));

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     let entry = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "data.mcp.authz".into());
-    let policy = match Policy::embedded(&entry, agentplane_core::policy::EngineChoice::Rvm) {
+    let mut policy = match Policy::embedded(&entry, agentplane_core::policy::EngineChoice::Rvm) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("eval: {e}");

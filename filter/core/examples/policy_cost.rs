@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         .collect();
     let data = read(&std::path::Path::new(dir).join("data.json"));
     let entry = args.get(4).map_or("data.mcp.authz", String::as_str);
-    let policy = match Policy::compile_for(&m, &data, entry, EngineChoice::Rvm) {
+    let mut policy = match Policy::compile_for(&m, &data, entry, EngineChoice::Rvm) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");

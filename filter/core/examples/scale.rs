@@ -66,7 +66,7 @@ fn one(n: usize, iters: u32) {
         std::fs::read_to_string(std::env::temp_dir().join(format!("agentplane-scale-{n}.json")))
             .unwrap();
     let before = rss();
-    let policy = Policy::compile_for(
+    let mut policy = Policy::compile_for(
         agentplane_core::bundle::MODULES,
         &json,
         "data.mcp.authz",
@@ -80,7 +80,7 @@ fn one(n: usize, iters: u32) {
     let agent = format!("agent-{}@clients", n / 2 + 1);
     let ok = agentplane_core::value::to_rego(&input(&agent, &["skills:invoke"]));
     let bad = agentplane_core::value::to_rego(&input(&agent, &["data:read"]));
-    let time = |inp: &regorus::Value, want: bool| {
+    let mut time = |inp: &regorus::Value, want: bool| {
         let v = policy.evaluate(inp.clone()).unwrap();
         assert_eq!(v.allowed, want, "{:?}", v.reasons);
         let t = Instant::now();

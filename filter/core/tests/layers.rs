@@ -1,7 +1,8 @@
 //! The core's modules form layers: no module reaches, through `crate::`
 //! paths, a module that reaches back to it. A new import circle fails here
-//! with the circle named. Test code (files named `*tests.rs` and inline
-//! `#[cfg(test)] mod … { }` blocks) may import freely and is not read.
+//! with the circle named. Test code (files named `*tests.rs`, files under
+//! a `tests/` folder and inline `#[cfg(test)] mod … { }` blocks) may
+//! import freely and is not read.
 
 #![allow(clippy::expect_used, clippy::indexing_slicing)]
 
@@ -19,7 +20,10 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).expect("read src").flatten() {
         let p = e.path();
         if p.is_dir() {
-            rust_files(&p, out);
+            // A `tests/` folder (e.g. `request/tests/`) is test code.
+            if p.file_name().is_some_and(|n| n != "tests") {
+                rust_files(&p, out);
+            }
         } else if p.extension().is_some_and(|x| x == "rs")
             && !p
                 .file_name()

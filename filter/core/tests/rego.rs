@@ -76,7 +76,7 @@ fn rego_unit_tests() {
 
 #[test]
 fn policy_cases() {
-    let policy =
+    let mut policy =
         Policy::embedded("data.mcp.authz", agentplane_core::policy::EngineChoice::Rvm).unwrap();
     let cases = policy_dir().join("cases");
     let mut n = 0;

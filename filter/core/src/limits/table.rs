@@ -6,7 +6,6 @@
 use super::rule::{fingerprint, Facts, Kind, Limit};
 use crate::config::LimitsConfig;
 use crate::host::Host;
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// Slots a key may probe.
@@ -67,7 +66,7 @@ pub struct Table {
     lease_ns: u64,
     /// Leases of this worker's running streams, by owner, with when each
     /// is next renewed: a long stream must not stop counting.
-    live: RefCell<HashMap<u64, (Leases, u64)>>,
+    live: HashMap<u64, (Leases, u64)>,
 }
 
 /// One write a round plans: a rate slot (by index), its CAS, the key, the
@@ -101,7 +100,7 @@ impl Table {
             prefix: cfg.table.clone(),
             slots: cfg.slots.max(1),
             lease_ns: cfg.lease_ms.saturating_mul(1_000_000),
-            live: RefCell::new(HashMap::new()),
+            live: HashMap::new(),
         }
     }
 
@@ -132,7 +131,7 @@ impl Table {
     /// nothing: in-flight leases first (released again if anything after
     /// refuses), then every rate bucket in one all-or-none round.
     pub fn admit<H: Host>(
-        &self,
+        &mut self,
         host: &mut H,
         limits: &[Limit],
         facts: &Facts<'_>,
@@ -193,10 +192,8 @@ impl Table {
             }
         }
         if !held.is_empty() {
-            if let Ok(mut live) = self.live.try_borrow_mut() {
-                let renew_at = now.saturating_add(self.lease_ns / 2);
-                live.insert(owner, (held.leases.clone(), renew_at));
-            }
+            let renew_at = now.saturating_add(self.lease_ns / 2);
+            self.live.insert(owner, (held.leases.clone(), renew_at));
         }
         Ok(held)
     }
@@ -403,19 +400,18 @@ impl Table {
     /// is half-way to expiring: a stream that outlives `limits.lease_ms`
     /// still counts against its cap. A lease already gone (expired while
     /// the worker stalled, and taken over) is not brought back.
-    pub fn renew<H: Host>(&self, host: &mut H) {
+    pub fn renew<H: Host>(&mut self, host: &mut H) {
         let now = host.now_ns();
-        let due: Vec<(u64, Leases)> = match self.live.try_borrow_mut() {
-            Ok(mut live) => live
-                .iter_mut()
-                .filter(|(_, (_, at))| *at <= now)
-                .map(|(owner, (leases, at))| {
-                    *at = now.saturating_add(self.lease_ns / 2);
-                    (*owner, leases.clone())
-                })
-                .collect(),
-            Err(_) => return,
-        };
+        let next = now.saturating_add(self.lease_ns / 2);
+        let due: Vec<(u64, Leases)> = self
+            .live
+            .iter_mut()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(owner, (leases, at))| {
+                *at = next;
+                (*owner, leases.clone())
+            })
+            .collect();
         let until = now.saturating_add(self.lease_ns);
         for (owner, leases) in due {
             for (slot, fp) in &leases {
@@ -458,10 +454,8 @@ impl Table {
     }
 
     /// Releases every lease `held` has (stream end; also after a refusal).
-    pub fn release<H: Host>(&self, host: &mut H, held: &Held) {
-        if let Ok(mut live) = self.live.try_borrow_mut() {
-            live.remove(&held.owner);
-        }
+    pub fn release<H: Host>(&mut self, host: &mut H, held: &Held) {
+        self.live.remove(&held.owner);
         for (slot, fp) in &held.leases {
             self.update_lease(host, slot, *fp, held.owner, None);
         }

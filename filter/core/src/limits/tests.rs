@@ -30,7 +30,7 @@ fn host_at(t: u64) -> MockHost {
 }
 
 /// Admits `n` requests at the host's clock; how many passed.
-fn admitted(t: &Table, h: &mut MockHost, l: &[Limit], f: &Facts<'_>, n: usize) -> usize {
+fn admitted(t: &mut Table, h: &mut MockHost, l: &[Limit], f: &Facts<'_>, n: usize) -> usize {
     let mut ev = Events::default();
     (0..n)
         .filter(|i| t.admit(h, l, f, *i as u64, &mut ev).is_ok())
@@ -39,11 +39,15 @@ fn admitted(t: &Table, h: &mut MockHost, l: &[Limit], f: &Facts<'_>, n: usize) -
 
 #[test]
 fn a_bucket_admits_its_burst_then_its_rate() {
-    let t = table(64);
+    let mut t = table(64);
     let l = limits(json!([{"name": "per-agent", "by": ["agent"], "rate": 2, "burst": 5}]));
     let mut h = host_at(1_000 * S);
     t.create(&mut h);
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 5, "the burst");
+    assert_eq!(
+        admitted(&mut t, &mut h, &l, &agent("a"), 10),
+        5,
+        "the burst"
+    );
     let mut ev = Events::default();
     let r = t.admit(&mut h, &l, &agent("a"), 99, &mut ev).unwrap_err();
     assert_eq!(r.limit, "per-agent");
@@ -52,27 +56,27 @@ fn a_bucket_admits_its_burst_then_its_rate() {
     assert!(r.state.starts_with("\"per-agent\";r=0;t="), "{}", r.state);
     // Half a second later: one more token (2 per second).
     h.now_ns += S / 2;
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 1);
+    assert_eq!(admitted(&mut t, &mut h, &l, &agent("a"), 3), 1);
     // A clock that steps back gives nothing back.
     h.now_ns -= 10 * S;
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 0);
+    assert_eq!(admitted(&mut t, &mut h, &l, &agent("a"), 3), 0);
     // Another agent has its own bucket.
-    assert_eq!(admitted(&t, &mut h, &l, &agent("b"), 10), 5);
+    assert_eq!(admitted(&mut t, &mut h, &l, &agent("b"), 10), 5);
 }
 
 #[test]
 fn a_request_costs_what_the_limit_says() {
-    let t = table(64);
+    let mut t = table(64);
     let l = limits(json!([{"name": "heavy", "rate": 1, "burst": 5, "cost": 2}]));
     let mut h = host_at(S);
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 5), 2);
+    assert_eq!(admitted(&mut t, &mut h, &l, &agent("a"), 5), 2);
     let free = limits(json!([{"name": "free", "rate": 1, "burst": 1, "cost": 0}]));
-    assert_eq!(admitted(&t, &mut h, &free, &agent("a"), 50), 50);
+    assert_eq!(admitted(&mut t, &mut h, &free, &agent("a"), 50), 50);
 }
 
 #[test]
 fn every_bucket_has_room_or_none_is_charged() {
-    let t = table(64);
+    let mut t = table(64);
     let l = limits(json!([
         {"name": "agent", "by": ["agent"], "rate": 1, "burst": 10},
         {"name": "team", "by": ["team"], "rate": 1, "burst": 3},
@@ -83,17 +87,17 @@ fn every_bucket_has_room_or_none_is_charged() {
         team: Some("t1"),
         ..Facts::default()
     };
-    assert_eq!(admitted(&t, &mut h, &l, &f, 10), 3, "the team's 3");
+    assert_eq!(admitted(&mut t, &mut h, &l, &f, 10), 3, "the team's 3");
     // The agent's bucket was charged only for the 3 that passed: 7 left.
     let agent_only = limits(json!([{"name": "agent", "by": ["agent"], "rate": 1, "burst": 10}]));
-    assert_eq!(admitted(&t, &mut h, &agent_only, &f, 10), 7);
+    assert_eq!(admitted(&mut t, &mut h, &agent_only, &f, 10), 7);
 }
 
 /// A host that lets another worker act between this worker's read and its
 /// compare-and-swap, once per write, as a second Envoy worker would.
 struct Racing<'a> {
     inner: MockHost,
-    other: Option<(&'a Table, &'a [Limit], MockHost)>,
+    other: Option<(&'a mut Table, &'a [Limit], MockHost)>,
     other_passed: usize,
     writes: usize,
 }
@@ -140,7 +144,7 @@ impl Host for Racing<'_> {
 
 #[test]
 fn two_workers_racing_for_one_bucket_never_overdraw_it() {
-    let t = table(64);
+    let mut t = table(64);
     let l = limits(json!([
         {"name": "agent", "rate": 1, "burst": 20},
         {"name": "global", "by": ["global"], "rate": 1, "burst": 1000},
@@ -149,9 +153,11 @@ fn two_workers_racing_for_one_bucket_never_overdraw_it() {
     let mut b = host_at(S);
     b.shared = a.shared.clone(); // one proxy, two workers
     t.create(&mut b); // both workers configured before traffic
+                      // The other worker's own table, over the same shared slots.
+    let mut other = table(64);
     let mut racing = Racing {
         inner: a,
-        other: Some((&t, &l, b)),
+        other: Some((&mut other, &l, b)),
         other_passed: 0,
         writes: 0,
     };
@@ -169,12 +175,12 @@ fn two_workers_racing_for_one_bucket_never_overdraw_it() {
     let global = limits(json!([{"name": "global", "by": ["global"], "rate": 1, "burst": 1000}]));
     let mut h = host_at(S);
     h.shared = racing.inner.shared.clone();
-    assert_eq!(admitted(&t, &mut h, &global, &agent("x"), 1000), 980);
+    assert_eq!(admitted(&mut t, &mut h, &global, &agent("x"), 1000), 980);
 }
 
 #[test]
 fn an_in_flight_slot_is_released_when_the_stream_ends_or_its_lease_runs_out() {
-    let t = table(64);
+    let mut t = table(64);
     let l = limits(json!([{"name": "inflight", "in_flight": 2}]));
     let mut h = host_at(S);
     let mut ev = Events::default();
@@ -192,12 +198,12 @@ fn an_in_flight_slot_is_released_when_the_stream_ends_or_its_lease_runs_out() {
     // A VM gone without releasing: its leases expire.
     drop((two, three));
     h.now_ns += LimitsConfig::default().lease_ms * 1_000_000 + 1;
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 5), 2);
+    assert_eq!(admitted(&mut t, &mut h, &l, &agent("a"), 5), 2);
 }
 
 #[test]
 fn a_refused_rate_releases_the_in_flight_lease_it_took() {
-    let t = table(64);
+    let mut t = table(64);
     let l = limits(json!([
         {"name": "inflight", "in_flight": 1},
         {"name": "rate", "rate": 1, "burst": 1},
@@ -218,11 +224,11 @@ fn a_refused_rate_releases_the_in_flight_lease_it_took() {
 #[test]
 fn an_evicted_key_gets_no_quota_it_would_not_otherwise_have() {
     // One slot for everyone: keys compete for it.
-    let t = table(1);
+    let mut t = table(1);
     let l = limits(json!([{"name": "r", "rate": 1, "burst": 2}]));
     let mut h = host_at(10 * S);
     let mut ev = Events::default();
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 2);
+    assert_eq!(admitted(&mut t, &mut h, &l, &agent("a"), 3), 2);
     // While a's bucket is not full again, b finds no free slot: refused
     // (never counted in another key's bucket, never given a fresh one).
     let r = t.admit(&mut h, &l, &agent("b"), 1, &mut ev).unwrap_err();
@@ -239,7 +245,7 @@ fn an_evicted_key_gets_no_quota_it_would_not_otherwise_have() {
 
 #[test]
 fn a_tool_the_limit_does_not_name_counts_in_one_overflow_bucket() {
-    let t = table(256);
+    let mut t = table(256);
     let l = limits(
         json!([{"name": "per-tool", "by": ["agent", "tool"], "tools": ["lookup_ticket"], "rate": 1, "burst": 2}]),
     );
@@ -251,12 +257,12 @@ fn a_tool_the_limit_does_not_name_counts_in_one_overflow_bucket() {
             ..Facts::default()
         }
     }
-    assert_eq!(admitted(&t, &mut h, &l, &tool("lookup_ticket"), 5), 2);
+    assert_eq!(admitted(&mut t, &mut h, &l, &tool("lookup_ticket"), 5), 2);
     // Minted names all share one bucket.
     let minted: usize = (0..10)
         .map(|i| {
             let name = format!("made_up_{i}");
-            admitted(&t, &mut h, &l, &tool(&name), 1)
+            admitted(&mut t, &mut h, &l, &tool(&name), 1)
         })
         .sum();
     assert_eq!(minted, 2);
@@ -324,7 +330,7 @@ fn two_limits_on_one_slot_never_livelock_into_a_permanent_429() {
     // Both keys probe the same free slot first: one request must not plan
     // two writes to it (the second would lose its compare-and-swap to the
     // first on every retry).
-    let t = table(2);
+    let mut t = table(2);
     let (a, b) = same_first_slot(2);
     let l = limits(json!([
         {"name": a, "rate": 1, "burst": 5},
@@ -335,15 +341,19 @@ fn two_limits_on_one_slot_never_livelock_into_a_permanent_429() {
     let mut ev = Events::default();
     let first = t.admit(&mut h, &l, &agent("a"), 0, &mut ev);
     assert!(first.is_ok(), "{first:?}");
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 2, "b's 3 in all");
+    assert_eq!(
+        admitted(&mut t, &mut h, &l, &agent("a"), 10),
+        2,
+        "b's 3 in all"
+    );
     // Each key kept a slot of its own: a alone still has 2 left.
     let a_only = limits(json!([{"name": a, "rate": 1, "burst": 5}]));
-    assert_eq!(admitted(&t, &mut h, &a_only, &agent("a"), 10), 2);
+    assert_eq!(admitted(&mut t, &mut h, &a_only, &agent("a"), 10), 2);
 }
 
 #[test]
 fn two_limits_with_one_name_never_livelock_into_a_permanent_429() {
-    let t = table(64);
+    let mut t = table(64);
     let mut h = host_at(S);
     t.create(&mut h);
     // One name, two shapes: two buckets, both charged.
@@ -351,18 +361,22 @@ fn two_limits_with_one_name_never_livelock_into_a_permanent_429() {
         {"name": "x", "rate": 1, "burst": 5},
         {"name": "x", "rate": 2, "burst": 3},
     ]));
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 3, "the smaller");
+    assert_eq!(
+        admitted(&mut t, &mut h, &l, &agent("a"), 10),
+        3,
+        "the smaller"
+    );
     // The same limit twice (an array, not a set) counts once.
     let twice = limits(json!([
         {"name": "y", "rate": 1, "burst": 5},
         {"name": "y", "rate": 1, "burst": 5},
     ]));
-    assert_eq!(admitted(&t, &mut h, &twice, &agent("a"), 10), 5);
+    assert_eq!(admitted(&mut t, &mut h, &twice, &agent("a"), 10), 5);
 }
 
 #[test]
 fn an_in_flight_limit_named_twice_never_refuses_its_own_request() {
-    let t = table(64);
+    let mut t = table(64);
     let mut h = host_at(S);
     let l = limits(json!([
         {"name": "f", "in_flight": 1},
@@ -381,24 +395,32 @@ fn an_in_flight_limit_named_twice_never_refuses_its_own_request() {
 
 #[test]
 fn a_clock_stepped_back_never_blocks_a_bucket_past_its_refill() {
-    let t = table(64);
+    let mut t = table(64);
     let l = limits(json!([{"name": "r", "rate": 2, "burst": 4}]));
     let mut h = host_at(1_000 * S);
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 4, "the burst");
+    assert_eq!(
+        admitted(&mut t, &mut h, &l, &agent("a"), 10),
+        4,
+        "the burst"
+    );
     // NTP steps the clock back a minute: nothing is given back...
     h.now_ns -= 60 * S;
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 0);
+    assert_eq!(admitted(&mut t, &mut h, &l, &agent("a"), 3), 0);
     // ...but the bucket refills at its rate from there, not after the
     // minute the clock lost.
     h.now_ns += S;
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 3), 2);
+    assert_eq!(admitted(&mut t, &mut h, &l, &agent("a"), 3), 2);
     h.now_ns += 10 * S;
-    assert_eq!(admitted(&t, &mut h, &l, &agent("a"), 10), 4, "full again");
+    assert_eq!(
+        admitted(&mut t, &mut h, &l, &agent("a"), 10),
+        4,
+        "full again"
+    );
 }
 
 #[test]
 fn a_stream_outliving_its_lease_still_counts_against_the_in_flight_cap() {
-    let t = table(64);
+    let mut t = table(64);
     let l = limits(json!([{"name": "inflight", "in_flight": 1}]));
     let mut h = host_at(S);
     let mut ev = Events::default();

@@ -18,7 +18,6 @@ use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::RegoVM;
 use regorus::Engine;
 use serde_json::Value;
-use std::cell::RefCell;
 use std::fmt;
 
 mod entry;
@@ -45,9 +44,9 @@ impl Mode {
 /// How the compiled bundle runs.
 enum Backend {
     /// regorus' register VM: the entry rule compiled to bytecode once.
-    Rvm(RefCell<RegoVM>),
+    Rvm(RegoVM),
     /// regorus' tree interpreter, for policies the RVM cannot compile yet.
-    Interpreter(RefCell<Engine>),
+    Interpreter(Engine),
 }
 
 impl fmt::Debug for Backend {
@@ -132,21 +131,24 @@ impl Policy {
         // a configuration error, whichever backend runs requests.
         let rule = mode.rule().to_string();
         let mut interpreter = Policy {
-            backend: Backend::Interpreter(RefCell::new(engine.clone())),
+            backend: Backend::Interpreter(engine.clone()),
             mode,
             rvm_fallback: None,
             reads: crate::reads::input_reads(modules),
             limits,
         };
-        interpreter
-            .eval_rule(&rule, regorus::Value::new_object())
-            .map_err(|e| PolicyError::Entrypoint(format!("{rule}: {e}")))?;
+        Policy::eval_rule(
+            &mut interpreter.backend,
+            &rule,
+            regorus::Value::new_object(),
+        )
+        .map_err(|e| PolicyError::Entrypoint(format!("{rule}: {e}")))?;
         if choice == EngineChoice::Interpreter {
             return Ok(interpreter);
         }
         match compile_rvm(&mut engine, &rule, data_json) {
             Ok(vm) => Ok(Policy {
-                backend: Backend::Rvm(RefCell::new(vm)),
+                backend: Backend::Rvm(vm),
                 mode: interpreter.mode,
                 rvm_fallback: None,
                 reads: interpreter.reads,
@@ -189,17 +191,20 @@ impl Policy {
     }
 
     /// Runs the entry rule; its answer stays a regorus value, read in
-    /// place by `verdict.rs`.
-    fn eval_rule(&self, rule: &str, input: regorus::Value) -> Result<regorus::Value, PolicyError> {
-        let reentrant = |_| PolicyError::Eval("re-entrant evaluation".into());
-        Ok(match &self.backend {
+    /// place by `verdict.rs`. `&mut`: the VM or engine keeps the input and
+    /// its registers between calls, and the worker that owns the policy
+    /// runs one evaluation at a time.
+    fn eval_rule(
+        backend: &mut Backend,
+        rule: &str,
+        input: regorus::Value,
+    ) -> Result<regorus::Value, PolicyError> {
+        Ok(match backend {
             Backend::Rvm(vm) => {
-                let mut vm = vm.try_borrow_mut().map_err(reentrant)?;
                 vm.set_input(input);
                 vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))?
             }
             Backend::Interpreter(engine) => {
-                let mut engine = engine.try_borrow_mut().map_err(reentrant)?;
                 engine.set_input(input);
                 engine
                     .eval_rule(rule.to_string())
@@ -209,16 +214,17 @@ impl Policy {
     }
 
     /// [`Policy::evaluate`] for a JSON input (tests, tools).
-    pub fn evaluate_json(&self, input: &Value) -> Result<Verdict, PolicyError> {
+    pub fn evaluate_json(&mut self, input: &Value) -> Result<Verdict, PolicyError> {
         self.evaluate(crate::value::to_rego(input))
     }
 
     /// Evaluates the policy for one input document (consumed: the request
     /// path builds it for this call only).
-    pub fn evaluate(&self, input: regorus::Value) -> Result<Verdict, PolicyError> {
+    pub fn evaluate(&mut self, input: regorus::Value) -> Result<Verdict, PolicyError> {
+        let backend = &mut self.backend;
         match &self.mode {
-            Mode::Package(rule) => verdict::decision(self.eval_rule(rule, input)?),
-            Mode::Rule(r) => verdict::response_object(self.eval_rule(r, input)?),
+            Mode::Package(rule) => verdict::decision(Policy::eval_rule(backend, rule, input)?),
+            Mode::Rule(r) => verdict::response_object(Policy::eval_rule(backend, r, input)?),
         }
     }
 }
@@ -253,7 +259,7 @@ mod tests {
 
     #[test]
     fn package_mode_deny_wins() {
-        let p = pol(
+        let mut p = pol(
             "package t\nallow if input.ok\ndeny contains \"blocked\" if input.block\n",
             "data.t",
         )
@@ -271,13 +277,13 @@ mod tests {
 
     #[test]
     fn boolean_and_string_denies() {
-        let p = pol("package t\nallow := true\ndeny if input.x\n", "data.t").unwrap();
+        let mut p = pol("package t\nallow := true\ndeny if input.x\n", "data.t").unwrap();
         let v = p.evaluate_json(&json!({"x": true})).unwrap();
         assert_eq!(
             (v.allowed, v.reasons),
             (false, vec!["denied by policy".to_string()])
         );
-        let p = pol(
+        let mut p = pol(
             "package t\nallow := true\ndeny := \"nope\" if input.x\n",
             "data.t",
         )
@@ -291,12 +297,12 @@ mod tests {
 
     #[test]
     fn non_boolean_allow_is_an_error() {
-        let p = pol("package t\nallow := \"yes\"\n", "data.t").unwrap();
+        let mut p = pol("package t\nallow := \"yes\"\n", "data.t").unwrap();
         assert!(matches!(
             p.evaluate_json(&json!({})),
             Err(PolicyError::BadResult(_))
         ));
-        let p = pol("package t\nallow := true\ndeny := 5\n", "data.t").unwrap();
+        let mut p = pol("package t\nallow := true\ndeny := 5\n", "data.t").unwrap();
         assert!(matches!(
             p.evaluate_json(&json!({})),
             Err(PolicyError::BadResult(_))
@@ -309,11 +315,12 @@ mod tests {
         let modules = [("p.rego", src)];
         let both = json!({"a": true, "b": true});
         // The interpreter reports OPA's "multiple outputs" error.
-        let p = Policy::compile_for(&modules, "{}", "data.t", EngineChoice::Interpreter).unwrap();
+        let mut p =
+            Policy::compile_for(&modules, "{}", "data.t", EngineChoice::Interpreter).unwrap();
         assert_eq!(p.backend(), "interpreter");
         assert!(p.evaluate_json(&both).is_err());
         // The RVM makes the rule undefined: still a deny.
-        let p = Policy::compile_for(&modules, "{}", "data.t", EngineChoice::Rvm).unwrap();
+        let mut p = Policy::compile_for(&modules, "{}", "data.t", EngineChoice::Rvm).unwrap();
         assert_eq!(p.backend(), "rvm");
         assert!(!p.evaluate_json(&both).unwrap().allowed);
         assert!(p.evaluate_json(&json!({"a": true})).unwrap().allowed);
@@ -332,14 +339,14 @@ decision := {"allowed": false, "status": 429, "reason": "slow down", "headers": 
 decision := {"allowed": true} if not input.busy
 flag := input.f
 "#;
-        let p = pol(src, "data.t.decision").unwrap();
+        let mut p = pol(src, "data.t.decision").unwrap();
         let v = p.evaluate_json(&json!({"busy": true})).unwrap();
         assert_eq!(v.status, Some(429));
         assert_eq!(v.reasons, ["slow down"]);
         assert_eq!(v.headers, [("retry-after".to_string(), "5".to_string())]);
         assert!(p.evaluate_json(&json!({})).unwrap().allowed);
 
-        let p = pol(src, "data.t.flag").unwrap();
+        let mut p = pol(src, "data.t.flag").unwrap();
         assert!(p.evaluate_json(&json!({"f": true})).unwrap().allowed);
         assert!(!p.evaluate_json(&json!({})).unwrap().allowed);
         assert!(matches!(
@@ -356,7 +363,7 @@ flag := input.f
             r#"{"allowed": false, "status": 99}"#,
             r#"{"allowed": false, "headers": {"a": 1}}"#,
         ] {
-            let p = pol(&format!("package t\nd := {r}\n"), "data.t.d").unwrap();
+            let mut p = pol(&format!("package t\nd := {r}\n"), "data.t.d").unwrap();
             assert!(
                 matches!(p.evaluate_json(&json!({})), Err(PolicyError::BadResult(_))),
                 "{r}"
@@ -408,7 +415,7 @@ visible := {"t2", 3, "t1"}
 limits := {{"name": "r", "rate": 2}}
 d := {"allowed": false, "status": 403.0, "headers": {"X-B": "2", "x-a": "1", 1: "one"}, "reason": ["r2", "r1"]}
 "#;
-        let p = pol(src, "data.t").unwrap();
+        let mut p = pol(src, "data.t").unwrap();
         let v = p
             .evaluate_json(&json!({"deny": ["b", 1, {"k": [2]}], "until": 7}))
             .unwrap();
@@ -425,7 +432,7 @@ d := {"allowed": false, "status": 403.0, "headers": {"X-B": "2", "x-a": "1", 1: 
         assert!(v.allowed);
         assert_eq!(v.valid_until_ns, None);
 
-        let p = pol(src, "data.t.d").unwrap();
+        let mut p = pol(src, "data.t.d").unwrap();
         let v = p.evaluate_json(&json!({})).unwrap();
         assert_eq!(v.status, Some(403));
         assert_eq!(v.reasons, ["r2", "r1"]);

@@ -265,7 +265,7 @@ impl Configured {
             trail.input = Some(doc.clone());
         }
         let t0 = host.now_ns();
-        let evaluated = self.policy.evaluate(doc);
+        let evaluated = w.policy.evaluate(doc);
         let eval_ns = host.now_ns().saturating_sub(t0);
         trail.eval_ns = Some(eval_ns);
         w.metrics.record(host, M::PolicyEvalUs, eval_ns / 1_000);

@@ -318,7 +318,7 @@ impl Configured {
                 );
             }
         }
-        let verdict = self.policy.evaluate(doc).map_err(|e| {
+        let verdict = w.policy.evaluate(doc).map_err(|e| {
             host.log(LogLevel::Warn, &format!("agentplane: list filter: {e}"));
             "list filter failed"
         })?;

@@ -88,7 +88,9 @@ impl Filter {
             .as_ref()
             .filter(|_| config.resources.values().any(|r| !r.secrets.is_empty()))
             .map(|v| secrets::Broker::new(v.clone(), seed));
+        let key_plan = KeyPlan::new(policy.reads(), &config.headers.input);
         let worker = Worker {
+            policy,
             ids: DecisionIds::new(seed),
             cache: config.decision_cache.as_ref().map(DecisionCache::new),
             lists: config.decision_cache.as_ref().map(DecisionCache::new),
@@ -111,9 +113,8 @@ impl Filter {
         Filter {
             core: Configured {
                 docs: input::ResourceDocs::new(&config),
-                key_plan: KeyPlan::new(policy.reads(), &config.headers.input),
+                key_plan,
                 config,
-                policy,
             },
             worker,
         }
@@ -126,7 +127,7 @@ impl Filter {
 
     /// The compiled policy (backend, fallback reason).
     pub fn policy(&self) -> &Policy {
-        &self.core.policy
+        &self.worker.policy
     }
 
     /// Once per VM, on the root context after a successful configure:
@@ -284,7 +285,7 @@ impl Configured {
         if w.broker.is_some() && host.shared_get(secrets::CLAIMS_KEY).is_none() {
             host.shared_set(secrets::CLAIMS_KEY, b"{}", None);
         }
-        if self.policy.has_limits() {
+        if w.policy.has_limits() {
             w.limits.create(host);
         }
         if self.config.has_mcp() {
@@ -296,10 +297,10 @@ impl Configured {
                 "agentplane {version} configured: policy revision {}, entrypoint {}, engine {}",
                 crate::bundle::REVISION,
                 self.config.policy.entrypoint,
-                self.policy.backend(),
+                w.policy.backend(),
             ),
         );
-        if let Some(why) = self.policy.rvm_fallback() {
+        if let Some(why) = w.policy.rvm_fallback() {
             host.log(
                 LogLevel::Warn,
                 &format!(
@@ -543,6 +544,6 @@ impl Configured {
     /// Whether the root context must tick: secret fetches, a decision-log
     /// collector, the signing key, or in-flight leases to renew.
     fn needs_tick(&self, w: &Worker) -> bool {
-        w.broker.is_some() || w.shipper.is_some() || w.txn.is_some() || self.policy.has_limits()
+        w.broker.is_some() || w.shipper.is_some() || w.txn.is_some() || w.policy.has_limits()
     }
 }

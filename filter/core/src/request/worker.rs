@@ -1,8 +1,8 @@
-//! The configured [`Filter`]: its immutable config and compiled policy
-//! beside one [`Worker`] of per-VM mutable state (ids, caches, the secrets
-//! broker, the log shipper, streams waiting for secrets or their body),
-//! the reusable [`Outcome`] of a decision, and the headers every reply
-//! carries.
+//! The configured [`Filter`]: its immutable config beside one [`Worker`]
+//! of per-VM mutable state (the compiled policy, whose VM evaluates, ids,
+//! caches, the secrets broker, the log shipper, streams waiting for
+//! secrets or their body), the reusable [`Outcome`] of a decision, and the
+//! headers every reply carries.
 
 use super::{Awaiting, Decision, DECISION_ID_HEADER, METRICS_HEADER, TRACE_ID_HEADER};
 use crate::audit;
@@ -29,15 +29,14 @@ pub struct Filter {
     pub(super) worker: Worker,
 }
 
-/// What never changes after configure: the validated config and the
-/// compiled policy. Every phase reads it through `&self` and is handed the
-/// [`Worker`] it may change.
+/// What never changes after configure: the validated config and what is
+/// derived from it and the policy. Every phase reads it through `&self`
+/// and is handed the [`Worker`] it may change.
 #[derive(Debug)]
 pub(super) struct Configured {
     pub(super) config: Config,
     /// `input.resource` per registered service, built at configure time.
     pub(super) docs: input::ResourceDocs,
-    pub(super) policy: Policy,
     /// Which request facts a decision key holds.
     pub(super) key_plan: KeyPlan,
 }
@@ -46,9 +45,12 @@ pub(super) struct Configured {
 pub(super) type Visible = Rc<Option<Vec<String>>>;
 
 /// Per-worker (per-VM) state. Everything that changes while requests flow
-/// lives here, apart from the immutable config and policy.
+/// lives here, apart from the immutable config.
 #[derive(Debug)]
 pub(super) struct Worker {
+    /// The compiled policy: its VM (or interpreter) keeps state between
+    /// evaluations, so evaluating takes `&mut`.
+    pub(super) policy: Policy,
     pub(super) ids: DecisionIds,
     pub(super) cache: Option<DecisionCache<Rc<Outcome>>>,
     /// Visible sets of list responses, like decisions (same bounds).
