@@ -149,19 +149,6 @@ pub fn record(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
     rec
 }
 
-/// Turns the record of a request that was allowed but then refused (its
-/// secrets could not be had) into the record of that refusal.
-pub fn refused(record: &mut Value, reason: &str, reasons: &[String], status: u16) {
-    if let Some(obj) = record.as_object_mut() {
-        obj.insert("reason".into(), Value::from(reason));
-        obj.insert("status".into(), Value::from(status));
-        obj.insert(
-            "result".into(),
-            json!({"allowed": false, "reasons": reasons}),
-        );
-    }
-}
-
 /// Sets the final response status (when the request was forwarded, the
 /// upstream's) and renders the record as one line of JSON (the Envoy log
 /// line is [`PREFIX`] followed by it).

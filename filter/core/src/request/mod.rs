@@ -39,7 +39,7 @@ mod worker;
 use admitted::{bad, unroutable, Admission};
 use forwarded::Who;
 pub use listed::{BodyStep, ResponseBody};
-use stream::{Admitted, Awaiting, Carried, Refused};
+use stream::{Admitted, Awaiting, Carried, Paused, Refused};
 pub use stream::{Decision, Flow, RequestBody};
 pub use worker::Filter;
 use worker::{Allowed, Configured, Outcome, Visible, Worker};
@@ -258,7 +258,10 @@ impl Filter {
     /// Where a stream that waited for secrets stands now (`Pending` until
     /// its job ends); `None` for a stream this worker does not hold.
     pub fn settled(&self, stream: u32) -> Option<State> {
-        self.worker.pending.get(&stream).map(|d| d.state.clone())
+        self.worker
+            .pending
+            .get(&stream)
+            .map(|p| p.decision.state.clone())
     }
 
     /// Streams waiting for secrets on this worker.

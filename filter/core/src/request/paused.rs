@@ -4,7 +4,7 @@
 //! [`Filter::on_callout_response`]).
 
 use super::{Configured, Flow, Refused, Who, Worker};
-use crate::audit::{self, Trail};
+use crate::audit::Trail;
 use crate::headers::{check_value, RequestHeaders};
 use crate::host::Host;
 use crate::outcome::{Denial, State};
@@ -114,7 +114,7 @@ impl Configured {
     /// resume or reply, so a callback the host makes meanwhile (body, log)
     /// already sees it.
     pub(super) fn complete<H: Host>(&self, w: &mut Worker, host: &mut H, c: Completion) {
-        let Some(mut d) = w.pending.remove(&c.stream) else {
+        let Some(mut p) = w.pending.remove(&c.stream) else {
             return; // the stream is gone
         };
         let denial = match c.result {
@@ -123,8 +123,9 @@ impl Configured {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.expose().to_string()))
                     .collect();
-                d.state = State::Allowed;
-                w.pending.insert(c.stream, d);
+                p.decision.state = State::Allowed;
+                p.decision.record = self.record(&p.decision, &p.trail, p.decided_ns);
+                w.pending.insert(c.stream, p);
                 if host.resume_stream(c.stream, &set) {
                     w.count(host, &State::Allowed);
                     return;
@@ -134,19 +135,17 @@ impl Configured {
                 let Some(back) = w.pending.remove(&c.stream) else {
                     return;
                 };
-                d = back;
+                p = back;
                 Denial::HostFailure("resume with secrets")
             }
             Err(why) => Denial::SecretsUnavailable(why),
         };
         // A secrets or proxy failure: no challenge, no tool result.
-        let reply = self.refusal(&denial, &d, None, false);
-        if let Some(r) = d.record.as_mut() {
-            audit::refused(r, &denial.reason(), &denial.reasons(), denial.status());
-        }
-        d.state = State::Denied(denial);
-        w.count(host, &d.state);
-        w.pending.insert(c.stream, d);
+        let reply = self.refusal(&denial, &p.decision, None, false);
+        p.decision.state = State::Denied(denial);
+        p.decision.record = self.record(&p.decision, &p.trail, p.decided_ns);
+        w.count(host, &p.decision.state);
+        w.pending.insert(c.stream, p);
         if !host.reply_stream(c.stream, reply.status, &reply.header_refs(), &reply.body) {
             w.pending.remove(&c.stream); // gone: nothing will log it
         }

@@ -2,7 +2,7 @@
 //! message), its metric and its decision-log record, and the record
 //! written with the final status when the stream logs.
 
-use super::{Carried, Configured, Decision, Flow, Refused, Worker};
+use super::{Carried, Configured, Decision, Flow, Paused, Refused, Worker};
 use crate::audit::{self, Trail};
 use crate::host::{Host, LogLevel};
 use crate::outcome::{Challenge, Denial, Reply, State};
@@ -66,26 +66,48 @@ impl Configured {
         if decision.state != State::Pending {
             w.count(host, &decision.state);
         }
-        let log = &self.config.decision_log;
-        if log.enabled && (!decision.allowed() || audit::sampled(log, &decision.id)) {
-            let reasons = decision.denial().map(Denial::reasons).unwrap_or_default();
-            let facts = audit::Facts {
-                decision_id: &decision.id,
-                now_ns: host.now_ns(),
-                entrypoint: &self.config.policy.entrypoint,
-                revision: crate::bundle::REVISION,
-                allowed: decision.allowed(),
-                reason: &decision.reason(),
-                reasons: &reasons,
-                status: decision.status(),
-                agent: decision.agent.as_deref(),
-            };
-            decision.record = Some(audit::record(log, &facts, &trail));
-        }
+        let now_ns = host.now_ns();
         if decision.state == State::Pending {
-            w.pending.insert(host.stream_id(), decision.clone());
+            // Its record is written once the outcome is known.
+            let paused = Paused {
+                decision: decision.clone(),
+                trail,
+                decided_ns: now_ns,
+            };
+            w.pending.insert(host.stream_id(), paused);
+        } else {
+            decision.record = self.record(&decision, &trail, now_ns);
         }
         (flow, decision)
+    }
+
+    /// The decision-log record of a decision in the state it is delivered
+    /// in: every refusal, and allowed decisions in the sample; `None` when
+    /// it is not logged. The one place a record is made (the log phase
+    /// adds the response status, a session its id).
+    pub(super) fn record(
+        &self,
+        decision: &Decision,
+        trail: &Trail,
+        now_ns: u64,
+    ) -> Option<serde_json::Value> {
+        let log = &self.config.decision_log;
+        if !log.enabled || (decision.allowed() && !audit::sampled(log, &decision.id)) {
+            return None;
+        }
+        let reasons = decision.denial().map(Denial::reasons).unwrap_or_default();
+        let facts = audit::Facts {
+            decision_id: &decision.id,
+            now_ns,
+            entrypoint: &self.config.policy.entrypoint,
+            revision: crate::bundle::REVISION,
+            allowed: decision.allowed(),
+            reason: &decision.reason(),
+            reasons: &reasons,
+            status: decision.status(),
+            agent: decision.agent.as_deref(),
+        };
+        Some(audit::record(log, &facts, trail))
     }
 
     /// [`Filter::on_log`] on this worker's state.
@@ -94,10 +116,14 @@ impl Configured {
         let settled = w
             .pending
             .remove(&host.stream_id())
-            .filter(|d| d.id == decision.id);
-        if let Some(d) = settled {
-            decision.state = d.state;
-            decision.record = d.record;
+            .filter(|p| p.decision.id == decision.id);
+        if let Some(p) = settled {
+            decision.record = match p.decision.state {
+                // The stream ended while it waited: recorded as it stood.
+                State::Pending => self.record(&p.decision, &p.trail, p.decided_ns),
+                _ => p.decision.record,
+            };
+            decision.state = p.decision.state;
         }
         let reserved = std::mem::take(&mut decision.reserved);
         let Some(record) = decision.record.take() else {

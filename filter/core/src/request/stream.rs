@@ -140,5 +140,18 @@ pub(super) struct Awaiting {
     pub(super) t0: u64,
 }
 
+/// A stream waiting for its secrets, held by the worker whose root context
+/// settles it: its decision, and the facts its decision-log record is
+/// written from once the decision is final (resumed, refused, or the
+/// stream ended while waiting), so the record states the outcome that
+/// was delivered and follows that outcome's sampling.
+#[derive(Debug)]
+pub(super) struct Paused {
+    pub(super) decision: Decision,
+    pub(super) trail: Trail,
+    /// When the policy decided (the record's time).
+    pub(super) decided_ns: u64,
+}
+
 /// A refusal and the agent it concerns, if known.
 pub(super) type Refused = (Denial, Option<String>);

@@ -4,7 +4,7 @@
 //! secrets or their body), the reusable [`Outcome`] of a decision, and the
 //! headers every reply carries.
 
-use super::{Awaiting, Decision, DECISION_ID_HEADER, METRICS_HEADER, TRACE_ID_HEADER};
+use super::{Awaiting, Decision, Paused, DECISION_ID_HEADER, METRICS_HEADER, TRACE_ID_HEADER};
 use crate::audit;
 use crate::cache::{DecisionCache, KeyPlan};
 use crate::config::Config;
@@ -66,7 +66,7 @@ pub(super) struct Worker {
     pub(super) exported_log: (u64, u64),
     /// Decisions of streams waiting for secrets, by stream id: settled by
     /// [`Filter::on_tick`] / [`Filter::on_callout_response`].
-    pub(super) pending: HashMap<u32, Decision>,
+    pub(super) pending: HashMap<u32, Paused>,
     /// Requests waiting for their body (MCP POSTs), by stream id.
     pub(super) awaiting: HashMap<u32, Awaiting>,
     /// Where the policy's limits count (shared by every worker).

@@ -183,3 +183,76 @@ fn a_request_whose_secrets_fail_after_pausing_is_logged_and_counted_as_refused()
     assert_eq!(root.metrics.get("agentplane.decisions.allowed"), Some(&0));
     assert_eq!(f.pending_streams(), 0);
 }
+
+#[test]
+fn a_refusal_after_pausing_is_logged_even_when_allowed_decisions_are_not_sampled() {
+    // Denials are always logged; a request refused only after waiting for
+    // its secrets was decided "allowed" first, and must not inherit the
+    // allowed decisions' sample (1 % of allowed, say) and vanish from the log.
+    let cfg = json!({
+        "vault": {"cluster": "vault", "role": "agent", "retries": 0},
+        "decision_log": {"enabled": true, "sample_allowed": 0.0},
+        "resources": {
+            "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"},
+                "secrets": [{"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}]}
+        }
+    });
+    let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut root = MockHost::new();
+    f.on_configured(&mut root, "test");
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header("authorization", "Bearer jwt");
+    h.stream = 9;
+    let (flow, mut d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Paused);
+    f.on_tick(&mut root);
+    let t = root.dispatched[0].token;
+    f.on_callout_response(&mut root, t, Some(500), None);
+    assert_eq!(root.stream_replies[0].1.status, 503);
+    f.on_log(&mut h, &mut d);
+    let lines = log_lines(&h);
+    assert_eq!(lines.len(), 1, "the refusal is logged: {lines:?}");
+    assert_eq!(lines[0]["result"]["allowed"], false);
+    assert_eq!(lines[0]["status"], 503);
+    assert_eq!(lines[0]["decision_id"], json!(d.id));
+}
+
+#[test]
+fn an_allowed_request_resumed_with_its_secrets_follows_the_allowed_sample() {
+    // The other side: resumed and allowed, it is an allowed decision, so
+    // a zero sample logs nothing.
+    let cfg = json!({
+        "vault": {"cluster": "vault", "role": "agent", "retries": 0},
+        "decision_log": {"enabled": true, "sample_allowed": 0.0},
+        "resources": {
+            "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"},
+                "secrets": [{"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}]}
+        }
+    });
+    let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut root = MockHost::new();
+    f.on_configured(&mut root, "test");
+    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
+        .with_header("authorization", "Bearer jwt");
+    h.stream = 9;
+    let (flow, mut d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Paused);
+    f.on_tick(&mut root);
+    let t = root.dispatched[0].token;
+    f.on_callout_response(
+        &mut root,
+        t,
+        Some(200),
+        Some(br#"{"auth":{"client_token":"s.tok","lease_duration":600}}"#),
+    );
+    let t = root.dispatched[1].token;
+    f.on_callout_response(
+        &mut root,
+        t,
+        Some(200),
+        Some(br#"{"data":{"data":{"api_key":"k-123"}}}"#),
+    );
+    assert_eq!(root.resumed.len(), 1, "resumed with its secrets");
+    f.on_log(&mut h, &mut d);
+    assert!(log_lines(&h).is_empty());
+}
