@@ -267,7 +267,8 @@ fn one_case(f: &mut Filter, r: &mut Rng) {
             None if r.chance(50) => RequestBody::TooLarge,
             None => RequestBody::Unreadable,
         };
-        (flow, d) = f.on_request_body(&mut h, body);
+        let mut waiting = d;
+        (flow, d) = f.on_request_body(&mut h, &mut waiting, body);
         assert_eq!(d.id, id, "one decision across both phases");
         assert!(d.rpc.is_some());
     }

@@ -198,7 +198,9 @@ pub(crate) fn on_request_headers(context: u32, eos: bool) -> u32 {
         let (mut flow, mut decision) = filter.on_request_headers(&mut host);
         if flow == Flow::NeedBody && eos {
             // No body will come: decide on an empty one.
-            (flow, decision) = filter.on_request_body(&mut host, RequestBody::Complete(&[]));
+            let mut waiting = decision;
+            (flow, decision) =
+                filter.on_request_body(&mut host, &mut waiting, RequestBody::Complete(&[]));
         }
         s.decision = Some(decision);
         s.awaiting_body = flow == Flow::NeedBody;
@@ -248,9 +250,15 @@ pub(crate) fn on_request_body(context: u32, size: usize, eos: bool) -> u32 {
             Some(Ok(_)) => RequestBody::TooLarge,
             Some(Err(_)) => RequestBody::Unreadable,
         };
-        let (flow, decision) = filter.on_request_body(&mut host, body);
-        s.decision = Some(decision);
         s.awaiting_body = false;
+        // The stream's waiting decision carries what its headers phase
+        // established; without one, the filter refuses the body (503).
+        let mut waiting = s.decision.take();
+        let (flow, decision) = match waiting.as_mut() {
+            Some(w) => filter.on_request_body(&mut host, w, body),
+            None => return unavailable("unknown_stream"),
+        };
+        s.decision = Some(decision);
         match flow {
             Flow::Continue => CONTINUE,
             _ => PAUSE,

@@ -39,7 +39,7 @@ mod worker;
 use admitted::{bad, unroutable, Admission};
 use forwarded::Who;
 pub use listed::{BodyStep, ResponseBody};
-use stream::{Admitted, Awaiting, Carried, Paused, Refused};
+use stream::{Admitted, Awaiting, Carried, Paused, Refused, Wait};
 pub use stream::{Decision, Flow, RequestBody};
 pub use worker::Filter;
 use worker::{Allowed, Configured, Outcome, Visible, Worker};
@@ -101,7 +101,6 @@ impl Filter {
             shipper,
             exported_log: (0, 0),
             pending: HashMap::new(),
-            awaiting: HashMap::new(),
             limits: crate::limits::Table::new(&config.limits),
             lease_owner: (seed ^ (seed >> 32)) << 32,
             limit_metrics: HashMap::new(),
@@ -154,9 +153,11 @@ impl Filter {
     pub fn on_request_body<H: Host>(
         &mut self,
         host: &mut H,
+        waiting: &mut Decision,
         body: RequestBody<'_>,
     ) -> (Flow, Decision) {
-        self.core.on_request_body(&mut self.worker, host, body)
+        self.core
+            .on_request_body(&mut self.worker, host, waiting, body)
     }
 
     /// Adds the decision id to the upstream response of an allowed request,
@@ -346,6 +347,7 @@ impl Configured {
                     list: None,
                     held: Default::default(),
                     session: None,
+                    wait: Wait::default(),
                 };
                 return (Flow::Replied, d);
             }
@@ -362,15 +364,14 @@ impl Configured {
                     list: None,
                     held: Default::default(),
                     session: None,
+                    wait: Wait::default(),
                 };
-                w.awaiting.insert(
-                    host.stream_id(),
-                    Awaiting {
-                        admitted,
-                        trail,
-                        t0,
-                    },
-                );
+                let mut waiting = waiting;
+                waiting.wait = Wait::on(Awaiting {
+                    admitted,
+                    trail,
+                    t0,
+                });
                 return (Flow::NeedBody, waiting);
             }
             Ok(Admission::Decide(admitted)) => {
@@ -386,15 +387,16 @@ impl Configured {
         &self,
         w: &mut Worker,
         host: &mut H,
+        waiting: &mut Decision,
         body: RequestBody<'_>,
     ) -> (Flow, Decision) {
         let Some(Awaiting {
             admitted,
             mut trail,
             t0,
-        }) = w.awaiting.remove(&host.stream_id())
+        }) = waiting.wait.take()
         else {
-            // Not waiting: the host called twice, or for another stream.
+            // Not waiting: the host called twice, or after a decision.
             let id = w.ids.next_id();
             let result = Err((Denial::HostFailure("request body without headers"), None));
             return self.finish(
@@ -535,7 +537,6 @@ impl Configured {
             b.forget_stream(stream);
         }
         w.pending.remove(&stream);
-        w.awaiting.remove(&stream);
         if let Some(d) = decision {
             self.release_held(w, host, d);
             if std::mem::take(&mut d.reserved) {

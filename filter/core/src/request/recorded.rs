@@ -2,7 +2,7 @@
 //! message), its metric and its decision-log record, and the record
 //! written with the final status when the stream logs.
 
-use super::{Carried, Configured, Decision, Flow, Paused, Refused, Worker};
+use super::{Carried, Configured, Decision, Flow, Paused, Refused, Wait, Worker};
 use crate::audit::{self, Trail};
 use crate::host::{Host, LogLevel};
 use crate::outcome::{Challenge, Denial, Reply, State};
@@ -48,6 +48,7 @@ impl Configured {
             list: None,
             held: carried.held,
             session: None,
+            wait: Wait::default(),
         };
         // A request that waits for its secrets keeps its list job: its
         // response is filtered alike when it resumes.

@@ -54,6 +54,39 @@ pub struct Decision {
     /// For an allowed request to an MCP service: who may use a session
     /// its response opens ([`crate::session`]).
     pub session: Option<crate::session::Ticket>,
+    /// While the headers wait for the body ([`Flow::NeedBody`]): what the
+    /// headers phase established, carried by the stream to its body phase.
+    pub(super) wait: Wait,
+}
+
+/// What a request waiting for its body carries from its headers phase to
+/// its body phase, inside the stream's own [`Decision`]: the stream owns
+/// it, so no other stream's body can be decided with it. It belongs to
+/// that one decision value: a clone or a comparison of a decision leaves
+/// it out, and the body phase takes it once.
+#[derive(Debug, Default)]
+pub(super) struct Wait(Option<Box<Awaiting>>);
+
+impl Wait {
+    pub(super) fn on(awaiting: Awaiting) -> Wait {
+        Wait(Some(Box::new(awaiting)))
+    }
+
+    pub(super) fn take(&mut self) -> Option<Awaiting> {
+        self.0.take().map(|a| *a)
+    }
+}
+
+impl Clone for Wait {
+    fn clone(&self) -> Wait {
+        Wait(None)
+    }
+}
+
+impl PartialEq for Wait {
+    fn eq(&self, _: &Wait) -> bool {
+        true
+    }
 }
 
 impl Decision {

@@ -4,7 +4,7 @@
 //! secrets or their body), the reusable [`Outcome`] of a decision, and the
 //! headers every reply carries.
 
-use super::{Awaiting, Decision, Paused, DECISION_ID_HEADER, METRICS_HEADER, TRACE_ID_HEADER};
+use super::{Decision, Paused, DECISION_ID_HEADER, METRICS_HEADER, TRACE_ID_HEADER};
 use crate::audit;
 use crate::cache::{DecisionCache, KeyPlan};
 use crate::config::Config;
@@ -67,8 +67,6 @@ pub(super) struct Worker {
     /// Decisions of streams waiting for secrets, by stream id: settled by
     /// [`Filter::on_tick`] / [`Filter::on_callout_response`].
     pub(super) pending: HashMap<u32, Paused>,
-    /// Requests waiting for their body (MCP POSTs), by stream id.
-    pub(super) awaiting: HashMap<u32, Awaiting>,
     /// Where the policy's limits count (shared by every worker).
     pub(super) limits: crate::limits::Table,
     /// This VM's lease owner prefix (the stream id fills the low half).

@@ -44,8 +44,9 @@ fn post(
     for (k, v) in headers {
         h = h.with_header(k, v);
     }
-    assert_eq!(f.on_request_headers(&mut h).0, Flow::NeedBody);
-    let (flow, _) = f.on_request_body(&mut h, RequestBody::Complete(body.as_bytes()));
+    let (flow, mut waiting) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::NeedBody);
+    let (flow, _) = f.on_request_body(&mut h, &mut waiting, RequestBody::Complete(body.as_bytes()));
     (flow, h)
 }
 
@@ -160,9 +161,11 @@ fn a_denied_tool_call_is_a_tool_error_the_model_reads() {
         )
     };
     let mut h = revoked();
-    assert_eq!(f.on_request_headers(&mut h).0, Flow::NeedBody);
+    let (flow, mut waiting) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::NeedBody);
     f.on_request_body(
         &mut h,
+        &mut waiting,
         RequestBody::Complete(
             br#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"p"}}"#,
         ),
@@ -174,9 +177,10 @@ fn a_denied_tool_call_is_a_tool_error_the_model_reads() {
         .unwrap()
         .contains("credentials revoked"));
     let mut h = revoked();
-    f.on_request_headers(&mut h);
+    let (_, mut waiting) = f.on_request_headers(&mut h);
     f.on_request_body(
         &mut h,
+        &mut waiting,
         RequestBody::Complete(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
     );
     assert_eq!(h.reply.as_ref().unwrap().status, 403);

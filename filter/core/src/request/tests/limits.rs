@@ -170,9 +170,10 @@ fn a_tool_call_over_its_limit_gets_a_json_rpc_error_with_its_id() {
         h.shared = shared.clone();
         h.stream = i;
         h.now_ns = NOON;
-        let (flow, _) = f.on_request_headers(&mut h);
+        let (flow, mut waiting) = f.on_request_headers(&mut h);
         assert_eq!(flow, Flow::NeedBody);
-        let (_, mut d) = f.on_request_body(&mut h, RequestBody::Complete(call.as_bytes()));
+        let (_, mut d) =
+            f.on_request_body(&mut h, &mut waiting, RequestBody::Complete(call.as_bytes()));
         statuses.push(h.reply.as_ref().map_or(200, |r| r.status));
         f.on_stream_done(&mut h, i, Some(&mut d));
         last = Some(h);

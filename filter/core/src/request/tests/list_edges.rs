@@ -25,8 +25,9 @@ fn post(
     for (k, v) in headers {
         h = h.with_header(k, v);
     }
-    assert_eq!(f.on_request_headers(&mut h).0, Flow::NeedBody);
-    let (flow, d) = f.on_request_body(&mut h, RequestBody::Complete(body.as_bytes()));
+    let (flow, mut waiting) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::NeedBody);
+    let (flow, d) = f.on_request_body(&mut h, &mut waiting, RequestBody::Complete(body.as_bytes()));
     (flow, d, h)
 }
 
@@ -109,8 +110,9 @@ fn a_proxy_that_cannot_replace_the_body_fails_closed() {
         Some(mcp_claims(&["tools:list"])),
     );
     h.refuse_body_writes = true;
-    assert_eq!(f.on_request_headers(&mut h).0, Flow::NeedBody);
-    let (flow, d) = f.on_request_body(&mut h, RequestBody::Complete(LIST.as_bytes()));
+    let (flow, mut waiting) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::NeedBody);
+    let (flow, d) = f.on_request_body(&mut h, &mut waiting, RequestBody::Complete(LIST.as_bytes()));
     assert_eq!(flow, Flow::Replied);
     assert_eq!(h.reply.as_ref().unwrap().status, 503);
     assert_eq!(body(&h)["error"]["data"]["decision_id"], d.id.as_str());

@@ -99,9 +99,9 @@ fn a_body_the_host_cannot_hand_over_is_a_503_not_a_parse_error() {
         "/mcp://tickets-mcp/mcp",
         Some(mcp_claims(&["tools:call"])),
     );
-    let (flow, waiting) = f.on_request_headers(&mut h);
+    let (flow, mut waiting) = f.on_request_headers(&mut h);
     assert_eq!(flow, Flow::NeedBody);
-    let (flow, d) = f.on_request_body(&mut h, RequestBody::Unreadable);
+    let (flow, d) = f.on_request_body(&mut h, &mut waiting, RequestBody::Unreadable);
     assert_eq!(flow, Flow::Replied);
     let reply = h.reply.as_ref().unwrap();
     assert_eq!(reply.status, 503);
@@ -154,9 +154,32 @@ fn a_body_for_a_stream_that_never_waited_fails_closed() {
         Some(mcp_claims(&["tools:call"])),
     );
     h.stream = 99;
-    let (flow, d) = f.on_request_body(&mut h, RequestBody::Complete(CALL.as_bytes()));
+    let (flow, mut waiting) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::NeedBody);
+    let (flow, mut decided) =
+        f.on_request_body(&mut h, &mut waiting, RequestBody::Complete(CALL.as_bytes()));
+    assert_eq!(flow, Flow::Continue);
+    // The host hands a body again: to the waiting decision it already
+    // used, or to the decision that came of it. Neither decides anything.
+    let (flow, d) = f.on_request_body(&mut h, &mut waiting, RequestBody::Complete(CALL.as_bytes()));
     assert_eq!(flow, Flow::Replied);
     assert_eq!(d.status(), 503);
+    let (flow, d) = f.on_request_body(&mut h, &mut decided, RequestBody::Complete(CALL.as_bytes()));
+    assert_eq!(flow, Flow::Replied);
+    assert_eq!(d.status(), 503);
+    // A copy of a waiting decision does not carry its wait.
+    let mut h = request(
+        "POST",
+        "/mcp://tickets-mcp/mcp",
+        Some(mcp_claims(&["tools:call"])),
+    );
+    let (_, waiting) = f.on_request_headers(&mut h);
+    let (flow, d) = f.on_request_body(
+        &mut h,
+        &mut waiting.clone(),
+        RequestBody::Complete(CALL.as_bytes()),
+    );
+    assert_eq!((flow, d.status()), (Flow::Replied, 503));
 }
 
 #[test]

@@ -117,14 +117,14 @@ fn mcp_call(
     for (k, v) in headers {
         h = h.with_header(k, v);
     }
-    let (flow, waiting) = f.on_request_headers(&mut h);
+    let (flow, mut waiting) = f.on_request_headers(&mut h);
     assert_eq!(flow, Flow::NeedBody);
     assert!(h.reply.is_none() && h.header_writes == 0);
     let body = match body {
         Some(b) => RequestBody::Complete(b.as_bytes()),
         None => RequestBody::TooLarge,
     };
-    let (flow, d) = f.on_request_body(&mut h, body);
+    let (flow, d) = f.on_request_body(&mut h, &mut waiting, body);
     assert_eq!(d.id, waiting.id);
     (flow, d, h)
 }

@@ -126,9 +126,10 @@ fn istio_an_mcp_pod_decides_its_body_as_itself() {
         Some(claims(json!({"permissions": ["tools:call"]}))),
     );
     // Held for the body: the local service is an MCP service.
-    assert_eq!(f.on_request_headers(&mut h).0, Flow::NeedBody);
+    let (flow, mut waiting) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::NeedBody);
     let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_ticket","arguments":{"team":"customer-success","id":"T-1"}}}"#;
-    let (flow, d) = f.on_request_body(&mut h, RequestBody::Complete(call));
+    let (flow, d) = f.on_request_body(&mut h, &mut waiting, RequestBody::Complete(call));
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     assert!(d.allowed());
     assert_eq!(h.header_values(":path"), ["/mcp"]);

@@ -46,11 +46,11 @@ fn send(
     if let Some(s) = session {
         h = h.with_header("mcp-session-id", s);
     }
-    let (flow, d) = f.on_request_headers(&mut h);
+    let (flow, mut d) = f.on_request_headers(&mut h);
     if flow != Flow::NeedBody {
         return (flow, d, h);
     }
-    let (flow, d) = f.on_request_body(&mut h, RequestBody::Complete(body.as_bytes()));
+    let (flow, d) = f.on_request_body(&mut h, &mut d, RequestBody::Complete(body.as_bytes()));
     (flow, d, h)
 }
 
