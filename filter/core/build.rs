@@ -1,12 +1,40 @@
 //! Embeds the Rego bundle (`policies/*.rego` without tests, plus `data.json`)
 //! into the crate and computes its revision, so a policy change ships as a
-//! rebuild and every build can say exactly which policy it enforces.
+//! rebuild and every build can say exactly which policy it enforces. It
+//! also compiles the bundle for the default entrypoint to regorus RVM
+//! bytecode here, so that a VM loads a finished program at configure time
+//! instead of parsing and compiling Rego (see `src/policy/compiled.rs`).
 //!
 //! `AGENTPLANE_POLICY_DIR` points the build at another bundle directory.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
+
+// The same code that generates the decision rule and finds the input
+// reads at run time, so the build-time program is the runtime one.
+#[path = "src/policy/entry.rs"]
+mod entry;
+#[path = "src/reads.rs"]
+mod reads;
+
+/// What `entry.rs` reports; mirrors the crate's `PolicyError` variants.
+enum PolicyError {
+    Compile(String),
+    Entrypoint(String),
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyError::Compile(e) | PolicyError::Entrypoint(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The entrypoint compiled at build time: the config's default
+/// (`config/policy.rs`). Any other entrypoint compiles at configure time.
+const ENTRYPOINT: &str = "data.mcp.authz";
 
 fn main() {
     if let Err(e) = run() {
@@ -25,6 +53,9 @@ fn run() -> Result<(), String> {
         .canonicalize()
         .map_err(|e| format!("policy directory {}: {e}", dir.display()))?;
     println!("cargo::rerun-if-changed={}", dir.display());
+    for shared in ["src/policy/entry.rs", "src/reads.rs"] {
+        println!("cargo::rerun-if-changed={shared}");
+    }
 
     let mut modules: Vec<PathBuf> = Vec::new();
     for entry in fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
@@ -50,6 +81,7 @@ fn run() -> Result<(), String> {
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
     };
+    let mut sources: Vec<(String, String)> = Vec::new();
     let mut out = String::from("/// Rego modules compiled into the filter: (file name, source).\npub static MODULES: &[(&str, &str)] = &[\n");
     for m in &modules {
         let name = m
@@ -59,6 +91,8 @@ fn run() -> Result<(), String> {
         let body = fs::read(m).map_err(|e| format!("{}: {e}", m.display()))?;
         feed(name.as_bytes());
         feed(&body);
+        let text = String::from_utf8(body).map_err(|e| format!("{}: {e}", m.display()))?;
+        sources.push((name.to_string(), text));
         let _ = writeln!(
             out,
             "    ({name:?}, include_str!({:?})),",
@@ -66,7 +100,7 @@ fn run() -> Result<(), String> {
         );
     }
     out.push_str("];\n");
-    if data.exists() {
+    let data_json = if data.exists() {
         let body = fs::read(&data).map_err(|e| format!("{}: {e}", data.display()))?;
         feed(b"data.json");
         feed(&body);
@@ -75,16 +109,176 @@ fn run() -> Result<(), String> {
             "/// The bundle's `data.json`.\npub static DATA_JSON: &str = include_str!({:?});",
             data.display().to_string()
         );
+        String::from_utf8(body).map_err(|e| format!("{}: {e}", data.display()))?
     } else {
         out.push_str(
             "/// The bundle's `data.json` (absent: empty).\npub static DATA_JSON: &str = \"{}\";\n",
         );
-    }
+        "{}".to_string()
+    };
     let _ = writeln!(
         out,
         "/// Content hash of the embedded modules and data.\npub static REVISION: &str = \"{hash:016x}\";"
     );
     let out_dir = env::var("OUT_DIR").map_err(|e| e.to_string())?;
-    fs::write(Path::new(&out_dir).join("bundle.rs"), out).map_err(|e| e.to_string())?;
+    let out_dir = Path::new(&out_dir);
+    out.push_str(&compiled(&sources, &data_json, out_dir)?);
+    fs::write(out_dir.join("bundle.rs"), out).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Compiles the bundle for [`ENTRYPOINT`] exactly as `Policy::compile_for`
+/// does at run time, writes the program and the data in regorus' binary
+/// program format to `out_dir`, and returns the `COMPILED` and `READS`
+/// items of `bundle.rs`. A bundle that does not declare the entrypoint, or
+/// that the RVM cannot compile, gets no program (`COMPILED = None`): the
+/// filter then compiles at configure time as before, reporting the same
+/// errors or falling back to the interpreter. A program that does not load
+/// back complete is a build failure.
+fn compiled(
+    sources: &[(String, String)],
+    data_json: &str,
+    out_dir: &Path,
+) -> Result<String, String> {
+    let named: Vec<(&str, &str)> = sources
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "/// The input paths the modules read (see `reads.rs`), found at build time.\npub static READS: Option<&[&[&str]]> = {};",
+        match reads::input_reads(&named) {
+            Some(paths) => format!(
+                "Some(&[{}])",
+                paths
+                    .iter()
+                    .map(|p| format!("&{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "None".to_string(),
+        }
+    );
+    match compile(&named, data_json, out_dir)? {
+        Ok(item) => out.push_str(&item),
+        Err(why) => {
+            println!("cargo::warning=agentplane: {ENTRYPOINT} compiles at configure time: {why}");
+            out.push_str(
+                "/// No program compiled at build time: see the build's warning.\npub static COMPILED: Option<Compiled> = None;\n",
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The outer error fails the build; the inner one leaves the compiling to
+/// configure time.
+fn compile(
+    modules: &[(&str, &str)],
+    data_json: &str,
+    out_dir: &Path,
+) -> Result<Result<String, String>, String> {
+    use regorus::languages::rego::compiler::Compiler;
+    use regorus::rvm::program::DeserializationResult;
+    use regorus::rvm::{Program, RegoVM};
+
+    let mut engine = regorus::Engine::new();
+    engine.set_rego_v0(false);
+    for (name, src) in modules {
+        if let Err(e) = engine.add_policy((*name).to_string(), (*src).to_string()) {
+            return Ok(Err(format!("{name}: {e}")));
+        }
+    }
+    let data = match regorus::Value::from_json_str(data_json) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(format!("data.json: {e}"))),
+    };
+    if let Err(e) = engine.add_data(data.clone()) {
+        return Ok(Err(format!("data.json: {e}")));
+    }
+    let packages = engine.get_packages().map_err(|e| e.to_string())?;
+    let in_package: Vec<&str> = modules
+        .iter()
+        .zip(&packages)
+        .filter(|(_, p)| p.as_str() == ENTRYPOINT)
+        .map(|((name, _), _)| *name)
+        .collect();
+    let (rule, package, limits) = if in_package.is_empty() {
+        (ENTRYPOINT.to_string(), false, false)
+    } else {
+        match entry::add(&mut engine, &in_package, ENTRYPOINT) {
+            Ok((rule, limits)) => (rule, true, limits),
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+    };
+    // The entry rule must exist (the runtime checks it the same way).
+    if let Err(e) = engine.clone().eval_rule(rule.clone()) {
+        return Ok(Err(format!("{rule}: {e}")));
+    }
+    let entry: regorus::Rc<str> = regorus::Rc::from(rule.as_str());
+    let policy = match engine.compile_with_entrypoint(&entry) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(format!("RVM: {e}"))),
+    };
+    let program = match Compiler::compile_from_policy(&policy, &[rule.as_str()]) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(format!("RVM: {e}"))),
+    };
+    // The VM never reads the Rego text or the spans (they serve listings
+    // and debugging): the shipped program carries neither.
+    let mut program = (*program).clone();
+    for source in &mut program.sources {
+        source.content.clear();
+    }
+    for span in &mut program.instruction_spans {
+        *span = None;
+    }
+    let bytes = program.serialize_binary()?;
+    // The data as a program's rule tree: regorus' binary value encoding,
+    // which the runtime reads back without a JSON parse.
+    let carrier = Program {
+        rule_tree: data.clone(),
+        ..Program::new()
+    };
+    let data_bytes = carrier.serialize_binary()?;
+
+    // Load both back as the filter will, and run the empty input: a
+    // program this regorus cannot load complete, or that fails on its
+    // data, must not ship.
+    let loaded = match Program::deserialize_binary(&bytes)? {
+        DeserializationResult::Complete(p) => p,
+        DeserializationResult::Partial(_) => {
+            return Err("the compiled program loads back only partially".into())
+        }
+    };
+    let loaded_data = match Program::deserialize_binary(&data_bytes)? {
+        DeserializationResult::Complete(p) => p.rule_tree,
+        DeserializationResult::Partial(_) => {
+            return Err("the compiled data loads back only partially".into())
+        }
+    };
+    if loaded_data != data {
+        return Err("the compiled data does not load back equal".into());
+    }
+    let mut vm = RegoVM::new();
+    vm.load_program(std::sync::Arc::new(loaded));
+    vm.set_data(loaded_data).map_err(|e| e.to_string())?;
+    vm.set_input(regorus::Value::new_object());
+    vm.execute()
+        .map_err(|e| format!("the compiled program: {e}"))?;
+
+    fs::write(out_dir.join("policy.rvm"), &bytes).map_err(|e| e.to_string())?;
+    fs::write(out_dir.join("data.rvm"), &data_bytes).map_err(|e| e.to_string())?;
+    Ok(Ok(format!(
+        "/// {ENTRYPOINT} compiled to RVM bytecode at build time.\n\
+         pub static COMPILED: Option<Compiled> = Some(Compiled {{\n\
+         \x20   entrypoint: {ENTRYPOINT:?},\n\
+         \x20   rule: {rule:?},\n\
+         \x20   package: {package},\n\
+         \x20   limits: {limits},\n\
+         \x20   program: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/policy.rvm\")),\n\
+         \x20   data: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/data.rvm\")),\n\
+         }});\n"
+    )))
 }

@@ -20,6 +20,7 @@ use regorus::Engine;
 use serde_json::Value;
 use std::fmt;
 
+mod compiled;
 mod entry;
 mod verdict;
 
@@ -71,6 +72,8 @@ pub struct Policy {
     reads: Option<Vec<crate::reads::Path>>,
     /// The entrypoint package declares a `limits` rule.
     limits: bool,
+    /// The program was compiled by `build.rs`, not at configure time.
+    built: bool,
 }
 
 impl Policy {
@@ -136,6 +139,7 @@ impl Policy {
             rvm_fallback: None,
             reads: crate::reads::input_reads(modules),
             limits,
+            built: false,
         };
         Policy::eval_rule(
             &mut interpreter.backend,
@@ -153,6 +157,7 @@ impl Policy {
                 rvm_fallback: None,
                 reads: interpreter.reads,
                 limits,
+                built: false,
             }),
             Err(why) => {
                 interpreter.rvm_fallback = Some(why);
@@ -180,8 +185,31 @@ impl Policy {
         self.rvm_fallback.as_deref()
     }
 
-    /// Compiles the bundle embedded at build time.
+    /// Whether the program was compiled when the filter was built (loaded,
+    /// not compiled, at configure time).
+    pub fn compiled_at_build(&self) -> bool {
+        self.built
+    }
+
+    /// The bundle embedded at build time. On the RVM with the entrypoint
+    /// `build.rs` compiled for, the program it compiled is loaded (a
+    /// program that does not load is an error, not a recompile); otherwise
+    /// the bundle compiles now.
     pub fn embedded(entrypoint: &str, choice: EngineChoice) -> Result<Policy, PolicyError> {
+        if choice == EngineChoice::Rvm {
+            if let Some(c) = crate::bundle::COMPILED
+                .as_ref()
+                .filter(|c| c.entrypoint == entrypoint)
+            {
+                return compiled::load(c);
+            }
+        }
+        Policy::compile_runtime(entrypoint, choice)
+    }
+
+    /// Compiles the embedded bundle's Rego now, as [`Policy::embedded`]
+    /// does when no build-time program fits (tests compare the two).
+    pub fn compile_runtime(entrypoint: &str, choice: EngineChoice) -> Result<Policy, PolicyError> {
         Policy::compile_for(
             crate::bundle::MODULES,
             crate::bundle::DATA_JSON,

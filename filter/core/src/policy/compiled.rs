@@ -1,0 +1,137 @@
+//! The policy program `build.rs` compiled from the embedded bundle: loaded
+//! into a register VM at configure time with no Rego parsed or compiled.
+//! The program and its data come in regorus' binary program format; a blob
+//! this regorus cannot load complete (another format version, a builtin it
+//! lacks, corrupt bytes) or that another regorus version wrote is a
+//! configuration error, so the filter fails closed instead of running
+//! something other than what was built.
+
+use super::{Backend, Mode, Policy, PolicyError};
+use crate::bundle::Compiled;
+use regorus::rvm::program::DeserializationResult;
+use regorus::rvm::{Program, RegoVM};
+use std::sync::Arc;
+
+/// A VM with `compiled`'s program and data loaded, as a [`Policy`].
+pub(super) fn load(compiled: &Compiled) -> Result<Policy, PolicyError> {
+    let program = complete(compiled.program, "program")?;
+    // Only the format number is checked by regorus itself: a program from
+    // another regorus may mean other instructions under the same number.
+    let ours = Program::new().metadata.compiler_version;
+    if program.metadata.compiler_version != ours {
+        return Err(PolicyError::Compile(format!(
+            "compiled policy: built by regorus {}, this is {ours}",
+            program.metadata.compiler_version
+        )));
+    }
+    if program.get_entry_point(compiled.rule).is_none() {
+        return Err(PolicyError::Compile(format!(
+            "compiled policy: no entry point {}",
+            compiled.rule
+        )));
+    }
+    let data = complete(compiled.data, "data")?.rule_tree;
+    let mut vm = RegoVM::new();
+    vm.load_program(Arc::new(program));
+    vm.set_data(data)
+        .map_err(|e| PolicyError::Compile(format!("compiled policy data: {e}")))?;
+    let rule = compiled.rule.to_string();
+    Ok(Policy {
+        backend: Backend::Rvm(vm),
+        mode: if compiled.package {
+            Mode::Package(rule)
+        } else {
+            Mode::Rule(rule)
+        },
+        rvm_fallback: None,
+        reads: crate::bundle::READS.map(|paths| {
+            paths
+                .iter()
+                .map(|p| p.iter().map(|s| (*s).to_string()).collect())
+                .collect()
+        }),
+        limits: compiled.limits,
+        built: true,
+    })
+}
+
+/// The program in `bytes`, only if it loads complete.
+fn complete(bytes: &[u8], what: &str) -> Result<Program, PolicyError> {
+    match Program::deserialize_binary(bytes) {
+        Ok(DeserializationResult::Complete(p)) => Ok(p),
+        Ok(DeserializationResult::Partial(_)) => Err(PolicyError::Compile(format!(
+            "compiled policy {what}: this regorus loads it only partially"
+        ))),
+        Err(e) => Err(PolicyError::Compile(format!("compiled policy {what}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn shipped() -> &'static Compiled {
+        crate::bundle::COMPILED
+            .as_ref()
+            .expect("build.rs compiles the shipped bundle")
+    }
+
+    #[test]
+    fn shipped_program_loads() {
+        let p = load(shipped()).unwrap();
+        assert_eq!(p.backend(), "rvm");
+        assert!(p.compiled_at_build());
+        assert_eq!(
+            p.reads().map(<[_]>::to_vec),
+            crate::reads::input_reads(crate::bundle::MODULES)
+        );
+    }
+
+    fn with(program: &'static [u8], data: &'static [u8]) -> Compiled {
+        Compiled {
+            program,
+            data,
+            ..*shipped()
+        }
+    }
+
+    fn leak(bytes: Vec<u8>) -> &'static [u8] {
+        Box::leak(bytes.into_boxed_slice())
+    }
+
+    #[test]
+    fn unloadable_programs_are_configuration_errors() {
+        let c = shipped();
+        // An older format number loads only partially.
+        let mut old = c.program.to_vec();
+        old[4] = 5;
+        // A newer one, a truncated one, and no program at all.
+        let mut new = c.program.to_vec();
+        new[4] = 7;
+        let cut = c.program[..c.program.len() / 2].to_vec();
+        for (name, program, data) in [
+            ("old", leak(old), c.data),
+            ("new", leak(new), c.data),
+            ("cut", leak(cut), c.data),
+            ("empty", &[][..], c.data),
+            ("data", c.program, &b"REGO"[..]),
+        ] {
+            assert!(
+                matches!(load(&with(program, data)), Err(PolicyError::Compile(_))),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_program_without_the_entry_rule_is_refused() {
+        let c = Compiled {
+            rule: "data.nope.__agentplane_decision",
+            ..*shipped()
+        };
+        assert!(matches!(load(&c), Err(PolicyError::Compile(_))));
+    }
+}
