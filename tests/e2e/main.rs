@@ -28,4 +28,5 @@ mod registration;
 mod secrets;
 mod session;
 mod source;
+mod timeouts;
 mod txn;

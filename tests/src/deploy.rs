@@ -110,7 +110,7 @@ pub fn render_profile(p: &Profile) -> String {
     let plugin = serde_json::to_string_pretty(&demo_plugin_config(&vault_authority)).unwrap();
     let issuer = format!("http://{}:{}", p.idp.0, p.idp.1);
     let services = registered_services(&plugin);
-    let (routes, _) = crate::service_blocks(&services, |_| p.skills.1);
+    let (routes, _) = crate::service_blocks(&plugin, crate::ROUTE_TIMEOUT, |_| p.skills.1);
     let clusters: String = services
         .iter()
         .map(|s| {

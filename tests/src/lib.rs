@@ -34,7 +34,8 @@ pub use bao::{bao_bin, Bao};
 pub use client::{http, send_raw, try_http, Response};
 pub use envoy::render::{
     jwt_audiences, registered_services, render, render_envoy, render_envoy_inbound,
-    render_envoy_routed, service_blocks, EnvoySetup, RenderedEnvoy,
+    render_envoy_routed, render_envoy_timed, service_blocks, EnvoySetup, RenderedEnvoy,
+    MCP_IDLE_TIMEOUT, ROUTE_TIMEOUT,
 };
 pub use envoy::{envoy_bin, wasm_path, Envoy};
 pub use idp::{provider, Idp, AUDIENCE, ISSUER};
@@ -44,7 +45,7 @@ pub use plugin::{
 };
 pub use postgres::{pg_bin, Postgres};
 pub use stack::{Stack, StackBuilder};
-pub use upstream::{serve_skill, Seen, Upstream};
+pub use upstream::{serve_skill, Seen, SlowEvents, Upstream};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

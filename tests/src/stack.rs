@@ -2,10 +2,12 @@
 //! upstream and Envoy running the filter, started together and stopped on
 //! drop. [`Stack::build`] names what differs from the default (an
 //! identity provider a test already configured OpenBao with, OpenBao's
-//! port, more workers, services on upstreams of their own), so no test
+//! port, more workers, services on upstreams of their own, a shorter
+//! route timeout for plain services), so no test
 //! writes the setup out again.
 
-use crate::{default_plugin_config, render_envoy_routed, Envoy, EnvoySetup, Idp, Upstream};
+use crate::ROUTE_TIMEOUT;
+use crate::{default_plugin_config, render_envoy_timed, Envoy, EnvoySetup, Idp, Upstream};
 use std::collections::HashMap;
 
 /// Envoy + upstream + identity provider, ready to take requests.
@@ -25,6 +27,7 @@ pub struct StackBuilder {
     vault_port: Option<u16>,
     workers: u32,
     ports: HashMap<String, u16>,
+    route_timeout: String,
 }
 
 impl Stack {
@@ -54,6 +57,7 @@ impl Stack {
             vault_port: None,
             workers: 1,
             ports: HashMap::new(),
+            route_timeout: ROUTE_TIMEOUT.to_string(),
         }
     }
 }
@@ -84,6 +88,14 @@ impl StackBuilder {
         self
     }
 
+    /// Plain (not MCP) services' routes end a response after `timeout`
+    /// (an Envoy duration, `2s`) instead of [`ROUTE_TIMEOUT`]: a test of
+    /// what that limit cuts need not wait for the shipped one.
+    pub fn route_timeout(mut self, timeout: &str) -> StackBuilder {
+        self.route_timeout = timeout.to_string();
+        self
+    }
+
     /// Starts the upstream and Envoy, and waits until Envoy is ready.
     pub fn start(self) -> Stack {
         let idp = self.idp.unwrap_or_default();
@@ -92,7 +104,7 @@ impl StackBuilder {
         if let Some(port) = self.vault_port {
             setup.vault_port = port;
         }
-        let mut rendered = render_envoy_routed(&setup, true, &self.ports);
+        let mut rendered = render_envoy_timed(&setup, true, &self.ports, &self.route_timeout);
         rendered.workers = self.workers;
         let envoy = Envoy::start_yaml(&rendered);
         Stack {

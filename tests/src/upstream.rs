@@ -246,3 +246,84 @@ where
     rt.spawn(serve(listener));
     port
 }
+
+/// An MCP server whose every answer is an event stream that goes quiet
+/// (chunked HTTP/1.1): the event `first` at once, `second` after `gap`,
+/// then the end of the stream, as a listen stream delivers notifications
+/// whenever something changes. Binds 127.0.0.1 on a port the OS picks and
+/// stops on drop.
+pub struct SlowEvents {
+    /// Its port.
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl SlowEvents {
+    /// Starts the server; each event is one JSON-RPC message.
+    pub fn start(first: &str, gap: std::time::Duration, second: &str) -> SlowEvents {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st2 = stop.clone();
+        let events = [first, second].map(|e| {
+            let event = format!("event: message\ndata: {e}\n\n");
+            format!("{:x}\r\n{event}\r\n", event.len())
+        });
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let events = events.clone();
+                std::thread::spawn(move || slow_events(conn, &events, gap));
+            }
+        });
+        SlowEvents { port, stop }
+    }
+}
+
+impl Drop for SlowEvents {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Reads one request (headers, then a `content-length` body), then sends
+/// the stream's head and first chunk, waits `gap`, sends the second chunk
+/// and ends the stream.
+fn slow_events(conn: TcpStream, chunks: &[String; 2], gap: std::time::Duration) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let mut conn = conn;
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    if conn
+        .write_all(format!("{head}{}", chunks[0]).as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    std::thread::sleep(gap);
+    let _ = conn.write_all(format!("{}0\r\n\r\n", chunks[1]).as_bytes());
+}

@@ -49,7 +49,8 @@ pub(crate) fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedE
             let routes = yaml::routes(l);
             routes.pop();
             routes.push(json!({"match": {"prefix": "/"},
-                "route": {"cluster": "service.hello-skill", "timeout": "30s"}}));
+                "route": {"cluster": "service.hello-skill",
+                    "timeout": agentplane_e2e::ROUTE_TIMEOUT}}));
         }
         if let Ok(rt) = std::env::var("AGENTPLANE_BENCH_RUNTIME") {
             yaml::wasm_config(l)["vm_config"]["runtime"] =

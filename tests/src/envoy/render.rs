@@ -93,19 +93,59 @@ pub fn jwt_audiences(plugin_config: &str) -> String {
     Value::from(all).to_string()
 }
 
-/// The route and cluster blocks for each service: routes match the
-/// service agentplane authorized (`x-agentplane-service`), clusters point
-/// at `port_of(service)`.
-pub fn service_blocks(services: &[String], port_of: impl Fn(&str) -> u16) -> (String, String) {
+/// The route `timeout` of a plain (not MCP) service: how long a whole
+/// response may take, its last byte included.
+pub const ROUTE_TIMEOUT: &str = "30s";
+
+/// The route `idle_timeout` of an MCP service. Its route has no
+/// whole-response limit (`timeout: 0s`): an MCP client's GET listen
+/// stream is meant to stay open, and a tools/call may be answered by a
+/// long event stream (progress notifications). A stream that carries no
+/// byte for this long is still reset, so a dead upstream does not hold a
+/// connection forever.
+pub const MCP_IDLE_TIMEOUT: &str = "300s";
+
+/// The services of a plugin configuration spoken to as MCP
+/// (`"protocol": "mcp"`).
+pub fn mcp_services(plugin_config: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(plugin_config).unwrap_or(Value::Null);
+    v.get("resources")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, r)| r["protocol"].as_str() == Some("mcp"))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The route and cluster blocks for each service of a plugin
+/// configuration: routes match the service agentplane authorized
+/// (`x-agentplane-service`), clusters point at `port_of(service)`. A plain
+/// service's route ends a response after `route_timeout`
+/// ([`ROUTE_TIMEOUT`] but in tests); an MCP service's has no such limit,
+/// only [`MCP_IDLE_TIMEOUT`].
+pub fn service_blocks(
+    plugin_config: &str,
+    route_timeout: &str,
+    port_of: impl Fn(&str) -> u16,
+) -> (String, String) {
+    let mcp = mcp_services(plugin_config);
     let mut routes = String::new();
     let mut clusters = String::new();
-    for s in services {
+    for s in registered_services(plugin_config) {
+        let timeouts = if mcp.contains(&s) {
+            format!("timeout: 0s, idle_timeout: {MCP_IDLE_TIMEOUT}")
+        } else {
+            format!("timeout: {route_timeout}")
+        };
         routes.push_str(&format!(
-            "- match:\n    prefix: \"/\"\n    headers:\n    - name: x-agentplane-service\n      string_match: {{ exact: \"{s}\" }}\n  route: {{ cluster: \"service.{s}\", timeout: 30s }}\n"
+            "- match:\n    prefix: \"/\"\n    headers:\n    - name: x-agentplane-service\n      string_match: {{ exact: \"{s}\" }}\n  route: {{ cluster: \"service.{s}\", {timeouts} }}\n"
         ));
         clusters.push_str(&format!(
             "- name: \"service.{s}\"\n  type: STATIC\n  connect_timeout: 2s\n  load_assignment:\n    cluster_name: \"service.{s}\"\n    endpoints:\n    - lb_endpoints:\n      - endpoint:\n          address:\n            socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
-            port_of(s)
+            port_of(&s)
         ));
     }
     (routes, clusters)
@@ -124,6 +164,18 @@ pub fn render_envoy_routed(
     with_filter: bool,
     ports: &HashMap<String, u16>,
 ) -> RenderedEnvoy {
+    render_envoy_timed(setup, with_filter, ports, ROUTE_TIMEOUT)
+}
+
+/// [`render_envoy_routed`] with plain services' routes ending a response
+/// after `route_timeout` instead of [`ROUTE_TIMEOUT`]: a test of what that
+/// limit cuts need not wait 30 s.
+pub fn render_envoy_timed(
+    setup: &EnvoySetup,
+    with_filter: bool,
+    ports: &HashMap<String, u16>,
+    route_timeout: &str,
+) -> RenderedEnvoy {
     let mut vars = HashMap::new();
     vars.insert("LISTEN_PORT", "0".to_string());
     vars.insert("ADMIN_PORT", "0".to_string());
@@ -131,8 +183,7 @@ pub fn render_envoy_routed(
     vars.insert("ISSUER", ISSUER.to_string());
     vars.insert("AUDIENCES", jwt_audiences(&setup.plugin_config));
     vars.insert("JWKS", setup.jwks.clone());
-    let services = registered_services(&setup.plugin_config);
-    let (routes, clusters) = service_blocks(&services, |s| {
+    let (routes, clusters) = service_blocks(&setup.plugin_config, route_timeout, |s| {
         ports.get(s).copied().unwrap_or(setup.upstream_port)
     });
     vars.insert("SERVICE_ROUTES", routes);
