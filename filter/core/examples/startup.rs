@@ -1,5 +1,7 @@
 //! What configuring one worker costs natively: time to parse the config
-//! and compile the embedded policy, and the resident memory it adds.
+//! and load the embedded policy (compiled when the crate was built), and
+//! the resident memory it adds; then, for comparison, what compiling the
+//! same Rego at configure time costs (what every VM did before).
 //!
 //! `cargo run --release -p agentplane-core --example startup`
 
@@ -31,5 +33,25 @@ fn main() {
         took.as_secs_f64() * 1e3,
         after.saturating_sub(before),
         f.policy().backend()
+    );
+    let entry = "data.mcp.authz";
+    let choice = agentplane_core::policy::EngineChoice::Rvm;
+    let t0 = Instant::now();
+    let p = agentplane_core::policy::Policy::embedded(entry, choice).unwrap();
+    println!(
+        "the policy load alone, again: {:.3} ms (compiled at build: {})",
+        t0.elapsed().as_secs_f64() * 1e3,
+        p.compiled_at_build()
+    );
+    let before = rss_kib();
+    let t0 = Instant::now();
+    let p = agentplane_core::policy::Policy::compile_runtime(entry, choice).unwrap();
+    let took = t0.elapsed();
+    let after = rss_kib();
+    println!(
+        "the same Rego compiled now: {:.1} ms, +{} KiB resident (backend {})",
+        took.as_secs_f64() * 1e3,
+        after.saturating_sub(before),
+        p.backend()
     );
 }
