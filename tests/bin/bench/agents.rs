@@ -64,6 +64,21 @@ pub(crate) fn many_agents(
             Some(base_config),
         ),
     ];
+    // Other filter builds side by side (`AGENTPLANE_BENCH_EXTRA`), with the
+    // cache on and off: a before/after comparison in one run.
+    for extra in std::env::var("AGENTPLANE_BENCH_EXTRA")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((name, path)) = extra.split_once('=') {
+            for (arm_name, pc) in [("S4", base_config), ("S4U", uncached)] {
+                arms.push(Arm {
+                    wasm: Some(path.to_string()),
+                    ..arm(&format!("{arm_name} {name}"), Kind::Filter, true, Some(pc))
+                });
+            }
+        }
+    }
     if let Ok(only) = std::env::var("AGENTPLANE_BENCH_ARMS") {
         let keep: Vec<&str> = only.split(',').collect();
         arms.retain(|a| keep.iter().any(|k| a.name.split(' ').next() == Some(*k)));
