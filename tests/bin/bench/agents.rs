@@ -4,7 +4,7 @@
 
 use super::*;
 
-/// The realistic workloads of issue 10, side by side on one worker:
+/// The realistic workloads, side by side on one worker:
 ///
 /// - MIX: 100 agents (80 with the permission, 20 without), the four
 ///   allowed paths of the classic mix, every request distinct (a counter in

@@ -9,7 +9,7 @@ use agentplane_e2e::envoy::yaml;
 /// MCP filter in front, and the arm it is compared with.
 pub(crate) type McpArm<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, bool, usize);
 
-/// Issue 11's MCP arm: the same ~1 KB POST through agentplane, once to a
+/// The MCP arm: the same ~1 KB POST through agentplane, once to a
 /// plain service (S4P: the body streams through unread) and once as an
 /// MCP `tools/call` to a service with `"protocol": "mcp"` (S4M: the body
 /// is buffered, parsed and becomes `input.mcp`). One token, a constant

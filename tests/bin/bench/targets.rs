@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// Issue 10's targets against this run's figures.
+/// The performance targets against this run's figures.
 pub(crate) fn targets(rows: &[Row], soak: Option<(f64, f64)>, wasm_bytes: u64) {
     let get = |w: &str, a: &str| rows.iter().find(|r| r.workload == w && r.arm == a);
     let mut lines: Vec<(String, String, String, Option<bool>)> = Vec::new();
@@ -10,7 +10,7 @@ pub(crate) fn targets(rows: &[Row], soak: Option<(f64, f64)>, wasm_bytes: u64) {
         if let (Some(q), Some(s4)) = (get(w, "S4Q"), get(w, "S4")) {
             let d = q.cpu - s4.cpu;
             lines.push((
-                format!("{w}: one rate limit per agent, S4Q CPU over S4 (issue 12)"),
+                format!("{w}: one rate limit per agent, S4Q CPU over S4"),
                 "≤ 5 µs".into(),
                 format!("{d:.1} µs"),
                 Some(d <= 5.0),
@@ -82,7 +82,7 @@ pub(crate) fn targets(rows: &[Row], soak: Option<(f64, f64)>, wasm_bytes: u64) {
         format!("{mib:.2} MB"),
         Some(mib <= 2.5),
     ));
-    println!("\nTargets (issue 10), this run:");
+    println!("\nTargets, this run:");
     println!("| target | wanted | measured | met |");
     println!("|---|---|---|---|");
     for (name, want, got, met) in lines {

@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// Transaction tokens (issue 14), side by side on one worker, each arm on
+/// Transaction tokens, side by side on one worker, each arm on
 /// three workloads: the classic mix (one agent, four allowed requests to
 /// three services, one denied), MIX (100 agents, every request distinct,
 /// 20% denied) and MIX-hard (2,000 agents × three services: 4,800 allowed

@@ -204,4 +204,4 @@ fn metrics_header_reports_the_filters_own_timing_when_enabled() {
     filter().on_response_headers(&mut h, &mut d);
     assert!(!h.response_headers.iter().any(|(k, _)| k == METRICS_HEADER));
 }
-// --- attacks (issue 9): each test is named after what it stops --------
+// --- attacks: each test is named after what it stops --------
