@@ -137,25 +137,32 @@ fn secrets_without_a_token_or_vault_config_fail_closed() {
     }
 }
 
-#[test]
-fn a_request_whose_secrets_fail_after_pausing_is_logged_and_counted_as_refused() {
-    let mut cfg: Value = serde_json::from_str(&json!({
+/// A decision-logging filter (allowed decisions sampled at `sample`) and
+/// a request to a service with a secret, paused on stream 9 while the
+/// secret is fetched: `(filter, root context, stream, decision)`.
+fn paused_for_secrets(sample: f64) -> (Filter, MockHost, MockHost, Decision) {
+    let cfg = json!({
         "vault": {"cluster": "vault", "role": "agent", "retries": 0},
-        "decision_log": {"enabled": true},
+        "decision_log": {"enabled": true, "sample_allowed": sample},
         "resources": {
             "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"},
                 "secrets": [{"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}]}
         }
-    }).to_string()).unwrap();
-    cfg["decision_log"]["sample_allowed"] = json!(1.0);
+    });
     let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
     let mut root = MockHost::new();
     f.on_configured(&mut root, "test");
     let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
         .with_header("authorization", "Bearer jwt");
     h.stream = 9;
-    let (flow, mut d) = f.on_request_headers(&mut h);
+    let (flow, d) = f.on_request_headers(&mut h);
     assert_eq!(flow, Flow::Paused);
+    (f, root, h, d)
+}
+
+#[test]
+fn a_request_whose_secrets_fail_after_pausing_is_logged_and_counted_as_refused() {
+    let (mut f, mut root, mut h, mut d) = paused_for_secrets(1.0);
     assert_eq!(f.settled(9), Some(State::Pending));
     f.on_tick(&mut root);
     let t = root.dispatched[0].token;
@@ -189,22 +196,7 @@ fn a_refusal_after_pausing_is_logged_even_when_allowed_decisions_are_not_sampled
     // Denials are always logged; a request refused only after waiting for
     // its secrets was decided "allowed" first, and must not inherit the
     // allowed decisions' sample (1 % of allowed, say) and vanish from the log.
-    let cfg = json!({
-        "vault": {"cluster": "vault", "role": "agent", "retries": 0},
-        "decision_log": {"enabled": true, "sample_allowed": 0.0},
-        "resources": {
-            "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"},
-                "secrets": [{"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}]}
-        }
-    });
-    let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
-    let mut root = MockHost::new();
-    f.on_configured(&mut root, "test");
-    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
-        .with_header("authorization", "Bearer jwt");
-    h.stream = 9;
-    let (flow, mut d) = f.on_request_headers(&mut h);
-    assert_eq!(flow, Flow::Paused);
+    let (mut f, mut root, mut h, mut d) = paused_for_secrets(0.0);
     f.on_tick(&mut root);
     let t = root.dispatched[0].token;
     f.on_callout_response(&mut root, t, Some(500), None);
@@ -221,22 +213,7 @@ fn a_refusal_after_pausing_is_logged_even_when_allowed_decisions_are_not_sampled
 fn an_allowed_request_resumed_with_its_secrets_follows_the_allowed_sample() {
     // The other side: resumed and allowed, it is an allowed decision, so
     // a zero sample logs nothing.
-    let cfg = json!({
-        "vault": {"cluster": "vault", "role": "agent", "retries": 0},
-        "decision_log": {"enabled": true, "sample_allowed": 0.0},
-        "resources": {
-            "hello-skill": {"type": "skill", "metadata": {"team": "platform", "environment": "production"},
-                "secrets": [{"kv": "secret/data/mcp/agents/{agent}/credentials", "field": "api_key", "header": "x-api-key"}]}
-        }
-    });
-    let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
-    let mut root = MockHost::new();
-    f.on_configured(&mut root, "test");
-    let mut h = request("POST", "/mcp://hello-skill/greet", Some(claims(json!({}))))
-        .with_header("authorization", "Bearer jwt");
-    h.stream = 9;
-    let (flow, mut d) = f.on_request_headers(&mut h);
-    assert_eq!(flow, Flow::Paused);
+    let (mut f, mut root, mut h, mut d) = paused_for_secrets(0.0);
     f.on_tick(&mut root);
     let t = root.dispatched[0].token;
     f.on_callout_response(
