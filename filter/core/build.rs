@@ -32,9 +32,16 @@ impl std::fmt::Display for PolicyError {
     }
 }
 
-/// The entrypoint compiled at build time: the config's default
-/// (`config/policy.rs`). Any other entrypoint compiles at configure time.
-const ENTRYPOINT: &str = "data.mcp.authz";
+/// The entrypoint compiled at build time: `AGENTPLANE_ENTRYPOINT`, by
+/// default the config's default (`config/policy.rs`). A configuration
+/// naming another one needs a filter built with the `rego-compiler`
+/// feature, which compiles it at configure time.
+fn entrypoint() -> String {
+    match env::var("AGENTPLANE_ENTRYPOINT") {
+        Ok(e) if !e.is_empty() => e,
+        _ => "data.mcp.authz".to_string(),
+    }
+}
 
 fn main() {
     if let Err(e) = run() {
@@ -44,6 +51,7 @@ fn main() {
 
 fn run() -> Result<(), String> {
     println!("cargo::rerun-if-env-changed=AGENTPLANE_POLICY_DIR");
+    println!("cargo::rerun-if-env-changed=AGENTPLANE_ENTRYPOINT");
     let manifest = env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?;
     let dir = match env::var("AGENTPLANE_POLICY_DIR") {
         Ok(d) if !d.is_empty() => PathBuf::from(d),
@@ -127,14 +135,15 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// Compiles the bundle for [`ENTRYPOINT`] exactly as `Policy::compile_for`
+/// Compiles the bundle for [`entrypoint`] exactly as `Policy::compile_for`
 /// does at run time, writes the program and the data in regorus' binary
 /// program format to `out_dir`, and returns the `COMPILED` and `READS`
 /// items of `bundle.rs`. A bundle that does not declare the entrypoint, or
 /// that the RVM cannot compile, gets no program (`COMPILED = None`): the
 /// filter then compiles at configure time as before, reporting the same
 /// errors or falling back to the interpreter. A program that does not load
-/// back complete is a build failure.
+/// back complete is a build failure, and so is a bundle without a program
+/// in a build that cannot compile Rego at configure time.
 fn compiled(
     sources: &[(String, String)],
     data_json: &str,
@@ -160,10 +169,16 @@ fn compiled(
             None => "None".to_string(),
         }
     );
-    match compile(&named, data_json, out_dir)? {
+    let entry = entrypoint();
+    match compile(&named, data_json, &entry, out_dir)? {
         Ok(item) => out.push_str(&item),
+        Err(why) if env::var_os("CARGO_FEATURE_REGO_COMPILER").is_none() => {
+            return Err(format!(
+                "{entry} does not compile to the RVM ({why}), and this build (without the rego-compiler feature) cannot compile it at configure time"
+            ));
+        }
         Err(why) => {
-            println!("cargo::warning=agentplane: {ENTRYPOINT} compiles at configure time: {why}");
+            println!("cargo::warning=agentplane: {entry} compiles at configure time: {why}");
             out.push_str(
                 "/// No program compiled at build time: see the build's warning.\npub static COMPILED: Option<Compiled> = None;\n",
             );
@@ -177,6 +192,7 @@ fn compiled(
 fn compile(
     modules: &[(&str, &str)],
     data_json: &str,
+    entrypoint: &str,
     out_dir: &Path,
 ) -> Result<Result<String, String>, String> {
     use regorus::languages::rego::compiler::Compiler;
@@ -201,13 +217,13 @@ fn compile(
     let in_package: Vec<&str> = modules
         .iter()
         .zip(&packages)
-        .filter(|(_, p)| p.as_str() == ENTRYPOINT)
+        .filter(|(_, p)| p.as_str() == entrypoint)
         .map(|((name, _), _)| *name)
         .collect();
     let (rule, package, limits) = if in_package.is_empty() {
-        (ENTRYPOINT.to_string(), false, false)
+        (entrypoint.to_string(), false, false)
     } else {
-        match entry::add(&mut engine, &in_package, ENTRYPOINT) {
+        match entry::add(&mut engine, &in_package, entrypoint) {
             Ok((rule, limits)) => (rule, true, limits),
             Err(e) => return Ok(Err(e.to_string())),
         }
@@ -271,9 +287,9 @@ fn compile(
     fs::write(out_dir.join("policy.rvm"), &bytes).map_err(|e| e.to_string())?;
     fs::write(out_dir.join("data.rvm"), &data_bytes).map_err(|e| e.to_string())?;
     Ok(Ok(format!(
-        "/// {ENTRYPOINT} compiled to RVM bytecode at build time.\n\
+        "/// {entrypoint} compiled to RVM bytecode at build time.\n\
          pub static COMPILED: Option<Compiled> = Some(Compiled {{\n\
-         \x20   entrypoint: {ENTRYPOINT:?},\n\
+         \x20   entrypoint: {entrypoint:?},\n\
          \x20   rule: {rule:?},\n\
          \x20   package: {package},\n\
          \x20   limits: {limits},\n\

@@ -35,13 +35,12 @@ pub(super) fn load(compiled: &Compiled) -> Result<Policy, PolicyError> {
     vm.load_program(Arc::new(program));
     vm.set_data(data)
         .map_err(|e| PolicyError::Compile(format!("compiled policy data: {e}")))?;
-    let rule = compiled.rule.to_string();
     Ok(Policy {
         backend: Backend::Rvm(vm),
         mode: if compiled.package {
-            Mode::Package(rule)
+            Mode::Package
         } else {
-            Mode::Rule(rule)
+            Mode::Rule
         },
         rvm_fallback: None,
         reads: crate::bundle::READS.map(|paths| {

@@ -1,6 +1,6 @@
-//! The embedded Rego policy: compiled once when the VM configures, then
-//! evaluated per request, turning whatever the policy returns into a
-//! [`Verdict`] that can only be "allow" when the policy clearly said so.
+//! The embedded Rego policy, ready to evaluate per request, turning
+//! whatever the policy returns into a [`Verdict`] that can only be "allow"
+//! when the policy clearly said so.
 //!
 //! Two entrypoint forms:
 //! - a package (`data.mcp.authz`): its `allow` rule must be `true` and its
@@ -11,51 +11,81 @@
 //!
 //! Undefined, mistyped or erroring results deny.
 //!
-//! `entry.rs` resolves a package entrypoint into one generated decision
-//! rule; `verdict.rs` turns what the policy returned into a [`Verdict`].
+//! Where the program comes from: `build.rs` compiles the bundle for the
+//! build's entrypoint and `compiled.rs` loads that program, with no Rego
+//! parsed or compiled when a VM starts. Compiling Rego at configure time
+//! (another entrypoint, the tree interpreter, a bundle the RVM cannot
+//! compile) needs the `rego-compiler` feature (`runtime.rs`, `entry.rs`):
+//! on by default for native builds and tests, left out of the shipped
+//! filter so V8 never compiles regorus' parser, compiler and interpreter.
+//! `verdict.rs` turns what the policy returned into a [`Verdict`].
 
-use regorus::languages::rego::compiler::Compiler;
-use regorus::rvm::RegoVM;
-use regorus::Engine;
 use serde_json::Value;
 use std::fmt;
 
 mod compiled;
+#[cfg(feature = "rego-compiler")]
 mod entry;
+#[cfg(feature = "rego-compiler")]
+mod runtime;
 mod verdict;
 
 pub use verdict::{PolicyError, Verdict};
 
-#[derive(Debug)]
+/// How the entry rule's answer is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Evaluates the generated `__agentplane_decision` rule, which reads
-    /// `allow` and `deny` in one evaluation so `deny` is computed once.
-    Package(String),
-    Rule(String),
-}
-
-impl Mode {
-    fn rule(&self) -> &str {
-        match self {
-            Mode::Package(r) | Mode::Rule(r) => r,
-        }
-    }
+    /// The generated `__agentplane_decision` rule of a package, which
+    /// reads `allow` and `deny` in one evaluation so `deny` is computed
+    /// once.
+    Package,
+    /// A rule answering a boolean or a response object.
+    Rule,
 }
 
 /// How the compiled bundle runs.
 enum Backend {
     /// regorus' register VM: the entry rule compiled to bytecode once.
-    Rvm(RegoVM),
-    /// regorus' tree interpreter, for policies the RVM cannot compile yet.
-    Interpreter(Engine),
+    Rvm(regorus::rvm::RegoVM),
+    /// regorus' tree interpreter and the rule it evaluates, for policies
+    /// the RVM cannot compile yet.
+    #[cfg(feature = "rego-compiler")]
+    Interpreter(regorus::Engine, String),
 }
 
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Rvm(_) => "Rvm",
-            Backend::Interpreter(_) => "Interpreter",
-        })
+        f.write_str(self.name())
+    }
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Rvm(_) => "rvm",
+            #[cfg(feature = "rego-compiler")]
+            Backend::Interpreter(..) => "interpreter",
+        }
+    }
+
+    /// Runs the entry rule; its answer stays a regorus value, read in
+    /// place by `verdict.rs`. `&mut`: the VM or engine keeps the input and
+    /// its registers between calls, and the worker that owns the policy
+    /// runs one evaluation at a time.
+    fn eval(&mut self, input: regorus::Value) -> Result<regorus::Value, PolicyError> {
+        match self {
+            Backend::Rvm(vm) => {
+                vm.set_input(input);
+                vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))
+            }
+            #[cfg(feature = "rego-compiler")]
+            Backend::Interpreter(engine, rule) => {
+                engine.set_input(input);
+                engine
+                    .eval_rule(rule.clone())
+                    .map_err(|e| PolicyError::Eval(e.to_string()))
+            }
+        }
     }
 }
 
@@ -76,94 +106,14 @@ pub struct Policy {
     built: bool,
 }
 
+/// Whether this build can compile Rego when a VM configures.
+pub const COMPILES_AT_CONFIGURE: bool = cfg!(feature = "rego-compiler");
+
 impl Policy {
     /// The input paths the policy reads, when they are all static
     /// (`None`: it may read any of the input). See [`crate::reads`].
     pub fn reads(&self) -> Option<&[crate::reads::Path]> {
         self.reads.as_deref()
-    }
-
-    /// [`Policy::compile_for`] with the RVM preferred.
-    pub fn compile(
-        modules: &[(&str, &str)],
-        data_json: &str,
-        entrypoint: &str,
-    ) -> Result<Policy, PolicyError> {
-        Policy::compile_for(modules, data_json, entrypoint, EngineChoice::Rvm)
-    }
-
-    /// Loads modules and data and resolves the entrypoint. All errors here
-    /// are configuration errors: the filter must not start. With
-    /// [`EngineChoice::Rvm`], a bundle the RVM cannot compile runs on the
-    /// interpreter and [`Policy::rvm_fallback`] says why.
-    pub fn compile_for(
-        modules: &[(&str, &str)],
-        data_json: &str,
-        entrypoint: &str,
-        choice: EngineChoice,
-    ) -> Result<Policy, PolicyError> {
-        let mut engine = Engine::new();
-        engine.set_rego_v0(false);
-        for (name, src) in modules {
-            engine
-                .add_policy((*name).to_string(), (*src).to_string())
-                .map_err(|e| PolicyError::Compile(format!("{name}: {e}")))?;
-        }
-        let data = regorus::Value::from_json_str(data_json)
-            .map_err(|e| PolicyError::Compile(format!("data.json: {e}")))?;
-        engine
-            .add_data(data)
-            .map_err(|e| PolicyError::Compile(format!("data.json: {e}")))?;
-
-        let packages = engine
-            .get_packages()
-            .map_err(|e| PolicyError::Compile(e.to_string()))?;
-        let in_package: Vec<&str> = modules
-            .iter()
-            .zip(&packages)
-            .filter(|(_, p)| p.as_str() == entrypoint)
-            .map(|((name, _), _)| *name)
-            .collect();
-        let (mode, limits) = if in_package.is_empty() {
-            (Mode::Rule(entrypoint.to_string()), false)
-        } else {
-            let (rule, limits) = entry::add(&mut engine, &in_package, entrypoint)?;
-            (Mode::Package(rule), limits)
-        };
-        // Resolve the entry rule with the interpreter first: a missing rule is
-        // a configuration error, whichever backend runs requests.
-        let rule = mode.rule().to_string();
-        let mut interpreter = Policy {
-            backend: Backend::Interpreter(engine.clone()),
-            mode,
-            rvm_fallback: None,
-            reads: crate::reads::input_reads(modules),
-            limits,
-            built: false,
-        };
-        Policy::eval_rule(
-            &mut interpreter.backend,
-            &rule,
-            regorus::Value::new_object(),
-        )
-        .map_err(|e| PolicyError::Entrypoint(format!("{rule}: {e}")))?;
-        if choice == EngineChoice::Interpreter {
-            return Ok(interpreter);
-        }
-        match compile_rvm(&mut engine, &rule, data_json) {
-            Ok(vm) => Ok(Policy {
-                backend: Backend::Rvm(vm),
-                mode: interpreter.mode,
-                rvm_fallback: None,
-                reads: interpreter.reads,
-                limits,
-                built: false,
-            }),
-            Err(why) => {
-                interpreter.rvm_fallback = Some(why);
-                Ok(interpreter)
-            }
-        }
     }
 
     /// Whether the policy can name limits (its package has a `limits`
@@ -174,10 +124,7 @@ impl Policy {
 
     /// Which backend evaluates requests: `"rvm"` or `"interpreter"`.
     pub fn backend(&self) -> &'static str {
-        match self.backend {
-            Backend::Rvm(_) => "rvm",
-            Backend::Interpreter(_) => "interpreter",
-        }
+        self.backend.name()
     }
 
     /// Why the RVM could not take this bundle, if it could not.
@@ -194,51 +141,28 @@ impl Policy {
     /// The bundle embedded at build time. On the RVM with the entrypoint
     /// `build.rs` compiled for, the program it compiled is loaded (a
     /// program that does not load is an error, not a recompile); otherwise
-    /// the bundle compiles now.
+    /// the bundle compiles now, in a build that can
+    /// ([`COMPILES_AT_CONFIGURE`]), and is a configuration error in one
+    /// that cannot.
     pub fn embedded(entrypoint: &str, choice: EngineChoice) -> Result<Policy, PolicyError> {
-        if choice == EngineChoice::Rvm {
-            if let Some(c) = crate::bundle::COMPILED
-                .as_ref()
-                .filter(|c| c.entrypoint == entrypoint)
-            {
-                return compiled::load(c);
-            }
+        match built_for(entrypoint, choice, crate::bundle::COMPILED.as_ref()) {
+            Some(c) => compiled::load(c),
+            None => Policy::compile_now(entrypoint, choice),
         }
+    }
+
+    #[cfg(feature = "rego-compiler")]
+    fn compile_now(entrypoint: &str, choice: EngineChoice) -> Result<Policy, PolicyError> {
         Policy::compile_runtime(entrypoint, choice)
     }
 
-    /// Compiles the embedded bundle's Rego now, as [`Policy::embedded`]
-    /// does when no build-time program fits (tests compare the two).
-    pub fn compile_runtime(entrypoint: &str, choice: EngineChoice) -> Result<Policy, PolicyError> {
-        Policy::compile_for(
-            crate::bundle::MODULES,
-            crate::bundle::DATA_JSON,
+    #[cfg(not(feature = "rego-compiler"))]
+    fn compile_now(entrypoint: &str, choice: EngineChoice) -> Result<Policy, PolicyError> {
+        Err(not_built(
             entrypoint,
             choice,
-        )
-    }
-
-    /// Runs the entry rule; its answer stays a regorus value, read in
-    /// place by `verdict.rs`. `&mut`: the VM or engine keeps the input and
-    /// its registers between calls, and the worker that owns the policy
-    /// runs one evaluation at a time.
-    fn eval_rule(
-        backend: &mut Backend,
-        rule: &str,
-        input: regorus::Value,
-    ) -> Result<regorus::Value, PolicyError> {
-        Ok(match backend {
-            Backend::Rvm(vm) => {
-                vm.set_input(input);
-                vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))?
-            }
-            Backend::Interpreter(engine) => {
-                engine.set_input(input);
-                engine
-                    .eval_rule(rule.to_string())
-                    .map_err(|e| PolicyError::Eval(e.to_string()))?
-            }
-        })
+            crate::bundle::COMPILED.as_ref(),
+        ))
     }
 
     /// [`Policy::evaluate`] for a JSON input (tests, tools).
@@ -249,31 +173,90 @@ impl Policy {
     /// Evaluates the policy for one input document (consumed: the request
     /// path builds it for this call only).
     pub fn evaluate(&mut self, input: regorus::Value) -> Result<Verdict, PolicyError> {
-        let backend = &mut self.backend;
-        match &self.mode {
-            Mode::Package(rule) => verdict::decision(Policy::eval_rule(backend, rule, input)?),
-            Mode::Rule(r) => verdict::response_object(Policy::eval_rule(backend, r, input)?),
+        let answer = self.backend.eval(input)?;
+        match self.mode {
+            Mode::Package => verdict::decision(answer),
+            Mode::Rule => verdict::response_object(answer),
         }
     }
 }
 
-/// Compiles the entry rule to RVM bytecode and loads program and data into
-/// a VM, checking that it answers the empty input like the interpreter.
-fn compile_rvm(engine: &mut Engine, rule: &str, data_json: &str) -> Result<RegoVM, String> {
-    let entry: regorus::Rc<str> = regorus::Rc::from(rule);
-    let compiled = engine
-        .compile_with_entrypoint(&entry)
-        .map_err(|e| e.to_string())?;
-    let program = Compiler::compile_from_policy(&compiled, &[rule]).map_err(|e| e.to_string())?;
-    let mut vm = RegoVM::new();
-    vm.load_program(program);
-    let data = regorus::Value::from_json_str(data_json).map_err(|e| e.to_string())?;
-    vm.set_data(data).map_err(|e| e.to_string())?;
-    vm.set_input(regorus::Value::new_object());
-    vm.execute().map_err(|e| e.to_string())?;
-    Ok(vm)
+/// The build-time program, when it is the one this configuration asks
+/// for: the same entrypoint, on the RVM.
+fn built_for<'a>(
+    entrypoint: &str,
+    choice: EngineChoice,
+    compiled: Option<&'a crate::bundle::Compiled>,
+) -> Option<&'a crate::bundle::Compiled> {
+    compiled.filter(|c| choice == EngineChoice::Rvm && c.entrypoint == entrypoint)
 }
+
+/// Why a build without the Rego compiler cannot run this configuration.
+#[cfg_attr(feature = "rego-compiler", allow(dead_code))]
+fn not_built(
+    entrypoint: &str,
+    choice: EngineChoice,
+    compiled: Option<&crate::bundle::Compiled>,
+) -> PolicyError {
+    let built = match compiled {
+        Some(c) => format!("the policy compiled for {} on the RVM", c.entrypoint),
+        None => "no compiled policy".to_string(),
+    };
+    let asked = match choice {
+        EngineChoice::Rvm => format!("entrypoint {entrypoint}"),
+        EngineChoice::Interpreter => format!("entrypoint {entrypoint} on the interpreter"),
+    };
+    PolicyError::Compile(format!(
+        "this filter carries {built} and compiles no Rego at configure time; \
+         the configuration asks for {asked}: rebuild with AGENTPLANE_ENTRYPOINT={entrypoint}, \
+         or with the rego-compiler feature"
+    ))
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod built_tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn shipped() -> Option<&'static crate::bundle::Compiled> {
+        crate::bundle::COMPILED.as_ref()
+    }
+
+    #[test]
+    fn the_build_time_program_serves_only_its_own_entrypoint_on_the_rvm() {
+        let c = shipped().expect("build.rs compiles the shipped bundle");
+        assert!(built_for(c.entrypoint, EngineChoice::Rvm, shipped()).is_some());
+        assert!(built_for(c.entrypoint, EngineChoice::Interpreter, shipped()).is_none());
+        assert!(built_for("data.other", EngineChoice::Rvm, shipped()).is_none());
+        assert!(built_for(c.entrypoint, EngineChoice::Rvm, None).is_none());
+    }
+
+    #[test]
+    fn a_build_without_the_compiler_names_what_it_carries_and_how_to_rebuild() {
+        let PolicyError::Compile(m) = not_built("data.other", EngineChoice::Rvm, shipped()) else {
+            panic!("a configuration error")
+        };
+        assert!(m.contains("compiled for data.mcp.authz"), "{m}");
+        assert!(m.contains("AGENTPLANE_ENTRYPOINT=data.other"), "{m}");
+        let PolicyError::Compile(m) = not_built("data.mcp.authz", EngineChoice::Interpreter, None)
+        else {
+            panic!("a configuration error")
+        };
+        assert!(m.contains("no compiled policy"), "{m}");
+        assert!(m.contains("on the interpreter"), "{m}");
+    }
+
+    #[test]
+    fn the_shipped_entrypoint_loads_without_compiling() {
+        let p = Policy::embedded("data.mcp.authz", EngineChoice::Rvm).unwrap();
+        assert_eq!(p.backend(), "rvm");
+        assert!(p.compiled_at_build());
+    }
+}
+
+#[cfg(all(test, feature = "rego-compiler"))]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
