@@ -95,3 +95,39 @@ fn a_canary_filter_runs_beside_the_current_one_on_its_own_listener() {
     }
     assert_ne!(revision[0], revision[1], "each listener runs its own build");
 }
+
+/// The shipped filter carries its policy compiled at build time and no
+/// Rego compiler: a configuration that would need Rego compiled when the
+/// VM starts (here another entrypoint) is refused, and the log says how to
+/// build a filter that has it. Nothing is served meanwhile.
+#[test]
+fn the_shipped_filter_refuses_an_entrypoint_it_was_not_built_for() {
+    let idp = Idp::new();
+    let up = Upstream::start();
+    let mut e = Envoy::spawn(&EnvoySetup::without_vault(
+        &idp,
+        up.port,
+        r#"{"policy": {"entrypoint": "data.mcp.authz.allow"}}"#.into(),
+    ));
+    let t0 = std::time::Instant::now();
+    while !e.log().contains("agentplane: refusing configuration") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no refusal in the log:\n{}",
+            e.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = e.log();
+    assert!(
+        log.contains("compiles no Rego at configure time")
+            && log.contains("AGENTPLANE_ENTRYPOINT=data.mcp.authz.allow"),
+        "log does not explain the problem:\n{log}"
+    );
+    // Refused at configure time, before the listener could serve: it
+    // never comes up.
+    assert!(
+        e.wait_ready(Duration::from_secs(3)).is_err(),
+        "the listener came up"
+    );
+}

@@ -123,6 +123,18 @@ fn seed(root: u32) -> u64 {
     std::collections::hash_map::RandomState::new().hash_one((root, abi::now_ns()))
 }
 
+/// The VM's linear memory, in bytes.
+fn linear_memory_bytes() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size(0) * 65_536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 pub(crate) fn on_configure(root: u32, size: usize) -> bool {
     let mut host = EnvoyHost::root(root);
     let config = match abi::buffer(abi::PLUGIN_CONFIGURATION, size) {
@@ -138,11 +150,23 @@ pub(crate) fn on_configure(root: u32, size: usize) -> bool {
             return false;
         }
     };
+    let t0 = abi::now_ns();
     match Filter::new(&config, seed(root)) {
         Ok(mut filter) => {
             if let Some(ms) = filter.on_configured(&mut host, VERSION) {
                 let _ = abi::set_tick_period_ms(u32::try_from(ms).unwrap_or(u32::MAX));
             }
+            // What this VM holds once configured (linear memory never
+            // shrinks, so this is also its peak so far), for the bench and
+            // for operators sizing sidecars.
+            host.log(
+                LogLevel::Info,
+                &format!(
+                    "agentplane: VM configured in {} us, linear memory {} KiB",
+                    abi::now_ns().saturating_sub(t0) / 1_000,
+                    linear_memory_bytes() / 1024
+                ),
+            );
             with(|p| p.roots.insert(root, Some(filter))).is_some()
         }
         Err(e) => {

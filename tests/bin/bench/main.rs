@@ -37,8 +37,9 @@
 //!
 //! Layout: [`render`] (each arm's Envoy configuration), [`load`] (wrk, the
 //! open-loop generator, CPU and latency figures), [`agents`] (many agents
-//! and the decision cache), [`mcp`] and [`txn`] (their arms), [`targets`]
-//! (this run's figures against the targets).
+//! and the decision cache), [`mcp`] and [`txn`] (their arms), [`startup`]
+//! (start-up and memory per VM, one worker and two), [`targets`] (this
+//! run's figures against the targets).
 
 #![allow(
     clippy::unwrap_used,
@@ -51,6 +52,7 @@ mod agents;
 mod load;
 mod mcp;
 mod render;
+mod startup;
 mod targets;
 mod txn;
 
@@ -58,6 +60,7 @@ use agents::*;
 use load::*;
 use mcp::*;
 use render::*;
+use startup::*;
 use targets::*;
 use txn::*;
 
@@ -172,6 +175,10 @@ fn main() {
     };
     if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("mcp") {
         mcp_arms(&setup, &base_config, secs, reps, warmup, &idp);
+        return;
+    }
+    if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("startup") {
+        startup_arms(&setup, reps);
         return;
     }
     if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("txn") {
