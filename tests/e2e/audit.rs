@@ -254,3 +254,100 @@ fn callouts_carry_the_requests_trace_context() {
     assert_eq!(login.one("x-request-id").as_deref(), Some(id.as_str()));
     assert!(upstream.seen().is_empty());
 }
+
+/// With `decision_log.sink` "access_log" records come through Envoy's
+/// access log (the shipped `envoy.yaml`'s file logger), each one line
+/// that is the prefix and a JSON object, none through Envoy's own log: an
+/// allowed request forwarded with the upstream's status (it waited for
+/// its secret first), the same request answered from the decision cache,
+/// and a denial with its 403. Neither the injected secret nor the agent's
+/// JWT is in any line.
+#[test]
+fn records_arrive_through_envoys_access_log_with_the_final_status() {
+    use agentplane_e2e::{Bao, Idp};
+    const CANARY: &str = "canary-access-log-7c1e0d-never-log";
+    let idp = Idp::new();
+    let bao = Bao::start();
+    bao.setup_agents(&idp);
+    bao.put_agent_secret("a@clients", json!({"api_key": CANARY}));
+    let mut cfg = agentplane_e2e::config_with_api_key(
+        json!({"cluster": "vault", "authority": "127.0.0.1", "role": "agent", "retries": 1}),
+        &["sentiment-analysis"],
+    );
+    cfg["decision_log"] = json!({"enabled": true, "sink": "access_log"});
+    let s = Stack::build(&cfg.to_string())
+        .idp(idp)
+        .vault(bao.port)
+        .start();
+    s.upstream.set_status(201);
+    let tok = s.idp.agent_token(
+        "a@clients",
+        "ml",
+        "support",
+        "production",
+        &["skills:invoke", "data:read"],
+    );
+    let auth = format!("Bearer {tok}");
+    let mut ids = Vec::new();
+    for (method, path, want) in [
+        ("POST", "/mcp://sentiment-analysis/analyze", 201),
+        ("POST", "/mcp://sentiment-analysis/analyze", 201),
+        ("GET", "/mcp://web-search/q", 403),
+    ] {
+        let r = s.envoy.request(method, path, &[("authorization", &auth)]);
+        assert_eq!(r.status, want, "{r:?}");
+        ids.push(r.header("x-decision-id").unwrap().to_string());
+    }
+    assert_eq!(s.upstream.seen()[0].all("x-api-key"), [CANARY]);
+
+    // The access log is flushed in the background: wait for all three.
+    let lines = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("agentplane-decision "))
+            .map(str::to_string)
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    let mut got = lines(&s.envoy.log());
+    while got.len() < 3 && t0.elapsed() < std::time::Duration::from_secs(15) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        got = lines(&s.envoy.log());
+    }
+    assert_eq!(got.len(), 3, "{got:#?}");
+    let recs: Vec<Value> = got
+        .iter()
+        .map(|l| {
+            let json = l
+                .strip_prefix("agentplane-decision ")
+                .unwrap_or_else(|| panic!("not an access-log line: {l}"));
+            serde_json::from_str(json).unwrap()
+        })
+        .collect();
+    let seen: Vec<(&str, u64, bool)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["decision_id"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+                r["cached"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (ids[0].as_str(), 201, false),
+            (ids[1].as_str(), 201, true),
+            (ids[2].as_str(), 403, false),
+        ]
+    );
+    assert_eq!(recs[0]["secrets"], json!(["x-api-key"]));
+    assert_eq!(recs[1]["input"]["request"]["id"], ids[1].as_str());
+    assert_eq!(
+        recs[2]["reason"],
+        "missing permission tools:access for action access_tool"
+    );
+    let log = s.envoy.log();
+    assert!(!log.contains(CANARY), "the secret in Envoy's logs");
+    assert!(!log.contains(&tok), "the agent's JWT in Envoy's logs");
+}

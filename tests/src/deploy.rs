@@ -19,14 +19,15 @@ use std::collections::HashMap;
 /// The demo's plugin configuration, the compose stack's too:
 /// `envoy/agentplane.json` plus the agent's API key from OpenBao on
 /// sentiment-analysis, PostgreSQL logins on model-registry, the decision
-/// log, and the tickets MCP skill. `vault_authority` is how OpenBao is
+/// log (through Envoy's access log), and the tickets MCP skill. `vault_authority` is how OpenBao is
 /// addressed (`:authority` of the callouts).
 pub fn demo_plugin_config(vault_authority: &str) -> Value {
     let mut cfg = crate::config_with_api_key(
         json!({"cluster": "vault", "authority": vault_authority}),
         &["sentiment-analysis"],
     );
-    cfg["decision_log"] = json!({"enabled": true});
+    // Records through Envoy's access log (envoy.yaml's decision logger).
+    cfg["decision_log"] = json!({"enabled": true, "sink": "access_log"});
     cfg["resources"]["model-registry"]["secrets"] = json!([
         {"database": "database/creds/readonly", "username_header": "x-db-username", "password_header": "x-db-password"}
     ]);

@@ -26,6 +26,12 @@ pub trait Host {
     /// `["metadata", "filter_metadata", "envoy.filters.http.jwt_authn"]`) as
     /// raw bytes. `None` when the property does not exist.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Sets a property of the current stream (Envoy keeps `name` as the
+    /// filter state `wasm.<name>`, which access loggers can write). False
+    /// when the host refused or has no such thing.
+    fn set_property(&mut self, _name: &str, _value: &[u8]) -> bool {
+        false
+    }
     /// All request headers (pseudo-headers included), in order, as the
     /// bytes the proxy holds: HTTP allows header values that are not UTF-8.
     /// `None` when the host could not hand the map over.
@@ -218,6 +224,10 @@ pub struct MockHost {
     metric_names: Vec<String>,
     /// Environment variables [`Host::env_var`] answers from.
     pub env: BTreeMap<String, String>,
+    /// Properties the filter set, by name (the last value set).
+    pub set_properties: BTreeMap<String, Vec<u8>>,
+    /// When set, the host refuses to set properties.
+    pub refuse_set_property: bool,
 }
 
 impl MockHost {
@@ -273,6 +283,14 @@ impl Host for MockHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
         self.properties.get(&key).cloned()
+    }
+
+    fn set_property(&mut self, name: &str, value: &[u8]) -> bool {
+        if self.refuse_set_property {
+            return false;
+        }
+        self.set_properties.insert(name.to_string(), value.to_vec());
+        true
     }
 
     fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {

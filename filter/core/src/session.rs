@@ -377,13 +377,8 @@ impl Table {
     /// The response of an allowed request to an MCP service: a session id
     /// the server hands out is bound to the request's principal; a DELETE
     /// the server accepted frees its session's binding. When a binding is
-    /// made, the decision record (if any) names its digest.
-    pub fn on_response<H: Host>(
-        &self,
-        host: &mut H,
-        t: &Ticket,
-        record: Option<&mut serde_json::Value>,
-    ) {
+    /// made, its digest is returned, for the decision record to name.
+    pub fn on_response<H: Host>(&self, host: &mut H, t: &Ticket) -> Option<String> {
         if let (true, Some(sent)) = (t.ends, &t.sent) {
             let status = host
                 .response_header(":status")
@@ -392,14 +387,12 @@ impl Table {
                 self.end(host, sent, t.owner);
             }
         }
-        let Some(id) = host.response_header(HEADER) else {
-            return;
-        };
+        let id = host.response_header(HEADER)?;
         let d = digest(&id);
         // The request's own session: checked and refreshed on the way in
         // (and not bound again after a DELETE).
         if t.sent == Some(d) {
-            return;
+            return None;
         }
         let short = |d: &[u8; 32]| d.first_chunk::<6>().map_or_else(String::new, |c| hex(c));
         if !valid_id(&id) {
@@ -410,7 +403,7 @@ impl Table {
                     short(&d)
                 ),
             );
-            return;
+            return None;
         }
         let bound = self.bind(host, &d, t.owner);
         let (level, what) = match bound {
@@ -429,17 +422,8 @@ impl Table {
             level,
             &format!("agentplane: MCP session {} {what}", short(&d)),
         );
-        if matches!(bound, Bound::New | Bound::Evicted | Bound::Kept) {
-            // Beside the request's own session digest, if it named one.
-            if let Some(obj) = record.and_then(serde_json::Value::as_object_mut) {
-                let s = obj
-                    .entry("mcp_session")
-                    .or_insert_with(|| serde_json::json!({}));
-                if let Some(s) = s.as_object_mut() {
-                    s.insert("bound_sha256".into(), hex(&d).into());
-                }
-            }
-        }
+        // Beside the request's own session digest, if it named one.
+        matches!(bound, Bound::New | Bound::Evicted | Bound::Kept).then(|| hex(&d))
     }
 }
 

@@ -46,7 +46,7 @@ fn host(shared: &crate::host::SharedData, now: u64) -> MockHost {
 fn open(t: &Table, shared: &crate::host::SharedData, now: u64, p: &Principal, id: &str) {
     let mut h = host(shared, now);
     h.response_headers = vec![(":status".into(), "200".into()), (HEADER.into(), id.into())];
-    t.on_response(&mut h, &ticket(p, "POST", None), None);
+    t.on_response(&mut h, &ticket(p, "POST", None));
 }
 
 fn admit(
@@ -176,7 +176,7 @@ fn a_delete_the_server_accepted_ends_the_binding_and_a_refused_one_keeps_it() {
     let delete = |p: &Principal, status: &str| {
         let mut h = host(&shared, T0);
         h.response_headers = vec![(":status".into(), status.into())];
-        t.on_response(&mut h, &ticket(p, "DELETE", Some("sa")), None);
+        t.on_response(&mut h, &ticket(p, "DELETE", Some("sa")));
     };
     // Not the owner's (never forwarded in the filter; here: no effect).
     delete(&b, "200");
@@ -196,18 +196,14 @@ fn shared_data_and_logs_hold_digests_never_the_session_id() {
     let id = "3f1c2b9e-secret-session-id";
     let mut h = host(&shared, T0);
     h.response_headers = vec![(HEADER.into(), id.into())];
-    let mut record = json!({"decision_id": "d"});
-    t.on_response(&mut h, &ticket(&a, "POST", None), Some(&mut record));
+    let bound = t.on_response(&mut h, &ticket(&a, "POST", None));
     let needle = id.as_bytes();
     for (k, (v, _)) in shared.borrow().iter() {
         assert!(!k.contains(id));
         assert!(!v.windows(needle.len()).any(|w| w == needle));
     }
     assert!(h.logs.borrow().iter().all(|(_, l)| !l.contains(id)));
-    assert_eq!(
-        record["mcp_session"]["bound_sha256"],
-        hex(&digest(id)).as_str()
-    );
+    assert_eq!(bound, Some(hex(&digest(id))));
     assert_eq!(admit(&t, &shared, T0, &a, id), Ok(()));
 }
 

@@ -99,6 +99,12 @@ extern "C" {
         out: *mut *mut u8,
         out_size: *mut usize,
     ) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_send_local_response(
         status: u32,
         details: *const u8,
@@ -375,6 +381,13 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>> {
         OK | NOT_FOUND => Ok(None),
         c => Err(Status(c)),
     }
+}
+
+/// Sets a property of the current stream (one path segment: Envoy keeps
+/// it as the filter state `wasm.<name>`).
+pub fn set_property(name: &str, value: &[u8]) -> Result<()> {
+    // SAFETY: live slices for the call.
+    check(unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// Ends the current stream with a local reply.

@@ -423,6 +423,10 @@ impl Host for EnvoyHost {
         abi::property(path).ok().flatten()
     }
 
+    fn set_property(&mut self, name: &str, value: &[u8]) -> bool {
+        abi::set_property(name, value).is_ok()
+    }
+
     fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         abi::header_pairs(abi::REQUEST_HEADERS).ok()
     }

@@ -77,7 +77,10 @@ impl Envoy {
             .arg(dir.join("envoy.yaml"))
             .arg("--admin-address-path")
             .arg(dir.join("admin.address"))
-            .args(["--use-dynamic-base-id", "-l", "info", "--concurrency"])
+            .args(["--use-dynamic-base-id", "-l", "info"])
+            // Access logs (decision records among them) reach the log file
+            // within 200 ms instead of Envoy's default 10 s.
+            .args(["--file-flush-interval-msec", "200", "--concurrency"])
             .arg(rendered.workers.to_string())
             .envs(rendered.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))

@@ -1,6 +1,6 @@
 //! The `decision_log` section: which decisions are logged, what is masked
-//! out of their input, and the optional HTTP collector records are
-//! shipped to (see [`crate::audit`]).
+//! out of their input, where records are written (`sink`), and the
+//! optional HTTP collector records are shipped to (see [`crate::audit`]).
 
 use super::error::{invalid, ConfigError};
 use serde::Deserialize;
@@ -9,8 +9,10 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecisionLogConfig {
-    /// Write one record per logged decision to Envoy's log.
+    /// Write one record per logged decision (to `sink`).
     pub enabled: bool,
+    /// Where records are written when the stream ends.
+    pub sink: Sink,
     /// Share of allowed decisions logged (0.0–1.0); denies are always logged.
     pub sample_allowed: f64,
     /// JSON pointers removed from every record's input, e.g.
@@ -27,12 +29,29 @@ impl Default for DecisionLogConfig {
     fn default() -> Self {
         DecisionLogConfig {
             enabled: false,
+            sink: Sink::default(),
             sample_allowed: 1.0,
             mask: Vec::new(),
             collector: None,
             mandatory: false,
         }
     }
+}
+
+/// Where the filter hands its records over.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Sink {
+    /// Envoy's application log, one line per record starting with
+    /// `agentplane-decision ` (written synchronously by Envoy's logger:
+    /// costly per record, but needs no Envoy configuration).
+    #[default]
+    EnvoyLog,
+    /// Envoy's access log: the record is set as the stream's filter state
+    /// `wasm.agentplane_decision`, which an access logger configured with
+    /// `%FILTER_STATE(wasm.agentplane_decision:PLAIN)%` writes (buffered,
+    /// natively). Records are lost if Envoy has no such logger.
+    AccessLog,
 }
 
 /// An HTTP collector for decision records: `POST <path>` with a JSON array.

@@ -27,7 +27,7 @@ mod txn;
 mod vault;
 
 pub use cache::DecisionCacheConfig;
-pub use decision_log::{CollectorConfig, DecisionLogConfig};
+pub use decision_log::{CollectorConfig, DecisionLogConfig, Sink};
 pub use error::ConfigError;
 pub use headers::{HeadersConfig, ALWAYS_STRIPPED, SERVICE_HEADER, TRUSTED_HEADERS};
 pub use identity::{AudienceMode, IdentityConfig, SourceConfig};

@@ -59,7 +59,10 @@ impl Configured {
     ) -> ResponseBody {
         if let Some(t) = &decision.session {
             let table = crate::session::Table::new(&self.config.mcp);
-            table.on_response(host, t, decision.record.as_mut());
+            let bound = table.on_response(host, t);
+            if let (Some(digest), Some(r)) = (bound, decision.record.as_mut()) {
+                r.bind_session(digest);
+            }
         }
         for (k, v) in self.reply_headers(decision) {
             host.set_response_header(k, v);

@@ -4,6 +4,7 @@
 
 use super::{Carried, Configured, Decision, Flow, Paused, Refused, Wait, Worker};
 use crate::audit::{self, Trail};
+use crate::config::Sink;
 use crate::host::{Host, LogLevel};
 use crate::outcome::{Challenge, Denial, Reply, State};
 
@@ -91,7 +92,7 @@ impl Configured {
         decision: &Decision,
         trail: &Trail,
         now_ns: u64,
-    ) -> Option<serde_json::Value> {
+    ) -> Option<audit::Record> {
         let log = &self.config.decision_log;
         if !log.enabled || (decision.allowed() && !audit::sampled(log, &decision.id)) {
             return None;
@@ -133,15 +134,34 @@ impl Configured {
             }
             return;
         };
-        let status = host
-            .property(&["response", "code"])
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .and_then(|b| u16::try_from(u64::from_le_bytes(b)).ok());
-        let json = audit::finish(record, status);
-        host.log(LogLevel::Info, &format!("{}{json}", audit::PREFIX));
+        // The response status is only read when the filter did not answer.
+        let status = record.needs_status().then(|| {
+            host.property(&["response", "code"])
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .and_then(|b| u16::try_from(u64::from_le_bytes(b)).ok())
+        });
+        let json = audit::finish(record, status.flatten());
+        self.write_record(host, &json);
         if let Some(sh) = w.shipper.as_mut() {
             sh.push(json, host.now_ns(), reserved);
         }
+    }
+
+    /// Hands a finished record to the configured sink. Envoy's access log
+    /// takes it as the stream's filter state, written after this (the
+    /// filter's log callback runs before the access loggers); if Envoy
+    /// refuses the property, the record goes to Envoy's log instead of
+    /// being lost.
+    fn write_record<H: Host>(&self, host: &mut H, json: &str) {
+        if self.config.decision_log.sink == Sink::AccessLog
+            && host.set_property(audit::PROPERTY, json.as_bytes())
+        {
+            return;
+        }
+        let mut line = String::with_capacity(audit::PREFIX.len() + json.len());
+        line.push_str(audit::PREFIX);
+        line.push_str(json);
+        host.log(LogLevel::Info, &line);
     }
 
     /// The one place a refusal becomes its reply, whether the stream is

@@ -37,7 +37,7 @@ pub struct Decision {
     pub agent: Option<String>,
     /// The decision-log record, when this decision is logged; written by
     /// [`Filter::on_log`] with the final status.
-    pub record: Option<serde_json::Value>,
+    pub record: Option<crate::audit::Record>,
     /// The request id, echoed as `x-mcp-trace-id`.
     pub request_id: String,
     /// `x-mcp-metrics` value, when `headers.metrics_header` is on.

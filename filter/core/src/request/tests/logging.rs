@@ -205,3 +205,59 @@ fn metrics_header_reports_the_filters_own_timing_when_enabled() {
     assert!(!h.response_headers.iter().any(|(k, _)| k == METRICS_HEADER));
 }
 // --- attacks: each test is named after what it stops --------
+
+#[test]
+fn the_access_log_sink_hands_records_to_envoy_as_filter_state() {
+    let mut f = logged_filter(json!({"enabled": true, "sink": "access_log",
+        "mask": ["/input/jwt/payload/email"]}));
+    let property = |h: &MockHost| -> Option<Value> {
+        let v = h.set_properties.get(crate::audit::PROPERTY)?;
+        Some(serde_json::from_slice(v).unwrap())
+    };
+    let req = || {
+        request(
+            "POST",
+            "/mcp://hello-skill/greet",
+            Some(claims(json!({"email": "canary@x.org"}))),
+        )
+        .with_header("authorization", "Bearer canary-jwt")
+        .with_property(&["response", "code"], 201u64.to_le_bytes().to_vec())
+    };
+    let mut h = req();
+    let (_, d) = f.on_request_headers(&mut h);
+    assert!(property(&h).is_none(), "handed over when the stream ends");
+    f.on_log(&mut h, &mut d.clone());
+    assert!(log_lines(&h).is_empty(), "not in Envoy's log");
+    let raw = String::from_utf8(h.set_properties[crate::audit::PROPERTY].clone()).unwrap();
+    assert!(!raw.contains("canary") && !raw.contains('\n'), "{raw}");
+    let r = property(&h).unwrap();
+    assert_eq!(
+        (r["decision_id"].as_str(), &r["status"]),
+        (Some(d.id.as_str()), &json!(201))
+    );
+    assert_eq!(r["cached"], false);
+
+    // A denial carries the filter's own status; Envoy refusing the
+    // property sends the record to Envoy's log rather than losing it.
+    let mut h = request(
+        "POST",
+        "/mcp://hello-skill/greet",
+        Some(claims(json!({"permissions": []}))),
+    );
+    h.refuse_set_property = true;
+    let (_, d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d.clone());
+    let recs = log_lines(&h);
+    assert_eq!((recs.len(), &recs[0]["status"]), (1, &json!(403)));
+
+    // A cache hit: this request's record, with the cached input.
+    let mut h = req();
+    let (_, d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d.clone());
+    let r = property(&h).unwrap();
+    assert_eq!((&r["cached"], &r["status"]), (&json!(true), &json!(201)));
+    assert_eq!(r["input"]["request"]["id"], d.id.as_str());
+
+    let e = Filter::new(br#"{"decision_log": {"sink": "file"}}"#, 1).unwrap_err();
+    assert!(e.to_string().contains("access_log"), "{e}");
+}
