@@ -15,12 +15,14 @@ use super::*;
 ///   only after 8,000 other requests.
 ///
 /// Arms: S2, S2R, S3L, S0W (do-nothing wasm filter: Envoy's own wasm
-/// cost), S4 (cache on) and S4U (cache off). The decision cache's hit ratio
-/// is read from Envoy's stats around each measured run.
+/// cost), S4 (cache on), S4U (cache off), S4Q (a rate limit per agent),
+/// S4L (every decision logged through Envoy's access log) and S4LE (through
+/// Envoy's application log). The decision cache's hit ratio is read from
+/// Envoy's stats around each measured run.
 pub(crate) fn many_agents(
     setup: &EnvoySetup,
     base_config: &str,
-    uncached: &str,
+    (uncached, logged, logged_envoy): (&str, &str, &str),
     secs: u32,
     reps: usize,
     warmup: u32,
@@ -63,6 +65,18 @@ pub(crate) fn many_agents(
             true,
             Some(base_config),
         ),
+        arm(
+            "S4L S4 + decision log, every decision",
+            Kind::Filter,
+            true,
+            Some(logged),
+        ),
+        arm(
+            "S4LE S4L through Envoy's log",
+            Kind::Filter,
+            true,
+            Some(logged_envoy),
+        ),
     ];
     // Other filter builds side by side (`AGENTPLANE_BENCH_EXTRA`), with the
     // cache on and off: a before/after comparison in one run.
@@ -71,7 +85,11 @@ pub(crate) fn many_agents(
         .split(',')
     {
         if let Some((name, path)) = extra.split_once('=') {
-            for (arm_name, pc) in [("S4", base_config), ("S4U", uncached)] {
+            for (arm_name, pc) in [
+                ("S4", base_config),
+                ("S4U", uncached),
+                ("S4LE", logged_envoy),
+            ] {
                 arms.push(Arm {
                     wasm: Some(path.to_string()),
                     ..arm(&format!("{arm_name} {name}"), Kind::Filter, true, Some(pc))

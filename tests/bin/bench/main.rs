@@ -18,8 +18,10 @@
 //!   cost of a miss, e.g. a new token or path)
 //! - S4S S4 + the agent's API key from OpenBao injected into every allowed
 //!   request (cached after the first fetch)
-//! - S4L / S4Ls S4 + the decision log in Envoy's log, every decision / 1% of
-//!   allowed ones (denies always)
+//! - S4L / S4Ls S4 + the decision log through Envoy's access log (sink
+//!   `access_log`, the shipped decision logger writing to the log file),
+//!   every decision / 1% of allowed ones (denies always)
+//! - S4LE S4L through Envoy's application log (sink `envoy_log`)
 //!
 //! Per arm: requests/s at saturation (wrk -t1 -c16), Envoy's own CPU time
 //! per request (from /proc), p50/p99 latency at a fixed rate below
@@ -189,7 +191,14 @@ fn main() {
     uncached["decision_cache"] = serde_json::json!({ "enabled": false });
     let logged = |sample: f64| {
         let mut c: serde_json::Value = serde_json::from_str(&base_config).unwrap();
-        c["decision_log"] = serde_json::json!({"enabled": true, "sample_allowed": sample});
+        c["decision_log"] =
+            serde_json::json!({"enabled": true, "sample_allowed": sample, "sink": "access_log"});
+        c.to_string()
+    };
+    // Through Envoy's log: no `sink` key, so older filter builds take it too.
+    let logged_envoy = {
+        let mut c: serde_json::Value = serde_json::from_str(&base_config).unwrap();
+        c["decision_log"] = serde_json::json!({"enabled": true});
         c.to_string()
     };
     let arm = |name: &str, kind: Kind, enforces: bool| Arm {
@@ -221,6 +230,10 @@ fn main() {
             plugin_config: Some(logged(0.01)),
             ..arm("S4Ls S4 + decision log, 1% of allows", Kind::Filter, true)
         },
+        Arm {
+            plugin_config: Some(logged_envoy.clone()),
+            ..arm("S4LE S4L through Envoy's log", Kind::Filter, true)
+        },
     ];
     for extra in std::env::var("AGENTPLANE_BENCH_EXTRA")
         .unwrap_or_default()
@@ -230,6 +243,11 @@ fn main() {
             arms.push(Arm {
                 wasm: Some(path.to_string()),
                 ..arm(&format!("S4 {name}"), Kind::Filter, true)
+            });
+            arms.push(Arm {
+                wasm: Some(path.to_string()),
+                plugin_config: Some(logged_envoy.clone()),
+                ..arm(&format!("S4LE {name}"), Kind::Filter, true)
             });
         }
     }
@@ -315,7 +333,7 @@ fn main() {
     let mut rows = many_agents(
         &setup,
         &base_config,
-        &uncached.to_string(),
+        (&uncached.to_string(), &logged(1.0), &logged_envoy),
         secs,
         reps,
         warmup,

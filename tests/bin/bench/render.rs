@@ -1,5 +1,6 @@
 //! Each arm's Envoy configuration: the shipped one, edited as YAML (no
-//! access log; without agentplane, one route; the arm's filters in
+//! request access log, the decision logger only where the filter writes
+//! records to it; without agentplane, one route; the arm's filters in
 //! agentplane's place, from `envoy/bench/`).
 
 use super::*;
@@ -37,11 +38,27 @@ pub(crate) fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedE
     let mut r = render_envoy(&setup2, true);
     r.edit(|v| {
         let l = yaml::listener(v, yaml::AGENT_LISTENER);
-        // No access log in any arm: log I/O would dilute every filter's cost.
-        let log = yaml::hcm(l)
+        // No request access log in any arm: log I/O would dilute every
+        // filter's cost. An arm whose records go through Envoy's access
+        // log keeps the shipped decision logger (its cost is the sink's).
+        let logs = yaml::hcm(l)
             .as_object_mut()
-            .and_then(|m| m.remove("access_log"));
-        assert!(log.is_some(), "the shipped config's access log");
+            .and_then(|m| m.remove("access_log"))
+            .expect("the shipped config's access log");
+        if access_log_sink(arm) {
+            let decisions = logs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|x| {
+                    x["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+                        .as_str()
+                        .is_some_and(|f| f.starts_with("agentplane-decision "))
+                })
+                .expect("the shipped config's decision logger")
+                .clone();
+            yaml::hcm(l)["access_log"] = json!([decisions]);
+        }
         if arm.kind != Kind::Filter {
             // Without agentplane nothing names the authorized service: route
             // every request to one service, as the chain it replaces did.
@@ -83,6 +100,14 @@ pub(crate) fn render(arm: &Arm, setup: &EnvoySetup) -> agentplane_e2e::RenderedE
         }
     });
     r
+}
+
+/// Whether the arm's filter hands its records to Envoy's access log.
+fn access_log_sink(arm: &Arm) -> bool {
+    arm.plugin_config
+        .as_deref()
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+        .is_some_and(|c| c["decision_log"]["sink"] == "access_log")
 }
 
 /// The do-nothing filter (`./build.sh bench` builds it).
