@@ -40,7 +40,8 @@
 //! Layout: [`render`] (each arm's Envoy configuration), [`load`] (wrk, the
 //! open-loop generator, CPU and latency figures), [`agents`] (many agents
 //! and the decision cache), [`mcp`] and [`txn`] (their arms), [`startup`]
-//! (start-up and memory per VM, one worker and two), [`targets`] (this
+//! (start-up and memory per VM, one worker and two), [`split`] (where a
+//! miss goes under V8, by the filter's own clock), [`targets`] (this
 //! run's figures against the targets).
 
 #![allow(
@@ -54,6 +55,7 @@ mod agents;
 mod load;
 mod mcp;
 mod render;
+mod split;
 mod startup;
 mod targets;
 mod txn;
@@ -62,6 +64,7 @@ use agents::*;
 use load::*;
 use mcp::*;
 use render::*;
+use split::*;
 use startup::*;
 use targets::*;
 use txn::*;
@@ -177,6 +180,10 @@ fn main() {
     };
     if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("mcp") {
         mcp_arms(&setup, &base_config, secs, reps, warmup, &idp);
+        return;
+    }
+    if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("split") {
+        split_arms(&setup, &base_config, reps, &idp);
         return;
     }
     if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("startup") {
