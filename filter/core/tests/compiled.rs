@@ -4,6 +4,17 @@
 //! keys missing, values changed and booleans flipped. A build-time program
 //! that drifted from the sources (stale, or compiled another way) fails
 //! here.
+//!
+//! A property test then compares the program that ships with regorus'
+//! tree interpreter on generated inputs (`compiled/gen.rs`): the kata
+//! inputs and the shapes they lack, mutated by a seeded PRNG. Every
+//! evaluation the filter makes (the decision and list filtering alike) is
+//! one evaluation of the package's decision rule, so the whole [`Verdict`]
+//! is compared: allowed, reasons, status, headers, `valid_until_ns`, the
+//! missing scope, `visible` and the limits. `AGENTPLANE_EQUIV_CASES` sets
+//! how many inputs (default 2500), `AGENTPLANE_EQUIV_SEED` the seed; a
+//! failure prints both, the input, and the input shrunk to what still
+//! fails.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,10 +23,16 @@
     clippy::indexing_slicing
 )]
 
-use agentplane_core::policy::{EngineChoice, Policy};
-use serde_json::Value;
+use agentplane_core::bundle;
+use agentplane_core::policy::{EngineChoice, Policy, PolicyError, Verdict};
+use gen::{Gen, Rng};
+use serde_json::{json, Value};
 use std::fs;
 use std::path::Path;
+use std::sync::OnceLock;
+
+#[path = "compiled/gen.rs"]
+mod gen;
 
 const ENTRY: &str = "data.mcp.authz";
 
@@ -121,4 +138,340 @@ fn other_entrypoints_and_the_interpreter_compile_at_configure_time() {
     let p = Policy::embedded("data.mcp.authz.allow", EngineChoice::Rvm).unwrap();
     assert!(!p.compiled_at_build());
     assert!(Policy::embedded("data.nope", EngineChoice::Rvm).is_err());
+}
+
+type Outcome = Result<Verdict, PolicyError>;
+
+/// How the shipped program's answer relates to the interpreter's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relation {
+    /// The same verdict, or errors of the same kind (the engines word
+    /// their errors differently; the filter answers every kind alike).
+    Same,
+    /// Known divergence: a builtin or `some .. in` given the wrong type
+    /// (`object.get` on a string, `%` on null, iterating null) is an error
+    /// to the interpreter (as to `opa eval --strict-builtin-errors`) and
+    /// undefined to the RVM (as to OPA by default). The interpreter then
+    /// has no answer to compare with; the shipped program must still give
+    /// exactly the answer of the same Rego compiled to the RVM at run
+    /// time. Here the shipped program denies.
+    TypeErrorDenied,
+    /// FINDING, the same divergence where the shipped program ALLOWS (see
+    /// `known_divergence_the_rvm_allows_where_the_interpreter_fails`).
+    TypeErrorAllowed,
+    /// Anything else: a bug to report.
+    Differ,
+}
+
+/// The relation of the shipped program's answer `built` to the
+/// interpreter's `tree`; `now` (the Rego compiled to the RVM at run time)
+/// answers where the interpreter cannot.
+fn relate(built: &Outcome, tree: &Outcome, now: impl FnOnce() -> Outcome) -> Relation {
+    let type_error = |e: &str| e.contains(" expects ") || e.contains("on floating-point number");
+    match (built, tree) {
+        (Ok(x), Ok(y)) if x == y => Relation::Same,
+        (Err(x), Err(y)) if std::mem::discriminant(x) == std::mem::discriminant(y) => {
+            Relation::Same
+        }
+        (Ok(v), Err(PolicyError::Eval(e))) if type_error(e) => {
+            if now() != *built {
+                Relation::Differ
+            } else if v.allowed {
+                Relation::TypeErrorAllowed
+            } else {
+                Relation::TypeErrorDenied
+            }
+        }
+        _ => Relation::Differ,
+    }
+}
+
+/// The three policies a comparison needs, evaluated afresh.
+struct Judges {
+    /// The program under test: the shipped one, or a wrong one.
+    built: Policy,
+    tree: Policy,
+    now: Policy,
+}
+
+impl Judges {
+    fn new(built: Policy) -> Judges {
+        let tree = Policy::compile_runtime(ENTRY, EngineChoice::Interpreter).unwrap();
+        assert_eq!(tree.backend(), "interpreter");
+        let now = Policy::compile_runtime(ENTRY, EngineChoice::Rvm).unwrap();
+        assert_eq!(now.backend(), "rvm");
+        Judges { built, tree, now }
+    }
+
+    fn relate(&mut self, input: &Value) -> Relation {
+        let (b, t) = (
+            self.built.evaluate_json(input),
+            self.tree.evaluate_json(input),
+        );
+        relate(&b, &t, || self.now.evaluate_json(input))
+    }
+}
+
+/// `v` with strings over 80 characters cut, for a readable report (the
+/// seed gives the whole input back).
+fn brief(v: &Value) -> Value {
+    match v {
+        Value::String(s) if s.chars().count() > 80 => {
+            let head: String = s.chars().take(40).collect();
+            Value::from(format!("{head}…({} chars)", s.chars().count()))
+        }
+        Value::Array(a) => a.iter().map(brief).collect(),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), brief(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// One input of the comparison and the interpreter's answer to it.
+struct Case {
+    /// Where it came from: `AGENTPLANE_EQUIV_SEED=<n>` makes it first.
+    origin: String,
+    input: Value,
+    tree: Outcome,
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The generator's seeds and `AGENTPLANE_EQUIV_CASES` inputs generated
+/// from `AGENTPLANE_EQUIV_SEED` (input `i` from seed `seed + i` alone, so
+/// one reruns by itself), with the interpreter's answers: computed once
+/// for every test here, since the interpreter costs most of the time.
+fn corpus() -> &'static [Case] {
+    static CORPUS: OnceLock<Vec<Case>> = OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let (seed, cases) = (
+            env("AGENTPLANE_EQUIV_SEED", 0x5eed),
+            env("AGENTPLANE_EQUIV_CASES", 2500),
+        );
+        let mut tree = Policy::compile_runtime(ENTRY, EngineChoice::Interpreter).unwrap();
+        let kata = kata_inputs();
+        let allowed = kata
+            .iter()
+            .find(|i| tree.evaluate_json(i).is_ok_and(|v| v.allowed))
+            .expect("a kata input the policy allows")
+            .clone();
+        let data: Value = serde_json::from_str(bundle::DATA_JSON).unwrap();
+        let built = Policy::embedded(ENTRY, EngineChoice::Rvm).unwrap();
+        let reads = built
+            .reads()
+            .expect("the shipped policy reads static paths");
+        let gen = Gen::new(kata, &allowed, &data, reads);
+        let seeds = gen.seeds().iter().enumerate();
+        let seeds = seeds.map(|(i, s)| (format!("seed input {i}"), s.clone()));
+        let generated = (0..cases).map(|i| {
+            let s = seed.wrapping_add(i);
+            (format!("AGENTPLANE_EQUIV_SEED={s}"), gen.input(&mut Rng(s)))
+        });
+        println!("seed {seed}, {cases} generated inputs");
+        seeds
+            .chain(generated)
+            .map(|(origin, input)| Case {
+                tree: tree.evaluate_json(&input),
+                origin,
+                input,
+            })
+            .collect()
+    })
+}
+
+/// The first case of each relation but [`Relation::Same`], and how many.
+type Found = Vec<(Relation, &'static Case, usize)>;
+
+/// Every case through `j.built`; stops at the first [`Relation::Differ`].
+fn compare(j: &mut Judges) -> Found {
+    let mut found: Found = Vec::new();
+    for case in corpus() {
+        let b = j.built.evaluate_json(&case.input);
+        let r = relate(&b, &case.tree, || j.now.evaluate_json(&case.input));
+        if r == Relation::Same {
+            continue;
+        }
+        match found.iter_mut().find(|f| f.0 == r) {
+            Some(f) => f.2 += 1,
+            None => found.push((r, case, 1)),
+        }
+        if r == Relation::Differ {
+            break;
+        }
+    }
+    found
+}
+
+#[test]
+fn the_shipped_program_decides_like_the_interpreter_on_generated_inputs() {
+    let built = Policy::embedded(ENTRY, EngineChoice::Rvm).unwrap();
+    assert!(built.compiled_at_build());
+    let mut j = Judges::new(built);
+    for (r, case, n) in compare(&mut j) {
+        let input = &case.input;
+        let (b, t) = (j.built.evaluate_json(input), &case.tree);
+        let at = format!("{r:?} at {}\ninput: {}", case.origin, brief(input));
+        if r != Relation::Differ {
+            // Tolerated: shown, not shrunk (the interpreter is slow).
+            println!("{n} times {at}\nshipped: {b:?}\ninterpreter: {t:?}");
+            continue;
+        }
+        let shrunk = gen::shrink(input.clone(), |i| j.relate(i) == r);
+        let (b, t) = (
+            j.built.evaluate_json(&shrunk),
+            j.tree.evaluate_json(&shrunk),
+        );
+        panic!(
+            "the shipped program and the interpreter differ: {at}\nshrunk: {}\n\
+             on it, shipped: {b:?}\non it, interpreter: {t:?}",
+            brief(&shrunk)
+        );
+    }
+    // Every part of the verdict must have been reached, both ways.
+    let answers: Vec<&Verdict> = corpus()
+        .iter()
+        .filter_map(|c| c.tree.as_ref().ok())
+        .collect();
+    let n = corpus().len();
+    for (what, count) in [
+        ("allowed", answers.iter().filter(|v| v.allowed).count()),
+        (
+            "refused with reasons",
+            answers.iter().filter(|v| !v.reasons.is_empty()).count(),
+        ),
+        (
+            "with a missing scope",
+            answers.iter().filter(|v| v.scope.is_some()).count(),
+        ),
+        (
+            "with visible names",
+            answers
+                .iter()
+                .filter(|v| v.visible.as_ref().is_some_and(|v| !v.is_empty()))
+                .count(),
+        ),
+        (
+            "with limits",
+            answers.iter().filter(|v| !v.limits.is_empty()).count(),
+        ),
+        (
+            "with valid_until_ns",
+            answers
+                .iter()
+                .filter(|v| v.valid_until_ns.is_some())
+                .count(),
+        ),
+        ("not answered", n - answers.len()),
+    ] {
+        println!("{count} of {n} {what}");
+        assert!(count * 50 >= n && count < n, "{count} of {n} {what}");
+    }
+}
+
+/// The divergence [`Relation::TypeErrorAllowed`] tolerates, pinned (this
+/// fails when the policy or regorus changes it; then drop the relation):
+/// where the interpreter fails on a type error the RVM treats the
+/// expression as undefined and can allow. With `input.request.time_ns`
+/// null, a boolean or fractional, `hour_utc` is undefined, so `not
+/// off_hours` holds: a DELETE at any hour and an expired token are allowed
+/// (null and booleans sort below every number). With `input.mcp.listed`
+/// null, `visible` is empty and the list request allowed. The filter
+/// always sets an integer clock and leaves `listed` out or a list, so no
+/// request reaches either.
+#[test]
+fn known_divergence_the_rvm_allows_where_the_interpreter_fails() {
+    let mut j = Judges::new(Policy::embedded(ENTRY, EngineChoice::Rvm).unwrap());
+    let allowed = kata_inputs()
+        .into_iter()
+        .find(|i| i["action"] == "invoke_skill")
+        .unwrap();
+    assert!(j.built.evaluate_json(&allowed).unwrap().allowed);
+    let mut inputs = Vec::new();
+    for clock in [Value::Null, Value::from(false), Value::from(1.5)] {
+        let mut i = allowed.clone();
+        i["request"]["method"] = "DELETE".into();
+        i["request"]["time_ns"] = clock;
+        i["jwt"]["payload"]["exp"] = 1.into();
+        inputs.push(i);
+    }
+    let mut list = allowed.clone();
+    list["agent"]["permissions"] = json!(["tools:list"]);
+    list["action"] = "list_tools".into();
+    list["mcp"] = json!({"method": "tools/list", "listed": null});
+    inputs.push(list);
+    for i in &inputs {
+        let b = j.built.evaluate_json(i);
+        assert!(b.as_ref().is_ok_and(|v| v.allowed), "{i}: {b:?}");
+        let t = j.tree.evaluate_json(i);
+        assert!(matches!(t, Err(PolicyError::Eval(_))), "{i}: {t:?}");
+        assert_eq!(j.relate(i), Relation::TypeErrorAllowed, "{i}");
+    }
+}
+
+/// Plausible miscompiles, each in one rule: (module, text, replacement).
+const WRONG: [(&str, &str, &str); 6] = [
+    // The token's expiry, off by one at the boundary.
+    (
+        "authz.rego",
+        "input.request.time_ns < exp * 1000000000\n\tis_string(action)",
+        "input.request.time_ns <= exp * 1000000000\n\tis_string(action)",
+    ),
+    // A reason worded otherwise.
+    (
+        "authz.rego",
+        "msg := sprintf(\"missing permission %v",
+        "msg := sprintf(\"missing permissions %v",
+    ),
+    // `every` over the chain dropped.
+    (
+        "delegation.rego",
+        "\tevery a in delegation_actors {\n\t\tchain_actor_type(a) in actor_types_allowed\n\t}\n}",
+        "}",
+    ),
+    // One layer's limits read from another.
+    (
+        "limits.rego",
+        "some l in type_layer.limits",
+        "some l in agent_layer.limits",
+    ),
+    // A list answer filtered without the tool's own permissions.
+    (
+        "tools.rego",
+        "every needed in object.get(object.get(cfg, \"tool_permissions\", {}), name, [])",
+        "every needed in object.get(object.get(cfg, \"tool_permissions\", {}), \"x\", [])",
+    ),
+    // The earlier of two times taken as the later.
+    ("authz.rego", "min({next_hour_ns", "max({next_hour_ns"),
+];
+
+/// The comparison is not vacuous: run with the shipped program replaced
+/// by the bundle with one rule changed (as a wrong compile would change
+/// it), it must find a difference.
+#[test]
+fn the_comparison_catches_a_program_that_decides_otherwise() {
+    let mut j = Judges::new(Policy::embedded(ENTRY, EngineChoice::Rvm).unwrap());
+    for (file, from, to) in WRONG {
+        let modules: Vec<(&str, String)> = bundle::MODULES
+            .iter()
+            .map(|&(name, src)| {
+                if name == file {
+                    assert!(src.contains(from), "{file} no longer has {from:?}");
+                    (name, src.replacen(from, to, 1))
+                } else {
+                    (name, src.to_string())
+                }
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = modules.iter().map(|(n, s)| (*n, s.as_str())).collect();
+        j.built = Policy::compile_for(&refs, bundle::DATA_JSON, ENTRY, EngineChoice::Rvm).unwrap();
+        assert_eq!(j.built.backend(), "rvm", "{to:?}");
+        let found = compare(&mut j);
+        let differ = found.iter().find(|f| f.0 == Relation::Differ);
+        let (_, case, _) = differ.unwrap_or_else(|| panic!("{from:?} -> {to:?} went unnoticed"));
+        println!("{to:?}: caught by {}", case.origin);
+    }
 }
