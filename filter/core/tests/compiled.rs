@@ -327,7 +327,8 @@ fn the_shipped_program_decides_like_the_interpreter_on_generated_inputs() {
         );
         panic!(
             "the shipped program and the interpreter differ: {at}\nshrunk: {}\n\
-             on it, shipped: {b:?}\non it, interpreter: {t:?}",
+             on it, shipped: {b:?}\non it, interpreter: {t:?}\n(alone: that seed and \
+             AGENTPLANE_EQUIV_CASES=1 cargo test -p agentplane-core --test compiled)",
             brief(&shrunk)
         );
     }
