@@ -37,6 +37,7 @@ exp := object.get(input, ["jwt", "payload", "exp"], null)
 
 token_not_expired if {
 	is_number(exp)
+	clock_ok
 	input.request.time_ns < exp * 1000000000
 }
 
@@ -83,6 +84,7 @@ fast_ok if {
 	session_end
 	input.jwt.valid == true
 	is_number(exp)
+	clock_ok
 	input.request.time_ns < exp * 1000000000
 	is_string(resource_id)
 	registered == true
@@ -94,8 +96,11 @@ session_reasons contains "token has no numeric exp claim" if not is_number(exp)
 
 session_reasons contains "token has expired" if {
 	is_number(exp)
+	clock_ok
 	not token_not_expired
 }
+
+session_reasons contains "request has no numeric time" if not clock_ok
 
 session_reasons contains "resource has no id" if not is_string(resource_id)
 
@@ -108,6 +113,7 @@ session_reasons contains msg if {
 fast_ok if {
 	input.jwt.valid == true
 	is_number(exp)
+	clock_ok
 	input.request.time_ns < exp * 1000000000
 	is_string(action)
 	cfg.action_permissions[action] in agent_permissions
@@ -203,8 +209,11 @@ request_reasons contains "token has no numeric exp claim" if not is_number(exp)
 
 request_reasons contains "token has expired" if {
 	is_number(exp)
+	clock_ok
 	not token_not_expired
 }
+
+request_reasons contains "request has no numeric time" if not clock_ok
 
 # --- action and permissions ----------------------------------------------
 
@@ -270,7 +279,16 @@ request_reasons contains msg if {
 
 # --- time ----------------------------------------------------------------
 
-hour_utc := (input.request.time_ns - (input.request.time_ns % 3600000000000)) / 3600000000000 % 24
+# The filter always sets input.request.time_ns to an integer. Anything else
+# denies with its own reason: compared with `<`, null sorts below every
+# number (an expired token would pass), and the hour arithmetic on it is
+# undefined, which `not off_hours` would read as "in business hours".
+clock_ok if {
+	is_number(input.request.time_ns)
+	round(input.request.time_ns) == input.request.time_ns
+}
+
+hour_utc := (input.request.time_ns - (input.request.time_ns % 3600000000000)) / 3600000000000 % 24 if clock_ok
 
 off_hours if hour_utc < cfg.business_hours.start_hour_utc
 
@@ -296,7 +314,7 @@ request_reasons contains msg if {
 # Keep this true when adding a time-dependent rule; a policy that cannot say
 # leaves this rule out and nothing is cached. The core's cache-safety test
 # checks it on the decision corpus. Nothing here reads input.request.id.
-next_hour_ns := (input.request.time_ns - (input.request.time_ns % 3600000000000)) + 3600000000000
+next_hour_ns := (input.request.time_ns - (input.request.time_ns % 3600000000000)) + 3600000000000 if clock_ok
 
 valid_until_ns := min({next_hour_ns, exp * 1000000000}) if is_number(exp)
 

@@ -52,6 +52,17 @@ test_deny_expired_token if {
 	authz.deny["token has expired"] with input as inp
 }
 
+test_deny_request_without_numeric_time if {
+	# null sorts below every number: without the clock check an expired
+	# token would pass, and a DELETE would count as in business hours.
+	expired := {"jwt": {"payload": {"exp": 1746270000}}, "request": {"method": "DELETE"}}
+	every t in [null, false, "1746270000000000000", {}, 1.5] {
+		inp := object.union(object.union(ok, expired), {"request": {"time_ns": t}})
+		not authz.allow with input as inp
+		authz.deny["request has no numeric time"] with input as inp
+	}
+}
+
 test_deny_token_without_exp if {
 	inp := object.union(ok, {"jwt": {"payload": {"exp": null}}})
 	not authz.allow with input as inp

@@ -72,16 +72,24 @@ request_reasons contains msg if {
 # call time). Prompts and resources the agent may list are all shown.
 visible contains name if {
 	input.mcp.method == "tools/list"
-	some name in object.get(input, ["mcp", "listed"], [])
+	some name in as_list(object.get(input, ["mcp", "listed"], []))
 	is_string(name)
 	tool_callable(name)
 }
 
 visible contains name if {
 	input.mcp.method in {"prompts/list", "resources/list", "resources/templates/list"}
-	some name in object.get(input, ["mcp", "listed"], [])
+	some name in as_list(object.get(input, ["mcp", "listed"], []))
 	is_string(name)
 }
+
+# A list, whatever the input holds: iterating a value that is not a
+# collection is an error on one engine and nothing on another, so neither
+# is ever asked to. (A function, not a rule: as a rule, regorus'
+# interpreter found the list test below undefined where OPA passed it.)
+as_list(x) := x if is_array(x)
+
+as_list(x) := [] if not is_array(x)
 
 tool_callable(name) if {
 	object.get(cfg.action_permissions, "call_tool", null) in agent_permissions

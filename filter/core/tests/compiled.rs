@@ -154,12 +154,16 @@ enum Relation {
     /// undefined to the RVM (as to OPA by default). The interpreter then
     /// has no answer to compare with; the shipped program must still give
     /// exactly the answer of the same Rego compiled to the RVM at run
-    /// time. Here the shipped program denies.
+    /// time, and it must deny: an input the interpreter cannot decide is
+    /// never allowed (see
+    /// `a_malformed_clock_or_list_is_refused_on_the_rvm_too`).
     TypeErrorDenied,
-    /// FINDING, the same divergence where the shipped program ALLOWS (see
-    /// `known_divergence_the_rvm_allows_where_the_interpreter_fails`).
-    TypeErrorAllowed,
-    /// Anything else: a bug to report.
+    /// Arithmetic past the integers (`exp * 1000000000` with `exp` near
+    /// 1e300) is an error to the RVM and a float to the interpreter, which
+    /// then denies: both refuse the request, the RVM with an evaluation
+    /// error instead of the policy's reasons.
+    OverflowDenied,
+    /// Anything else, an allow on a type error included: a bug to report.
     Differ,
 }
 
@@ -174,13 +178,14 @@ fn relate(built: &Outcome, tree: &Outcome, now: impl FnOnce() -> Outcome) -> Rel
             Relation::Same
         }
         (Ok(v), Err(PolicyError::Eval(e))) if type_error(e) => {
-            if now() != *built {
+            if now() != *built || v.allowed {
                 Relation::Differ
-            } else if v.allowed {
-                Relation::TypeErrorAllowed
             } else {
                 Relation::TypeErrorDenied
             }
+        }
+        (Err(PolicyError::Eval(e)), Ok(v)) if e.contains("overflow") && !v.allowed => {
+            Relation::OverflowDenied
         }
         _ => Relation::Differ,
     }
@@ -373,18 +378,16 @@ fn the_shipped_program_decides_like_the_interpreter_on_generated_inputs() {
     }
 }
 
-/// The divergence [`Relation::TypeErrorAllowed`] tolerates, pinned (this
-/// fails when the policy or regorus changes it; then drop the relation):
-/// where the interpreter fails on a type error the RVM treats the
-/// expression as undefined and can allow. With `input.request.time_ns`
-/// null, a boolean or fractional, `hour_utc` is undefined, so `not
-/// off_hours` holds: a DELETE at any hour and an expired token are allowed
-/// (null and booleans sort below every number). With `input.mcp.listed`
-/// null, `visible` is empty and the list request allowed. The filter
-/// always sets an integer clock and leaves `listed` out or a list, so no
-/// request reaches either.
+/// Found by the comparison above: where the interpreter fails on a type
+/// error the RVM treats the expression as undefined, and the policy once
+/// allowed there. With `input.request.time_ns` null, a boolean or
+/// fractional, `hour_utc` was undefined, so `not off_hours` held (a DELETE
+/// at any hour), and null sorts below every number (an expired token
+/// passed); with `input.mcp.listed` null, `visible` was empty and the list
+/// allowed. The policy now refuses a clock that is not an integer with its
+/// own reason and reads `listed` only as a list, on both engines.
 #[test]
-fn known_divergence_the_rvm_allows_where_the_interpreter_fails() {
+fn a_malformed_clock_or_list_is_refused_on_the_rvm_too() {
     let mut j = Judges::new(Policy::embedded(ENTRY, EngineChoice::Rvm).unwrap());
     let allowed = kata_inputs()
         .into_iter()
@@ -404,12 +407,20 @@ fn known_divergence_the_rvm_allows_where_the_interpreter_fails() {
     list["action"] = "list_tools".into();
     list["mcp"] = json!({"method": "tools/list", "listed": null});
     inputs.push(list);
-    for i in &inputs {
-        let b = j.built.evaluate_json(i);
-        assert!(b.as_ref().is_ok_and(|v| v.allowed), "{i}: {b:?}");
-        let t = j.tree.evaluate_json(i);
-        assert!(matches!(t, Err(PolicyError::Eval(_))), "{i}: {t:?}");
-        assert_eq!(j.relate(i), Relation::TypeErrorAllowed, "{i}");
+    let (clocks, lists) = inputs.split_at(3);
+    for i in clocks {
+        let b = j.built.evaluate_json(i).unwrap();
+        assert!(!b.allowed, "{i}: {b:?}");
+        assert!(
+            b.reasons.iter().any(|r| r == "request has no numeric time"),
+            "{i}: {b:?}"
+        );
+        assert_eq!(j.relate(i), Relation::Same, "{i}");
+    }
+    for i in lists {
+        let b = j.built.evaluate_json(i).unwrap();
+        assert_eq!(b.visible, Some(vec![]), "{i}: {b:?}");
+        assert_eq!(j.relate(i), Relation::Same, "{i}");
     }
 }
 

@@ -50,11 +50,7 @@ pub(crate) fn startup_arms(setup: &EnvoySetup, reps: usize) {
     {
         if let Some((name, path)) = extra.split_once('=') {
             arms.push((
-                arm(
-                    &format!("S4 {name}"),
-                    Kind::Filter,
-                    Some(path.to_string()),
-                ),
+                arm(&format!("S4 {name}"), Kind::Filter, Some(path.to_string())),
                 path.to_string(),
             ));
         }
