@@ -26,7 +26,7 @@ mod shipper;
 mod writer;
 
 pub use shipper::Shipper;
-pub use writer::Record;
+pub use writer::{InputText, Record};
 
 use crate::config::DecisionLogConfig;
 
@@ -46,6 +46,9 @@ pub struct Trail {
     /// The input document the policy saw (for a cache hit: the one the
     /// cached decision was made on).
     pub input: Option<regorus::Value>,
+    /// For a cache hit: its input's record text, rendered at the first
+    /// record and kept with the cached decision.
+    pub input_text: Option<std::rc::Rc<std::cell::OnceCell<InputText>>>,
     /// Policy evaluation time.
     pub eval_ns: Option<u64>,
     /// Answered from the decision cache.

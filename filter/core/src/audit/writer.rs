@@ -11,6 +11,7 @@
 use super::{Facts, Trail, VERSION};
 use crate::config::DecisionLogConfig;
 use regorus::Value as Rego;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -81,6 +82,54 @@ impl Record {
     }
 }
 
+/// A cached decision's input as record text, with the places where each
+/// request's own `request.id` and `request.time_ns` go: a cache hit's
+/// record copies it instead of walking the input again.
+#[derive(Debug, Clone, Default)]
+pub struct InputText {
+    text: String,
+    /// Where in `text` a value goes (the key is already there).
+    slots: Vec<(usize, Slot)>,
+}
+
+/// A value [`InputText`] leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Id,
+    Time,
+}
+
+impl InputText {
+    /// `input` (an object whose `request` gets each hit's id and time),
+    /// without the masked paths.
+    pub fn new(cfg: &DecisionLogConfig, input: &Rego) -> InputText {
+        let masks = mask_paths(cfg);
+        let masks: Vec<&[String]> = masks.iter().map(Vec::as_slice).collect();
+        let slots = RefCell::new(Vec::new());
+        let mut text = String::with_capacity(1024);
+        object(&mut text, input, &masks, Some(&slots));
+        InputText {
+            text,
+            slots: slots.into_inner(),
+        }
+    }
+
+    fn write(&self, out: &mut String, id: &str, time_ns: u64) {
+        let mut at = 0;
+        for &(pos, slot) in &self.slots {
+            out.push_str(self.text.get(at..pos).unwrap_or(""));
+            match slot {
+                Slot::Id => string(out, id),
+                Slot::Time => {
+                    let _ = write!(out, "{time_ns}");
+                }
+            }
+            at = pos;
+        }
+        out.push_str(self.text.get(at..).unwrap_or(""));
+    }
+}
+
 /// Renders the record of a decision (see [`Record`]).
 pub(super) fn render(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Record {
     let mut out = String::with_capacity(2048);
@@ -98,15 +147,25 @@ pub(super) fn render(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> R
     let _ = write!(out, "}},\"cached\":{},\"decision_id\":", trail.cached);
     string(&mut out, f.decision_id);
     out.push_str(",\"input\":");
-    let masks: Vec<Vec<String>> = cfg.mask.iter().filter_map(|m| mask_path(m)).collect();
-    let masks: Vec<&[String]> = masks.iter().map(Vec::as_slice).collect();
     match &trail.input {
         None => out.push_str("null"),
         Some(input) if trail.cached => {
-            let now = Some((trail.request_id.as_str(), f.now_ns));
-            object(&mut out, input, &masks, now);
+            // Rendered once per cached decision when the cache keeps it.
+            let fresh;
+            let text = match &trail.input_text {
+                Some(cell) => cell.get_or_init(|| InputText::new(cfg, input)),
+                None => {
+                    fresh = InputText::new(cfg, input);
+                    &fresh
+                }
+            };
+            text.write(&mut out, &trail.request_id, f.now_ns);
         }
-        Some(input) => value(&mut out, input, &masks),
+        Some(input) => {
+            let masks = mask_paths(cfg);
+            let masks: Vec<&[String]> = masks.iter().map(Vec::as_slice).collect();
+            value(&mut out, input, &masks);
+        }
     }
     out.push_str(",\"labels\":{\"id\":\"agentplane\",\"policy_revision\":");
     string(&mut out, f.revision);
@@ -147,6 +206,10 @@ pub(super) fn render(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> R
             .and_then(crate::session::Ticket::sent_sha256),
         bound: None,
     }
+}
+
+fn mask_paths(cfg: &DecisionLogConfig) -> Vec<Vec<String>> {
+    cfg.mask.iter().filter_map(|m| mask_path(m)).collect()
 }
 
 /// The path a mask removes, below `/input`, its segments unescaped as a
@@ -235,59 +298,67 @@ fn items<'a>(out: &mut String, it: impl Iterator<Item = &'a Rego>, masks: &[&[St
     out.push(']');
 }
 
-/// What an object entry holds: a value, or this request's id and time
-/// spliced into a cached decision's `request`.
+/// What an object entry holds: a value, or a cached input's `request`
+/// object, or a slot for a hit's own id or time in it.
 enum Entry<'a> {
     Value(&'a Rego),
-    Text(&'a str),
-    Number(u64),
     /// The `request` object of a cached input.
     Request(&'a Rego),
+    Slot(Slot),
 }
 
-/// An object (anything else goes to [`value`]). `now`: this request's id
-/// and time, for a cached decision's input, whose `request` gets them.
-fn object(out: &mut String, v: &Rego, masks: &[&[String]], now: Option<(&str, u64)>) {
+/// Where a cached input's slots are noted.
+type Slots<'a> = Option<&'a RefCell<Vec<(usize, Slot)>>>;
+
+/// An object (anything else goes to [`value`]). `now`: for a cached
+/// decision's input, where its `request` leaves slots for each hit's id
+/// and time.
+fn object(out: &mut String, v: &Rego, masks: &[&[String]], now: Slots<'_>) {
     let Rego::Object(o) = v else {
         return value(out, v, masks);
     };
-    let plain = now.is_none() && o.keys().all(|k| matches!(k, Rego::String(_)));
-    if plain {
-        // The common case: string keys iterate in byte order already.
-        out.push('{');
-        let mut first = true;
-        for (k, v) in o.iter() {
-            if let Rego::String(k) = k {
-                entry(out, &mut first, k, Entry::Value(v), masks, None);
-            }
-        }
-        out.push('}');
-        return;
-    }
-    // Other keys are written as their JSON text and sorted as such (a
-    // later duplicate wins, as when collected into a JSON map).
-    let mut sorted: BTreeMap<String, Entry<'_>> = BTreeMap::new();
-    for (k, v) in o.iter() {
-        let key = match k {
-            Rego::String(s) => s.to_string(),
-            other => {
-                let mut t = String::new();
-                value(&mut t, other, &[]);
-                t
-            }
-        };
-        let e = match (now, key.as_str(), v) {
-            (Some(_), "request", Rego::Object(_)) => Entry::Request(v),
-            _ => Entry::Value(v),
-        };
-        sorted.insert(key, e);
-    }
     out.push('{');
     let mut first = true;
-    for (k, e) in sorted {
-        entry(out, &mut first, &k, e, masks, now);
+    if o.keys().all(|k| matches!(k, Rego::String(_))) {
+        // The common case: string keys iterate in byte order already.
+        for (k, v) in o.iter() {
+            if let Rego::String(k) = k {
+                let e = match (now, v) {
+                    (Some(_), Rego::Object(_)) if k.as_ref() == "request" => Entry::Request(v),
+                    _ => Entry::Value(v),
+                };
+                entry(out, &mut first, k, e, masks, now);
+            }
+        }
+    } else {
+        // Other keys are written as their JSON text and sorted as such (a
+        // later duplicate wins, as when collected into a JSON map).
+        let mut sorted: BTreeMap<String, &Rego> = BTreeMap::new();
+        for (k, v) in o.iter() {
+            sorted.insert(key_text(k), v);
+        }
+        for (k, v) in sorted {
+            let e = match (now, v) {
+                (Some(_), Rego::Object(_)) if k == "request" => Entry::Request(v),
+                _ => Entry::Value(v),
+            };
+            entry(out, &mut first, &k, e, masks, now);
+        }
     }
     out.push('}');
+}
+
+/// An object key as a JSON object key: a string as it is, anything else
+/// as its JSON text.
+fn key_text(k: &Rego) -> String {
+    match k {
+        Rego::String(s) => s.to_string(),
+        other => {
+            let mut t = String::new();
+            value(&mut t, other, &[]);
+            t
+        }
+    }
 }
 
 fn entry(
@@ -296,7 +367,7 @@ fn entry(
     key: &str,
     e: Entry<'_>,
     masks: &[&[String]],
-    now: Option<(&str, u64)>,
+    now: Slots<'_>,
 ) {
     let sub = if masks.is_empty() {
         Some(Vec::new())
@@ -314,38 +385,61 @@ fn entry(
     out.push(':');
     match e {
         Entry::Value(v) => value(out, v, &sub),
-        Entry::Text(s) => string(out, s),
-        Entry::Number(n) => {
-            let _ = write!(out, "{n}");
-        }
         Entry::Request(v) => request(out, v, &sub, now),
+        Entry::Slot(slot) => {
+            if let Some(slots) = now {
+                slots.borrow_mut().push((out.len(), slot));
+            }
+        }
     }
 }
 
-/// A cached decision's `request` object, with this request's `id` and
-/// `time_ns` in place of the cached ones.
-fn request(out: &mut String, v: &Rego, masks: &[&[String]], now: Option<(&str, u64)>) {
-    let (Rego::Object(o), Some((id, time_ns))) = (v, now) else {
+/// A cached decision's `request` object, with slots for each hit's `id`
+/// and `time_ns` in place of the cached ones (merged into the key order).
+fn request(out: &mut String, v: &Rego, masks: &[&[String]], now: Slots<'_>) {
+    let (Rego::Object(o), Some(_)) = (v, now) else {
         return value(out, v, masks);
     };
-    let mut sorted: BTreeMap<String, Entry<'_>> = BTreeMap::new();
+    let mut sorted: Vec<(String, Entry<'_>)> = Vec::with_capacity(o.len() + 2);
     for (k, v) in o.iter() {
-        let key = match k {
-            Rego::String(s) => s.to_string(),
-            other => {
-                let mut t = String::new();
-                value(&mut t, other, &[]);
-                t
-            }
-        };
-        sorted.insert(key, Entry::Value(v));
+        sorted.push((key_text(k), Entry::Value(v)));
     }
-    sorted.insert("id".into(), Entry::Text(id));
-    sorted.insert("time_ns".into(), Entry::Number(time_ns));
+    let keys_in_order = o.keys().all(|k| matches!(k, Rego::String(_)));
+    if !keys_in_order {
+        // Byte order of the key text; the later of equal keys wins.
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.reverse();
+        sorted.dedup_by(|later, earlier| later.0 == earlier.0);
+        sorted.reverse();
+    }
     out.push('{');
     let mut first = true;
+    let mut spliced = [
+        ("id", Entry::Slot(Slot::Id)),
+        ("time_ns", Entry::Slot(Slot::Time)),
+    ]
+    .into_iter()
+    .peekable();
     for (k, e) in sorted {
+        while let Some((sk, _)) = spliced.peek() {
+            if *sk > k.as_str() {
+                break;
+            }
+            let same = *sk == k.as_str();
+            if let Some((sk, se)) = spliced.next() {
+                entry(out, &mut first, sk, se, masks, now);
+            }
+            if same {
+                break;
+            }
+        }
+        if matches!(k.as_str(), "id" | "time_ns") {
+            continue; // replaced
+        }
         entry(out, &mut first, &k, e, masks, None);
+    }
+    for (sk, se) in spliced {
+        entry(out, &mut first, sk, se, masks, now);
     }
     out.push('}');
 }
@@ -377,6 +471,10 @@ fn string(out: &mut String, s: &str) {
 
 fn escape_into(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let esc: &str = match b {

@@ -165,10 +165,18 @@ impl Configured {
             w.metrics.add(host, m, 1);
             if let Some(outcome) = hit {
                 trail.cached = true;
-                // This request's own input: the cached decision was made on
-                // one that differs at most where the policy never looks.
+                // The input the cached decision was made on (the record
+                // gives it this request's id and time): it differs from
+                // this request's at most where the policy never looks, and
+                // building this one again would cost a hit what a miss
+                // costs.
                 if logging {
-                    trail.input = Some(list_doc(carried).unwrap_or_else(build));
+                    if outcome.input.is_some() {
+                        trail.input.clone_from(&outcome.input);
+                        trail.input_text = Some(Rc::clone(&outcome.input_text));
+                    } else {
+                        trail.input = Some(list_doc(carried).unwrap_or_else(build));
+                    }
                 }
                 return self.forward(w, host, &outcome, a, &route, &request_id, trail, carried);
             }
@@ -252,6 +260,8 @@ impl Configured {
                     agent: identity.id.clone(),
                     principal: principal.secrets_principal.clone(),
                     result: Err(d),
+                    input: None,
+                    input_text: Rc::default(),
                 },
                 None,
             )
@@ -335,6 +345,8 @@ impl Configured {
                 agent: identity.id.clone(),
                 principal: principal.secrets_principal.clone(),
                 result,
+                input: trail.input.clone(),
+                input_text: Rc::default(),
             },
             valid_until_ns,
         )

@@ -112,6 +112,7 @@ fn trail(cached: bool) -> Trail {
         tool: None,
         body_len: None,
         session: None,
+        input_text: None,
     }
 }
 
@@ -124,6 +125,31 @@ fn same(cfg: &DecisionLogConfig, f: &Facts<'_>, t: &Trail, status: Option<u16>) 
     }
     let got = render(cfg, f, t).finish(status);
     assert_eq!(got, want.to_string());
+    if t.cached {
+        // The input text kept with a cached decision, reused by a later
+        // hit with its own id and time.
+        let kept = Trail {
+            input_text: Some(std::rc::Rc::default()),
+            ..t.clone()
+        };
+        assert_eq!(render(cfg, f, &kept).finish(status), want.to_string());
+        let later = Trail {
+            request_id: "r3 \"later\"".into(),
+            ..kept.clone()
+        };
+        let f2 = Facts {
+            now_ns: f.now_ns + 7,
+            ..*f
+        };
+        let mut want = reference(cfg, &f2, &later);
+        if f.status == 0 {
+            if let Some(s) = status {
+                want["status"] = s.into();
+            }
+        }
+        assert!(kept.input_text.as_ref().unwrap().get().is_some());
+        assert_eq!(render(cfg, &f2, &later).finish(status), want.to_string());
+    }
 }
 
 #[test]
