@@ -188,13 +188,12 @@ impl Envoy {
             .and_then(|n| n.parse().ok())
     }
 
-    /// Envoy's log so far.
     /// The decision records in Envoy's log so far (the filter writes
     /// each as one line after `agentplane-decision `).
     pub fn decision_records(&self) -> Vec<Value> {
         self.log()
             .lines()
-            .filter_map(|l| l.split("agentplane-decision ").nth(1))
+            .filter_map(|l| l.split_once("agentplane-decision ").map(|(_, r)| r))
             .filter_map(|j| serde_json::from_str(j).ok())
             .collect()
     }
@@ -218,6 +217,7 @@ impl Envoy {
         }
     }
 
+    /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }

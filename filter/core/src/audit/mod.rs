@@ -43,12 +43,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Facts about one decision, gathered along the request path.
 #[derive(Debug, Default, Clone)]
 pub struct Trail {
-    /// The input document the policy saw (for a cache hit: the one the
-    /// cached decision was made on).
+    /// The input document of this request (for a cache hit: built for the
+    /// record; the cached decision was made on one that agrees with it
+    /// wherever the policy looks).
     pub input: Option<regorus::Value>,
-    /// For a cache hit: its input's record text, rendered at the first
-    /// record and kept with the cached decision.
-    pub input_text: Option<std::rc::Rc<std::cell::OnceCell<InputText>>>,
     /// Policy evaluation time.
     pub eval_ns: Option<u64>,
     /// Answered from the decision cache.

@@ -150,16 +150,7 @@ pub(super) fn render(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> R
     match &trail.input {
         None => out.push_str("null"),
         Some(input) if trail.cached => {
-            // Rendered once per cached decision when the cache keeps it.
-            let fresh;
-            let text = match &trail.input_text {
-                Some(cell) => cell.get_or_init(|| InputText::new(cfg, input)),
-                None => {
-                    fresh = InputText::new(cfg, input);
-                    &fresh
-                }
-            };
-            text.write(&mut out, &trail.request_id, f.now_ns);
+            InputText::new(cfg, input).write(&mut out, &trail.request_id, f.now_ns);
         }
         Some(input) => {
             let masks = mask_paths(cfg);

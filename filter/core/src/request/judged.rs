@@ -165,18 +165,12 @@ impl Configured {
             w.metrics.add(host, m, 1);
             if let Some(outcome) = hit {
                 trail.cached = true;
-                // The input the cached decision was made on (the record
-                // gives it this request's id and time): it differs from
-                // this request's at most where the policy never looks, and
-                // building this one again would cost a hit what a miss
-                // costs.
+                // This request's own input: the cached decision was made on
+                // one that agrees with it wherever the policy looks, but the
+                // record describes this request (its path, query, headers,
+                // message), not the one that filled the cache.
                 if logging {
-                    if outcome.input.is_some() {
-                        trail.input.clone_from(&outcome.input);
-                        trail.input_text = Some(Rc::clone(&outcome.input_text));
-                    } else {
-                        trail.input = Some(list_doc(carried).unwrap_or_else(build));
-                    }
+                    trail.input = Some(list_doc(carried).unwrap_or_else(build));
                 }
                 return self.forward(w, host, &outcome, a, &route, &request_id, trail, carried);
             }
@@ -260,8 +254,6 @@ impl Configured {
                     agent: identity.id.clone(),
                     principal: principal.secrets_principal.clone(),
                     result: Err(d),
-                    input: None,
-                    input_text: Rc::default(),
                 },
                 None,
             )
@@ -345,8 +337,6 @@ impl Configured {
                 agent: identity.id.clone(),
                 principal: principal.secrets_principal.clone(),
                 result,
-                input: trail.input.clone(),
-                input_text: Rc::default(),
             },
             valid_until_ns,
         )

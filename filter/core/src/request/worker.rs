@@ -85,12 +85,6 @@ pub(super) struct Outcome {
     /// Issuer and subject, for secret cache keys.
     pub(super) principal: String,
     pub(super) result: Result<Allowed, Denial>,
-    /// The input the decision was made on, kept only when decisions are
-    /// logged: a cache hit's record shows it (with its own request id and
-    /// time) instead of building the request's input again.
-    pub(super) input: Option<regorus::Value>,
-    /// That input as record text, rendered at the first logged hit.
-    pub(super) input_text: Rc<std::cell::OnceCell<crate::audit::InputText>>,
 }
 
 #[derive(Debug, Clone)]

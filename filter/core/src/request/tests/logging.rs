@@ -261,3 +261,35 @@ fn the_access_log_sink_hands_records_to_envoy_as_filter_state() {
     let e = Filter::new(br#"{"decision_log": {"sink": "file"}}"#, 1).unwrap_err();
     assert!(e.to_string().contains("access_log"), "{e}");
 }
+
+#[test]
+fn a_primed_cache_cannot_put_another_requests_path_in_a_hits_record() {
+    // The shipped policy never reads the path below the service or the
+    // query, so these two share a cached decision; each record must still
+    // describe its own request, or a harmless first request would stand in
+    // the log for every later one.
+    let mut f = logged_filter(json!({"enabled": true}));
+    for (path, query, cached) in [
+        (
+            "/mcp://hello-skill/harmless?q=1",
+            json!({"q": ["1"]}),
+            false,
+        ),
+        (
+            "/mcp://hello-skill/export-everything?all=true",
+            json!({"all": ["true"]}),
+            true,
+        ),
+    ] {
+        let mut h = request("GET", path, Some(claims(json!({}))));
+        let (_, d) = f.on_request_headers(&mut h);
+        assert!(d.allowed(), "{path}");
+        f.on_log(&mut h, &mut d.clone());
+        let r = &log_lines(&h)[0];
+        assert_eq!(r["cached"], cached, "{path}");
+        let (raw, _) = path.split_once('?').unwrap();
+        assert_eq!(r["input"]["request"]["raw_path"], raw, "{r}");
+        assert_eq!(r["input"]["request"]["query"], query, "{r}");
+        assert_eq!(r["input"]["request"]["id"], d.id.as_str());
+    }
+}
