@@ -26,7 +26,7 @@ mod shipper;
 mod writer;
 
 pub use shipper::Shipper;
-pub use writer::{InputText, Record};
+pub use writer::Record;
 
 use crate::config::DecisionLogConfig;
 

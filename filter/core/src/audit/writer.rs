@@ -11,7 +11,6 @@
 use super::{Facts, Trail, VERSION};
 use crate::config::DecisionLogConfig;
 use regorus::Value as Rego;
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -82,54 +81,6 @@ impl Record {
     }
 }
 
-/// A cached decision's input as record text, with the places where each
-/// request's own `request.id` and `request.time_ns` go: a cache hit's
-/// record copies it instead of walking the input again.
-#[derive(Debug, Clone, Default)]
-pub struct InputText {
-    text: String,
-    /// Where in `text` a value goes (the key is already there).
-    slots: Vec<(usize, Slot)>,
-}
-
-/// A value [`InputText`] leaves out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    Id,
-    Time,
-}
-
-impl InputText {
-    /// `input` (an object whose `request` gets each hit's id and time),
-    /// without the masked paths.
-    pub fn new(cfg: &DecisionLogConfig, input: &Rego) -> InputText {
-        let masks = mask_paths(cfg);
-        let masks: Vec<&[String]> = masks.iter().map(Vec::as_slice).collect();
-        let slots = RefCell::new(Vec::new());
-        let mut text = String::with_capacity(1024);
-        object(&mut text, input, &masks, Some(&slots));
-        InputText {
-            text,
-            slots: slots.into_inner(),
-        }
-    }
-
-    fn write(&self, out: &mut String, id: &str, time_ns: u64) {
-        let mut at = 0;
-        for &(pos, slot) in &self.slots {
-            out.push_str(self.text.get(at..pos).unwrap_or(""));
-            match slot {
-                Slot::Id => string(out, id),
-                Slot::Time => {
-                    let _ = write!(out, "{time_ns}");
-                }
-            }
-            at = pos;
-        }
-        out.push_str(self.text.get(at..).unwrap_or(""));
-    }
-}
-
 /// Renders the record of a decision (see [`Record`]).
 pub(super) fn render(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Record {
     let mut out = String::with_capacity(2048);
@@ -149,13 +100,15 @@ pub(super) fn render(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> R
     out.push_str(",\"input\":");
     match &trail.input {
         None => out.push_str("null"),
-        Some(input) if trail.cached => {
-            InputText::new(cfg, input).write(&mut out, &trail.request_id, f.now_ns);
-        }
         Some(input) => {
             let masks = mask_paths(cfg);
             let masks: Vec<&[String]> = masks.iter().map(Vec::as_slice).collect();
-            value(&mut out, input, &masks);
+            // A cached decision's record: this request's id and the
+            // record's time in its `request`.
+            let now = trail
+                .cached
+                .then_some((trail.request_id.as_str(), f.now_ns));
+            object(&mut out, input, &masks, now);
         }
     }
     out.push_str(",\"labels\":{\"id\":\"agentplane\",\"policy_revision\":");
@@ -298,13 +251,19 @@ enum Entry<'a> {
     Slot(Slot),
 }
 
-/// Where a cached input's slots are noted.
-type Slots<'a> = Option<&'a RefCell<Vec<(usize, Slot)>>>;
+/// For a cached decision's input: the id and time its `request` gets.
+type Now<'a> = Option<(&'a str, u64)>;
+
+/// A value written in place of a cached input's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Id,
+    Time,
+}
 
 /// An object (anything else goes to [`value`]). `now`: for a cached
-/// decision's input, where its `request` leaves slots for each hit's id
-/// and time.
-fn object(out: &mut String, v: &Rego, masks: &[&[String]], now: Slots<'_>) {
+/// decision's input, the id and time its `request` gets.
+fn object(out: &mut String, v: &Rego, masks: &[&[String]], now: Now<'_>) {
     let Rego::Object(o) = v else {
         return value(out, v, masks);
     };
@@ -358,7 +317,7 @@ fn entry(
     key: &str,
     e: Entry<'_>,
     masks: &[&[String]],
-    now: Slots<'_>,
+    now: Now<'_>,
 ) {
     let sub = if masks.is_empty() {
         Some(Vec::new())
@@ -377,17 +336,19 @@ fn entry(
     match e {
         Entry::Value(v) => value(out, v, &sub),
         Entry::Request(v) => request(out, v, &sub, now),
-        Entry::Slot(slot) => {
-            if let Some(slots) = now {
-                slots.borrow_mut().push((out.len(), slot));
+        Entry::Slot(slot) => match (slot, now) {
+            (Slot::Id, Some((id, _))) => string(out, id),
+            (Slot::Time, Some((_, time_ns))) => {
+                let _ = write!(out, "{time_ns}");
             }
-        }
+            (_, None) => out.push_str("null"),
+        },
     }
 }
 
-/// A cached decision's `request` object, with slots for each hit's `id`
-/// and `time_ns` in place of the cached ones (merged into the key order).
-fn request(out: &mut String, v: &Rego, masks: &[&[String]], now: Slots<'_>) {
+/// A cached decision's `request` object, with this request's `id` and
+/// `time_ns` in place of its own (merged into the key order).
+fn request(out: &mut String, v: &Rego, masks: &[&[String]], now: Now<'_>) {
     let (Rego::Object(o), Some(_)) = (v, now) else {
         return value(out, v, masks);
     };
