@@ -214,12 +214,7 @@ fn compile(
         return Ok(Err(format!("data.json: {e}")));
     }
     let packages = engine.get_packages().map_err(|e| e.to_string())?;
-    let in_package: Vec<&str> = modules
-        .iter()
-        .zip(&packages)
-        .filter(|(_, p)| p.as_str() == entrypoint)
-        .map(|((name, _), _)| *name)
-        .collect();
+    let in_package = entry::in_package(modules, &packages, entrypoint);
     let (rule, package, limits) = if in_package.is_empty() {
         (entrypoint.to_string(), false, false)
     } else {

@@ -64,6 +64,21 @@ fn entry_module(
     )
 }
 
+/// The names of the modules whose package is `entrypoint` (`packages`:
+/// each module's package, in the same order): none when it names a rule.
+pub(super) fn in_package<'m>(
+    modules: &[(&'m str, &str)],
+    packages: &[String],
+    entrypoint: &str,
+) -> Vec<&'m str> {
+    modules
+        .iter()
+        .zip(packages)
+        .filter(|(_, p)| p.as_str() == entrypoint)
+        .map(|((name, _), _)| *name)
+        .collect()
+}
+
 /// Checks that package `entrypoint` (its modules `in_package`) declares an
 /// `allow` rule and adds the module that gathers its rules. Returns the
 /// generated decision rule's path and whether the package declares

@@ -56,12 +56,7 @@ impl Policy {
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Compile(e.to_string()))?;
-        let in_package: Vec<&str> = modules
-            .iter()
-            .zip(&packages)
-            .filter(|(_, p)| p.as_str() == entrypoint)
-            .map(|((name, _), _)| *name)
-            .collect();
+        let in_package = entry::in_package(modules, &packages, entrypoint);
         let (mode, rule, limits) = if in_package.is_empty() {
             (Mode::Rule, entrypoint.to_string(), false)
         } else {
