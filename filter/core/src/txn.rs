@@ -64,6 +64,16 @@ pub struct Key {
     signing: SigningKey,
 }
 
+impl Key {
+    /// Signs `msg` (Ed25519, deterministic). Only for messages no verifier
+    /// could take for a token: the decision log's checkpoints sign a
+    /// newline-separated message, which no JWS signing input is.
+    pub(crate) fn sign(&self, msg: &[u8]) -> ed25519_dalek::Signature {
+        use ed25519_dalek::Signer as _;
+        self.signing.sign(msg)
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Key({})", self.kid)

@@ -369,6 +369,11 @@ pub(crate) fn on_done(context: u32) {
     let _ = with(|p| {
         let Plugin { roots, streams } = p;
         let Some(mut s) = streams.remove(&context) else {
+            // A root context: its VM is going away (Envoy shutting down,
+            // or the plugin replaced).
+            if let Some(filter) = roots.get_mut(&context).and_then(Option::as_mut) {
+                filter.on_vm_done(&mut EnvoyHost::root(context));
+            }
             return;
         };
         if let Some(filter) = roots.get_mut(&s.root).and_then(Option::as_mut) {

@@ -12,19 +12,24 @@
 //!
 //! ```text
 //! agentplane-decision {"agent":{…},"cached":false,"decision_id":"…","input":{…},"labels":{…},
-//!   "metrics":{"timer_rego_query_eval_ns":…},"path":"mcp/authz","reason":"…","request_id":"…",
+//!   "log":{"chain":"…","prev":"sha256:…","seq":7},"metrics":{"timer_rego_query_eval_ns":…},"path":"mcp/authz","reason":"…","request_id":"…",
 //!   "resource":"web-search","result":{"allowed":false,"reasons":["…"]},"secrets":[],"status":403,
 //!   "timestamp":"2026-11-26T14:02:11.123456789Z"}
 //! ```
+//!
+//! Records form one hash chain per VM, anchored by signed checkpoints
+//! ([`chain`]).
 //!
 //! Nothing secret can reach a record: the input never holds credentials
 //! (`authorization`, cookies and Vault tokens are refused as input headers),
 //! secrets are listed by target header name only, and `decision_log.mask`
 //! removes any further input paths.
 
+pub mod chain;
 mod shipper;
 mod writer;
 
+pub use chain::Chain;
 pub use shipper::Shipper;
 pub use writer::Record;
 
@@ -121,9 +126,13 @@ pub fn record(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Record {
 
 /// Sets the final response status (when the request was forwarded, the
 /// upstream's) and gives the record as one line of JSON (the Envoy log
-/// line is [`PREFIX`] followed by it).
-pub fn finish(record: Record, response_status: Option<u16>) -> String {
-    record.finish(response_status)
+/// line is [`PREFIX`] followed by it), linked into `chain` when there is
+/// one (see [`chain`]).
+pub fn finish(record: Record, response_status: Option<u16>, chain: Option<&mut Chain>) -> String {
+    match chain {
+        Some(c) => record.finish_chained(response_status, c),
+        None => record.finish(response_status),
+    }
 }
 
 /// `2026-11-26T14:02:11.123456789Z` from ns since the epoch.
@@ -221,7 +230,7 @@ mod tests {
             status: 403,
             agent: Some("a"),
         };
-        let line = finish(record(&cfg, &f, &trail), Some(200));
+        let line = finish(record(&cfg, &f, &trail), Some(200), None);
         assert!(!line.contains("canary"), "{line}");
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["path"], "mcp/authz");

@@ -8,7 +8,7 @@
 //! object: keys in byte order at every level, strings escaped alike,
 //! numbers alike (the tests compare both byte for byte).
 
-use super::{Facts, Trail, VERSION};
+use super::{Chain, Facts, Trail, VERSION};
 use crate::config::DecisionLogConfig;
 use regorus::Value as Rego;
 use std::collections::BTreeMap;
@@ -19,10 +19,11 @@ use std::fmt::Write;
 /// stream) and the session its response binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// The record from `{` to its last key, without `mcp_session` and
-    /// `status`, which sort inside it: they go in at `front` and `back`.
+    /// The record from `{` to its last key, without `log`, `mcp_session`
+    /// and `status`, which sort inside it: they go in at `front` (the
+    /// first two) and `back`.
     text: String,
-    /// End of `…,"labels":{…}` (where `mcp_session` goes).
+    /// End of `…,"labels":{…}` (where `log` and `mcp_session` go).
     front: usize,
     /// End of `…,"secrets":[…]` (where `status` goes).
     back: usize,
@@ -49,6 +50,19 @@ impl Record {
     /// The record as one line of JSON, with the final status: the
     /// filter's own reply status, else `response_status`, else 0.
     pub fn finish(self, response_status: Option<u16>) -> String {
+        self.assemble(response_status, None)
+    }
+
+    /// [`Record::finish`], linked into `chain` as its next record: the
+    /// `log` member names the chain, this record's `seq` and the previous
+    /// record's digest, and the text returned is what the chain digests.
+    pub fn finish_chained(self, response_status: Option<u16>, chain: &mut Chain) -> String {
+        let out = self.assemble(response_status, Some(chain));
+        chain.append(&out);
+        out
+    }
+
+    fn assemble(self, response_status: Option<u16>, chain: Option<&Chain>) -> String {
         let status = match (self.status, response_status) {
             (0, Some(s)) => s,
             (s, _) => s,
@@ -59,6 +73,10 @@ impl Record {
         let tail = t.get(self.back..).unwrap_or("");
         let mut out = String::with_capacity(self.text.len() + 160);
         out.push_str(front);
+        // `log` sorts between `labels` and `mcp_session`.
+        if let Some(c) = chain {
+            c.write_link(&mut out);
+        }
         if self.session.is_some() || self.bound.is_some() {
             out.push_str(",\"mcp_session\":{");
             if let Some(b) = &self.bound {

@@ -1,6 +1,7 @@
 //! The `decision_log` section: which decisions are logged, what is masked
-//! out of their input, where records are written (`sink`), and the
-//! optional HTTP collector records are shipped to (see [`crate::audit`]).
+//! out of their input, where records are written (`sink`), how often the
+//! record chain is checkpointed, and the optional HTTP collector records
+//! are shipped to (see [`crate::audit`]).
 
 use super::error::{invalid, ConfigError};
 use serde::Deserialize;
@@ -23,6 +24,9 @@ pub struct DecisionLogConfig {
     /// Deny (503) when a record cannot be handed to the collector because
     /// its buffer is full, as opa-envoy-plugin does with mandatory logging.
     pub mandatory: bool,
+    /// Seconds between signed checkpoints of the record chain (one is
+    /// also written when the VM shuts down); 0: only at shutdown.
+    pub checkpoint_s: u64,
 }
 
 impl Default for DecisionLogConfig {
@@ -34,6 +38,7 @@ impl Default for DecisionLogConfig {
             mask: Vec::new(),
             collector: None,
             mandatory: false,
+            checkpoint_s: 60,
         }
     }
 }
@@ -109,6 +114,12 @@ impl DecisionLogConfig {
             return Err(invalid(
                 "decision_log.mandatory",
                 "needs decision_log.enabled and a collector (Envoy's log always takes a record)",
+            ));
+        }
+        if self.checkpoint_s > 86_400 {
+            return Err(invalid(
+                "decision_log.checkpoint_s",
+                "at most 86400 (0: only at shutdown)",
             ));
         }
         for (i, m) in self.mask.iter().enumerate() {

@@ -108,6 +108,10 @@ impl Filter {
                 .txn_token
                 .as_ref()
                 .map(|_| crate::txn::Signer::default()),
+            chain: config
+                .decision_log
+                .enabled
+                .then(|| audit::Chain::new(seed)),
         };
         Filter {
             core: Configured {
@@ -135,6 +139,12 @@ impl Filter {
     /// the tick period the root context needs, if any.
     pub fn on_configured<H: Host>(&mut self, host: &mut H, version: &str) -> Option<u64> {
         self.core.on_configured(&mut self.worker, host, version)
+    }
+
+    /// The VM is shutting down (the root context's `on_done`): writes the
+    /// decision-record chain's last checkpoint.
+    pub fn on_vm_done<H: Host>(&mut self, host: &mut H) {
+        self.core.checkpoint(&mut self.worker, host, true);
     }
 
     /// Handles the request headers. On [`Flow::Replied`] the reply has been
@@ -313,6 +323,9 @@ impl Configured {
             );
         }
         self.txn_tick(w, host);
+        if let Some(c) = w.chain.as_mut() {
+            c.schedule(host.now_ns(), self.config.decision_log.checkpoint_s);
+        }
         self.needs_tick(w).then_some(TICK_MS)
     }
 
@@ -462,6 +475,7 @@ impl Configured {
     /// [`Filter::on_tick`] on this worker's state.
     pub(super) fn on_tick<H: Host>(&self, w: &mut Worker, host: &mut H) -> bool {
         self.txn_tick(w, host);
+        self.checkpoint(w, host, false);
         w.limits.renew(host);
         if let Some(sh) = w.shipper.as_mut() {
             sh.on_tick(host);
@@ -546,8 +560,13 @@ impl Configured {
     }
 
     /// Whether the root context must tick: secret fetches, a decision-log
-    /// collector, the signing key, or in-flight leases to renew.
+    /// collector or checkpoints, the signing key, or in-flight leases to
+    /// renew.
     fn needs_tick(&self, w: &Worker) -> bool {
-        w.broker.is_some() || w.shipper.is_some() || w.txn.is_some() || w.policy.has_limits()
+        w.broker.is_some()
+            || w.shipper.is_some()
+            || w.txn.is_some()
+            || w.policy.has_limits()
+            || (w.chain.is_some() && self.config.decision_log.checkpoint_s > 0)
     }
 }

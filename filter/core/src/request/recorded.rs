@@ -1,6 +1,7 @@
 //! The end of a decided request: its reply (a JSON-RPC error for an MCP
-//! message), its metric and its decision-log record, and the record
-//! written with the final status when the stream logs.
+//! message), its metric and its decision-log record, the record written
+//! with the final status when the stream logs (linked into the VM's
+//! record chain), and the chain's checkpoints.
 
 use super::{Carried, Configured, Decision, Flow, Paused, Refused, Wait, Worker};
 use crate::audit::{self, Trail};
@@ -140,10 +141,44 @@ impl Configured {
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
                 .and_then(|b| u16::try_from(u64::from_le_bytes(b)).ok())
         });
-        let json = audit::finish(record, status.flatten());
+        let json = audit::finish(record, status.flatten(), w.chain.as_mut());
         self.write_record(host, &json);
         if let Some(sh) = w.shipper.as_mut() {
             sh.push(json, host.now_ns(), reserved);
+        }
+    }
+
+    /// Root context: writes a checkpoint of the record chain to Envoy's
+    /// log (and the collector) when one is due, or at once when `last`
+    /// (the VM shutting down). It is signed with the transaction-token
+    /// key; while that key is still loading a periodic checkpoint waits,
+    /// and without a `txn_token` block checkpoints say they are unsigned.
+    pub(super) fn checkpoint<H: Host>(&self, w: &mut Worker, host: &mut H, last: bool) {
+        let interval = self.config.decision_log.checkpoint_s;
+        let Some(chain) = w.chain.as_mut() else {
+            return;
+        };
+        let now = host.now_ns();
+        if !last && !chain.due(now, interval) {
+            return;
+        }
+        let key = match (&self.config.txn_token, w.txn.as_ref()) {
+            (None, _) => Err("no signing key configured (txn_token)"),
+            (Some(_), s) => match s.and_then(|s| s.ring.current.as_ref()) {
+                Some(k) => Ok(k),
+                None if !last => return,
+                None => Err("the signing key had not loaded"),
+            },
+        };
+        let Some(cp) = chain.checkpoint(now, key, interval) else {
+            return;
+        };
+        let mut line = String::with_capacity(audit::chain::CHECKPOINT_PREFIX.len() + cp.len());
+        line.push_str(audit::chain::CHECKPOINT_PREFIX);
+        line.push_str(&cp);
+        host.log(LogLevel::Info, &line);
+        if let Some(sh) = w.shipper.as_mut() {
+            sh.push(cp, now, false);
         }
     }
 

@@ -1,8 +1,8 @@
 //! The configured [`Filter`]: its immutable config beside one [`Worker`]
 //! of per-VM mutable state (the compiled policy, whose VM evaluates, ids,
-//! caches, the secrets broker, the log shipper, streams waiting for
-//! secrets or their body), the reusable [`Outcome`] of a decision, and the
-//! headers every reply carries.
+//! caches, the secrets broker, the log shipper and record chain, streams
+//! waiting for secrets or their body), the reusable [`Outcome`] of a
+//! decision, and the headers every reply carries.
 
 use super::{Decision, Paused, DECISION_ID_HEADER, METRICS_HEADER, TRACE_ID_HEADER};
 use crate::audit;
@@ -75,6 +75,8 @@ pub(super) struct Worker {
     pub(super) limit_metrics: HashMap<String, Option<u32>>,
     /// Transaction tokens: the key, minted and verified tokens.
     pub(super) txn: Option<crate::txn::Signer>,
+    /// This VM's decision-record chain (with the decision log on).
+    pub(super) chain: Option<audit::Chain>,
 }
 
 /// What to do with an identified request: reusable as is for an equal

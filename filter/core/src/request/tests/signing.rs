@@ -457,3 +457,69 @@ fn txn_token_configuration_is_checked() {
     assert_eq!(f.on_request_headers(&mut h).0, Flow::Continue);
     assert!(h.header_values("txn-token").is_empty());
 }
+
+/// The text after `prefix` of each log line that has it.
+fn lines_after(h: &MockHost, prefix: &str) -> Vec<String> {
+    h.logs
+        .borrow()
+        .iter()
+        .filter_map(|(_, l)| l.strip_prefix(prefix).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn the_record_chain_is_checkpointed_with_the_signing_key_and_at_shutdown() {
+    use crate::audit::chain::{digest, verify_checkpoint, CHECKPOINT_PREFIX};
+    let mut f = signing_filter(json!({"decision_log": {"enabled": true, "checkpoint_s": 1}}));
+    let mut r = loaded(&mut f);
+    let jwks: Value = serde_json::from_str(ring().jwks().unwrap()).unwrap();
+    let mut records = Vec::new();
+    for _ in 0..2 {
+        let mut h = get("/plain/1");
+        let (_, mut d) = f.on_request_headers(&mut h);
+        f.on_log(&mut h, &mut d);
+        records.extend(lines_after(&h, crate::audit::PREFIX));
+    }
+    assert_eq!(records.len(), 2);
+    f.on_tick(&mut r);
+    assert!(lines_after(&r, CHECKPOINT_PREFIX).is_empty(), "not due yet");
+    r.now_ns = NOON + 1_000_000_000;
+    f.on_tick(&mut r);
+    let cps = lines_after(&r, CHECKPOINT_PREFIX);
+    assert_eq!(cps.len(), 1);
+    let v = verify_checkpoint(&serde_json::from_str(&cps[0]).unwrap(), Some(&jwks)).unwrap();
+    assert_eq!((v.seq, v.kid), (2, Ok("gw-1".to_string())));
+    assert_eq!(v.digest, digest(records[1].as_bytes()), "the last record");
+    f.on_tick(&mut r);
+    f.on_vm_done(&mut r);
+    assert_eq!(lines_after(&r, CHECKPOINT_PREFIX).len(), 1, "nothing new");
+    // One more record: the VM going away checkpoints it at once.
+    let mut h = get("/plain/1");
+    let (_, mut d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d);
+    let last = lines_after(&h, crate::audit::PREFIX);
+    f.on_vm_done(&mut r);
+    let cps = lines_after(&r, CHECKPOINT_PREFIX);
+    let v = verify_checkpoint(&serde_json::from_str(&cps[1]).unwrap(), Some(&jwks)).unwrap();
+    assert_eq!(v.seq, 3);
+    assert_eq!(v.digest, digest(last[0].as_bytes()));
+}
+
+#[test]
+fn a_periodic_checkpoint_waits_for_the_key_rather_than_going_unsigned() {
+    use crate::audit::chain::CHECKPOINT_PREFIX;
+    let mut f = signing_filter(json!({"decision_log": {"enabled": true, "checkpoint_s": 1}}));
+    let mut r = root();
+    f.on_configured(&mut r, "test");
+    let mut h = get("/plain/1");
+    let (_, mut d) = f.on_request_headers(&mut h);
+    f.on_log(&mut h, &mut d);
+    r.now_ns = NOON + 2_000_000_000;
+    f.on_tick(&mut r);
+    assert!(lines_after(&r, CHECKPOINT_PREFIX).is_empty());
+    // Shutting down before it loaded: the last checkpoint says so.
+    f.on_vm_done(&mut r);
+    let cp: Value = serde_json::from_str(&lines_after(&r, CHECKPOINT_PREFIX)[0]).unwrap();
+    assert_eq!(cp["unsigned"], "the signing key had not loaded");
+    assert!(cp.get("sig").is_none());
+}

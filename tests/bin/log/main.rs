@@ -1,0 +1,138 @@
+//! `agentplane-log`: tools for agentplane's decision log.
+//!
+//! `agentplane-log verify [--jwks FILE|URL] [--allow-unsigned] [--partial]
+//! [--closed] [FILE|-]...` reads logs (files, or stdin when none or `-`),
+//! verifies every record chain and checkpoint (see `verify.rs`) and prints
+//! `n records, k chains, verified to checkpoint …`, or the first removed,
+//! reordered, inserted or edited record with its position. Exit status: 0
+//! verified, 1 a verification failure, 2 a usage or read error.
+
+mod verify;
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "usage: agentplane-log verify [--jwks FILE|http://HOST:PORT/PATH] [--allow-unsigned] [--partial] [--closed] [FILE|-]...
+
+  --jwks FILE|URL   the gateway's JWKS (txn_token.jwks_path), to check checkpoint signatures
+  --allow-unsigned  accept checkpoints a filter without a signing key wrote
+  --partial         a chain may begin past seq 1 (a rotated file)
+  --closed          the writer has shut down: every record must be under a checkpoint";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(Error::Tampered(why)) => {
+            println!("FAILED: {why}");
+            ExitCode::from(1)
+        }
+        Err(Error::Usage(why)) => {
+            eprintln!("agentplane-log: {why}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+enum Error {
+    Tampered(String),
+    Usage(String),
+}
+
+fn run(args: &[String]) -> Result<verify::Summary, Error> {
+    let (cmd, rest) = args
+        .split_first()
+        .ok_or_else(|| Error::Usage("no command".into()))?;
+    if cmd != "verify" {
+        return Err(Error::Usage(format!("unknown command {cmd}")));
+    }
+    let mut opts = verify::Options::default();
+    let mut jwks = None;
+    let mut files = Vec::new();
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--jwks" => {
+                let src = it
+                    .next()
+                    .ok_or_else(|| Error::Usage("--jwks needs a file or URL".into()))?;
+                jwks = Some(read_jwks(src).map_err(Error::Usage)?);
+            }
+            "--allow-unsigned" => opts.allow_unsigned = true,
+            "--partial" => opts.partial = true,
+            "--closed" => opts.closed = true,
+            "-h" | "--help" => return Err(Error::Usage("help".into())),
+            f if f.starts_with("--") => return Err(Error::Usage(format!("unknown option {f}"))),
+            f => files.push(f.to_string()),
+        }
+    }
+    if files.is_empty() {
+        files.push("-".into());
+    }
+    let mut inputs = Vec::new();
+    for f in files {
+        let mut text = String::new();
+        let read = if f == "-" {
+            std::io::stdin().read_to_string(&mut text).map(|_| ())
+        } else {
+            std::fs::read_to_string(&f).map(|t| text = t)
+        };
+        read.map_err(|e| Error::Usage(format!("cannot read {f}: {e}")))?;
+        let name = if f == "-" { "stdin".to_string() } else { f };
+        inputs.push((name, text));
+    }
+    verify::verify(&inputs, jwks.as_ref(), opts).map_err(Error::Tampered)
+}
+
+/// The JWKS from a file or an `http://` URL (the filter serves it at
+/// `txn_token.jwks_path`; for https, fetch it with curl into a file).
+fn read_jwks(src: &str) -> Result<Value, String> {
+    let text = match src.strip_prefix("http://") {
+        Some(rest) => get(rest)?,
+        None if src.contains("://") => {
+            return Err(format!(
+                "{src}: only http:// URLs (fetch others into a file)"
+            ))
+        }
+        None => std::fs::read_to_string(src).map_err(|e| format!("cannot read {src}: {e}"))?,
+    };
+    serde_json::from_str(&text).map_err(|_| format!("{src}: not a JSON JWKS"))
+}
+
+/// A plain HTTP/1.0 GET (no chunking to undo): the body of a 200.
+fn get(host_path: &str) -> Result<String, String> {
+    let (host, path) = match host_path.split_once('/') {
+        Some((h, p)) => (h, format!("/{p}")),
+        None => (host_path, "/".to_string()),
+    };
+    let addr = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    let err = |e: std::io::Error| format!("http://{host_path}: {e}");
+    let mut s = TcpStream::connect(&addr).map_err(err)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(err)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n"
+    )
+    .map_err(err)?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(err)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("http://{host_path}: not an HTTP response"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        return Err(format!("http://{host_path} answered {status}"));
+    }
+    Ok(body.to_string())
+}

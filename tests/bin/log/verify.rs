@@ -1,0 +1,375 @@
+//! `agentplane-log verify`: walks the decision records of a log chain by
+//! chain and checks every link and every checkpoint.
+//!
+//! A log is any mix of Envoy log lines (`… agentplane-decision {…}`,
+//! `… agentplane-checkpoint {…}`), access-log lines of the same shape,
+//! and bare JSON lines (a collector's records and checkpoints, one per
+//! line). Records of one chain must come in `seq` order in the input: a
+//! VM hands its records to its sink in the order it numbers them, and
+//! Envoy writes them in that order to either sink. So a record whose
+//! `seq` is not its predecessor's plus one was removed, reordered or
+//! inserted, and one whose `prev` is not its predecessor's digest was
+//! edited (or the predecessor was). Checkpoints may come anywhere (Envoy's
+//! log, while records go to an access log): each must verify against the
+//! JWKS and match the digest of the record it names.
+//!
+//! The signature and digest rules are the filter's own
+//! (`agentplane_core::audit::chain`); what lives here is reading the
+//! lines and walking the chains.
+
+use agentplane_core::audit::chain::{self, Vouched, CHECKPOINT_PREFIX, CHECKPOINT_TYPE, GENESIS};
+use agentplane_core::audit::PREFIX;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+/// How strict a verification is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Unsigned checkpoints vouch for their chain (a filter without a
+    /// `txn_token` key writes them); by default they are a failure.
+    pub allow_unsigned: bool,
+    /// A chain may begin past `seq` 1 (a rotated file; its first link is
+    /// taken on trust, later checkpoints still vouch for it).
+    pub partial: bool,
+    /// The writer has shut down: every record must be vouched for by a
+    /// checkpoint (an uncovered tail is a failure, not a warning).
+    pub closed: bool,
+}
+
+/// Where a line is: its input's name and its line number (from 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    input: usize,
+    line: usize,
+    name: String,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, self.line)
+    }
+}
+
+#[derive(Debug)]
+struct Rec {
+    pos: Pos,
+    seq: u64,
+    prev: String,
+    digest: String,
+}
+
+#[derive(Debug)]
+struct Failure {
+    at: Pos,
+    what: String,
+}
+
+/// The outcome of a clean verification.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Records read.
+    pub records: usize,
+    /// Chains they form.
+    pub chains: usize,
+    /// What each chain is verified to: (chain, seq, time).
+    pub checkpoints: Vec<(String, u64, String)>,
+    /// Records after their chain's last checkpoint.
+    pub uncovered: usize,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} records, {} chains, verified to checkpoint ",
+            self.records, self.chains
+        )?;
+        for (i, (c, seq, t)) in self.checkpoints.iter().enumerate() {
+            let sep = if i > 0 { ", " } else { "" };
+            write!(f, "{sep}{c}#{seq} ({t})")?;
+        }
+        if self.uncovered > 0 {
+            write!(
+                f,
+                "; {} records after the last checkpoints are linked but not yet vouched for",
+                self.uncovered
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What a log line holds.
+enum Item {
+    Record(String),
+    Checkpoint(String),
+}
+
+/// The record or checkpoint a line holds, as its exact text.
+fn item(line: &str) -> Option<Item> {
+    if let Some((_, r)) = line.split_once(PREFIX) {
+        return Some(Item::Record(r.to_string()));
+    }
+    if let Some((_, c)) = line.split_once(CHECKPOINT_PREFIX) {
+        return Some(Item::Checkpoint(c.to_string()));
+    }
+    let t = line.trim();
+    if !t.starts_with('{') {
+        return None;
+    }
+    // A bare JSON line (a collector's): a checkpoint says so; a record
+    // has a decision id.
+    let v: Value = serde_json::from_str(t).ok()?;
+    if v.get("type").and_then(Value::as_str) == Some(CHECKPOINT_TYPE) {
+        Some(Item::Checkpoint(t.to_string()))
+    } else if v.get("decision_id").is_some() {
+        Some(Item::Record(t.to_string()))
+    } else {
+        None
+    }
+}
+
+/// Verifies `inputs` (name, text) against `jwks`. The error is the first
+/// problem by position in the input, with a count of the others.
+pub fn verify(
+    inputs: &[(String, String)],
+    jwks: Option<&Value>,
+    opts: Options,
+) -> Result<Summary, String> {
+    let mut chains: BTreeMap<String, Vec<Rec>> = BTreeMap::new();
+    let mut checkpoints: Vec<(Pos, String)> = Vec::new();
+    let mut fails: Vec<Failure> = Vec::new();
+    let mut records = 0usize;
+    for (input, (name, text)) in inputs.iter().enumerate() {
+        // Lines end at `\n` only: a record may hold U+2028 and friends.
+        for (i, line) in text.split('\n').enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            let pos = Pos {
+                input,
+                line: i + 1,
+                name: name.clone(),
+            };
+            match item(line) {
+                None => {}
+                Some(Item::Checkpoint(c)) => checkpoints.push((pos, c)),
+                Some(Item::Record(r)) => {
+                    records += 1;
+                    match link(&r) {
+                        Ok((c, seq, prev)) => chains.entry(c).or_default().push(Rec {
+                            pos,
+                            seq,
+                            prev,
+                            digest: chain::digest(r.as_bytes()),
+                        }),
+                        Err(why) => fails.push(Failure {
+                            at: pos,
+                            what: format!("edited: {why}"),
+                        }),
+                    }
+                }
+            }
+        }
+    }
+    for (name, recs) in &chains {
+        walk(name, recs, opts, &mut fails);
+    }
+    let (covered, named) = vouch(&chains, &checkpoints, jwks, opts, &mut fails);
+    let mut summary = Summary {
+        records,
+        chains: chains.len(),
+        checkpoints: Vec::new(),
+        uncovered: 0,
+    };
+    for (name, recs) in &chains {
+        let Some((seq, time)) = covered.get(name) else {
+            if named.contains(name) {
+                continue; // its checkpoints failed: reported already
+            }
+            let at = recs.first().map(|r| r.pos.clone()).unwrap_or_default();
+            fails.push(Failure {
+                at,
+                what: format!(
+                    "chain {name}: no checkpoint vouches for its {} records (a forged chain looks like this)",
+                    recs.len()
+                ),
+            });
+            continue;
+        };
+        summary.checkpoints.push((name.clone(), *seq, time.clone()));
+        let tail: Vec<&Rec> = recs.iter().filter(|r| r.seq > *seq).collect();
+        summary.uncovered += tail.len();
+        if let (true, Some(first)) = (opts.closed, tail.first()) {
+            fails.push(Failure {
+                at: first.pos.clone(),
+                what: format!(
+                    "chain {name}: seq {} at {} and the {} records after it come after the last checkpoint (#{seq}) of a closed log",
+                    first.seq,
+                    first.pos,
+                    tail.len() - 1
+                ),
+            });
+        }
+    }
+    if records == 0 {
+        return Err("no decision records in the input".into());
+    }
+    fails.sort_by(|a, b| a.at.cmp(&b.at));
+    match fails.split_first() {
+        None => Ok(summary),
+        Some((first, [])) => Err(first.what.clone()),
+        Some((first, rest)) => Err(format!("{} (and {} more problems)", first.what, rest.len())),
+    }
+}
+
+/// A record's chain, seq and prev.
+fn link(record: &str) -> Result<(String, u64, String), String> {
+    let v: Value = serde_json::from_str(record).map_err(|_| "a record line is not JSON")?;
+    let log = v
+        .get("log")
+        .ok_or("a record without its chain link (log)")?;
+    let s = |k: &str| log.get(k).and_then(Value::as_str).map(str::to_owned);
+    match (
+        s("chain"),
+        log.get("seq").and_then(Value::as_u64),
+        s("prev"),
+    ) {
+        (Some(c), Some(seq), Some(prev)) => Ok((c, seq, prev)),
+        _ => Err("a record whose log link lacks chain, seq or prev".into()),
+    }
+}
+
+/// Walks one chain in input order: each record must be its
+/// predecessor's successor, linked by its digest.
+fn walk(name: &str, recs: &[Rec], opts: Options, fails: &mut Vec<Failure>) {
+    let mut seen: HashMap<u64, &Pos> = HashMap::new();
+    for (i, r) in recs.iter().enumerate() {
+        let earlier = seen.insert(r.seq, &r.pos);
+        let Some(p) = i.checked_sub(1).and_then(|j| recs.get(j)) else {
+            if r.seq == 1 && r.prev != GENESIS {
+                fails.push(fail(
+                    &r.pos,
+                    format!(
+                        "edited: chain {name} seq 1 at {} does not start from the genesis link",
+                        r.pos
+                    ),
+                ));
+            } else if r.seq != 1 && !opts.partial {
+                let what = match recs.iter().find(|l| l.seq < r.seq) {
+                    Some(l) => format!(
+                        "reordered: chain {name} seq {} at {} comes before seq {} at {}",
+                        r.seq, r.pos, l.seq, l.pos
+                    ),
+                    None => format!(
+                        "removed: chain {name} begins at seq {} at {}: seq 1 to {} are missing",
+                        r.seq,
+                        r.pos,
+                        r.seq - 1
+                    ),
+                };
+                fails.push(fail(&r.pos, what));
+            }
+            continue;
+        };
+        let want = p.seq.saturating_add(1);
+        let what = if let Some(e) = earlier {
+            format!("inserted: chain {name} seq {} at {} repeats seq {} at {} (one of them was inserted)", r.seq, r.pos, r.seq, e)
+        } else if r.seq < want {
+            format!(
+                "reordered: chain {name} seq {} at {} comes after seq {} at {}",
+                r.seq, r.pos, p.seq, p.pos
+            )
+        } else if r.seq > want {
+            match recs.iter().skip(i).find(|l| (want..r.seq).contains(&l.seq)) {
+                Some(l) => format!("reordered: chain {name} seq {} at {} comes before seq {} at {}", r.seq, r.pos, l.seq, l.pos),
+                None if r.seq == want + 1 => format!("removed: chain {name} seq {want} (between seq {} at {} and seq {} at {})", p.seq, p.pos, r.seq, r.pos),
+                None => format!("removed: chain {name} seq {want} to {} (between seq {} at {} and seq {} at {})", r.seq - 1, p.seq, p.pos, r.seq, r.pos),
+            }
+        } else if r.prev != p.digest {
+            // The predecessor's text is not what its successor chained
+            // to: it was edited, or this record's link was.
+            fails.push(fail(
+                &p.pos,
+                format!(
+                    "edited: chain {name} seq {} at {} (seq {} at {} chains to another text)",
+                    p.seq, p.pos, r.seq, r.pos
+                ),
+            ));
+            continue;
+        } else {
+            continue;
+        };
+        fails.push(fail(&r.pos, what));
+    }
+}
+
+fn fail(at: &Pos, what: String) -> Failure {
+    Failure {
+        at: at.clone(),
+        what,
+    }
+}
+
+/// Checks every checkpoint: signature, and the digest of the record it
+/// names. Returns, per chain, the highest seq a good checkpoint vouches
+/// for and its time, and the chains any checkpoint names.
+fn vouch(
+    chains: &BTreeMap<String, Vec<Rec>>,
+    checkpoints: &[(Pos, String)],
+    jwks: Option<&Value>,
+    opts: Options,
+    fails: &mut Vec<Failure>,
+) -> (HashMap<String, (u64, String)>, HashSet<String>) {
+    let mut covered: HashMap<String, (u64, String)> = HashMap::new();
+    let mut named = HashSet::new();
+    for (pos, text) in checkpoints {
+        let cp: Option<Value> = serde_json::from_str(text).ok();
+        if let Some(c) = cp.as_ref().and_then(|c| c.get("chain")?.as_str()) {
+            named.insert(c.to_string());
+        }
+        let v: Vouched = match cp
+            .ok_or_else(|| "not JSON".to_string())
+            .and_then(|cp| chain::verify_checkpoint(&cp, jwks))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                fails.push(fail(pos, format!("checkpoint at {pos}: {e}")));
+                continue;
+            }
+        };
+        if let (Err(why), false) = (&v.kid, opts.allow_unsigned) {
+            fails.push(fail(
+                pos,
+                format!("checkpoint at {pos} is unsigned ({why}); --allow-unsigned accepts it"),
+            ));
+            continue;
+        }
+        let recs = chains.get(&v.chain).map(Vec::as_slice).unwrap_or_default();
+        match recs.iter().find(|r| r.seq == v.seq) {
+            Some(r) if r.digest != v.digest => fails.push(fail(
+                &r.pos,
+                format!("edited: chain {} seq {} at {} is not the record the checkpoint at {pos} vouches for", v.chain, v.seq, r.pos),
+            )),
+            Some(_) => {
+                let c = covered.entry(v.chain.clone()).or_insert((0, String::new()));
+                if v.seq >= c.0 {
+                    *c = (v.seq, v.time.clone());
+                }
+            }
+            // A rotated file: the checkpoint is of records before it.
+            None if opts.partial && recs.first().is_some_and(|r| r.seq > v.seq) => {}
+            None => {
+                let last = recs.iter().map(|r| r.seq).max().unwrap_or(0);
+                fails.push(fail(
+                    pos,
+                    format!("removed: the checkpoint at {pos} vouches for chain {} up to seq {}, but the log has it only up to seq {last}", v.chain, v.seq),
+                ));
+            }
+        }
+    }
+    (covered, named)
+}
+
+#[cfg(test)]
+#[path = "verify_tests.rs"]
+mod tests;

@@ -1,0 +1,297 @@
+//! The verifier against logs the filter's own chain code wrote, then
+//! tampered with: each attack is caught at the record it touched.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use super::*;
+use agentplane_core::audit::{self, Chain, Facts, Trail};
+use agentplane_core::config::DecisionLogConfig;
+use agentplane_core::txn::Keyring;
+use serde_json::json;
+
+fn keyring(seed: u8) -> Keyring {
+    let d = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        [seed; 32],
+    );
+    let kv = json!({"data": {"data": {"kid": "gw-1", "d": d}}});
+    Keyring::from_kv(kv.to_string().as_bytes()).unwrap()
+}
+
+fn jwks() -> Value {
+    serde_json::from_str(keyring(1).jwks().unwrap()).unwrap()
+}
+
+/// A record line as Envoy's log writes it.
+fn record(chain: &mut Chain, n: usize) -> String {
+    let id = format!("decision-{n}");
+    let f = Facts {
+        decision_id: &id,
+        now_ns: 1_000 + n as u64,
+        entrypoint: "data.mcp.authz",
+        revision: "rev",
+        allowed: !n.is_multiple_of(3),
+        reason: "",
+        reasons: &[],
+        status: 0,
+        agent: Some("a@clients"),
+    };
+    let trail = Trail {
+        request_id: id.clone(),
+        ..Trail::default()
+    };
+    let r = audit::record(&DecisionLogConfig::default(), &f, &trail);
+    let text = audit::finish(r, Some(200), Some(chain));
+    format!("[2026-12-07 16:00:00.000][12][info][wasm] wasm log: {PREFIX}{text}")
+}
+
+/// `n` records of one chain with a checkpoint after the 3rd and the last.
+fn log(seed: u64, n: usize) -> Vec<String> {
+    let ring = keyring(1);
+    let key = ring.current.as_ref().unwrap();
+    let mut c = Chain::new(seed);
+    let mut out = Vec::new();
+    for i in 1..=n {
+        out.push(record(&mut c, i));
+        if i == 3 || i == n {
+            let cp = c.checkpoint(i as u64 * 1_000, Ok(key), 60).unwrap();
+            out.push(format!("[info][wasm] wasm log: {CHECKPOINT_PREFIX}{cp}"));
+        }
+    }
+    out
+}
+
+fn check(lines: &[String], opts: Options) -> Result<Summary, String> {
+    verify(
+        &[("envoy.log".into(), lines.join("\n") + "\n")],
+        Some(&jwks()),
+        opts,
+    )
+}
+
+/// The line number (from 1) of the record with `seq`.
+fn line_of(lines: &[String], seq: u64) -> usize {
+    let needle = format!("\"seq\":{seq}}}");
+    1 + lines
+        .iter()
+        .position(|l| l.contains(PREFIX) && l.contains(&needle))
+        .unwrap()
+}
+
+#[test]
+fn an_untouched_log_verifies_to_its_last_checkpoint() {
+    let mut lines = log(1, 6);
+    lines.extend(log(2, 2));
+    lines.insert(0, "[info] envoy starting".into());
+    let s = check(&lines, Options::default()).unwrap();
+    assert_eq!((s.records, s.chains, s.uncovered), (8, 2, 0));
+    let text = s.to_string();
+    assert!(
+        text.starts_with("8 records, 2 chains, verified to checkpoint "),
+        "{text}"
+    );
+    assert!(text.contains("#6 ("), "{text}");
+}
+
+#[test]
+fn deleting_a_record_is_reported_with_its_seq_and_neighbours() {
+    let mut lines = log(1, 6);
+    let at = line_of(&lines, 4);
+    lines.remove(at - 1);
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(e.starts_with("removed: chain "), "{e}");
+    assert!(e.contains(" seq 4 (between seq 3 at envoy.log:"), "{e}");
+    assert!(e.contains(&format!("seq 5 at envoy.log:{at})")), "{e}");
+}
+
+#[test]
+fn deleting_the_first_record_is_caught() {
+    let mut lines = log(1, 4);
+    lines.remove(0);
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(e.contains("begins at seq 2 at envoy.log:1"), "{e}");
+    // A rotated file may begin mid-chain when asked.
+    assert!(check(
+        &lines,
+        Options {
+            partial: true,
+            ..Options::default()
+        }
+    )
+    .is_ok());
+}
+
+#[test]
+fn truncating_records_a_checkpoint_vouched_for_is_caught() {
+    let mut lines = log(1, 6);
+    // Drop records 5 and 6, keep the final checkpoint.
+    let cp = lines.pop().unwrap();
+    lines.truncate(line_of(&lines, 5) - 1);
+    lines.push(cp);
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(
+        e.contains("up to seq 6, but the log has it only up to seq 4"),
+        "{e}"
+    );
+}
+
+#[test]
+fn editing_a_record_names_the_edited_line() {
+    let mut lines = log(1, 6);
+    let at = line_of(&lines, 2);
+    lines[at - 1] = lines[at - 1].replace("\"allowed\":true", "\"allowed\":false");
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(e.starts_with("edited: chain "), "{e}");
+    assert!(
+        e.contains(&format!("seq 2 at envoy.log:{at} (seq 3 at")),
+        "{e}"
+    );
+}
+
+#[test]
+fn editing_the_last_record_is_caught_by_its_checkpoint() {
+    let mut lines = log(1, 6);
+    let at = line_of(&lines, 6);
+    lines[at - 1] = lines[at - 1].replace("decision-6", "decision-X");
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(
+        e.contains(&format!(
+            "seq 6 at envoy.log:{at} is not the record the checkpoint"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn swapping_two_records_is_reported_as_reordered() {
+    let mut lines = log(1, 6);
+    let (a, b) = (line_of(&lines, 4), line_of(&lines, 5));
+    lines.swap(a - 1, b - 1);
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(
+        e.contains("reordered: chain ")
+            && e.contains(&format!(
+                "seq 5 at envoy.log:{a} comes before seq 4 at envoy.log:{b}"
+            )),
+        "{e}"
+    );
+}
+
+#[test]
+fn inserting_a_copy_of_a_record_is_caught_where_it_repeats() {
+    let mut lines = log(1, 6);
+    let copy = lines[line_of(&lines, 2) - 1].clone();
+    let at = line_of(&lines, 5);
+    lines.insert(at - 1, copy);
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(
+        e.contains("inserted: chain ")
+            && e.contains(&format!("seq 2 at envoy.log:{at} repeats seq 2")),
+        "{e}"
+    );
+}
+
+#[test]
+fn inserting_a_forged_record_and_relinking_the_rest_fails_at_the_checkpoint() {
+    // The attacker rewrites the chain from seq 4 on (a forged record,
+    // then the genuine ones renumbered and relinked); only the signed
+    // checkpoints can tell.
+    let lines = log(1, 6);
+    let mut forged = Chain::new(1);
+    let mut out: Vec<String> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.contains(CHECKPOINT_PREFIX) {
+            out.push(l.clone());
+            continue;
+        }
+        if i + 1 == line_of(&lines, 4) {
+            out.push(record(&mut forged, 99));
+        }
+        let n = l
+            .split("decision-")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        out.push(record(&mut forged, n.parse().unwrap()));
+    }
+    let e = check(&out, Options::default()).unwrap_err();
+    assert!(e.contains("is not the record the checkpoint"), "{e}");
+}
+
+#[test]
+fn a_forged_chain_without_a_checkpoint_is_not_vouched_for() {
+    let mut lines = log(1, 3);
+    let mut c = Chain::new(77);
+    lines.push(record(&mut c, 1));
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(
+        e.contains(&format!("chain {}: no checkpoint vouches", c.name())),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_forged_checkpoint_signature_is_refused() {
+    let mut lines = log(1, 3);
+    let other = keyring(2);
+    let mut c = Chain::new(1);
+    for i in 1..=3 {
+        record(&mut c, i);
+    }
+    let cp = c
+        .checkpoint(0, Ok(other.current.as_ref().unwrap()), 60)
+        .unwrap();
+    lines.push(format!("{CHECKPOINT_PREFIX}{cp}"));
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(
+        e.contains("at envoy.log:5: the signature does not verify"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsigned_checkpoints_pass_only_when_allowed_and_a_closed_log_needs_its_tail_covered() {
+    let mut c = Chain::new(3);
+    let mut lines = vec![record(&mut c, 1), record(&mut c, 2)];
+    let cp = c.checkpoint(0, Err("no signing key configured (txn_token)"), 60);
+    lines.push(format!("{CHECKPOINT_PREFIX}{}", cp.unwrap()));
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(e.contains("is unsigned (no signing key configured"), "{e}");
+    let open = Options {
+        allow_unsigned: true,
+        ..Options::default()
+    };
+    assert!(check(&lines, open).is_ok());
+    lines.push(record(&mut c, 3));
+    let s = check(&lines, open).unwrap();
+    assert_eq!(s.uncovered, 1, "a live log's tail is only reported");
+    let e = check(
+        &lines,
+        Options {
+            closed: true,
+            ..open
+        },
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("after the last checkpoint (#2) of a closed log"),
+        "{e}"
+    );
+}
+
+#[test]
+fn collector_json_lines_verify_like_envoy_lines() {
+    let lines: Vec<String> = log(1, 4)
+        .iter()
+        .map(|l| {
+            let (_, j) = l
+                .split_once(PREFIX)
+                .or_else(|| l.split_once(CHECKPOINT_PREFIX))
+                .unwrap();
+            j.to_string()
+        })
+        .collect();
+    assert_eq!(check(&lines, Options::default()).unwrap().records, 4);
+}
