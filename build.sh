@@ -141,13 +141,29 @@ build_trap() {
   touch -d '2000-01-01' "$RAW_WASM"
 }
 
-# The filter built from the policies plus one comment: the next policy
-# revision with the same decisions, for the hot-swap test.
+# The filter built from the policies plus one comment and one reviewed tool
+# pin: the next policy revision, with the same decisions for every request
+# but a call to the changing server's upgraded tool (hot-swap and pinning
+# tests).
 build_next() {
   log "building the filter with the next policy revision (hot-swap test)"
   local dir="$ROOT/target/policies-next"
   rm -rf "$dir" && cp -r "$ROOT/policies" "$dir"
   echo "# next revision (hot-swap test)" >>"$dir/authz.rego"
+  # A reviewer approved search_docs's new definition on the changing test
+  # server (tests/mcp/pinned_tools.json): its digest becomes the pin.
+  python3 - "$dir/data.json" "$ROOT/tests/mcp/pinned_tools.json" <<'PY'
+import hashlib, json, sys
+data_path, tools_path = sys.argv[1:3]
+tool = {t["name"]: t for t in json.load(open(tools_path))["after"]}["search_docs"]
+keys = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+canonical = json.dumps({k: v for k, v in tool.items() if k in keys},
+                       sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+data = json.load(open(data_path))
+data["mcp"]["pins"]["tickets-mcp"]["tools"]["search_docs"] = \
+    "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+json.dump(data, open(data_path, "w"), indent=2)
+PY
   AGENTPLANE_POLICY_DIR="$dir" cargo build -q --release -p agentplane-filter --target wasm32-wasip1
   cp "$RAW_WASM" "$NEXT_WASM"
   touch -d '2000-01-01' "$RAW_WASM"

@@ -329,6 +329,32 @@ test_a_tool_list_shows_only_callable_tools if {
 	count(authz.visible) == 0 with input as tool_list(["tools:list"], ["search_docs"])
 }
 
+# Tool-definition pinning: the filter says how a definition stands against
+# its pin; a changed one is refused and hidden, any other state passes.
+pinned_call(state) := object.union(
+	tool_call("search_docs", {}, ["tools:call"]),
+	{"mcp": {"tool_definition": {"digest": "sha256:00", "pin": state}}},
+)
+
+test_a_call_to_a_tool_changed_since_it_was_pinned_is_refused if {
+	not authz.allow with input as pinned_call("changed")
+	"tool definition changed since it was pinned" in authz.deny with input as pinned_call("changed")
+	every state in ["matches", "unpinned", "unseen"] {
+		authz.allow with input as pinned_call(state)
+	}
+}
+
+test_a_tool_changed_since_it_was_pinned_is_hidden_from_lists if {
+	inp := object.union(
+		tool_list(["tools:list", "tools:call"], ["search_docs", "lookup_ticket"]),
+		{"mcp": {"listed_definitions": {
+			"search_docs": {"digest": "sha256:01", "pin": "changed"},
+			"lookup_ticket": {"digest": "sha256:02", "pin": "matches"},
+		}}},
+	)
+	authz.visible == {"lookup_ticket"} with input as inp
+}
+
 # Limits (policies/limits.rego).
 
 experimental_agent := object.union(support_agent, {"id": "lab-agent@clients", "type": "experimental"})

@@ -12,6 +12,20 @@ package mcp.authz
 # Read with defaults, never undefined (see authz.rego).
 mcp_tool := object.get(input, ["mcp", "tool"], null)
 
+# Tool-definition pinning (docs/mcp.md#tool-pinning): how the called
+# tool's definition stands against its pin (`matches`, `changed`,
+# `unpinned`, `unseen`), and each listed tool's in a `tools/list`.
+tool_pin := object.get(input, ["mcp", "tool_definition", "pin"], "unpinned")
+
+# An object, whatever the input holds: object.get on anything else is an
+# error on one engine and undefined on another.
+default listed_definitions := {}
+
+listed_definitions := d if {
+	d := object.get(input, ["mcp", "listed_definitions"], {})
+	is_object(d)
+}
+
 mcp_arguments := object.get(input, ["mcp", "arguments"], {})
 
 denied_tools := object.get(cfg, "denied_tools", [])
@@ -30,6 +44,7 @@ tools_ok if not is_string(mcp_tool)
 tools_ok if {
 	is_string(mcp_tool)
 	not mcp_tool in denied_tools
+	tool_pin != "changed"
 	every needed in tool_permissions {
 		needed in agent_permissions
 	}
@@ -50,6 +65,13 @@ request_reasons contains msg if {
 	msg := sprintf("tool %v is denied for every agent", [mcp_tool])
 }
 
+# A server changed the tool after it was reviewed (or first seen): its
+# new description or schema is not what was approved.
+request_reasons contains "tool definition changed since it was pinned" if {
+	is_string(mcp_tool)
+	tool_pin == "changed"
+}
+
 request_reasons contains msg if {
 	is_string(mcp_tool)
 	some needed in tool_permissions
@@ -68,8 +90,8 @@ request_reasons contains msg if {
 # (input.mcp.listed, set by the filter when the response arrives), those
 # the agent may see, in one evaluation. A tool is shown if the agent could
 # call it: it has the call permission and the tool's own, and the tool is
-# not denied (a team-scoped tool is shown; its arguments are decided at
-# call time). Prompts and resources the agent may list are all shown.
+# not denied, and its definition has not changed since it was pinned (a
+# team-scoped tool is shown; its arguments are decided at call time). Prompts and resources the agent may list are all shown.
 visible contains name if {
 	input.mcp.method == "tools/list"
 	some name in as_list(object.get(input, ["mcp", "listed"], []))
@@ -94,6 +116,7 @@ as_list(x) := [] if not is_array(x)
 tool_callable(name) if {
 	object.get(cfg.action_permissions, "call_tool", null) in agent_permissions
 	not name in denied_tools
+	object.get(listed_definitions, [name, "pin"], "unpinned") != "changed"
 	every needed in object.get(object.get(cfg, "tool_permissions", {}), name, []) {
 		needed in agent_permissions
 	}

@@ -6,6 +6,7 @@
 //! `run_shell` (denied for every agent). It trusts nothing it is sent: it
 //! only answers, and says which agent agentplane told it is calling.
 
+pub mod changing;
 pub mod samples;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 /// The filter built from the policies with one comment added (a new
 /// revision, the same decisions): `./build.sh test` builds it.
-fn next_wasm() -> std::path::PathBuf {
+pub(crate) fn next_wasm() -> std::path::PathBuf {
     std::env::var("AGENTPLANE_NEXT_WASM")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| repo_root().join("target/agentplane-next.wasm"))
 }
 
 /// Policy revisions from the configure lines of Envoy's log, in order.
-fn configured(log: &str) -> Vec<String> {
+pub(crate) fn configured(log: &str) -> Vec<String> {
     log.lines()
         .filter_map(|l| l.split("configured: policy revision ").nth(1))
         .filter_map(|r| r.split(',').next())

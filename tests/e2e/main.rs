@@ -24,6 +24,7 @@ mod limits;
 mod listen;
 mod mcp;
 mod mcp_delivery;
+mod pins;
 mod registration;
 mod secrets;
 mod session;

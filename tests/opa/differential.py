@@ -139,10 +139,13 @@ def corpus():
             })
             if action == "call_tool":
                 # The same call naming tools the tool rules treat apart.
-                for tool, args in TOOL_CALLS:
-                    inp = json.loads(json.dumps(out[-1]))
+                base = out[-1]
+                for tool, args, *definition in TOOL_CALLS:
+                    inp = json.loads(json.dumps(base))
                     inp["mcp"] = {"kind": "request", "method": "tools/call", "id": i,
                                   "tool": tool, "arguments": args}
+                    if definition:
+                        inp["mcp"]["tool_definition"] = definition[0]
                     out.append(inp)
     return out
 
@@ -158,6 +161,14 @@ TOOL_CALLS = [
     ("lookup_ticket", {}),
     ("lookup_ticket", {"team": None}),
     (None, {}),
+    # Tool-definition pinning: how the called tool's definition stands
+    # against its pin, and values a policy must not take for "changed".
+    ("search_docs", {}, {"digest": "sha256:00", "pin": "changed"}),
+    ("search_docs", {}, {"digest": "sha256:00", "pin": "matches"}),
+    ("search_docs", {}, {"digest": None, "pin": "unseen"}),
+    ("search_docs", {}, {"pin": ["changed"]}),
+    ("search_docs", {}, "changed"),
+    ("lookup_ticket", {"team": "customer-success"}, {"digest": "sha256:01", "pin": "changed"}),
 ]
 
 # Delegations for the corpus: allowed, a narrower actor, too deep, a type
@@ -368,6 +379,9 @@ def intended(inp, data):
         args = get(inp, "mcp", "arguments")
         args = args if isinstance(args, dict) else {}
         if tool in cfg.get("denied_tools", []):
+            return False
+        definition = get(inp, "mcp", "tool_definition")
+        if isinstance(definition, dict) and definition.get("pin") == "changed":
             return False
         if any(p not in perms for p in cfg.get("tool_permissions", {}).get(tool, [])):
             return False

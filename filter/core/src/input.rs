@@ -340,9 +340,14 @@ pub fn build(
 /// version it was sent under, the version an `initialize` asks for
 /// (`requested_version`), the client (`client.info`,
 /// `client.capabilities`, when it says) and a multi-round-trip request's
-/// `input_responses` and `request_state`. `null` on requests that are not
-/// MCP.
-pub fn mcp_doc(m: &crate::mcp::Message, version: Option<&str>) -> Rego {
+/// `input_responses` and `request_state`; for a call to a tool of a pinned
+/// service, `tool_definition` (`digest`, `pin`: see [`crate::mcp::pins`]).
+/// `null` on requests that are not MCP.
+pub fn mcp_doc(
+    m: &crate::mcp::Message,
+    version: Option<&str>,
+    tool_pin: Option<&crate::mcp::pins::ToolPin>,
+) -> Rego {
     let method = m.method.as_deref();
     let target = match method {
         Some("tools/call") => Some("tool"),
@@ -359,6 +364,9 @@ pub fn mcp_doc(m: &crate::mcp::Message, version: Option<&str>) -> Rego {
     ];
     if let Some(t) = target {
         entries.push((t, value::opt_str(m.name())));
+    }
+    if let Some(p) = tool_pin {
+        entries.push(("tool_definition", p.to_rego()));
     }
     if matches!(method, Some("tools/call" | "prompts/get")) {
         let args = m.arguments().map_or_else(Rego::new_object, |a| {

@@ -58,6 +58,8 @@ pub enum M {
     TxnReused,
     /// Inbound transaction tokens verified (signature checked).
     TxnVerified,
+    /// Tools found changed since they were pinned (in a list, or called).
+    ToolPinChanged,
     /// Policy evaluation time, µs (histogram).
     PolicyEvalUs,
 }
@@ -89,6 +91,7 @@ pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
     "agentplane.txn_token.minted",
     "agentplane.txn_token.reused",
     "agentplane.txn_token.verified",
+    "agentplane.mcp.tool_pin_changed",
     "agentplane.policy.eval_us",
 ];
 

@@ -71,6 +71,25 @@ enum Part {
     Transaction,
 }
 
+/// The members of `input.mcp` a key holds by themselves (`listed` and
+/// `listed_definitions` are never in a request's input: the filter adds
+/// them when a list answer arrives, and the list's own key holds them);
+/// reading any other keys the decision on the whole message.
+const KEYED_MCP: [&str; 12] = [
+    "listed",
+    "listed_definitions",
+    "kind",
+    "method",
+    "id",
+    "protocol_version",
+    "tool",
+    "prompt",
+    "uri",
+    "task",
+    "arguments",
+    "tool_definition",
+];
+
 /// The request facts a decision depends on, besides the principal, as
 /// [`KeyPlan::key`] reads them.
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +114,8 @@ pub struct KeyFacts<'a> {
     pub headers: &'a RequestHeaders,
     /// The MCP message and its protocol version, for an MCP request.
     pub mcp: Option<(&'a crate::mcp::Message, Option<&'a str>)>,
+    /// A called tool's definition against its pin (`input.mcp.tool_definition`).
+    pub tool_pin: Option<&'a crate::mcp::pins::ToolPin>,
     /// The connection's peer, when read.
     pub source: Option<&'a crate::source::Source>,
     /// A verified inbound transaction token.
@@ -251,6 +272,21 @@ impl KeyPlan {
                             // equal bytes.
                             let args = m.arguments().and_then(|a| serde_json::to_vec(a).ok());
                             k.optional(args.as_deref());
+                        }
+                        if wants("tool_definition") {
+                            let p = f.tool_pin;
+                            k.optional(p.and_then(|p| p.digest.as_deref()).map(str::as_bytes));
+                            k.optional(p.map(|p| p.state.as_str().as_bytes()));
+                        }
+                        // Any other member (`client`, `requested_version`,
+                        // `input_responses`, `request_state`, or one added
+                        // later), or all of them: the whole message keys
+                        // the decision, so no member the policy reads can
+                        // be left out of the key.
+                        let known = KEYED_MCP.iter().any(|n| field.as_deref() == Some(*n));
+                        if !known {
+                            let whole = m.to_json().ok();
+                            k.optional(whole.as_deref());
                         }
                         &mut k
                     }

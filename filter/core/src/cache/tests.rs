@@ -32,6 +32,7 @@ fn facts<'a>(h: &'a RequestHeaders) -> KeyFacts<'a> {
         request_id: "r1",
         headers: h,
         mcp: None,
+        tool_pin: None,
         source: None,
         transaction: None,
     }
@@ -208,6 +209,85 @@ fn an_mcp_key_holds_the_tool_and_arguments_the_policy_reads_not_the_id() {
         plan.key(&facts(&h)),
         "an MCP request never shares a plain one's key"
     );
+}
+
+/// A tool whose definition changed since a decision was cached must not
+/// be answered from that decision: the pin is part of the key.
+#[test]
+fn a_cached_call_to_a_pinned_tool_is_not_reused_once_the_tool_changed() {
+    use crate::mcp::pins::{PinState, ToolPin};
+    let plan = KeyPlan::new(
+        Some(&paths(&[
+            &["mcp", "tool"],
+            &["mcp", "tool_definition", "pin"],
+        ])),
+        &[],
+    );
+    let m = crate::mcp::parse(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+        crate::mcp::Limits { max_depth: 8 },
+    )
+    .unwrap();
+    let h = headers(&[]);
+    let pin = |state| ToolPin {
+        digest: Some("sha256:00".into()),
+        state,
+    };
+    let (matches, changed) = (pin(PinState::Matches), pin(PinState::Changed));
+    let key = |p: Option<&ToolPin>| {
+        plan.key(&KeyFacts {
+            mcp: Some((&m, None)),
+            tool_pin: p,
+            ..facts(&h)
+        })
+    };
+    assert_ne!(key(Some(&matches)), key(Some(&changed)));
+    assert_ne!(key(Some(&matches)), key(None));
+}
+
+/// A policy that reads a member of `input.mcp` the key does not hold by
+/// itself (here the client's info) gets the whole message in its key: two
+/// clients that differ only there never share a decision.
+#[test]
+fn a_policy_reading_an_unkeyed_mcp_member_never_shares_a_decision_across_it() {
+    let plan = KeyPlan::new(Some(&paths(&[&["mcp", "client", "info"]])), &[]);
+    let parse =
+        |b: &str| crate::mcp::parse(b.as_bytes(), crate::mcp::Limits { max_depth: 8 }).unwrap();
+    let a = parse(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","clientInfo":{"name":"good","version":"1"},"capabilities":{}}}"#,
+    );
+    let b = parse(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","clientInfo":{"name":"evil","version":"1"},"capabilities":{}}}"#,
+    );
+    let h = headers(&[]);
+    let key = |m: &crate::mcp::Message| {
+        plan.key(&KeyFacts {
+            mcp: Some((m, None)),
+            ..facts(&h)
+        })
+    };
+    assert_ne!(key(&a), key(&b));
+}
+
+/// The shipped policy reads only members the key holds by themselves: two
+/// calls that differ in their JSON-RPC id share a decision (else every MCP
+/// request would miss the cache).
+#[test]
+fn the_shipped_policy_keys_a_tool_call_without_its_id() {
+    let reads = crate::reads::input_reads(crate::bundle::MODULES).unwrap();
+    let plan = KeyPlan::new(Some(&reads), &[]);
+    let parse =
+        |b: &str| crate::mcp::parse(b.as_bytes(), crate::mcp::Limits { max_depth: 8 }).unwrap();
+    let a = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#);
+    let b = parse(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t"}}"#);
+    let h = headers(&[]);
+    let key = |m: &crate::mcp::Message| {
+        plan.key(&KeyFacts {
+            mcp: Some((m, None)),
+            ..facts(&h)
+        })
+    };
+    assert_eq!(key(&a), key(&b));
 }
 
 fn cache(max: usize) -> DecisionCache<u32> {

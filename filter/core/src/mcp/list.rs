@@ -23,6 +23,9 @@ pub struct ListJob {
     pub(crate) form: Option<BodyForm>,
     /// The request's decision key, when decisions are cached.
     pub(crate) key: Option<Vec<u8>>,
+    /// A `tools/list` of a service with pinned tool definitions: the
+    /// policy's pins and the service.
+    pub(crate) pins: Option<(std::rc::Rc<super::pins::Pins>, String)>,
     /// An event stream's incomplete tail.
     pub(crate) events: EventSplitter,
     pub(crate) phase: ListPhase,

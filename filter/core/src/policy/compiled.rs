@@ -31,6 +31,7 @@ pub(super) fn load(compiled: &Compiled) -> Result<Policy, PolicyError> {
         )));
     }
     let data = complete(compiled.data, "data")?.rule_tree;
+    let pins = crate::mcp::pins::Pins::from_data(&data).map_err(PolicyError::Compile)?;
     let mut vm = RegoVM::new();
     vm.load_program(Arc::new(program));
     vm.set_data(data)
@@ -51,6 +52,7 @@ pub(super) fn load(compiled: &Compiled) -> Result<Policy, PolicyError> {
         }),
         limits: compiled.limits,
         built: true,
+        pins: std::rc::Rc::new(pins),
     })
 }
 

@@ -104,6 +104,8 @@ pub struct Policy {
     limits: bool,
     /// The program was compiled by `build.rs`, not at configure time.
     built: bool,
+    /// Tool-definition pins from `data.mcp.pins`.
+    pins: std::rc::Rc<crate::mcp::pins::Pins>,
 }
 
 /// Whether this build can compile Rego when a VM configures.
@@ -130,6 +132,11 @@ impl Policy {
     /// Why the RVM could not take this bundle, if it could not.
     pub fn rvm_fallback(&self) -> Option<&str> {
         self.rvm_fallback.as_deref()
+    }
+
+    /// The tool-definition pins in the policy's data (`data.mcp.pins`).
+    pub fn pins(&self) -> &std::rc::Rc<crate::mcp::pins::Pins> {
+        &self.pins
     }
 
     /// Whether the program was compiled when the filter was built (loaded,

@@ -49,6 +49,7 @@ impl Policy {
         }
         let data = regorus::Value::from_json_str(data_json)
             .map_err(|e| PolicyError::Compile(format!("data.json: {e}")))?;
+        let pins = crate::mcp::pins::Pins::from_data(&data).map_err(PolicyError::Compile)?;
         engine
             .add_data(data)
             .map_err(|e| PolicyError::Compile(format!("data.json: {e}")))?;
@@ -72,6 +73,7 @@ impl Policy {
             reads: crate::reads::input_reads(modules),
             limits,
             built: false,
+            pins: std::rc::Rc::new(pins),
         };
         interpreter
             .backend

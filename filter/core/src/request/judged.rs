@@ -87,6 +87,21 @@ impl Configured {
             .filter(|m| m.method.as_deref() == Some("tools/call"))
             .and_then(|m| m.name())
             .map(str::to_string);
+        // A call to a pinned service's tool: the definition a list last
+        // showed, and how it stands against its pin.
+        let pins = w.policy.pins().clone();
+        let pinned = (resource.protocol == Protocol::Mcp)
+            .then(|| route.service.and_then(|s| Some((s, pins.service(s)?))))
+            .flatten();
+        let tool_pin = pinned
+            .zip(trail.tool.as_deref())
+            .map(|((service, sp), tool)| sp.called(host, service, tool));
+        if tool_pin
+            .as_ref()
+            .is_some_and(|p| p.state == crate::mcp::pins::PinState::Changed)
+        {
+            w.metrics.add(host, M::ToolPinChanged, 1);
+        }
         let request_id = trail.request_id.clone();
         let facts = RequestFacts {
             method,
@@ -98,7 +113,7 @@ impl Configured {
             source: a.source.as_deref(),
             transaction: a.transaction.as_deref(),
         };
-        let mcp_doc = || mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref()));
+        let mcp_doc = || mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref(), tool_pin.as_ref()));
         // The input document, built at most once: a list request keeps it
         // for its response, and the decision reuses that one.
         let build = || {
@@ -129,6 +144,7 @@ impl Configured {
                 request_id: &request_id,
                 headers,
                 mcp: mcp.map(|m| (m, mcp_version.as_deref())),
+                tool_pin: tool_pin.as_ref(),
                 source: a.source.as_deref(),
                 transaction: a.transaction.as_deref(),
             })
@@ -151,6 +167,9 @@ impl Configured {
                 private: mcp_version.as_deref().is_some_and(|v| v >= "2026-07-28"),
                 form: None,
                 key: key.clone(),
+                pins: pinned
+                    .filter(|_| field == Some("tools"))
+                    .map(|(service, _)| (Rc::clone(&pins), service.to_string())),
                 events: Default::default(),
                 phase: Default::default(),
             });

@@ -12,7 +12,9 @@
 
 use super::{Configured, Decision, Visible, Worker};
 use crate::host::{Host, LogLevel};
+use crate::mcp::pins::{self, PinState, ToolPin};
 use crate::mcp::{self, BodyForm, ListJob, ListPhase};
+use crate::metrics::M;
 use crate::outcome::ListRefusal;
 use serde_json::Value;
 use std::rc::Rc;
@@ -275,7 +277,8 @@ impl Configured {
         let Some(listed) = mcp::list_names(v, field) else {
             return Ok(false);
         };
-        let visible = self.visible(w, host, job, field, &listed)?;
+        let defs = pinned(w, host, job, v);
+        let visible = self.visible(w, host, job, field, &listed, defs.as_ref())?;
         // A policy without a `visible` rule shows nothing: a list is only
         // ever shown through the policy.
         let names: &[String] = visible.as_ref().as_deref().unwrap_or(&[]);
@@ -284,8 +287,10 @@ impl Configured {
     }
 
     /// The policy's `visible` set for these listed names, on the request's
-    /// input with `input.mcp.listed` added; cached per worker like
-    /// decisions, keyed by the request's decision key and the names.
+    /// input with `input.mcp.listed` (and, for a pinned service's tools,
+    /// `input.mcp.listed_definitions`) added; cached per worker like
+    /// decisions, keyed by the request's decision key, the names and their
+    /// pins.
     fn visible<H: Host>(
         &self,
         w: &mut Worker,
@@ -293,12 +298,21 @@ impl Configured {
         job: &ListJob,
         field: &'static str,
         listed: &[String],
+        defs: Option<&Definitions>,
     ) -> Result<Visible, &'static str> {
         let list_key = job.key.as_ref().map(|k| {
             let mut key = crate::cache::Key::with_capacity(k.len() + 16 * listed.len());
             key.field(k).field(field.as_bytes());
             for n in listed {
                 key.field(n.as_bytes());
+            }
+            if let Some(defs) = defs {
+                key.field(b"pins");
+                for (name, p) in defs {
+                    key.field(name.as_bytes())
+                        .optional(p.digest.as_deref().map(str::as_bytes))
+                        .field(p.state.as_str().as_bytes());
+                }
             }
             key.into_bytes()
         });
@@ -319,6 +333,16 @@ impl Configured {
                     regorus::Value::from("listed"),
                     crate::value::strings(listed),
                 );
+                if let Some(defs) = defs {
+                    let defs: std::collections::BTreeMap<_, _> = defs
+                        .iter()
+                        .map(|(n, p)| (regorus::Value::from(n.as_str()), p.to_rego()))
+                        .collect();
+                    m.insert(
+                        regorus::Value::from("listed_definitions"),
+                        regorus::Value::from(defs),
+                    );
+                }
             }
         }
         let verdict = w.policy.evaluate(doc).map_err(|e| {
@@ -333,6 +357,49 @@ impl Configured {
         }
         Ok(visible)
     }
+}
+
+/// Each listed tool's definition against its pin, by name.
+type Definitions = std::collections::BTreeMap<String, ToolPin>;
+
+/// For a `tools/list` answer of a pinned service: each listed tool's
+/// digest and pin (first definitions pinned, last ones remembered, see
+/// [`crate::mcp::pins`]). A name listed twice with two definitions counts
+/// as changed: the list is filtered by name, so the second definition
+/// would otherwise pass under the first one's pin.
+fn pinned<H: Host>(w: &Worker, host: &mut H, job: &ListJob, v: &Value) -> Option<Definitions> {
+    let (pins, service) = job.pins.as_ref()?;
+    let sp = pins.service(service)?;
+    let items = v.get("result")?.get("tools")?.as_array()?;
+    let mut defs = Definitions::new();
+    for item in items {
+        let (Some(name), Some(d)) = (item.get("name").and_then(Value::as_str), pins::digest(item))
+        else {
+            continue;
+        };
+        match defs.get_mut(name) {
+            Some(seen) if seen.digest.as_deref() != Some(d.as_str()) => {
+                seen.state = PinState::Changed;
+            }
+            Some(_) => {}
+            None => {
+                let state = sp.listed(host, service, name, &d);
+                defs.insert(
+                    name.to_string(),
+                    ToolPin {
+                        digest: Some(d),
+                        state,
+                    },
+                );
+            }
+        }
+    }
+    let changed = defs
+        .values()
+        .filter(|p| p.state == PinState::Changed)
+        .count();
+    w.metrics.add(host, M::ToolPinChanged, changed as u64);
+    Some(defs)
 }
 
 /// Whether `v` answers the request (a response carrying its id): after it,

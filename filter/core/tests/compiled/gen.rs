@@ -259,6 +259,12 @@ impl Gen {
             ("shared", vec![true.into(), false.into(), 1.into()]),
             ("valid", vec![true.into(), false.into(), "true".into()]),
             ("depth", [0, 1, 2, 3, -1].map(Value::from).to_vec()),
+            (
+                "pin",
+                ["matches", "changed", "unpinned", "unseen", "Changed"]
+                    .map(Value::from)
+                    .to_vec(),
+            ),
         ];
         Gen {
             seeds,
@@ -515,6 +521,25 @@ fn shapes(allowed: &Value) -> Vec<Value> {
             ]),
         ),
         list("list_prompts", "prompts/list", json!(["triage", "summary"])),
+        // Pinned tool definitions: a call, and a list with each state.
+        {
+            let mut c = call("search_docs", json!({}));
+            c["mcp"]["tool_definition"] = json!({"digest": "sha256:00", "pin": "changed"});
+            c
+        },
+        {
+            let mut l = list(
+                "list_tools",
+                "tools/list",
+                json!(["lookup_ticket", "search_docs", "delete_ticket"]),
+            );
+            l["mcp"]["listed_definitions"] = json!({
+                "lookup_ticket": {"digest": "sha256:01", "pin": "changed"},
+                "search_docs": {"digest": "sha256:02", "pin": "matches"},
+                "delete_ticket": {"digest": null, "pin": "unseen"}
+            });
+            l
+        },
         json!({"action": "end_session", "request": {"method": "DELETE"}, "resource": mcp}),
         json!({"agent": {"type": "metered"}}),
         json!({"agent": {"type": "experimental"}}),

@@ -313,7 +313,7 @@ fn the_client_and_mrtr_fields_are_in_the_input() {
         crate::mcp::Limits { max_depth: 16 },
     )
     .unwrap();
-    let doc = crate::value::from_rego(&crate::input::mcp_doc(&m, Some("2026-07-28")));
+    let doc = crate::value::from_rego(&crate::input::mcp_doc(&m, Some("2026-07-28"), None));
     assert_eq!(doc["client"]["info"]["name"], "c");
     assert_eq!(doc["client"]["capabilities"], json!({"elicitation": {}}));
     assert_eq!(doc["input_responses"], json!({"a": {"ok": true}}));
@@ -323,7 +323,7 @@ fn the_client_and_mrtr_fields_are_in_the_input() {
         crate::mcp::Limits { max_depth: 16 },
     )
     .unwrap();
-    let doc = crate::value::from_rego(&crate::input::mcp_doc(&i, None));
+    let doc = crate::value::from_rego(&crate::input::mcp_doc(&i, None, None));
     assert_eq!(doc["requested_version"], "2025-03-26");
     assert_eq!(doc["client"]["info"]["name"], "probe");
     assert_eq!(doc["client"]["capabilities"], json!({"roots": {}}));
