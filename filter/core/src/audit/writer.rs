@@ -33,12 +33,20 @@ pub struct Record {
     session: Option<String>,
     /// The digest of the session its response bound.
     bound: Option<String>,
+    /// Tools its list answer showed changed since they were pinned.
+    changed: Vec<String>,
 }
 
 impl Record {
     /// Names the session the response bound (its digest).
     pub fn bind_session(&mut self, digest_hex: String) {
         self.bound = Some(digest_hex);
+    }
+
+    /// Names the tools a list answer showed changed since they were
+    /// pinned (`mcp_tools_changed`; hidden by the shipped policy).
+    pub fn tools_changed(&mut self, names: impl IntoIterator<Item = String>) {
+        self.changed.extend(names);
     }
 
     /// Whether the final status is the response's (the filter did not
@@ -91,6 +99,11 @@ impl Record {
                 string(&mut out, s);
             }
             out.push('}');
+        }
+        // `mcp_tools_changed` sorts after `mcp_session`, before `metrics`.
+        if !self.changed.is_empty() {
+            out.push_str(",\"mcp_tools_changed\":");
+            strings(&mut out, &self.changed);
         }
         out.push_str(mid);
         let _ = write!(out, ",\"status\":{status}");
@@ -167,6 +180,7 @@ pub(super) fn render(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> R
             .as_ref()
             .and_then(crate::session::Ticket::sent_sha256),
         bound: None,
+        changed: Vec::new(),
     }
 }
 

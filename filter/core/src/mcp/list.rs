@@ -26,6 +26,9 @@ pub struct ListJob {
     /// A `tools/list` of a service with pinned tool definitions: the
     /// policy's pins and the service.
     pub(crate) pins: Option<(std::rc::Rc<super::pins::Pins>, String)>,
+    /// Tools the answer showed changed since they were pinned (for the
+    /// decision record).
+    pub(crate) changed: Vec<String>,
     /// An event stream's incomplete tail.
     pub(crate) events: EventSplitter,
     pub(crate) phase: ListPhase,

@@ -170,6 +170,7 @@ impl Configured {
                 pins: pinned
                     .filter(|_| field == Some("tools"))
                     .map(|(service, _)| (Rc::clone(&pins), service.to_string())),
+                changed: Vec::new(),
                 events: Default::default(),
                 phase: Default::default(),
             });

@@ -238,7 +238,7 @@ impl Configured {
         &self,
         w: &mut Worker,
         host: &mut H,
-        job: &ListJob,
+        job: &mut ListJob,
         decision_id: &str,
         rpc: Option<&Value>,
         v: &mut Value,
@@ -270,7 +270,7 @@ impl Configured {
         &self,
         w: &mut Worker,
         host: &mut H,
-        job: &ListJob,
+        job: &mut ListJob,
         field: &'static str,
         v: &mut Value,
     ) -> Result<bool, &'static str> {
@@ -278,6 +278,14 @@ impl Configured {
             return Ok(false);
         };
         let defs = pinned(w, host, job, v);
+        if let Some(defs) = &defs {
+            // Named in the request's decision record when it is written.
+            job.changed.extend(
+                defs.iter()
+                    .filter(|(_, p)| p.state == PinState::Changed)
+                    .map(|(n, _)| n.clone()),
+            );
+        }
         let visible = self.visible(w, host, job, field, &listed, defs.as_ref())?;
         // A policy without a `visible` rule shows nothing: a list is only
         // ever shown through the policy.

@@ -129,12 +129,15 @@ impl Configured {
             decision.state = p.decision.state;
         }
         let reserved = std::mem::take(&mut decision.reserved);
-        let Some(record) = decision.record.take() else {
+        let Some(mut record) = decision.record.take() else {
             if reserved {
                 self.release_reservation(w);
             }
             return;
         };
+        if let Some(job) = &decision.list {
+            record.tools_changed(job.changed.iter().cloned());
+        }
         // The response status is only read when the filter did not answer.
         let status = record.needs_status().then(|| {
             host.property(&["response", "code"])
