@@ -19,6 +19,7 @@ mod list_edges;
 mod lists;
 mod logging;
 mod mcp;
+mod pins;
 mod route;
 mod secrets;
 mod session;
