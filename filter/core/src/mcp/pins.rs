@@ -172,6 +172,11 @@ impl Pins {
         self.services.get(name)
     }
 
+    /// The names of the pinned services.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
+
     /// Whether any service is pinned.
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()

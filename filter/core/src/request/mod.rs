@@ -314,6 +314,20 @@ impl Configured {
                 w.policy.backend(),
             ),
         );
+        // Pins apply to requests to a registered MCP service of that name:
+        // under a misspelt or unregistered name they pin nothing, and the
+        // policy (shipped with them) cannot tell.
+        for s in w.policy.pins().services() {
+            let mcp = self.config.resources.get(s);
+            if !mcp.is_some_and(|r| r.protocol == crate::config::Protocol::Mcp) {
+                host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "agentplane: data.mcp.pins names {s:?}, not a registered MCP service: its tool pins apply to nothing"
+                    ),
+                );
+            }
+        }
         if let Some(why) = w.policy.rvm_fallback() {
             host.log(
                 LogLevel::Warn,

@@ -224,3 +224,22 @@ fn a_call_on_another_worker_sees_the_change() {
     assert!(json_list(&mut a, &shared, &[tool(EVIL)]).is_empty());
     assert!(call_refused(&mut b, &shared));
 }
+
+/// Pins for a service no request reaches as MCP (a misspelt or
+/// unregistered name) pin nothing: said at configure, not left silent.
+#[test]
+fn pins_for_a_service_that_is_not_a_registered_mcp_service_are_named_at_configure() {
+    let warned = |config: &str| {
+        let mut f = Filter::new(config.as_bytes(), 7).unwrap();
+        let mut h = MockHost::new();
+        f.on_configured(&mut h, "test");
+        let logs = h.logs.borrow();
+        logs.iter().any(|(l, m)| {
+            *l == LogLevel::Warn && m.contains("\"tickets-mcp\"") && m.contains("pins")
+        })
+    };
+    // The shipped data pins tickets-mcp: here it is an HTTP service name
+    // away (`tickets`), so its pins would apply to nothing.
+    assert!(warned(CONFIG));
+    assert!(!warned(MCP_CONFIG));
+}
