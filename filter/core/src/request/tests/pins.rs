@@ -14,7 +14,18 @@ const PERMS: &[&str] = &["tools:list", "tools:call"];
 
 /// One MCP POST through both phases on a host holding `shared`.
 fn post(f: &mut Filter, shared: &SharedData, body: &str) -> (Flow, Decision, MockHost) {
+    post_at(f, shared, body, NOON)
+}
+
+/// [`post`] at `now_ns`.
+fn post_at(
+    f: &mut Filter,
+    shared: &SharedData,
+    body: &str,
+    now_ns: u64,
+) -> (Flow, Decision, MockHost) {
     let mut h = request("POST", "/mcp://tickets-mcp/mcp", Some(mcp_claims(PERMS)));
+    h.now_ns = now_ns;
     h.shared = shared.clone();
     let (flow, mut waiting) = f.on_request_headers(&mut h);
     assert_eq!(flow, Flow::NeedBody);
@@ -94,8 +105,8 @@ fn json_list(f: &mut Filter, shared: &SharedData, tools: &[Value]) -> Vec<String
 }
 
 /// Whether a call to `search_docs` is refused because its definition changed.
-fn call_refused(f: &mut Filter, shared: &SharedData) -> bool {
-    let (flow, _, h) = post(f, shared, SEARCH);
+fn call_refused(f: &mut Filter, shared: &SharedData, now_ns: u64) -> bool {
+    let (flow, _, h) = post_at(f, shared, SEARCH, now_ns);
     let refused = flow != Flow::Continue;
     let reason = h.reply.as_ref().is_some_and(|r| {
         String::from_utf8_lossy(&r.body).contains("tool definition changed since it was pinned")
@@ -111,10 +122,10 @@ fn a_cached_allow_is_not_reused_for_a_call_to_a_changed_tool() {
     let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let shared = SharedData::default();
     assert_eq!(json_list(&mut f, &shared, &[tool(GOOD)]), ["search_docs"]);
-    assert!(!call_refused(&mut f, &shared));
-    assert!(!call_refused(&mut f, &shared), "the cached allow");
+    assert!(!call_refused(&mut f, &shared, NOON));
+    assert!(!call_refused(&mut f, &shared, NOON), "the cached allow");
     assert!(json_list(&mut f, &shared, &[tool(EVIL)]).is_empty());
-    assert!(call_refused(&mut f, &shared));
+    assert!(call_refused(&mut f, &shared, NOON));
 }
 
 /// The same name listed twice, the changed definition first or second:
@@ -127,7 +138,7 @@ fn a_tool_listed_twice_with_a_changed_twin_is_hidden_either_way() {
     assert!(json_list(&mut f, &shared, &[tool(GOOD), tool(EVIL)]).is_empty());
     assert!(json_list(&mut f, &shared, &[tool(EVIL), tool(GOOD)]).is_empty());
     assert!(
-        call_refused(&mut f, &shared),
+        call_refused(&mut f, &shared, NOON),
         "the last definition shown first was the changed one"
     );
 }
@@ -145,7 +156,7 @@ fn a_twin_differing_only_in_meta_is_not_a_change() {
         json_list(&mut f, &shared, &[tool(GOOD), meta]),
         ["search_docs", "search_docs"]
     );
-    assert!(!call_refused(&mut f, &shared));
+    assert!(!call_refused(&mut f, &shared, NOON));
 }
 
 /// Pagination: the changed tool arrives on the second page (a request
@@ -173,7 +184,7 @@ fn a_changed_tool_on_a_later_page_is_hidden_and_its_call_refused() {
         &[page2.as_bytes()],
     );
     assert_eq!(names, ["lookup_ticket"]);
-    assert!(call_refused(&mut f, &shared));
+    assert!(call_refused(&mut f, &shared, NOON));
 }
 
 /// An event-stream answer split mid-event (mid-description) across
@@ -197,7 +208,7 @@ fn a_changed_tool_in_an_event_stream_split_across_chunks_is_hidden() {
     ];
     let names = list(&mut f, &shared, "{}", "text/event-stream", &chunks);
     assert_eq!(names, ["lookup_ticket"]);
-    assert!(call_refused(&mut f, &shared));
+    assert!(call_refused(&mut f, &shared, NOON));
 }
 
 /// The worker's list cache holds the pins: the same names with a changed
@@ -213,16 +224,18 @@ fn the_list_cache_does_not_show_a_tool_that_changed_since() {
 }
 
 /// A worker that never saw a list still refuses a call to a tool another
-/// worker saw change: the pins live in shared data, not in the worker.
+/// worker saw change, within a second (how long a worker may trust what
+/// it read of the shared pins): the pins live in shared data, not in the
+/// worker.
 #[test]
-fn a_call_on_another_worker_sees_the_change() {
+fn a_call_on_another_worker_sees_the_change_within_a_second() {
     let mut a = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
     let mut b = Filter::new(MCP_CONFIG.as_bytes(), 8).unwrap();
     let shared = SharedData::default();
     assert_eq!(json_list(&mut a, &shared, &[tool(GOOD)]), ["search_docs"]);
-    assert!(!call_refused(&mut b, &shared));
+    assert!(!call_refused(&mut b, &shared, NOON));
     assert!(json_list(&mut a, &shared, &[tool(EVIL)]).is_empty());
-    assert!(call_refused(&mut b, &shared));
+    assert!(call_refused(&mut b, &shared, NOON + 1_000_000_001));
 }
 
 /// Pins for a service no request reaches as MCP (a misspelt or
