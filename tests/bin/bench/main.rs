@@ -106,6 +106,7 @@ enum Kind {
     Filter,
 }
 
+#[derive(Clone)]
 struct Arm {
     name: String,
     kind: Kind,

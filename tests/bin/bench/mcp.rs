@@ -6,8 +6,17 @@ use super::*;
 use agentplane_e2e::envoy::yaml;
 
 /// One MCP arm: name, path, body, the upstream's answer, Envoy's native
-/// MCP filter in front, and the arm it is compared with.
-pub(crate) type McpArm<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, bool, usize);
+/// MCP filter in front, the arm it is compared with, and another filter
+/// build (`AGENTPLANE_BENCH_EXTRA`) in place of the current one.
+pub(crate) type McpArm<'a> = (
+    String,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    bool,
+    usize,
+    Option<String>,
+);
 
 /// The MCP arm: the same ~1 KB POST through agentplane, once to a
 /// plain service (S4P: the body streams through unread) and once as an
@@ -24,6 +33,9 @@ pub(crate) fn mcp_arms(
 ) {
     let mut cfg: serde_json::Value = serde_json::from_str(base_config).unwrap();
     agentplane_e2e::add_tickets_mcp(&mut cfg);
+    // The same kind of service without pinned tool definitions (the
+    // shipped data pins tickets-mcp on first use): what pinning costs.
+    agentplane_e2e::add_mcp_service(&mut cfg, "docs-mcp");
     let cfg = cfg.to_string();
     let token = idp.triage_token_with(&["skills:invoke", "tools:call", "tools:list"]);
     let args = format!(
@@ -70,48 +82,98 @@ pub(crate) fn mcp_arms(
     };
     // (name, path, body, upstream answer, Envoy's native MCP filter in
     // front, the arm it is compared with)
-    let arms: [McpArm; 5] = [
+    let mut arms: Vec<McpArm> = vec![
         (
-            "S4P same POST, plain service",
+            "S4P same POST, plain service".into(),
             "/mcp://hello-skill/call",
             &body,
             None,
             false,
             0,
+            None,
         ),
         (
-            "S4M same POST as MCP tools/call",
+            "S4M same POST as MCP tools/call".into(),
             "/mcp://tickets-mcp/mcp",
             &body,
             None,
             false,
             0,
+            None,
         ),
         (
-            "S4P-list tools/list answer (50 tools), plain service",
+            "S4P-list tools/list answer (50 tools), plain service".into(),
             "/mcp://hello-skill/call",
             &list_body,
             Some(&list_reply),
             false,
             2,
+            None,
         ),
         (
-            "S4M-list tools/list, 50 tools filtered",
+            "S4M-list tools/list, 50 tools filtered".into(),
             "/mcp://tickets-mcp/mcp",
             &list_body,
             Some(&list_reply),
             false,
             2,
+            None,
         ),
         (
-            "S4N same POST, plain service, Envoy's MCP filter in front",
+            "S4MU same tools/call, service without pins".into(),
+            "/mcp://docs-mcp/mcp",
+            &body,
+            None,
+            false,
+            0,
+            None,
+        ),
+        (
+            "S4MU-list same tools/list, service without pins".into(),
+            "/mcp://docs-mcp/mcp",
+            &list_body,
+            Some(&list_reply),
+            false,
+            2,
+            None,
+        ),
+        (
+            "S4N same POST, plain service, Envoy's MCP filter in front".into(),
             "/mcp://hello-skill/call",
             &body,
             None,
             true,
             0,
+            None,
         ),
     ];
+    // Another build's MCP arms beside the current ones, over the same
+    // plain arms: the difference is what changed between the builds.
+    for extra in std::env::var("AGENTPLANE_BENCH_EXTRA")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((name, path)) = extra.split_once('=') {
+            arms.push((
+                format!("S4M {name}"),
+                "/mcp://tickets-mcp/mcp",
+                &body,
+                None,
+                false,
+                0,
+                Some(path.to_string()),
+            ));
+            arms.push((
+                format!("S4M-list {name}"),
+                "/mcp://tickets-mcp/mcp",
+                &list_body,
+                Some(&list_reply),
+                false,
+                2,
+                Some(path.to_string()),
+            ));
+        }
+    }
     let arm = Arm {
         name: "S4".into(),
         kind: Kind::Filter,
@@ -123,7 +185,12 @@ pub(crate) fn mcp_arms(
     for rep in 0..reps {
         for k in 0..arms.len() {
             let i = (k + rep) % arms.len();
-            let (name, path, b, reply, native, _) = arms[i];
+            let (name, path, b, reply, native, _, wasm) = &arms[i];
+            let (path, b, reply, native) = (*path, *b, *reply, *native);
+            let arm = Arm {
+                wasm: wasm.clone(),
+                ..arm.clone()
+            };
             let mut rendered = render(&arm, setup);
             if native {
                 rendered.edit(|v| {
@@ -151,7 +218,7 @@ pub(crate) fn mcp_arms(
     );
     println!("| arm | req/s (median of {reps}) | Envoy CPU µs/req | added over its plain arm |");
     println!("|---|---|---|---|");
-    for ((name, .., base), r) in arms.iter().zip(&rows) {
+    for ((name, .., base, _), r) in arms.iter().zip(&rows) {
         let cpu = median(r.cpu_us.clone());
         let base = median(rows[*base].cpu_us.clone());
         println!(

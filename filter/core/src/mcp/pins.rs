@@ -219,8 +219,50 @@ fn read<H: Host>(host: &H, k: &str) -> Option<String> {
     is_digest(&s).then_some(s)
 }
 
+/// What a worker last read of its tools' shared pin data: for
+/// [`FRESH_NS`] after a read, a call costs no host call and a list whose
+/// tools did not change writes and reads nothing. A change a list shows on
+/// this worker applies here at once; one shown on another worker applies
+/// here within [`FRESH_NS`].
+#[derive(Debug, Default)]
+pub struct PinCache {
+    entries: std::collections::HashMap<String, Known>,
+}
+
+/// How long a worker trusts what it read of the shared pin data.
+pub const FRESH_NS: u64 = 1_000_000_000;
+
+/// Entries a worker keeps before it starts over (each a few hundred
+/// bytes: bounded whatever a server lists).
+const MAX_KNOWN: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Known {
+    /// The definition a list last showed.
+    seen: Option<String>,
+    /// The first definition seen (with first use).
+    first: Option<String>,
+    at_ns: u64,
+}
+
+impl PinCache {
+    fn fresh(&self, k: &str, now_ns: u64) -> Option<&Known> {
+        self.entries
+            .get(k)
+            .filter(|e| now_ns.saturating_sub(e.at_ns) < FRESH_NS)
+    }
+
+    fn put(&mut self, k: String, known: Known) {
+        if self.entries.len() >= MAX_KNOWN && !self.entries.contains_key(&k) {
+            self.entries.clear();
+        }
+        self.entries.insert(k, known);
+    }
+}
+
 impl ServicePins {
-    fn state<H: Host>(&self, host: &H, service: &str, tool: &str, d: &str) -> PinState {
+    /// How definition `d` of `tool` stands, given the first-use pin.
+    fn state(&self, tool: &str, first: Option<&str>, d: &str) -> PinState {
         if let Some(reviewed) = self.tools.get(tool) {
             return if reviewed == d {
                 PinState::Matches
@@ -231,42 +273,97 @@ impl ServicePins {
         if !self.first_use {
             return PinState::Unpinned;
         }
-        match read(host, &key("first", service, tool)) {
+        match first {
             Some(first) if first == d => PinState::Matches,
             Some(_) => PinState::Changed,
             None => PinState::Unpinned,
         }
     }
 
+    /// Whether this tool's state depends on a first-use pin.
+    fn uses_first(&self, tool: &str) -> bool {
+        self.first_use && !self.tools.contains_key(tool)
+    }
+
     /// A list showed `tool` with digest `d`: pins it when trust on first
     /// use applies and nothing pinned it yet, remembers it as the
     /// definition clients see, and says how it stands.
-    pub fn listed<H: Host>(&self, host: &mut H, service: &str, tool: &str, d: &str) -> PinState {
-        if self.first_use && !self.tools.contains_key(tool) {
-            let first = key("first", service, tool);
-            if host.shared_get(&first).is_none() {
-                // Two workers seeing a first definition at once: the last
-                // write wins and both read it back below, so they agree.
-                host.shared_set(&first, d.as_bytes(), None);
+    pub fn listed<H: Host>(
+        &self,
+        host: &mut H,
+        cache: &mut PinCache,
+        now_ns: u64,
+        service: &str,
+        tool: &str,
+        d: &str,
+    ) -> PinState {
+        let seen = key("seen", service, tool);
+        if let Some(k) = cache.fresh(&seen, now_ns) {
+            // Nothing new: what this worker read holds.
+            if k.seen.as_deref() == Some(d) && (!self.uses_first(tool) || k.first.is_some()) {
+                return self.state(tool, k.first.as_deref(), d);
             }
         }
-        let seen = key("seen", service, tool);
+        let mut first = None;
+        if self.uses_first(tool) {
+            let fk = key("first", service, tool);
+            first = read(host, &fk);
+            if first.is_none() {
+                // Two workers seeing a first definition at once: the last
+                // write wins and both read it back, so they agree.
+                host.shared_set(&fk, d.as_bytes(), None);
+                first = read(host, &fk);
+            }
+        }
         if read(host, &seen).as_deref() != Some(d) {
             host.shared_set(&seen, d.as_bytes(), None);
         }
-        self.state(host, service, tool, d)
+        let state = self.state(tool, first.as_deref(), d);
+        cache.put(
+            seen,
+            Known {
+                seen: Some(d.to_string()),
+                first,
+                at_ns: now_ns,
+            },
+        );
+        state
     }
 
     /// A call to `tool`: the definition a list last showed, and how it
     /// stands.
-    pub fn called<H: Host>(&self, host: &H, service: &str, tool: &str) -> ToolPin {
-        match read(host, &key("seen", service, tool)) {
+    pub fn called<H: Host>(
+        &self,
+        host: &H,
+        cache: &mut PinCache,
+        now_ns: u64,
+        service: &str,
+        tool: &str,
+    ) -> ToolPin {
+        let seen = key("seen", service, tool);
+        let known = match cache.fresh(&seen, now_ns) {
+            Some(k) => k.clone(),
+            None => {
+                let k = Known {
+                    seen: read(host, &seen),
+                    first: if self.uses_first(tool) {
+                        read(host, &key("first", service, tool))
+                    } else {
+                        None
+                    },
+                    at_ns: now_ns,
+                };
+                cache.put(seen, k.clone());
+                k
+            }
+        };
+        match known.seen {
             None => ToolPin {
                 digest: None,
                 state: PinState::Unseen,
             },
             Some(d) => ToolPin {
-                state: self.state(host, service, tool, &d),
+                state: self.state(tool, known.first.as_deref(), &d),
                 digest: Some(d),
             },
         }
@@ -352,32 +449,151 @@ mod tests {
         let a = digest(&json!({"name": "t", "description": "a"})).unwrap();
         let b = digest(&json!({"name": "t", "description": "b"})).unwrap();
         let mut host = MockHost::new();
+        let mut cache = PinCache::default();
         let reviewed = ServicePins {
             tools: [("t".to_string(), a.clone())].into(),
             first_use: false,
         };
-        assert_eq!(reviewed.listed(&mut host, "s", "t", &a), PinState::Matches);
-        assert_eq!(reviewed.listed(&mut host, "s", "t", &b), PinState::Changed);
+        assert_eq!(
+            reviewed.listed(&mut host, &mut cache, 0, "s", "t", &a),
+            PinState::Matches
+        );
+        assert_eq!(
+            reviewed.listed(&mut host, &mut cache, 0, "s", "t", &b),
+            PinState::Changed
+        );
         let tofu = ServicePins {
             tools: BTreeMap::new(),
             first_use: true,
         };
-        assert_eq!(tofu.called(&host, "s2", "t").state, PinState::Unseen);
-        assert_eq!(tofu.listed(&mut host, "s2", "t", &a), PinState::Matches);
         assert_eq!(
-            tofu.called(&host, "s2", "t"),
+            tofu.called(&host, &mut cache, 0, "s2", "t").state,
+            PinState::Unseen
+        );
+        assert_eq!(
+            tofu.listed(&mut host, &mut cache, 0, "s2", "t", &a),
+            PinState::Matches
+        );
+        assert_eq!(
+            tofu.called(&host, &mut cache, 0, "s2", "t"),
             ToolPin {
                 digest: Some(a.clone()),
                 state: PinState::Matches
             }
         );
         // The server changes the tool: the first definition stays the pin.
-        assert_eq!(tofu.listed(&mut host, "s2", "t", &b), PinState::Changed);
-        assert_eq!(tofu.called(&host, "s2", "t").state, PinState::Changed);
+        assert_eq!(
+            tofu.listed(&mut host, &mut cache, 0, "s2", "t", &b),
+            PinState::Changed
+        );
+        assert_eq!(
+            tofu.called(&host, &mut cache, 0, "s2", "t").state,
+            PinState::Changed
+        );
         // Another service's tool of the same name is pinned on its own.
-        assert_eq!(tofu.listed(&mut host, "s3", "t", &b), PinState::Matches);
+        assert_eq!(
+            tofu.listed(&mut host, &mut cache, 0, "s3", "t", &b),
+            PinState::Matches
+        );
         let off = ServicePins::default();
-        assert_eq!(off.listed(&mut host, "s4", "t", &a), PinState::Unpinned);
+        assert_eq!(
+            off.listed(&mut host, &mut cache, 0, "s4", "t", &a),
+            PinState::Unpinned
+        );
+    }
+
+    /// A change one worker's list shows reaches another worker's calls
+    /// once what that worker read is no longer fresh; on the worker that
+    /// saw it, at once.
+    #[test]
+    fn a_change_seen_on_one_worker_reaches_the_others_within_the_freshness_window() {
+        let a = digest(&json!({"name": "t", "description": "a"})).unwrap();
+        let b = digest(&json!({"name": "t", "description": "b"})).unwrap();
+        let mut host = MockHost::new();
+        let (mut one, mut two) = (PinCache::default(), PinCache::default());
+        let sp = ServicePins {
+            tools: BTreeMap::new(),
+            first_use: true,
+        };
+        assert_eq!(
+            sp.listed(&mut host, &mut one, 0, "s", "t", &a),
+            PinState::Matches
+        );
+        assert_eq!(
+            sp.called(&host, &mut two, 0, "s", "t").state,
+            PinState::Matches
+        );
+        assert_eq!(
+            sp.listed(&mut host, &mut one, 1, "s", "t", &b),
+            PinState::Changed
+        );
+        assert_eq!(
+            sp.called(&host, &mut one, 1, "s", "t").state,
+            PinState::Changed
+        );
+        assert_eq!(
+            sp.called(&host, &mut two, 1, "s", "t").state,
+            PinState::Matches
+        );
+        let later = FRESH_NS;
+        assert_eq!(
+            sp.called(&host, &mut two, later, "s", "t").state,
+            PinState::Changed
+        );
+    }
+
+    /// A fresh cache answers calls and unchanged lists without a host
+    /// call.
+    #[test]
+    fn a_fresh_worker_cache_spares_the_host_calls() {
+        struct Counting(MockHost, std::cell::Cell<u32>);
+        impl Host for Counting {
+            fn property(&self, p: &[&str]) -> Option<Vec<u8>> {
+                self.0.property(p)
+            }
+            fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+                None
+            }
+            fn set_request_header(&mut self, _: &str, _: &str) -> bool {
+                false
+            }
+            fn remove_request_header(&mut self, _: &[u8]) -> bool {
+                false
+            }
+            fn set_response_header(&mut self, _: &str, _: &str) {}
+            fn send_reply(&mut self, _: u16, _: &[(&str, &str)], _: &[u8]) {}
+            fn now_ns(&self) -> u64 {
+                0
+            }
+            fn log(&self, _: crate::host::LogLevel, _: &str) {}
+            fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+                self.1.set(self.1.get() + 1);
+                self.0.shared_get(key)
+            }
+            fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+                self.1.set(self.1.get() + 1);
+                self.0.shared_set(key, value, cas)
+            }
+        }
+        let a = digest(&json!({"name": "t"})).unwrap();
+        let mut host = Counting(MockHost::new(), std::cell::Cell::new(0));
+        let mut cache = PinCache::default();
+        let sp = ServicePins {
+            tools: BTreeMap::new(),
+            first_use: true,
+        };
+        sp.listed(&mut host, &mut cache, 0, "s", "t", &a);
+        let after_first = host.1.get();
+        assert!(after_first > 0);
+        assert_eq!(
+            sp.listed(&mut host, &mut cache, 5, "s", "t", &a),
+            PinState::Matches
+        );
+        assert_eq!(
+            sp.called(&host, &mut cache, 5, "s", "t").state,
+            PinState::Matches
+        );
+        assert_eq!(host.1.get(), after_first);
     }
 
     #[test]

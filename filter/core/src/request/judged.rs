@@ -95,7 +95,7 @@ impl Configured {
             .flatten();
         let tool_pin = pinned
             .zip(trail.tool.as_deref())
-            .map(|((service, sp), tool)| sp.called(host, service, tool));
+            .map(|((service, sp), tool)| sp.called(host, &mut w.pins, now, service, tool));
         if tool_pin
             .as_ref()
             .is_some_and(|p| p.state == crate::mcp::pins::PinState::Changed)

@@ -375,11 +375,12 @@ type Definitions = std::collections::BTreeMap<String, ToolPin>;
 /// [`crate::mcp::pins`]). A name listed twice with two definitions counts
 /// as changed: the list is filtered by name, so the second definition
 /// would otherwise pass under the first one's pin.
-fn pinned<H: Host>(w: &Worker, host: &mut H, job: &ListJob, v: &Value) -> Option<Definitions> {
+fn pinned<H: Host>(w: &mut Worker, host: &mut H, job: &ListJob, v: &Value) -> Option<Definitions> {
     let (pins, service) = job.pins.as_ref()?;
     let sp = pins.service(service)?;
     let items = v.get("result")?.get("tools")?.as_array()?;
     let mut defs = Definitions::new();
+    let now = host.now_ns();
     for item in items {
         let (Some(name), Some(d)) = (item.get("name").and_then(Value::as_str), pins::digest(item))
         else {
@@ -391,7 +392,7 @@ fn pinned<H: Host>(w: &Worker, host: &mut H, job: &ListJob, v: &Value) -> Option
             }
             Some(_) => {}
             None => {
-                let state = sp.listed(host, service, name, &d);
+                let state = sp.listed(host, &mut w.pins, now, service, name, &d);
                 defs.insert(
                     name.to_string(),
                     ToolPin {

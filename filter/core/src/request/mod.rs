@@ -95,6 +95,7 @@ impl Filter {
             cache: config.decision_cache.as_ref().map(DecisionCache::new),
             lists: config.decision_cache.as_ref().map(DecisionCache::new),
             principals: Principals::new(config.identity.cache_entries),
+            pins: Default::default(),
             broker,
             metrics: Metrics::default(),
             exported: secrets::BrokerStats::default(),
@@ -108,10 +109,7 @@ impl Filter {
                 .txn_token
                 .as_ref()
                 .map(|_| crate::txn::Signer::default()),
-            chain: config
-                .decision_log
-                .enabled
-                .then(|| audit::Chain::new(seed)),
+            chain: config.decision_log.enabled.then(|| audit::Chain::new(seed)),
         };
         Filter {
             core: Configured {
