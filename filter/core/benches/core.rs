@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the request path, natively: claims decode, input
-//! build, policy evaluation, whole decision through `MockHost`.
+//! build, policy evaluation, whole decision through `MockHost`, a
+//! decision record finished with and without its chain link.
 //! `cargo bench -p agentplane-core --bench core`.
 
 use agentplane_core::claims;
@@ -82,6 +83,7 @@ fn benches(c: &mut Criterion) {
     });
 
     let doc = input::build(&headers, &config, &docs, &ident, &facts, None);
+    records(c, &config, &doc, h.now_ns);
     for (name, choice) in [
         ("policy_eval_rvm", EngineChoice::Rvm),
         ("policy_eval_interpreter", EngineChoice::Interpreter),
@@ -115,6 +117,44 @@ fn benches(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+}
+
+/// A decision record of this request finished alone, and finished and
+/// linked into a record chain: the difference is what tamper evidence
+/// costs per record (the link, and SHA-256 over the record's text).
+fn records(c: &mut Criterion, config: &agentplane_core::Config, doc: &regorus::Value, now: u64) {
+    use agentplane_core::audit;
+    let id = "d6a6db44-a797-4c31-8540-aa62826572a4";
+    let trail = audit::Trail {
+        input: Some(doc.clone()),
+        eval_ns: Some(96_000),
+        service: Some("sentiment-analysis".into()),
+        request_id: id.into(),
+        agent_type: Some("support".into()),
+        team: Some("customer-success".into()),
+        ..audit::Trail::default()
+    };
+    let f = audit::Facts {
+        decision_id: id,
+        now_ns: now,
+        entrypoint: "data.mcp.authz",
+        revision: "rev",
+        allowed: true,
+        reason: "",
+        reasons: &[],
+        status: 0,
+        agent: Some("support-triage@clients"),
+    };
+    let rec = audit::record(&config.decision_log, &f, &trail);
+    c.bench_function("record_finish", |b| {
+        b.iter(|| audit::finish(black_box(rec.clone()), Some(200), None))
+    });
+    let mut chain = audit::Chain::new(1);
+    c.bench_function("record_finish_chained", |b| {
+        b.iter(|| audit::finish(black_box(rec.clone()), Some(200), Some(&mut chain)))
+    });
+    let text = audit::finish(rec, Some(200), Some(&mut chain));
+    eprintln!("record_finish: a record of {} bytes", text.len());
 }
 
 /// One transaction token signed, and one verified (natively; the wasm
