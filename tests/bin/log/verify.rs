@@ -286,6 +286,18 @@ fn walk(name: &str, recs: &[Rec], opts: Options, fails: &mut Vec<Failure>) {
                 None => format!("removed: chain {name} seq {want} to {} (between seq {} at {} and seq {} at {})", r.seq - 1, p.seq, p.pos, r.seq, r.pos),
             }
         } else if r.prev != p.digest {
+            // A record whose seq comes again later, linked to a text that
+            // is not its predecessor's, is the one that was put in.
+            if let Some(l) = recs.iter().skip(i + 1).find(|l| l.seq == r.seq) {
+                fails.push(fail(
+                    &r.pos,
+                    format!(
+                        "inserted: chain {name} seq {} at {} (its link matches no record; seq {} again at {})",
+                        r.seq, r.pos, l.seq, l.pos
+                    ),
+                ));
+                continue;
+            }
             // The predecessor's text is not what its successor chained
             // to: it was edited, or this record's link was.
             fails.push(fail(

@@ -192,6 +192,33 @@ fn inserting_a_copy_of_a_record_is_caught_where_it_repeats() {
 }
 
 #[test]
+fn inserting_a_forged_record_in_the_next_place_is_caught_where_it_was_put() {
+    // A record of another chain renumbered into this one: its seq is the
+    // next one, its link is not.
+    let mut lines = log(1, 6);
+    let mut other = Chain::new(2);
+    record(&mut other, 1);
+    record(&mut other, 2);
+    let mut forged: Value = {
+        let l = record(&mut other, 3);
+        serde_json::from_str(l.split_once(PREFIX).unwrap().1).unwrap()
+    };
+    let name = Chain::new(1).name().to_string();
+    forged["log"]["chain"] = Value::from(name);
+    let at = line_of(&lines, 3);
+    lines.insert(at - 1, format!("{PREFIX}{forged}"));
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(
+        e.contains("inserted: chain ")
+            && e.contains(&format!(
+                "seq 3 at envoy.log:{at} (its link matches no record; seq 3 again at envoy.log:{})",
+                at + 1
+            )),
+        "{e}"
+    );
+}
+
+#[test]
 fn inserting_a_forged_record_and_relinking_the_rest_fails_at_the_checkpoint() {
     // The attacker rewrites the chain from seq 4 on (a forged record,
     // then the genuine ones renumbered and relinked); only the signed
