@@ -136,3 +136,59 @@ fn get(host_path: &str) -> Result<String, String> {
     }
     Ok(body.to_string())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::net::TcpListener;
+
+    /// Serves one HTTP response with `status` and `body`; gives the port.
+    fn serve_once(status: &'static str, body: &'static str) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        port
+    }
+
+    #[test]
+    fn the_jwks_is_read_from_an_http_url_and_only_from_a_200() {
+        let port = serve_once("200 OK", r#"{"keys":[{"kid":"gw-1","x":"abc"}]}"#);
+        let v = read_jwks(&format!(
+            "http://127.0.0.1:{port}/.well-known/agentplane/jwks.json"
+        ));
+        assert_eq!(v.unwrap()["keys"][0]["kid"], "gw-1");
+        let port = serve_once("503 Service Unavailable", "no key yet");
+        let e = read_jwks(&format!("http://127.0.0.1:{port}/jwks")).unwrap_err();
+        assert!(e.ends_with("answered 503"), "{e}");
+        let e = read_jwks("https://gateway.example/jwks.json").unwrap_err();
+        assert!(e.contains("only http://"), "{e}");
+    }
+
+    #[test]
+    fn usage_errors_are_not_verification_failures() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(matches!(run(&args(&["check"])), Err(Error::Usage(_))));
+        assert!(matches!(
+            run(&args(&["verify", "--bogus"])),
+            Err(Error::Usage(_))
+        ));
+        assert!(matches!(
+            run(&args(&["verify", "/nonexistent/agentplane.log"])),
+            Err(Error::Usage(_))
+        ));
+    }
+}
