@@ -29,6 +29,10 @@ pub struct ListJob {
     /// Tools the answer showed changed since they were pinned (for the
     /// decision record).
     pub(crate) changed: Vec<String>,
+    /// A request to a service with pinned tools: its JSON answer is read
+    /// too, so that a server cannot hand the client a list (unfiltered,
+    /// undigested) as the answer to another request.
+    pub(crate) guarded: bool,
     /// An event stream's incomplete tail.
     pub(crate) events: EventSplitter,
     pub(crate) phase: ListPhase,

@@ -18,7 +18,7 @@
 //! which the server checks; the policy never sees them.
 //!
 //! `message.rs` parses and checks a client's message, `list.rs` filters
-//! list results through the policy, `pins.rs` pins tool definitions, `strict.rs` is the strict JSON reader
+//! list results through the policy, `pins.rs` pins tool definitions (kept by `pin_store.rs`), `strict.rs` is the strict JSON reader
 //! and `events.rs` splits event streams; the JSON-RPC codes stay here.
 
 /// The MCP protocol revisions this filter understands, oldest first: every
@@ -65,6 +65,7 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 mod events;
 mod list;
 mod message;
+pub mod pin_store;
 pub mod pins;
 mod strict;
 pub use events::{event_data, with_data, EventSplitter};

@@ -171,6 +171,7 @@ impl Configured {
                     .filter(|_| field == Some("tools"))
                     .map(|(service, _)| (Rc::clone(&pins), service.to_string())),
                 changed: Vec::new(),
+                guarded: pinned.is_some(),
                 events: Default::default(),
                 phase: Default::default(),
             });

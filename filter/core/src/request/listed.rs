@@ -84,8 +84,11 @@ impl Configured {
         match form {
             // A JSON answer to a request that lists nothing carries no list
             // to this client, compressed or not: only its own answer comes
-            // in it.
-            Some(BodyForm::Json) if !listing => {
+            // in it. Unless the server is the one the pins guard against:
+            // its answer is read, and a list it carries under another
+            // request's id is refused (an SDK hands a message to whichever
+            // pending request its id names).
+            Some(BodyForm::Json) if !listing && !job.guarded => {
                 decision.list = None;
                 return ResponseBody::Untouched;
             }
@@ -157,7 +160,12 @@ impl Configured {
         }
         if form == BodyForm::Json {
             if size > max {
-                return BodyStep::Replace(fail(job, "list response too large to filter"));
+                let why = if job.field.is_some() {
+                    "list response too large to filter"
+                } else {
+                    "response of a pinned service too large to read"
+                };
+                return BodyStep::Replace(fail(job, why));
             }
             if !end {
                 return BodyStep::Hold;
@@ -277,7 +285,7 @@ impl Configured {
         let Some(listed) = mcp::list_names(v, field) else {
             return Ok(false);
         };
-        let defs = pinned(w, host, job, v);
+        let defs = pinned(w, host, job, v)?;
         if let Some(defs) = &defs {
             // Named in the request's decision record when it is written.
             job.changed.extend(
@@ -375,32 +383,78 @@ type Definitions = std::collections::BTreeMap<String, ToolPin>;
 /// [`crate::mcp::pins`]). A name listed twice with two definitions counts
 /// as changed: the list is filtered by name, so the second definition
 /// would otherwise pass under the first one's pin.
-fn pinned<H: Host>(w: &mut Worker, host: &mut H, job: &ListJob, v: &Value) -> Option<Definitions> {
-    let (pins, service) = job.pins.as_ref()?;
-    let sp = pins.service(service)?;
-    let items = v.get("result")?.get("tools")?.as_array()?;
+fn pinned<H: Host>(
+    w: &mut Worker,
+    host: &mut H,
+    job: &ListJob,
+    v: &Value,
+) -> Result<Option<Definitions>, &'static str> {
+    let Some((pins, service)) = job.pins.as_ref() else {
+        return Ok(None);
+    };
+    let (Some(sp), Some(items)) = (
+        pins.service(service),
+        v.get("result")
+            .and_then(|r| r.get("tools"))
+            .and_then(Value::as_array),
+    ) else {
+        return Ok(None);
+    };
     let mut defs = Definitions::new();
-    let now = host.now_ns();
+    let mut twins = std::collections::BTreeSet::new();
     for item in items {
         let (Some(name), Some(d)) = (item.get("name").and_then(Value::as_str), pins::digest(item))
         else {
             continue;
         };
-        match defs.get_mut(name) {
+        match defs.get(name) {
             Some(seen) if seen.digest.as_deref() != Some(d.as_str()) => {
-                seen.state = PinState::Changed;
+                twins.insert(name.to_string());
             }
             Some(_) => {}
             None => {
-                let state = sp.listed(host, &mut w.pins, now, service, name, &d);
-                defs.insert(
-                    name.to_string(),
-                    ToolPin {
-                        digest: Some(d),
-                        state,
-                    },
-                );
+                let pin = ToolPin {
+                    digest: Some(d),
+                    state: PinState::Unpinned,
+                };
+                defs.insert(name.to_string(), pin);
             }
+        }
+    }
+    // A twin is remembered as neither definition (a digest of both), so
+    // calls to it are refused whichever one the client kept.
+    let twin_digests: std::collections::BTreeMap<&str, String> = twins
+        .iter()
+        .filter_map(|n| {
+            let first = defs.get(n)?.digest.as_deref()?;
+            let both = Value::from(format!("{first} twin"));
+            Some((
+                n.as_str(),
+                pins::digest(&serde_json::json!({ "name": both }))?,
+            ))
+        })
+        .collect();
+    let shown: Vec<(&str, &str)> = defs
+        .iter()
+        .filter_map(|(n, p)| {
+            let d = match twin_digests.get(n.as_str()) {
+                Some(t) => t.as_str(),
+                None => p.digest.as_deref()?,
+            };
+            Some((n.as_str(), d))
+        })
+        .collect();
+    let now = host.now_ns();
+    let states = sp.listed(host, &mut w.pins, now, service, &shown)?;
+    let named: Vec<String> = shown.iter().map(|(n, _)| (*n).to_string()).collect();
+    for (name, state) in named.iter().zip(states) {
+        if let Some(p) = defs.get_mut(name) {
+            p.state = state;
+        }
+    }
+    for name in &twins {
+        if let Some(p) = defs.get_mut(name) {
+            p.state = PinState::Changed;
         }
     }
     let changed = defs
@@ -408,7 +462,7 @@ fn pinned<H: Host>(w: &mut Worker, host: &mut H, job: &ListJob, v: &Value) -> Op
         .filter(|p| p.state == PinState::Changed)
         .count();
     w.metrics.add(host, M::ToolPinChanged, changed as u64);
-    Some(defs)
+    Ok(Some(defs))
 }
 
 /// Whether `v` answers the request (a response carrying its id): after it,

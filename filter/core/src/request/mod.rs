@@ -302,6 +302,7 @@ impl Configured {
         }
         if self.config.has_mcp() {
             crate::session::Table::new(&self.config.mcp).create(host);
+            crate::mcp::pin_store::create(host, w.policy.pins());
         }
         host.log(
             LogLevel::Info,

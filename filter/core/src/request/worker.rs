@@ -58,7 +58,7 @@ pub(super) struct Worker {
     /// Verified identities by their metadata bytes.
     pub(super) principals: Principals,
     /// What this worker last read of the shared tool pins.
-    pub(super) pins: crate::mcp::pins::PinCache,
+    pub(super) pins: crate::mcp::pin_store::PinCache,
     pub(super) broker: Option<secrets::Broker>,
     pub(super) metrics: Metrics,
     /// Broker counters already exported as metrics.

@@ -272,20 +272,24 @@ fn list_results_on_streams_not_tied_to_a_list_request_are_refused() {
         "{text}"
     );
     assert!(text.ends_with(own), "{text}");
-    // A tool call's JSON answer is its own: not read.
+    // A tool call's JSON answer is its own; on this service, whose tools
+    // are pinned (the shipped data), it is read all the same, so that no
+    // list hides in it under another request's id (tests/pins.rs), and
+    // passes as sent.
     let (_, mut d, mut h) = post(&mut f, &["tools:call", "tools:list"], call, &[]);
-    let (read, _) = respond(&mut f, &mut d, &mut h, &[JSON], &[b"{}"]);
-    assert_eq!(read, ResponseBody::Untouched);
-    // Compressed too: it is the call's own answer, not a list.
+    let (read, out) = respond(&mut f, &mut d, &mut h, &[JSON], &[b"{}"]);
+    assert_eq!(read, ResponseBody::Buffered);
+    assert_eq!(out, b"{}");
+    // Compressed, it cannot be read: refused.
     let (_, mut d, mut h) = post(&mut f, &["tools:call", "tools:list"], call, &[]);
-    let (read, _) = respond(
+    let (_, out) = respond(
         &mut f,
         &mut d,
         &mut h,
         &[JSON, ("content-encoding", "gzip")],
         &[b"x"],
     );
-    assert_eq!(read, ResponseBody::Untouched);
+    assert!(String::from_utf8_lossy(&out).contains("unreadable"));
     // An event stream that cannot be read could carry a list: refused.
     let (_, mut d, mut h) = post(&mut f, &["tools:call", "tools:list"], call, &[]);
     let (_, out) = respond(

@@ -68,8 +68,26 @@ fn a_tool_list_response_shows_only_the_tools_the_agent_may_call() {
     let (mut d, mut h, _) = list_reply(&mut f, "application/json");
     let again = stream_through(&mut f, &mut d, &mut h, &[body]);
     assert_eq!(serde_json::from_slice::<Value>(&again).unwrap(), out);
-    // A tool call's response is not read.
+    // A tool call's response is read only because this service's tools
+    // are pinned (the shipped data): an event stream or JSON alike.
     let (_, mut d, mut h) = mcp_call(&mut f, &["tools:call"], Some(CALL), &[]);
+    h.response_headers = vec![("content-type".into(), "application/json".into())];
+    assert_eq!(
+        f.on_response_headers(&mut h, &mut d),
+        ResponseBody::Buffered
+    );
+    // A service without pins: its call's JSON answer streams through.
+    let cfg = MCP_CONFIG.replace("tickets-mcp", "docs-mcp");
+    let mut f = Filter::new(cfg.as_bytes(), 7).unwrap();
+    let mut h = request(
+        "POST",
+        "/mcp://docs-mcp/mcp",
+        Some(mcp_claims(&["tools:call"])),
+    );
+    let (_, mut waiting) = f.on_request_headers(&mut h);
+    let (flow, mut d) =
+        f.on_request_body(&mut h, &mut waiting, RequestBody::Complete(CALL.as_bytes()));
+    assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     h.response_headers = vec![("content-type".into(), "application/json".into())];
     assert_eq!(
         f.on_response_headers(&mut h, &mut d),

@@ -256,3 +256,48 @@ fn pins_for_a_service_that_is_not_a_registered_mcp_service_are_named_at_configur
     assert!(warned(CONFIG));
     assert!(!warned(MCP_CONFIG));
 }
+
+/// The answer to a tool call, in JSON, on the pinned service; what the
+/// client receives.
+fn call_answered(f: &mut Filter, shared: &SharedData, answer: &str) -> String {
+    let (flow, mut d, mut h) = post(f, shared, SEARCH);
+    assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
+    h.response_headers = vec![("content-type".into(), "application/json".into())];
+    f.on_response_headers(&mut h, &mut d);
+    let (a, b) = answer.as_bytes().split_at(answer.len() / 2);
+    let mut out = Vec::new();
+    let mut held = Vec::new();
+    for (chunk, end) in [(a, false), (b, true)] {
+        held.extend_from_slice(chunk);
+        let body = held.clone();
+        match f.on_response_body(&mut h, &mut d, body.len(), end, || Some(body.clone())) {
+            BodyStep::Pass => out.append(&mut held),
+            BodyStep::Hold => {}
+            BodyStep::Replace(bytes) => {
+                out.extend(bytes);
+                held.clear();
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A server hands the client a changed tool list as the JSON answer to a
+/// tool call, under the id of a list request it holds back: SDKs give a
+/// message to whichever pending request its id names, so the list would
+/// reach the client unfiltered and undigested. Refused in place.
+#[test]
+fn a_list_smuggled_in_the_json_answer_to_a_tool_call_is_refused() {
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let shared = SharedData::default();
+    assert_eq!(json_list(&mut f, &shared, &[tool(GOOD)]), ["search_docs"]);
+    let smuggled = answer(&[tool(EVIL)]);
+    let out = call_answered(&mut f, &shared, &smuggled);
+    assert!(!out.contains("id_rsa"), "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v.get("error").is_some(), "{out}");
+    // The call's own answer passes as the server sent it.
+    let own =
+        r#"{"jsonrpc":"2.0","id":9,"result":{"content":[{"type":"text","text":"3 articles"}]}}"#;
+    assert_eq!(call_answered(&mut f, &shared, own), own);
+}
