@@ -234,8 +234,8 @@ fn link(record: &str) -> Result<(String, u64, String), String> {
         log.get("seq").and_then(Value::as_u64),
         s("prev"),
     ) {
-        (Some(c), Some(seq), Some(prev)) => Ok((c, seq, prev)),
-        _ => Err("a record whose log link lacks chain, seq or prev".into()),
+        (Some(c), Some(seq @ 1..), Some(prev)) => Ok((c, seq, prev)),
+        _ => Err("a record whose log link lacks chain, seq (from 1) or prev".into()),
     }
 }
 
@@ -264,7 +264,7 @@ fn walk(name: &str, recs: &[Rec], opts: Options, fails: &mut Vec<Failure>) {
                         "removed: chain {name} begins at seq {} at {}: seq 1 to {} are missing",
                         r.seq,
                         r.pos,
-                        r.seq - 1
+                        r.seq.saturating_sub(1)
                     ),
                 };
                 fails.push(fail(&r.pos, what));

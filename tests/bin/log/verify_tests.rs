@@ -322,3 +322,14 @@ fn collector_json_lines_verify_like_envoy_lines() {
         .collect();
     assert_eq!(check(&lines, Options::default()).unwrap().records, 4);
 }
+
+#[test]
+fn a_record_renumbered_to_seq_zero_is_an_edit_not_a_crash() {
+    let mut lines = log(1, 3);
+    lines[0] = lines[0].replace("\"seq\":1}", "\"seq\":0}");
+    let e = check(&lines, Options::default()).unwrap_err();
+    assert!(
+        e.starts_with("edited: a record whose log link lacks chain, seq (from 1)"),
+        "{e}"
+    );
+}
