@@ -33,6 +33,12 @@ pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 /// Compare-and-swap attempts before a list gives up (fails closed).
 const CAS_TRIES: usize = 8;
 
+/// What a list that showed a tool twice with two definitions leaves as
+/// the tool's last definition: no SHA-256 of a definition (finding one is
+/// a preimage attack), so it matches no pin, reviewed or first, and it
+/// pins nothing on first use.
+pub const TWIN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
 /// Per tool: the first definition seen, the last one a list showed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Seen {
@@ -135,6 +141,9 @@ impl PinCache {
 impl ServicePins {
     /// How definition `d` of `tool` stands, given its first-use pin.
     fn state(&self, tool: &str, first: Option<&str>, d: &str) -> PinState {
+        if d == TWIN {
+            return PinState::Changed;
+        }
         if let Some(reviewed) = self.tools.get(tool) {
             return if reviewed == d {
                 PinState::Matches
@@ -173,7 +182,9 @@ impl ServicePins {
             tools.iter().any(|(name, d)| {
                 let s = r.tools.get(*name);
                 s.and_then(|s| s.last.as_deref()) != Some(*d)
-                    || (self.uses_first(name) && s.and_then(|s| s.first.as_ref()).is_none())
+                    || (self.uses_first(name)
+                        && *d != TWIN
+                        && s.and_then(|s| s.first.as_ref()).is_none())
             })
         };
         let unreadable = "pinned tool definitions unreadable";
@@ -210,7 +221,7 @@ impl ServicePins {
             let mut r = Record::decode(&bytes).ok_or("pinned tool definitions unreadable")?;
             for (name, d) in tools {
                 let s = r.tools.entry((*name).to_string()).or_default();
-                if self.uses_first(name) && s.first.is_none() {
+                if self.uses_first(name) && s.first.is_none() && *d != TWIN {
                     s.first = Some((*d).to_string());
                 }
                 s.last = Some((*d).to_string());

@@ -12,6 +12,7 @@
 
 use super::{Configured, Decision, Visible, Worker};
 use crate::host::{Host, LogLevel};
+use crate::mcp::pin_store::TWIN;
 use crate::mcp::pins::{self, PinState, ToolPin};
 use crate::mcp::{self, BodyForm, ListJob, ListPhase};
 use crate::metrics::M;
@@ -421,25 +422,16 @@ fn pinned<H: Host>(
             }
         }
     }
-    // A twin is remembered as neither definition (a digest of both), so
-    // calls to it are refused whichever one the client kept.
-    let twin_digests: std::collections::BTreeMap<&str, String> = twins
-        .iter()
-        .filter_map(|n| {
-            let first = defs.get(n)?.digest.as_deref()?;
-            let both = Value::from(format!("{first} twin"));
-            Some((
-                n.as_str(),
-                pins::digest(&serde_json::json!({ "name": both }))?,
-            ))
-        })
-        .collect();
+    // A twin is remembered as neither definition (see `TWIN`), so calls
+    // to it are refused whichever one the client kept, and it pins
+    // nothing on first use.
     let shown: Vec<(&str, &str)> = defs
         .iter()
         .filter_map(|(n, p)| {
-            let d = match twin_digests.get(n.as_str()) {
-                Some(t) => t.as_str(),
-                None => p.digest.as_deref()?,
+            let d = if twins.contains(n) {
+                TWIN
+            } else {
+                p.digest.as_deref()?
             };
             Some((n.as_str(), d))
         })

@@ -301,3 +301,18 @@ fn a_list_smuggled_in_the_json_answer_to_a_tool_call_is_refused() {
         r#"{"jsonrpc":"2.0","id":9,"result":{"content":[{"type":"text","text":"3 articles"}]}}"#;
     assert_eq!(call_answered(&mut f, &shared, own), own);
 }
+
+/// A server's very first list shows a tool twice with two definitions
+/// (first use): neither may become the pin, or the tool stays refused for
+/// good; it stays refused until a list shows it once, which pins it.
+#[test]
+fn a_twin_at_first_sight_does_not_pin_the_tool_for_good() {
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let shared = SharedData::default();
+    assert!(json_list(&mut f, &shared, &[tool(GOOD), tool(EVIL)]).is_empty());
+    assert!(call_refused(&mut f, &shared, NOON), "either could be kept");
+    assert_eq!(json_list(&mut f, &shared, &[tool(GOOD)]), ["search_docs"]);
+    assert!(!call_refused(&mut f, &shared, NOON));
+    assert!(json_list(&mut f, &shared, &[tool(EVIL)]).is_empty());
+    assert!(call_refused(&mut f, &shared, NOON));
+}
