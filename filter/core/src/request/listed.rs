@@ -171,11 +171,18 @@ impl Configured {
             if !end {
                 return BodyStep::Hold;
             }
+            // A pinned service's answer to a request that lists nothing
+            // is read too (guarded): its error must not speak of a list.
+            let unreadable = if job.field.is_some() {
+                "list response unreadable"
+            } else {
+                "response of a pinned service unreadable"
+            };
             let Some(body) = read() else {
-                return BodyStep::Replace(fail(job, "list response unreadable"));
+                return BodyStep::Replace(fail(job, unreadable));
             };
             let Ok(mut v) = mcp::strict_json(&body, depth) else {
-                return BodyStep::Replace(fail(job, "list response unreadable"));
+                return BodyStep::Replace(fail(job, unreadable));
             };
             job.phase = ListPhase::Through;
             return match self.screen(w, host, job, id, rpc.as_ref(), &mut v) {

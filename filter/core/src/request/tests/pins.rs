@@ -316,3 +316,19 @@ fn a_twin_at_first_sight_does_not_pin_the_tool_for_good() {
     assert!(json_list(&mut f, &shared, &[tool(EVIL)]).is_empty());
     assert!(call_refused(&mut f, &shared, NOON));
 }
+
+/// A pinned service's tool answer the strict reader refuses (nested past
+/// `mcp.max_depth`) cannot pass unread, and its error says what failed:
+/// not a list, the answer of a pinned service.
+#[test]
+fn a_tool_answer_too_deep_to_read_is_not_reported_as_a_list() {
+    let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();
+    let shared = SharedData::default();
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    let own = format!(r#"{{"jsonrpc":"2.0","id":9,"result":{{"structuredContent":{deep}}}}}"#);
+    let out = call_answered(&mut f, &shared, &own);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert_eq!(message, "response of a pinned service unreadable", "{out}");
+    assert_eq!(v["id"], 9);
+}
