@@ -286,6 +286,8 @@ run_tests() {
   AGENTPLANE_FUZZ_CASES="${AGENTPLANE_FUZZ_CASES:-4000}" cargo test -p agentplane-core
   log "agent SDK unit tests (tokens, retries, trace context, calls through a sidecar stand-in)"
   cargo test -p agentplane-agent
+  log "agentplane-log verify: each tampering found at its line (removed, edited, swapped, inserted records)"
+  cargo test -p agentplane-e2e --bin agentplane-log
   log "core unit tests compiled to WebAssembly (wasm-bindgen-test under Node)"
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
     cargo test -p agentplane-core --lib --target wasm32-unknown-unknown
