@@ -355,6 +355,18 @@ test_a_tool_changed_since_it_was_pinned_is_hidden_from_lists if {
 	authz.visible == {"lookup_ticket"} with input as inp
 }
 
+test_a_reviewed_only_service_hides_and_refuses_tools_without_a_reviewed_pin if {
+	pins := {"tickets-mcp": {"reviewed_only": true, "tools": {"search_docs": "sha256:00"}}}
+	authz.allow with input as pinned_call("matches") with data.mcp.pins as pins
+	new_tool := tool_call("search_docs_v2", {}, ["tools:call"])
+	not authz.allow with input as new_tool with data.mcp.pins as pins
+	"tool has no reviewed pin" in authz.deny with input as new_tool with data.mcp.pins as pins
+	authz.allow with input as new_tool
+	listing := tool_list(["tools:list", "tools:call"], ["search_docs", "search_docs_v2"])
+	authz.visible == {"search_docs"} with input as listing with data.mcp.pins as pins
+	authz.visible == {"search_docs", "search_docs_v2"} with input as listing
+}
+
 # Limits (policies/limits.rego).
 
 experimental_agent := object.union(support_agent, {"id": "lab-agent@clients", "type": "experimental"})

@@ -21,6 +21,28 @@ tool_pin := object.get(input, ["mcp", "tool_definition", "pin"], "unpinned")
 # error on one engine and undefined on another.
 default listed_definitions := {}
 
+# A service whose pins say `reviewed_only`: a tool without a reviewed
+# digest (a new one, a lookalike name) is hidden and refused.
+# (data.mcp.pins by name: data.mcp also holds this package's rules.)
+default all_pins := {}
+
+all_pins := data.mcp.pins
+
+service_pins := object.get(all_pins, object.get(input, ["resource", "id"], ""), {})
+
+reviewed_only if object.get(service_pins, "reviewed_only", false) == true
+
+reviewed(name) if {
+	is_string(name)
+	is_object(object.get(service_pins, "tools", {}))
+	is_string(object.get(object.get(service_pins, "tools", {}), name, null))
+}
+
+unreviewed(name) if {
+	reviewed_only
+	not reviewed(name)
+}
+
 listed_definitions := d if {
 	d := object.get(input, ["mcp", "listed_definitions"], {})
 	is_object(d)
@@ -45,6 +67,7 @@ tools_ok if {
 	is_string(mcp_tool)
 	not mcp_tool in denied_tools
 	tool_pin != "changed"
+	not unreviewed(mcp_tool)
 	every needed in tool_permissions {
 		needed in agent_permissions
 	}
@@ -70,6 +93,11 @@ request_reasons contains msg if {
 request_reasons contains "tool definition changed since it was pinned" if {
 	is_string(mcp_tool)
 	tool_pin == "changed"
+}
+
+request_reasons contains "tool has no reviewed pin" if {
+	is_string(mcp_tool)
+	unreviewed(mcp_tool)
 }
 
 request_reasons contains msg if {
@@ -117,6 +145,7 @@ tool_callable(name) if {
 	object.get(cfg.action_permissions, "call_tool", null) in agent_permissions
 	not name in denied_tools
 	object.get(listed_definitions, [name, "pin"], "unpinned") != "changed"
+	not unreviewed(name)
 	every needed in object.get(object.get(cfg, "tool_permissions", {}), name, []) {
 		needed in agent_permissions
 	}

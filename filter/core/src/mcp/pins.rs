@@ -127,11 +127,19 @@ impl Pins {
                 .as_object()
                 .map_err(|_| format!("data.mcp.pins.{name} must be an object"))?;
             let mut sp = ServicePins::default();
+            let mut reviewed_only = false;
             for (k, v) in fields.iter() {
                 match k.as_string().map(|s| s.as_ref()).unwrap_or("") {
                     "first_use" => {
                         sp.first_use = v.as_bool().copied().map_err(|_| {
                             format!("data.mcp.pins.{name}.first_use must be true or false")
+                        })?;
+                    }
+                    // Read by the policy (a tool without a reviewed pin
+                    // is hidden and refused); checked here.
+                    "reviewed_only" => {
+                        reviewed_only = v.as_bool().copied().map_err(|_| {
+                            format!("data.mcp.pins.{name}.reviewed_only must be true or false")
                         })?;
                     }
                     "tools" => {
@@ -155,10 +163,16 @@ impl Pins {
                     }
                     other => {
                         return Err(format!(
-                            "data.mcp.pins.{name}: unknown field {other:?} (tools, first_use)"
+                            "data.mcp.pins.{name}: unknown field {other:?} (tools, first_use, reviewed_only)"
                         ))
                     }
                 }
+            }
+            if reviewed_only && sp.first_use {
+                return Err(format!(
+                    "data.mcp.pins.{name}: reviewed_only and first_use contradict each other \
+                     (only reviewed digests, or the first definition seen)"
+                ));
             }
             out.services.insert(name, sp);
         }
@@ -263,12 +277,17 @@ mod tests {
         assert_eq!(s.tools["x"], d);
         assert!(p.service("other").is_none());
         assert!(pins(json!({"mcp": {}})).unwrap().is_empty());
+        let strict =
+            pins(json!({"mcp": {"pins": {"svc": {"reviewed_only": true, "tools": {"x": d}}}}}));
+        assert!(!strict.unwrap().service("svc").unwrap().first_use);
         for bad in [
             json!({"mcp": {"pins": []}}),
             json!({"mcp": {"pins": {"svc": {"tools": {"x": "md5:abc"}}}}}),
             json!({"mcp": {"pins": {"svc": {"tools": {"x": d.to_uppercase()}}}}}),
             json!({"mcp": {"pins": {"svc": {"first_used": true}}}}),
             json!({"mcp": {"pins": {"svc": {"first_use": "yes"}}}}),
+            json!({"mcp": {"pins": {"svc": {"reviewed_only": 1}}}}),
+            json!({"mcp": {"pins": {"svc": {"reviewed_only": true, "first_use": true}}}}),
         ] {
             assert!(pins(bad.clone()).is_err(), "{bad}");
         }
