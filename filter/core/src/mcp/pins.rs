@@ -17,32 +17,54 @@
 //! The filter tells the policy what it found ([`PinState`]), the policy
 //! decides (the shipped one hides a changed tool and refuses calls to it).
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-/// The members of a tool that make up its definition.
+/// The members of a tool that make up its definition, in the order their
+/// canonical JSON sorts them (by their bytes).
 const DEFINING: [&str; 6] = [
-    "name",
-    "title",
+    "annotations",
     "description",
     "inputSchema",
+    "name",
     "outputSchema",
-    "annotations",
+    "title",
 ];
+
+/// Feeds what serde_json writes straight into the hash.
+struct Hashing(Sha256);
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// A tool definition's digest, `sha256:<hex>`; `None` when `tool` is not
 /// an object.
 pub fn digest(tool: &Value) -> Option<String> {
     let obj = tool.as_object()?;
-    let defining: Map<String, Value> = DEFINING
-        .iter()
-        .filter_map(|k| Some(((*k).to_string(), obj.get(*k)?.clone())))
-        .collect();
-    // serde_json's maps are sorted by key and print without whitespace:
-    // equal definitions, equal bytes.
-    let bytes = serde_json::to_vec(&Value::Object(defining)).ok()?;
-    let sum: [u8; 32] = Sha256::digest(&bytes).into();
+    // The canonical JSON of the defining members, written into the hash as
+    // serde_json would write them as one object (its maps are sorted by
+    // key and print without whitespace): nothing is copied.
+    let mut h = Hashing(Sha256::new());
+    h.0.update(b"{");
+    let present = DEFINING.iter().filter_map(|k| Some((*k, obj.get(*k)?)));
+    for (i, (k, v)) in present.enumerate() {
+        if i > 0 {
+            h.0.update(b",");
+        }
+        serde_json::to_writer(&mut h, k).ok()?;
+        h.0.update(b":");
+        serde_json::to_writer(&mut h, v).ok()?;
+    }
+    h.0.update(b"}");
+    let sum: [u8; 32] = h.0.finalize().into();
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256:");
     for b in sum {
@@ -261,6 +283,31 @@ mod tests {
             digest(&t).unwrap(),
             "sha256:891dafdcc58cd00ff043a1c4de1bf446f471118f01eb935b1f4efad051fef8b2"
         );
+    }
+
+    /// The digest written straight into the hash is the one of the
+    /// defining members serialized as one sorted object, escapes and all.
+    #[test]
+    fn the_streamed_digest_is_the_digest_of_the_canonical_object() {
+        let tools = [
+            json!({"name": "a", "description": "quote \" back \\ nl \n tab \t bell \u{0007} é 𝄞 \u{202e}"}),
+            json!({"title": "T", "annotations": {"z": 1, "a": [1.5, -0.0, 1e30]}, "name": "b", "_meta": {"x": 1}}),
+            json!({"name": "c", "outputSchema": {"type": "object"}, "inputSchema": {"properties": {"b": {}, "a": {}}}}),
+            json!({}),
+        ];
+        for t in tools {
+            let subset: serde_json::Map<String, Value> = t
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| DEFINING.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let bytes = serde_json::to_vec(&Value::Object(subset)).unwrap();
+            let sum: [u8; 32] = Sha256::digest(&bytes).into();
+            let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(digest(&t).unwrap(), format!("sha256:{hex}"), "{t}");
+        }
     }
 
     fn pins(v: serde_json::Value) -> Result<Pins, String> {
