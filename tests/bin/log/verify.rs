@@ -174,7 +174,7 @@ pub fn verify(
     for (name, recs) in &chains {
         walk(name, recs, opts, &mut fails);
     }
-    let (covered, named) = vouch(&chains, &checkpoints, jwks, opts, &mut fails);
+    let (covered, failed) = vouch(&chains, &checkpoints, jwks, opts, &mut fails);
     let mut summary = Summary {
         records,
         chains: chains.len(),
@@ -183,7 +183,7 @@ pub fn verify(
     };
     for (name, recs) in &chains {
         let Some((seq, time)) = covered.get(name) else {
-            if named.contains(name) {
+            if failed.contains(name) {
                 continue; // its checkpoints failed: reported already
             }
             let at = recs.first().map(|r| r.pos.clone()).unwrap_or_default();
@@ -324,7 +324,9 @@ fn fail(at: &Pos, what: String) -> Failure {
 
 /// Checks every checkpoint: signature, and the digest of the record it
 /// names. Returns, per chain, the highest seq a good checkpoint vouches
-/// for and its time, and the chains any checkpoint names.
+/// for and its time, and the chains a failed checkpoint names (a
+/// checkpoint that vouches for nothing here, as one of records before a
+/// rotated file, neither covers its chain nor excuses it).
 fn vouch(
     chains: &BTreeMap<String, Vec<Rec>>,
     checkpoints: &[(Pos, String)],
@@ -333,53 +335,69 @@ fn vouch(
     fails: &mut Vec<Failure>,
 ) -> (HashMap<String, (u64, String)>, HashSet<String>) {
     let mut covered: HashMap<String, (u64, String)> = HashMap::new();
-    let mut named = HashSet::new();
+    let mut failed = HashSet::new();
     for (pos, text) in checkpoints {
         let cp: Option<Value> = serde_json::from_str(text).ok();
-        if let Some(c) = cp.as_ref().and_then(|c| c.get("chain")?.as_str()) {
-            named.insert(c.to_string());
-        }
-        let v: Vouched = match cp
-            .ok_or_else(|| "not JSON".to_string())
-            .and_then(|cp| chain::verify_checkpoint(&cp, jwks))
-        {
-            Ok(v) => v,
-            Err(e) => {
-                fails.push(fail(pos, format!("checkpoint at {pos}: {e}")));
-                continue;
-            }
-        };
-        if let (Err(why), false) = (&v.kid, opts.allow_unsigned) {
-            fails.push(fail(
-                pos,
-                format!("checkpoint at {pos} is unsigned ({why}); --allow-unsigned accepts it"),
-            ));
-            continue;
-        }
-        let recs = chains.get(&v.chain).map(Vec::as_slice).unwrap_or_default();
-        match recs.iter().find(|r| r.seq == v.seq) {
-            Some(r) if r.digest != v.digest => fails.push(fail(
-                &r.pos,
-                format!("edited: chain {} seq {} at {} is not the record the checkpoint at {pos} vouches for", v.chain, v.seq, r.pos),
-            )),
-            Some(_) => {
-                let c = covered.entry(v.chain.clone()).or_insert((0, String::new()));
-                if v.seq >= c.0 {
-                    *c = (v.seq, v.time.clone());
-                }
-            }
-            // A rotated file: the checkpoint is of records before it.
-            None if opts.partial && recs.first().is_some_and(|r| r.seq > v.seq) => {}
-            None => {
-                let last = recs.iter().map(|r| r.seq).max().unwrap_or(0);
-                fails.push(fail(
-                    pos,
-                    format!("removed: the checkpoint at {pos} vouches for chain {} up to seq {}, but the log has it only up to seq {last}", v.chain, v.seq),
-                ));
+        let before = fails.len();
+        check_one(chains, &mut covered, pos, cp.as_ref(), jwks, opts, fails);
+        if fails.len() > before {
+            if let Some(c) = cp.as_ref().and_then(|c| c.get("chain")?.as_str()) {
+                failed.insert(c.to_string());
             }
         }
     }
-    (covered, named)
+    (covered, failed)
+}
+
+/// One checkpoint: a failure, or its chain covered up to its seq.
+fn check_one(
+    chains: &BTreeMap<String, Vec<Rec>>,
+    covered: &mut HashMap<String, (u64, String)>,
+    pos: &Pos,
+    cp: Option<&Value>,
+    jwks: Option<&Value>,
+    opts: Options,
+    fails: &mut Vec<Failure>,
+) {
+    let v: Vouched = match cp
+        .ok_or_else(|| "not JSON".to_string())
+        .and_then(|cp| chain::verify_checkpoint(cp, jwks))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            fails.push(fail(pos, format!("checkpoint at {pos}: {e}")));
+            return;
+        }
+    };
+    if let (Err(why), false) = (&v.kid, opts.allow_unsigned) {
+        fails.push(fail(
+            pos,
+            format!("checkpoint at {pos} is unsigned ({why}); --allow-unsigned accepts it"),
+        ));
+        return;
+    }
+    let recs = chains.get(&v.chain).map(Vec::as_slice).unwrap_or_default();
+    match recs.iter().find(|r| r.seq == v.seq) {
+        Some(r) if r.digest != v.digest => fails.push(fail(
+            &r.pos,
+            format!("edited: chain {} seq {} at {} is not the record the checkpoint at {pos} vouches for", v.chain, v.seq, r.pos),
+        )),
+        Some(_) => {
+            let c = covered.entry(v.chain.clone()).or_insert((0, String::new()));
+            if v.seq >= c.0 {
+                *c = (v.seq, v.time.clone());
+            }
+        }
+        // A rotated file: the checkpoint is of records before it.
+        None if opts.partial && recs.first().is_some_and(|r| r.seq > v.seq) => {}
+        None => {
+            let last = recs.iter().map(|r| r.seq).max().unwrap_or(0);
+            fails.push(fail(
+                pos,
+                format!("removed: the checkpoint at {pos} vouches for chain {} up to seq {}, but the log has it only up to seq {last}", v.chain, v.seq),
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

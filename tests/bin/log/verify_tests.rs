@@ -333,3 +333,36 @@ fn a_record_renumbered_to_seq_zero_is_an_edit_not_a_crash() {
         "{e}"
     );
 }
+
+#[test]
+fn forged_records_after_a_replayed_checkpoint_pass_as_a_rotated_log() {
+    // A rotated access log (records from seq 4 on) verified with the
+    // Envoy log that holds the chain's checkpoint at seq 3: records 4 to
+    // 6 rewritten and relinked, the checkpoint that vouched for them
+    // deleted. The checkpoint at 3 vouches for nothing in this file, so
+    // the chain is vouched for by no checkpoint, as if forged.
+    let honest = log(1, 6);
+    let at_3 = honest.iter().find(|l| l.contains("\"seq\":3,")).unwrap();
+    let mut c = Chain::new(1);
+    for i in 1..=3 {
+        record(&mut c, i);
+    }
+    let mut lines = vec![at_3.clone()];
+    lines.extend((4..=6).map(|i| record(&mut c, 100 + i)));
+    let partial = Options {
+        partial: true,
+        ..Options::default()
+    };
+    let e = check(&lines, partial).unwrap_err();
+    assert!(
+        e.starts_with(&format!(
+            "chain {}: no checkpoint vouches for its 3 records",
+            c.name()
+        )),
+        "{e}"
+    );
+    // The honest rotated file still verifies, its checkpoint at 6 kept.
+    let rotated: Vec<String> = honest.into_iter().skip(4).collect();
+    let s = check(&rotated, partial).unwrap();
+    assert_eq!((s.records, s.uncovered), (3, 0));
+}
