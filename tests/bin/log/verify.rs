@@ -4,8 +4,11 @@
 //! A log is any mix of Envoy log lines (`… agentplane-decision {…}`,
 //! `… agentplane-checkpoint {…}`), access-log lines of the same shape,
 //! and bare JSON lines (a collector's records and checkpoints, one per
-//! line). Records of one chain must come in `seq` order in the input: a
-//! VM hands its records to its sink in the order it numbers them, and
+//! line); such lines as Envoy escapes them (`--log-format-escaped`) or
+//! as a string member of a JSON line (Envoy's `json_format` log, a
+//! container runtime's JSON log) read as the text they escape. Records
+//! of one chain must come in `seq` order in the input: a VM hands its
+//! records to its sink in the order it numbers them, and
 //! Envoy writes them in that order to either sink. So a record whose
 //! `seq` is not its predecessor's plus one was removed, reordered or
 //! inserted, and one whose `prev` is not its predecessor's digest was
@@ -108,26 +111,77 @@ enum Item {
 
 /// The record or checkpoint a line holds, as its exact text.
 fn item(line: &str) -> Option<Item> {
+    let t = line.trim();
+    if t.starts_with('{') {
+        if let Ok(v) = serde_json::from_str::<Value>(t) {
+            // A bare JSON line (a collector's): a checkpoint says so; a
+            // record has a decision id. Read as a whole before looking for
+            // a prefix, which a record may quote in its own text.
+            if v.get("type").and_then(Value::as_str) == Some(CHECKPOINT_TYPE) {
+                return Some(Item::Checkpoint(t.to_string()));
+            }
+            if v.get("decision_id").is_some() {
+                return Some(Item::Record(t.to_string()));
+            }
+            // A log line as a string member of a JSON line (Envoy's
+            // json_format log, a container runtime's JSON log): its
+            // unescaped text is the line as written.
+            let inner = v.as_object().into_iter().flat_map(|o| o.values());
+            return inner.filter_map(Value::as_str).find_map(|s| {
+                let s = s.strip_suffix('\n').unwrap_or(s);
+                prefixed(s.strip_suffix('\r').unwrap_or(s))
+            });
+        }
+    }
+    prefixed(line)
+}
+
+/// The record or checkpoint after its prefix, C-unescaped if Envoy
+/// escaped the line (`--log-format-escaped`: `{\"…`; records never begin
+/// so, their first key being a plain string).
+fn prefixed(line: &str) -> Option<Item> {
+    let text = |s: &str| match s.starts_with("{\\\"") {
+        true => c_unescape(s).unwrap_or_else(|| s.to_string()),
+        false => s.to_string(),
+    };
     if let Some((_, r)) = line.split_once(PREFIX) {
-        return Some(Item::Record(r.to_string()));
+        return Some(Item::Record(text(r)));
     }
     if let Some((_, c)) = line.split_once(CHECKPOINT_PREFIX) {
-        return Some(Item::Checkpoint(c.to_string()));
+        return Some(Item::Checkpoint(text(c)));
     }
-    let t = line.trim();
-    if !t.starts_with('{') {
-        return None;
+    None
+}
+
+/// Undoes `absl::CEscape` (what `--log-format-escaped` applies to a whole
+/// log line): `\n \r \t \" \' \\` and three-digit octal bytes. `None`
+/// for anything else, or bytes that are not UTF-8.
+fn c_unescape(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut it = s.bytes();
+    while let Some(b) = it.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let e = it.next()?;
+        out.push(match e {
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'"' | b'\'' | b'\\' => e,
+            b'0'..=b'3' => {
+                let mut v = e - b'0';
+                for _ in 0..2 {
+                    let d = it.next().filter(u8::is_ascii_digit).filter(|d| *d < b'8')?;
+                    v = v * 8 + (d - b'0');
+                }
+                v
+            }
+            _ => return None,
+        });
     }
-    // A bare JSON line (a collector's): a checkpoint says so; a record
-    // has a decision id.
-    let v: Value = serde_json::from_str(t).ok()?;
-    if v.get("type").and_then(Value::as_str) == Some(CHECKPOINT_TYPE) {
-        Some(Item::Checkpoint(t.to_string()))
-    } else if v.get("decision_id").is_some() {
-        Some(Item::Record(t.to_string()))
-    } else {
-        None
-    }
+    String::from_utf8(out).ok()
 }
 
 /// Verifies `inputs` (name, text) against `jwks`. The error is the first

@@ -366,3 +366,96 @@ fn forged_records_after_a_replayed_checkpoint_pass_as_a_rotated_log() {
     let s = check(&rotated, partial).unwrap();
     assert_eq!((s.records, s.uncovered), (3, 0));
 }
+
+/// Three records whose reason is `reason`, and their checkpoint.
+fn log_with_reason(reason: &str) -> Vec<String> {
+    let ring = keyring(1);
+    let mut c = Chain::new(5);
+    let mut out = Vec::new();
+    for i in 1..=3 {
+        let f = Facts {
+            decision_id: "d",
+            now_ns: i,
+            entrypoint: "data.mcp.authz",
+            revision: "rev",
+            allowed: false,
+            reason,
+            reasons: &[],
+            status: 403,
+            agent: None,
+        };
+        let r = audit::record(&DecisionLogConfig::default(), &f, &Trail::default());
+        let text = audit::finish(r, None, Some(&mut c));
+        out.push(format!("[info][wasm] wasm log: {PREFIX}{text}"));
+    }
+    let cp = c.checkpoint(9, Ok(ring.current.as_ref().unwrap()), 60);
+    out.push(format!(
+        "[info][wasm] wasm log: {CHECKPOINT_PREFIX}{}",
+        cp.unwrap()
+    ));
+    out
+}
+
+/// A reason holding a quote, a backslash and non-ASCII text (what the
+/// escaping Envoy logs below write differently).
+fn awkward_log() -> Vec<String> {
+    log_with_reason("quoted \"x\\y\" caf\u{e9} \u{2028} \u{7f}")
+}
+
+#[test]
+fn a_collector_record_quoting_the_record_prefix_verifies() {
+    // A record's text may hold what a client sent, prefixes included.
+    for quoted in ["agentplane-decision {\"x\":1}", "agentplane-checkpoint {}"] {
+        let lines: Vec<String> = log_with_reason(quoted)
+            .iter()
+            .map(|l| {
+                let (_, j) = l.split_once(": ").unwrap();
+                j.split_once(' ').unwrap().1.to_string()
+            })
+            .collect();
+        assert!(lines[0].starts_with("{\""), "{}", lines[0]);
+        let s = check(&lines, Options::default()).unwrap();
+        assert_eq!((s.records, s.uncovered), (3, 0), "{quoted}");
+    }
+}
+
+#[test]
+fn a_json_formatted_envoy_log_verifies_as_written() {
+    // Envoy's json_format log (`%j`), or a container runtime's JSON lines:
+    // each line a string inside another JSON object.
+    let lines: Vec<String> = awkward_log()
+        .iter()
+        .map(|l| json!({"time": "t", "level": "info", "message": format!("{l}\n")}).to_string())
+        .collect();
+    let s = check(&lines, Options::default()).unwrap();
+    assert_eq!((s.records, s.uncovered), (3, 0));
+}
+
+#[test]
+fn a_log_format_escaped_envoy_log_verifies_as_written() {
+    // `envoy --log-format-escaped` C-escapes each line: quotes, backslashes
+    // and every byte outside printable ASCII (as octal).
+    let escape = |l: &str| {
+        let mut out = String::new();
+        for b in l.bytes() {
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\'' => out.push_str("\\'"),
+                b'\\' => out.push_str("\\\\"),
+                b'\n' => out.push_str("\\n"),
+                0x20..=0x7e => out.push(char::from(b)),
+                _ => out.push_str(&format!("\\{b:03o}")),
+            }
+        }
+        out
+    };
+    let lines: Vec<String> = awkward_log().iter().map(|l| escape(l)).collect();
+    assert!(lines[0].contains("caf\\303\\251"), "{}", lines[0]);
+    let s = check(&lines, Options::default()).unwrap();
+    assert_eq!((s.records, s.uncovered), (3, 0));
+    // An escaped line edited is still an edit.
+    let mut edited = lines.clone();
+    edited[1] = edited[1].replace("caf", "CAF");
+    let e = check(&edited, Options::default()).unwrap_err();
+    assert!(e.starts_with("edited: chain"), "{e}");
+}
