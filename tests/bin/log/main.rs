@@ -77,17 +77,29 @@ fn run(args: &[String]) -> Result<verify::Summary, Error> {
     }
     let mut inputs = Vec::new();
     for f in files {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         let read = if f == "-" {
-            std::io::stdin().read_to_string(&mut text).map(|_| ())
+            std::io::stdin().read_to_end(&mut bytes).map(|_| ())
         } else {
-            std::fs::read_to_string(&f).map(|t| text = t)
+            std::fs::read(&f).map(|b| bytes = b)
         };
         read.map_err(|e| Error::Usage(format!("cannot read {f}: {e}")))?;
         let name = if f == "-" { "stdin".to_string() } else { f };
-        inputs.push((name, text));
+        inputs.push((name, text(bytes)));
     }
     verify::verify(&inputs, jwks.as_ref(), opts).map_err(Error::Tampered)
+}
+
+/// A log's text. Lines beside the records may hold bytes that are not
+/// UTF-8 (a client's header an access log writes raw): read lossily, they
+/// cannot make the whole log unreadable. No record changes (the filter
+/// writes only UTF-8); a record line with such bytes no longer matches its
+/// digest, an edit as it should be.
+fn text(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
 }
 
 /// The JWKS from a file or an `http://` URL (the filter serves it at

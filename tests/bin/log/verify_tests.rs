@@ -459,3 +459,29 @@ fn a_log_format_escaped_envoy_log_verifies_as_written() {
     let e = check(&edited, Options::default()).unwrap_err();
     assert!(e.starts_with("edited: chain"), "{e}");
 }
+
+#[test]
+fn a_line_that_is_not_utf8_beside_the_records_does_not_make_the_log_unreadable() {
+    // An access log line writes a client's header raw (obs-text bytes).
+    let lines = log(1, 4);
+    let mut bytes = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if i == 2 {
+            bytes.extend_from_slice(b"[access] GET /mcp 200 agent=\xff\xfe\n");
+        }
+        bytes.extend_from_slice(l.as_bytes());
+        bytes.push(b'\n');
+    }
+    let input = [("envoy.log".to_string(), crate::text(bytes.clone()))];
+    let s = verify(&input, Some(&jwks()), Options::default()).unwrap();
+    assert_eq!(s.records, 4);
+    // The same bytes in a record are an edit of it.
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"decision-2\"")
+        .unwrap();
+    bytes[at] = 0xff;
+    let input = [("envoy.log".to_string(), crate::text(bytes))];
+    let e = verify(&input, Some(&jwks()), Options::default()).unwrap_err();
+    assert!(e.starts_with("edited: chain"), "{e}");
+}
