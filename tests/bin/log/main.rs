@@ -1,6 +1,6 @@
 //! `agentplane-log`: tools for agentplane's decision log.
 //!
-//! `agentplane-log verify [--jwks FILE|URL] [--allow-unsigned] [--partial]
+//! `agentplane-log verify [--jwks FILE|URL]... [--allow-unsigned] [--partial]
 //! [--closed] [FILE|-]...` reads logs (files, or stdin when none or `-`),
 //! verifies every record chain and checkpoint (see `verify.rs`) and prints
 //! `n records, k chains, verified to checkpoint …`, or the first removed,
@@ -15,9 +15,10 @@ use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: agentplane-log verify [--jwks FILE|http://HOST:PORT/PATH] [--allow-unsigned] [--partial] [--closed] [FILE|-]...
+const USAGE: &str = "usage: agentplane-log verify [--jwks FILE|http://HOST:PORT/PATH]... [--allow-unsigned] [--partial] [--closed] [FILE|-]...
 
-  --jwks FILE|URL   the gateway's JWKS (txn_token.jwks_path), to check checkpoint signatures
+  --jwks FILE|URL   the gateway's JWKS (txn_token.jwks_path), to check checkpoint signatures;
+                    again for archived ones (keys rotated out of it)
   --allow-unsigned  accept checkpoints a filter without a signing key wrote
   --partial         a chain may begin past seq 1 (a rotated file)
   --closed          the writer has shut down: every record must be under a checkpoint";
@@ -53,7 +54,9 @@ fn run(args: &[String]) -> Result<verify::Summary, Error> {
         return Err(Error::Usage(format!("unknown command {cmd}")));
     }
     let mut opts = verify::Options::default();
-    let mut jwks = None;
+    // Every `--jwks` given: archived ones beside the current one, for the
+    // checkpoints of keys rotated out of it.
+    let mut keys: Option<Vec<Value>> = None;
     let mut files = Vec::new();
     let mut it = rest.iter();
     while let Some(a) = it.next() {
@@ -62,7 +65,10 @@ fn run(args: &[String]) -> Result<verify::Summary, Error> {
                 let src = it
                     .next()
                     .ok_or_else(|| Error::Usage("--jwks needs a file or URL".into()))?;
-                jwks = Some(read_jwks(src).map_err(Error::Usage)?);
+                let more = read_jwks(src).map_err(Error::Usage)?;
+                let more = more.get("keys").and_then(Value::as_array).cloned();
+                keys.get_or_insert_with(Vec::new)
+                    .extend(more.unwrap_or_default());
             }
             "--allow-unsigned" => opts.allow_unsigned = true,
             "--partial" => opts.partial = true,
@@ -87,6 +93,7 @@ fn run(args: &[String]) -> Result<verify::Summary, Error> {
         let name = if f == "-" { "stdin".to_string() } else { f };
         inputs.push((name, text(bytes)));
     }
+    let jwks = keys.map(|keys| serde_json::json!({ "keys": keys }));
     verify::verify(&inputs, jwks.as_ref(), opts).map_err(Error::Tampered)
 }
 

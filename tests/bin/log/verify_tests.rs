@@ -485,3 +485,50 @@ fn a_line_that_is_not_utf8_beside_the_records_does_not_make_the_log_unreadable()
     let e = verify(&input, Some(&jwks()), Options::default()).unwrap_err();
     assert!(e.starts_with("edited: chain"), "{e}");
 }
+
+#[test]
+fn checkpoints_of_a_key_rotated_out_verify_with_its_archived_jwks_given_too() {
+    let kv = |kid: &str, seed: u8| {
+        let d = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            [seed; 32],
+        );
+        let kv = json!({"data": {"data": {"kid": kid, "d": d}}});
+        Keyring::from_kv(kv.to_string().as_bytes()).unwrap()
+    };
+    let (old, new) = (kv("gw-1", 1), kv("gw-2", 3));
+    let mut c = Chain::new(9);
+    let mut lines = vec![record(&mut c, 1)];
+    let cp = c.checkpoint(1, Ok(old.current.as_ref().unwrap()), 60);
+    lines.push(format!("{CHECKPOINT_PREFIX}{}", cp.unwrap()));
+    lines.push(record(&mut c, 2));
+    let cp = c.checkpoint(2, Ok(new.current.as_ref().unwrap()), 60);
+    lines.push(format!("{CHECKPOINT_PREFIX}{}", cp.unwrap()));
+    let dir = std::env::temp_dir().join(format!("agentplane-log-jwks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let log = file("envoy.log", &(lines.join("\n") + "\n"));
+    let (old, new) = (
+        file("old.json", old.jwks().unwrap()),
+        file("new.json", new.jwks().unwrap()),
+    );
+    let run = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match crate::run(&args) {
+            Ok(s) => Ok(s.checkpoints),
+            Err(crate::Error::Tampered(e) | crate::Error::Usage(e)) => Err(e),
+        }
+    };
+    let e = run(&["verify", "--jwks", &new, &log]).unwrap_err();
+    assert!(
+        e.contains("signed by gw-1, a key the JWKS does not hold"),
+        "{e}"
+    );
+    let cps = run(&["verify", "--jwks", &new, "--jwks", &old, &log]).unwrap();
+    assert_eq!(cps[0].1, 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -203,24 +203,37 @@ pub fn verify_checkpoint(cp: &Json, jwks: Option<&Json>) -> Result<Vouched, Stri
         return Ok(v);
     };
     let jwks = jwks.ok_or_else(|| format!("signed by {kid}, but no JWKS to check it"))?;
-    let x = jwks
+    // Every key under the kid: a JWKS merged from archived ones may hold
+    // two (a key replaced without a new kid), and a checkpoint is good if
+    // either signed it.
+    let xs: Vec<&str> = jwks
         .get("keys")
         .and_then(Json::as_array)
         .into_iter()
         .flatten()
-        .find(|k| k.get("kid").and_then(Json::as_str) == Some(kid))
-        .and_then(|k| k.get("x").and_then(Json::as_str))
-        .ok_or_else(|| format!("signed by {kid}, a key the JWKS does not hold"))?;
-    let key = crate::config::txn_public_key(x).map_err(|e| format!("key {kid}: {e}"))?;
+        .filter(|k| k.get("kid").and_then(Json::as_str) == Some(kid))
+        .filter_map(|k| k.get("x").and_then(Json::as_str))
+        .collect();
+    if xs.is_empty() {
+        return Err(format!("signed by {kid}, a key the JWKS does not hold"));
+    }
     let sig = Base64UrlUnpadded::decode_vec(sig)
         .ok()
         .and_then(|s| <[u8; 64]>::try_from(s.as_slice()).ok())
         .ok_or("the signature is not 64 bytes of base64url")?;
-    key.verify_strict(
-        message(chain, seq, digest, time).as_bytes(),
-        &Signature::from_bytes(&sig),
-    )
-    .map_err(|_| format!("the signature does not verify with key {kid}"))?;
+    let msg = message(chain, seq, digest, time);
+    let mut last = Ok(());
+    for x in xs {
+        let key = crate::config::txn_public_key(x).map_err(|e| format!("key {kid}: {e}"));
+        last = key.and_then(|key| {
+            key.verify_strict(msg.as_bytes(), &Signature::from_bytes(&sig))
+                .map_err(|_| format!("the signature does not verify with key {kid}"))
+        });
+        if last.is_ok() {
+            break;
+        }
+    }
+    last?;
     v.kid = Ok(kid.to_string());
     Ok(v)
 }

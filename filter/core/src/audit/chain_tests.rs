@@ -115,6 +115,17 @@ fn a_signed_checkpoint_verifies_against_the_jwks_and_not_once_edited() {
         verify_checkpoint(&cp, Some(&other)).is_err(),
         "same kid, another key"
     );
+    // A JWKS merged from archives: the replaced key under the same kid
+    // first, then this one.
+    let mut merged = other.clone();
+    merged["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend(jwks["keys"].as_array().unwrap().iter().cloned());
+    assert_eq!(
+        verify_checkpoint(&cp, Some(&merged)).unwrap().kid,
+        Ok("log-1".to_string())
+    );
     let e = verify_checkpoint(&cp, Some(&serde_json::json!({"keys": []}))).unwrap_err();
     assert!(e.contains("does not hold"), "{e}");
     assert!(verify_checkpoint(&cp, None).is_err(), "signed, no JWKS");
