@@ -532,3 +532,44 @@ fn checkpoints_of_a_key_rotated_out_verify_with_its_archived_jwks_given_too() {
     assert_eq!(cps[0].1, 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_log_read_while_its_last_record_is_written_verifies_up_to_it() {
+    let mut lines = log(1, 4);
+    let mut c = Chain::new(1);
+    let fifth = (1..=5).map(|i| record(&mut c, i)).last().unwrap();
+    lines.push(fifth[..fifth.len() / 2].to_string());
+    let text = lines.join("\n"); // no line end after the cut line
+    let input = [("envoy.log".to_string(), text.clone())];
+    let s = verify(&input, Some(&jwks()), Options::default()).unwrap();
+    assert_eq!((s.records, s.uncovered), (4, 0));
+    assert_eq!(s.cut, vec!["envoy.log:7".to_string()]);
+    assert!(s.to_string().ends_with("; the last line, at envoy.log:7, is cut off mid-line (still being written?), not verified"), "{s}");
+    let closed = Options {
+        closed: true,
+        ..Options::default()
+    };
+    let e = verify(&input, Some(&jwks()), closed).unwrap_err();
+    assert!(
+        e.starts_with("truncated: the last line, at envoy.log:7"),
+        "{e}"
+    );
+    // A record cut off that a checkpoint vouches for is still removed.
+    let (records, cps): (Vec<String>, Vec<String>) =
+        log(1, 4).into_iter().partition(|l| l.contains(PREFIX));
+    let mut access = records.join("\n");
+    access.truncate(access.len() - 20);
+    let inputs = [
+        ("access.log".to_string(), access),
+        ("envoy.log".to_string(), cps.join("\n") + "\n"),
+    ];
+    let e = verify(&inputs, Some(&jwks()), Options::default()).unwrap_err();
+    assert!(
+        e.starts_with("removed: the checkpoint at envoy.log:2 vouches for chain"),
+        "{e}"
+    );
+    assert!(
+        e.contains("up to seq 4, but the log has it only up to seq 3"),
+        "{e}"
+    );
+}
