@@ -68,14 +68,12 @@ impl Chain {
     /// A fresh chain named from the VM's seed (distinct per VM: the seed
     /// is drawn from the host's randomness).
     pub fn new(seed: u64) -> Chain {
-        // SplitMix64's finalizer: the name does not show the seed itself,
-        // which also seeds decision ids.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        // A digest of the seed, domain-separated: the name, in every record
+        // and checkpoint, shows neither the seed nor the decision-id
+        // generator's state (SplitMix64 of the seed, an invertible mix).
+        let d = digest(&[b"agentplane-chain\n".as_slice(), &seed.to_le_bytes()].concat());
         Chain {
-            name: format!("{z:016x}"),
+            name: d.get(7..23).unwrap_or("0000000000000000").to_string(),
             seq: 0,
             last: GENESIS.to_string(),
             checkpointed: 0,

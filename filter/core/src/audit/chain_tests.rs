@@ -156,3 +156,22 @@ fn periodic_checkpoints_come_every_interval_and_only_after_new_records() {
     assert!(!c.due(19_999_999_999, 10), "rescheduled from the last one");
     assert!(c.due(20_000_000_000, 10));
 }
+
+#[test]
+fn the_chain_name_shows_neither_the_seed_nor_the_decision_id_generators_state() {
+    // What `ids.rs` seeds its generator with: SplitMix64 of the seed.
+    let splitmix = |z: u64| {
+        let mut z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for seed in [0, 1, 42, u64::MAX] {
+        let name = Chain::new(seed).name().to_string();
+        assert_eq!(name.len(), 16, "{name}");
+        assert!(name.bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
+        assert_ne!(name, format!("{:016x}", splitmix(seed)));
+        assert_ne!(name, format!("{seed:016x}"));
+    }
+    assert_ne!(Chain::new(1).name(), Chain::new(2).name());
+}
