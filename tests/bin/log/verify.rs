@@ -473,10 +473,19 @@ fn check_one(
         None if opts.partial && recs.first().is_some_and(|r| r.seq > v.seq) => {}
         None => {
             let last = recs.iter().map(|r| r.seq).max().unwrap_or(0);
-            fails.push(fail(
-                pos,
-                format!("removed: the checkpoint at {pos} vouches for chain {} up to seq {}, but the log has it only up to seq {last}", v.chain, v.seq),
-            ));
+            // The record named is missing between others: the walk reports
+            // the gap where it is, and so does this (not as a short log).
+            let what = match recs.iter().find(|r| r.seq > v.seq) {
+                Some(after) => fail(
+                    &after.pos,
+                    format!("removed: chain {} seq {}, which the checkpoint at {pos} vouches for, is missing before seq {} at {}", v.chain, v.seq, after.seq, after.pos),
+                ),
+                None => fail(
+                    pos,
+                    format!("removed: the checkpoint at {pos} vouches for chain {} up to seq {}, but the log has it only up to seq {last}", v.chain, v.seq),
+                ),
+            };
+            fails.push(what);
         }
     }
 }

@@ -573,3 +573,18 @@ fn a_log_read_while_its_last_record_is_written_verifies_up_to_it() {
         "{e}"
     );
 }
+
+#[test]
+fn deleting_the_record_a_checkpoint_names_is_reported_where_it_was() {
+    let mut lines = log(1, 6);
+    lines.remove(2); // seq 3, which the checkpoint after it names
+    let e = check(&lines, Options::default()).unwrap_err();
+    let c = Chain::new(1);
+    assert!(
+        e.starts_with(&format!(
+            "removed: chain {} seq 3 (between seq 2 at envoy.log:2 and seq 4 at envoy.log:4)",
+            c.name()
+        )),
+        "{e}"
+    );
+}
