@@ -57,7 +57,9 @@ struct Record {
 /// The shared-data key of a service's record (its length first: no name
 /// forges another's key).
 fn key(service: &str) -> String {
-    format!("agentplane.pins.{}.{service}", service.len())
+    // The format's version is in the key: a filter built with another
+    // record format reads and writes its own records, never this one's.
+    format!("agentplane.pins.v1.{}.{service}", service.len())
 }
 
 impl Record {
