@@ -294,14 +294,6 @@ impl Configured {
             return Ok(false);
         };
         let defs = pinned(w, host, job, v)?;
-        if let Some(defs) = &defs {
-            // Named in the request's decision record when it is written.
-            job.changed.extend(
-                defs.iter()
-                    .filter(|(_, p)| p.state == PinState::Changed)
-                    .map(|(n, _)| n.clone()),
-            );
-        }
         let visible = self.visible(w, host, job, field, &listed, defs.as_ref())?;
         // A policy without a `visible` rule shows nothing: a list is only
         // ever shown through the policy.
@@ -388,13 +380,14 @@ type Definitions = std::collections::BTreeMap<String, ToolPin>;
 
 /// For a `tools/list` answer of a pinned service: each listed tool's
 /// digest and pin (first definitions pinned, last ones remembered, see
-/// [`crate::mcp::pins`]). A name listed twice with two definitions counts
-/// as changed: the list is filtered by name, so the second definition
-/// would otherwise pass under the first one's pin.
+/// [`crate::mcp::pins`]); the changed ones are counted and named in
+/// `job.changed`. A name listed twice with two definitions counts as
+/// changed: the list is filtered by name, so the second definition would
+/// otherwise pass under the first one's pin.
 fn pinned<H: Host>(
     w: &mut Worker,
     host: &mut H,
-    job: &ListJob,
+    job: &mut ListJob,
     v: &Value,
 ) -> Result<Option<Definitions>, &'static str> {
     let Some((pins, service)) = job.pins.as_ref() else {
@@ -429,38 +422,29 @@ fn pinned<H: Host>(
             }
         }
     }
-    // A twin is remembered as neither definition (see `TWIN`), so calls
-    // to it are refused whichever one the client kept, and it pins
-    // nothing on first use.
+    // A twin is remembered as neither definition (see `TWIN`): it counts
+    // as changed, so calls to it are refused whichever one the client
+    // kept, and it pins nothing on first use.
     let shown: Vec<(&str, &str)> = defs
         .iter()
-        .filter_map(|(n, p)| {
-            let d = if twins.contains(n) {
-                TWIN
-            } else {
-                p.digest.as_deref()?
-            };
-            Some((n.as_str(), d))
+        .map(|(n, p)| match twins.contains(n) {
+            true => (n.as_str(), TWIN),
+            false => (n.as_str(), p.digest.as_deref().unwrap_or(TWIN)),
         })
         .collect();
     let now = host.now_ns();
     let states = sp.listed(host, &mut w.pins, now, service, &shown)?;
-    let named: Vec<String> = shown.iter().map(|(n, _)| (*n).to_string()).collect();
-    for (name, state) in named.iter().zip(states) {
-        if let Some(p) = defs.get_mut(name) {
-            p.state = state;
+    // `shown` is in `defs`' order, one entry each.
+    let mut changed = 0;
+    for ((name, p), state) in defs.iter_mut().zip(states) {
+        p.state = state;
+        if state == PinState::Changed {
+            // Named in the request's decision record when it is written.
+            job.changed.push(name.clone());
+            changed += 1;
         }
     }
-    for name in &twins {
-        if let Some(p) = defs.get_mut(name) {
-            p.state = PinState::Changed;
-        }
-    }
-    let changed = defs
-        .values()
-        .filter(|p| p.state == PinState::Changed)
-        .count();
-    w.metrics.add(host, M::ToolPinChanged, changed as u64);
+    w.metrics.add(host, M::ToolPinChanged, changed);
     Ok(Some(defs))
 }
 
