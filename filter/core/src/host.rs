@@ -219,6 +219,8 @@ pub struct MockHost {
     pub tick_ms: Option<u64>,
     /// Shared data (see [`SharedData`]).
     pub shared: SharedData,
+    /// Shared-data reads and writes this host served.
+    pub shared_calls: std::cell::Cell<u32>,
     /// Metrics by name: counter totals, or histogram samples summed.
     pub metrics: BTreeMap<String, u64>,
     metric_names: Vec<String>,
@@ -402,10 +404,12 @@ impl Host for MockHost {
     }
 
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.shared_calls.set(self.shared_calls.get() + 1);
         self.shared.borrow().get(key).cloned()
     }
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.shared_calls.set(self.shared_calls.get() + 1);
         let mut m = self.shared.borrow_mut();
         let current = m.get(key).map_or(0, |(_, c)| *c);
         if cas.is_some_and(|c| c != 0 && c != current) {

@@ -90,52 +90,20 @@ fn a_change_seen_on_one_worker_reaches_the_others_within_the_freshness_window() 
     );
 }
 
-/// Counts shared-data calls.
-struct Counting(MockHost, std::cell::Cell<u32>);
-
-impl Host for Counting {
-    fn property(&self, p: &[&str]) -> Option<Vec<u8>> {
-        self.0.property(p)
-    }
-    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-        None
-    }
-    fn set_request_header(&mut self, _: &str, _: &str) -> bool {
-        false
-    }
-    fn remove_request_header(&mut self, _: &[u8]) -> bool {
-        false
-    }
-    fn set_response_header(&mut self, _: &str, _: &str) {}
-    fn send_reply(&mut self, _: u16, _: &[(&str, &str)], _: &[u8]) {}
-    fn now_ns(&self) -> u64 {
-        0
-    }
-    fn log(&self, _: crate::host::LogLevel, _: &str) {}
-    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.1.set(self.1.get() + 1);
-        self.0.shared_get(key)
-    }
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        self.1.set(self.1.get() + 1);
-        self.0.shared_set(key, value, cas)
-    }
-}
-
 /// A fresh cache answers calls and unchanged lists without a host call.
 #[test]
 fn a_fresh_worker_cache_spares_the_host_calls() {
     let a = d("a");
-    let mut h = Counting(host(), std::cell::Cell::new(0));
+    let mut h = host();
     let mut c = PinCache::default();
     let sp = tofu();
     sp.listed(&mut h, &mut c, 0, "s", &[("t", &a)]).unwrap();
-    let after_first = h.1.get();
+    let after_first = h.shared_calls.get();
     assert!(after_first > 0);
     let again = sp.listed(&mut h, &mut c, 5, "s", &[("t", &a)]).unwrap();
     assert_eq!(again, [PinState::Matches]);
     assert_eq!(sp.called(&h, &mut c, 5, "s", "t").state, PinState::Matches);
-    assert_eq!(h.1.get(), after_first);
+    assert_eq!(h.shared_calls.get(), after_first);
 }
 
 /// Two workers see a tool for the first time, each a different
