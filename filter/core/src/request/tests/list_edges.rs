@@ -48,22 +48,7 @@ fn respond(
     if read == ResponseBody::Untouched {
         return (read, chunks.concat());
     }
-    let mut out = Vec::new();
-    let mut held: Vec<u8> = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        held.extend_from_slice(c);
-        let end = i + 1 == chunks.len();
-        let bytes = held.clone();
-        match f.on_response_body(h, d, bytes.len(), end, || Some(bytes.clone())) {
-            BodyStep::Pass => out.append(&mut held),
-            BodyStep::Hold => {}
-            BodyStep::Replace(b) => {
-                out.extend(b);
-                held.clear();
-            }
-        }
-    }
-    (read, out)
+    (read, stream_through(f, d, h, chunks))
 }
 
 const SSE: (&str, &str) = ("content-type", "text/event-stream");

@@ -33,26 +33,6 @@ fn tool_names(v: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// Feeds `chunks` as a response body; returns what the client receives.
-fn stream_through(f: &mut Filter, d: &mut Decision, h: &mut MockHost, chunks: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut held: Vec<u8> = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        held.extend_from_slice(c);
-        let end = i + 1 == chunks.len();
-        let body = held.clone();
-        match f.on_response_body(h, d, body.len(), end, || Some(body.clone())) {
-            BodyStep::Pass => out.append(&mut held),
-            BodyStep::Hold => {}
-            BodyStep::Replace(bytes) => {
-                out.extend(bytes);
-                held.clear();
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_tool_list_response_shows_only_the_tools_the_agent_may_call() {
     let mut f = Filter::new(MCP_CONFIG.as_bytes(), 7).unwrap();

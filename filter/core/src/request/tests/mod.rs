@@ -89,6 +89,27 @@ fn logged_filter(extra: Value) -> Filter {
     Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
 }
 
+/// Feeds `chunks` as a response body, as the proxy would (what was held
+/// comes again with the next chunk); returns what the client receives.
+fn stream_through(f: &mut Filter, d: &mut Decision, h: &mut MockHost, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut held: Vec<u8> = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        held.extend_from_slice(c);
+        let end = i + 1 == chunks.len();
+        let body = held.clone();
+        match f.on_response_body(h, d, body.len(), end, || Some(body.clone())) {
+            BodyStep::Pass => out.append(&mut held),
+            BodyStep::Hold => {}
+            BodyStep::Replace(bytes) => {
+                out.extend(bytes);
+                held.clear();
+            }
+        }
+    }
+    out
+}
+
 fn log_lines(h: &MockHost) -> Vec<Value> {
     h.logs
         .borrow()

@@ -47,21 +47,7 @@ fn list(
     assert_eq!(flow, Flow::Continue, "{:?}", h.reply);
     h.response_headers = vec![("content-type".into(), content_type.into())];
     f.on_response_headers(&mut h, &mut d);
-    let mut out = Vec::new();
-    let mut held: Vec<u8> = Vec::new();
-    for (i, c) in chunks.iter().enumerate() {
-        held.extend_from_slice(c);
-        let body = held.clone();
-        let end = i + 1 == chunks.len();
-        match f.on_response_body(&mut h, &mut d, body.len(), end, || Some(body.clone())) {
-            BodyStep::Pass => out.append(&mut held),
-            BodyStep::Hold => {}
-            BodyStep::Replace(bytes) => {
-                out.extend(bytes);
-                held.clear();
-            }
-        }
-    }
+    let out = stream_through(f, &mut d, &mut h, chunks);
     let text = String::from_utf8(out).unwrap();
     let json = match content_type {
         "text/event-stream" => text
@@ -265,21 +251,7 @@ fn call_answered(f: &mut Filter, shared: &SharedData, answer: &str) -> String {
     h.response_headers = vec![("content-type".into(), "application/json".into())];
     f.on_response_headers(&mut h, &mut d);
     let (a, b) = answer.as_bytes().split_at(answer.len() / 2);
-    let mut out = Vec::new();
-    let mut held = Vec::new();
-    for (chunk, end) in [(a, false), (b, true)] {
-        held.extend_from_slice(chunk);
-        let body = held.clone();
-        match f.on_response_body(&mut h, &mut d, body.len(), end, || Some(body.clone())) {
-            BodyStep::Pass => out.append(&mut held),
-            BodyStep::Hold => {}
-            BodyStep::Replace(bytes) => {
-                out.extend(bytes);
-                held.clear();
-            }
-        }
-    }
-    String::from_utf8(out).unwrap()
+    String::from_utf8(stream_through(f, &mut d, &mut h, &[a, b])).unwrap()
 }
 
 /// A server hands the client a changed tool list as the JSON answer to a
