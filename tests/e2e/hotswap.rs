@@ -3,10 +3,9 @@
 //! discovery, `deploy/swap.sh`: copy, then one atomic rename) while
 //! requests keep coming, and none of them fails.
 
-use agentplane_e2e::deploy::{ecds_document, with_ecds};
+use agentplane_e2e::deploy::deliver_by_ecds;
 use agentplane_e2e::{
-    default_plugin_config, render_envoy, repo_root, try_http, wasm_path, Envoy, EnvoySetup, Idp,
-    Upstream,
+    default_plugin_config, render_envoy, repo_root, try_http, Envoy, EnvoySetup, Idp, Upstream,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,19 +41,11 @@ fn swapping_the_filter_under_load_fails_no_request() {
     let upstream = Upstream::start_unrecorded();
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     cfg["decision_log"] = json!({"enabled": true, "sample_allowed": 1.0});
-    let dir = std::env::temp_dir().join(format!("agentplane-ecds-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("ecds.yaml"),
-        ecds_document(&wasm_path().display().to_string(), &cfg.to_string()),
-    )
-    .unwrap();
     let mut rendered = render_envoy(
         &EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string()),
         true,
     );
-    with_ecds(&mut rendered, &dir);
+    let dir = deliver_by_ecds(&mut rendered, &cfg.to_string(), "agentplane-ecds");
     rendered.workers = 2;
     let envoy = Envoy::start_yaml(&rendered);
     let token = idp.triage_token();

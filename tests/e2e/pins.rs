@@ -6,10 +6,9 @@
 //! changed definition, and is swapped in the way a policy change ships.
 
 use crate::hotswap::{configured, next_wasm};
-use agentplane_e2e::deploy::{ecds_document, with_ecds};
+use agentplane_e2e::deploy::deliver_by_ecds;
 use agentplane_e2e::{
-    default_plugin_config, render_envoy_routed, repo_root, wasm_path, Envoy, EnvoySetup, Idp,
-    Upstream,
+    default_plugin_config, render_envoy_routed, repo_root, Envoy, EnvoySetup, Idp, Upstream,
 };
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -41,21 +40,13 @@ fn a_tool_changed_after_it_was_pinned_is_hidden_and_refused_until_a_reviewed_pin
     let mut cfg: Value = serde_json::from_str(&default_plugin_config()).unwrap();
     agentplane_e2e::add_tickets_mcp(&mut cfg);
     cfg["decision_log"] = json!({"enabled": true, "sample_allowed": 1.0});
-    let dir = std::env::temp_dir().join(format!("agentplane-pins-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("ecds.yaml"),
-        ecds_document(&wasm_path().display().to_string(), &cfg.to_string()),
-    )
-    .unwrap();
     let ports = HashMap::from([(SERVICE.to_string(), server_port)]);
     let mut rendered = render_envoy_routed(
         &EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string()),
         true,
         &ports,
     );
-    with_ecds(&mut rendered, &dir);
+    let dir = deliver_by_ecds(&mut rendered, &cfg.to_string(), "agentplane-pins");
     let envoy = Envoy::start_yaml(&rendered);
     let token = idp.triage_token_with(&["mcp:connect", "tools:list", "tools:call"]);
     let uri = format!("http://127.0.0.1:{}/{SERVICE}/mcp", envoy.port);

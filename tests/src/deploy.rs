@@ -235,6 +235,24 @@ pub fn with_ecds(rendered: &mut crate::RenderedEnvoy, dir: &std::path::Path) {
     });
 }
 
+/// Has `rendered` take agentplane's filter (the release build, with
+/// `plugin_config`) through extension config discovery from a fresh
+/// directory named after `name`, and returns that directory, where
+/// `deploy/swap.sh` can swap another build in.
+pub fn deliver_by_ecds(
+    rendered: &mut crate::RenderedEnvoy,
+    plugin_config: &str,
+    name: &str,
+) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = crate::wasm_path().display().to_string();
+    std::fs::write(dir.join("ecds.yaml"), ecds_document(&wasm, plugin_config)).unwrap();
+    with_ecds(rendered, &dir);
+    dir
+}
+
 /// The compose stack's checks: `docker-compose config` as JSON, and
 /// OpenBao as the stack runs it.
 pub mod compose;

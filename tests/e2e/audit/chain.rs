@@ -211,8 +211,8 @@ fn inserting_a_record_into_a_real_log_is_found() {
 /// checkpoint in the log comes from a VM going away.
 #[test]
 fn a_swapped_out_vm_checkpoints_its_chain() {
-    use agentplane_e2e::deploy::{ecds_document, with_ecds};
-    use agentplane_e2e::{render_envoy, repo_root, wasm_path, Envoy, EnvoySetup, Idp, Upstream};
+    use agentplane_e2e::deploy::deliver_by_ecds;
+    use agentplane_e2e::{render_envoy, repo_root, Envoy, EnvoySetup, Idp, Upstream};
     let next = crate::hotswap::next_wasm();
     assert!(
         next.exists(),
@@ -222,17 +222,9 @@ fn a_swapped_out_vm_checkpoints_its_chain() {
     let (idp, upstream) = (Idp::new(), Upstream::start());
     let mut cfg: Value = serde_json::from_str(&agentplane_e2e::default_plugin_config()).unwrap();
     cfg["decision_log"] = json!({"enabled": true, "checkpoint_s": 0});
-    let dir = std::env::temp_dir().join(format!("agentplane-ecds-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = wasm_path().display().to_string();
-    std::fs::write(
-        dir.join("ecds.yaml"),
-        ecds_document(&wasm, &cfg.to_string()),
-    )
-    .unwrap();
     let setup = EnvoySetup::without_vault(&idp, upstream.port, cfg.to_string());
     let mut rendered = render_envoy(&setup, true);
-    with_ecds(&mut rendered, &dir);
+    let dir = deliver_by_ecds(&mut rendered, &cfg.to_string(), "agentplane-ecds-log");
     let envoy = Envoy::start_yaml(&rendered);
     let auth = format!("Bearer {}", idp.triage_token());
     for _ in 0..3 {
