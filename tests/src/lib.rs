@@ -6,9 +6,10 @@
 //!
 //! One module per component: [`envoy`] (the process, its admin, its
 //! rendered configuration), [`bao`] (OpenBao), [`postgres`], [`idp`] (the
-//! in-process token minter and the real provider), [`upstream`] (echo and
-//! MCP servers), [`client`] (the one HTTP client), [`plugin`] (the plugin
-//! configuration). Their public names are re-exported here.
+//! in-process token minter and the real provider), [`approval`] (the
+//! approval service), [`upstream`] (echo and MCP servers), [`client`] (the
+//! one HTTP client), [`plugin`] (the plugin configuration). Their public
+//! names are re-exported here.
 //!
 //! Nothing here skips: a missing Envoy binary or filter is a test failure
 //! that says how to build it.
@@ -20,6 +21,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod approval;
 pub mod bao;
 pub mod client;
 pub mod deploy;
@@ -30,6 +32,7 @@ pub mod postgres;
 pub mod stack;
 pub mod upstream;
 
+pub use approval::{approval_bin, Approval};
 pub use bao::{bao_bin, Bao};
 pub use client::{http, send_raw, try_http, Response};
 pub use envoy::render::{
