@@ -11,6 +11,11 @@
 // - dynamic client registration (RFC 7591) behind an initial access
 //   token, handing out no registration access token: RFC 7592 management
 //   would let an agent rewrite its own registration, its grants included;
+// - approvers (people, from APPROVERS_FILE) sign in with a password at
+//   /interaction/<uid> in an authorization-code flow with PKCE (S256),
+//   for the first-party clients in FIRST_PARTY_CLIENTS only, consent given
+//   for them; ID tokens RS256 with `sub` the approver's name
+//   (interactions.mjs, approvers.mjs);
 // - the administrator's routes, with ADMIN_TOKEN (none without it):
 //   `PUT /admin/clients/<id>`
 //   changes an agent's attributes, `DELETE /admin/clients/<id>` deletes
@@ -27,12 +32,18 @@
 // CLAIMS_NAMESPACE (default https://mcp.example.com/), TOKEN_TTL (s, 300),
 // DATA_FILE (where registrations persist across restarts, mode 0600: it
 // holds every client secret; without it they live in memory and a restart
-// forgets every agent).
+// forgets every agent), APPROVERS_FILE (JSON: name -> {"password_scrypt":
+// "<salt hex>:<hash hex>"}; hash_password.mjs makes one), ALLOW_PLAIN_PASSWORDS
+// (1: {"password": ...} too, for tests), FIRST_PARTY_CLIENTS (a JSON array of
+// client metadata: client_id, client_secret, redirect_uris; each needs the
+// other's variable).
 
-import { createHash, generateKeyPairSync, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import Provider, { errors } from 'oidc-provider';
+import { loadApprovers } from './approvers.mjs';
+import { firstPartyClients, interaction } from './interactions.mjs';
 
 const env = process.env;
 const host = env.BIND_ADDRESS || '127.0.0.1';
@@ -77,6 +88,31 @@ if (typeof resources === 'string') {
   process.exit(2);
 }
 const known = new Set([audience, ...resources]);
+// Approvers sign in only to first-party clients, so one without the other
+// is a configuration mistake, refused rather than half working.
+if (!env.APPROVERS_FILE !== !env.FIRST_PARTY_CLIENTS) {
+  console.error('APPROVERS_FILE and FIRST_PARTY_CLIENTS go together');
+  process.exit(2);
+}
+let approvers = new Map();
+let firstParty = [];
+try {
+  if (env.APPROVERS_FILE) approvers = loadApprovers(env.APPROVERS_FILE, env.ALLOW_PLAIN_PASSWORDS === '1');
+} catch (e) {
+  console.error(`APPROVERS_FILE ${e.message}`);
+  process.exit(2);
+}
+try {
+  if (env.FIRST_PARTY_CLIENTS) firstParty = firstPartyClients(env.FIRST_PARTY_CLIENTS);
+} catch (e) {
+  console.error(`FIRST_PARTY_CLIENTS ${e.message}`);
+  process.exit(2);
+}
+const firstPartyIds = new Set(firstParty.map((c) => c.client_id));
+// Signs the provider's cookies (the interaction cookie binds a login form
+// to the browser that started it); one per process, kept across key
+// rotations, which build a new provider.
+const cookieKeys = [randomBytes(32).toString('base64url')];
 const ns = env.CLAIMS_NAMESPACE ?? 'https://mcp.example.com/';
 const ttl = Number(env.TOKEN_TTL ?? 300);
 
@@ -173,7 +209,16 @@ async function start(keys, server) {
   const provider = new Provider(issuer, {
     jwks: { keys },
     adapter: Adapter,
-    clients: [],
+    clients: firstParty,
+    // Approvers, by name; nobody else signs in.
+    findAccount: (_ctx, id) => (approvers.has(id) ? { accountId: id, claims: () => ({ sub: id }) } : undefined),
+    // Every authorization-code request carries a PKCE challenge (S256, the
+    // only method this provider knows).
+    pkce: { required: () => true },
+    cookies: { keys: cookieKeys },
+    // Ten minutes to sign in; an approver's sign-in is good for an hour
+    // (then the password again), its consent as long.
+    ttl: { Interaction: 600, Session: 3600, Grant: 3600 },
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
@@ -187,13 +232,14 @@ async function start(keys, server) {
       resourceIndicators: {
         enabled: true,
         // Without `resource`: the gateway's audience, as before services
-        // had their own.
-        defaultResource: () => audience,
+        // had their own. A first-party client gets no access token for the
+        // gateway: it signs approvers in, it does not call services.
+        defaultResource: (_ctx, client) => (firstPartyIds.has(client.clientId) ? undefined : audience),
         // Authorization-code and refresh flows (unused here) keep the
         // resource the grant was for.
         useGrantedResource: () => true,
         getResourceServerInfo: async (_ctx, resource, client) => {
-          if (!known.has(resource)) {
+          if (!known.has(resource) || firstPartyIds.has(client.clientId)) {
             // Not echoed: error_description allows only a narrow character set.
             throw new errors.InvalidTarget('not a resource this provider issues tokens for');
           }
@@ -267,6 +313,10 @@ const invalid = (description) => ({ error: 'invalid_request', error_description:
 // registered ones (the rest of the registration, its secret included,
 // stays); validated as a registration is.
 async function updateClient(req, res, id) {
+  if (firstPartyIds.has(id)) {
+    reply(res, 400, invalid('a first-party client is changed in FIRST_PARTY_CLIENTS'));
+    return;
+  }
   let changes;
   try {
     changes = await readJson(req);
@@ -298,6 +348,10 @@ async function updateClient(req, res, id) {
 }
 
 async function deleteClient(res, id) {
+  if (firstPartyIds.has(id)) {
+    reply(res, 400, invalid('a first-party client is changed in FIRST_PARTY_CLIENTS'));
+    return;
+  }
   if (!(await provider.Client.find(id))) {
     reply(res, 404, invalid('no such client'));
     return;
@@ -350,6 +404,14 @@ server.on('request', async (req, res) => {
   if (req.url.startsWith('/admin/')) {
     try {
       await admin(req, res);
+    } catch {
+      if (!res.headersSent) reply(res, 500, { error: 'server_error' });
+    }
+    return;
+  }
+  if (req.url.startsWith('/interaction/')) {
+    try {
+      await interaction(provider, { approvers, firstParty: firstPartyIds }, req, res);
     } catch {
       if (!res.headersSent) reply(res, 500, { error: 'server_error' });
     }
