@@ -11,6 +11,7 @@
 
 mod adversarial;
 mod agents;
+mod approver_login;
 mod audience;
 mod audit;
 mod authz;

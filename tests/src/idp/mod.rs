@@ -2,7 +2,8 @@
 //! mints tokens with the seed's claim layout, its JWKS inlined into
 //! Envoy's configuration (fast, and any claim a test wants). [`provider`]
 //! runs the real one (`idp/server.mjs`, oidc-provider under Node) for the
-//! tests of registration, key rotation and RFC 8707 resources. They stay
+//! tests of registration, key rotation, RFC 8707 resources and the
+//! approvers' sign-in ([`browser`] signs in as a person would). They stay
 //! two types: one signs what the test asks, the other issues what the
 //! product would.
 
@@ -13,6 +14,7 @@ use jwt_compact::prelude::*;
 use rsa::traits::PublicKeyParts;
 use serde_json::{json, Map, Value};
 
+pub mod browser;
 pub mod provider;
 
 /// Issuer used by the harness's identity provider.

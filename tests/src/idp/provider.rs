@@ -29,6 +29,66 @@ pub struct Registered {
     pub client_secret: String,
 }
 
+/// A first-party client: what signs approvers in (the approval service),
+/// confidential, authorization code with PKCE.
+#[derive(Debug, Clone)]
+pub struct FirstParty {
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uri: String,
+}
+
+impl FirstParty {
+    /// A client with a fresh secret, sending approvers back to
+    /// `redirect_uri`.
+    pub fn new(client_id: &str, redirect_uri: &str) -> FirstParty {
+        FirstParty {
+            client_id: client_id.into(),
+            client_secret: format!("secret-{:032x}", rand::random::<u128>()),
+            redirect_uri: redirect_uri.into(),
+        }
+    }
+
+    /// Its entry in `FIRST_PARTY_CLIENTS`.
+    pub fn metadata(&self) -> Value {
+        json!({
+            "client_id": self.client_id, "client_secret": self.client_secret,
+            "redirect_uris": [self.redirect_uri],
+            "grant_types": ["authorization_code"], "response_types": ["code"],
+            "token_endpoint_auth_method": "client_secret_basic",
+        })
+    }
+}
+
+/// A PKCE pair (RFC 7636, S256).
+#[derive(Debug, Clone)]
+pub struct Pkce {
+    pub verifier: String,
+    pub challenge: String,
+}
+
+impl Pkce {
+    /// A fresh verifier (43 characters) and its S256 challenge.
+    pub fn new() -> Pkce {
+        let verifier = crate::base64url(&rand::random::<[u8; 32]>());
+        let hex = agentplane_core::audit::chain::digest(verifier.as_bytes());
+        let digest: Vec<u8> = (7..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        Pkce {
+            challenge: crate::base64url(&digest),
+            verifier,
+        }
+    }
+}
+
+impl Default for Pkce {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Where `build.sh` installs the provider's packages.
 pub fn idp_dir() -> PathBuf {
     std::env::var("AGENTPLANE_IDP_DIR")
@@ -79,6 +139,37 @@ impl IdProvider {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Starts it with approvers who sign in with these names and passwords
+    /// (plain: `ALLOW_PLAIN_PASSWORDS=1`, for tests) for these first-party
+    /// clients.
+    pub fn start_with_approvers(approvers: &[(&str, &str)], clients: &[FirstParty]) -> IdProvider {
+        let iat = format!("iat-{}-{}", std::process::id(), rand::random::<u64>());
+        let admin = format!("admin-{}-{}", std::process::id(), rand::random::<u64>());
+        let file = std::env::temp_dir().join(format!(
+            "agentplane-approvers-{}-{:016x}.json",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let doc: serde_json::Map<String, Value> = approvers
+            .iter()
+            .map(|(name, pw)| (name.to_string(), json!({ "password": pw })))
+            .collect();
+        std::fs::write(&file, Value::Object(doc).to_string()).unwrap();
+        let list =
+            Value::from(clients.iter().map(FirstParty::metadata).collect::<Vec<_>>()).to_string();
+        let path = file.display().to_string();
+        let started = IdProvider::spawn(&[
+            ("INITIAL_ACCESS_TOKEN", &iat),
+            ("ADMIN_TOKEN", &admin),
+            ("APPROVERS_FILE", &path),
+            ("ALLOW_PLAIN_PASSWORDS", "1"),
+            ("FIRST_PARTY_CLIENTS", &list),
+        ]);
+        // Read once at start: the passwords need not stay on disk.
+        let _ = std::fs::remove_file(&file);
+        started.unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Starts it with exactly these variables besides `PORT` and
     /// `AUDIENCE`; `Err` with what it printed when it does not start.
     pub fn spawn(env: &[(&str, &str)]) -> Result<IdProvider, String> {
@@ -99,6 +190,9 @@ impl IdProvider {
             .env_remove("DATA_FILE")
             .env_remove("ISSUER")
             .env_remove("RESOURCES")
+            .env_remove("APPROVERS_FILE")
+            .env_remove("ALLOW_PLAIN_PASSWORDS")
+            .env_remove("FIRST_PARTY_CLIENTS")
             .env("PORT", "0")
             .env("AUDIENCE", crate::AUDIENCE)
             .envs(env.iter().copied())
@@ -136,6 +230,56 @@ impl IdProvider {
     /// Its token endpoint.
     pub fn token_url(&self) -> String {
         format!("{}/token", self.issuer())
+    }
+
+    /// The authorization endpoint's URL for an approver's sign-in: code
+    /// flow, scope `openid`, with `state`, `nonce` and the PKCE challenge
+    /// (none when `pkce` is None), as the approval service builds it.
+    pub fn authorize_url(
+        &self,
+        client: &FirstParty,
+        state: &str,
+        nonce: &str,
+        pkce: Option<&Pkce>,
+    ) -> String {
+        let mut url = format!(
+            "{}/auth?response_type=code&scope=openid&client_id={}&redirect_uri={}&state={}&nonce={}",
+            self.issuer(),
+            form_encode(&client.client_id),
+            form_encode(&client.redirect_uri),
+            form_encode(state),
+            form_encode(nonce)
+        );
+        if let Some(p) = pkce {
+            url.push_str(&format!(
+                "&code_challenge={}&code_challenge_method=S256",
+                p.challenge
+            ));
+        }
+        url
+    }
+
+    /// Exchanges an authorization code at the token endpoint as the
+    /// first-party client (`client_secret_basic`): the raw answer.
+    pub fn exchange_code(&self, client: &FirstParty, code: &str, verifier: &str) -> Response {
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", client.client_id, client.client_secret));
+        let form = format!(
+            "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
+            form_encode(code),
+            form_encode(&client.redirect_uri),
+            form_encode(verifier)
+        );
+        http(
+            self.port,
+            "POST",
+            "/token",
+            &[
+                ("authorization", &format!("Basic {basic}")),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &form,
+        )
     }
 
     /// The published JWKS.
@@ -258,7 +402,7 @@ impl IdProvider {
 
 /// `application/x-www-form-urlencoded`: every byte but the unreserved ones
 /// percent-encoded.
-fn form_encode(s: &str) -> String {
+pub(crate) fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
