@@ -169,7 +169,9 @@ impl Browser {
     /// form it lands on with `username` and `password`, submits it and
     /// follows the redirects back (to the client's redirect_uri and on).
     /// Returns the last page: the form again (401) when the credentials are
-    /// wrong. Panics when no sign-in form shows up.
+    /// wrong. Panics when no sign-in form shows up, as when this browser
+    /// is signed in at the provider already (its session lasts an hour):
+    /// then [`Browser::get`] goes straight through.
     pub fn sign_in(&mut self, url: &str, username: &str, password: &str) -> Page {
         let page = self.get(url);
         let form = page
