@@ -11,6 +11,7 @@
 
 mod adversarial;
 mod agents;
+mod approval_service;
 mod approver_login;
 mod audience;
 mod audit;
