@@ -214,6 +214,8 @@ async fn check(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> R
         log(json!({
             "event": "approval.consumed", "at": now, "id": a.id, "binding": a.binding,
             "approver": a.approver, "exp": a.exp, "decision_id": input.decision_id,
+            // The filter's decision that opened this approval.
+            "opened_by": a.decision_id,
         }));
     }
     Json(check::answer_json(
