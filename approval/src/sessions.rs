@@ -10,8 +10,8 @@ use base64::Engine as _;
 use rand::RngCore as _;
 use std::collections::HashMap;
 
-/// How long a session lasts.
-pub const SESSION_S: u64 = 8 * 3600;
+/// How long a session lasts: an hour, as the provider's own.
+pub const SESSION_S: u64 = 3600;
 /// How long a login may take at the provider.
 pub const LOGIN_S: u64 = 600;
 /// At most this many of each.
@@ -150,11 +150,21 @@ mod tests {
     }
 
     #[test]
-    fn both_are_bounded() {
+    fn both_are_bounded_and_the_lapsed_go_first() {
         let mut s = Sessions::default();
-        for n in 0..MAX_ENTRIES + 5 {
-            s.create(format!("u{n}"), n as u64);
+        let first = s.create("u0".into(), 0);
+        for n in 1..MAX_ENTRIES + 5 {
+            s.create(format!("u{n}"), 1);
         }
         assert_eq!(s.sessions.len(), MAX_ENTRIES);
+        // The soonest to lapse made room.
+        assert!(s.get(&first, 1).is_none());
+        // Once they have lapsed, they all go at once.
+        s.create("late".into(), 1 + SESSION_S);
+        assert_eq!(s.sessions.len(), 1);
+        for n in 0..MAX_ENTRIES + 5 {
+            s.start_login(Login::new(), "b".into(), format!("r{n}"), 0);
+        }
+        assert_eq!(s.logins.len(), MAX_ENTRIES);
     }
 }
