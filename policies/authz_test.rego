@@ -531,3 +531,15 @@ test_a_bound_token_without_a_certificate_is_refused if {
 test_an_unbound_token_needs_no_certificate if {
 	authz.allow with input as object.union(ok, {"source": null})
 }
+
+test_a_tool_named_for_approval_needs_one if {
+	a := authz.approval with input as tool_call("update_ticket", {"team": "t", "id": "T-1"}, ["tools:call"])
+	a.approvers == ["alice"]
+	a.ttl_s == 600
+}
+
+test_other_tools_need_no_approval if {
+	not authz.approval with input as tool_call("lookup_ticket", {"team": "t"}, ["tools:call"])
+	not authz.approval with input as tool_call("delete_ticket", {}, ["tools:call", "tickets:delete"])
+	not authz.approval with input as tool_list(["tools:list"], ["update_ticket"])
+}

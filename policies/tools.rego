@@ -150,3 +150,14 @@ tool_callable(name) if {
 		needed in agent_permissions
 	}
 }
+
+# Human approval (docs/mcp.md#approval): a call to a tool named in
+# data.mcp.config.approval_tools goes on only once a person it names has
+# approved exactly that call (agent, chain, service, tool, arguments). The
+# filter asks the approval service; an approval lives ttl_s seconds and
+# passes one call.
+approval := {"approvers": a.approvers, "ttl_s": a.ttl_s} if {
+	is_string(mcp_tool)
+	a := object.get(object.get(cfg, "approval_tools", {}), mcp_tool, null)
+	is_object(a)
+}

@@ -10,6 +10,7 @@
 //! here depends on proxy-wasm, so the whole request path runs under plain
 //! `cargo test`.
 
+pub mod approval;
 pub mod audience;
 pub mod audit;
 pub mod bundle;

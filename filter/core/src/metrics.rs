@@ -60,6 +60,13 @@ pub enum M {
     TxnVerified,
     /// Tools found changed since they were pinned (in a list, or called).
     ToolPinChanged,
+    /// Calls answered "approval required" (pending, used, expired) or
+    /// refused for their approval (rejected, edited, bad grant).
+    ApprovalRequired,
+    /// Calls let through on an approval.
+    ApprovalGranted,
+    /// Calls refused because the approval service could not answer.
+    ApprovalUnavailable,
     /// Policy evaluation time, µs (histogram).
     PolicyEvalUs,
 }
@@ -92,6 +99,9 @@ pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
     "agentplane.txn_token.reused",
     "agentplane.txn_token.verified",
     "agentplane.mcp.tool_pin_changed",
+    "agentplane.decisions.approval_required",
+    "agentplane.approval.granted",
+    "agentplane.decisions.approval_unavailable",
     "agentplane.policy.eval_us",
 ];
 

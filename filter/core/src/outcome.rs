@@ -70,6 +70,12 @@ pub enum Denial {
     /// or bound to another principal (404, as an MCP server answers an
     /// unknown session: the client starts a new one).
     McpSession(crate::session::Refusal),
+    /// A tool call the policy lets through only with a human approval it
+    /// does not have (yet): answered in the client's MCP terms, HTTP 200.
+    Approval(Box<crate::approval::Asked>),
+    /// The approval service could not be asked, or answered something
+    /// unusable (503), with why.
+    ApprovalUnavailable(String),
 }
 
 impl Denial {
@@ -82,6 +88,8 @@ impl Denial {
             Denial::TooLarge { .. } => 413,
             Denial::McpSession(_) => 404,
             Denial::RateLimited(_) => 429,
+            Denial::Approval(_) => 403,
+            Denial::ApprovalUnavailable(_) => 503,
             Denial::Policy { status, .. } => *status,
             Denial::PolicyError
             | Denial::UnsafeIdentity(_)
@@ -102,6 +110,8 @@ impl Denial {
             Denial::TooLarge { .. } => "payload_too_large",
             Denial::McpSession(_) => "not_found",
             Denial::RateLimited(_) => "rate_limited",
+            Denial::Approval(a) => a.error(),
+            Denial::ApprovalUnavailable(_) => "unavailable",
             Denial::Policy { .. }
             | Denial::PolicyError
             | Denial::UnsafeIdentity(_)
@@ -138,6 +148,8 @@ impl Denial {
             Denial::HostFailure(what) => format!("proxy_error: {what}"),
             Denial::InvalidTxnToken(why) => format!("invalid_txn_token: {why}"),
             Denial::TxnTokenUnavailable(why) => format!("txn_token_unavailable: {why}"),
+            Denial::Approval(a) => a.reason(),
+            Denial::ApprovalUnavailable(why) => format!("approval_unavailable: {why}"),
             Denial::OtherService { local, named } => format!(
                 "the path names service {named:?}; this proxy guards and delivers to {local:?} only"
             ),
@@ -168,6 +180,8 @@ impl Denial {
             Denial::HostFailure(_) => M::HostFailure,
             Denial::InvalidTxnToken(_) => M::Unauthorized,
             Denial::TxnTokenUnavailable(_) => M::TxnUnavailable,
+            Denial::Approval(_) => M::ApprovalRequired,
+            Denial::ApprovalUnavailable(_) => M::ApprovalUnavailable,
         }
     }
 
@@ -206,8 +220,13 @@ impl Denial {
         tool_result: bool,
         challenge: Option<&Challenge<'_>>,
     ) -> Reply {
-        let answered = rpc.is_some_and(|id| !id.is_null()) && self.is_policy_answer();
+        let answered = rpc.is_some_and(|id| !id.is_null())
+            && (self.is_policy_answer() || matches!(self, Denial::Approval(_)));
         let body = match rpc {
+            Some(id) if answered && matches!(self, Denial::Approval(_)) => match self {
+                Denial::Approval(a) => a.body(id, decision_id),
+                _ => serde_json::Value::Null,
+            },
             Some(id) if answered && tool_result => serde_json::json!({
                 "jsonrpc": "2.0",
                 "id": id,
@@ -320,6 +339,8 @@ impl Denial {
             | Denial::HostFailure(_)
             | Denial::TxnTokenUnavailable(_) => code::UNAVAILABLE,
             Denial::RateLimited(_) => code::RATE_LIMITED,
+            Denial::Approval(_) => code::FORBIDDEN,
+            Denial::ApprovalUnavailable(_) => code::UNAVAILABLE,
         }
     }
 }

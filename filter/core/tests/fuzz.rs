@@ -323,6 +323,7 @@ fn one_case(f: &mut Filter, r: &mut Rng) {
         }
         Flow::Paused => panic!("no service has secrets here"),
         Flow::NeedBody => panic!("the body phase decides"),
+        Flow::Approving => panic!("no approval service is configured here"),
     }
     f.on_response_headers(&mut h, &mut d);
     f.on_log(&mut h, &mut d);

@@ -193,6 +193,9 @@ pub(crate) fn on_http_call_response(root: u32, token: u32, headers: usize, body_
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
     };
+    if approval_response(root, token, status, body_size) {
+        return;
+    }
     with_root(root, |filter| {
         let body = if body_size > filter.max_callout_bytes() {
             None
@@ -201,6 +204,41 @@ pub(crate) fn on_http_call_response(root: u32, token: u32, headers: usize, body_
         };
         filter.on_callout_response(&mut EnvoyHost::root(root), token, status, body.as_deref());
     });
+}
+
+/// Envoy answers every callout on the root context; an approval callout
+/// belongs to the stream that waits for it, which is then served in its
+/// own context (forwarded, or answered). Returns whether `token` was one.
+fn approval_response(root: u32, token: u32, status: Option<u16>, body_size: usize) -> bool {
+    with(|p| {
+        let Plugin { roots, streams } = p;
+        let Some(filter) = roots.get_mut(&root).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(stream) = filter.approval_stream(token) else {
+            return false;
+        };
+        // A stream that ended meanwhile has nothing left to serve.
+        let Some(decision) = streams.get_mut(&stream).and_then(|s| s.decision.as_mut()) else {
+            return true;
+        };
+        let body = if body_size > filter.max_callout_bytes() {
+            None
+        } else {
+            abi::buffer(abi::CALL_RESPONSE_BODY, body_size).ok()
+        };
+        if abi::set_effective_context(stream).is_ok() {
+            let mut host = EnvoyHost::stream(stream, root);
+            let flow =
+                filter.on_approval_response(&mut host, decision, token, status, body.as_deref());
+            if flow == Some(Flow::Continue) {
+                let _ = abi::continue_request();
+            }
+        }
+        let _ = abi::set_effective_context(root);
+        true
+    })
+    .unwrap_or(false)
 }
 
 /// A fail-closed reply for a stream the filter cannot handle, rendered by
@@ -234,7 +272,7 @@ pub(crate) fn on_request_headers(context: u32, eos: bool) -> u32 {
         Ok(Flow::Continue) => CONTINUE,
         // NeedBody: the headers wait for the body (Envoy's
         // `allow_on_headers_stop_iteration`).
-        Ok(Flow::Replied | Flow::Paused | Flow::NeedBody) => PAUSE,
+        Ok(Flow::Replied | Flow::Paused | Flow::NeedBody | Flow::Approving) => PAUSE,
         Err(reason) => unavailable(reason),
     }
 }

@@ -76,6 +76,8 @@ pub struct Trail {
     pub body_len: Option<usize>,
     /// For a request to an MCP service: its principal and session digest.
     pub session: Option<crate::session::Ticket>,
+    /// The human approval the call went through on.
+    pub approval: Option<crate::approval::Granted>,
 }
 
 /// Whether an allowed decision with this id falls in the sample.

@@ -126,7 +126,18 @@ pub(super) fn render(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> R
     opt_string(&mut out, trail.team.as_deref());
     out.push_str(",\"type\":");
     opt_string(&mut out, trail.agent_type.as_deref());
-    let _ = write!(out, "}},\"cached\":{},\"decision_id\":", trail.cached);
+    out.push('}');
+    // `approval` sorts between `agent` and `cached`.
+    if let Some(g) = &trail.approval {
+        out.push_str(",\"approval\":{\"approver\":");
+        string(&mut out, &g.approver);
+        out.push_str(",\"binding\":");
+        string(&mut out, &g.binding);
+        out.push_str(",\"id\":");
+        string(&mut out, &g.id);
+        out.push('}');
+    }
+    let _ = write!(out, ",\"cached\":{},\"decision_id\":", trail.cached);
     string(&mut out, f.decision_id);
     out.push_str(",\"input\":");
     match &trail.input {

@@ -5,7 +5,7 @@
 //! `identity` (and `source`), `policy`, `resources` (with `routing`,
 //! `default_resource` and `actions`), `headers`, `vault` (and the
 //! secrets), `limits`, `mcp`, `cache` (`decision_cache`), `oauth`,
-//! `decision_log`, `txn` (`txn_token`). This file holds what ties them together: the document
+//! `decision_log`, `txn` (`txn_token`), `approval`. This file holds what ties them together: the document
 //! ([`RawConfig`]), the parse, and the rules that span two sections (a
 //! service's secrets need `vault`, its `resource_uri` needs `oauth`, ...).
 //!
@@ -13,6 +13,7 @@
 //! (`filter/core/tests/docs.rs` fails when one is missing); the
 //! error messages name the field and say what to fix.
 
+mod approval;
 mod cache;
 mod decision_log;
 mod error;
@@ -26,6 +27,7 @@ mod resources;
 mod txn;
 mod vault;
 
+pub use approval::{ApprovalConfig, GrantKey};
 pub use cache::DecisionCacheConfig;
 pub use decision_log::{CollectorConfig, DecisionLogConfig, Sink};
 pub use error::ConfigError;
@@ -79,6 +81,8 @@ struct RawConfig {
     oauth: Option<OAuthConfig>,
     #[serde(default)]
     txn_token: Option<TxnConfig>,
+    #[serde(default)]
+    approval: Option<ApprovalConfig>,
 }
 
 /// A validated configuration. Immutable after [`Config::from_json`].
@@ -114,6 +118,8 @@ pub struct Config {
     pub source: SourceConfig,
     /// Transaction tokens, when configured.
     pub txn_token: Option<TxnConfig>,
+    /// The approval service, when configured.
+    pub approval: Option<ApprovalConfig>,
 }
 
 impl Config {
@@ -153,6 +159,7 @@ impl Config {
             limits: raw.limits,
             source: raw.source,
             txn_token: raw.txn_token,
+            approval: raw.approval,
         };
         config.check_sections()?;
         config.check_ties()?;
@@ -162,6 +169,9 @@ impl Config {
     /// Each other section checks itself (`headers` also lower-cases its
     /// names and adds the trusted headers to `strip`).
     fn check_sections(&mut self) -> Result<(), ConfigError> {
+        if let Some(a) = &self.approval {
+            a.check()?;
+        }
         if let Some(t) = &self.txn_token {
             t.check()?;
         }

@@ -1,6 +1,6 @@
 //! The entry points the filter reads from a package: which of its rules
 //! (`allow`, `deny`, `valid_until_ns`, `missing_scope`, `visible`,
-//! `limits`) the package declares, and the generated module that gathers
+//! `limits`, `approval`) the package declares, and the generated module that gathers
 //! them into one decision rule so a single evaluation decides. What the
 //! decision means is read in `verdict.rs`.
 
@@ -20,7 +20,13 @@ fn entry_module(
     has_scope: bool,
     has_visible: bool,
     has_limits: bool,
+    has_approval: bool,
 ) -> String {
+    let approval = if has_approval {
+        "__agentplane_approval := approval\n"
+    } else {
+        ""
+    };
     let limits = if has_limits {
         "__agentplane_limits := limits\n"
     } else {
@@ -60,7 +66,9 @@ fn entry_module(
          {visible}\n\
          default __agentplane_limits := null\n\
          {limits}\n\
-         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until, \"scope\": __agentplane_scope, \"visible\": __agentplane_visible, \"limits\": __agentplane_limits}}\n"
+         default __agentplane_approval := null\n\
+         {approval}\n\
+         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until, \"scope\": __agentplane_scope, \"visible\": __agentplane_visible, \"limits\": __agentplane_limits, \"approval\": __agentplane_approval}}\n"
     )
 }
 
@@ -113,6 +121,7 @@ pub(super) fn add(
         declared("missing_scope")?,
         declared("visible")?,
         limits,
+        declared("approval")?,
     );
     engine
         .add_policy(ENTRY_MODULE.to_string(), module)

@@ -68,6 +68,9 @@ pub struct Verdict {
     /// The limits that apply to the request: the package's `limits` rule
     /// (see [`crate::limits::parse`]); empty without one.
     pub limits: Vec<crate::limits::Limit>,
+    /// A human approval the request needs before it goes on: the
+    /// package's `approval` rule (see [`crate::approval::parse`]).
+    pub approval: Option<crate::approval::Required>,
 }
 
 /// Reads a package's decision object (`allow`, `deny`, `valid_until_ns`,
@@ -125,6 +128,8 @@ pub(super) fn decision(v: Value) -> Result<Verdict, PolicyError> {
     };
     let limits = crate::limits::parse(get("limits").unwrap_or(&Value::Null))
         .map_err(PolicyError::BadResult)?;
+    let approval = crate::approval::parse(get("approval").unwrap_or(&Value::Null))
+        .map_err(PolicyError::BadResult)?;
     Ok(Verdict {
         allowed: allowed && reasons.is_empty(),
         reasons,
@@ -132,6 +137,7 @@ pub(super) fn decision(v: Value) -> Result<Verdict, PolicyError> {
         scope,
         visible,
         limits,
+        approval,
         ..Verdict::default()
     })
 }
@@ -270,5 +276,6 @@ pub(super) fn response_object(v: Value) -> Result<Verdict, PolicyError> {
         scope: None,
         visible: None,
         limits: Vec::new(),
+        approval: None,
     })
 }

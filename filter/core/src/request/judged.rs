@@ -193,6 +193,10 @@ impl Configured {
                 if logging {
                     trail.input = Some(list_doc(carried).unwrap_or_else(build));
                 }
+                let v = mcp_version.as_deref();
+                if let Some(flow) = self.gate(w, host, &outcome, a, mcp, v, trail, carried)? {
+                    return Ok((outcome.agent.clone(), flow));
+                }
                 return self.forward(w, host, &outcome, a, &route, &request_id, trail, carried);
             }
         }
@@ -201,6 +205,10 @@ impl Configured {
         let outcome = Rc::new(outcome);
         if let (Some(cache), Some(key), Some(until)) = (&mut w.cache, key, valid_until) {
             cache.insert(key, Rc::clone(&outcome), now, until);
+        }
+        let v = mcp_version.as_deref();
+        if let Some(flow) = self.gate(w, host, &outcome, a, mcp, v, trail, carried)? {
+            return Ok((outcome.agent.clone(), flow));
         }
         self.forward(w, host, &outcome, a, &route, &request_id, trail, carried)
     }
@@ -308,6 +316,7 @@ impl Configured {
             scope,
             visible: _,
             limits,
+            approval,
         } = verdict;
         for (k, v) in &extra {
             let lower = k.to_ascii_lowercase();
@@ -330,6 +339,7 @@ impl Configured {
                 team: identity.team.clone(),
                 kind: identity.agent_type.clone(),
                 limits,
+                approval,
             })
         } else {
             let status = status.unwrap_or(403);

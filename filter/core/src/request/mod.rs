@@ -9,7 +9,8 @@
 //! stream done); each phase lives in its own file beside it: [`stream`]
 //! (per-stream state), [`worker`] ([`Filter`] and its per-VM state),
 //! `admitted` (headers phase), `judged` (the decision), `limited`,
-//! `forwarded`, `paused` (waiting for secrets), `recorded` (reply, metric,
+//! `forwarded`, `approved` (waiting for a human approval), `paused`
+//! (waiting for secrets), `recorded` (reply, metric,
 //! record, log), `listed` (list responses) and `signed` (txn tokens).
 
 use crate::audit::{self, Trail};
@@ -26,6 +27,7 @@ use crate::secrets;
 use std::collections::HashMap;
 
 mod admitted;
+mod approved;
 mod forwarded;
 mod judged;
 mod limited;
@@ -110,11 +112,13 @@ impl Filter {
                 .as_ref()
                 .map(|_| crate::txn::Signer::default()),
             chain: config.decision_log.enabled.then(|| audit::Chain::new(seed)),
+            approvals: HashMap::new(),
         };
         Filter {
             core: Configured {
                 docs: input::ResourceDocs::new(&config),
                 key_plan,
+                approval_keys: approved::grant_keys(&config),
                 config,
             },
             worker,
@@ -437,12 +441,11 @@ impl Configured {
                 None,
             );
         };
-        let id = admitted.decision_id.clone();
-        let reserved = admitted.reserved;
         let limits = crate::mcp::Limits {
             max_depth: self.config.mcp.max_depth,
         };
         let agent = Some(admitted.principal.identity.id.clone());
+        let mut request_state = None;
         let parsed = match body {
             RequestBody::TooLarge => Err((
                 Denial::TooLarge {
@@ -453,7 +456,10 @@ impl Configured {
             RequestBody::Unreadable => Err((Denial::HostFailure("request body"), agent)),
             RequestBody::Complete(b) => crate::mcp::parse(b, limits)
                 .map_err(|e| (Denial::Mcp(e), agent.clone()))
-                .and_then(|m| {
+                .and_then(|mut m| {
+                    // The gateway's own `requestState` is for the gateway:
+                    // the server never sees it.
+                    request_state = m.params.as_mut().and_then(crate::approval::take_state);
                     // What goes upstream is the message the policy decides
                     // on, re-serialized: never the client's bytes, which
                     // another parser could read otherwise.
@@ -477,12 +483,19 @@ impl Configured {
                 .and_then(|m| m.id.clone())
                 .unwrap_or(serde_json::Value::Null),
         );
-        let mut carried = Carried::default();
+        let mut carried = Carried {
+            request_state,
+            ..Carried::default()
+        };
         let result = match &parsed {
             Ok(m) => self.judge(w, host, &admitted, Some(m), &mut trail, &mut carried),
             Err(refused) => Err(refused.clone()),
         };
-        self.finish(w, host, id, trail, carried, reserved, t0, result, rpc)
+        let (id, reserved) = (admitted.decision_id.clone(), admitted.reserved);
+        match parsed {
+            Ok(m) => self.conclude(w, host, admitted, Some(m), trail, carried, t0, result, rpc),
+            Err(_) => self.finish(w, host, id, trail, carried, reserved, t0, result, rpc),
+        }
     }
 
     /// [`Filter::on_tick`] on this worker's state.
@@ -564,6 +577,7 @@ impl Configured {
             b.forget_stream(stream);
         }
         w.pending.remove(&stream);
+        w.approvals.retain(|_, s| *s != stream);
         if let Some(d) = decision {
             self.release_held(w, host, d);
             if std::mem::take(&mut d.reserved) {

@@ -116,6 +116,10 @@ impl Configured {
     /// [`Filter::on_log`] on this worker's state.
     pub(super) fn on_log<H: Host>(&self, w: &mut Worker, host: &mut H, decision: &mut Decision) {
         self.release_held(w, host, decision);
+        if let Some(trail) = decision.wait.take_approval().map(|a| a.into_trail()) {
+            // The stream ended while its approval was being asked for.
+            decision.record = self.record(decision, &trail, host.now_ns());
+        }
         let settled = w
             .pending
             .remove(&host.stream_id())

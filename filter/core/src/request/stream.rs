@@ -24,6 +24,10 @@ pub enum Flow {
     /// Undecided until the whole body is read ([`Filter::on_request_body`]):
     /// hold the headers and buffer the body.
     NeedBody,
+    /// Allowed, but waiting for the approval service: the stream's own
+    /// decision carries the request until [`Filter::on_approval_response`]
+    /// forwards or answers it.
+    Approving,
 }
 
 /// One request's decision, for the response phase and the log.
@@ -59,21 +63,51 @@ pub struct Decision {
     pub(super) wait: Wait,
 }
 
-/// What a request waiting for its body carries from its headers phase to
-/// its body phase, inside the stream's own [`Decision`]: the stream owns
-/// it, so no other stream's body can be decided with it. It belongs to
-/// that one decision value: a clone or a comparison of a decision leaves
-/// it out, and the body phase takes it once.
+/// What a request waiting for its body (or for its approval) carries from
+/// one phase to the next, inside the stream's own [`Decision`]: the stream
+/// owns it, so no other stream's body or approval can be decided with it.
+/// It belongs to that one decision value: a clone or a comparison of a
+/// decision leaves it out, and the next phase takes it once.
 #[derive(Debug, Default)]
-pub(super) struct Wait(Option<Box<Awaiting>>);
+pub(super) struct Wait(Option<Box<Waiting>>);
+
+// Always boxed (in `Wait`): the variants' sizes cost nothing per stream.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Waiting {
+    Body(Awaiting),
+    Approval(super::approved::Approving),
+}
 
 impl Wait {
     pub(super) fn on(awaiting: Awaiting) -> Wait {
-        Wait(Some(Box::new(awaiting)))
+        Wait(Some(Box::new(Waiting::Body(awaiting))))
     }
 
+    pub(super) fn approval(a: super::approved::Approving) -> Wait {
+        Wait(Some(Box::new(Waiting::Approval(a))))
+    }
+
+    /// The body phase's part, if that is what waits.
     pub(super) fn take(&mut self) -> Option<Awaiting> {
-        self.0.take().map(|a| *a)
+        match self.0.take().map(|w| *w) {
+            Some(Waiting::Body(a)) => Some(a),
+            other => {
+                self.0 = other.map(Box::new);
+                None
+            }
+        }
+    }
+
+    /// The approval phase's part, if that is what waits.
+    pub(super) fn take_approval(&mut self) -> Option<super::approved::Approving> {
+        match self.0.take().map(|w| *w) {
+            Some(Waiting::Approval(a)) => Some(a),
+            other => {
+                self.0 = other.map(Box::new);
+                None
+            }
+        }
     }
 }
 
@@ -163,6 +197,11 @@ pub(super) struct Carried {
     pub(super) list: Option<crate::mcp::ListJob>,
     /// In-flight leases taken for this request, released at stream end.
     pub(super) held: crate::limits::Held,
+    /// The approval service is being asked about this call.
+    pub(super) asking: Option<super::approved::Asking>,
+    /// The filter's own `requestState` the client sent back (2026-07-28),
+    /// taken out of the message before it went upstream.
+    pub(super) request_state: Option<String>,
 }
 
 /// A request waiting for its body.

@@ -39,6 +39,8 @@ pub(super) struct Configured {
     pub(super) docs: input::ResourceDocs,
     /// Which request facts a decision key holds.
     pub(super) key_plan: KeyPlan,
+    /// The approval service's grant keys, decoded (`approval.grant_keys`).
+    pub(super) approval_keys: Vec<(String, ed25519_dalek::VerifyingKey)>,
 }
 
 /// A list response's visible names (`None`: the policy does not filter).
@@ -79,6 +81,8 @@ pub(super) struct Worker {
     pub(super) txn: Option<crate::txn::Signer>,
     /// This VM's decision-record chain (with the decision log on).
     pub(super) chain: Option<audit::Chain>,
+    /// Approval callouts in flight: token → the stream that waits.
+    pub(super) approvals: HashMap<u32, u32>,
 }
 
 /// What to do with an identified request: reusable as is for an equal
@@ -102,6 +106,8 @@ pub(super) struct Allowed {
     pub(super) kind: Option<String>,
     /// The limits the policy applies (counted per request).
     pub(super) limits: Vec<crate::limits::Limit>,
+    /// The human approval the call needs first, if any.
+    pub(super) approval: Option<crate::approval::Required>,
 }
 
 impl Configured {

@@ -43,7 +43,7 @@ fn reference(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
     if let Some(ns) = trail.eval_ns {
         metrics.insert("timer_rego_query_eval_ns".into(), Value::from(ns));
     }
-    json!({
+    let mut out = json!({
         "decision_id": f.decision_id,
         "timestamp": crate::audit::rfc3339(f.now_ns),
         "path": f.entrypoint.strip_prefix("data.").unwrap_or(f.entrypoint).replace('.', "/"),
@@ -59,7 +59,11 @@ fn reference(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
         "cached": trail.cached,
         "secrets": trail.secrets,
         "request_id": trail.request_id,
-    })
+    });
+    if let Some(g) = &trail.approval {
+        out["approval"] = json!({"id": g.id, "approver": g.approver, "binding": g.binding});
+    }
+    out
 }
 
 fn facts<'a>(reasons: &'a [String], status: u16) -> Facts<'a> {
@@ -112,6 +116,13 @@ fn trail(cached: bool) -> Trail {
         tool: None,
         body_len: None,
         session: None,
+        // Approved calls are cached too: the approval member then stands
+        // beside `cached: true`.
+        approval: cached.then(|| crate::approval::Granted {
+            id: "ap-\"1\"".into(),
+            approver: "alice \u{1F600}".into(),
+            binding: "sha256:00".into(),
+        }),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::host::MockHost;
 use crate::pbstruct;
 use serde_json::{json, Value};
 
+mod approval;
 mod audience;
 mod cache;
 mod decide;
