@@ -37,7 +37,7 @@ fn world() -> World {
             ("bob", "bob pw"),
             ("mallory", "mallory pw"),
         ],
-        &[client.clone()],
+        std::slice::from_ref(&client),
     );
     let svc = Approval::start(
         port,
