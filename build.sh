@@ -288,6 +288,8 @@ run_tests() {
   cargo test -p agentplane-agent
   log "agentplane-log verify: each tampering found at its line (removed, edited, swapped, inserted records)"
   cargo test -p agentplane-e2e --bin agentplane-log
+  log "approval service unit tests (states, grants, sign-in, pages)"
+  cargo test -p agentplane-approval
   log "core unit tests compiled to WebAssembly (wasm-bindgen-test under Node)"
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
     cargo test -p agentplane-core --lib --target wasm32-unknown-unknown
@@ -309,7 +311,7 @@ run_tests() {
   build_trap
   build_next
   ensure_idp
-  cargo build -q -p agentplane-agent
+  cargo build -q -p agentplane-agent -p agentplane-approval
   ensure_mcp_clients
   log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION, oidc-provider)"
   ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" AGENTPLANE_TRAP_WASM="$TRAP_WASM" \

@@ -11,6 +11,7 @@
 
 mod adversarial;
 mod agents;
+mod approval;
 mod approval_service;
 mod approver_login;
 mod audience;

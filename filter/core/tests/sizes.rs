@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 const LIMIT: usize = 600;
-const FOLDERS: [&str; 5] = ["filter", "agent", "skills", "idp", "tests"];
+const FOLDERS: [&str; 6] = ["filter", "agent", "skills", "idp", "tests", "approval"];
 const SOURCE: [&str; 6] = ["rs", "js", "mjs", "ts", "py", "rego"];
 
 fn repo() -> PathBuf {
