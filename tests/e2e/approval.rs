@@ -142,7 +142,10 @@ fn a_call_approved_by_a_person_passes_once_and_nothing_else_passes_on_it() {
     let args = json!({"team": "customer-success", "id": "T-7"});
     let first = w.rt.block_on(call(&uri, &token, args.clone()));
     assert!(first.contains("approval required"), "{first}");
-    assert!(!first.contains("updated"), "the tool ran unapproved: {first}");
+    assert!(
+        !first.contains("updated"),
+        "the tool ran unapproved: {first}"
+    );
     assert!(!first.contains(&w.svc.filter_key), "{first}");
     let page = page_of(&first, &w.svc);
 
@@ -151,7 +154,11 @@ fn a_call_approved_by_a_person_passes_once_and_nothing_else_passes_on_it() {
     let shown = b.sign_in(&page, "alice", "alice pw");
     assert_eq!(shown.response.status, 200, "{}", shown.response.body);
     for what in ["support-triage@clients", SERVICE, "update_ticket", "T-7"] {
-        assert!(shown.response.body.contains(what), "{what}: {}", shown.response.body);
+        assert!(
+            shown.response.body.contains(what),
+            "{what}: {}",
+            shown.response.body
+        );
     }
     let approve = shown
         .forms()
@@ -159,13 +166,21 @@ fn a_call_approved_by_a_person_passes_once_and_nothing_else_passes_on_it() {
         .find(|f| f.action.ends_with("/approve"))
         .expect("an approve form for alice");
     let done = b.submit(&approve, &[]);
-    assert!(done.response.body.contains("approved by alice"), "{}", done.response.body);
+    assert!(
+        done.response.body.contains("approved by alice"),
+        "{}",
+        done.response.body
+    );
 
     // Edited arguments: another call, never approved.
     let edited = json!({"team": "customer-success", "id": "T-8"});
     let other = w.rt.block_on(call(&uri, &token, edited));
     assert!(other.contains("approval required"), "{other}");
-    assert_ne!(page_of(&other, &w.svc), page, "a new approval for a new call");
+    assert_ne!(
+        page_of(&other, &w.svc),
+        page,
+        "a new approval for a new call"
+    );
 
     // Another agent, the same arguments: another binding too.
     let analyst = w.idp.agent_token(
@@ -180,7 +195,10 @@ fn a_call_approved_by_a_person_passes_once_and_nothing_else_passes_on_it() {
 
     // The identical call passes, once.
     let passed = w.rt.block_on(call(&uri, &token, args.clone()));
-    assert!(passed.contains("ticket T-7 of team customer-success updated"), "{passed}");
+    assert!(
+        passed.contains("ticket T-7 of team customer-success updated"),
+        "{passed}"
+    );
     let replay = w.rt.block_on(call(&uri, &token, args.clone()));
     assert!(replay.contains("approval already used"), "{replay}");
     assert!(!replay.contains("updated"), "{replay}");
@@ -188,7 +206,10 @@ fn a_call_approved_by_a_person_passes_once_and_nothing_else_passes_on_it() {
     // The record of the call that passed names alice and its binding; no
     // record or log line holds the filter's key.
     let recs = records(&w.envoy);
-    let approved: Vec<&Value> = recs.iter().filter(|r| r.get("approval").is_some()).collect();
+    let approved: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r.get("approval").is_some())
+        .collect();
     assert_eq!(approved.len(), 1, "{recs:?}");
     assert_eq!(approved[0]["approval"]["approver"], "alice");
     assert_eq!(approved[0]["result"]["allowed"], true);
@@ -258,6 +279,9 @@ fn a_call_needing_approval_fails_closed_when_the_approval_service_is_down() {
         json!({"team": "customer-success", "id": "T-11"}),
     ));
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
-    assert!(r.contains("approval_unavailable") || r.contains("503"), "{r}");
+    assert!(
+        r.contains("approval_unavailable") || r.contains("503"),
+        "{r}"
+    );
     assert!(!r.contains("updated"), "{r}");
 }
