@@ -63,9 +63,6 @@ pub struct Asked {
     pub request_state: Option<String>,
 }
 
-/// The JSON-RPC error code of URL elicitation (MCP 2025-11-25).
-const URL_ELICITATION_REQUIRED: i64 = -32042;
-
 impl Asked {
     /// The reason, for the decision log and the answer.
     pub fn reason(&self) -> String {
@@ -145,7 +142,7 @@ impl Asked {
                 "jsonrpc": "2.0",
                 "id": rpc,
                 "error": {
-                    "code": URL_ELICITATION_REQUIRED,
+                    "code": crate::mcp::code::URL_ELICITATION_REQUIRED,
                     "message": self.message(p),
                     "data": {
                         "elicitations": [elicitation],

@@ -49,6 +49,9 @@ pub mod code {
     /// MCP 2026-07-28: the protocol version is not supported; `data`
     /// carries `supported` and `requested`.
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+    /// MCP 2025-11-25: URL elicitation required (a call that needs a human
+    /// approval; `data.elicitations` points to the page).
+    pub const URL_ELICITATION_REQUIRED: i64 = -32042;
     /// agentplane: refused by policy.
     pub const FORBIDDEN: i64 = -32031;
     /// agentplane: no verified identity (with HTTP 401).
