@@ -46,6 +46,9 @@ pub enum AskedState {
     /// A retry carrying the filter's `requestState` is not the call that
     /// state names (its arguments were edited, say).
     Mismatch,
+    /// The call carries a member (named) that is not bound, so an
+    /// approver would not see it.
+    Unbound(String),
     /// The approval service's grant did not hold.
     BadGrant(&'static str),
 }
@@ -75,6 +78,9 @@ impl Asked {
                 "the call differs from the one awaiting approval (arguments, tool or agent changed)"
                     .into()
             }
+            AskedState::Unbound(member) => format!(
+                "the call carries {member}, which an approver is not shown: a call that needs approval carries only its name, arguments and the protocol's _meta"
+            ),
             AskedState::BadGrant(why) => format!("approval grant refused: {why}"),
         }
     }

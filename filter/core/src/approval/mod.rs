@@ -112,6 +112,38 @@ pub fn bind(
     Ok(Binding { call, digest })
 }
 
+/// The `params` members a call needing approval may carry: the bound
+/// `name` and `arguments`, and the protocol's own `_meta` (its keys
+/// checked by [`unbound`]) and `task` (which asks for the result later and
+/// changes nothing the tool does).
+const CALL_PARAMS: [&str; 4] = ["name", "arguments", "_meta", "task"];
+
+/// The first member of a call that would go upstream but is neither in
+/// its binding nor the protocol's own, as a path (`params.dryRun`,
+/// `params._meta.<key>`): the approver never sees it, so a call carrying
+/// one is refused rather than passed on an approval for less than it
+/// says. In `_meta` only `progressToken` and the
+/// `io.modelcontextprotocol/` keys are the protocol's. The gateway's own
+/// `requestState` and input response are taken out before this runs; a
+/// server's are refused here (the answers it asked for change the call).
+pub fn unbound(m: &crate::mcp::Message) -> Option<String> {
+    if let Some(k) = m.rest.keys().find(|k| k.as_str() != "jsonrpc") {
+        return Some(k.clone());
+    }
+    let params = m.params.as_ref()?;
+    if let Some(k) = params.keys().find(|k| !CALL_PARAMS.contains(&k.as_str())) {
+        return Some(format!("params.{k}"));
+    }
+    match params.get("_meta") {
+        None => None,
+        Some(Value::Object(meta)) => meta
+            .keys()
+            .find(|k| k.as_str() != "progressToken" && !k.starts_with("io.modelcontextprotocol/"))
+            .map(|k| format!("params._meta.{k}")),
+        Some(_) => Some("params._meta".into()),
+    }
+}
+
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let sum: [u8; 32] = Sha256::digest(bytes).into();

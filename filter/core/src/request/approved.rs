@@ -86,6 +86,19 @@ impl Configured {
             );
             return Err((Denial::PolicyError, agent()));
         };
+        let form = Form::for_version(version);
+        let refused = |state: AskedState| {
+            let asked = Asked {
+                state,
+                pending: None,
+                form,
+                request_state: None,
+            };
+            (Denial::Approval(Box::new(asked)), agent())
+        };
+        if let Some(member) = approval::unbound(m) {
+            return Err(refused(AskedState::Unbound(member)));
+        }
         let service = trail.service.as_deref().unwrap_or_default();
         let chain: Vec<String> = a
             .principal
@@ -109,19 +122,9 @@ impl Configured {
         let Some(key) = host.env_var(&cfg.key_env).filter(|k| !k.is_empty()) else {
             return Err(unavailable("the approval key is not set"));
         };
-        let form = Form::for_version(version);
         if let Some(state) = &carried.request_state {
             // The retry of a call answered "input required": it must be
             // that call.
-            let refused = |state: AskedState| {
-                let asked = Asked {
-                    state,
-                    pending: None,
-                    form,
-                    request_state: None,
-                };
-                (Denial::Approval(Box::new(asked)), agent())
-            };
             match approval::open(key.as_bytes(), state) {
                 Ok(b) if b == binding.digest => {}
                 Ok(_) => return Err(refused(AskedState::Mismatch)),

@@ -358,3 +358,61 @@ fn a_stream_that_ends_while_waiting_is_recorded_and_its_callout_forgotten() {
     assert_eq!(f.approval_stream(token), None);
     assert_eq!(log_lines(&h).len(), 1, "the waiting call is on record");
 }
+
+#[test]
+fn smuggling_members_the_approver_never_sees_past_an_approval_is_refused() {
+    // Only agent, chain, service, tool and arguments are bound and shown;
+    // whatever else goes upstream would pass on an approval for a call
+    // the approver never saw whole.
+    let mut f = approval_filter(false);
+    let call = |params: Value, top: Option<(&str, Value)>| {
+        let mut m = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": params});
+        if let Some((k, v)) = top {
+            m[k] = v;
+        }
+        m.to_string()
+    };
+    let base = |extra: (&str, Value)| {
+        let mut p = json!({"name": "update_ticket", "arguments": args()});
+        p[extra.0] = extra.1;
+        p
+    };
+    for (body, member) in [
+        (call(base(("dryRun", json!(false))), None), "params.dryRun"),
+        (
+            call(base(("_meta", json!({"io.example/as_user": "root"}))), None),
+            "params._meta.io.example/as_user",
+        ),
+        (
+            call(
+                base(("inputResponses", json!({"confirm": {"ok": true}}))),
+                None,
+            ),
+            "params.inputResponses",
+        ),
+        (
+            call(base(("requestState", json!("server-state"))), None),
+            "params.requestState",
+        ),
+        (
+            call(base(("x", json!(1))), Some(("extra", json!("y")))),
+            "extra",
+        ),
+    ] {
+        let mut h = host(&mut f, &[]);
+        let (flow, d) = post(&mut f, &mut h, &body);
+        assert_eq!(flow, Flow::Replied, "{body}");
+        assert!(h.dispatched.is_empty(), "nothing asked for {body}");
+        assert!(h.header_values("x-agent-id").is_empty());
+        assert!(d.reason().contains(member), "{member}: {}", d.reason());
+    }
+    // What the protocol itself puts there is not the approver's concern.
+    let ok = call(
+        base((
+            "_meta",
+            json!({"progressToken": 3, "io.modelcontextprotocol/clientInfo": {"name": "c"}}),
+        )),
+        None,
+    );
+    let (_d, _h) = ask(&mut f, &ok, &[]);
+}
