@@ -236,7 +236,18 @@ async fn record_page(
         Ok(s) => s,
         Err(p) => return p.into_response(),
     };
+    let not_found = || message(StatusCode::NOT_FOUND, "Not found", "no such approval");
     let Some(session) = session else {
+        // Only an approval that exists starts a login: a login in progress
+        // keeps the id it returns to, and made-up ids (a URI long each)
+        // would fill memory and push approvers' own logins out.
+        let known = match lock(&app.store) {
+            Ok(s) => s.get(&id).is_some(),
+            Err(p) => return p.into_response(),
+        };
+        if !known {
+            return not_found();
+        }
         return start_login(&app, id).await;
     };
     let now = (app.clock)();
@@ -245,7 +256,7 @@ async fn record_page(
         Err(p) => return p.into_response(),
     };
     let Some(r) = store.get(&id) else {
-        return message(StatusCode::NOT_FOUND, "Not found", "no such approval");
+        return not_found();
     };
     if !r.approvers.contains(&session.subject) {
         return message(

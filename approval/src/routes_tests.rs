@@ -230,8 +230,12 @@ async fn a_non_approver_sees_403_and_cannot_decide() {
 #[tokio::test]
 async fn without_a_session_the_page_sends_to_the_provider() {
     let app = app();
+    let id = check_ok(&app, &call(json!({"id": 7}))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // The provider is unreachable here: a clear 502, no session made.
-    let g = page(&app, "whatever", "").await;
+    let g = page(&app, &id, "").await;
     assert_eq!(g.status, 502);
     assert!(g.headers.get("set-cookie").is_none());
     // A callback nobody started.
@@ -239,6 +243,21 @@ async fn without_a_session_the_page_sends_to_the_provider() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(&app, req).await.status, 400);
+}
+
+#[tokio::test]
+async fn flooding_the_page_with_made_up_ids_starts_no_login() {
+    // Each login in progress keeps the page id it returns to; made-up ids
+    // (up to a URI's length each) would fill memory and push approvers'
+    // own logins out. Only an approval that exists starts one.
+    let app = app();
+    for id in ["whatever".to_string(), "x".repeat(60_000)] {
+        let g = page(&app, &id, "").await;
+        assert_eq!(g.status, 404, "{}", &id[..8]);
+        assert!(g.headers.get("location").is_none());
+        assert!(g.headers.get("set-cookie").is_none());
+    }
+    assert_eq!(app.sessions.lock().unwrap().logins(), 0);
 }
 
 #[tokio::test]

@@ -109,6 +109,12 @@ impl Sessions {
         );
     }
 
+    /// How many logins are in progress.
+    #[cfg(test)]
+    pub fn logins(&self) -> usize {
+        self.logins.len()
+    }
+
     /// The login for `state`, once, while it is fresh.
     pub fn take_login(&mut self, state: &str, now: u64) -> Option<PendingLogin> {
         self.logins.remove(state).filter(|l| l.expires_at > now)
