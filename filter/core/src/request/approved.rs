@@ -100,13 +100,21 @@ impl Configured {
             return Err(refused(AskedState::Unbound(member)));
         }
         let service = trail.service.as_deref().unwrap_or_default();
-        let chain: Vec<String> = a
+        // With an inbound transaction token the call goes upstream as made
+        // for that token's subject, through its actors: both are bound (and
+        // shown), after the agent's own chain, or one approval would pass
+        // the call for whichever transaction the retry carries.
+        let mut chain: Vec<String> = a
             .principal
             .identity
             .chain
             .iter()
             .map(|c| c.sub.clone())
             .collect();
+        if let Some(t) = &a.transaction {
+            chain.extend(t.actors.iter().cloned());
+            chain.push(t.claims.sub.clone());
+        }
         let binding = approval::bind(&outcome.agent, &chain, service, tool, m.arguments())
             .map_err(|_| unavailable("the call cannot be bound"))?;
         if trail

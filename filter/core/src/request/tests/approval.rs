@@ -416,3 +416,58 @@ fn smuggling_members_the_approver_never_sees_past_an_approval_is_refused() {
     );
     let (_d, _h) = ask(&mut f, &ok, &[]);
 }
+
+#[test]
+fn swapping_the_transaction_an_approved_call_rides_on_is_another_binding() {
+    // An agent called for alice and for bob holds a transaction token for
+    // each; upstream reads the call as made for the token's subject. An
+    // approval shown (and bound) without it would pass the call for bob
+    // on an approval asked while acting for alice.
+    use crate::txn::{self, Keyring};
+    let seed = Base64UrlUnpadded::encode_string(&[42u8; 32]);
+    let kv = json!({"data": {"data": {"kid": "gw-1", "d": seed}}}).to_string();
+    let x = Base64UrlUnpadded::encode_string(signing().verifying_key().as_bytes());
+    let mut config: Value = serde_json::from_str(MCP_CONFIG).unwrap();
+    config["approval"] = json!({"cluster": "approval", "authority": "approval.local",
+        "grant_keys": [{"kid": "k1", "x": x}]});
+    config["vault"] = json!({"cluster": "vault", "role": "agent"});
+    config["txn_token"] = json!({"issuer": "https://gw.example", "audience": "corp.example"});
+    config["resources"]["tickets-mcp"]["txn_token"] = json!(true);
+    let mut f = Filter::new(config.to_string().as_bytes(), 7).unwrap();
+    let mut root = MockHost::new().at(NOON);
+    root.env
+        .insert("AGENTPLANE_VAULT_TOKEN".into(), "hvs.t".into());
+    f.on_configured(&mut root, "test");
+    let token = root.dispatched.last().unwrap().token;
+    f.on_callout_response(&mut root, token, Some(200), Some(kv.as_bytes()));
+    let ring = Keyring::from_kv(kv.as_bytes()).unwrap();
+    let hop = |sub: &str| {
+        let claims = txn::TxnClaims {
+            iss: "https://gw.example".into(),
+            aud: "corp.example".into(),
+            txn: format!("txn-{sub}"),
+            sub: sub.into(),
+            scope: "tools:call".into(),
+            req_wl: "orchestrator@clients".into(),
+            svc: "support".into(),
+            tool: None,
+            act: txn::nest(&["support-triage@clients".to_string()]),
+            tctx: txn::Tctx::default(),
+        };
+        let now = (NOON / 1_000_000_000) as i64;
+        txn::mint(ring.current.as_ref().unwrap(), claims, now, 60).unwrap()
+    };
+    let mut calls = Vec::new();
+    for user in ["alice@clients", "bob@clients"] {
+        let (_d, h) = ask(&mut f, &update(args()), &[("txn-token", &hop(user))]);
+        let ask: Value =
+            serde_json::from_slice(h.dispatched.last().unwrap().body.as_ref().unwrap()).unwrap();
+        let call: Value = serde_json::from_str(ask["call"].as_str().unwrap()).unwrap();
+        assert!(
+            call["chain"].as_array().unwrap().contains(&json!(user)),
+            "the approver is shown whom the call is for: {call}"
+        );
+        calls.push(ask["binding"].clone());
+    }
+    assert_ne!(calls[0], calls[1], "one approval for both users");
+}
