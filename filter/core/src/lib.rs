@@ -18,6 +18,7 @@ pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod delegation;
+pub mod exchange;
 pub mod headers;
 pub mod host;
 pub mod ids;

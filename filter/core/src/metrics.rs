@@ -67,6 +67,12 @@ pub enum M {
     ApprovalGranted,
     /// Calls refused because the approval service could not answer.
     ApprovalUnavailable,
+    /// Tokens exchanged (RFC 8693 requests sent).
+    TokenExchanged,
+    /// Requests served an exchanged token from a cache.
+    TokenExchangeHit,
+    /// Requests refused because no token could be exchanged.
+    ExchangeUnavailable,
     /// Policy evaluation time, µs (histogram).
     PolicyEvalUs,
 }
@@ -102,13 +108,25 @@ pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
     "agentplane.decisions.approval_required",
     "agentplane.approval.granted",
     "agentplane.decisions.approval_unavailable",
+    "agentplane.token_exchange.exchanged",
+    "agentplane.token_exchange.cache_hit",
+    "agentplane.decisions.token_exchange_unavailable",
     "agentplane.policy.eval_us",
 ];
 
 /// Metric ids from the host, defined once per VM.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     ids: [Option<u32>; NAMES.len()],
+}
+
+// By hand: std derives `Default` for arrays of at most 32.
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            ids: [None; NAMES.len()],
+        }
+    }
 }
 
 impl Metrics {

@@ -76,6 +76,9 @@ pub enum Denial {
     /// The approval service could not be asked, or answered something
     /// unusable (503), with why.
     ApprovalUnavailable(String),
+    /// The token the service's upstream takes could not be exchanged for
+    /// the caller's (503), with why.
+    ExchangeUnavailable(String),
 }
 
 impl Denial {
@@ -89,7 +92,7 @@ impl Denial {
             Denial::McpSession(_) => 404,
             Denial::RateLimited(_) => 429,
             Denial::Approval(_) => 403,
-            Denial::ApprovalUnavailable(_) => 503,
+            Denial::ApprovalUnavailable(_) | Denial::ExchangeUnavailable(_) => 503,
             Denial::Policy { status, .. } => *status,
             Denial::PolicyError
             | Denial::UnsafeIdentity(_)
@@ -111,7 +114,7 @@ impl Denial {
             Denial::McpSession(_) => "not_found",
             Denial::RateLimited(_) => "rate_limited",
             Denial::Approval(a) => a.error(),
-            Denial::ApprovalUnavailable(_) => "unavailable",
+            Denial::ApprovalUnavailable(_) | Denial::ExchangeUnavailable(_) => "unavailable",
             Denial::Policy { .. }
             | Denial::PolicyError
             | Denial::UnsafeIdentity(_)
@@ -150,6 +153,7 @@ impl Denial {
             Denial::TxnTokenUnavailable(why) => format!("txn_token_unavailable: {why}"),
             Denial::Approval(a) => a.reason(),
             Denial::ApprovalUnavailable(why) => format!("approval_unavailable: {why}"),
+            Denial::ExchangeUnavailable(why) => format!("token_exchange_unavailable: {why}"),
             Denial::OtherService { local, named } => format!(
                 "the path names service {named:?}; this proxy guards and delivers to {local:?} only"
             ),
@@ -182,6 +186,7 @@ impl Denial {
             Denial::TxnTokenUnavailable(_) => M::TxnUnavailable,
             Denial::Approval(_) => M::ApprovalRequired,
             Denial::ApprovalUnavailable(_) => M::ApprovalUnavailable,
+            Denial::ExchangeUnavailable(_) => M::ExchangeUnavailable,
         }
     }
 
@@ -340,7 +345,7 @@ impl Denial {
             | Denial::TxnTokenUnavailable(_) => code::UNAVAILABLE,
             Denial::RateLimited(_) => code::RATE_LIMITED,
             Denial::Approval(_) => code::FORBIDDEN,
-            Denial::ApprovalUnavailable(_) => code::UNAVAILABLE,
+            Denial::ApprovalUnavailable(_) | Denial::ExchangeUnavailable(_) => code::UNAVAILABLE,
         }
     }
 }

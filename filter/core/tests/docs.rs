@@ -4,7 +4,8 @@
 //! - every metric in `metrics.rs` is in `docs/metrics.md`, and every
 //!   metric in that page's table is still defined;
 //! - every policy entry point the filter reads (`declared("…")` in
-//!   `policy/entry.rs`) has a heading in `docs/policy.md`;
+//!   `policy/entry.rs`, and each rule of its `OPTIONAL` table) has a
+//!   heading in `docs/policy.md`;
 //! - every JSON-RPC code in `mcp/mod.rs`'s `code` module is in
 //!   `docs/outcomes.md`, and every code in that page's tables exists;
 //! - every field of the plugin configuration (the fields of the
@@ -152,11 +153,22 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
 #[test]
 fn every_policy_entry_point_the_filter_reads_is_documented() {
     let src = read("filter/core/src/policy/entry.rs");
-    let rules: BTreeSet<String> = src
+    let mut rules: BTreeSet<String> = src
         .split("declared(\"")
         .skip(1)
         .filter_map(|rest| rest.split('"').next().map(str::to_string))
         .collect();
+    // The OPTIONAL table's rows: `("rule", "key", "default"),`.
+    rules.extend(src.lines().filter_map(|l| {
+        l.trim()
+            .strip_prefix("(\"")
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_string)
+    }));
+    assert!(
+        rules.contains("exchange"),
+        "no OPTIONAL rows found in policy/entry.rs: update filter/core/tests/docs.rs"
+    );
     assert!(
         rules.contains("allow"),
         "no declared(\"…\") calls found in policy/entry.rs: update filter/core/tests/docs.rs"

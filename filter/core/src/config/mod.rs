@@ -5,7 +5,8 @@
 //! `identity` (and `source`), `policy`, `resources` (with `routing`,
 //! `default_resource` and `actions`), `headers`, `vault` (and the
 //! secrets), `limits`, `mcp`, `cache` (`decision_cache`), `oauth`,
-//! `decision_log`, `txn` (`txn_token`), `approval`. This file holds what ties them together: the document
+//! `decision_log`, `txn` (`txn_token`), `approval`, `exchange`
+//! (`token_exchange`). This file holds what ties them together: the document
 //! ([`RawConfig`]), the parse, and the rules that span two sections (a
 //! service's secrets need `vault`, its `resource_uri` needs `oauth`, ...).
 //!
@@ -17,6 +18,7 @@ mod approval;
 mod cache;
 mod decision_log;
 mod error;
+mod exchange;
 mod headers;
 mod identity;
 mod limits;
@@ -31,6 +33,7 @@ pub use approval::{ApprovalConfig, GrantKey};
 pub use cache::DecisionCacheConfig;
 pub use decision_log::{CollectorConfig, DecisionLogConfig, Sink};
 pub use error::ConfigError;
+pub use exchange::{scope_token, ServiceExchange, TokenExchangeConfig};
 pub use headers::{HeadersConfig, ALWAYS_STRIPPED, SERVICE_HEADER, TRUSTED_HEADERS};
 pub use identity::{AudienceMode, IdentityConfig, SourceConfig};
 pub use limits::LimitsConfig;
@@ -83,6 +86,8 @@ struct RawConfig {
     txn_token: Option<TxnConfig>,
     #[serde(default)]
     approval: Option<ApprovalConfig>,
+    #[serde(default)]
+    token_exchange: Option<TokenExchangeConfig>,
 }
 
 /// A validated configuration. Immutable after [`Config::from_json`].
@@ -120,6 +125,8 @@ pub struct Config {
     pub txn_token: Option<TxnConfig>,
     /// The approval service, when configured.
     pub approval: Option<ApprovalConfig>,
+    /// The security token service, when configured.
+    pub token_exchange: Option<TokenExchangeConfig>,
 }
 
 impl Config {
@@ -160,6 +167,7 @@ impl Config {
             source: raw.source,
             txn_token: raw.txn_token,
             approval: raw.approval,
+            token_exchange: raw.token_exchange,
         };
         config.check_sections()?;
         config.check_ties()?;
@@ -171,6 +179,9 @@ impl Config {
     fn check_sections(&mut self) -> Result<(), ConfigError> {
         if let Some(a) = &self.approval {
             a.check()?;
+        }
+        if let Some(x) = &self.token_exchange {
+            x.check()?;
         }
         if let Some(t) = &self.txn_token {
             t.check()?;
@@ -214,6 +225,19 @@ impl Config {
                     format!("{name}.txn_token"),
                     "needs the txn_token block",
                 ));
+            }
+            if let Some(x) = &r.token_exchange {
+                let at = format!("{name}.token_exchange");
+                x.check(&at)?;
+                if self.token_exchange.is_none() {
+                    return Err(invalid(at, "needs the token_exchange block"));
+                }
+                if !r.secrets.is_empty() {
+                    return Err(invalid(
+                        at,
+                        "a service takes either secrets or an exchanged token, not both",
+                    ));
+                }
             }
             if !r.identity_headers && !r.txn_token {
                 return Err(invalid(

@@ -91,6 +91,10 @@ pub struct ResourceConfig<S = SecretConfig> {
     /// For an MCP service: how a policy denial of `tools/call` answers.
     #[serde(default)]
     pub tool_denial: ToolDenial,
+    /// The upstream takes a token exchanged for the caller's (RFC 8693),
+    /// never the caller's own (needs the `token_exchange` block).
+    #[serde(default)]
+    pub token_exchange: Option<super::exchange::ServiceExchange>,
 }
 
 /// How a policy denial of an MCP `tools/call` is answered.
@@ -268,6 +272,14 @@ impl ResourceConfig<SecretFields> {
                 "unregistered services never get secrets; register the service under resources",
             ));
         }
+        if self.token_exchange.is_some() {
+            // A token for one audience, sent to whatever such a name
+            // reaches.
+            return Err(invalid(
+                "default_resource.token_exchange",
+                "unregistered services never get an exchanged token; register the service under resources",
+            ));
+        }
         Ok(self.with_secrets(Vec::new()))
     }
 }
@@ -288,6 +300,7 @@ impl<S> ResourceConfig<S> {
             identity_headers: self.identity_headers,
             mcp_versions: self.mcp_versions,
             tool_denial: self.tool_denial,
+            token_exchange: self.token_exchange,
         }
     }
 }
@@ -334,6 +347,7 @@ pub(crate) fn default_resource() -> ResourceConfig {
         identity_headers: true,
         mcp_versions: None,
         tool_denial: ToolDenial::Result,
+        token_exchange: None,
     }
 }
 

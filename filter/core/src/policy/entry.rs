@@ -1,8 +1,8 @@
 //! The entry points the filter reads from a package: which of its rules
 //! (`allow`, `deny`, `valid_until_ns`, `missing_scope`, `visible`,
-//! `limits`, `approval`) the package declares, and the generated module that gathers
-//! them into one decision rule so a single evaluation decides. What the
-//! decision means is read in `verdict.rs`.
+//! `limits`, `approval`, `exchange`) the package declares, and the
+//! generated module that gathers them into one decision rule so a single
+//! evaluation decides. What the decision means is read in `verdict.rs`.
 
 use super::PolicyError;
 use regorus::Engine;
@@ -10,66 +10,42 @@ use regorus::Engine;
 /// Name of the module agentplane adds to a package entrypoint.
 const ENTRY_MODULE: &str = "__agentplane_entry.rego";
 
-/// One rule that gathers `allow` (false when undefined), `deny` (empty
-/// when undefined or not declared) and `valid_until_ns` (0, "do not reuse",
-/// when undefined or not declared) so a single evaluation decides.
-fn entry_module(
-    package: &str,
-    has_deny: bool,
-    has_valid_until: bool,
-    has_scope: bool,
-    has_visible: bool,
-    has_limits: bool,
-    has_approval: bool,
-) -> String {
-    let approval = if has_approval {
-        "__agentplane_approval := approval\n"
-    } else {
-        ""
-    };
-    let limits = if has_limits {
-        "__agentplane_limits := limits\n"
-    } else {
-        ""
-    };
-    let visible = if has_visible {
-        "__agentplane_visible := visible\n"
-    } else {
-        ""
-    };
-    let scope = if has_scope {
-        "__agentplane_scope := missing_scope\n"
-    } else {
-        ""
-    };
-    let deny = if has_deny {
-        "__agentplane_deny := deny\n"
-    } else {
-        ""
-    };
-    let until = if has_valid_until {
-        "__agentplane_valid_until := valid_until_ns\n"
-    } else {
-        ""
-    };
-    format!(
+/// The rules a package may declare besides `allow`: (rule, the decision
+/// object's key, its value when the rule is undefined or not declared).
+const OPTIONAL: [(&str, &str, &str); 7] = [
+    ("deny", "deny", "[]"),
+    // 0: "do not reuse".
+    ("valid_until_ns", "valid_until_ns", "0"),
+    ("missing_scope", "scope", "null"),
+    ("visible", "visible", "null"),
+    ("limits", "limits", "null"),
+    ("approval", "approval", "null"),
+    ("exchange", "exchange", "null"),
+];
+
+/// One rule that gathers `allow` (false when undefined) and every rule of
+/// [`OPTIONAL`] the package declares (`declared`), each with its default,
+/// so a single evaluation decides.
+fn entry_module(package: &str, declared: impl Fn(&str) -> bool) -> String {
+    let mut out = format!(
         "package {package}\n\n\
          default __agentplane_allow := false\n\
-         __agentplane_allow := allow\n\n\
-         default __agentplane_deny := []\n\
-         {deny}\n\
-         default __agentplane_valid_until := 0\n\
-         {until}\n\
-         default __agentplane_scope := null\n\
-         {scope}\n\
-         default __agentplane_visible := null\n\
-         {visible}\n\
-         default __agentplane_limits := null\n\
-         {limits}\n\
-         default __agentplane_approval := null\n\
-         {approval}\n\
-         __agentplane_decision := {{\"allow\": __agentplane_allow, \"deny\": __agentplane_deny, \"valid_until_ns\": __agentplane_valid_until, \"scope\": __agentplane_scope, \"visible\": __agentplane_visible, \"limits\": __agentplane_limits, \"approval\": __agentplane_approval}}\n"
-    )
+         __agentplane_allow := allow\n\n"
+    );
+    let mut members = vec!["\"allow\": __agentplane_allow".to_string()];
+    for (rule, key, default) in OPTIONAL {
+        out.push_str(&format!("default __agentplane_{key} := {default}\n"));
+        if declared(rule) {
+            out.push_str(&format!("__agentplane_{key} := {rule}\n"));
+        }
+        out.push('\n');
+        members.push(format!("\"{key}\": __agentplane_{key}"));
+    }
+    out.push_str(&format!(
+        "__agentplane_decision := {{{}}}\n",
+        members.join(", ")
+    ));
+    out
 }
 
 /// The names of the modules whose package is `entrypoint` (`packages`:
@@ -114,15 +90,13 @@ pub(super) fn add(
     }
     let package = entrypoint.strip_prefix("data.").unwrap_or(entrypoint);
     let limits = declared("limits")?;
-    let module = entry_module(
-        package,
-        declared("deny")?,
-        declared("valid_until_ns")?,
-        declared("missing_scope")?,
-        declared("visible")?,
-        limits,
-        declared("approval")?,
-    );
+    let mut has = Vec::new();
+    for (rule, _, _) in OPTIONAL {
+        if declared(rule)? {
+            has.push(rule);
+        }
+    }
+    let module = entry_module(package, |r| has.contains(&r));
     engine
         .add_policy(ENTRY_MODULE.to_string(), module)
         .map_err(|e| PolicyError::Compile(format!("{ENTRY_MODULE}: {e}")))?;

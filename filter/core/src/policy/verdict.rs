@@ -71,6 +71,10 @@ pub struct Verdict {
     /// A human approval the request needs before it goes on: the
     /// package's `approval` rule (see [`crate::approval::parse`]).
     pub approval: Option<crate::approval::Required>,
+    /// The audience and scopes of an exchanged token, when the policy
+    /// chooses them: the package's `exchange` rule (see
+    /// [`crate::exchange::parse`]).
+    pub exchange: Option<crate::exchange::Choice>,
 }
 
 /// Reads a package's decision object (`allow`, `deny`, `valid_until_ns`,
@@ -130,6 +134,8 @@ pub(super) fn decision(v: Value) -> Result<Verdict, PolicyError> {
         .map_err(PolicyError::BadResult)?;
     let approval = crate::approval::parse(get("approval").unwrap_or(&Value::Null))
         .map_err(PolicyError::BadResult)?;
+    let exchange = crate::exchange::parse(get("exchange").unwrap_or(&Value::Null))
+        .map_err(PolicyError::BadResult)?;
     Ok(Verdict {
         allowed: allowed && reasons.is_empty(),
         reasons,
@@ -138,6 +144,7 @@ pub(super) fn decision(v: Value) -> Result<Verdict, PolicyError> {
         visible,
         limits,
         approval,
+        exchange,
         ..Verdict::default()
     })
 }
@@ -277,5 +284,6 @@ pub(super) fn response_object(v: Value) -> Result<Verdict, PolicyError> {
         visible: None,
         limits: Vec::new(),
         approval: None,
+        exchange: None,
     })
 }

@@ -115,7 +115,10 @@ impl Configured {
             writes.push(("content-length", n.as_str()));
         }
         let mut drop: Vec<&str> = Vec::with_capacity(3);
-        if !self.config.identity.forward_token {
+        // An upstream that takes an exchanged token never gets the
+        // caller's, whatever `identity.forward_token` says.
+        let exchange = resource.token_exchange.as_ref();
+        if !self.config.identity.forward_token || exchange.is_some() {
             drop.push("authorization");
         }
         if signed.is_none() && self.config.txn_token.is_some() {
@@ -132,19 +135,17 @@ impl Configured {
             team: allowed.team.as_deref(),
             kind: allowed.kind.as_deref(),
         };
-        let flow = self.secrets(
-            w,
-            host,
-            headers,
-            route.service,
-            &who,
-            trail,
-            |host, secret| {
-                let mut all = writes.clone();
-                all.extend(secret.iter().map(|(k, v)| (k.as_str(), v.expose())));
-                headers::rewrite(host, headers, &drop, &all)
-            },
-        )?;
+        let commit = |host: &mut H, secret: &[(String, crate::secrets::Secret)]| {
+            let mut all = writes.clone();
+            all.extend(secret.iter().map(|(k, v)| (k.as_str(), v.expose())));
+            headers::rewrite(host, headers, &drop, &all)
+        };
+        let flow = match exchange {
+            Some(x) => {
+                self.exchanged(w, host, headers, &a.principal, outcome, allowed, x, commit)?
+            }
+            None => self.secrets(w, host, headers, route.service, &who, trail, commit)?,
+        };
         Ok((agent.clone(), flow))
     }
 }

@@ -317,6 +317,7 @@ impl Configured {
             visible: _,
             limits,
             approval,
+            exchange,
         } = verdict;
         for (k, v) in &extra {
             let lower = k.to_ascii_lowercase();
@@ -340,6 +341,7 @@ impl Configured {
                 kind: identity.agent_type.clone(),
                 limits,
                 approval,
+                exchange,
             })
         } else {
             let status = status.unwrap_or(403);

@@ -13,21 +13,19 @@
 //! (waiting for secrets), `recorded` (reply, metric,
 //! record, log), `listed` (list responses) and `signed` (txn tokens).
 
-use crate::audit::{self, Trail};
-use crate::cache::{DecisionCache, KeyPlan};
+use crate::audit::Trail;
+use crate::cache::KeyPlan;
 use crate::config::{Config, ConfigError};
 use crate::host::{Host, LogLevel};
-use crate::ids::DecisionIds;
 use crate::input;
-use crate::metrics::{Metrics, M};
+use crate::metrics::M;
 use crate::outcome::{Denial, State};
 use crate::policy::Policy;
-use crate::principal::Principals;
 use crate::secrets;
-use std::collections::HashMap;
 
 mod admitted;
 mod approved;
+mod exchanged;
 mod forwarded;
 mod judged;
 mod limited;
@@ -79,41 +77,8 @@ impl Filter {
 
     /// A filter over an explicitly supplied policy (tests, benchmarks).
     pub fn with_policy(config: Config, policy: Policy, seed: u64) -> Filter {
-        let shipper = config
-            .decision_log
-            .collector
-            .as_ref()
-            .filter(|_| config.decision_log.enabled)
-            .map(|c| audit::Shipper::new(c.clone()));
-        let broker = config
-            .vault
-            .as_ref()
-            .filter(|_| config.resources.values().any(|r| !r.secrets.is_empty()))
-            .map(|v| secrets::Broker::new(v.clone(), seed));
         let key_plan = KeyPlan::new(policy.reads(), &config.headers.input);
-        let worker = Worker {
-            policy,
-            ids: DecisionIds::new(seed),
-            cache: config.decision_cache.as_ref().map(DecisionCache::new),
-            lists: config.decision_cache.as_ref().map(DecisionCache::new),
-            principals: Principals::new(config.identity.cache_entries),
-            pins: Default::default(),
-            broker,
-            metrics: Metrics::default(),
-            exported: secrets::BrokerStats::default(),
-            shipper,
-            exported_log: (0, 0),
-            pending: HashMap::new(),
-            limits: crate::limits::Table::new(&config.limits),
-            lease_owner: (seed ^ (seed >> 32)) << 32,
-            limit_metrics: HashMap::new(),
-            txn: config
-                .txn_token
-                .as_ref()
-                .map(|_| crate::txn::Signer::default()),
-            chain: config.decision_log.enabled.then(|| audit::Chain::new(seed)),
-            approvals: HashMap::new(),
-        };
+        let worker = Worker::new(&config, policy, seed);
         Filter {
             core: Configured {
                 docs: input::ResourceDocs::new(&config),
@@ -546,6 +511,12 @@ impl Configured {
         if self.txn_response(w, host, token, status, body) {
             return;
         }
+        if let Some(x) = w.exchanger.as_mut() {
+            if x.on_response(host, token, status, body) {
+                self.settle(w, host);
+                return;
+            }
+        }
         let now = host.now_ns();
         if let Some(sh) = w.shipper.as_mut() {
             if sh.on_response(token, status, now) {
@@ -578,6 +549,9 @@ impl Configured {
         }
         w.pending.remove(&stream);
         w.approvals.retain(|_, s| *s != stream);
+        if let Some(x) = w.exchanger.as_mut() {
+            x.forget_stream(stream);
+        }
         if let Some(d) = decision {
             self.release_held(w, host, d);
             if std::mem::take(&mut d.reserved) {

@@ -113,7 +113,13 @@ impl Configured {
     /// The stream's final state is recorded before the host is asked to
     /// resume or reply, so a callback the host makes meanwhile (body, log)
     /// already sees it.
-    pub(super) fn complete<H: Host>(&self, w: &mut Worker, host: &mut H, c: Completion) {
+    pub(super) fn complete<H: Host>(
+        &self,
+        w: &mut Worker,
+        host: &mut H,
+        c: Completion,
+        fail: fn(String) -> Denial,
+    ) {
         let Some(mut p) = w.pending.remove(&c.stream) else {
             return; // the stream is gone
         };
@@ -138,7 +144,7 @@ impl Configured {
                 p = back;
                 Denial::HostFailure("resume with secrets")
             }
-            Err(why) => Denial::SecretsUnavailable(why),
+            Err(why) => fail(why),
         };
         // A secrets or proxy failure: no challenge, no tool result.
         let reply = self.refusal(&denial, &p.decision, None, false);
@@ -158,7 +164,15 @@ impl Configured {
             .map(|b| b.take_completions())
             .unwrap_or_default();
         for c in done {
-            self.complete(w, host, c);
+            self.complete(w, host, c, Denial::SecretsUnavailable);
+        }
+        let exchanged = w
+            .exchanger
+            .as_mut()
+            .map(|x| x.take_completions())
+            .unwrap_or_default();
+        for c in exchanged {
+            self.complete(w, host, c, Denial::ExchangeUnavailable);
         }
     }
 }

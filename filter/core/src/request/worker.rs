@@ -83,6 +83,53 @@ pub(super) struct Worker {
     pub(super) chain: Option<audit::Chain>,
     /// Approval callouts in flight: token → the stream that waits.
     pub(super) approvals: HashMap<u32, u32>,
+    /// Exchanged tokens for services that take them.
+    pub(super) exchanger: Option<crate::exchange::Exchanger>,
+}
+
+impl Worker {
+    /// A VM's fresh state for `config`, deciding with `policy`; `seed`
+    /// feeds decision ids, lease owners and the record chain's name.
+    pub(super) fn new(config: &Config, policy: Policy, seed: u64) -> Worker {
+        let shipper = config
+            .decision_log
+            .collector
+            .as_ref()
+            .filter(|_| config.decision_log.enabled)
+            .map(|c| audit::Shipper::new(c.clone()));
+        let broker = config
+            .vault
+            .as_ref()
+            .filter(|_| config.resources.values().any(|r| !r.secrets.is_empty()))
+            .map(|v| secrets::Broker::new(v.clone(), seed));
+        Worker {
+            policy,
+            ids: DecisionIds::new(seed),
+            cache: config.decision_cache.as_ref().map(DecisionCache::new),
+            lists: config.decision_cache.as_ref().map(DecisionCache::new),
+            principals: Principals::new(config.identity.cache_entries),
+            pins: Default::default(),
+            broker,
+            metrics: Metrics::default(),
+            exported: secrets::BrokerStats::default(),
+            shipper,
+            exported_log: (0, 0),
+            pending: HashMap::new(),
+            limits: crate::limits::Table::new(&config.limits),
+            lease_owner: (seed ^ (seed >> 32)) << 32,
+            limit_metrics: HashMap::new(),
+            txn: config
+                .txn_token
+                .as_ref()
+                .map(|_| crate::txn::Signer::default()),
+            chain: config.decision_log.enabled.then(|| audit::Chain::new(seed)),
+            approvals: HashMap::new(),
+            exchanger: config
+                .token_exchange
+                .clone()
+                .map(crate::exchange::Exchanger::new),
+        }
+    }
 }
 
 /// What to do with an identified request: reusable as is for an equal
@@ -108,6 +155,8 @@ pub(super) struct Allowed {
     pub(super) limits: Vec<crate::limits::Limit>,
     /// The human approval the call needs first, if any.
     pub(super) approval: Option<crate::approval::Required>,
+    /// The policy's choice of an exchanged token's audience and scopes.
+    pub(super) exchange: Option<crate::exchange::Choice>,
 }
 
 impl Configured {

@@ -10,6 +10,7 @@ use crate::pbstruct;
 use serde_json::{json, Value};
 
 mod approval;
+mod exchange;
 mod audience;
 mod cache;
 mod decide;

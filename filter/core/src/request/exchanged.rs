@@ -1,0 +1,80 @@
+//! An allowed request to a service whose upstream takes an exchanged
+//! token: its headers are written with that token, from a cache, or it
+//! pauses until the exchange ends and the worker resumes or refuses it
+//! ([`crate::exchange`]), as a secret fetch does. The caller's own token
+//! never goes upstream.
+
+use super::{Allowed, Configured, Flow, Outcome, Refused, Worker};
+use crate::config::ServiceExchange;
+use crate::headers::RequestHeaders;
+use crate::host::Host;
+use crate::metrics::M;
+use crate::outcome::Denial;
+use crate::principal::Principal;
+use crate::secrets::{Lookup, Secret};
+
+impl Configured {
+    /// Writes the request's headers through `commit` with the exchanged
+    /// token, or without it (the stream then waits for it), or refuses.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn exchanged<H: Host>(
+        &self,
+        w: &mut Worker,
+        host: &mut H,
+        headers: &RequestHeaders,
+        principal: &Principal,
+        outcome: &Outcome,
+        allowed: &Allowed,
+        x: &ServiceExchange,
+        commit: impl FnOnce(&mut H, &[(String, Secret)]) -> bool,
+    ) -> Result<Flow, Refused> {
+        let agent = || Some(outcome.agent.clone());
+        let unavailable = |why: String| (Denial::ExchangeUnavailable(why), agent());
+        let Some(ex) = w.exchanger.as_mut() else {
+            return Err(unavailable("no token_exchange block".into()));
+        };
+        // The verified token jwt_authn checked: the subject token.
+        let subject = headers
+            .get("authorization")
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                    .and_then(|_| v.get(7..))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unavailable("the request carries no token to exchange".into()))?;
+        let choice = allowed.exchange.clone().unwrap_or_default();
+        let mut scopes = choice.scopes.unwrap_or_else(|| x.scopes.clone());
+        scopes.sort();
+        scopes.dedup();
+        let ask = crate::exchange::Ask {
+            subject: Secret::new(subject),
+            principal: outcome.principal.clone(),
+            chain: principal
+                .identity
+                .chain
+                .iter()
+                .map(|c| c.sub.clone())
+                .collect(),
+            audience: choice.audience.unwrap_or_else(|| x.audience.clone()),
+            scopes,
+        };
+        let before = ex.stats;
+        let lookup = ex.request(host, &ask, host.stream_id());
+        let after = ex.stats;
+        w.metrics
+            .add(host, M::TokenExchangeHit, after.hits - before.hits);
+        w.metrics
+            .add(host, M::TokenExchanged, after.exchanges - before.exchanges);
+        let failed = || (Denial::HostFailure("request header write"), agent());
+        match lookup {
+            Lookup::Ready(set) => commit(host, &set)
+                .then_some(Flow::Continue)
+                .ok_or_else(failed),
+            // The token is set when the stream resumes.
+            Lookup::Pending => commit(host, &[]).then_some(Flow::Paused).ok_or_else(failed),
+            Lookup::Failed(why) => Err(unavailable(why)),
+        }
+    }
+}

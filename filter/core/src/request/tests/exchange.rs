@@ -1,0 +1,256 @@
+//! Exchanged tokens on the request path: the caller's token goes to the
+//! token service only, the upstream gets the exchanged one, concurrent
+//! requests share one exchange, and every failure refuses (503) without
+//! a token in the answer, the log or the record.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use std::collections::BTreeMap;
+
+const AGENT_JWT: &str = "agent.jwt.CANARY-SUBJECT";
+const EXCHANGED: &str = "exchanged.jwt.CANARY-UPSTREAM";
+const CLIENT_SECRET: &str = "CANARY-CLIENT-SECRET";
+
+fn exchange_filter() -> Filter {
+    let cfg = json!({
+        "token_exchange": {"cluster": "sts", "authority": "sts.local", "client_id": "gateway"},
+        "decision_log": {"enabled": true},
+        "resources": {
+            "saas": {"type": "tool", "metadata": {"team": "customer-success", "environment": "production"},
+                "token_exchange": {"audience": "https://saas.example/api", "scopes": ["tickets:read"]}},
+        }
+    });
+    Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
+}
+
+fn call(f: &mut Filter, stream: u32) -> (Flow, Decision, MockHost) {
+    let mut h = request(
+        "GET",
+        "/mcp://saas/tickets",
+        Some(claims(json!({"permissions": ["tools:access"]}))),
+    )
+    .with_header("authorization", &format!("Bearer {AGENT_JWT}"));
+    h.stream = stream;
+    h.env
+        .insert("AGENTPLANE_EXCHANGE_SECRET".into(), CLIENT_SECRET.into());
+    f.on_configured(&mut h, "test");
+    let (flow, d) = f.on_request_headers(&mut h);
+    (flow, d, h)
+}
+
+fn form_of(body: &[u8]) -> BTreeMap<String, String> {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.split('&')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            let mut out = Vec::new();
+            let b = v.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%' {
+                    out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
+                    i += 3;
+                } else {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+            (k.to_string(), String::from_utf8(out).unwrap())
+        })
+        .collect()
+}
+
+fn answer(ttl: u64) -> Vec<u8> {
+    json!({"access_token": EXCHANGED, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+           "token_type": "Bearer", "expires_in": ttl})
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn the_upstream_gets_the_exchanged_token_and_never_the_callers() {
+    let mut f = exchange_filter();
+    let (flow, d, h) = call(&mut f, 42);
+    assert_eq!(flow, Flow::Paused, "{:?}", h.reply);
+    assert!(d.allowed());
+    assert!(
+        h.header_values("authorization").is_empty(),
+        "the caller's token is gone before anything waits"
+    );
+    let c = &h.dispatched[0];
+    assert_eq!(c.cluster, "sts");
+    assert_eq!(c.header(":path"), Some("/token"));
+    assert_eq!(
+        c.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    let basic = c
+        .header("authorization")
+        .unwrap()
+        .strip_prefix("Basic ")
+        .unwrap();
+    let decoded =
+        String::from_utf8(<base64ct::Base64 as base64ct::Encoding>::decode_vec(basic).unwrap())
+            .unwrap();
+    assert_eq!(decoded, format!("gateway:{CLIENT_SECRET}"));
+    let form = form_of(c.body.as_ref().unwrap());
+    assert_eq!(form["grant_type"], crate::exchange::GRANT_TYPE);
+    assert_eq!(form["subject_token"], AGENT_JWT);
+    assert_eq!(
+        form["subject_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(form["audience"], "https://saas.example/api");
+    assert_eq!(form["resource"], "https://saas.example/api");
+    assert_eq!(form["scope"], "tickets:read");
+
+    let mut root = MockHost::new();
+    f.on_configured(&mut root, "test");
+    f.on_callout_response(&mut root, c.token, Some(200), Some(&answer(600)));
+    assert_eq!(
+        root.resumed,
+        [(
+            42,
+            vec![("authorization".to_string(), format!("Bearer {EXCHANGED}"))]
+        )]
+    );
+    assert_eq!(root.metrics["agentplane.decisions.allowed"], 1);
+
+    // Next request: from the cache, at once, no callout.
+    let (flow, _d, h) = call(&mut f, 43);
+    assert_eq!(flow, Flow::Continue);
+    assert!(h.dispatched.is_empty());
+    assert_eq!(
+        h.header_values("authorization"),
+        [format!("Bearer {EXCHANGED}")]
+    );
+    assert_eq!(h.metrics["agentplane.token_exchange.cache_hit"], 1);
+}
+
+#[test]
+fn concurrent_requests_share_one_exchange() {
+    let mut f = exchange_filter();
+    let (_, _, h1) = call(&mut f, 1);
+    let (flow, _, h2) = call(&mut f, 2);
+    assert_eq!(flow, Flow::Paused);
+    assert!(h2.dispatched.is_empty(), "the second waits for the first's");
+    let mut root = MockHost::new();
+    f.on_callout_response(
+        &mut root,
+        h1.dispatched[0].token,
+        Some(200),
+        Some(&answer(600)),
+    );
+    let streams: Vec<u32> = root.resumed.iter().map(|(s, _)| *s).collect();
+    assert_eq!(streams, [1, 2]);
+}
+
+#[test]
+fn a_refusing_silent_or_garbled_token_service_fails_closed_without_leaking() {
+    for (status, body) in [
+        (Some(400u16), br#"{"error":"invalid_grant","error_description":"subject agent.jwt.CANARY-SUBJECT expired"}"#.to_vec()),
+        (None, Vec::new()),
+        (Some(500), b"oops".to_vec()),
+        (Some(200), b"{\"access_token\": 7}".to_vec()),
+        (Some(200), br#"{"access_token":"x","token_type":"N_A"}"#.to_vec()),
+        (Some(200), b"not json".to_vec()),
+    ] {
+        let mut f = exchange_filter();
+        let (_, mut d, mut h) = call(&mut f, 7);
+        let mut root = MockHost::new();
+        f.on_configured(&mut root, "test");
+        f.on_callout_response(&mut root, h.dispatched[0].token, status, Some(&body));
+        assert!(root.resumed.is_empty(), "{status:?}");
+        let (stream, reply) = &root.stream_replies[0];
+        assert_eq!(*stream, 7);
+        assert_eq!(reply.status, 503);
+        let text = String::from_utf8_lossy(&reply.body).to_string();
+        assert!(text.contains("token_exchange_unavailable"), "{text}");
+        f.on_log(&mut h, &mut d);
+        let all = format!(
+            "{text} {:?} {:?} {:?}",
+            log_lines(&h),
+            root.logs.borrow(),
+            h.logs.borrow()
+        );
+        for canary in [AGENT_JWT, EXCHANGED, CLIENT_SECRET, "CANARY"] {
+            assert!(!all.contains(canary), "{canary} leaked: {all}");
+        }
+        assert_eq!(root.metrics["agentplane.decisions.token_exchange_unavailable"], 1);
+    }
+}
+
+#[test]
+fn without_its_client_secret_or_a_subject_token_nothing_is_exchanged() {
+    let mut f = exchange_filter();
+    let mut h = request(
+        "GET",
+        "/mcp://saas/tickets",
+        Some(claims(json!({"permissions": ["tools:access"]}))),
+    )
+    .with_header("authorization", &format!("Bearer {AGENT_JWT}"));
+    let (flow, d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Replied);
+    assert!(d.reason().contains("secret is not set"), "{}", d.reason());
+    assert!(h.dispatched.is_empty());
+    assert!(!String::from_utf8_lossy(&h.reply.as_ref().unwrap().body).contains("CANARY"));
+}
+
+#[test]
+fn a_token_for_one_caller_is_never_served_to_another() {
+    let mut f = exchange_filter();
+    let (_, _, h) = call(&mut f, 1);
+    let mut root = MockHost::new();
+    f.on_callout_response(
+        &mut root,
+        h.dispatched[0].token,
+        Some(200),
+        Some(&answer(600)),
+    );
+    // Another agent: its own exchange.
+    let mut h = request(
+        "GET",
+        "/mcp://saas/tickets",
+        Some(claims(
+            json!({"sub": "other@clients", "permissions": ["tools:access"]}),
+        )),
+    )
+    .with_header("authorization", "Bearer other.jwt");
+    h.env
+        .insert("AGENTPLANE_EXCHANGE_SECRET".into(), CLIENT_SECRET.into());
+    let (flow, _) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Paused);
+    assert_eq!(
+        form_of(h.dispatched[0].body.as_ref().unwrap())["subject_token"],
+        "other.jwt"
+    );
+}
+
+#[test]
+fn a_service_with_an_exchanged_token_and_secrets_or_no_token_service_is_refused() {
+    let both = json!({
+        "vault": {"cluster": "vault", "role": "agent"},
+        "token_exchange": {"cluster": "sts", "authority": "sts.local", "client_id": "gateway"},
+        "resources": {"saas": {"type": "tool", "token_exchange": {"audience": "a"},
+            "secrets": [{"kv": "secret/data/x", "field": "k", "header": "x-k"}]}}
+    });
+    let e = Filter::new(both.to_string().as_bytes(), 7).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("either secrets or an exchanged token"),
+        "{e}"
+    );
+    let orphan =
+        json!({"resources": {"saas": {"type": "tool", "token_exchange": {"audience": "a"}}}});
+    let e = Filter::new(orphan.to_string().as_bytes(), 7).unwrap_err();
+    assert!(
+        e.to_string().contains("needs the token_exchange block"),
+        "{e}"
+    );
+    let default = json!({
+        "token_exchange": {"cluster": "sts", "authority": "sts.local", "client_id": "gateway"},
+        "default_resource": {"type": "tool", "token_exchange": {"audience": "a"}}
+    });
+    assert!(Filter::new(default.to_string().as_bytes(), 7).is_err());
+}
