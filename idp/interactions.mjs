@@ -9,8 +9,11 @@
 // interaction cookie (signed, HttpOnly, SameSite=Lax, its path this very
 // page), never from the URL alone: a page whose uid is not the browser's
 // own shows nothing, and another site cannot post the form for a visitor.
-// Agents (client credentials) never come here. What the provider itself
-// is set up with lives in server.mjs.
+// Agents (client credentials) never come here. A client known by its
+// metadata document (cimd.mjs) gets the same form, every time (a session
+// does not carry over to it): the password is the person's consent to
+// tell that client their name. What the provider itself is set up with
+// lives in server.mjs.
 
 import { checkPassword } from './approvers.mjs';
 
@@ -91,8 +94,11 @@ function notice(res, status, text) {
   html(res, status, 'Sign-in', `<p>${escapeHtml(text)}</p>`);
 }
 
-function form(res, status, { uid, client, username = '', error = '' }) {
-  html(res, status, 'Sign in to approve', `<p>Approvers sign in here for ${escapeHtml(client)}.</p>
+function form(res, status, { uid, client, thirdParty, username = '', error = '' }) {
+  const intro = thirdParty
+    ? `Signing in tells ${escapeHtml(client)} your name.`
+    : `Approvers sign in here for ${escapeHtml(client)}.`;
+  html(res, status, thirdParty ? 'Sign in' : 'Sign in to approve', `<p>${intro}</p>
 ${error ? `<p role="alert">${escapeHtml(error)}</p>` : ''}
 <form method="post" action="/interaction/${escapeHtml(uid)}/login">
 <p><label>Username <input name="username" autocomplete="username" required value="${escapeHtml(username)}"></label></p>
@@ -143,9 +149,10 @@ const refuse = (provider, req, res, description) => provider.interactionFinished
 
 /**
  * Serves /interaction/...: `firstParty` is the Set of first-party client
- * ids, `approvers` what loadApprovers returned.
+ * ids, `isCimd` tells a client_id naming a metadata document, `approvers`
+ * what loadApprovers returned.
  */
-export async function interaction(provider, { approvers, firstParty }, req, res) {
+export async function interaction(provider, { approvers, firstParty, isCimd = () => false }, req, res) {
   const m = /^\/interaction\/([A-Za-z0-9_-]{1,64})(\/login)?$/.exec(req.url.split('?')[0]);
   if (!m) {
     notice(res, 404, 'No such page.');
@@ -169,13 +176,14 @@ export async function interaction(provider, { approvers, firstParty }, req, res)
     return;
   }
   const clientId = details.params.client_id;
-  if (!firstParty.has(clientId)) {
+  const thirdParty = !firstParty.has(clientId) && isCimd(clientId);
+  if (!firstParty.has(clientId) && !thirdParty) {
     // A registered client that asked for the code flow: approvers do not
     // sign in to it, and it gets no consent.
     await refuse(provider, req, res, 'approvers sign in only for first-party clients');
     return;
   }
-  if (details.prompt.name === 'consent') {
+  if (details.prompt.name === 'consent' && !thirdParty) {
     // Signed in already (the provider's session): consent only.
     const accountId = details.session?.accountId;
     const grantId = asksOnlyOpenid(details) && accountId
@@ -184,19 +192,23 @@ export async function interaction(provider, { approvers, firstParty }, req, res)
     else await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
     return;
   }
-  if (details.prompt.name !== 'login') {
+  if (details.prompt.name !== 'login' && !(thirdParty && details.prompt.name === 'consent')) {
     await refuse(provider, req, res, 'unsupported interaction');
     return;
   }
+  if (thirdParty && !asksOnlyOpenid(details)) {
+    await refuse(provider, req, res, 'only the openid scope is granted');
+    return;
+  }
   if (!login) {
-    form(res, 200, { uid, client: clientId });
+    form(res, 200, { uid, client: clientId, thirdParty });
     return;
   }
   const fields = await readForm(req);
   const username = fields?.get('username') ?? '';
   const password = fields?.get('password') ?? '';
   if (!(await checkPassword(approvers, username, password))) {
-    form(res, 401, { uid, client: clientId, username, error: WRONG });
+    form(res, 401, { uid, client: clientId, thirdParty, username, error: WRONG });
     return;
   }
   const grantId = await grantOpenid(provider, clientId, username);

@@ -20,7 +20,12 @@
 //   `PUT /admin/clients/<id>`
 //   changes an agent's attributes, `DELETE /admin/clients/<id>` deletes
 //   it, `POST /admin/keys/publish` then `/admin/keys/sign` rotate the
-//   signing key; JWKS at /jwks.
+//   signing key; JWKS at /jwks;
+// - RFC 8693 token exchange for the clients in EXCHANGE_CLIENTS
+//   (token_exchange.mjs);
+// - Client ID Metadata Documents: a client_id that is an https URL is
+//   fetched and validated (cimd.mjs), for people signing in to MCP clients;
+// - RFC 9207: `iss` in every authorization response (oidc-provider's own).
 //
 // Environment: ISSUER (default http://127.0.0.1:<port>), BIND_ADDRESS (the
 // address to listen on, default 127.0.0.1), PORT (0: any; the port is
@@ -36,14 +41,18 @@
 // "<salt hex>:<hash hex>"}; hash_password.mjs makes one), ALLOW_PLAIN_PASSWORDS
 // (1: {"password": ...} too, for tests), FIRST_PARTY_CLIENTS (a JSON array of
 // client metadata: client_id, client_secret, redirect_uris; each needs the
-// other's variable).
+// other's variable), EXCHANGE_CLIENTS (a JSON array of the clients allowed
+// the token exchange: token_exchange.mjs), CIMD_ALLOW_PRIVATE (1: client
+// metadata documents from private addresses and plain http, for tests).
 
 import { createHash, generateKeyPairSync, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import Provider, { errors } from 'oidc-provider';
 import { loadApprovers } from './approvers.mjs';
+import { isCimdId, resolveCimd } from './cimd.mjs';
 import { firstPartyClients, interaction } from './interactions.mjs';
+import { exchangeClients, registerTokenExchange, unauthorizedClient } from './token_exchange.mjs';
 
 const env = process.env;
 const host = env.BIND_ADDRESS || '127.0.0.1';
@@ -109,6 +118,22 @@ try {
   process.exit(2);
 }
 const firstPartyIds = new Set(firstParty.map((c) => c.client_id));
+let exchange = new Map();
+try {
+  if (env.EXCHANGE_CLIENTS) exchange = exchangeClients(env.EXCHANGE_CLIENTS);
+} catch (e) {
+  console.error(`EXCHANGE_CLIENTS ${e.message}`);
+  process.exit(2);
+}
+if ([...exchange.keys()].some((id) => firstPartyIds.has(id))) {
+  console.error('EXCHANGE_CLIENTS and FIRST_PARTY_CLIENTS share a client_id');
+  process.exit(2);
+}
+// Clients whose metadata is configured, not registered: /admin leaves them be.
+const configured = (id) => firstPartyIds.has(id) || exchange.has(id);
+// Sign-in clients (first-party, or named by a metadata document) get no
+// access token for the gateway: they sign people in, they call no service.
+const signInOnly = (id) => firstPartyIds.has(id) || isCimdId(id);
 // Signs the provider's cookies (the interaction cookie binds a login form
 // to the browser that started it); one per process, kept across key
 // rotations, which build a new provider.
@@ -122,11 +147,20 @@ function newKey() {
 }
 
 // The agent attributes a registration carries; they become token claims.
-const AGENT_FIELDS = ['agent_type', 'team', 'environment', 'permissions', 'workload_id'];
+// `may_act` (RFC 8693 §4.4) names who may act for the agent in a token
+// exchange: {"sub": "<client_id>"} or a list of such objects.
+const AGENT_FIELDS = ['agent_type', 'team', 'environment', 'permissions', 'workload_id', 'may_act'];
 
 function validate(key, value) {
   if (value === undefined) return;
-  if (key === 'permissions') {
+  if (key === 'may_act') {
+    const parties = Array.isArray(value) ? value : [value];
+    if (!parties.length || parties.length > 32 || !parties.every((p) => p && typeof p === 'object' && !Array.isArray(p)
+      && typeof p.sub === 'string' && p.sub.length > 0 && p.sub.length <= 256
+      && Object.keys(p).every((k) => k === 'sub' || (k === 'iss' && typeof p.iss === 'string')))) {
+      throw new Error('may_act must be {"sub": ...} (and "iss") or a list of them');
+    }
+  } else if (key === 'permissions') {
     if (!Array.isArray(value) || !value.every((p) => typeof p === 'string' && /^[\x21-\x7e]+$/.test(p))) {
       throw new Error('permissions must be an array of strings without spaces');
     }
@@ -174,6 +208,10 @@ class Adapter {
     if (this.name === 'Client') persist();
   }
   async find(id) {
+    // Exchange clients come from the environment (never written to
+    // DATA_FILE); a URL client_id from its metadata document.
+    if (this.name === 'Client' && exchange.has(id)) return exchange.get(id).metadata;
+    if (this.name === 'Client' && isCimdId(id)) return resolveCimd(id);
     const e = store.get(this.key(id));
     if (!e) return undefined;
     if (e.exp && e.exp < Date.now()) {
@@ -234,12 +272,12 @@ async function start(keys, server) {
         // Without `resource`: the gateway's audience, as before services
         // had their own. A first-party client gets no access token for the
         // gateway: it signs approvers in, it does not call services.
-        defaultResource: (_ctx, client) => (firstPartyIds.has(client.clientId) ? undefined : audience),
+        defaultResource: (_ctx, client) => (signInOnly(client.clientId) ? undefined : audience),
         // Authorization-code and refresh flows (unused here) keep the
         // resource the grant was for.
         useGrantedResource: () => true,
         getResourceServerInfo: async (_ctx, resource, client) => {
-          if (!known.has(resource) || firstPartyIds.has(client.clientId)) {
+          if (!known.has(resource) || signInOnly(client.clientId)) {
             // Not echoed: error_description allows only a narrow character set.
             throw new errors.InvalidTarget('not a resource this provider issues tokens for');
           }
@@ -262,6 +300,7 @@ async function start(keys, server) {
       const client = ctx.oidc.client ?? (await ctx.oidc.provider.Client.find(token.clientId));
       if (!client) return undefined;
       const claims = { permissions: client.permissions ?? [] };
+      if (client.may_act !== undefined) claims.may_act = client.may_act;
       for (const k of ['agent_type', 'team', 'environment', 'workload_id']) {
         if (client[k] !== undefined) claims[`${ns}${k}`] = client[k];
       }
@@ -274,6 +313,8 @@ async function start(keys, server) {
     },
   });
   provider.proxy = false;
+  registerTokenExchange(provider, { keys, clients: exchange, ttl, ns });
+  provider.use(unauthorizedClient);
   return provider;
 }
 
@@ -313,8 +354,8 @@ const invalid = (description) => ({ error: 'invalid_request', error_description:
 // registered ones (the rest of the registration, its secret included,
 // stays); validated as a registration is.
 async function updateClient(req, res, id) {
-  if (firstPartyIds.has(id)) {
-    reply(res, 400, invalid('a first-party client is changed in FIRST_PARTY_CLIENTS'));
+  if (configured(id)) {
+    reply(res, 400, invalid('a configured client is changed in FIRST_PARTY_CLIENTS or EXCHANGE_CLIENTS'));
     return;
   }
   let changes;
@@ -348,8 +389,8 @@ async function updateClient(req, res, id) {
 }
 
 async function deleteClient(res, id) {
-  if (firstPartyIds.has(id)) {
-    reply(res, 400, invalid('a first-party client is changed in FIRST_PARTY_CLIENTS'));
+  if (configured(id)) {
+    reply(res, 400, invalid('a configured client is changed in FIRST_PARTY_CLIENTS or EXCHANGE_CLIENTS'));
     return;
   }
   if (!(await provider.Client.find(id))) {
@@ -411,7 +452,7 @@ server.on('request', async (req, res) => {
   }
   if (req.url.startsWith('/interaction/')) {
     try {
-      await interaction(provider, { approvers, firstParty: firstPartyIds }, req, res);
+      await interaction(provider, { approvers, firstParty: firstPartyIds, isCimd: isCimdId }, req, res);
     } catch {
       if (!res.headersSent) reply(res, 500, { error: 'server_error' });
     }

@@ -15,6 +15,7 @@ use rsa::traits::PublicKeyParts;
 use serde_json::{json, Map, Value};
 
 pub mod browser;
+pub mod exchange;
 pub mod provider;
 
 /// Issuer used by the harness's identity provider.

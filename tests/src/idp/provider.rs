@@ -143,6 +143,16 @@ impl IdProvider {
     /// (plain: `ALLOW_PLAIN_PASSWORDS=1`, for tests) for these first-party
     /// clients.
     pub fn start_with_approvers(approvers: &[(&str, &str)], clients: &[FirstParty]) -> IdProvider {
+        IdProvider::start_with_approvers_and(approvers, clients, &[])
+    }
+
+    /// [`IdProvider::start_with_approvers`] with more variables (e.g.
+    /// `CIMD_ALLOW_PRIVATE`).
+    pub fn start_with_approvers_and(
+        approvers: &[(&str, &str)],
+        clients: &[FirstParty],
+        more: &[(&str, &str)],
+    ) -> IdProvider {
         let iat = format!("iat-{}-{}", std::process::id(), rand::random::<u64>());
         let admin = format!("admin-{}-{}", std::process::id(), rand::random::<u64>());
         let file = std::env::temp_dir().join(format!(
@@ -158,13 +168,15 @@ impl IdProvider {
         let list =
             Value::from(clients.iter().map(FirstParty::metadata).collect::<Vec<_>>()).to_string();
         let path = file.display().to_string();
-        let started = IdProvider::spawn(&[
-            ("INITIAL_ACCESS_TOKEN", &iat),
+        let mut env = vec![
+            ("INITIAL_ACCESS_TOKEN", iat.as_str()),
             ("ADMIN_TOKEN", &admin),
             ("APPROVERS_FILE", &path),
             ("ALLOW_PLAIN_PASSWORDS", "1"),
             ("FIRST_PARTY_CLIENTS", &list),
-        ]);
+        ];
+        env.extend_from_slice(more);
+        let started = IdProvider::spawn(&env);
         // Read once at start: the passwords need not stay on disk.
         let _ = std::fs::remove_file(&file);
         started.unwrap_or_else(|e| panic!("{e}"))
@@ -193,6 +205,9 @@ impl IdProvider {
             .env_remove("APPROVERS_FILE")
             .env_remove("ALLOW_PLAIN_PASSWORDS")
             .env_remove("FIRST_PARTY_CLIENTS")
+            .env_remove("EXCHANGE_CLIENTS")
+            .env_remove("CIMD_ALLOW_PRIVATE")
+            .env_remove("TOKEN_TTL")
             .env("PORT", "0")
             .env("AUDIENCE", crate::AUDIENCE)
             .envs(env.iter().copied())
@@ -402,7 +417,7 @@ impl IdProvider {
 
 /// `application/x-www-form-urlencoded`: every byte but the unreserved ones
 /// percent-encoded.
-pub(crate) fn form_encode(s: &str) -> String {
+pub fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
