@@ -21,6 +21,7 @@ mod cimd;
 mod clients;
 mod config;
 mod deploy;
+mod exchange_upstream;
 mod hotswap;
 mod identity;
 mod istio;
