@@ -151,6 +151,8 @@ function newKey() {
 // exchange: {"sub": "<client_id>"} or a list of such objects.
 const AGENT_FIELDS = ['agent_type', 'team', 'environment', 'permissions', 'workload_id', 'may_act'];
 
+// Thrown as oidc-provider's own error, a registration with bad attributes
+// is a 400 invalid_client_metadata, not a server error.
 function validate(key, value) {
   if (value === undefined) return;
   if (key === 'may_act') {
@@ -158,14 +160,14 @@ function validate(key, value) {
     if (!parties.length || parties.length > 32 || !parties.every((p) => p && typeof p === 'object' && !Array.isArray(p)
       && typeof p.sub === 'string' && p.sub.length > 0 && p.sub.length <= 256
       && Object.keys(p).every((k) => k === 'sub' || (k === 'iss' && typeof p.iss === 'string')))) {
-      throw new Error('may_act must be {"sub": ...} (and "iss") or a list of them');
+      throw new errors.InvalidClientMetadata('may_act must be an object with sub (and iss), or a list of them');
     }
   } else if (key === 'permissions') {
     if (!Array.isArray(value) || !value.every((p) => typeof p === 'string' && /^[\x21-\x7e]+$/.test(p))) {
-      throw new Error('permissions must be an array of strings without spaces');
+      throw new errors.InvalidClientMetadata('permissions must be an array of strings without spaces');
     }
   } else if (typeof value !== 'string' || value.length === 0 || value.length > 256) {
-    throw new Error(`${key} must be a non-empty string`);
+    throw new errors.InvalidClientMetadata(`${key} must be a non-empty string`);
   }
 }
 

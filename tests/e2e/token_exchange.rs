@@ -298,6 +298,14 @@ fn an_unknown_resource_is_invalid_target() {
 fn an_actor_not_named_in_may_act_is_invalid_grant() {
     let w = world();
     let mut meta = agent_metadata("owner", "support", "cs", "production", &["data:read"]);
+    // Malformed (RFC 8693 wants an object of claims): refused at
+    // registration, not carried into tokens.
+    for bad in [json!("someone"), json!({"name": "x"}), json!([])] {
+        meta["may_act"] = bad;
+        let r = w.idp.post_registration(&w.idp.initial_access_token, &meta);
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.json()["error"], "invalid_client_metadata", "{}", r.body);
+    }
     meta["may_act"] = json!({"sub": w.helper.client_id});
     let r = w.idp.post_registration(&w.idp.initial_access_token, &meta);
     assert_eq!(r.status, 201, "{}", r.body);
