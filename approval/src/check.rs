@@ -23,6 +23,9 @@ pub struct Call {
     pub chain: Vec<String>,
     /// The service named by the policy.
     pub service: String,
+    /// The path and query the call goes to upstream, when the filter
+    /// binds them (it does: a server can read them).
+    pub endpoint: Option<String>,
     /// The tool's name.
     pub tool: String,
     /// The call's arguments (`{}` when absent).
@@ -129,6 +132,11 @@ fn parse_call(text: &str) -> Result<Call, String> {
             .collect::<Result<Vec<_>, _>>()?,
         _ => return Err("call.chain must be an array".into()),
     };
+    let endpoint = match m.remove("endpoint") {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err("call.endpoint must be a string".into()),
+    };
     let arguments = m
         .remove("arguments")
         .ok_or_else(|| "call.arguments is missing".to_string())?;
@@ -139,6 +147,7 @@ fn parse_call(text: &str) -> Result<Call, String> {
         agent,
         chain,
         service,
+        endpoint,
         tool,
         arguments,
     })
@@ -206,6 +215,10 @@ mod tests {
         assert_eq!(i.call.agent, "a1");
         assert_eq!(i.call.chain, vec!["u1".to_string()]);
         assert_eq!(i.call.tool, "close");
+        assert_eq!(i.call.endpoint, None);
+        let c2 = c.replace(r#""service""#, r#""endpoint":"/mcp?a=1","service""#);
+        let i2 = parse(&body(&c2, &binding_of(&c2), json!(["alice"]), json!(300))).unwrap();
+        assert_eq!(i2.call.endpoint.as_deref(), Some("/mcp?a=1"));
         assert_eq!(i.call.arguments, json!({"id": 7}));
         assert_eq!(i.approvers, vec!["alice".to_string(), "bob".to_string()]);
         assert_eq!(i.decision_id, "d1");
@@ -244,6 +257,7 @@ mod tests {
             r#"{"agent":"a","arguments":{},"chain":[1],"service":"s","tool":"t"}"#,
             r#"{"agent":"a","arguments":{},"chain":[],"extra":1,"service":"s","tool":"t"}"#,
             r#"{"agent":1,"arguments":{},"chain":[],"service":"s","tool":"t"}"#,
+            r#"{"agent":"a","arguments":{},"chain":[],"endpoint":1,"service":"s","tool":"t"}"#,
         ] {
             let e = parse(&body(call, &binding_of(call), json!(["alice"]), json!(5)));
             assert!(e.is_err(), "{call} passed");

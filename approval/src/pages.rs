@@ -1,9 +1,10 @@
 //! The HTML an approver sees: the call's page (agent, who it acts for,
-//! service, tool, arguments, state, expiry, and the approve/reject forms
-//! with the session's CSRF token) and short message pages. Everything a
-//! caller supplied is HTML-escaped, and characters that would hide or
-//! reorder text (bidirectional overrides, zero-width characters, controls)
-//! are shown as `\u{..}` so the approver reads the call as it is.
+//! service and endpoint, tool, arguments, state, expiry, and the
+//! approve/reject forms with the session's CSRF token) and short message
+//! pages. Everything a caller supplied is HTML-escaped, and characters
+//! that would hide or reorder text (bidirectional overrides, zero-width
+//! characters, controls) are shown as `\u{..}` so the approver reads the
+//! call as it is.
 //! Also the constant-time comparison used for the filter key, the CSRF
 //! token and the nonce.
 
@@ -116,7 +117,7 @@ pub fn record_page(r: &Record, now: u64, subject: &str, csrf: &str, public_url: 
         "<p>Signed in as <b>{who}</b>. An agent asks to make exactly this call.</p>\n<dl>\
          <dt>Agent</dt><dd><code>{agent}</code></dd>\
          <dt>Acting for</dt><dd>{chain}</dd>\
-         <dt>Service</dt><dd><code>{service}</code></dd>\
+         <dt>Service</dt><dd><code>{service}</code>{endpoint}</dd>\
          <dt>Tool</dt><dd><code>{tool}</code></dd>\
          <dt>Arguments</dt><dd><pre>{args}</pre></dd>\
          <dt>State</dt><dd id=\"state\">{state}</dd>\
@@ -125,6 +126,11 @@ pub fn record_page(r: &Record, now: u64, subject: &str, csrf: &str, public_url: 
         who = escape(subject),
         agent = escape(&c.agent),
         service = escape(&c.service),
+        endpoint = c
+            .endpoint
+            .as_deref()
+            .map(|e| format!(", at <code>{}</code>", escape(e)))
+            .unwrap_or_default(),
         tool = escape(&c.tool),
         args = escape(&args),
         state = escape(&state_text(&shown)),
@@ -156,7 +162,7 @@ mod tests {
 
     fn record(args: serde_json::Value, agent: &str) -> (Store, String) {
         let call = json!({"agent": agent, "arguments": args, "chain": ["<b>u1</b>"],
-                          "service": "tickets", "tool": "close"})
+                          "endpoint": "/mcp?x=<i>", "service": "tickets", "tool": "close"})
         .to_string();
         let body = json!({"binding": binding_of(&call), "call": call,
                           "approvers": ["alice"], "ttl_s": 60});
@@ -187,6 +193,8 @@ mod tests {
         );
         assert!(html.contains("agent&lt;svg onload=alert(1)&gt;"), "{html}");
         assert!(html.contains("&lt;b&gt;u1&lt;/b&gt;"), "{html}");
+        // Where the call goes, shown with the service.
+        assert!(html.contains("at <code>/mcp?x=&lt;i&gt;</code>"), "{html}");
         // Pretty JSON, so the approver reads each argument on its line.
         assert!(html.contains("\n  &quot;note&quot;: "), "{html}");
     }

@@ -2,14 +2,14 @@
 //!
 //! A policy's `approval` rule names who may approve a `tools/call` and how
 //! long an approval lives ([`Required`]). The filter then binds the call:
-//! the canonical JSON of (agent, delegation chain, service, tool,
-//! arguments) and its SHA-256 ([`Binding`]). It asks the approval service,
+//! the canonical JSON of (agent, delegation chain, service, endpoint,
+//! tool, arguments) and its SHA-256 ([`Binding`]). It asks the approval service,
 //! through an Envoy callout, where that binding stands ([`ask_body`],
 //! [`read`]): the first time the service opens a pending approval and
 //! returns its page; an approver signs in, sees exactly that call and
 //! approves or rejects it; the agent's identical retry then gets a signed,
 //! single-use grant for that binding ([`grant::verify`]). Any other
-//! arguments, agent, chain, service or tool is another binding, so it
+//! arguments, agent, chain, service, endpoint or tool is another binding, so it
 //! never passes on this approval; a replay finds the grant used, a late
 //! retry finds it expired.
 //!
@@ -78,18 +78,21 @@ pub fn parse(v: &regorus::Value) -> Result<Option<Required>, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     /// Canonical JSON (sorted keys, no whitespace) of agent, chain,
-    /// service, tool and arguments.
+    /// service, endpoint, tool and arguments.
     pub call: String,
     /// `sha256:<hex>` of `call`.
     pub digest: String,
 }
 
 /// Binds a call. `chain` is the delegation chain, the actor acting now
-/// first; absent arguments bind as `{}` (as a server reads them).
+/// first; `endpoint` the path and query the call goes to upstream (a
+/// server can read them: a toolset, an account); absent arguments bind as
+/// `{}` (as a server reads them).
 pub fn bind(
     agent: &str,
     chain: &[String],
     service: &str,
+    endpoint: &str,
     tool: &str,
     arguments: Option<&Map<String, Value>>,
 ) -> Result<Binding, String> {
@@ -103,6 +106,7 @@ pub fn bind(
         "chain".into(),
         Value::Array(chain.iter().map(|s| Value::from(s.as_str())).collect()),
     );
+    doc.insert("endpoint".into(), endpoint.into());
     doc.insert("service".into(), service.into());
     doc.insert("tool".into(), tool.into());
     // serde_json's maps are sorted by key (no `preserve_order` in this

@@ -40,33 +40,35 @@ fn a_binding_is_the_digest_of_the_canonical_call() {
         "support@clients",
         &["orchestrator".into()],
         "tickets-mcp",
+        "/mcp",
         "update_ticket",
         args.as_object(),
     )
     .unwrap();
     assert_eq!(
         b.call,
-        r#"{"agent":"support@clients","arguments":{"a":{"b":"é","y":[1,2]},"z":1},"chain":["orchestrator"],"service":"tickets-mcp","tool":"update_ticket"}"#
+        r#"{"agent":"support@clients","arguments":{"a":{"b":"é","y":[1,2]},"z":1},"chain":["orchestrator"],"endpoint":"/mcp","service":"tickets-mcp","tool":"update_ticket"}"#
     );
     assert_eq!(b.digest, sha256_hex(b.call.as_bytes()));
     assert!(crate::mcp::pins::is_digest(&b.digest));
     // Absent arguments bind as {}.
-    let none = bind("a", &[], "s", "t", None).unwrap();
+    let none = bind("a", &[], "s", "/mcp", "t", None).unwrap();
     assert!(none.call.contains(r#""arguments":{}"#));
 }
 
 #[test]
 fn edited_arguments_another_agent_chain_service_or_tool_is_another_binding() {
     let args = json!({"id": "T-1", "status": "closed"});
-    let base = bind("a", &["u".into()], "s", "t", args.as_object()).unwrap();
+    let base = bind("a", &["u".into()], "s", "/mcp", "t", args.as_object()).unwrap();
     let edited = json!({"id": "T-1", "status": "deleted"});
     for other in [
-        bind("a", &["u".into()], "s", "t", edited.as_object()),
-        bind("b", &["u".into()], "s", "t", args.as_object()),
-        bind("a", &[], "s", "t", args.as_object()),
-        bind("a", &["v".into()], "s", "t", args.as_object()),
-        bind("a", &["u".into()], "s2", "t", args.as_object()),
-        bind("a", &["u".into()], "s", "t2", args.as_object()),
+        bind("a", &["u".into()], "s", "/mcp", "t", edited.as_object()),
+        bind("b", &["u".into()], "s", "/mcp", "t", args.as_object()),
+        bind("a", &[], "s", "/mcp", "t", args.as_object()),
+        bind("a", &["v".into()], "s", "/mcp", "t", args.as_object()),
+        bind("a", &["u".into()], "s2", "/mcp", "t", args.as_object()),
+        bind("a", &["u".into()], "s", "/mcp", "t2", args.as_object()),
+        bind("a", &["u".into()], "s", "/mcp?x=1", "t", args.as_object()),
     ] {
         assert_ne!(other.unwrap().digest, base.digest);
     }

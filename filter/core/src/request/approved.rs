@@ -115,8 +115,20 @@ impl Configured {
             chain.extend(t.actors.iter().cloned());
             chain.push(t.claims.sub.clone());
         }
-        let binding = approval::bind(&outcome.agent, &chain, service, tool, m.arguments())
+        // Where it goes upstream: the path as rewritten for the service, or
+        // as it came.
+        let route = crate::input::parse_route(&a.path, &self.config)
             .map_err(|_| unavailable("the call cannot be bound"))?;
+        let endpoint = route.upstream_path.as_deref().unwrap_or(&a.path);
+        let binding = approval::bind(
+            &outcome.agent,
+            &chain,
+            service,
+            endpoint,
+            tool,
+            m.arguments(),
+        )
+        .map_err(|_| unavailable("the call cannot be bound"))?;
         if trail
             .approval
             .as_ref()

@@ -361,9 +361,9 @@ fn a_stream_that_ends_while_waiting_is_recorded_and_its_callout_forgotten() {
 
 #[test]
 fn smuggling_members_the_approver_never_sees_past_an_approval_is_refused() {
-    // Only agent, chain, service, tool and arguments are bound and shown;
-    // whatever else goes upstream would pass on an approval for a call
-    // the approver never saw whole.
+    // Only agent, chain, service, endpoint, tool and arguments are bound
+    // and shown; whatever else goes upstream would pass on an approval for
+    // a call the approver never saw whole.
     let mut f = approval_filter(false);
     let call = |params: Value, top: Option<(&str, Value)>| {
         let mut m = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": params});
@@ -470,4 +470,34 @@ fn swapping_the_transaction_an_approved_call_rides_on_is_another_binding() {
         calls.push(ask["binding"].clone());
     }
     assert_ne!(calls[0], calls[1], "one approval for both users");
+}
+
+#[test]
+fn sending_the_approved_call_to_another_endpoint_of_the_service_is_another_binding() {
+    // A server can read its path and query (a toolset, an account, a
+    // config): the same call to another endpoint is another call.
+    let mut f = approval_filter(false);
+    let mut seen = Vec::new();
+    for path in [
+        "/mcp://tickets-mcp/mcp",
+        "/mcp://tickets-mcp/mcp?account=other",
+        "/mcp://tickets-mcp/admin/mcp",
+    ] {
+        let mut h = request("POST", path, Some(mcp_claims(&["tools:call"]))).at(NOON);
+        h.env.insert("AGENTPLANE_APPROVAL_KEY".into(), KEY.into());
+        f.on_configured(&mut h, "test");
+        let (flow, _d) = post(&mut f, &mut h, &update(args()));
+        assert_eq!(flow, Flow::Approving, "{path}: {:?}", h.reply);
+        let ask: Value =
+            serde_json::from_slice(h.dispatched.last().unwrap().body.as_ref().unwrap()).unwrap();
+        let call: Value = serde_json::from_str(ask["call"].as_str().unwrap()).unwrap();
+        let upstream = path.trim_start_matches("/mcp://tickets-mcp");
+        assert_eq!(
+            call["endpoint"], upstream,
+            "the approver sees where it goes"
+        );
+        seen.push(ask["binding"].clone());
+    }
+    assert_ne!(seen[0], seen[1]);
+    assert_ne!(seen[0], seen[2]);
 }
