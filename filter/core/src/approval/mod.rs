@@ -131,19 +131,25 @@ const CALL_PARAMS: [&str; 4] = ["name", "arguments", "_meta", "task"];
 /// `requestState` and input response are taken out before this runs; a
 /// server's are refused here (the answers it asked for change the call).
 pub fn unbound(m: &crate::mcp::Message) -> Option<String> {
+    // The client names the member: its first characters say which it is,
+    // and the answer and the record stay short.
+    let short = |k: &str| match k.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", k.get(..i).unwrap_or_default()),
+        None => k.to_string(),
+    };
     if let Some(k) = m.rest.keys().find(|k| k.as_str() != "jsonrpc") {
-        return Some(k.clone());
+        return Some(short(k));
     }
     let params = m.params.as_ref()?;
     if let Some(k) = params.keys().find(|k| !CALL_PARAMS.contains(&k.as_str())) {
-        return Some(format!("params.{k}"));
+        return Some(format!("params.{}", short(k)));
     }
     match params.get("_meta") {
         None => None,
         Some(Value::Object(meta)) => meta
             .keys()
             .find(|k| k.as_str() != "progressToken" && !k.starts_with("io.modelcontextprotocol/"))
-            .map(|k| format!("params._meta.{k}")),
+            .map(|k| format!("params._meta.{}", short(k))),
         Some(_) => Some("params._meta".into()),
     }
 }

@@ -501,3 +501,20 @@ fn sending_the_approved_call_to_another_endpoint_of_the_service_is_another_bindi
     assert_ne!(seen[0], seen[1]);
     assert_ne!(seen[0], seen[2]);
 }
+
+#[test]
+fn a_huge_unbound_member_name_does_not_bloat_the_answer_or_the_record() {
+    let mut f = approval_filter(true);
+    let key = "k".repeat(1500);
+    let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "update_ticket", "arguments": args(), &key: 1}})
+    .to_string();
+    let mut h = host(&mut f, &[]);
+    let (flow, mut d) = post(&mut f, &mut h, &body);
+    assert_eq!(flow, Flow::Replied);
+    assert!(d.reason().len() < 300, "{}", d.reason().len());
+    assert!(d.reason().contains("params.kkk"), "{}", d.reason());
+    f.on_log(&mut h, &mut d);
+    let rec = log_lines(&h).pop().unwrap();
+    assert!(!rec["result"].to_string().contains(&key));
+}
