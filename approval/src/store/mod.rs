@@ -22,6 +22,10 @@ pub struct Limits {
     pub max_records: usize,
     /// Bytes of call text over all records.
     pub max_bytes: usize,
+    /// Live records of one agent: one that asks about call after call
+    /// (approvers may ignore them; each waits up to a day) must not fill
+    /// the store and so refuse every other agent's approvals.
+    pub max_per_agent: usize,
 }
 
 impl Default for Limits {
@@ -29,6 +33,7 @@ impl Default for Limits {
         Limits {
             max_records: 10_000,
             max_bytes: 64 << 20,
+            max_per_agent: 100,
         }
     }
 }
@@ -284,6 +289,15 @@ impl Store {
 
     /// A new pending record for `input`, now the latest for its binding.
     fn insert(&mut self, input: &CheckInput, now: u64, id: String) -> Result<Pending, Full> {
+        let agent = &input.call.agent;
+        let mine = self
+            .by_id
+            .values()
+            .filter(|r| r.call.agent == *agent && self.is_live(r, now))
+            .count();
+        if mine >= self.limits.max_per_agent {
+            return Err(Full);
+        }
         self.make_room(input.size, now)?;
         let expires_at = now.saturating_add(input.ttl_s);
         let record = Record {

@@ -192,6 +192,7 @@ fn records_are_bounded_and_the_oldest_dead_go_first() {
     let mut s = Store::new(Limits {
         max_records: 3,
         max_bytes: 1 << 20,
+        ..Limits::default()
     });
     let calls: Vec<CheckInput> = (0..5)
         .map(|n| input(json!({ "n": n }), &["alice"], 10))
@@ -221,6 +222,7 @@ fn a_used_record_is_evicted_before_a_live_one() {
     let mut s = Store::new(Limits {
         max_records: 2,
         max_bytes: 1 << 20,
+        ..Limits::default()
     });
     let a = input(json!({"a": 1}), &["alice"], 100);
     let b = input(json!({"b": 1}), &["alice"], 100);
@@ -246,6 +248,7 @@ fn bytes_are_bounded_too() {
     let mut s = Store::new(Limits {
         max_records: 100,
         max_bytes: i.size,
+        ..Limits::default()
     });
     s.check(&i, 0, "r1".into()).unwrap();
     let j = input(json!({"x": "z".repeat(100)}), &["alice"], 10);
@@ -253,6 +256,42 @@ fn bytes_are_bounded_too() {
     let mut tiny = Store::new(Limits {
         max_records: 100,
         max_bytes: 10,
+        ..Limits::default()
     });
     assert_eq!(tiny.check(&i, 0, "r1".into()), Err(Full));
+}
+
+#[test]
+fn one_agent_flooding_pending_approvals_cannot_lock_out_the_others() {
+    // Each ask with new arguments opens a record that lives up to a day:
+    // one agent (whose own calls the approvers may ignore) must not fill
+    // the store and so refuse every other agent's approvals.
+    let mut s = Store::new(Limits {
+        max_records: 10,
+        max_bytes: 1 << 20,
+        max_per_agent: 3,
+    });
+    let by = |agent: &str, n: u64| {
+        let call = json!({"agent": agent, "arguments": {"n": n}, "chain": [],
+                          "service": "tickets", "tool": "close"})
+        .to_string();
+        let body = json!({"binding": binding_of(&call), "call": call, "approvers": ["alice"],
+                          "ttl_s": 100, "decision_id": "d"});
+        parse(body.to_string().as_bytes()).unwrap()
+    };
+    for n in 0..3 {
+        s.check(&by("flood", n), 1000, format!("f{n}")).unwrap();
+    }
+    assert_eq!(s.check(&by("flood", 3), 1000, "f3".into()), Err(Full));
+    // Asking again about one it holds still answers.
+    assert!(matches!(
+        s.check(&by("flood", 0), 1001, "x".into()),
+        Ok(Answer::Pending(_))
+    ));
+    for n in 0..3 {
+        let a = s.check(&by("other", n), 1000, format!("o{n}")).unwrap();
+        assert!(matches!(a, Answer::Pending(_)), "{a:?}");
+    }
+    // Once its records lapse, the agent may ask again.
+    assert!(s.check(&by("flood", 3), 1100, "f3".into()).is_ok());
 }
