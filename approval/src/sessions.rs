@@ -16,6 +16,10 @@ pub const SESSION_S: u64 = 3600;
 pub const LOGIN_S: u64 = 600;
 /// At most this many of each.
 pub const MAX_ENTRIES: usize = 10_000;
+/// At most this many logins in progress return to one page: a page
+/// opened again and again (anyone may open one whose id it knows) then
+/// replaces its own oldest login, never another page's.
+pub const MAX_PER_PAGE: usize = 16;
 
 /// `bytes` random bytes from the OS, base64url without padding.
 pub fn random_b64(bytes: usize) -> String {
@@ -97,6 +101,21 @@ impl Sessions {
 
     /// Remembers a login until its callback (or [`LOGIN_S`]).
     pub fn start_login(&mut self, login: Login, browser: String, return_to: String, now: u64) {
+        let same: Vec<(&String, u64)> = self
+            .logins
+            .iter()
+            .filter(|(_, l)| l.return_to == return_to)
+            .map(|(k, l)| (k, l.expires_at))
+            .collect();
+        if same.len() >= MAX_PER_PAGE {
+            let oldest = same
+                .iter()
+                .min_by_key(|(_, e)| *e)
+                .map(|(k, _)| (*k).clone());
+            if let Some(k) = oldest {
+                self.logins.remove(&k);
+            }
+        }
         make_room(&mut self.logins, now, |l| l.expires_at);
         self.logins.insert(
             login.state.clone(),
@@ -172,5 +191,21 @@ mod tests {
             s.start_login(Login::new(), "b".into(), format!("r{n}"), 0);
         }
         assert_eq!(s.logins.len(), MAX_ENTRIES);
+    }
+
+    #[test]
+    fn reloading_one_approvals_page_cannot_push_out_other_approvers_logins() {
+        // Anyone may open a page it knows the id of (an agent knows its
+        // own call's) and each visit starts a login: a flood of them must
+        // not push out an approver's login in progress on another page.
+        let mut s = Sessions::default();
+        let mine = Login::new();
+        let state = mine.state.clone();
+        s.start_login(mine, "b1".into(), "r-legit".into(), 0);
+        for _ in 0..MAX_ENTRIES + 5 {
+            s.start_login(Login::new(), "b2".into(), "r-flood".into(), 1);
+        }
+        assert!(s.logins.len() <= MAX_PER_PAGE + 1, "{}", s.logins.len());
+        assert_eq!(s.take_login(&state, 2).unwrap().return_to, "r-legit");
     }
 }
