@@ -46,6 +46,8 @@ pub struct Principal {
     /// service's own (see [`crate::audience`]): one token may be sent to
     /// several services, so the check is not part of the cached principal.
     pub audiences: Vec<String>,
+    /// [`crate::exchange::claims_digest`], computed on first use.
+    digest: std::cell::OnceCell<String>,
 }
 
 impl Principal {
@@ -122,7 +124,15 @@ impl Principal {
             delegation,
             trusted,
             identity,
+            digest: std::cell::OnceCell::new(),
         }
+    }
+
+    /// The digest of the verified claims an exchanged token is keyed on
+    /// ([`crate::exchange::claims_digest`]), once per principal.
+    pub fn claims_digest(&self) -> &str {
+        self.digest
+            .get_or_init(|| crate::exchange::claims_digest(&self.identity.payload))
     }
 }
 

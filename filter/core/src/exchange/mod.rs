@@ -6,8 +6,9 @@
 //! `Authorization: Bearer`. The caller's own token never goes upstream,
 //! and the exchanged one never back to the caller.
 //!
-//! One exchange serves every request of the same (subject, delegation
-//! chain, audience, scopes) until shortly before it expires: per worker a
+//! One exchange serves every request of the same (subject, the subject
+//! token's claims, delegation chain, audience, scopes) until shortly
+//! before it expires: per worker a
 //! cache, between workers shared data, and per worker one exchange in
 //! flight per key whatever the number of requests waiting for it
 //! (single-flight). Requests wait the way secret fetches do: the stream
@@ -92,6 +93,11 @@ pub struct Ask {
     pub subject: Secret,
     /// Who the caller is: issuer and subject, and the delegation chain.
     pub principal: String,
+    /// A digest of the subject token's claims ([`claims_digest`]): what
+    /// the service grants depends on them (the scopes it holds, the
+    /// client holding it, its audience, its `may_act`), not only on who
+    /// it names.
+    pub claims: String,
     /// The delegation chain, outermost first.
     pub chain: Vec<String>,
     /// The token's audience.
@@ -104,24 +110,54 @@ impl Ask {
     /// The cache key: every fact the exchanged token depends on.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
-        for part in [self.principal.as_str(), self.audience.as_str()]
-            .into_iter()
-            .chain(self.chain.iter().map(String::as_str))
-            .chain(std::iter::once("\u{0}scopes"))
-            .chain(self.scopes.iter().map(String::as_str))
+        for part in [
+            self.principal.as_str(),
+            self.claims.as_str(),
+            self.audience.as_str(),
+        ]
+        .into_iter()
+        .chain(self.chain.iter().map(String::as_str))
+        .chain(std::iter::once("\u{0}scopes"))
+        .chain(self.scopes.iter().map(String::as_str))
         {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
-        let sum: [u8; 32] = h.finalize().into();
-        let mut out = String::with_capacity(64);
-        for b in sum {
-            for n in [b >> 4, b & 0xf] {
-                out.push(char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 }));
-            }
-        }
-        out
+        hex(h.finalize().into())
     }
+}
+
+fn hex(sum: [u8; 32]) -> String {
+    let mut out = String::with_capacity(64);
+    for b in sum {
+        for n in [b >> 4, b & 0xf] {
+            out.push(char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 }));
+        }
+    }
+    out
+}
+
+/// Claims that describe one token rather than what it grants: a refreshed
+/// token that differs only in them reuses the exchange.
+const INSTANCE_CLAIMS: [&str; 4] = ["exp", "iat", "nbf", "jti"];
+
+/// A digest of a verified token's claims but [`INSTANCE_CLAIMS`]. Keyed
+/// on the issuer and subject alone, a token of the same subject held by
+/// another client, or holding fewer scopes, was served the exchange made
+/// for a broader one.
+pub fn claims_digest(payload: &serde_json::Map<String, Value>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in payload
+        .iter()
+        .filter(|(k, _)| !INSTANCE_CLAIMS.contains(&k.as_str()))
+    {
+        let v = v.to_string();
+        for part in [k.as_str(), v.as_str()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    hex(h.finalize().into())
 }
 
 #[derive(Debug)]

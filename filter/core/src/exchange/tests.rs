@@ -7,6 +7,7 @@ fn ask(principal: &str, chain: &[&str], audience: &str, scopes: &[&str]) -> Ask 
     Ask {
         subject: Secret::new("t"),
         principal: principal.into(),
+        claims: "c".into(),
         chain: chain.iter().map(|s| s.to_string()).collect(),
         audience: audience.into(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
@@ -25,14 +26,41 @@ fn a_token_is_keyed_on_everything_it_depends_on() {
         ask("iss|a", &["u"], "aud", &[]),
         // Boundaries cannot be shifted between parts.
         ask("iss|au", &[], "d", &["r"]),
+        // The same subject's token with other claims (scopes, client).
+        Ask {
+            claims: "d".into(),
+            ..ask("iss|a", &["u"], "aud", &["r"])
+        },
     ] {
         assert_ne!(other.key(), base.key());
     }
     // The subject token itself is not part of the key: a refreshed token
-    // of the same caller reuses the exchange.
+    // of the same caller with the same claims reuses the exchange.
     let mut same = ask("iss|a", &["u"], "aud", &["r"]);
     same.subject = Secret::new("another");
     assert_eq!(same.key(), base.key());
+}
+
+#[test]
+fn the_claims_digest_ignores_only_what_one_token_instance_adds() {
+    let base =
+        json!({"sub": "a", "scope": "r w", "client_id": "app", "exp": 1, "iat": 0, "jti": "x"});
+    let digest = |v: &Value| claims_digest(v.as_object().unwrap());
+    let mut refreshed = base.clone();
+    refreshed["exp"] = json!(2);
+    refreshed["iat"] = json!(1);
+    refreshed["nbf"] = json!(1);
+    refreshed["jti"] = json!("y");
+    assert_eq!(digest(&refreshed), digest(&base));
+    for (k, v) in [
+        ("scope", json!("r")),
+        ("client_id", json!("other")),
+        ("aud", json!("x")),
+    ] {
+        let mut other = base.clone();
+        other[k] = v;
+        assert_ne!(digest(&other), digest(&base), "{k}");
+    }
 }
 
 #[test]

@@ -51,6 +51,7 @@ impl Configured {
         let ask = crate::exchange::Ask {
             subject: Secret::new(subject),
             principal: outcome.principal.clone(),
+            claims: principal.claims_digest().to_owned(),
             chain: principal
                 .identity
                 .chain

@@ -254,3 +254,77 @@ fn a_service_with_an_exchanged_token_and_secrets_or_no_token_service_is_refused(
     });
     assert!(Filter::new(default.to_string().as_bytes(), 7).is_err());
 }
+
+/// A request of `payload`'s caller bearing `token`, on `stream`.
+fn call_as(f: &mut Filter, payload: Value, token: &str, stream: u32) -> (Flow, MockHost) {
+    let mut h = request("GET", "/mcp://saas/tickets", Some(payload))
+        .with_header("authorization", &format!("Bearer {token}"));
+    h.stream = stream;
+    h.env
+        .insert("AGENTPLANE_EXCHANGE_SECRET".into(), CLIENT_SECRET.into());
+    let (flow, _) = f.on_request_headers(&mut h);
+    (flow, h)
+}
+
+#[test]
+fn a_narrower_or_foreign_token_of_the_same_subject_is_never_served_anothers_exchange() {
+    // What the token service grants depends on the subject token, not
+    // only on who it names: its scopes, the client that holds it, its
+    // audience, its may_act. Another token of the same `sub` and chain
+    // lacking any of them gets its own exchange (which the service may
+    // refuse), never the first one's token.
+    let broad = claims(json!({"permissions": ["tools:access", "tickets:read"],
+        "client_id": "trusted-app", "aud": "agentplane"}));
+    let mut variants = Vec::new();
+    for (k, v) in [
+        ("permissions", json!(["tools:access"])),
+        ("scope", json!("tools:access")),
+        ("client_id", json!("untrusted-app")),
+        ("aud", json!(["agentplane", "elsewhere"])),
+        ("may_act", json!({"sub": "someone-else"})),
+    ] {
+        let mut p = broad.clone();
+        p[k] = v;
+        variants.push(p);
+    }
+    for narrow in variants {
+        let mut f = exchange_filter();
+        let (_, h) = call_as(&mut f, broad.clone(), AGENT_JWT, 1);
+        let mut root = MockHost::new();
+        f.on_callout_response(
+            &mut root,
+            h.dispatched[0].token,
+            Some(200),
+            Some(&answer(600)),
+        );
+        assert_eq!(root.resumed.len(), 1);
+        let (flow, h) = call_as(&mut f, narrow.clone(), "narrow.jwt", 2);
+        assert_eq!(flow, Flow::Paused, "{narrow}");
+        assert!(
+            h.header_values("authorization").is_empty(),
+            "{narrow} got the broader token's exchange"
+        );
+        assert_eq!(
+            form_of(h.dispatched[0].body.as_ref().unwrap())["subject_token"],
+            "narrow.jwt"
+        );
+    }
+    // The same claims in a refreshed token (another exp, iat, jti): the
+    // exchange is reused.
+    let mut f = exchange_filter();
+    let (_, h) = call_as(&mut f, broad.clone(), AGENT_JWT, 1);
+    let mut root = MockHost::new();
+    f.on_callout_response(
+        &mut root,
+        h.dispatched[0].token,
+        Some(200),
+        Some(&answer(600)),
+    );
+    let mut refreshed = broad.clone();
+    refreshed["exp"] = json!(1_746_280_000);
+    refreshed["iat"] = json!(1_746_270_000);
+    refreshed["jti"] = json!("another");
+    let (flow, h) = call_as(&mut f, refreshed, "refreshed.jwt", 2);
+    assert_eq!(flow, Flow::Continue);
+    assert!(h.dispatched.is_empty());
+}
