@@ -195,6 +195,14 @@ ensure_compose() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
 }
 
+# promtool (Debian's prometheus package) for the observability rules and
+# the compose stack's Prometheus configuration (deploy/observability/).
+ensure_promtool() {
+  command -v promtool >/dev/null && return
+  log "installing promtool (Debian prometheus) to check and unit-test the Prometheus rules offline"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
+
 ensure_istio_models() {
   ensure_node
   [ -f "$ROOT/deploy/istio-check/node_modules/@kubernetes-models/istio/package.json" ] && return
@@ -298,9 +306,17 @@ run_tests() {
   istio
   ensure_compose
   ensure_istio_models
+  ensure_promtool
+  log "observability: Prometheus rules checked and unit-tested, the compose Prometheus config, dashboard and rule metric names against the code"
+  (cd "$ROOT/deploy/observability" && promtool check rules rules.yml && promtool test rules rules_test.yml \
+    && promtool check config prometheus.yml)
+  cargo test -p agentplane-e2e --test observability
   log "differential test against the real OPA engine"
   cargo build -q -p agentplane-core --example eval
   python3 tests/opa/differential.py "$TOOLS/opa" "$ROOT/target/debug/examples/eval"
+  log "opa-envoy-plugin compatibility: a policy written for it decided alike by OPA and the filter"
+  cargo build -q -p agentplane-core --example envoy_compat
+  python3 tests/opa/envoy_compat.py "$TOOLS/opa" "$ROOT/target/debug/examples/envoy_compat"
   log "benchmark smoke run (1 s per arm: proves ./build.sh bench still works, measures nothing)"
   ensure_wrk
   cargo build -q --release -p agentplane-e2e --bin agentplane-bench

@@ -233,10 +233,12 @@ fn unknown(names: &Names, recorded: &BTreeSet<String>) -> Vec<String> {
         .metrics
         .iter()
         .filter(|n| {
-            !filter.contains(*n)
-                && !ENVOY.contains(&n.as_str())
-                && !recorded.contains(*n)
-                && !(n.starts_with(LIMITS_REFUSED) && n.len() > LIMITS_REFUSED.len())
+            let family = n.starts_with(LIMITS_REFUSED) && n.len() > LIMITS_REFUSED.len();
+            let known = filter.contains(*n)
+                || ENVOY.contains(&n.as_str())
+                || recorded.contains(*n)
+                || family;
+            !known
         })
         .cloned()
         .collect();

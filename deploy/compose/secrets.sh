@@ -9,6 +9,7 @@
 #                             (registration, key rotation): idp, demo-register
 #   postgres/password         PostgreSQL's superuser password: postgres,
 #                             openbao-init
+#   grafana/admin-password    Grafana's admin password: grafana
 # The root token and unseal key are not here: OpenBao makes them
 # (deploy/openbao/init.sh, step bootstrap).
 set -eu
@@ -31,4 +32,5 @@ new() {
 dir=${SECRETS_DIR:-/run/agentplane}
 new "$dir/idp/initial-access-token"
 new "$dir/postgres/password"
+new "$dir/grafana/admin-password"
 echo "secrets: ready"

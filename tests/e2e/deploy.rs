@@ -14,6 +14,8 @@ use serde_json::Value;
 use std::process::Command;
 
 mod compose;
+/// The compose stack's Prometheus, Grafana, Loki, Jaeger and collector.
+mod observability;
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

@@ -115,22 +115,38 @@ fn compose_skills_are_unreachable_except_through_envoy() {
     // PostgreSQL: OpenBao alone (it issues the logins).
     let pg = neighbours(&c, "postgres");
     assert_eq!(pg, BTreeSet::from(["openbao".to_string()]), "{pg:?}");
-    // Envoy is on every skill network, and the only published service:
-    // its agent listener, on the host's loopback.
+    // Three services publish one port each, on the host's loopback only:
+    // Envoy's agent listener, Grafana, and the collector's log intake
+    // (the Docker daemon's logging driver connects to it from the host).
+    let published = [
+        ("envoy", "15000"),
+        ("grafana", "3000"),
+        ("otel-collector", "24224"),
+    ];
     for service in services(&c) {
         let p = ports(&c, &service);
-        if service == "envoy" {
-            assert_eq!(
+        match published.iter().find(|(s, _)| *s == service) {
+            Some((_, port)) => assert_eq!(
                 p,
-                vec![(
-                    "127.0.0.1".to_string(),
-                    "15000".to_string(),
-                    "15000".to_string()
-                )],
-                "envoy publishes {p:?}"
-            );
-        } else {
-            assert!(p.is_empty(), "{service} publishes {p:?}");
+                vec![("127.0.0.1".to_string(), port.to_string(), port.to_string())],
+                "{service} publishes {p:?}"
+            ),
+            None => assert!(p.is_empty(), "{service} publishes {p:?}"),
+        }
+    }
+    // The observability services reach Envoy, and none of the skills,
+    // OpenBao, PostgreSQL, the provider or an agent.
+    for service in ["prometheus", "grafana", "loki", "jaeger", "otel-collector"] {
+        let reach = neighbours(&c, service);
+        for forbidden in [
+            "skills",
+            "tickets",
+            "openbao",
+            "postgres",
+            "idp",
+            "demo-agent",
+        ] {
+            assert!(!reach.contains(forbidden), "{service} reaches {forbidden}");
         }
     }
 }
@@ -402,7 +418,7 @@ fn compose_demo_registration_token_cannot_read_or_overwrite_agent_secrets() {
 fn compose_secrets_are_random_per_stack_not_well_known() {
     let draw = |name: &str| {
         let dir = temp(name);
-        for sub in ["idp", "postgres"] {
+        for sub in ["idp", "postgres", "grafana"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         let run_once = || {
@@ -410,10 +426,14 @@ fn compose_secrets_are_random_per_stack_not_well_known() {
                 .arg(repo_root().join("deploy/compose/secrets.sh"))
                 .env("SECRETS_DIR", &dir));
             assert!(ok, "secrets.sh:\n{text}");
-            let values: Vec<String> = ["idp/initial-access-token", "postgres/password"]
-                .iter()
-                .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
-                .collect();
+            let values: Vec<String> = [
+                "idp/initial-access-token",
+                "postgres/password",
+                "grafana/admin-password",
+            ]
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+            .collect();
             for v in &values {
                 assert!(!text.contains(v.as_str()), "secrets.sh printed a secret");
                 assert!(
@@ -430,9 +450,10 @@ fn compose_secrets_are_random_per_stack_not_well_known() {
         first
     };
     let (a, b) = (draw("secrets-a"), draw("secrets-b"));
-    assert_ne!(a[0], a[1], "one value for two secrets");
+    let distinct: BTreeSet<&String> = a.iter().collect();
+    assert_eq!(distinct.len(), a.len(), "one value for two secrets");
     assert!(
-        a[0] != b[0] && a[1] != b[1],
+        a.iter().zip(&b).all(|(x, y)| x != y),
         "two stacks drew the same secrets"
     );
 }
