@@ -210,6 +210,11 @@ export function registerTokenExchange(provider, { keys, clients, ttl, ns }) {
       // The current actor outermost, the subject's earlier actors nested
       // inside (§4.1): a token already acted on keeps its whole chain.
       act = subject.act === undefined ? { sub: actor.sub } : { sub: actor.sub, act: subject.act };
+    } else if (subject.may_act !== undefined && !mayAct(subject.may_act, { sub: client.clientId }, issuer)) {
+      // Without an actor token the exchanging client acts for the subject
+      // itself: it must be the one named, or leaving the actor out would
+      // step around may_act.
+      throw fail('invalid_grant', 'the client is not named in the subject token\'s may_act');
     }
     const scope = grantedScope(params, subject, policy);
     const now = Math.floor(Date.now() / 1000);

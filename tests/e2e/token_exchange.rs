@@ -336,6 +336,47 @@ fn an_actor_not_named_in_may_act_is_invalid_grant() {
     assert_eq!(issued["act"], json!({"sub": w.helper.client_id}));
 }
 
+/// Leaving the actor token out does not step around `may_act`: the
+/// exchanging client then acts for the subject itself, so it must be the
+/// one named. A token whose `may_act` names another agent was exchanged
+/// by any gateway client that simply sent no actor token.
+#[test]
+fn a_may_act_token_exchanged_without_an_actor_by_a_client_it_does_not_name_is_invalid_grant() {
+    let w = world();
+    let register = |name: &str, may_act: Value| {
+        let mut meta = agent_metadata(name, "support", "cs", "production", &["data:read"]);
+        meta["may_act"] = may_act;
+        let r = w.idp.post_registration(&w.idp.initial_access_token, &meta);
+        assert_eq!(r.status, 201, "{}", r.body);
+        Registered {
+            client_id: r.json()["client_id"].as_str().unwrap().into(),
+            client_secret: r.json()["client_secret"].as_str().unwrap().into(),
+        }
+    };
+    let owner = register("owner", json!({"sub": w.helper.client_id}));
+    let t = token(&w.idp, &owner, "data:read");
+    let r = w.idp.exchange(&w.gateway, &form(&subject(&t)));
+    refused(&r, "invalid_grant", &[&t]);
+    assert!(
+        r.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("may_act"),
+        "{}",
+        r.body
+    );
+    // A token naming the gateway client: it may exchange it without an
+    // actor, and the issued token has no act.
+    let trusting = register("trusting", json!({"sub": w.gateway.client_id}));
+    let t = token(&w.idp, &trusting, "data:read");
+    let r = w.idp.exchange(&w.gateway, &form(&subject(&t)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (_, issued) = w
+        .idp
+        .verified_claims(r.json()["access_token"].as_str().unwrap());
+    assert!(issued["act"].is_null(), "{issued}");
+}
+
 /// A registered agent (client credentials), and one that listed the grant
 /// in its own registration, are not exchange clients:
 /// unauthorized_client.
