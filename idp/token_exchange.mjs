@@ -222,6 +222,9 @@ export function registerTokenExchange(provider, { keys, clients, ttl, ns }) {
     if (exp <= now) throw fail('invalid_grant', 'the subject token is expired');
     const claims = { scope: scope.join(' '), client_id: client.clientId };
     if (act !== undefined) claims.act = act;
+    // Who may act for the subject holds for the new token too: exchanged
+    // again, its actor is checked against the same parties.
+    if (subject.may_act !== undefined) claims.may_act = subject.may_act;
     // What the gateway's policy reads about an agent travels along, its
     // permissions narrowed to what was granted.
     if (Array.isArray(subject.permissions)) claims.permissions = subject.permissions.filter((p) => scope.includes(p));

@@ -377,6 +377,40 @@ fn a_may_act_token_exchanged_without_an_actor_by_a_client_it_does_not_name_is_in
     assert!(issued["act"].is_null(), "{issued}");
 }
 
+/// An exchanged token keeps its subject's `may_act`: exchanged again (a
+/// client that accepts its own exchanged tokens), the actor must still be
+/// one the subject named. The issued token dropped it, so a second
+/// exchange let anyone act.
+#[test]
+fn a_re_exchanged_token_keeps_its_subjects_may_act() {
+    let w = world();
+    let mut meta = agent_metadata("owner", "support", "cs", "production", &["data:read"]);
+    meta["may_act"] = json!({"sub": w.helper.client_id});
+    let r = w.idp.post_registration(&w.idp.initial_access_token, &meta);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let owner = Registered {
+        client_id: r.json()["client_id"].as_str().unwrap().into(),
+        client_secret: r.json()["client_secret"].as_str().unwrap().into(),
+    };
+    let t = token(&w.idp, &owner, "data:read");
+    let named = token(&w.idp, &w.helper, "data:read");
+    let mut fields = subject(&t);
+    fields.push(("actor_token", named));
+    fields.push(("actor_token_type", ACCESS_TOKEN.to_string()));
+    let r = w.idp.exchange(&w.gateway, &form(&fields));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let exchanged = r.json()["access_token"].as_str().unwrap().to_string();
+    let (_, issued) = w.idp.verified_claims(&exchanged);
+    assert_eq!(issued["may_act"], json!({"sub": w.helper.client_id}));
+
+    let stranger = token(&w.idp, &w.triage, "data:read");
+    let mut fields = subject(&exchanged);
+    fields.push(("actor_token", stranger.clone()));
+    fields.push(("actor_token_type", ACCESS_TOKEN.to_string()));
+    let r = w.idp.exchange(&w.gateway, &form(&fields));
+    refused(&r, "invalid_grant", &[&exchanged, &stranger]);
+}
+
 /// A registered agent (client credentials), and one that listed the grant
 /// in its own registration, are not exchange clients:
 /// unauthorized_client.
