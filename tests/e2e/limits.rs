@@ -133,6 +133,13 @@ fn a_looping_agent_gets_its_burst_plus_its_rate_across_workers() {
         stats.contains("agentplane.limits.refused.experimental: "),
         "{stats}"
     );
+    // As Prometheus reads it (the dashboard's per-limit panel).
+    let prom = p.envoy.admin("/stats/prometheus");
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("agentplane_limits_refused_experimental{} ")),
+        "{prom}"
+    );
 }
 
 /// A slow upstream: of 5 concurrent requests from an agent capped at 2 in

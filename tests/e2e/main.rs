@@ -29,6 +29,7 @@ mod limits;
 mod listen;
 mod mcp;
 mod mcp_delivery;
+mod observability;
 mod pins;
 mod registration;
 mod secrets;

@@ -27,6 +27,7 @@ pub mod client;
 pub mod deploy;
 pub mod envoy;
 pub mod idp;
+pub mod observability;
 pub mod plugin;
 pub mod postgres;
 pub mod stack;
