@@ -7,7 +7,7 @@
 use super::{Allowed, Configured, Flow, Outcome, Refused, Worker};
 use crate::config::ServiceExchange;
 use crate::headers::RequestHeaders;
-use crate::host::Host;
+use crate::host::{Host, LogLevel};
 use crate::metrics::M;
 use crate::outcome::Denial;
 use crate::principal::Principal;
@@ -45,6 +45,19 @@ impl Configured {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unavailable("the request carries no token to exchange".into()))?;
         let choice = allowed.exchange.clone().unwrap_or_default();
+        // The service's scopes are the most its upstream gets: the policy
+        // narrows them, never asks for more (a rule computing scopes from
+        // the request would otherwise widen them). None configured: the
+        // token service decides, and the policy may name any.
+        if let Some(asked) = &choice.scopes {
+            if !x.scopes.is_empty() && !asked.iter().all(|s| x.scopes.contains(s)) {
+                host.log(
+                    LogLevel::Warn,
+                    "agentplane: the policy's exchange scopes are not all the service's",
+                );
+                return Err((Denial::PolicyError, agent()));
+            }
+        }
         let mut scopes = choice.scopes.unwrap_or_else(|| x.scopes.clone());
         scopes.sort();
         scopes.dedup();

@@ -328,3 +328,44 @@ fn a_narrower_or_foreign_token_of_the_same_subject_is_never_served_anothers_exch
     assert_eq!(flow, Flow::Continue);
     assert!(h.dispatched.is_empty());
 }
+
+/// The filter with a policy that allows and whose `exchange` rule is
+/// `exchange`.
+fn exchange_filter_with(exchange: &str) -> Filter {
+    let cfg = json!({
+        "token_exchange": {"cluster": "sts", "authority": "sts.local", "client_id": "gateway"},
+        "resources": {
+            "saas": {"type": "tool", "token_exchange": {"audience": "https://saas.example/api",
+                "scopes": ["tickets:read", "tickets:list"]}},
+        }
+    });
+    let config = Config::from_json(cfg.to_string().as_bytes()).unwrap();
+    let src = format!("package p\nallow := true\nexchange := {exchange}\n");
+    let policy = Policy::compile(&[("p.rego", src.as_str())], "{}", "data.p").unwrap();
+    Filter::with_policy(config, policy, 1)
+}
+
+#[test]
+fn a_policy_choosing_scopes_beyond_the_services_is_refused_not_widened() {
+    // The service's scopes are the most its upstream gets; the policy
+    // narrows them. A policy rule computing scopes from what the request
+    // says must not be a way to ask the token service for more.
+    let mut f = exchange_filter_with(r#"{"scopes": ["tickets:read", "tickets:delete"]}"#);
+    let (flow, d, h) = call(&mut f, 1);
+    assert_eq!(flow, Flow::Replied, "{}", d.reason());
+    assert!(!d.allowed());
+    assert!(h.dispatched.is_empty(), "asked the token service for more");
+    assert!(d.reason().contains("policy_error"), "{}", d.reason());
+    assert!(h
+        .logs
+        .borrow()
+        .iter()
+        .any(|(_, l)| l.contains("exchange scopes")));
+    let mut f = exchange_filter_with(r#"{"scopes": ["tickets:list"]}"#);
+    let (flow, _, h) = call(&mut f, 1);
+    assert_eq!(flow, Flow::Paused);
+    assert_eq!(
+        form_of(h.dispatched[0].body.as_ref().unwrap())["scope"],
+        "tickets:list"
+    );
+}
