@@ -72,6 +72,7 @@ fn benches(c: &mut Criterion) {
         time_ns: h.now_ns,
         source: None,
         transaction: None,
+        envoy: None,
     };
     let h2 = host();
     let Some(headers) = agentplane_core::headers::read(&h2, &config) else {

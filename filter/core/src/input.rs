@@ -178,7 +178,7 @@ fn parse_local<'a>(
     })
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -285,6 +285,10 @@ pub struct RequestFacts<'a> {
     pub source: Option<&'a crate::source::Source>,
     /// A verified inbound transaction token.
     pub transaction: Option<&'a crate::txn::Inbound>,
+    /// With `policy.input: "envoy"`: opa-envoy-plugin's members
+    /// (`crate::ext_authz::members`), added to the document; `None`
+    /// otherwise.
+    pub envoy: Option<Vec<(&'static str, Rego)>>,
 }
 
 /// Builds the input document, directly as a regorus value (see
@@ -297,7 +301,7 @@ pub fn build(
     facts: &RequestFacts<'_>,
     mcp: Option<Rego>,
 ) -> Rego {
-    let headers = value::object(
+    let header_doc = value::object(
         config
             .headers
             .input
@@ -310,7 +314,7 @@ pub fn build(
     } else {
         value::to_rego(&Value::Object(parse_query(facts.route.query)))
     };
-    value::object([
+    let mut doc = vec![
         ("jwt", principal.jwt.clone()),
         ("agent", principal.agent.clone()),
         ("delegation", principal.delegation.clone()),
@@ -325,14 +329,18 @@ pub fn build(
                 ("path", value::strings(&facts.route.segments)),
                 ("raw_path", Rego::from(facts.route.raw_path)),
                 ("query", query),
-                ("headers", headers),
+                ("headers", header_doc),
                 ("time_ns", Rego::from(facts.time_ns)),
             ]),
         ),
         ("resource", docs.get(config, facts.route.service)),
         ("action", action),
         ("mcp", mcp.unwrap_or(Rego::Null)),
-    ])
+    ];
+    if let Some(x) = &facts.envoy {
+        doc.extend(x.iter().cloned());
+    }
+    value::object(doc)
 }
 
 /// `input.mcp` for an MCP message: `kind`, `method`, `id`, the target
@@ -500,6 +508,7 @@ mod tests {
             time_ns: 7,
             source: None,
             transaction: None,
+            envoy: None,
         };
         let hdrs = crate::headers::read(&h, &c).unwrap();
         let doc = crate::value::from_rego(&build(
@@ -538,6 +547,7 @@ mod tests {
             time_ns: 7,
             source: None,
             transaction: None,
+            envoy: None,
         };
         let doc = crate::value::from_rego(&build(
             &hdrs,

@@ -19,6 +19,7 @@ pub mod claims;
 pub mod config;
 pub mod delegation;
 pub mod exchange;
+pub mod ext_authz;
 pub mod headers;
 pub mod host;
 pub mod ids;

@@ -27,6 +27,8 @@ pub enum Denial {
         reasons: Vec<String>,
         /// Headers from a response-object policy, checked.
         headers: Vec<(String, String)>,
+        /// A response-object policy's reply body, sent as is.
+        body: Option<String>,
     },
     /// The policy could not be evaluated, or returned something unusable
     /// (403 `policy_error`).
@@ -140,6 +142,13 @@ impl Denial {
                 r.limit
             ),
             Denial::RateLimited(r) => format!("limit {} exceeded", r.limit),
+            // A response object's body says why when no reason does (an MCP
+            // client gets it as the JSON-RPC error's message).
+            Denial::Policy {
+                reasons,
+                body: Some(b),
+                ..
+            } if reasons.is_empty() && !b.is_empty() => b.chars().take(256).collect(),
             Denial::Policy { reasons, .. } if reasons.is_empty() => {
                 "no policy rule allowed the request".into()
             }
@@ -269,14 +278,20 @@ impl Denial {
                     },
                 })
             }
-            None => serde_json::json!({
-                "error": self.error(),
-                "reason": self.reason(),
-                "decision_id": decision_id,
-            }),
-        }
-        .to_string()
-        .into_bytes();
+            None => match self {
+                Denial::Policy { body: Some(b), .. } => serde_json::Value::String(b.clone()),
+                _ => serde_json::json!({
+                    "error": self.error(),
+                    "reason": self.reason(),
+                    "decision_id": decision_id,
+                }),
+            },
+        };
+        // A policy's own body goes as it wrote it; everything else as JSON.
+        let body = match body {
+            serde_json::Value::String(s) => s.into_bytes(),
+            other => other.to_string().into_bytes(),
+        };
         let mut headers: Vec<(String, String)> =
             vec![("content-type".into(), "application/json".into())];
         headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -508,78 +523,5 @@ pub enum State {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    #[test]
-    fn each_denial_renders_status_class_and_metric_in_one_place() {
-        let cases = [
-            (
-                Denial::Unauthorized(ClaimsError::Missing),
-                401,
-                "unauthorized",
-                M::Unauthorized,
-            ),
-            (
-                Denial::BadRequest("x".into()),
-                400,
-                "bad_request",
-                M::BadRequest,
-            ),
-            (
-                Denial::Policy {
-                    status: 429,
-                    reasons: vec!["a".into(), "b".into()],
-                    headers: vec![],
-                },
-                429,
-                "forbidden",
-                M::Denied,
-            ),
-            (Denial::PolicyError, 403, "forbidden", M::PolicyError),
-            (
-                Denial::SecretsUnavailable("vault unreachable".into()),
-                503,
-                "unavailable",
-                M::SecretsUnavailable,
-            ),
-            (
-                Denial::LogUnavailable,
-                503,
-                "unavailable",
-                M::LogUnavailable,
-            ),
-            (
-                Denial::HostFailure("request headers"),
-                503,
-                "unavailable",
-                M::HostFailure,
-            ),
-        ];
-        for (d, status, error, metric) in cases {
-            let r = d.reply("id-1", &[("x-decision-id", "id-1")], None);
-            assert_eq!(
-                (r.status, d.error(), d.metric()),
-                (status, error, metric),
-                "{d}"
-            );
-            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            assert_eq!(body["decision_id"], "id-1");
-            assert_eq!(body["reason"], d.reason().as_str());
-            assert!(r
-                .headers
-                .iter()
-                .any(|(k, v)| k == "x-decision-id" && v == "id-1"));
-        }
-        let d = Denial::Policy {
-            status: 403,
-            reasons: vec!["a".into(), "b".into()],
-            headers: vec![],
-        };
-        assert_eq!(d.reason(), "a; b");
-        assert_eq!(d.reasons(), ["a", "b"]);
-    }
-}
+#[path = "outcome_tests.rs"]
+mod tests;

@@ -39,7 +39,7 @@ pub use identity::{AudienceMode, IdentityConfig, SourceConfig};
 pub use limits::LimitsConfig;
 pub use mcp::McpConfig;
 pub use oauth::OAuthConfig;
-pub use policy::{EngineChoice, PolicyConfig};
+pub use policy::{EngineChoice, InputShape, PolicyConfig};
 pub use resources::{Audience, Protocol, ResourceConfig, RoutingConfig, ToolDenial};
 pub(crate) use txn::public_key as txn_public_key;
 pub use txn::{TrustedIssuer, TxnConfig, HEADER as TXN_HEADER};

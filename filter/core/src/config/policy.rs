@@ -13,6 +13,20 @@ pub struct PolicyConfig {
     pub entrypoint: String,
     /// `"rvm"` (default) or `"interpreter"`.
     pub engine: EngineChoice,
+    /// `"agentplane"` (default) or `"envoy"`: opa-envoy-plugin's input
+    /// members too (`attributes`, `parsed_path`, ...: [`crate::ext_authz`]).
+    pub input: InputShape,
+}
+
+/// The input document's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputShape {
+    /// agentplane's own members only.
+    #[default]
+    Agentplane,
+    /// agentplane's, and opa-envoy-plugin's beside them.
+    Envoy,
 }
 
 impl Default for PolicyConfig {
@@ -20,6 +34,7 @@ impl Default for PolicyConfig {
         PolicyConfig {
             entrypoint: "data.mcp.authz".into(),
             engine: EngineChoice::Rvm,
+            input: InputShape::Agentplane,
         }
     }
 }

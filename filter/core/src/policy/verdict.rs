@@ -52,6 +52,14 @@ pub struct Verdict {
     /// Headers chosen by a response-object policy: added upstream on allow,
     /// to the reply on deny.
     pub headers: Vec<(String, String)>,
+    /// A response object's `response_headers_to_add`: set on the response
+    /// the client gets, allowed or refused.
+    pub response_headers: Vec<(String, String)>,
+    /// A response object's `request_headers_to_remove` (lower-cased):
+    /// taken off an allowed request before it goes upstream.
+    pub remove_headers: Vec<String>,
+    /// A response object's `body`: the refusal's body, as is.
+    pub body: Option<String>,
     /// Until when (ns since the epoch, exclusive) the same input, at a later
     /// `input.request.time_ns`, gets the same decision: the package's
     /// `valid_until_ns` rule. `None` when the policy does not say; the
@@ -222,7 +230,8 @@ pub(super) fn response_object(v: Value) -> Result<Verdict, PolicyError> {
             ))
         }
     };
-    let status = match get("status") {
+    // `http_status` is opa-envoy-plugin's name for it.
+    let status = match get("status").or_else(|| get("http_status")) {
         None => None,
         Some(s) if is_null(s) => None,
         Some(s) => match number(s) {
@@ -233,40 +242,34 @@ pub(super) fn response_object(v: Value) -> Result<Verdict, PolicyError> {
             None => return Err(PolicyError::BadResult(format!("`status` is {}", kind(s)))),
         },
     };
-    let mut headers = Vec::new();
-    match get("headers") {
-        None => {}
-        Some(h) if is_null(h) => {}
-        Some(Value::Object(h)) => {
-            // Named as JSON names them (a key that is not a string by its
-            // JSON text, the last of two equal names winning) and in the
-            // order JSON sorts them.
-            let named: BTreeMap<String, &Value> = h
-                .iter()
-                .map(|(k, v)| match k {
-                    Value::String(s) => (s.to_string(), v),
-                    other => (from_rego(other).to_string(), v),
-                })
-                .collect();
-            for (k, v) in named {
-                match v {
-                    Value::String(s) => headers.push((k.to_ascii_lowercase(), s.to_string())),
-                    other => {
-                        return Err(PolicyError::BadResult(format!(
-                            "header {k:?} is {}",
-                            kind(other)
-                        )))
-                    }
-                }
+    let headers = header_map(get("headers"), "headers")?;
+    // opa-envoy-plugin's result members: the reply's body, headers added
+    // to the response, headers taken off the upstream request.
+    let response_headers = header_map(get("response_headers_to_add"), "response_headers_to_add")?;
+    let body = match get("body") {
+        None => None,
+        Some(b) if is_null(b) => None,
+        Some(Value::String(s)) => Some(s.to_string()),
+        Some(other) => return Err(PolicyError::BadResult(format!("`body` is {}", kind(other)))),
+    };
+    let remove_headers = match get("request_headers_to_remove") {
+        None => Vec::new(),
+        Some(r) if is_null(r) => Vec::new(),
+        Some(r) => match items(r) {
+            Some((_, it)) => it
+                .map(|x| str_of(x).map(str::to_ascii_lowercase))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    PolicyError::BadResult("`request_headers_to_remove` holds a non-string".into())
+                })?,
+            None => {
+                return Err(PolicyError::BadResult(format!(
+                    "`request_headers_to_remove` is {}",
+                    kind(r)
+                )))
             }
-        }
-        Some(other) => {
-            return Err(PolicyError::BadResult(format!(
-                "`headers` is {}",
-                kind(other)
-            )))
-        }
-    }
+        },
+    };
     let reasons = match get("reason") {
         None => Vec::new(),
         Some(r) if is_null(r) => Vec::new(),
@@ -279,11 +282,55 @@ pub(super) fn response_object(v: Value) -> Result<Verdict, PolicyError> {
         reasons,
         status,
         headers,
-        valid_until_ns: None,
-        scope: None,
-        visible: None,
-        limits: Vec::new(),
-        approval: None,
-        exchange: None,
+        response_headers,
+        remove_headers,
+        body,
+        ..Verdict::default()
     })
+}
+
+/// A response object's header map: names lower-cased, in the order JSON
+/// sorts them (a key that is not a string by its JSON text, the last of
+/// two equal names winning); a value a string, or an array of strings
+/// (opa-envoy-plugin's form), joined with ", ".
+fn header_map(v: Option<&Value>, what: &str) -> Result<Vec<(String, String)>, PolicyError> {
+    let h = match v {
+        None => return Ok(Vec::new()),
+        Some(h) if is_null(h) => return Ok(Vec::new()),
+        Some(Value::Object(h)) => h,
+        Some(other) => {
+            return Err(PolicyError::BadResult(format!(
+                "`{what}` is {}",
+                kind(other)
+            )))
+        }
+    };
+    let named: BTreeMap<String, &Value> = h
+        .iter()
+        .map(|(k, v)| match k {
+            Value::String(s) => (s.to_string(), v),
+            other => (from_rego(other).to_string(), v),
+        })
+        .collect();
+    let mut out = Vec::with_capacity(named.len());
+    for (k, v) in named {
+        let value = match v {
+            Value::String(s) => Some(s.to_string()),
+            other => items(other).and_then(|(_, it)| {
+                it.map(|x| str_of(x).map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|all| all.join(", "))
+            }),
+        };
+        match value {
+            Some(value) => out.push((k.to_ascii_lowercase(), value)),
+            None => {
+                return Err(PolicyError::BadResult(format!(
+                    "{what} {k:?} is {}",
+                    kind(v)
+                )))
+            }
+        }
+    }
+    Ok(out)
 }

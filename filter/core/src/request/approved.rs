@@ -216,6 +216,7 @@ impl Configured {
             list: None,
             held: Default::default(),
             session: None,
+            response_headers: Vec::new(),
             wait: Default::default(),
         };
         decision.wait = super::Wait::approval(Approving {

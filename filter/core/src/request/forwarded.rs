@@ -114,7 +114,10 @@ impl Configured {
         if let Some(n) = &body_len {
             writes.push(("content-length", n.as_str()));
         }
-        let mut drop: Vec<&str> = Vec::with_capacity(3);
+        carried
+            .response_headers
+            .clone_from(&allowed.response_headers);
+        let mut drop: Vec<&str> = allowed.remove_headers.iter().map(String::as_str).collect();
         // An upstream that takes an exchanged token never gets the
         // caller's, whatever `identity.forward_token` says.
         let exchange = resource.token_exchange.as_ref();

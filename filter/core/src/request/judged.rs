@@ -112,6 +112,24 @@ impl Configured {
             time_ns: now,
             source: a.source.as_deref(),
             transaction: a.transaction.as_deref(),
+            envoy: (self.config.policy.input == crate::config::InputShape::Envoy).then(|| {
+                let address = |side: &str| {
+                    host.property(&[side, "address"])
+                        .and_then(|b| String::from_utf8(b).ok())
+                };
+                crate::ext_authz::members(&crate::ext_authz::Facts {
+                    headers,
+                    id: &request_id,
+                    method,
+                    path: headers.get(":path").unwrap_or(route.raw_path),
+                    host: a.authority.as_deref().unwrap_or_default(),
+                    addresses: (address("source"), address("destination")),
+                    jwt: &principal.jwt,
+                    body: mcp
+                        .and_then(|m| m.to_json().ok())
+                        .and_then(|b| serde_json::from_slice(&b).ok()),
+                })
+            }),
         };
         let mcp_doc = || mcp.map(|m| input::mcp_doc(m, mcp_version.as_deref(), tool_pin.as_ref()));
         // The input document, built at most once: a list request keeps it
@@ -318,23 +336,44 @@ impl Configured {
             limits,
             approval,
             exchange,
+            response_headers,
+            remove_headers,
+            body,
         } = verdict;
-        for (k, v) in &extra {
-            let lower = k.to_ascii_lowercase();
-            let reserved = lower.starts_with(':')
+        let reserved = |lower: &str| {
+            lower.starts_with(':')
                 || self.config.must_strip(lower.as_bytes())
                 || lower == "x-request-id"
-                || lower == "authorization";
-            if k.is_empty() || reserved || check_value(v, max).is_err() {
-                host.log(
-                    LogLevel::Warn,
-                    &format!("agentplane: policy header {k:?} rejected"),
-                );
-                return refuse(Denial::PolicyError);
-            }
+        };
+        // Response headers the filter owns: the decision and trace ids,
+        // its timing.
+        let owned = |lower: &str| {
+            lower.starts_with(':')
+                || [
+                    super::DECISION_ID_HEADER,
+                    super::TRACE_ID_HEADER,
+                    super::METRICS_HEADER,
+                ]
+                .contains(&lower)
+        };
+        let bad_header = extra
+            .iter()
+            .map(|(k, v)| (k, v, reserved(k) || k == "authorization"))
+            .chain(response_headers.iter().map(|(k, v)| (k, v, owned(k))))
+            .find(|(k, v, taken)| k.is_empty() || *taken || check_value(v, max).is_err())
+            .map(|(k, _, _)| k.clone())
+            .or_else(|| remove_headers.iter().find(|k| reserved(k)).cloned());
+        if let Some(k) = bad_header {
+            host.log(
+                LogLevel::Warn,
+                &format!("agentplane: policy header {k:?} rejected"),
+            );
+            return refuse(Denial::PolicyError);
         }
         let result = if allowed {
             Ok(Allowed {
+                response_headers,
+                remove_headers,
                 trusted,
                 extra,
                 team: identity.team.clone(),
@@ -346,6 +385,7 @@ impl Configured {
         } else {
             let status = status.unwrap_or(403);
             let mut headers = extra;
+            headers.extend(response_headers);
             if let Some(scope) = scope.filter(|_| status == 403) {
                 // RFC 6750 §3.1: the client can ask for this scope and retry.
                 let mut v = format!(
@@ -363,6 +403,7 @@ impl Configured {
                 status,
                 reasons,
                 headers,
+                body,
             })
         };
         (

@@ -342,6 +342,7 @@ impl Configured {
                     list: None,
                     held: Default::default(),
                     session: None,
+                    response_headers: Vec::new(),
                     wait: Wait::default(),
                 };
                 return (Flow::Replied, d);
@@ -359,6 +360,7 @@ impl Configured {
                     list: None,
                     held: Default::default(),
                     session: None,
+                    response_headers: Vec::new(),
                     wait: Wait::default(),
                 };
                 let mut waiting = waiting;

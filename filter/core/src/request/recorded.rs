@@ -50,12 +50,14 @@ impl Configured {
             list: None,
             held: carried.held,
             session: None,
+            response_headers: Vec::new(),
             wait: Wait::default(),
         };
         // A request that waits for its secrets keeps its list job: its
         // response is filtered alike when it resumes.
         if matches!(decision.state, State::Allowed | State::Pending) {
             decision.list = carried.list;
+            decision.response_headers = carried.response_headers;
             decision.session = trail.session.clone();
         }
         if !decision.allowed() {

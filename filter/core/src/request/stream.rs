@@ -58,6 +58,9 @@ pub struct Decision {
     /// For an allowed request to an MCP service: who may use a session
     /// its response opens ([`crate::session`]).
     pub session: Option<crate::session::Ticket>,
+    /// Headers an allowed request's response gets from the policy
+    /// (`response_headers_to_add`).
+    pub response_headers: Vec<(String, String)>,
     /// While the headers wait for the body ([`Flow::NeedBody`]): what the
     /// headers phase established, carried by the stream to its body phase.
     pub(super) wait: Wait,
@@ -199,6 +202,8 @@ pub(super) struct Carried {
     pub(super) held: crate::limits::Held,
     /// The approval service is being asked about this call.
     pub(super) asking: Option<super::approved::Asking>,
+    /// Headers the policy adds to the allowed response.
+    pub(super) response_headers: Vec<(String, String)>,
     /// The filter's own `requestState` the client sent back (2026-07-28),
     /// taken out of the message before it went upstream.
     pub(super) request_state: Option<String>,

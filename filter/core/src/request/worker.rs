@@ -157,12 +157,21 @@ pub(super) struct Allowed {
     pub(super) approval: Option<crate::approval::Required>,
     /// The policy's choice of an exchanged token's audience and scopes.
     pub(super) exchange: Option<crate::exchange::Choice>,
+    /// Headers the policy adds to the response (`response_headers_to_add`).
+    pub(super) response_headers: Vec<(String, String)>,
+    /// Headers the policy takes off the upstream request.
+    pub(super) remove_headers: Vec<String>,
 }
 
 impl Configured {
     /// The response headers every reply and every allowed response carry.
-    pub(super) fn reply_headers<'a>(&self, d: &'a Decision) -> Vec<(&'static str, &'a str)> {
+    pub(super) fn reply_headers<'a>(&self, d: &'a Decision) -> Vec<(&'a str, &'a str)> {
         let mut h = vec![(DECISION_ID_HEADER, d.id.as_str())];
+        h.extend(
+            d.response_headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         if !d.request_id.is_empty() {
             h.push((TRACE_ID_HEADER, d.request_id.as_str()));
         }

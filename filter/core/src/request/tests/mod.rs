@@ -10,11 +10,12 @@ use crate::pbstruct;
 use serde_json::{json, Value};
 
 mod approval;
-mod exchange;
 mod audience;
 mod cache;
 mod decide;
 mod edge;
+mod envoy_compat;
+mod exchange;
 mod headers;
 mod limits;
 mod list_edges;
