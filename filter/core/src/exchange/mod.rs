@@ -32,6 +32,11 @@ const SEC: u64 = 1_000_000_000;
 pub const MAX_ANSWER_BYTES: usize = 16 * 1024;
 /// The longest exchanged token sent upstream.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The longest an exchanged token is reused, whatever `expires_in` says:
+/// a token service answering a huge value (or milliseconds for seconds)
+/// would otherwise pin a dead token here and in shared data, with every
+/// call sent upstream with it until Envoy restarts.
+pub const MAX_LIFE_S: u64 = 3_600;
 /// The grant type of RFC 8693.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
@@ -377,7 +382,7 @@ impl Exchanger {
         let now = host.now_ns();
         let result = match read(status, body) {
             Ok((token, ttl_s)) => {
-                let life = ttl_s.saturating_sub(self.cfg.skew_s);
+                let life = ttl_s.saturating_sub(self.cfg.skew_s).min(MAX_LIFE_S);
                 if life > 0 {
                     let lease = Lease {
                         token: token.clone(),

@@ -369,3 +369,38 @@ fn a_policy_choosing_scopes_beyond_the_services_is_refused_not_widened() {
         "tickets:list"
     );
 }
+
+#[test]
+fn a_token_service_claiming_a_huge_lifetime_does_not_pin_its_token_for_ever() {
+    // `expires_in` of u64::MAX (or milliseconds where seconds are meant):
+    // the token was kept past its real life, here and in shared data, and
+    // every call went upstream with a dead token until Envoy restarted.
+    let payload =
+        claims(json!({"permissions": ["tools:access"], "exp": NOON / 1_000_000_000 + 86_400}));
+    let mut f = exchange_filter();
+    let (_, h) = call_as(&mut f, payload.clone(), AGENT_JWT, 1);
+    let mut root = MockHost::new().at(NOON);
+    f.on_callout_response(
+        &mut root,
+        h.dispatched[0].token,
+        Some(200),
+        Some(&answer(u64::MAX)),
+    );
+    assert_eq!(root.resumed.len(), 1);
+    let later = |f: &mut Filter, after_s: u64, stream: u32| {
+        let mut h = request("GET", "/mcp://saas/tickets", Some(payload.clone()))
+            .at(NOON + after_s * 1_000_000_000)
+            .with_header("authorization", &format!("Bearer {AGENT_JWT}"));
+        h.stream = stream;
+        h.env
+            .insert("AGENTPLANE_EXCHANGE_SECRET".into(), CLIENT_SECRET.into());
+        h.shared = root.shared.clone();
+        let (flow, _) = f.on_request_headers(&mut h);
+        (flow, h)
+    };
+    let (flow, _) = later(&mut f, 60, 2);
+    assert_eq!(flow, Flow::Continue, "reused within the bound");
+    let (flow, h) = later(&mut f, crate::exchange::MAX_LIFE_S + 1, 3);
+    assert_eq!(flow, Flow::Paused, "still the old token after the bound");
+    assert_eq!(h.dispatched.len(), 1);
+}
