@@ -6,6 +6,9 @@
 //! instead of parsing and compiling Rego (see `src/policy/compiled.rs`).
 //!
 //! `AGENTPLANE_POLICY_DIR` points the build at another bundle directory.
+//! `AGENTPLANE_SHADOW_POLICY_DIR` names a second bundle, the shadow
+//! revision, compiled for the same entrypoint and evaluated beside the
+//! enforced one without enforcing (`policy.shadow_sample`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,7 @@ fn main() {
 fn run() -> Result<(), String> {
     println!("cargo::rerun-if-env-changed=AGENTPLANE_POLICY_DIR");
     println!("cargo::rerun-if-env-changed=AGENTPLANE_ENTRYPOINT");
+    println!("cargo::rerun-if-env-changed=AGENTPLANE_SHADOW_POLICY_DIR");
     let manifest = env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?;
     let dir = match env::var("AGENTPLANE_POLICY_DIR") {
         Ok(d) if !d.is_empty() => PathBuf::from(d),
@@ -131,8 +135,72 @@ fn run() -> Result<(), String> {
     let out_dir = env::var("OUT_DIR").map_err(|e| e.to_string())?;
     let out_dir = Path::new(&out_dir);
     out.push_str(&compiled(&sources, &data_json, out_dir)?);
+    out.push_str(&shadow(out_dir)?);
     fs::write(out_dir.join("bundle.rs"), out).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The shadow revision (`AGENTPLANE_SHADOW_POLICY_DIR`), compiled for the
+/// same entrypoint: the `SHADOW` and `SHADOW_REVISION` items. It must
+/// compile to the RVM (nothing compiles it at configure time).
+fn shadow(out_dir: &Path) -> Result<String, String> {
+    let dir = match env::var("AGENTPLANE_SHADOW_POLICY_DIR") {
+        Ok(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            return Ok("/// No shadow revision in this build.\npub static SHADOW: Option<Compiled> = None;\n/// The shadow revision's content hash (none).\npub static SHADOW_REVISION: &str = \"\";\n".into())
+        }
+    };
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("shadow policy directory {}: {e}", dir.display()))?;
+    println!("cargo::rerun-if-changed={}", dir.display());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut sources: Vec<(String, String)> = Vec::new();
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".rego") && !name.ends_with("_test.rego") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    for p in paths {
+        println!("cargo::rerun-if-changed={}", p.display());
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("policy.rego")
+            .to_string();
+        let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        for b in name.bytes().chain(text.bytes()) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        sources.push((name, text));
+    }
+    let data = dir.join("data.json");
+    println!("cargo::rerun-if-changed={}", data.display());
+    let data_json = if data.exists() {
+        fs::read_to_string(&data).map_err(|e| format!("{}: {e}", data.display()))?
+    } else {
+        "{}".to_string()
+    };
+    for b in b"data.json".iter().chain(data_json.as_bytes()) {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let named: Vec<(&str, &str)> = sources
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let entry = entrypoint();
+    match compile(&named, &data_json, &entry, out_dir, "shadow", "SHADOW")? {
+        Ok(item) => Ok(format!(
+            "{item}/// The shadow revision's content hash.\npub static SHADOW_REVISION: &str = \"{hash:016x}\";\n"
+        )),
+        Err(why) => Err(format!("the shadow policy in {} does not compile: {why}", dir.display())),
+    }
 }
 
 /// Compiles the bundle for [`entrypoint`] exactly as `Policy::compile_for`
@@ -170,7 +238,7 @@ fn compiled(
         }
     );
     let entry = entrypoint();
-    match compile(&named, data_json, &entry, out_dir)? {
+    match compile(&named, data_json, &entry, out_dir, "policy", "COMPILED")? {
         Ok(item) => out.push_str(&item),
         Err(why) if env::var_os("CARGO_FEATURE_REGO_COMPILER").is_none() => {
             return Err(format!(
@@ -194,6 +262,8 @@ fn compile(
     data_json: &str,
     entrypoint: &str,
     out_dir: &Path,
+    stem: &str,
+    item: &str,
 ) -> Result<Result<String, String>, String> {
     use regorus::languages::rego::compiler::Compiler;
     use regorus::rvm::program::DeserializationResult;
@@ -279,17 +349,17 @@ fn compile(
     vm.execute()
         .map_err(|e| format!("the compiled program: {e}"))?;
 
-    fs::write(out_dir.join("policy.rvm"), &bytes).map_err(|e| e.to_string())?;
-    fs::write(out_dir.join("data.rvm"), &data_bytes).map_err(|e| e.to_string())?;
+    fs::write(out_dir.join(format!("{stem}.rvm")), &bytes).map_err(|e| e.to_string())?;
+    fs::write(out_dir.join(format!("{stem}_data.rvm")), &data_bytes).map_err(|e| e.to_string())?;
     Ok(Ok(format!(
         "/// {entrypoint} compiled to RVM bytecode at build time.\n\
-         pub static COMPILED: Option<Compiled> = Some(Compiled {{\n\
+         pub static {item}: Option<Compiled> = Some(Compiled {{\n\
          \x20   entrypoint: {entrypoint:?},\n\
          \x20   rule: {rule:?},\n\
          \x20   package: {package},\n\
          \x20   limits: {limits},\n\
-         \x20   program: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/policy.rvm\")),\n\
-         \x20   data: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/data.rvm\")),\n\
+         \x20   program: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.rvm\")),\n\
+         \x20   data: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}_data.rvm\")),\n\
          }});\n"
     )))
 }

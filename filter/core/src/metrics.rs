@@ -73,6 +73,18 @@ pub enum M {
     TokenExchangeHit,
     /// Requests refused because no token could be exchanged.
     ExchangeUnavailable,
+    /// Decisions the shadow revision also made.
+    ShadowEvaluated,
+    /// Shadow decisions that disagreed on allow.
+    ShadowAllow,
+    /// ... on the deny reasons (both refused).
+    ShadowDeny,
+    /// ... on the limits (both allowed).
+    ShadowLimits,
+    /// ... on the approval asked for (both allowed).
+    ShadowApproval,
+    /// ... on the token exchange chosen (both allowed).
+    ShadowExchange,
     /// Policy evaluation time, µs (histogram).
     PolicyEvalUs,
 }
@@ -111,6 +123,12 @@ pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
     "agentplane.token_exchange.exchanged",
     "agentplane.token_exchange.cache_hit",
     "agentplane.decisions.token_exchange_unavailable",
+    "agentplane.shadow.evaluated",
+    "agentplane.shadow.disagreed.allow",
+    "agentplane.shadow.disagreed.deny",
+    "agentplane.shadow.disagreed.limits",
+    "agentplane.shadow.disagreed.approval",
+    "agentplane.shadow.disagreed.exchange",
     "agentplane.policy.eval_us",
 ];
 

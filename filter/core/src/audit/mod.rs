@@ -78,6 +78,21 @@ pub struct Trail {
     pub session: Option<crate::session::Ticket>,
     /// The human approval the call went through on.
     pub approval: Option<crate::approval::Granted>,
+    /// What the shadow revision decided, when it was asked.
+    pub shadow: Option<Shadowed>,
+}
+
+/// The shadow revision's decision, for the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadowed {
+    /// Its revision (content hash).
+    pub revision: &'static str,
+    /// Whether it allowed.
+    pub allowed: bool,
+    /// Its deny reasons (or `policy_error`).
+    pub reasons: Vec<String>,
+    /// The entry points where it disagreed with the enforced decision.
+    pub disagree: Vec<&'static str>,
 }
 
 /// Whether an allowed decision with this id falls in the sample.

@@ -176,6 +176,16 @@ pub(super) fn render(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> R
     strings(&mut out, f.reasons);
     out.push_str("},\"secrets\":");
     strings(&mut out, &trail.secrets);
+    // `shadow` sorts between `secrets` and `status`.
+    if let Some(s) = &trail.shadow {
+        let _ = write!(out, ",\"shadow\":{{\"allowed\":{},\"disagree\":", s.allowed);
+        strings(&mut out, &s.disagree);
+        out.push_str(",\"reasons\":");
+        strings(&mut out, &s.reasons);
+        out.push_str(",\"revision\":");
+        string(&mut out, s.revision);
+        out.push('}');
+    }
     let back = out.len();
     out.push_str(",\"timestamp\":\"");
     out.push_str(&super::rfc3339(f.now_ns));

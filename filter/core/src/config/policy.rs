@@ -16,6 +16,9 @@ pub struct PolicyConfig {
     /// `"agentplane"` (default) or `"envoy"`: opa-envoy-plugin's input
     /// members too (`attributes`, `parsed_path`, ...: [`crate::ext_authz`]).
     pub input: InputShape,
+    /// Share of decisions (0 to 1, by decision id) the shadow revision
+    /// built into the filter also decides, without enforcing.
+    pub shadow_sample: f64,
 }
 
 /// The input document's shape.
@@ -35,6 +38,7 @@ impl Default for PolicyConfig {
             entrypoint: "data.mcp.authz".into(),
             engine: EngineChoice::Rvm,
             input: InputShape::Agentplane,
+            shadow_sample: 0.0,
         }
     }
 }
@@ -58,6 +62,9 @@ pub enum EngineChoice {
 impl PolicyConfig {
     /// Checks the section.
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.shadow_sample) {
+            return Err(invalid("policy.shadow_sample", "must be between 0 and 1"));
+        }
         if !is_rego_path(&self.entrypoint) {
             return Err(invalid(
                 "policy.entrypoint",

@@ -145,6 +145,21 @@ impl Policy {
         self.built
     }
 
+    /// The shadow revision built into this filter
+    /// (`AGENTPLANE_SHADOW_POLICY_DIR`), for `entrypoint`: `None` when
+    /// the build has none.
+    pub fn shadow(entrypoint: &str) -> Option<Result<Policy, PolicyError>> {
+        let s = crate::bundle::SHADOW.as_ref()?;
+        Some(if s.entrypoint == entrypoint {
+            compiled::load(s)
+        } else {
+            Err(PolicyError::Compile(format!(
+                "the shadow revision was compiled for {}, the configuration names {entrypoint}",
+                s.entrypoint
+            )))
+        })
+    }
+
     /// The bundle embedded at build time. On the RVM with the entrypoint
     /// `build.rs` compiled for, the program it compiled is loaded (a
     /// program that does not load is an error, not a recompile); otherwise

@@ -208,8 +208,15 @@ impl Configured {
                 // one that agrees with it wherever the policy looks, but the
                 // record describes this request (its path, query, headers,
                 // message), not the one that filled the cache.
-                if logging {
-                    trail.input = Some(list_doc(carried).unwrap_or_else(build));
+                let shadowing = self.shadowing(w, &a.decision_id);
+                if logging || shadowing {
+                    let doc = list_doc(carried).unwrap_or_else(build);
+                    if shadowing {
+                        self.shadow(w, host, doc.clone(), &outcome, trail);
+                    }
+                    if logging {
+                        trail.input = Some(doc);
+                    }
                 }
                 let v = mcp_version.as_deref();
                 if let Some(flow) = self.gate(w, host, &outcome, a, mcp, v, trail, carried)? {
@@ -219,7 +226,11 @@ impl Configured {
             }
         }
         let doc = list_doc(carried).unwrap_or_else(build);
+        let shadow_doc = self.shadowing(w, &a.decision_id).then(|| doc.clone());
         let (outcome, valid_until) = self.authorize(w, host, principal, doc, trail);
+        if let Some(doc) = shadow_doc {
+            self.shadow(w, host, doc, &outcome, trail);
+        }
         let outcome = Rc::new(outcome);
         if let (Some(cache), Some(key), Some(until)) = (&mut w.cache, key, valid_until) {
             cache.insert(key, Rc::clone(&outcome), now, until);

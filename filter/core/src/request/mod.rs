@@ -32,6 +32,7 @@ mod limited;
 mod listed;
 mod paused;
 mod recorded;
+mod shadowed;
 mod signed;
 mod stream;
 mod worker;
@@ -72,7 +73,10 @@ impl Filter {
         let config = Config::from_json(config_json)?;
         let policy = Policy::embedded(&config.policy.entrypoint, config.policy.engine)
             .map_err(|e| ConfigError::Policy(e.to_string()))?;
-        Ok(Filter::with_policy(config, policy, seed))
+        let shadow = shadowed::load(&config)?;
+        let mut f = Filter::with_policy(config, policy, seed);
+        f.worker.shadow = shadow;
+        Ok(f)
     }
 
     /// A filter over an explicitly supplied policy (tests, benchmarks).

@@ -85,6 +85,8 @@ pub(super) struct Worker {
     pub(super) approvals: HashMap<u32, u32>,
     /// Exchanged tokens for services that take them.
     pub(super) exchanger: Option<crate::exchange::Exchanger>,
+    /// The shadow revision, when `policy.shadow_sample` is on.
+    pub(super) shadow: Option<Policy>,
 }
 
 impl Worker {
@@ -128,6 +130,7 @@ impl Worker {
                 .token_exchange
                 .clone()
                 .map(crate::exchange::Exchanger::new),
+            shadow: None,
         }
     }
 }

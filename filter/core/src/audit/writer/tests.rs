@@ -63,6 +63,10 @@ fn reference(cfg: &DecisionLogConfig, f: &Facts<'_>, trail: &Trail) -> Value {
     if let Some(g) = &trail.approval {
         out["approval"] = json!({"id": g.id, "approver": g.approver, "binding": g.binding});
     }
+    if let Some(s) = &trail.shadow {
+        out["shadow"] = json!({"allowed": s.allowed, "disagree": s.disagree,
+                               "reasons": s.reasons, "revision": s.revision});
+    }
     out
 }
 
@@ -122,6 +126,12 @@ fn trail(cached: bool) -> Trail {
             id: "ap-\"1\"".into(),
             approver: "alice \u{1F600}".into(),
             binding: "sha256:00".into(),
+        }),
+        shadow: cached.then(|| crate::audit::Shadowed {
+            revision: "rev\"2",
+            allowed: false,
+            reasons: vec!["no \u{1F600}".into()],
+            disagree: vec!["allow"],
         }),
     }
 }

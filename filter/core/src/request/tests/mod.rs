@@ -26,6 +26,7 @@ mod pins;
 mod route;
 mod secrets;
 mod session;
+mod shadow;
 mod signing;
 
 const NOON: u64 = 1_746_273_600_000_000_000;
