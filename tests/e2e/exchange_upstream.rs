@@ -183,3 +183,52 @@ fn a_refusing_or_unreachable_token_service_fails_closed_in_bounded_time() {
         );
     }
 }
+
+/// An agent whose tokens say who may act for it (`may_act`) and do not
+/// name the gateway's client: nothing is exchanged and nothing reaches
+/// the upstream (the provider exchanged such a token for any client that
+/// sent no actor token). Naming the gateway, the call goes through.
+#[test]
+fn an_agent_whose_may_act_does_not_name_the_gateway_gets_nothing_upstream() {
+    let w = world(Sts::Good);
+    let register = |name: &str, may_act: Value| {
+        let mut meta = agentplane_e2e::provider::agent_metadata(
+            name,
+            "support",
+            "customer-success",
+            "production",
+            &["data:read"],
+        );
+        meta["may_act"] = may_act;
+        let r = w.idp.post_registration(&w.idp.initial_access_token, &meta);
+        assert_eq!(r.status, 201, "{}", r.body);
+        Registered {
+            client_id: r.json()["client_id"].as_str().unwrap().into(),
+            client_secret: r.json()["client_secret"].as_str().unwrap().into(),
+        }
+    };
+    let call = |agent: &Registered| {
+        let r = w.idp.token_response(agent, "data:read");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let token = r.json()["access_token"].as_str().unwrap().to_string();
+        let bearer = format!("Bearer {token}");
+        let r = http(
+            w.envoy.port,
+            "GET",
+            "/saas/items",
+            &[("authorization", bearer.as_str())],
+            "",
+        );
+        assert!(!r.body.contains(&token));
+        r
+    };
+    let other = register("guarded", json!({"sub": w.agent.client_id}));
+    let r = call(&other);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("invalid_grant"), "{}", r.body);
+    assert!(w.upstream.seen().is_empty(), "a token went upstream");
+    let trusting = register("trusting", json!({"sub": "gateway"}));
+    let r = call(&trusting);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(w.upstream.seen().len(), 1);
+}
