@@ -194,15 +194,33 @@ pub struct ExchangeStats {
 pub struct Exchanger {
     cfg: TokenExchangeConfig,
     cache: HashMap<String, Lease>,
+    /// [`service_tag`], in every shared-data key.
+    tag: String,
     jobs: Vec<Job>,
     done: Vec<Completion>,
     /// Counters.
     pub stats: ExchangeStats,
 }
 
-/// The shared-data key of an exchanged token.
-fn shared_key(key: &str) -> String {
-    format!("agentplane.exchange.v1.{key}")
+/// Names the token service and the filter's client there: shared data
+/// outlives a configuration and is shared by every filter of the VM, so
+/// a token is published under the service that issued it, never served
+/// by a filter configured for another.
+fn service_tag(cfg: &TokenExchangeConfig) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        cfg.cluster.as_str(),
+        cfg.authority.as_str(),
+        cfg.token_path.as_str(),
+        cfg.client_id.as_str(),
+        cfg.subject_token_type.as_str(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let mut tag = hex(h.finalize().into());
+    tag.truncate(16);
+    tag
 }
 
 /// `application/x-www-form-urlencoded` of one value.
@@ -257,12 +275,18 @@ impl Exchanger {
     /// An empty exchanger.
     pub fn new(cfg: TokenExchangeConfig) -> Exchanger {
         Exchanger {
+            tag: service_tag(&cfg),
             cfg,
             cache: HashMap::new(),
             jobs: Vec::new(),
             done: Vec::new(),
             stats: ExchangeStats::default(),
         }
+    }
+
+    /// The shared-data key of an exchanged token.
+    fn shared_key(&self, key: &str) -> String {
+        format!("agentplane.exchange.v1.{}.{key}", self.tag)
     }
 
     fn header(token: &Secret) -> Vec<(String, Secret)> {
@@ -346,7 +370,7 @@ impl Exchanger {
     }
 
     fn shared<H: Host>(&self, host: &H, key: &str, now: u64) -> Option<Lease> {
-        let (bytes, _) = host.shared_get(&shared_key(key))?;
+        let (bytes, _) = host.shared_get(&self.shared_key(key))?;
         let v: Value = serde_json::from_slice(&bytes).ok()?;
         let until_ns = v.get("until_ns")?.as_u64().filter(|u| *u > now)?;
         let token = v.get("token")?.as_str()?;
@@ -395,7 +419,7 @@ impl Exchanger {
                     .to_string();
                     // Best effort: another worker exchanges for itself
                     // when this write is lost.
-                    let _ = host.shared_set(&shared_key(&job.key), shared.as_bytes(), None);
+                    let _ = host.shared_set(&self.shared_key(&job.key), shared.as_bytes(), None);
                     self.keep(job.key.clone(), lease, now);
                 }
                 Ok(Self::header(&token))

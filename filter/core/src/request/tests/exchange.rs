@@ -404,3 +404,55 @@ fn a_token_service_claiming_a_huge_lifetime_does_not_pin_its_token_for_ever() {
     assert_eq!(flow, Flow::Paused, "still the old token after the bound");
     assert_eq!(h.dispatched.len(), 1);
 }
+
+#[test]
+fn a_token_from_another_token_service_or_client_is_not_taken_from_shared_data() {
+    // Shared data outlives a configuration and is shared by every filter
+    // of the VM: a token one token service (or client) issued was served
+    // by a filter configured for another, for the same caller and audience.
+    let with = |client_id: &str, cluster: &str| {
+        let cfg = json!({
+            "token_exchange": {"cluster": cluster, "authority": "sts.local", "client_id": client_id},
+            "resources": {"saas": {"type": "tool",
+                "metadata": {"team": "customer-success", "environment": "production"},
+                "token_exchange": {"audience": "https://saas.example/api", "scopes": ["tickets:read"]}}}
+        });
+        Filter::new(cfg.to_string().as_bytes(), 7).unwrap()
+    };
+    let payload = claims(json!({"permissions": ["tools:access"]}));
+    let mut first = with("gateway", "sts");
+    let (_, h) = call_as(&mut first, payload.clone(), AGENT_JWT, 1);
+    let shared = h.shared.clone();
+    let mut root = MockHost::new();
+    root.shared = shared.clone();
+    first.on_callout_response(
+        &mut root,
+        h.dispatched[0].token,
+        Some(200),
+        Some(&answer(600)),
+    );
+    assert!(!shared.borrow().is_empty(), "published");
+    for (client_id, cluster) in [
+        ("gateway", "sts"),
+        ("gateway-2", "sts"),
+        ("gateway", "other-sts"),
+    ] {
+        let mut f = with(client_id, cluster);
+        let mut h = request("GET", "/mcp://saas/tickets", Some(payload.clone()))
+            .with_header("authorization", &format!("Bearer {AGENT_JWT}"));
+        h.env
+            .insert("AGENTPLANE_EXCHANGE_SECRET".into(), CLIENT_SECRET.into());
+        h.shared = shared.clone();
+        let (flow, _) = f.on_request_headers(&mut h);
+        if (client_id, cluster) == ("gateway", "sts") {
+            assert_eq!(flow, Flow::Continue, "the same token service: shared");
+        } else {
+            assert_eq!(
+                flow,
+                Flow::Paused,
+                "{client_id} {cluster} took another's token"
+            );
+            assert_eq!(h.dispatched[0].cluster, cluster);
+        }
+    }
+}
