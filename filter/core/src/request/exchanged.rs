@@ -42,8 +42,15 @@ impl Configured {
                     .and_then(|_| v.get(7..))
             })
             .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| unavailable("the request carries no token to exchange".into()))?;
+            // One JWT and nothing else: what jwt_authn verified is the
+            // first run of these characters after the scheme, and only
+            // that may go to the token service.
+            .filter(|t| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
+            .ok_or_else(|| unavailable("the request carries no single token to exchange".into()))?;
         let choice = allowed.exchange.clone().unwrap_or_default();
         // The service's scopes are the most its upstream gets: the policy
         // narrows them, never asks for more (a rule computing scopes from

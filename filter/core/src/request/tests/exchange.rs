@@ -456,3 +456,48 @@ fn a_token_from_another_token_service_or_client_is_not_taken_from_shared_data() 
         }
     }
 }
+
+#[test]
+fn only_the_one_token_jwt_authn_verified_goes_to_the_token_service() {
+    // jwt_authn verifies the first JWT after the prefix and ignores what
+    // follows; the whole rest went to the token service as the subject
+    // token, a string the gateway never verified.
+    for value in [
+        format!("Bearer {AGENT_JWT} other.jwt.VICTIM"),
+        format!("Bearer {AGENT_JWT},other.jwt.VICTIM"),
+        format!("Bearer {AGENT_JWT}+x"),
+    ] {
+        let mut f = exchange_filter();
+        let mut h = request(
+            "GET",
+            "/mcp://saas/tickets",
+            Some(claims(json!({"permissions": ["tools:access"]}))),
+        )
+        .with_header("authorization", &value);
+        h.env
+            .insert("AGENTPLANE_EXCHANGE_SECRET".into(), CLIENT_SECRET.into());
+        let (flow, d) = f.on_request_headers(&mut h);
+        assert_eq!(flow, Flow::Replied, "{value}");
+        assert!(h.dispatched.is_empty(), "{value}");
+        assert!(
+            d.reason().contains("token_exchange_unavailable"),
+            "{}",
+            d.reason()
+        );
+    }
+    // Odd but single: spaces around it, a lower-case scheme.
+    let mut f = exchange_filter();
+    let mut h = request(
+        "GET",
+        "/mcp://saas/tickets",
+        Some(claims(json!({"permissions": ["tools:access"]}))),
+    )
+    .with_header("authorization", &format!("bearer   {AGENT_JWT} "));
+    h.env
+        .insert("AGENTPLANE_EXCHANGE_SECRET".into(), CLIENT_SECRET.into());
+    assert_eq!(f.on_request_headers(&mut h).0, Flow::Paused);
+    assert_eq!(
+        form_of(h.dispatched[0].body.as_ref().unwrap())["subject_token"],
+        AGENT_JWT
+    );
+}
