@@ -37,4 +37,5 @@ mod session;
 mod source;
 mod timeouts;
 mod token_exchange;
+mod tracing;
 mod txn;

@@ -37,6 +37,7 @@ pub mod request;
 pub mod secrets;
 pub mod session;
 pub mod source;
+pub mod trace;
 pub mod txn;
 pub mod uri;
 pub mod value;

@@ -144,3 +144,27 @@ impl RenderedEnvoy {
         self.edit(|v| set_wasm(listener(v, AGENT_LISTENER), path));
     }
 }
+
+/// `envoy/tracing.yaml`: the shipped OpenTelemetry tracer block and its
+/// collector cluster.
+pub fn tracing_snippet() -> Value {
+    let text = std::fs::read_to_string(crate::repo_root().join("envoy/tracing.yaml"))
+        .unwrap_or_else(|e| panic!("envoy/tracing.yaml: {e}"));
+    parse(&text)
+}
+
+impl RenderedEnvoy {
+    /// Traces the agent listener as `envoy/tracing.yaml` says, exporting
+    /// OTLP/HTTP to a collector on loopback `port`.
+    pub fn with_tracing(&mut self, port: u16) {
+        let snippet = tracing_snippet();
+        self.edit(|v| {
+            hcm(listener(v, AGENT_LISTENER))["tracing"] = snippet["tracing"].clone();
+            let mut cluster = snippet["cluster"].clone();
+            cluster["type"] = json!("STATIC");
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"] = json!({"address": "127.0.0.1", "port_value": port});
+            clusters(v).push(cluster);
+        });
+    }
+}

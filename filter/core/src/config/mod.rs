@@ -26,6 +26,7 @@ mod mcp;
 mod oauth;
 mod policy;
 mod resources;
+mod tracing;
 mod txn;
 mod vault;
 
@@ -41,6 +42,7 @@ pub use mcp::McpConfig;
 pub use oauth::OAuthConfig;
 pub use policy::{EngineChoice, InputShape, PolicyConfig};
 pub use resources::{Audience, Protocol, ResourceConfig, RoutingConfig, ToolDenial};
+pub use tracing::TracingConfig;
 pub(crate) use txn::public_key as txn_public_key;
 pub use txn::{TrustedIssuer, TxnConfig, HEADER as TXN_HEADER};
 pub use vault::{KvInto, SecretConfig, SecretFields, VaultConfig};
@@ -88,6 +90,8 @@ struct RawConfig {
     approval: Option<ApprovalConfig>,
     #[serde(default)]
     token_exchange: Option<TokenExchangeConfig>,
+    #[serde(default)]
+    tracing: TracingConfig,
 }
 
 /// A validated configuration. Immutable after [`Config::from_json`].
@@ -127,6 +131,8 @@ pub struct Config {
     pub approval: Option<ApprovalConfig>,
     /// The security token service, when configured.
     pub token_exchange: Option<TokenExchangeConfig>,
+    /// What the filter hands Envoy's tracer.
+    pub tracing: TracingConfig,
 }
 
 impl Config {
@@ -168,6 +174,7 @@ impl Config {
             txn_token: raw.txn_token,
             approval: raw.approval,
             token_exchange: raw.token_exchange,
+            tracing: raw.tracing,
         };
         config.check_sections()?;
         config.check_ties()?;

@@ -45,6 +45,13 @@ impl Configured {
                     .collect()
             });
         }
+        if let (true, Some(m)) = (self.config.tracing.attributes, mcp) {
+            let (v, s) = (
+                headers.get("mcp-protocol-version"),
+                headers.get(crate::mcp::SESSION_HEADER),
+            );
+            crate::trace::message(host, m, v, s);
+        }
         let resource = self.config.resource(route.service.unwrap_or(""));
         let (action, mcp_version) = match (resource.protocol, mcp) {
             (Protocol::Mcp, Some(m)) => {

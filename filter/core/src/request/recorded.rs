@@ -71,6 +71,10 @@ impl Configured {
         if decision.state != State::Pending {
             w.count(host, &decision.state);
         }
+        if self.config.tracing.attributes {
+            let agent = decision.agent.as_deref();
+            crate::trace::decision(host, &decision.id, agent, &decision.state);
+        }
         let now_ns = host.now_ns();
         if decision.state == State::Pending {
             // Its record is written once the outcome is known.
@@ -133,6 +137,9 @@ impl Configured {
                 _ => p.decision.record,
             };
             decision.state = p.decision.state;
+            if self.config.tracing.attributes {
+                crate::trace::outcome(host, &decision.state);
+            }
         }
         let reserved = std::mem::take(&mut decision.reserved);
         let Some(mut record) = decision.record.take() else {

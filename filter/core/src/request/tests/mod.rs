@@ -28,6 +28,7 @@ mod secrets;
 mod session;
 mod shadow;
 mod signing;
+mod traced;
 
 const NOON: u64 = 1_746_273_600_000_000_000;
 const EARLY: u64 = 1_746_252_000_000_000_000;
