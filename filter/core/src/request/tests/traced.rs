@@ -158,3 +158,35 @@ fn client_chosen_values_are_bounded_and_unknown_revisions_left_out() {
     assert_eq!(cut.len(), trace::MAX_VALUE);
     assert!(cut.chars().all(|c| c == 'é'));
 }
+
+#[test]
+fn a_decision_that_waited_for_its_secrets_is_traced_as_it_settled() {
+    let cfg = json!({
+        "vault": {"cluster": "vault", "role": "agent"},
+        "tracing": {"attributes": true},
+        "resources": {"hello-skill": {"type": "skill",
+            "metadata": {"team": "platform", "environment": "production"},
+            "secrets": [{"kv": "secret/data/mcp/agents/{agent}/credentials",
+                "field": "api_key", "header": "x-api-key"}]}}
+    });
+    let mut f = Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let mut root = MockHost::new();
+    f.on_configured(&mut root, "test");
+    let mut h = request("POST", "/hello-skill/greet", Some(claims(json!({}))))
+        .with_header("authorization", "Bearer jwt");
+    h.stream = 9;
+    let (flow, mut d) = f.on_request_headers(&mut h);
+    assert_eq!(flow, Flow::Paused);
+    assert_eq!(attributes(&h)["agentplane.decision.outcome"], "pending");
+    // The login fails: refused (503) while the stream waited.
+    f.on_tick(&mut root);
+    let t = root.dispatched[0].token;
+    f.on_callout_response(&mut root, t, Some(500), None);
+    assert_eq!(root.stream_replies[0].1.status, 503);
+    // The stream's log phase (before Envoy ends the span) says so.
+    f.on_log(&mut h, &mut d);
+    let a = attributes(&h);
+    assert_eq!(a["agentplane.decision.outcome"], "denied");
+    assert_eq!(a["error.type"], "unavailable");
+    assert_eq!(a["agentplane.decision.id"], d.id);
+}
