@@ -153,7 +153,7 @@ tool_callable(name) if {
 
 # Human approval (docs/mcp.md#approval): a call to a tool named in
 # data.mcp.config.approval_tools goes on only once a person it names has
-# approved exactly that call (agent, chain, service, tool, arguments). The
+# approved exactly that call (its binding: docs/mcp.md#approval). The
 # filter asks the approval service; an approval lives ttl_s seconds and
 # passes one call.
 approval := {"approvers": a.approvers, "ttl_s": a.ttl_s} if {
