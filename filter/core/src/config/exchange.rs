@@ -29,7 +29,8 @@ pub struct TokenExchangeConfig {
     pub timeout_ms: u64,
     /// A token is reused until this long before it expires.
     pub skew_s: u64,
-    /// Exchanged tokens kept per worker.
+    /// Exchanged tokens kept per worker, and the slots of the table the
+    /// workers share them through (one token per slot).
     pub max_entries: usize,
 }
 

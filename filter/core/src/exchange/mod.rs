@@ -284,9 +284,17 @@ impl Exchanger {
         }
     }
 
-    /// The shared-data key of an exchanged token.
+    /// The shared-data slot of an exchanged token: one of `max_entries`.
+    /// Envoy never deletes a shared-data key, so a key per token would
+    /// grow for the life of the process; a slot holds one token at a time
+    /// and names its key ([`Exchanger::shared`] reads another's as a miss).
     fn shared_key(&self, key: &str) -> String {
-        format!("agentplane.exchange.v1.{}.{key}", self.tag)
+        let n = key
+            .get(..12)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+        let slots = u64::try_from(self.cfg.max_entries).unwrap_or(1).max(1);
+        format!("agentplane.exchange.v2.{}.{}", self.tag, n % slots)
     }
 
     fn header(token: &Secret) -> Vec<(String, Secret)> {
@@ -372,6 +380,9 @@ impl Exchanger {
     fn shared<H: Host>(&self, host: &H, key: &str, now: u64) -> Option<Lease> {
         let (bytes, _) = host.shared_get(&self.shared_key(key))?;
         let v: Value = serde_json::from_slice(&bytes).ok()?;
+        if v.get("key")?.as_str()? != key {
+            return None; // the slot holds another caller's token
+        }
         let until_ns = v.get("until_ns")?.as_u64().filter(|u| *u > now)?;
         let token = v.get("token")?.as_str()?;
         Some(Lease {
@@ -413,6 +424,7 @@ impl Exchanger {
                         until_ns: now.saturating_add(life.saturating_mul(SEC)),
                     };
                     let shared = serde_json::json!({
+                        "key": job.key,
                         "token": lease.token.expose(),
                         "until_ns": lease.until_ns,
                     })

@@ -501,3 +501,64 @@ fn only_the_one_token_jwt_authn_verified_goes_to_the_token_service() {
         AGENT_JWT
     );
 }
+
+#[test]
+fn many_callers_fill_a_bounded_shared_table_and_a_shared_slot_never_serves_another_caller() {
+    // Envoy never deletes a shared-data key: one entry per (caller,
+    // claims, audience, scopes) ever exchanged grew for the life of the
+    // process. Now a fixed number of slots (max_entries); a slot holding
+    // another caller's token is a miss, never that token.
+    let cfg = json!({
+        "token_exchange": {"cluster": "sts", "authority": "sts.local", "client_id": "gateway", "max_entries": 4},
+        "resources": {"saas": {"type": "tool",
+            "metadata": {"team": "customer-success", "environment": "production"},
+            "token_exchange": {"audience": "https://saas.example/api"}}}
+    });
+    let new = || Filter::new(cfg.to_string().as_bytes(), 7).unwrap();
+    let shared = crate::host::SharedData::default();
+    let caller =
+        |n: u32| claims(json!({"sub": format!("agent-{n}"), "permissions": ["tools:access"]}));
+    let mut f = new();
+    for n in 0..40 {
+        let (_, mut h) = call_as(&mut f, caller(n), AGENT_JWT, n + 1);
+        h.shared = shared.clone();
+        let mut root = MockHost::new();
+        root.shared = shared.clone();
+        let token = json!({"access_token": format!("token-of-{n}"), "token_type": "Bearer", "expires_in": 600});
+        f.on_callout_response(
+            &mut root,
+            h.dispatched[0].token,
+            Some(200),
+            Some(token.to_string().as_bytes()),
+        );
+    }
+    let entries = shared
+        .borrow()
+        .keys()
+        .filter(|k| k.starts_with("agentplane.exchange"))
+        .count();
+    assert!(entries <= 4, "{entries} shared entries for a table of 4");
+    // Another worker: every caller gets its own token or exchanges anew.
+    let mut other = new();
+    let (mut hits, mut misses) = (0, 0);
+    for n in 0..40 {
+        let mut h = request("GET", "/mcp://saas/tickets", Some(caller(n)))
+            .with_header("authorization", &format!("Bearer {AGENT_JWT}"));
+        h.env
+            .insert("AGENTPLANE_EXCHANGE_SECRET".into(), CLIENT_SECRET.into());
+        h.shared = shared.clone();
+        h.stream = 100 + n;
+        let (flow, _) = other.on_request_headers(&mut h);
+        if flow == Flow::Continue {
+            assert_eq!(
+                h.header_values("authorization"),
+                [format!("Bearer token-of-{n}")]
+            );
+            hits += 1;
+        } else {
+            assert_eq!(flow, Flow::Paused);
+            misses += 1;
+        }
+    }
+    assert!(hits > 0 && misses > 0, "{hits} hits, {misses} misses");
+}
