@@ -17,7 +17,7 @@ usage: agentplane-ratelimit --config FILE [--listen ADDR] [--health ADDR] [--red
   --config FILE   the limits (JSON, see docs/limits.md)
   --listen ADDR   gRPC address (default 127.0.0.1:8081)
   --health ADDR   HTTP /healthz and /readyz (default 127.0.0.1:8082)
-  --redis URL     Redis (default redis://127.0.0.1:6379)
+  --redis URL     Redis (default redis://127.0.0.1:6379; redis+unix:///path)
 
 The first stdout line is `listening on grpc=ADDR health=ADDR`. SIGTERM or
 SIGINT stops it after the calls in progress. A bad flag or config file
@@ -91,9 +91,13 @@ pub struct Limit {
     pub burst: Option<u64>,
     #[serde(default = "cost_one")]
     pub cost: u64,
-    /// With `tool` in `by`: tools counted by name; any other tool shares
-    /// one `~other` bucket, so a tool name cannot mint keys.
-    pub tools: Option<Vec<String>>,
+    /// With `tool` in `by` (and only then): the tools the limit applies
+    /// to, each its own bucket; a call of any other tool is not counted
+    /// by this limit. Required there, so that a tool name (chosen by the
+    /// client) never mints a key. The policy's `tools` field is the
+    /// filter's answer to the same problem; here no policy rule picks the
+    /// tools, so the file does.
+    pub for_tools: Option<Vec<String>>,
 }
 
 fn by_agent() -> Vec<String> {
@@ -173,8 +177,14 @@ fn check(l: &Limit) -> Result<(), String> {
     if l.cost > burst {
         return Err("cost is more than burst: no request could ever pass".into());
     }
-    if l.tools.is_some() && !l.by.iter().any(|k| k == "tool") {
-        return Err("tools needs \"tool\" in by".into());
+    let by_tool = l.by.iter().any(|k| k == "tool");
+    match &l.for_tools {
+        Some(_) if !by_tool => return Err("for_tools needs \"tool\" in by".into()),
+        None if by_tool => return Err("by \"tool\" needs for_tools (the tools it counts)".into()),
+        Some(t) if t.is_empty() || t.len() > 64 => {
+            return Err("for_tools must list 1-64 tools".into())
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -207,8 +217,11 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> 
         s.parse::<SocketAddr>()
             .map_err(|e| format!("{f} {s:?}: {e}"))
     };
-    if !redis.starts_with("redis://") {
-        return Err("--redis must be a redis:// URL".into());
+    if !["redis://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|p| redis.starts_with(p))
+    {
+        return Err("--redis must be a redis:// or redis+unix:// URL".into());
     }
     Ok(Command::Run(Box::new(Flags {
         config,
@@ -229,7 +242,7 @@ mod tests {
             r#"{"domain":"agentplane","limits":[
               {"name":"fleet","rate":5,"burst":10},
               {"name":"team","by":["team"],"rate":2.5},
-              {"name":"del","by":["agent","tool"],"tools":["delete_ticket"],"rate":1,"period_s":60,"burst":3}]}"#,
+              {"name":"del","by":["agent","tool"],"for_tools":["delete_ticket"],"rate":1,"period_s":60,"burst":3}]}"#,
         )
         .unwrap();
         assert_eq!(c.on_store_error, OnStoreError::Deny);
@@ -260,8 +273,12 @@ mod tests {
                 "cost is more",
             ),
             (
-                r#"{"domain":"a","limits":[{"name":"x","rate":1,"tools":["t"]}]}"#,
-                "tools needs",
+                r#"{"domain":"a","limits":[{"name":"x","rate":1,"for_tools":["t"]}]}"#,
+                "for_tools needs",
+            ),
+            (
+                r#"{"domain":"a","limits":[{"name":"x","by":["tool"],"rate":1}]}"#,
+                "needs for_tools",
             ),
             (
                 r#"{"domain":"a","limits":[{"name":"x","rate":1,"extra":1}]}"#,

@@ -2,8 +2,9 @@
 //! one Redis round, the round to Envoy's answer.
 //!
 //! A descriptor counts against every limit whose `by` lists exactly its
-//! keys, in order (Envoy's actions emit `agent`, `team`, `tool` from the
-//! headers agentplane sets on allowed requests; no client can set them).
+//! keys, in order, and for a limit with `for_tools` names one of them
+//! (Envoy's actions emit `agent`, `team`, `tool` from the headers
+//! agentplane sets on allowed requests; no client can set them).
 //! A descriptor `decision_id` is no limit: its value (agentplane's
 //! decision id) is echoed on a refusal so that it can be found in the
 //! decision log. A request counts once per bucket, and takes from all of
@@ -81,7 +82,12 @@ pub fn plan<'a>(config: &'a Config, req: &RateLimitRequest) -> Result<Plan<'a>, 
         for l in &config.limits {
             let same = l.by.len() == d.entries.len()
                 && l.by.iter().zip(&d.entries).all(|(k, e)| *k == e.key);
-            if !same {
+            let tool_counted = |t: &Vec<String>| {
+                d.entries
+                    .iter()
+                    .any(|e| e.key == "tool" && t.contains(&e.value))
+            };
+            if !same || l.for_tools.as_ref().is_some_and(|t| !tool_counted(t)) {
                 continue;
             }
             let take = Take {
@@ -112,8 +118,7 @@ fn check(d: &RateLimitDescriptor) -> Result<(), String> {
 
 /// The bucket's Redis key: the limit's name and size and the descriptor's
 /// values, hashed (values are agent ids: bounded key length, no
-/// separators to confuse). A tool a `tools` list does not name counts as
-/// `~other`.
+/// separators to confuse).
 fn bucket_key(domain: &str, l: &Limit, d: &RateLimitDescriptor) -> String {
     let mut h = Sha256::new();
     for part in [domain, &l.name] {
@@ -124,12 +129,8 @@ fn bucket_key(domain: &str, l: &Limit, d: &RateLimitDescriptor) -> String {
     h.update(l.interval_us().to_be_bytes());
     h.update(l.cost.to_be_bytes());
     for e in &d.entries {
-        let v = match &l.tools {
-            Some(tools) if e.key == "tool" && !tools.contains(&e.value) => "~other",
-            _ => e.value.as_str(),
-        };
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(v.as_bytes());
+        h.update((e.value.len() as u64).to_be_bytes());
+        h.update(e.value.as_bytes());
     }
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     format!("agentplane:rl:{hex}")
@@ -284,7 +285,7 @@ mod tests {
               {"name":"a","rate":5,"burst":10},
               {"name":"a2","rate":50,"burst":100},
               {"name":"t","by":["team"],"rate":100},
-              {"name":"d","by":["agent","tool"],"tools":["delete_ticket"],"rate":1,"period_s":60,"burst":3}]}"#,
+              {"name":"d","by":["agent","tool"],"for_tools":["delete_ticket"],"rate":1,"period_s":60,"burst":3}]}"#,
         )
         .unwrap()
     }
@@ -310,16 +311,16 @@ mod tests {
     }
 
     #[test]
-    fn keys_separate_agents_and_pool_unnamed_tools() {
+    fn keys_separate_agents_and_unlisted_tools_are_not_counted() {
         let c = config();
         let key = |ds| plan(&c, &req(ds)).unwrap().takes[0].key.clone();
         assert_ne!(
             key(vec![desc(&[("agent", "x")])]),
             key(vec![desc(&[("agent", "y")])])
         );
-        let tool = |t| key(vec![desc(&[("agent", "x"), ("tool", t)])]);
-        assert_eq!(tool("made-up-1"), tool("made-up-2"), "one ~other bucket");
-        assert_ne!(tool("made-up-1"), tool("delete_ticket"));
+        let tools = |t| plan(&c, &req(vec![desc(&[("agent", "x"), ("tool", t)])])).unwrap();
+        assert!(tools("made-up").takes.is_empty(), "no key minted");
+        assert_eq!(tools("delete_ticket").limits[0].name, "d");
         // The same descriptor twice counts once.
         let p = plan(
             &c,

@@ -309,9 +309,16 @@ fn the_fleet_wide_rate_limit_example_is_a_valid_envoy_config() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The service's own config names the same descriptor keys.
-    let svc = read("service-config.yaml");
-    for key in ["key: agent", "key: team", "key: tool"] {
-        assert!(svc.contains(key), "{key}");
+    // The service's own limits file names the same descriptor keys.
+    let limits: serde_json::Value = serde_json::from_str(&read("limits.json")).unwrap();
+    let by: Vec<String> = limits["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["by"].as_array().unwrap().iter())
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    for key in ["agent", "team", "tool"] {
+        assert!(by.iter().any(|b| b == key), "{key}");
     }
 }

@@ -22,6 +22,7 @@ mod clients;
 mod config;
 mod deploy;
 mod exchange_upstream;
+mod fleet;
 mod hotswap;
 mod identity;
 mod istio;

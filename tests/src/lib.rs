@@ -7,7 +7,8 @@
 //! One module per component: [`envoy`] (the process, its admin, its
 //! rendered configuration), [`bao`] (OpenBao), [`postgres`], [`idp`] (the
 //! in-process token minter and the real provider), [`approval`] (the
-//! approval service), [`upstream`] (echo and MCP servers), [`client`] (the
+//! approval service), [`fleet`] (Redis and the rate limit service),
+//! [`upstream`] (echo and MCP servers), [`client`] (the
 //! one HTTP client), [`plugin`] (the plugin configuration). Their public
 //! names are re-exported here.
 //!
@@ -26,6 +27,7 @@ pub mod bao;
 pub mod client;
 pub mod deploy;
 pub mod envoy;
+pub mod fleet;
 pub mod idp;
 pub mod observability;
 pub mod plugin;
