@@ -61,6 +61,12 @@ ensure_postgres() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 }
 
+ensure_redis() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return
+  log "installing Redis (Debian) for the fleet-wide rate limit tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+}
+
 ensure_opa() {
   [ -f "$TOOLS/opa/opa_bindings/libopabridge.so" ] && return
   log "fetching the OPA engine (PyPI opa-golib-python-bindings $OPA_BINDINGS_VERSION)"
@@ -101,6 +107,7 @@ deps() {
   ensure_envoy
   ensure_bao
   ensure_postgres
+  ensure_redis
   ensure_opa
   ensure_node
   ensure_wasm_bindgen
@@ -298,6 +305,8 @@ run_tests() {
   cargo test -p agentplane-e2e --bin agentplane-log
   log "approval service unit tests (states, grants, sign-in, pages)"
   cargo test -p agentplane-approval
+  log "rate limit service unit tests (limits file, descriptors to buckets, refusals)"
+  cargo test -p agentplane-ratelimit
   log "core unit tests compiled to WebAssembly (wasm-bindgen-test under Node)"
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$TOOLS/bin/wasm-bindgen-test-runner" \
     cargo test -p agentplane-core --lib --target wasm32-unknown-unknown
@@ -327,7 +336,8 @@ run_tests() {
   build_trap
   build_next
   ensure_idp
-  cargo build -q -p agentplane-agent -p agentplane-approval
+  ensure_redis
+  cargo build -q -p agentplane-agent -p agentplane-approval -p agentplane-ratelimit
   ensure_mcp_clients
   log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION, oidc-provider)"
   ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" AGENTPLANE_TRAP_WASM="$TRAP_WASM" \
