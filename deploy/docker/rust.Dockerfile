@@ -1,11 +1,12 @@
 # The Rust parts of the compose stack: the sample skills, the tickets MCP
-# skill and the agent CLI. (The filter itself is not an image here: Envoy
+# skill, the agent CLI and the fleet-wide rate limit service. (The filter itself is not an image here: Envoy
 # mounts target/agentplane.wasm; see docs/deploying.md.)
 FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p agentplane-skills --bins \
- && cargo build --release --locked -p agentplane-agent --bin agentplane-agent
+ && cargo build --release --locked -p agentplane-agent --bin agentplane-agent \
+ && cargo build --release --locked -p agentplane-ratelimit
 
 FROM debian:bookworm-20251117-slim AS skills
 COPY --from=build /src/target/release/agentplane-skill-samples /src/target/release/agentplane-skill-tickets /usr/local/bin/
@@ -21,3 +22,9 @@ COPY deploy/docker/demo-agent.sh deploy/docker/demo-register.sh /usr/local/bin/
 RUN mkdir -p /run/agentplane/demo-agent && chown 65534:65534 /run/agentplane/demo-agent
 USER 65534
 ENTRYPOINT ["/bin/sh", "/usr/local/bin/demo-agent.sh"]
+
+FROM debian:bookworm-20251117-slim AS ratelimit
+COPY --from=build /src/target/release/agentplane-ratelimit /usr/local/bin/
+COPY envoy/ratelimit/limits.json /etc/agentplane/limits.json
+USER 65534
+ENTRYPOINT ["agentplane-ratelimit", "--config", "/etc/agentplane/limits.json"]

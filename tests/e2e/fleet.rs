@@ -355,3 +355,22 @@ fn the_service_refuses_a_bad_limits_file_and_stops_cleanly() {
     let status = rls.terminate().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// The compose stack runs the same pieces: Redis reachable by the rate
+/// limit service alone, the service by Envoy (and Redis) alone, and the
+/// compose Envoy's config asks it and fails closed.
+#[test]
+fn compose_wires_envoy_to_the_rate_limit_service_and_hides_redis() {
+    use agentplane_e2e::deploy::compose::{compose_config, neighbours};
+    use std::collections::BTreeSet;
+    let c = compose_config();
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(neighbours(&c, "redis"), set(&["ratelimit"]));
+    assert_eq!(neighbours(&c, "ratelimit"), set(&["envoy", "redis"]));
+    let y = std::fs::read_to_string(
+        agentplane_e2e::repo_root().join(agentplane_e2e::deploy::COMPOSE.out),
+    )
+    .unwrap();
+    assert!(y.contains("envoy.filters.http.ratelimit") && y.contains("failure_mode_deny: true"));
+    assert!(y.contains("socket_address: { address: ratelimit, port_value: 8081 }"));
+}

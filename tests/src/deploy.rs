@@ -63,6 +63,9 @@ pub struct Profile {
     /// [`stats_listener`]); none where Prometheus can reach the admin
     /// interface on loopback.
     pub stats: Option<u16>,
+    /// The fleet-wide rate limit service's host and gRPC port: Envoy's
+    /// rate limit filter after agentplane asks it (`envoy/ratelimit/`).
+    pub ratelimit: Option<(&'static str, u16)>,
 }
 
 /// The compose stack's Envoy.
@@ -77,6 +80,7 @@ pub const COMPOSE: Profile = Profile {
     skills: ("skills", 8080),
     tickets: ("tickets", 8001),
     stats: Some(9902),
+    ratelimit: Some(("ratelimit", 8081)),
 };
 
 /// Your own Envoy beside services on loopback.
@@ -91,6 +95,7 @@ pub const EXAMPLE: Profile = Profile {
     skills: ("127.0.0.1", 8080),
     tickets: ("127.0.0.1", 8001),
     stats: None,
+    ratelimit: None,
 };
 
 fn cluster(name: &str, host: &str, port: u16, indent: &str) -> String {
@@ -183,6 +188,9 @@ pub fn render_profile(p: &Profile) -> String {
         1,
         "the template's admin on loopback"
     );
+    if let Some(at) = p.ratelimit {
+        y = crate::fleet::with_fleet_limits_text(&y, at);
+    }
     if let Some(port) = p.stats {
         y = stats_listener(&y, p.admin, port);
     }

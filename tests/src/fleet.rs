@@ -298,3 +298,63 @@ pub fn with_fleet_limits(r: &mut RenderedEnvoy, port: u16, timeout: Option<&str>
         yaml::clusters(v).insert(0, cluster);
     });
 }
+
+/// [`with_fleet_limits`] as text, for the mountable configs (which keep
+/// the template's comments): the files of `envoy/ratelimit/` as they are,
+/// indented into place, the cluster pointed at `at` (host, port).
+pub fn with_fleet_limits_text(y: &str, at: (&str, u16)) -> String {
+    let root = repo_root().join("envoy/ratelimit");
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
+    let indent = |text: &str, by: &str| -> String {
+        text.lines()
+            .map(|l| {
+                if l.is_empty() {
+                    "\n".to_string()
+                } else {
+                    format!("{by}{l}\n")
+                }
+            })
+            .collect()
+    };
+    let mut y = y.to_string();
+    let router = "          - name: envoy.filters.http.router\n";
+    assert_eq!(y.matches(router).count(), 1, "the template's router once");
+    y = y.replace(
+        router,
+        &format!("{}{router}", indent(&read("filter.yaml"), "          ")),
+    );
+    let host = "            - name: agents\n              domains: [\"*\"]\n";
+    assert_eq!(
+        y.matches(host).count(),
+        1,
+        "the template's virtual host once"
+    );
+    y = y.replace(
+        host,
+        &format!(
+            "{host}{}",
+            indent(&read("virtual-host.yaml"), "              ")
+        ),
+    );
+    let shipped = "socket_address: { address: ratelimit, port_value: 8081 }";
+    let cluster = read("cluster.yaml");
+    assert!(cluster.contains(shipped), "{cluster}");
+    let cluster = cluster.replace(
+        shipped,
+        &format!(
+            "socket_address: {{ address: {}, port_value: {} }}",
+            at.0, at.1
+        ),
+    );
+    let clusters = "\n  clusters:\n";
+    assert_eq!(
+        y.matches(clusters).count(),
+        1,
+        "the template's clusters once"
+    );
+    y.replacen(
+        clusters,
+        &format!("{clusters}{}", indent(&cluster, "  ")),
+        1,
+    )
+}
