@@ -80,5 +80,6 @@ pub fn verify(
         id: c.jti.clone(),
         approver: c.approver.clone(),
         binding: c.binding.clone(),
+        expires_s: exp,
     })
 }

@@ -20,6 +20,7 @@
 
 mod answer;
 pub mod grant;
+pub mod used;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -279,6 +280,8 @@ pub struct Granted {
     pub approver: String,
     /// The binding approved.
     pub binding: String,
+    /// When the grant expires (seconds since the epoch).
+    pub expires_s: i64,
 }
 
 /// HMAC-SHA-256 (RFC 2104), for the sealed `requestState`.

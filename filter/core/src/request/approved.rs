@@ -292,6 +292,11 @@ impl Configured {
                     &asking.required.approvers,
                     now_s,
                 ) {
+                    // Claimed before its call goes on: an answer replayed
+                    // to this proxy passes nothing twice.
+                    Ok(g) if approval::used::claim(host, &g.id, g.expires_s, now_s).is_err() => {
+                        asked(AskedState::BadGrant("approval already used"), None)
+                    }
                     Ok(g) => {
                         w.metrics.add(host, M::ApprovalGranted, 1);
                         trail.approval = Some(g);

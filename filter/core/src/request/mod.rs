@@ -277,6 +277,9 @@ impl Configured {
             crate::session::Table::new(&self.config.mcp).create(host);
             crate::mcp::pin_store::create(host, w.policy.pins());
         }
+        if self.config.approval.is_some() {
+            crate::approval::used::create(host);
+        }
         host.log(
             LogLevel::Info,
             &format!(

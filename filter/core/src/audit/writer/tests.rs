@@ -126,6 +126,7 @@ fn trail(cached: bool) -> Trail {
             id: "ap-\"1\"".into(),
             approver: "alice \u{1F600}".into(),
             binding: "sha256:00".into(),
+            expires_s: 1,
         }),
         shadow: cached.then(|| crate::audit::Shadowed {
             revision: "rev\"2",

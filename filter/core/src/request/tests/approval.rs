@@ -518,3 +518,36 @@ fn a_huge_unbound_member_name_does_not_bloat_the_answer_or_the_record() {
     let rec = log_lines(&h).pop().unwrap();
     assert!(!rec["result"].to_string().contains(&key));
 }
+
+#[test]
+fn an_approved_answer_replayed_to_this_proxy_passes_one_call() {
+    let mut f = approval_filter(false);
+    let (mut d, mut h) = ask(&mut f, &update(args()), &[]);
+    let yes = approved(&h, "alice");
+    assert_eq!(
+        answer(&mut f, &mut d, &mut h, Some(200), &yes),
+        Flow::Continue
+    );
+    // The same answer again (a replay on the path to the service, or a
+    // service that forgot), on another worker sharing this proxy's data.
+    let mut h2 = request(
+        "POST",
+        "/mcp://tickets-mcp/mcp",
+        Some(mcp_claims(&["tools:call"])),
+    );
+    h2.now_ns = NOON;
+    h2.shared = h.shared.clone();
+    h2.env.insert("AGENTPLANE_APPROVAL_KEY".into(), KEY.into());
+    let (flow, mut d2) = post(&mut f, &mut h2, &update(args()));
+    assert_eq!(flow, Flow::Approving);
+    assert_eq!(
+        answer(&mut f, &mut d2, &mut h2, Some(200), &yes),
+        Flow::Replied
+    );
+    assert!(
+        d2.reason().contains("approval already used"),
+        "{}",
+        d2.reason()
+    );
+    assert!(h2.header_values("x-agent-id").is_empty());
+}
