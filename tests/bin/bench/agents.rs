@@ -97,6 +97,27 @@ pub(crate) fn many_agents(
             }
         }
     }
+    // A build carrying a shadow revision (`AGENTPLANE_BENCH_SHADOW`): with
+    // the shadow deciding every request (cache on and off), and with it
+    // off, what it costs when off.
+    let with_sample = |pc: &str, sample: f64| {
+        let mut v: serde_json::Value = serde_json::from_str(pc).unwrap();
+        v["policy"]["shadow_sample"] = sample.into();
+        v.to_string()
+    };
+    let shadow_configs = [
+        ("S4SH0", with_sample(base_config, 0.0)),
+        ("S4SH", with_sample(base_config, 1.0)),
+        ("S4USH", with_sample(uncached, 1.0)),
+    ];
+    if let Ok(path) = std::env::var("AGENTPLANE_BENCH_SHADOW") {
+        for (name, pc) in &shadow_configs {
+            arms.push(Arm {
+                wasm: Some(path.clone()),
+                ..arm(name, Kind::Filter, true, Some(pc))
+            });
+        }
+    }
     if let Ok(only) = std::env::var("AGENTPLANE_BENCH_ARMS") {
         let keep: Vec<&str> = only.split(',').collect();
         arms.retain(|a| keep.iter().any(|k| a.name.split(' ').next() == Some(*k)));

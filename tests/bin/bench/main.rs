@@ -34,6 +34,8 @@
 //! `AGENTPLANE_BENCH_SOAK` (soak requests, default 1000000, 0 skips),
 //! `AGENTPLANE_BENCH_WARMUP` (seconds of load before measuring, default 3),
 //! `AGENTPLANE_BENCH_EXTRA="name=/path/a.wasm,..."` (more filter builds),
+//! `AGENTPLANE_BENCH_SHADOW=/path/a.wasm` (a build with a shadow revision:
+//! arms S4SH0 sample 0, S4SH sample 1, S4USH sample 1 with the cache off),
 //! `AGENTPLANE_BENCH_ARMS=S2,S4` (only these arms; S2 must be among them),
 //! `AGENTPLANE_BENCH_MIX=allowed` (only the allowed requests).
 //!
@@ -52,6 +54,7 @@
 )]
 
 mod agents;
+mod fleet;
 mod load;
 mod mcp;
 mod render;
@@ -61,6 +64,7 @@ mod targets;
 mod txn;
 
 use agents::*;
+use fleet::*;
 use load::*;
 use mcp::*;
 use render::*;
@@ -191,6 +195,10 @@ fn main() {
         startup_arms(&setup, reps);
         return;
     }
+    if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("fleet") {
+        fleet_arms(&setup, &base_config, secs, reps, warmup, &idp);
+        return;
+    }
     if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("txn") {
         txn_arms(&setup, &base_config, secs, reps, warmup, &idp, &bao);
         return;
@@ -209,6 +217,19 @@ fn main() {
         c["decision_log"] = serde_json::json!({"enabled": true});
         c.to_string()
     };
+    if std::env::var("AGENTPLANE_BENCH_ONLY").as_deref() == Ok("agents") {
+        let uncached = uncached.to_string();
+        many_agents(
+            &setup,
+            &base_config,
+            (&uncached, &logged(1.0), &logged_envoy),
+            secs,
+            reps,
+            warmup,
+            &idp,
+        );
+        return;
+    }
     let arm = |name: &str, kind: Kind, enforces: bool| Arm {
         name: name.into(),
         kind,
