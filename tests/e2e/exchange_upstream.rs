@@ -224,7 +224,8 @@ fn an_agent_whose_may_act_does_not_name_the_gateway_gets_nothing_upstream() {
     };
     let other = register("guarded", json!({"sub": w.agent.client_id}));
     let r = call(&other);
-    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("token_exchange_refused"), "{}", r.body);
     assert!(r.body.contains("invalid_grant"), "{}", r.body);
     assert!(w.upstream.seen().is_empty(), "a token went upstream");
     let trusting = register("trusting", json!({"sub": "gateway"}));

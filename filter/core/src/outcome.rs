@@ -81,6 +81,9 @@ pub enum Denial {
     /// The token the service's upstream takes could not be exchanged for
     /// the caller's (503), with why.
     ExchangeUnavailable(String),
+    /// The token service refused to exchange the caller's token (403: not
+    /// for this audience, these scopes or this actor), with its error code.
+    ExchangeRefused(String),
 }
 
 impl Denial {
@@ -99,7 +102,8 @@ impl Denial {
             Denial::PolicyError
             | Denial::UnsafeIdentity(_)
             | Denial::InvalidTxnToken(_)
-            | Denial::OtherService { .. } => 403,
+            | Denial::OtherService { .. }
+            | Denial::ExchangeRefused(_) => 403,
             Denial::SecretsUnavailable(_)
             | Denial::LogUnavailable
             | Denial::HostFailure(_)
@@ -121,7 +125,8 @@ impl Denial {
             | Denial::PolicyError
             | Denial::UnsafeIdentity(_)
             | Denial::InvalidTxnToken(_)
-            | Denial::OtherService { .. } => "forbidden",
+            | Denial::OtherService { .. }
+            | Denial::ExchangeRefused(_) => "forbidden",
             Denial::SecretsUnavailable(_)
             | Denial::LogUnavailable
             | Denial::HostFailure(_)
@@ -163,6 +168,7 @@ impl Denial {
             Denial::Approval(a) => a.reason(),
             Denial::ApprovalUnavailable(why) => format!("approval_unavailable: {why}"),
             Denial::ExchangeUnavailable(why) => format!("token_exchange_unavailable: {why}"),
+            Denial::ExchangeRefused(why) => format!("token_exchange_refused: {why}"),
             Denial::OtherService { local, named } => format!(
                 "the path names service {named:?}; this proxy guards and delivers to {local:?} only"
             ),
@@ -185,6 +191,7 @@ impl Denial {
             Denial::Policy { .. }
             | Denial::UnsafeIdentity(_)
             | Denial::OtherService { .. }
+            | Denial::ExchangeRefused(_)
             | Denial::McpSession(_) => M::Denied,
             Denial::PolicyError => M::PolicyError,
             Denial::RateLimited(_) => M::RateLimited,
@@ -350,7 +357,8 @@ impl Denial {
             | Denial::PolicyError
             | Denial::UnsafeIdentity(_)
             | Denial::InvalidTxnToken(_)
-            | Denial::OtherService { .. } => code::FORBIDDEN,
+            | Denial::OtherService { .. }
+            | Denial::ExchangeRefused(_) => code::FORBIDDEN,
             // A client reads the HTTP 404 (start a new session); the code
             // is the filter's own refusal code, like every other refusal.
             Denial::McpSession(_) => code::FORBIDDEN,

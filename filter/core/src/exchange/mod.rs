@@ -236,6 +236,23 @@ fn form(v: &str) -> String {
     out
 }
 
+/// The token service's error codes that refuse the caller (its token may
+/// not be exchanged for this audience or these scopes, or not by this
+/// actor), answered 403; any other failure is the gateway's (503).
+const CALLER_REFUSALS: [&str; 3] = ["invalid_grant", "invalid_scope", "invalid_target"];
+
+/// How [`read`] marks a refusal of the caller in its error.
+pub const REFUSED: &str = "refused: ";
+
+/// The refusal a failed exchange is: the caller's (403) or the gateway's
+/// (503).
+pub fn failure(why: String) -> crate::outcome::Denial {
+    match why.strip_prefix(REFUSED) {
+        Some(rest) => crate::outcome::Denial::ExchangeRefused(rest.to_string()),
+        None => crate::outcome::Denial::ExchangeUnavailable(why),
+    }
+}
+
 /// What the token service answered, read strictly: the token and how
 /// many seconds it lives, or a reason that never holds a token.
 pub fn read(status: Option<u16>, body: Option<&[u8]>) -> Result<(Secret, u64), String> {
@@ -250,6 +267,11 @@ pub fn read(status: Option<u16>, body: Option<&[u8]>) -> Result<(Secret, u64), S
             .and_then(|v| v.get("error")?.as_str())
             .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
         return Err(match code {
+            // The caller may not have this token (RFC 8693 §2.2.2): a
+            // refusal of the request, not an outage.
+            Some(c) if status == 400 && CALLER_REFUSALS.contains(&c) => {
+                format!("{REFUSED}the token service refused the exchange ({status} {c})")
+            }
             Some(c) => format!("the token service refused the exchange ({status} {c})"),
             None => format!("the token service answered HTTP {status}"),
         });

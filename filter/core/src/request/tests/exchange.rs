@@ -148,13 +148,17 @@ fn concurrent_requests_share_one_exchange() {
 
 #[test]
 fn a_refusing_silent_or_garbled_token_service_fails_closed_without_leaking() {
-    for (status, body) in [
-        (Some(400u16), br#"{"error":"invalid_grant","error_description":"subject agent.jwt.CANARY-SUBJECT expired"}"#.to_vec()),
-        (None, Vec::new()),
-        (Some(500), b"oops".to_vec()),
-        (Some(200), b"{\"access_token\": 7}".to_vec()),
-        (Some(200), br#"{"access_token":"x","token_type":"N_A"}"#.to_vec()),
-        (Some(200), b"not json".to_vec()),
+    // A refusal of the caller's token is the caller's (403); anything
+    // else the gateway's (503).
+    for (status, body, code, metric) in [
+        (Some(400u16), br#"{"error":"invalid_grant","error_description":"subject agent.jwt.CANARY-SUBJECT expired"}"#.to_vec(), 403, "agentplane.decisions.denied"),
+        (Some(400), br#"{"error":"invalid_scope"}"#.to_vec(), 403, "agentplane.decisions.denied"),
+        (Some(401), br#"{"error":"invalid_client"}"#.to_vec(), 503, "agentplane.decisions.token_exchange_unavailable"),
+        (None, Vec::new(), 503, "agentplane.decisions.token_exchange_unavailable"),
+        (Some(500), b"oops".to_vec(), 503, "agentplane.decisions.token_exchange_unavailable"),
+        (Some(200), b"{\"access_token\": 7}".to_vec(), 503, "agentplane.decisions.token_exchange_unavailable"),
+        (Some(200), br#"{"access_token":"x","token_type":"N_A"}"#.to_vec(), 503, "agentplane.decisions.token_exchange_unavailable"),
+        (Some(200), b"not json".to_vec(), 503, "agentplane.decisions.token_exchange_unavailable"),
     ] {
         let mut f = exchange_filter();
         let (_, mut d, mut h) = call(&mut f, 7);
@@ -164,9 +168,10 @@ fn a_refusing_silent_or_garbled_token_service_fails_closed_without_leaking() {
         assert!(root.resumed.is_empty(), "{status:?}");
         let (stream, reply) = &root.stream_replies[0];
         assert_eq!(*stream, 7);
-        assert_eq!(reply.status, 503);
+        assert_eq!(reply.status, code, "{status:?}");
         let text = String::from_utf8_lossy(&reply.body).to_string();
-        assert!(text.contains("token_exchange_unavailable"), "{text}");
+        let class = if code == 403 { "token_exchange_refused" } else { "token_exchange_unavailable" };
+        assert!(text.contains(class), "{text}");
         f.on_log(&mut h, &mut d);
         let all = format!(
             "{text} {:?} {:?} {:?}",
@@ -177,7 +182,7 @@ fn a_refusing_silent_or_garbled_token_service_fails_closed_without_leaking() {
         for canary in [AGENT_JWT, EXCHANGED, CLIENT_SECRET, "CANARY"] {
             assert!(!all.contains(canary), "{canary} leaked: {all}");
         }
-        assert_eq!(root.metrics["agentplane.decisions.token_exchange_unavailable"], 1);
+        assert_eq!(root.metrics[metric], 1, "{status:?}");
     }
 }
 
