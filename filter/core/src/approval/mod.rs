@@ -20,9 +20,9 @@
 
 mod answer;
 pub mod grant;
-pub mod used;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod used;
 
 pub use answer::{Asked, AskedState, Form};
 
