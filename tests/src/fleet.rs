@@ -102,6 +102,11 @@ impl Redis {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Its process id (the benchmark reads its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGSTOP: Redis takes connections and answers nothing.
     pub fn pause(&self) {
         signal(self.child.id(), "-STOP");
@@ -218,6 +223,11 @@ impl Ratelimit {
             try_http(h, "GET", "/healthz", &[], "").is_ok_and(|r| r.status == 200)
         });
         Ok(())
+    }
+
+    /// Its process id, while it runs (0 otherwise).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// `/readyz`'s status (200 once Redis answers).
