@@ -355,6 +355,17 @@ demo() {
     cargo run -q -p agentplane-e2e --bin agentplane-demo
 }
 
+# Two proxies sharing one budget: Redis, agentplane-ratelimit and two
+# Envoys (two workers each) on loopback, one agent bursting through both.
+fleet() {
+  ensure_envoy
+  ensure_redis
+  build
+  cargo build -q -p agentplane-ratelimit
+  ENVOY_BIN="$VENV/bin/envoy" AGENTPLANE_WASM="$WASM" \
+    cargo run -q -p agentplane-e2e --bin agentplane-fleet
+}
+
 # Native figures: decision cost as the layered data grows to 100k agents,
 # and per-evaluation cost against the real OPA engine. $1: iterations.
 core_benches() {
@@ -393,6 +404,7 @@ usage: ./build.sh <command>
 
   test     lint, unit + Rego + wasm-bindgen tests, OPA differential, end-to-end (what CI runs)
   demo     Envoy + agentplane + OpenBao + PostgreSQL + the identity provider: allowed and denied calls
+  fleet    two Envoys sharing one rate limit budget through agentplane-ratelimit and Redis
   bench    the side-by-side benchmark (not part of test)
   build    target/agentplane.wasm (release, wasm32-wasip1, then wasm-opt -O3)
   oci      the filter as an OCI image (Istio's Wasm image spec) in target/oci
@@ -410,6 +422,7 @@ case "$cmd" in
   help|-h|--help) usage ;;
   test) run_tests ;;
   demo) demo ;;
+  fleet) fleet ;;
   bench) bench "$@" ;;
   oci) oci ;;
   istio) istio ;;

@@ -5,107 +5,10 @@
 //! or the service failing gives bounded answers, recovers without a
 //! restart, and lets nothing over the budget.
 
-use agentplane_e2e::fleet::{poll, with_fleet_limits, Ratelimit, Redis};
-use agentplane_e2e::Upstream;
-use agentplane_e2e::{default_plugin_config, render_envoy, Envoy, EnvoySetup, Idp, Response};
+use agentplane_e2e::fleet::{fleet, poll, Fleet, Ratelimit, Redis};
+use agentplane_e2e::Response;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-struct Fleet {
-    idp: Idp,
-    upstream: Upstream,
-    redis: Redis,
-    rls: Ratelimit,
-    envoys: Vec<Envoy>,
-}
-
-/// Redis, the service with these limits, and two Envoys (two workers
-/// each) asking it with `timeout`, started together (the Envoys in
-/// parallel).
-fn fleet(limits: Value, timeout: &str) -> Fleet {
-    let idp = Idp::new();
-    let upstream = Upstream::start();
-    let redis = Redis::start();
-    let rls = Ratelimit::start(&limits, &redis);
-    poll(Duration::from_secs(10), "ratelimit /readyz", || {
-        rls.ready() == 200
-    });
-    let mut envoys: Vec<Envoy> = (0..2)
-        .map(|_| {
-            let setup = EnvoySetup::without_vault(&idp, upstream.port, default_plugin_config());
-            let mut r = render_envoy(&setup, true);
-            with_fleet_limits(&mut r, rls.port, Some(timeout));
-            r.workers = 2;
-            Envoy::spawn_yaml(&r)
-        })
-        .collect();
-    for e in &mut envoys {
-        if let Err(why) = e.wait_ready(Duration::from_secs(60)) {
-            panic!("Envoy did not become ready: {why}\n{}", e.log());
-        }
-    }
-    Fleet {
-        idp,
-        upstream,
-        redis,
-        rls,
-        envoys,
-    }
-}
-
-impl Fleet {
-    fn bearer(&self, sub: &str, kind: &str) -> String {
-        let t = self.idp.agent_token(
-            sub,
-            "customer-success",
-            kind,
-            "production",
-            &["skills:invoke"],
-        );
-        format!("Bearer {t}")
-    }
-
-    /// One call through proxy `i`.
-    fn call(&self, i: usize, auth: &str) -> Response {
-        self.envoys[i].request(
-            "POST",
-            "/mcp://sentiment-analysis/x",
-            &[("authorization", auth)],
-        )
-    }
-
-    /// `clients` threads per proxy calling as `auth` for `run`; every
-    /// response with the proxy it came from, and the seconds it took.
-    fn burst(&self, auth: &str, clients: usize, run: Duration) -> (Vec<(usize, Response)>, f64) {
-        let start = Instant::now();
-        let threads: Vec<_> = (0..clients * self.envoys.len())
-            .map(|c| {
-                let i = c % self.envoys.len();
-                let port = self.envoys[i].port;
-                let auth = auth.to_string();
-                std::thread::spawn(move || {
-                    let mut seen = Vec::new();
-                    while start.elapsed() < run {
-                        let r = agentplane_e2e::http(
-                            port,
-                            "POST",
-                            "/mcp://sentiment-analysis/x",
-                            &[("authorization", &auth)],
-                            "",
-                        );
-                        seen.push((i, r));
-                    }
-                    seen
-                })
-            })
-            .collect();
-        let all = threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        (all, start.elapsed().as_secs_f64())
-    }
-}
 
 fn reason(r: &Response) -> Option<&str> {
     r.header("x-agentplane-reason")

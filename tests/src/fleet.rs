@@ -1,12 +1,14 @@
 //! Fleet-wide limits: Redis (Debian's `redis-server`, on a Unix socket in
 //! a temp dir, so no port is picked) and the rate limit service
 //! (`agentplane-ratelimit`, which binds port 0 and prints what it bound),
-//! each stopped on drop; and [`with_fleet_limits`], which puts
+//! each stopped on drop; [`Fleet`], both with two Envoys asking them;
+//! and [`with_fleet_limits`], which puts
 //! `envoy/ratelimit/` (Envoy's rate limit filter after agentplane, its
 //! descriptors, the service's cluster) into a rendered Envoy config.
 
 use crate::envoy::yaml;
 use crate::{artifact, repo_root, try_http, RenderedEnvoy};
+use crate::{default_plugin_config, render_envoy, Envoy, EnvoySetup, Idp, Response, Upstream};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -367,4 +369,107 @@ pub fn with_fleet_limits_text(y: &str, at: (&str, u16)) -> String {
         &format!("{clusters}{}", indent(&cluster, "  ")),
         1,
     )
+}
+
+/// Redis, the rate limit service and two Envoys asking it.
+pub struct Fleet {
+    pub idp: Idp,
+    pub upstream: Upstream,
+    pub redis: Redis,
+    pub rls: Ratelimit,
+    pub envoys: Vec<Envoy>,
+}
+
+/// Redis, the service with these limits, and two Envoys (two workers
+/// each) asking it with `timeout`, started together (the Envoys in
+/// parallel).
+pub fn fleet(limits: Value, timeout: &str) -> Fleet {
+    let idp = Idp::new();
+    let upstream = Upstream::start();
+    let redis = Redis::start();
+    let rls = Ratelimit::start(&limits, &redis);
+    poll(Duration::from_secs(10), "ratelimit /readyz", || {
+        rls.ready() == 200
+    });
+    let mut envoys: Vec<Envoy> = (0..2)
+        .map(|_| {
+            let setup = EnvoySetup::without_vault(&idp, upstream.port, default_plugin_config());
+            let mut r = render_envoy(&setup, true);
+            with_fleet_limits(&mut r, rls.port, Some(timeout));
+            r.workers = 2;
+            Envoy::spawn_yaml(&r)
+        })
+        .collect();
+    for e in &mut envoys {
+        if let Err(why) = e.wait_ready(Duration::from_secs(60)) {
+            panic!("Envoy did not become ready: {why}\n{}", e.log());
+        }
+    }
+    Fleet {
+        idp,
+        upstream,
+        redis,
+        rls,
+        envoys,
+    }
+}
+
+impl Fleet {
+    /// A bearer token for agent `sub` of team customer-success.
+    pub fn bearer(&self, sub: &str, kind: &str) -> String {
+        let t = self.idp.agent_token(
+            sub,
+            "customer-success",
+            kind,
+            "production",
+            &["skills:invoke"],
+        );
+        format!("Bearer {t}")
+    }
+
+    /// One call through proxy `i`.
+    pub fn call(&self, i: usize, auth: &str) -> Response {
+        self.envoys[i].request(
+            "POST",
+            "/mcp://sentiment-analysis/x",
+            &[("authorization", auth)],
+        )
+    }
+
+    /// `clients` threads per proxy calling as `auth` for `run`; every
+    /// response with the proxy it came from, and the seconds it took.
+    pub fn burst(
+        &self,
+        auth: &str,
+        clients: usize,
+        run: Duration,
+    ) -> (Vec<(usize, Response)>, f64) {
+        let start = Instant::now();
+        let threads: Vec<_> = (0..clients * self.envoys.len())
+            .map(|c| {
+                let i = c % self.envoys.len();
+                let port = self.envoys[i].port;
+                let auth = auth.to_string();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    while start.elapsed() < run {
+                        let r = crate::http(
+                            port,
+                            "POST",
+                            "/mcp://sentiment-analysis/x",
+                            &[("authorization", &auth)],
+                            "",
+                        );
+                        seen.push((i, r));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let all = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        (all, start.elapsed().as_secs_f64())
+    }
 }
