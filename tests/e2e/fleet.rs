@@ -188,10 +188,15 @@ fn redis_or_the_service_failing_gives_bounded_answers_and_recovers_within_budget
     // After recovery, a burst over both proxies: over the whole run, no
     // more than burst + rate x t.
     let (all, _) = f.burst(&auth, 4, Duration::from_millis(1500));
+    let mut seen = std::collections::BTreeMap::new();
     for (_, r) in &all {
         assert!(r.status == 200 || r.status == 429, "{r:?}");
         count(r);
+        *seen
+            .entry((r.status, reason(r).map(str::to_string)))
+            .or_insert(0) += 1;
     }
+    eprintln!("fleet failures: the burst after recovery: {seen:?}");
     let budget = 4.0 + 2.0 * t0.elapsed().as_secs_f64();
     eprintln!("fleet failures: {allowed} allowed over the run, budget {budget:.2}");
     assert!(
