@@ -7,7 +7,10 @@
 //! agentplane sets on allowed requests; no client can set them).
 //! A descriptor `decision_id` is no limit: its value (agentplane's
 //! decision id) is echoed on a refusal so that it can be found in the
-//! decision log. A request counts once per bucket, and takes from all of
+//! decision log. The shipped config does not send it: agentplane adds
+//! `x-decision-id` to Envoy's reply itself; it is for a rate limit filter
+//! whose replies do not pass agentplane. A request counts once per bucket,
+//! and takes from all of
 //! them or from none.
 //!
 //! Refusals are `OVER_LIMIT` (Envoy answers 429) with `Retry-After`, the
