@@ -6,7 +6,15 @@
 use std::path::{Path, PathBuf};
 
 const LIMIT: usize = 600;
-const FOLDERS: [&str; 6] = ["filter", "agent", "skills", "idp", "tests", "approval"];
+const FOLDERS: [&str; 7] = [
+    "filter",
+    "agent",
+    "skills",
+    "idp",
+    "tests",
+    "approval",
+    "ratelimit",
+];
 const SOURCE: [&str; 6] = ["rs", "js", "mjs", "ts", "py", "rego"];
 
 fn repo() -> PathBuf {
