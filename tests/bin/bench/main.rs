@@ -41,7 +41,8 @@
 //!
 //! Layout: [`render`] (each arm's Envoy configuration), [`load`] (wrk, the
 //! open-loop generator, CPU and latency figures), [`agents`] (many agents
-//! and the decision cache), [`mcp`] and [`txn`] (their arms), [`startup`]
+//! and the decision cache), [`mcp`], [`txn`] and [`fleet`] (their arms;
+//! `AGENTPLANE_BENCH_ONLY=fleet`: S4 against the rate limit service), [`startup`]
 //! (start-up and memory per VM, one worker and two), [`split`] (where a
 //! miss goes under V8, by the filter's own clock), [`targets`] (this
 //! run's figures against the targets).
