@@ -244,15 +244,6 @@ const CALLER_REFUSALS: [&str; 3] = ["invalid_grant", "invalid_scope", "invalid_t
 /// How [`read`] marks a refusal of the caller in its error.
 pub const REFUSED: &str = "refused: ";
 
-/// The refusal a failed exchange is: the caller's (403) or the gateway's
-/// (503).
-pub fn failure(why: String) -> crate::outcome::Denial {
-    match why.strip_prefix(REFUSED) {
-        Some(rest) => crate::outcome::Denial::ExchangeRefused(rest.to_string()),
-        None => crate::outcome::Denial::ExchangeUnavailable(why),
-    }
-}
-
 /// What the token service answered, read strictly: the token and how
 /// many seconds it lives, or a reason that never holds a token.
 pub fn read(status: Option<u16>, body: Option<&[u8]>) -> Result<(Secret, u64), String> {

@@ -99,3 +99,12 @@ impl Configured {
         }
     }
 }
+
+/// The refusal a failed exchange is: the caller's (403, marked by
+/// [`crate::exchange::REFUSED`]) or the gateway's (503).
+pub(super) fn failure(why: String) -> Denial {
+    match why.strip_prefix(crate::exchange::REFUSED) {
+        Some(rest) => Denial::ExchangeRefused(rest.to_string()),
+        None => Denial::ExchangeUnavailable(why),
+    }
+}

@@ -172,7 +172,7 @@ impl Configured {
             .map(|x| x.take_completions())
             .unwrap_or_default();
         for c in exchanged {
-            self.complete(w, host, c, crate::exchange::failure);
+            self.complete(w, host, c, super::exchanged::failure);
         }
     }
 }
