@@ -1,6 +1,18 @@
 //! Decision ids: unique per decision, cheap, and formatted like UUIDv4 so
 //! log pipelines accept them. Not secrets: uniqueness, not unpredictability.
 
+/// Lower-case hex of `bytes`: the one encoder for digests, MACs and keys
+/// (session and tool digests, approval bindings, exchange keys).
+pub fn hex(bytes: &[u8]) -> String {
+    let digit = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 });
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(digit(b >> 4));
+        s.push(digit(b & 0xf));
+    }
+    s
+}
+
 /// A per-VM generator: a random seed from the host, then a counter mixed
 /// through SplitMix64.
 #[derive(Debug)]

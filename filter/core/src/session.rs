@@ -27,6 +27,7 @@
 
 use crate::config::McpConfig;
 use crate::host::{Host, LogLevel};
+use crate::ids::hex;
 use crate::principal::Principal;
 use sha2::{Digest, Sha256};
 
@@ -114,10 +115,6 @@ fn digest(id: &str) -> [u8; 32] {
 
 fn first16(d: &[u8; 32]) -> [u8; 16] {
     d.first_chunk::<16>().copied().unwrap_or_default()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the MCP spec allows in a session id: visible ASCII (0x21–0x7E).

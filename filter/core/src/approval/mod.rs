@@ -26,6 +26,7 @@ pub mod used;
 
 pub use answer::{Asked, AskedState, Form};
 
+use crate::ids::hex;
 use crate::value::{is_null, items, member, number, str_of};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -162,16 +163,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     out.push_str("sha256:");
     out.push_str(&hex(&sum));
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let digit = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 });
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(digit(b >> 4));
-        s.push(digit(b & 0xf));
-    }
-    s
 }
 
 /// The body of the callout asking the approval service about `b`.

@@ -133,13 +133,7 @@ impl Ask {
 }
 
 fn hex(sum: [u8; 32]) -> String {
-    let mut out = String::with_capacity(64);
-    for b in sum {
-        for n in [b >> 4, b & 0xf] {
-            out.push(char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 }));
-        }
-    }
-    out
+    crate::ids::hex(&sum)
 }
 
 /// Claims that describe one token rather than what it grants: a refreshed

@@ -65,17 +65,7 @@ pub fn digest(tool: &Value) -> Option<String> {
     }
     h.0.update(b"}");
     let sum: [u8; 32] = h.0.finalize().into();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in sum {
-        out.push(hex_digit(b >> 4));
-        out.push(hex_digit(b & 0xf));
-    }
-    Some(out)
-}
-
-fn hex_digit(n: u8) -> char {
-    char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 })
+    Some(format!("sha256:{}", crate::ids::hex(&sum)))
 }
 
 /// Whether `s` has the form [`digest`] writes.
