@@ -25,7 +25,39 @@ RAW_WASM="$ROOT/target/wasm32-wasip1/release/agentplane.wasm"
 WASM="$ROOT/target/agentplane.wasm"
 BINARYEN_VERSION=132.0.0
 
-log() { printf '\n==> %s\n' "$*" >&2; }
+# Each phase says when it began (seconds since this script started), so a
+# slow or stuck CI run shows where its time went.
+log() { printf '\n==> [%s s] %s\n' "$SECONDS" "$*" >&2; }
+
+# Runs a command with a time bound. A run past it is a hang: the process
+# tree and every thread's stack of the stuck test binaries (gdb, where
+# installed) are printed, then it is killed and this fails. A hang thus
+# fails in minutes and says where, instead of eating CI's whole budget.
+watched() {
+  local limit=$1 name=$2
+  shift 2
+  "$@" &
+  local pid=$! t0=$SECONDS
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS - t0 > limit)); then
+      printf '\n%s ran past %s s: the processes under it, then the stacks of the test binaries\n' "$name" "$limit" >&2
+      ps -eo pid,ppid,etimes,stat,args --forest >&2 || true
+      local p
+      for p in $(pgrep -f 'target/debug/deps/' || true); do
+        if command -v gdb >/dev/null; then
+          gdb -p "$p" -batch -ex 'thread apply all bt 12' 2>/dev/null | grep -E '^(Thread|#)' >&2 || true
+        fi
+      done
+      pkill -KILL -P "$pid" 2>/dev/null || true
+      kill -KILL "$pid" 2>/dev/null || true
+      pkill -KILL -f 'target/debug/deps/e2e-' 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      return 1
+    fi
+    sleep 2
+  done
+  wait "$pid"
+}
 
 ensure_rust_targets() {
   local installed
@@ -320,9 +352,6 @@ run_tests() {
   (cd "$ROOT/deploy/observability" && promtool check rules rules.yml && promtool test rules rules_test.yml \
     && promtool check config prometheus.yml)
   cargo test -p agentplane-e2e --test observability
-  log "differential test against the real OPA engine"
-  cargo build -q -p agentplane-core --example eval
-  python3 tests/opa/differential.py "$TOOLS/opa" "$ROOT/target/debug/examples/eval"
   log "opa-envoy-plugin compatibility: a policy written for it decided alike by OPA and the filter"
   cargo build -q -p agentplane-core --example envoy_compat
   python3 tests/opa/envoy_compat.py "$TOOLS/opa" "$ROOT/target/debug/examples/envoy_compat"
@@ -333,6 +362,11 @@ run_tests() {
   AGENTPLANE_BENCH_SOAK=3000 ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
     "$ROOT/target/release/agentplane-bench" 1 1
   core_benches 20
+  # The embedded engine in release: the core's release build is the
+  # bench's, and the corpus then takes seconds, not minutes, on its side.
+  log "differential test against the real OPA engine"
+  cargo build -q --release -p agentplane-core --example eval
+  python3 tests/opa/differential.py "$TOOLS/opa" "$ROOT/target/release/examples/eval"
   build_trap
   build_next
   ensure_idp
@@ -341,7 +375,8 @@ run_tests() {
   ensure_mcp_clients
   log "end-to-end tests (real Envoy $ENVOY_VERSION, OpenBao $BAO_VERSION, oidc-provider)"
   ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" AGENTPLANE_TRAP_WASM="$TRAP_WASM" \
-    AGENTPLANE_NEXT_WASM="$NEXT_WASM" cargo test -p agentplane-e2e --test e2e -- --test-threads 2
+    AGENTPLANE_NEXT_WASM="$NEXT_WASM" watched 1500 "the end-to-end suite" \
+    cargo test -p agentplane-e2e --test e2e -- --test-threads 2
 }
 
 demo() {

@@ -7,7 +7,7 @@
 
 use crate::{artifact, base64url, http, try_http, Response};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -93,15 +93,14 @@ impl Approval {
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", approval_bin().display()));
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        // EOF (an empty line) when it exits instead of listening.
-        let _ = out.read_line(&mut first);
+        // EOF (an empty line) when it exits instead of listening, or says
+        // nothing within the bound.
+        let (first, out) = crate::first_line(child.stdout.take().unwrap(), crate::START_WITHIN);
         let bound = first
             .trim()
             .strip_prefix("listening on http://127.0.0.1:")
             .and_then(|p| p.parse::<u16>().ok());
-        let Some(bound) = bound else {
+        let (Some(bound), Some(out)) = (bound, out) else {
             let _ = child.kill();
             let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
             let err = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();

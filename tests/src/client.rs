@@ -99,7 +99,16 @@ pub fn send_raw(port: u16, request: &[u8]) -> Result<Response, String> {
 fn read_response(s: &mut TcpStream) -> Result<Vec<u8>, String> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
+    // Each read waits 20 s at most; the whole response 60 s, so a server
+    // that trickles forever fails the test instead of hanging the suite.
+    let t0 = std::time::Instant::now();
     loop {
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "no complete response within 60 s ({} bytes so far)",
+                raw.len()
+            ));
+        }
         let n = s.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             return Ok(raw);

@@ -10,7 +10,7 @@ use crate::envoy::yaml;
 use crate::{artifact, repo_root, try_http, RenderedEnvoy};
 use crate::{default_plugin_config, render_envoy, Envoy, EnvoySetup, Idp, Response, Upstream};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -202,9 +202,7 @@ impl Ratelimit {
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", ratelimit_bin().display()));
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        let _ = out.read_line(&mut first);
+        let (first, out) = crate::first_line(child.stdout.take().unwrap(), crate::START_WITHIN);
         let port_of = |k: &str| {
             first
                 .split_whitespace()
@@ -212,7 +210,8 @@ impl Ratelimit {
                 .and_then(|a| a.strip_prefix("127.0.0.1:"))
                 .and_then(|p| p.parse::<u16>().ok())
         };
-        let (Some(p), Some(h)) = (port_of("grpc="), port_of("health=")) else {
+        let (Some(p), Some(h), Some(out)) = (port_of("grpc="), port_of("health="), out) else {
+            let _ = child.kill();
             let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
             return Err(format!("{status}: {}", self.stderr()));
         };

@@ -74,6 +74,32 @@ fn artifact(var: &str, default: &str, what: &str, hint: &str) -> PathBuf {
     p
 }
 
+/// The first line a child prints on `out` (its "listening ..." line),
+/// waiting `within` at most: an empty line on EOF or when it says nothing
+/// in time (the caller then kills it and fails with what it knows, rather
+/// than hanging the suite). The reader comes back for the lines after it
+/// when the line came.
+pub fn first_line<R: std::io::Read + Send + 'static>(
+    out: R,
+    within: std::time::Duration,
+) -> (String, Option<std::io::BufReader<R>>) {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(out);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send((line, reader));
+    });
+    match rx.recv_timeout(within) {
+        Ok((line, reader)) => (line, Some(reader)),
+        Err(_) => (String::new(), None),
+    }
+}
+
+/// How long a child this harness starts may take to say it listens.
+pub const START_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -5,7 +5,6 @@ use crate::envoy::yaml;
 use crate::{http, repo_root, Response};
 use base64::Engine;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -216,9 +215,9 @@ impl IdProvider {
             .spawn()
             .unwrap_or_else(|e| panic!("node {}: {e}", dir.display()));
         let out = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        // EOF (an empty line) when it exits instead of listening.
-        let _ = BufReader::new(out).read_line(&mut line);
+        // EOF (an empty line) when it exits instead of listening, or says
+        // nothing within the bound.
+        let (line, _) = crate::first_line(out, crate::START_WITHIN);
         let Some(port) = line
             .strip_prefix("listening ")
             .and_then(|p| p.trim().parse().ok())
