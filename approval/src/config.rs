@@ -20,6 +20,8 @@ agentplane-approval: human approval of exact tool calls
                               (16 characters at least)
   --signing-key-file PATH     Ed25519 seed: 32 bytes, base64url without padding
   --kid ID                    the grant key's id in /jwks.json (default approval-1)
+  --links-file PATH           linked accounts at third-party services (JSON; see
+                              docs/acting-for-users.md#linked-accounts): off without it
 ";
 
 /// Shortest filter key accepted: a guessable key lets anyone collect grants.
@@ -37,6 +39,8 @@ pub struct Config {
     pub filter_key: String,
     pub seed: [u8; 32],
     pub kid: String,
+    /// `--links-file`, read when the service starts.
+    pub links_file: Option<String>,
 }
 
 /// What the command line asks for.
@@ -55,6 +59,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     let mut key_file = None;
     let mut seed_file = None;
     let mut kid = None;
+    let mut links_file = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if arg == "--help" || arg == "-h" {
@@ -73,6 +78,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--filter-key-file" => &mut key_file,
             "--signing-key-file" => &mut seed_file,
             "--kid" => &mut kid,
+            "--links-file" => &mut links_file,
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         };
         let value = match inline {
@@ -122,6 +128,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
         filter_key,
         seed,
         kid,
+        links_file,
     })))
 }
 

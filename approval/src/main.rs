@@ -12,6 +12,7 @@
 mod check;
 mod config;
 mod grant;
+mod links;
 mod oidc;
 mod pages;
 mod routes;
@@ -80,6 +81,18 @@ async fn run(cfg: config::Config) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
+    let links = match cfg
+        .links_file
+        .as_deref()
+        .map(links::Links::load)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => {
+            say(true, &format!("agentplane-approval: {e}"));
+            return ExitCode::from(2);
+        }
+    };
     let app = Arc::new(routes::App {
         store: Mutex::new(store::Store::new(store::Limits::default())),
         sessions: Mutex::new(sessions::Sessions::default()),
@@ -89,6 +102,7 @@ async fn run(cfg: config::Config) -> ExitCode {
         secure: public_url.starts_with("https:"),
         public_url,
         clock: routes::system_now,
+        links,
     });
     say(false, &format!("listening on http://{addr}"));
     let served = axum::serve(listener, routes::router(app))

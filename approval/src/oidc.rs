@@ -215,6 +215,26 @@ impl Oidc {
         )
     }
 
+    /// Verifies an access token the provider issued (the filter's
+    /// `subject_token` at `/token`) and returns its `sub` and its actor
+    /// (`act.sub`), if it acts for someone: RS256 by a published key,
+    /// `iss` exactly the issuer, unexpired at `now`. Its audience is the
+    /// gateway's, which the filter checked; it is not this service's.
+    pub async fn verify_access_token(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(String, Option<String>), String> {
+        let d = self.discovery().await?;
+        let kid = UntrustedToken::new(token)
+            .map_err(|_| "subject token: unreadable".to_string())?
+            .header()
+            .key_id
+            .clone();
+        let keys = self.keys_for(&d, kid.as_deref()).await?;
+        verify_access_token(token, &keys, &self.issuer, now)
+    }
+
     /// The provider's keys, fetched again when `kid` is not among those
     /// known (a rotation).
     async fn keys_for(&self, d: &Discovery, kid: Option<&str>) -> Result<Vec<Key>, String> {
@@ -248,6 +268,60 @@ pub fn parse_jwks(doc: &Value) -> Vec<Key> {
             })
         })
         .collect()
+}
+
+#[derive(Deserialize)]
+struct AccessClaims {
+    iss: String,
+    sub: String,
+    act: Option<Actor>,
+}
+
+#[derive(Deserialize)]
+struct Actor {
+    sub: Option<String>,
+}
+
+/// Verifies an access token: RS256 by the key its `kid` names (or the only
+/// key), `iss` exactly `issuer`, an `exp` after `now`, a non-empty `sub`.
+/// Returns `sub` and `act.sub`.
+pub fn verify_access_token(
+    token: &str,
+    keys: &[Key],
+    issuer: &str,
+    now: u64,
+) -> Result<(String, Option<String>), String> {
+    let untrusted =
+        UntrustedToken::new(token).map_err(|_| "subject token: unreadable".to_string())?;
+    if untrusted.algorithm() != "RS256" {
+        return Err("subject token: not RS256".into());
+    }
+    let key = match untrusted.header().key_id.as_deref() {
+        Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+        None if keys.len() == 1 => keys.first(),
+        None => None,
+    }
+    .ok_or_else(|| "subject token: signed by a key the provider does not publish".to_string())?;
+    let token = Rsa::rs256()
+        .validator::<AccessClaims>(&key.key)
+        .validate(&untrusted)
+        .map_err(|_| "subject token: bad signature or claims".to_string())?;
+    let claims = token.claims();
+    if claims.custom.iss != issuer {
+        return Err("subject token: another issuer".into());
+    }
+    let exp = claims
+        .expiration
+        .map(|e| e.timestamp())
+        .ok_or_else(|| "subject token: no exp".to_string())?;
+    if i64::try_from(now).unwrap_or(i64::MAX) >= exp {
+        return Err("subject token: expired".into());
+    }
+    if claims.custom.sub.is_empty() {
+        return Err("subject token: empty sub".into());
+    }
+    let actor = claims.custom.act.as_ref().and_then(|a| a.sub.clone());
+    Ok((claims.custom.sub.clone(), actor))
 }
 
 /// Verifies an ID token and returns its `sub`: RS256 by the key its `kid`
@@ -412,6 +486,33 @@ mod tests {
             URL_SAFE_NO_PAD.encode(good().to_string())
         );
         assert!(verify(&none).unwrap_err().contains("algorithm") || verify(&none).is_err());
+    }
+
+    #[test]
+    fn an_access_token_names_its_subject_and_actor_and_nothing_else_passes() {
+        let keys = parse_jwks(&jwks());
+        let v =
+            |c: Value| verify_access_token(&token(c, Some("k1")), &keys, "http://idp.test", 1000);
+        let good = json!({"iss": "http://idp.test", "sub": "alice", "aud": "https://gw",
+                          "exp": 2000, "act": {"sub": "agent-1"}});
+        assert_eq!(
+            v(good.clone()).unwrap(),
+            ("alice".into(), Some("agent-1".into()))
+        );
+        let mut own = good.clone();
+        own.as_object_mut().unwrap().remove("act");
+        assert_eq!(v(own).unwrap().1, None);
+        for (k, bad) in [
+            ("iss", json!("http://evil.test")),
+            ("exp", json!(1000)),
+            ("sub", json!("")),
+        ] {
+            let mut c = good.clone();
+            c[k] = bad;
+            assert!(v(c).is_err(), "{k}");
+        }
+        let t = token(good, Some("k2"));
+        assert!(verify_access_token(&t, &keys, "http://idp.test", 1000).is_err());
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct App {
     pub secure: bool,
     /// Unix seconds now (the system clock; tests bring their own).
     pub clock: fn() -> u64,
+    /// Linked accounts at third-party services (`--links-file`), if on.
+    pub links: Option<crate::links::Links>,
 }
 
 /// The system clock in unix seconds.
@@ -64,12 +66,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/a/{id}/approve", post(approve))
         .route("/a/{id}/reject", post(reject))
         .route("/callback", get(callback))
+        .merge(crate::links::routes::router())
         .with_state(app)
 }
 
 /// One decision log line on stdout. A closed stdout loses the line but
 /// never stops the service.
-fn log(line: Value) {
+pub(crate) fn log(line: Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -85,17 +88,17 @@ impl IntoResponse for Poisoned {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, Poisoned> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, Poisoned> {
     m.lock().map_err(|_| Poisoned)
 }
 
-fn json_error(status: StatusCode, msg: &str) -> Response {
+pub(crate) fn json_error(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({"error": msg}))).into_response()
 }
 
 /// An HTML page: not cached, not framed (a framed page could trick a
 /// click on Approve), no scripts at all.
-fn html(status: StatusCode, body: String) -> Response {
+pub(crate) fn html(status: StatusCode, body: String) -> Response {
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -114,12 +117,12 @@ fn html(status: StatusCode, body: String) -> Response {
     r
 }
 
-fn message(status: StatusCode, title: &str, text: &str) -> Response {
+pub(crate) fn message(status: StatusCode, title: &str, text: &str) -> Response {
     html(status, pages::message(title, text))
 }
 
 /// A redirect setting these cookies.
-fn redirect(status: StatusCode, location: &str, cookies: &[String]) -> Response {
+pub(crate) fn redirect(status: StatusCode, location: &str, cookies: &[String]) -> Response {
     let mut r = status.into_response();
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -135,7 +138,7 @@ fn redirect(status: StatusCode, location: &str, cookies: &[String]) -> Response 
 }
 
 impl App {
-    fn cookie(&self, name: &str, value: &str, max_age: Option<u64>) -> String {
+    pub(crate) fn cookie(&self, name: &str, value: &str, max_age: Option<u64>) -> String {
         let mut c = format!("{name}={value}; HttpOnly; SameSite=Lax; Path=/");
         if let Some(s) = max_age {
             c.push_str(&format!("; Max-Age={s}"));
@@ -150,8 +153,13 @@ impl App {
         format!("{}/a/{id}", self.public_url)
     }
 
+    /// A URL of this service from its path.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url)
+    }
+
     /// The session the request's cookie names, if live.
-    fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, Poisoned> {
+    pub(crate) fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, Poisoned> {
         let Some(id) = cookie(headers, SESSION_COOKIE) else {
             return Ok(None);
         };
@@ -160,7 +168,7 @@ impl App {
 }
 
 /// A cookie's value from the request's `Cookie` headers.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -248,7 +256,7 @@ async fn record_page(
         if !known {
             return not_found();
         }
-        return start_login(&app, id).await;
+        return start_login(&app, format!("/a/{id}")).await;
     };
     let now = (app.clock)();
     let store = match lock(&app.store) {
@@ -269,8 +277,9 @@ async fn record_page(
     html(StatusCode::OK, body)
 }
 
-/// Sends the browser to the provider, remembering where it was going.
-async fn start_login(app: &App, return_to: String) -> Response {
+/// Sends the browser to the provider, remembering the path it was going
+/// to (on this service).
+pub(crate) async fn start_login(app: &App, return_to: String) -> Response {
     let login = Login::new();
     let url = match app.oidc.authorize_url(&login).await {
         Ok(u) => u,
@@ -294,7 +303,7 @@ async fn start_login(app: &App, return_to: String) -> Response {
 }
 
 /// A line on stderr (operational errors, never secrets).
-fn eprintln_safe(line: &str) {
+pub(crate) fn eprintln_safe(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "agentplane-approval: {line}");
 }
 
@@ -344,7 +353,7 @@ async fn callback(
     ];
     redirect(
         StatusCode::SEE_OTHER,
-        &app.page_url(&pending.return_to),
+        &app.url(&pending.return_to),
         &cookies,
     )
 }

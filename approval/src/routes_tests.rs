@@ -43,6 +43,7 @@ fn app() -> Arc<App> {
         public_url: "http://svc.test".into(),
         secure: false,
         clock,
+        links: None,
     })
 }
 

@@ -44,7 +44,8 @@ pub struct PendingLogin {
     /// The value of the browser's login cookie.
     pub browser: String,
     pub login: Login,
-    /// The record whose page the approver wanted.
+    /// The path (on this service) the person wanted: an approval's page
+    /// or a link page.
     pub return_to: String,
     pub expires_at: u64,
 }

@@ -27,6 +27,7 @@ mod hotswap;
 mod identity;
 mod istio;
 mod limits;
+mod linked_accounts;
 mod listen;
 mod mcp;
 mod mcp_delivery;

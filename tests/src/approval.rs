@@ -67,6 +67,20 @@ impl Approval {
     /// Starts it on `port` (0: any) with `client`; `Err` with its stderr
     /// when it does not start (a flag refused, the port taken).
     pub fn try_start(port: u16, client: &OidcClient) -> Result<Approval, String> {
+        Approval::try_start_with(port, client, &[])
+    }
+
+    /// [`Approval::start`] with more flags (e.g. `--links-file`).
+    pub fn start_with(port: u16, client: &OidcClient, extra: &[String]) -> Approval {
+        Approval::try_start_with(port, client, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Approval::try_start`] with more flags.
+    pub fn try_start_with(
+        port: u16,
+        client: &OidcClient,
+        extra: &[String],
+    ) -> Result<Approval, String> {
         let dir = std::env::temp_dir().join(format!(
             "agentplane-approval-{}-{:016x}",
             std::process::id(),
@@ -89,6 +103,7 @@ impl Approval {
             .arg(dir.join("filter.key"))
             .arg("--signing-key-file")
             .arg(dir.join("grant.seed"))
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .spawn()

@@ -29,6 +29,7 @@ pub mod deploy;
 pub mod envoy;
 pub mod fleet;
 pub mod idp;
+pub mod links;
 pub mod observability;
 pub mod plugin;
 pub mod postgres;

@@ -73,6 +73,8 @@ pub enum M {
     TokenExchangeHit,
     /// Requests refused because no token could be exchanged.
     ExchangeUnavailable,
+    /// Requests answered "link your account" (no usable linked account).
+    LinkRequired,
     /// Decisions the shadow revision also made.
     ShadowEvaluated,
     /// Shadow decisions that disagreed on allow.
@@ -123,6 +125,7 @@ pub const NAMES: [&str; M::PolicyEvalUs as usize + 1] = [
     "agentplane.token_exchange.exchanged",
     "agentplane.token_exchange.cache_hit",
     "agentplane.decisions.token_exchange_unavailable",
+    "agentplane.decisions.link_required",
     "agentplane.shadow.evaluated",
     "agentplane.shadow.disagreed.allow",
     "agentplane.shadow.disagreed.deny",

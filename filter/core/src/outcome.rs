@@ -84,13 +84,17 @@ pub enum Denial {
     /// The token service refused to exchange the caller's token (403: not
     /// for this audience, these scopes or this actor), with its error code.
     ExchangeRefused(String),
+    /// The person the caller acts for has no usable linked account at the
+    /// service (401; an MCP request gets a URL elicitation): the page to
+    /// link it at, as the link broker named it.
+    LinkRequired(String),
 }
 
 impl Denial {
     /// The HTTP status of the refusal.
     pub fn status(&self) -> u16 {
         match self {
-            Denial::Unauthorized(_) => 401,
+            Denial::Unauthorized(_) | Denial::LinkRequired(_) => 401,
             Denial::BadRequest(_) => 400,
             Denial::Mcp(e) => e.status(),
             Denial::TooLarge { .. } => 413,
@@ -115,6 +119,7 @@ impl Denial {
     pub fn error(&self) -> &'static str {
         match self {
             Denial::Unauthorized(_) => "unauthorized",
+            Denial::LinkRequired(_) => "link_required",
             Denial::BadRequest(_) | Denial::Mcp(_) => "bad_request",
             Denial::TooLarge { .. } => "payload_too_large",
             Denial::McpSession(_) => "not_found",
@@ -169,6 +174,9 @@ impl Denial {
             Denial::ApprovalUnavailable(why) => format!("approval_unavailable: {why}"),
             Denial::ExchangeUnavailable(why) => format!("token_exchange_unavailable: {why}"),
             Denial::ExchangeRefused(why) => format!("token_exchange_refused: {why}"),
+            Denial::LinkRequired(url) => format!(
+                "link_required: the person this call acts for has no linked account at the service; link it at {url}"
+            ),
             Denial::OtherService { local, named } => format!(
                 "the path names service {named:?}; this proxy guards and delivers to {local:?} only"
             ),
@@ -203,6 +211,7 @@ impl Denial {
             Denial::Approval(_) => M::ApprovalRequired,
             Denial::ApprovalUnavailable(_) => M::ApprovalUnavailable,
             Denial::ExchangeUnavailable(_) => M::ExchangeUnavailable,
+            Denial::LinkRequired(_) => M::LinkRequired,
         }
     }
 
@@ -242,8 +251,40 @@ impl Denial {
         challenge: Option<&Challenge<'_>>,
     ) -> Reply {
         let answered = rpc.is_some_and(|id| !id.is_null())
-            && (self.is_policy_answer() || matches!(self, Denial::Approval(_)));
+            && (self.is_policy_answer()
+                || matches!(self, Denial::Approval(_) | Denial::LinkRequired(_)));
         let body = match rpc {
+            // MCP's URL elicitation (2025-11-25): the client opens the link
+            // page for the person and retries; a client that knows no
+            // elicitation shows the message, which names the page too.
+            Some(id) if answered && matches!(self, Denial::LinkRequired(_)) => {
+                let url = match self {
+                    Denial::LinkRequired(u) => u.as_str(),
+                    _ => "",
+                };
+                let message = format!(
+                    "Link your account at this service to let the agent act for you: {url}"
+                );
+                serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "id": id,
+                    "error": {
+                        "code": crate::mcp::code::URL_ELICITATION_REQUIRED,
+                        "message": message,
+                        "data": {
+                            "elicitations": [{
+                                "mode": "url",
+                                "message": message,
+                                "url": url,
+                                "elicitationId": decision_id,
+                            }],
+                            "error": self.error(),
+                            "decision_id": decision_id,
+                            "reasons": self.reasons(),
+                        },
+                    },
+                })
+            }
             Some(id) if answered && matches!(self, Denial::Approval(_)) => match self {
                 Denial::Approval(a) => a.body(id, decision_id),
                 _ => serde_json::Value::Null,
@@ -287,6 +328,12 @@ impl Denial {
             }
             None => match self {
                 Denial::Policy { body: Some(b), .. } => serde_json::Value::String(b.clone()),
+                Denial::LinkRequired(url) => serde_json::json!({
+                    "error": self.error(),
+                    "reason": self.reason(),
+                    "decision_id": decision_id,
+                    "link": url,
+                }),
                 _ => serde_json::json!({
                     "error": self.error(),
                     "reason": self.reason(),
@@ -330,6 +377,15 @@ impl Denial {
                 headers.push(("www-authenticate".into(), v));
             }
             Denial::Policy { headers: h, .. } => headers.extend(h.iter().cloned()),
+            // A 401 names how to authenticate: here, by linking an account
+            // at the page (not a Bearer challenge, which would send an
+            // OAuth client to the gateway's own authorization server).
+            Denial::LinkRequired(url) if !answered => {
+                headers.push((
+                    "www-authenticate".into(),
+                    format!(r#"AccountLink url="{url}""#),
+                ));
+            }
             Denial::RateLimited(r) => {
                 headers.push(("retry-after".into(), r.retry_after_s.to_string()));
                 headers.push(("ratelimit-policy".into(), r.policy.clone()));
@@ -368,6 +424,7 @@ impl Denial {
             | Denial::TxnTokenUnavailable(_) => code::UNAVAILABLE,
             Denial::RateLimited(_) => code::RATE_LIMITED,
             Denial::Approval(_) => code::FORBIDDEN,
+            Denial::LinkRequired(_) => code::URL_ELICITATION_REQUIRED,
             Denial::ApprovalUnavailable(_) | Denial::ExchangeUnavailable(_) => code::UNAVAILABLE,
         }
     }

@@ -217,7 +217,12 @@ impl IdProvider {
         let out = child.stdout.take().expect("stdout");
         // EOF (an empty line) when it exits instead of listening, or says
         // nothing within the bound.
-        let (line, _) = crate::first_line(out, crate::START_WITHIN);
+        let (line, rest) = crate::first_line(out, crate::START_WITHIN);
+        // Drained to the end: a closed pipe would kill it (EPIPE) at its
+        // next notice.
+        if let Some(rest) = rest {
+            std::thread::spawn(move || for _ in std::io::BufRead::lines(rest) {});
+        }
         let Some(port) = line
             .strip_prefix("listening ")
             .and_then(|p| p.trim().parse().ok())

@@ -34,7 +34,7 @@ pub use approval::{ApprovalConfig, GrantKey};
 pub use cache::DecisionCacheConfig;
 pub use decision_log::{CollectorConfig, DecisionLogConfig, Sink};
 pub use error::ConfigError;
-pub use exchange::{scope_token, ServiceExchange, TokenExchangeConfig};
+pub use exchange::{scope_token, ServiceExchange, TokenExchangeConfig, Via};
 pub use headers::{HeadersConfig, ALWAYS_STRIPPED, SERVICE_HEADER, TRUSTED_HEADERS};
 pub use identity::{AudienceMode, IdentityConfig, SourceConfig};
 pub use limits::LimitsConfig;
@@ -90,6 +90,8 @@ struct RawConfig {
     approval: Option<ApprovalConfig>,
     #[serde(default)]
     token_exchange: Option<TokenExchangeConfig>,
+    #[serde(default, deserialize_with = "exchange::linked_accounts")]
+    linked_accounts: Option<TokenExchangeConfig>,
     #[serde(default)]
     tracing: TracingConfig,
 }
@@ -131,6 +133,9 @@ pub struct Config {
     pub approval: Option<ApprovalConfig>,
     /// The security token service, when configured.
     pub token_exchange: Option<TokenExchangeConfig>,
+    /// The link broker (per-person tokens at third-party services), when
+    /// configured: a token service as `token_exchange` is.
+    pub linked_accounts: Option<TokenExchangeConfig>,
     /// What the filter hands Envoy's tracer.
     pub tracing: TracingConfig,
 }
@@ -174,6 +179,7 @@ impl Config {
             txn_token: raw.txn_token,
             approval: raw.approval,
             token_exchange: raw.token_exchange,
+            linked_accounts: raw.linked_accounts,
             tracing: raw.tracing,
         };
         config.check_sections()?;
@@ -188,7 +194,10 @@ impl Config {
             a.check()?;
         }
         if let Some(x) = &self.token_exchange {
-            x.check()?;
+            x.check("token_exchange")?;
+        }
+        if let Some(x) = &self.linked_accounts {
+            x.check("linked_accounts")?;
         }
         if let Some(t) = &self.txn_token {
             t.check()?;
@@ -236,8 +245,12 @@ impl Config {
             if let Some(x) = &r.token_exchange {
                 let at = format!("{name}.token_exchange");
                 x.check(&at)?;
-                if self.token_exchange.is_none() {
-                    return Err(invalid(at, "needs the token_exchange block"));
+                let block = match x.via {
+                    Via::TokenExchange => &self.token_exchange,
+                    Via::LinkedAccounts => &self.linked_accounts,
+                };
+                if block.is_none() {
+                    return Err(invalid(at, format!("needs the {} block", x.via.block())));
                 }
                 if !r.secrets.is_empty() {
                     return Err(invalid(

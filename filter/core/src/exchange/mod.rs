@@ -238,6 +238,28 @@ const CALLER_REFUSALS: [&str; 3] = ["invalid_grant", "invalid_scope", "invalid_t
 /// How [`read`] marks a refusal of the caller in its error.
 pub const REFUSED: &str = "refused: ";
 
+/// How [`read`] marks a link broker's `link_required` (the person the
+/// caller acts for has no usable linked account): the error is this and
+/// the page to link at.
+pub const LINK: &str = "link: ";
+
+/// The longest link page URL passed on to the client.
+const MAX_LINK_BYTES: usize = 2048;
+
+/// A link broker's `link_uri`: an http(s) URL of printable ASCII with
+/// nothing that could end a header value, a JSON string or an HTML
+/// attribute early.
+fn link_uri(v: Option<&Value>) -> Option<&str> {
+    v?.get("link_uri")?
+        .as_str()
+        .filter(|u| u.len() <= MAX_LINK_BYTES)
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .filter(|u| {
+            u.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\"<>\\`{}|^".contains(&b))
+        })
+}
+
 /// What the token service answered, read strictly: the token and how
 /// many seconds it lives, or a reason that never holds a token.
 pub fn read(status: Option<u16>, body: Option<&[u8]>) -> Result<(Secret, u64), String> {
@@ -252,6 +274,15 @@ pub fn read(status: Option<u16>, body: Option<&[u8]>) -> Result<(Secret, u64), S
             .and_then(|v| v.get("error")?.as_str())
             .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
         return Err(match code {
+            // A link broker: the person has not linked an account there
+            // (or the service revoked it). Without a usable page to link
+            // at, it is a plain refusal.
+            Some("link_required") if status == 400 => match link_uri(v.as_ref()) {
+                Some(u) => format!("{LINK}{u}"),
+                None => {
+                    format!("{REFUSED}the token service refused the exchange (400 link_required)")
+                }
+            },
             // The caller may not have this token (RFC 8693 §2.2.2): a
             // refusal of the request, not an outage.
             Some(c) if status == 400 && CALLER_REFUSALS.contains(&c) => {

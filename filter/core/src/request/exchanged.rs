@@ -5,7 +5,7 @@
 //! never goes upstream.
 
 use super::{Allowed, Configured, Flow, Outcome, Refused, Worker};
-use crate::config::ServiceExchange;
+use crate::config::{ServiceExchange, Via};
 use crate::headers::RequestHeaders;
 use crate::host::{Host, LogLevel};
 use crate::metrics::M;
@@ -30,8 +30,12 @@ impl Configured {
     ) -> Result<Flow, Refused> {
         let agent = || Some(outcome.agent.clone());
         let unavailable = |why: String| (Denial::ExchangeUnavailable(why), agent());
-        let Some(ex) = w.exchanger.as_mut() else {
-            return Err(unavailable("no token_exchange block".into()));
+        let ex = match x.via {
+            Via::TokenExchange => w.exchanger.as_mut(),
+            Via::LinkedAccounts => w.linker.as_mut(),
+        };
+        let Some(ex) = ex else {
+            return Err(unavailable(format!("no {} block", x.via.block())));
         };
         // The verified token jwt_authn checked: the subject token.
         let subject = headers
@@ -95,14 +99,18 @@ impl Configured {
                 .ok_or_else(failed),
             // The token is set when the stream resumes.
             Lookup::Pending => commit(host, &[]).then_some(Flow::Paused).ok_or_else(failed),
-            Lookup::Failed(why) => Err(unavailable(why)),
+            Lookup::Failed(why) => Err((failure(why), agent())),
         }
     }
 }
 
 /// The refusal a failed exchange is: the caller's (403, marked by
-/// [`crate::exchange::REFUSED`]) or the gateway's (503).
+/// [`crate::exchange::REFUSED`]), a link to make (marked by
+/// [`crate::exchange::LINK`]) or the gateway's (503).
 pub(super) fn failure(why: String) -> Denial {
+    if let Some(url) = why.strip_prefix(crate::exchange::LINK) {
+        return Denial::LinkRequired(url.to_string());
+    }
     match why.strip_prefix(crate::exchange::REFUSED) {
         Some(rest) => Denial::ExchangeRefused(rest.to_string()),
         None => Denial::ExchangeUnavailable(why),

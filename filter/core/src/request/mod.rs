@@ -520,11 +520,11 @@ impl Configured {
         if self.txn_response(w, host, token, status, body) {
             return;
         }
-        if let Some(x) = w.exchanger.as_mut() {
-            if x.on_response(host, token, status, body) {
-                self.settle(w, host);
-                return;
-            }
+        if w.exchangers()
+            .any(|x| x.on_response(host, token, status, body))
+        {
+            self.settle(w, host);
+            return;
         }
         let now = host.now_ns();
         if let Some(sh) = w.shipper.as_mut() {
@@ -558,7 +558,7 @@ impl Configured {
         }
         w.pending.remove(&stream);
         w.approvals.retain(|_, s| *s != stream);
-        if let Some(x) = w.exchanger.as_mut() {
+        for x in w.exchangers() {
             x.forget_stream(stream);
         }
         if let Some(d) = decision {

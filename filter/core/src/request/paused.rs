@@ -166,11 +166,7 @@ impl Configured {
         for c in done {
             self.complete(w, host, c, Denial::SecretsUnavailable);
         }
-        let exchanged = w
-            .exchanger
-            .as_mut()
-            .map(|x| x.take_completions())
-            .unwrap_or_default();
+        let exchanged: Vec<_> = w.exchangers().flat_map(|x| x.take_completions()).collect();
         for c in exchanged {
             self.complete(w, host, c, super::exchanged::failure);
         }

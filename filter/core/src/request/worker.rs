@@ -85,11 +85,19 @@ pub(super) struct Worker {
     pub(super) approvals: HashMap<u32, u32>,
     /// Exchanged tokens for services that take them.
     pub(super) exchanger: Option<crate::exchange::Exchanger>,
+    /// The link broker's exchanges (`linked_accounts`): the same machinery
+    /// at another token service.
+    pub(super) linker: Option<crate::exchange::Exchanger>,
     /// The shadow revision, when `policy.shadow_sample` is on.
     pub(super) shadow: Option<Policy>,
 }
 
 impl Worker {
+    /// The exchangers this worker has (token service, link broker).
+    pub(super) fn exchangers(&mut self) -> impl Iterator<Item = &mut crate::exchange::Exchanger> {
+        self.exchanger.iter_mut().chain(self.linker.iter_mut())
+    }
+
     /// A VM's fresh state for `config`, deciding with `policy`; `seed`
     /// feeds decision ids, lease owners and the record chain's name.
     pub(super) fn new(config: &Config, policy: Policy, seed: u64) -> Worker {
@@ -128,6 +136,10 @@ impl Worker {
             approvals: HashMap::new(),
             exchanger: config
                 .token_exchange
+                .clone()
+                .map(crate::exchange::Exchanger::new),
+            linker: config
+                .linked_accounts
                 .clone()
                 .map(crate::exchange::Exchanger::new),
             shadow: None,

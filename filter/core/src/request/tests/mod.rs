@@ -18,6 +18,7 @@ mod envoy_compat;
 mod exchange;
 mod headers;
 mod limits;
+mod linked;
 mod list_edges;
 mod lists;
 mod logging;
