@@ -76,6 +76,17 @@ impl RequestHeaders {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
+    /// The credentials of `Authorization: Bearer <token>` (the scheme in
+    /// any case), trimmed: what jwt_authn verified, for the callouts that
+    /// present it (Vault's JWT login, a token exchange).
+    pub fn bearer(&self) -> Option<&str> {
+        let v = self.get("authorization")?;
+        v.get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("bearer "))
+            .and_then(|_| v.get(7..))
+            .map(str::trim)
+    }
+
     /// Checks the headers the filter reads: each must be UTF-8 and appear
     /// at most once.
     pub fn check_read<'a>(

@@ -39,13 +39,7 @@ impl Configured {
         };
         // The verified token jwt_authn checked: the subject token.
         let subject = headers
-            .get("authorization")
-            .and_then(|v| {
-                v.get(..7)
-                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
-                    .and_then(|_| v.get(7..))
-            })
-            .map(str::trim)
+            .bearer()
             // One JWT and nothing else: what jwt_authn verified is the
             // first run of these characters after the scheme, and only
             // that may go to the token service.

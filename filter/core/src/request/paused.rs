@@ -59,14 +59,7 @@ impl Configured {
             return Err(unavailable("no vault configured".into()));
         };
         let needs = secrets::plan(specs, who.agent, who.team, who.kind).map_err(unavailable)?;
-        let jwt = headers
-            .get("authorization")
-            .and_then(|v| {
-                v.get(..7)
-                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
-                    .and_then(|_| v.get(7..))
-            })
-            .map(|t| secrets::Secret::new(t.trim()));
+        let jwt = headers.bearer().map(secrets::Secret::new);
         let mut trace: Vec<(String, String)> = Vec::new();
         if !trail.request_id.is_empty() {
             trace.push(("x-request-id".into(), trail.request_id.clone()));
