@@ -439,6 +439,21 @@ impl Links {
             return Err("this link was started for another person or service".into());
         }
         let t = up.redeem(code, &p.verifier, redirect_uri).await?;
+        self.store(up, user, t, now).await
+    }
+
+    /// Stores a new link and its first access token. Under the refresh
+    /// lock: a refresh of the old link in flight would otherwise write its
+    /// rotated token back over the new link (the person relinked, and the
+    /// old link wins), or, refused at the service (which may revoke the
+    /// old grant on a new consent), delete the new link it never read.
+    async fn store(
+        &self,
+        up: &Upstream,
+        user: &str,
+        t: upstream::Tokens,
+        now: u64,
+    ) -> Result<(), String> {
         let refresh_token = t
             .refresh_token
             .ok_or_else(|| format!("{} gave no refresh token", up.name))?;
@@ -447,6 +462,7 @@ impl Links {
             user: user.to_string(),
             linked_at: now,
         };
+        let _one = self.refreshing.lock().await;
         self.vault.put(&up.name, &link).await?;
         self.keep(
             &up.name,

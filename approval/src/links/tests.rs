@@ -39,7 +39,7 @@ fn load(upstreams: serde_json::Value) -> Result<Links, String> {
     Links::load(&d.join("links.json").display().to_string())
 }
 
-fn links() -> Links {
+pub(crate) fn links() -> Links {
     load(
         serde_json::json!({"saas": {"issuer": "http://127.0.0.1:9", "client_id": "broker",
                                      "scopes": ["openid"]}}),
@@ -132,4 +132,33 @@ fn a_persons_link_is_stored_under_a_digest_of_their_name() {
     assert!(p.starts_with("agentplane/links/saas/"), "{p}");
     assert!(!p.contains("alice"), "{p}");
     assert_ne!(p, l.vault.path("saas", "bob"));
+}
+
+#[tokio::test]
+async fn relinking_while_a_refresh_is_in_flight_waits_so_the_refresh_cannot_overwrite_or_delete_the_new_link(
+) {
+    let l = links();
+    let up = l.upstream("saas").unwrap();
+    let tokens = || upstream::Tokens {
+        access_token: "new-access".into(),
+        refresh_token: Some("new-refresh".into()),
+        expires_in: 600,
+    };
+    // A refresh of the old link holds the lock (read, refreshed, about to
+    // write its rotated token back, or to delete the link as revoked).
+    let refresh = l.refreshing.lock().await;
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        l.store(up, "alice", tokens(), 1),
+    )
+    .await;
+    assert!(
+        waited.is_err(),
+        "the new link was written under a refresh in flight"
+    );
+    assert!(l.cached("saas", "alice", 1).unwrap().is_none());
+    drop(refresh);
+    // Then it goes on (to an OpenBao that is not there here).
+    let e = l.store(up, "alice", tokens(), 1).await.unwrap_err();
+    assert!(e.contains("OpenBao write"), "{e}");
 }
