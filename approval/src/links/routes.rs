@@ -304,15 +304,23 @@ fn filter_client(app: &App, links: &Links, headers: &HeaderMap) -> bool {
     let Some((id, secret)) = pair.split_once(':') else {
         return false;
     };
+    // RFC 6749 §2.3.1: each form-encoded. A raw `&` is no such encoding,
+    // and the form parser would end the value there: `key&anything`
+    // would pass as `key`.
     let dec = |s: &str| {
+        if s.contains('&') {
+            return None;
+        }
         url::form_urlencoded::parse(format!("x={s}").as_bytes())
             .next()
             .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
+    };
+    let (Some(id), Some(secret)) = (dec(id), dec(secret)) else {
+        return false;
     };
     // Both compared, whatever the first says.
-    let id_ok = ct_eq(&dec(id), &links.filter_client_id);
-    let secret_ok = ct_eq(&dec(secret), &app.filter_key);
+    let id_ok = ct_eq(&id, &links.filter_client_id);
+    let secret_ok = ct_eq(&secret, &app.filter_key);
     id_ok & secret_ok
 }
 
@@ -327,6 +335,12 @@ async fn token(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> R
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", json!({}));
     };
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&bytes).into_owned().collect();
+    // RFC 6749 §3.2: no parameter twice. Read as "absent", a second
+    // `scope` would skip the scope check below.
+    let mut seen = std::collections::HashSet::new();
+    if !form.iter().all(|(n, _)| seen.insert(n.as_str())) {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", json!({}));
+    }
     let one = |k: &str| {
         let mut it = form.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str());
         match (it.next(), it.next()) {
@@ -407,3 +421,7 @@ fn oauth_ok(token: &str, expires_in: u64) -> Response {
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
+
+#[cfg(test)]
+#[path = "routes_tests.rs"]
+mod tests;
