@@ -203,9 +203,11 @@ async fn callback(
     };
     // RFC 9207: an answer naming another issuer came from another server
     // (a mix-up attack); one without `iss` is accepted from a server that
-    // does not send it.
-    if p.iss.as_deref().is_some_and(|i| i != up.issuer) {
-        return message(StatusCode::BAD_REQUEST, "Wrong issuer", again);
+    // does not promise to send it.
+    match up.iss_ok(p.iss.as_deref()).await {
+        Ok(true) => {}
+        Ok(false) => return message(StatusCode::BAD_REQUEST, "Wrong issuer", again),
+        Err(e) => return unavailable(&e),
     }
     let (Some(code), Some(state), None) = (p.code, p.state, p.error) else {
         return message(StatusCode::FORBIDDEN, "Link refused", again);

@@ -19,6 +19,9 @@ struct Discovery {
     issuer: String,
     authorization_endpoint: String,
     token_endpoint: String,
+    /// RFC 9207 §3: the service puts `iss` in every authorization answer.
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
 }
 
 /// What a token endpoint handed out. Not `Debug`: it holds tokens.
@@ -50,6 +53,9 @@ pub struct Upstream {
     http: reqwest::Client,
     discovery: Mutex<Option<Arc<Discovery>>>,
 }
+
+/// The longest an access token is handed out for, whatever the service says.
+const MAX_LIFE_S: u64 = 86_400;
 
 /// The longest access token passed on (the filter takes 8 KiB at most).
 const MAX_TOKEN: usize = 8 * 1024;
@@ -98,7 +104,7 @@ impl Upstream {
                     continue;
                 }
                 Err(e) => {
-                    last = format!("GET {url}: {e}");
+                    last = format!("GET {url}: {}", causes(&e.without_url()));
                     continue;
                 }
             };
@@ -118,6 +124,20 @@ impl Upstream {
             return Ok(d);
         }
         Err(format!("{}: {last}", self.name))
+    }
+
+    /// RFC 9207: whether an authorization answer's `iss` is this
+    /// service's. One without is taken only from a service that does not
+    /// promise to send it: from one that does, it is an answer of another
+    /// server (a mix-up attack) with the parameter stripped.
+    pub async fn iss_ok(&self, iss: Option<&str>) -> Result<bool, String> {
+        match iss {
+            Some(i) => Ok(i == self.issuer),
+            None => Ok(!self
+                .discovery()
+                .await?
+                .authorization_response_iss_parameter_supported),
+        }
     }
 
     /// Where to send the person's browser.
@@ -160,7 +180,13 @@ impl Upstream {
             .form(form)
             .send()
             .await
-            .map_err(|e| format!("{}: token endpoint: {}", self.name, causes(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "{}: token endpoint: {}",
+                    self.name,
+                    causes(&e.without_url())
+                )
+            })?;
         let status = r.status().as_u16();
         let body = r.bytes().await.unwrap_or_default();
         if body.len() > 64 * 1024 {
@@ -219,7 +245,8 @@ impl Upstream {
     }
 }
 
-/// An error and its causes, one line (no URL: it may carry a query).
+/// An error and its causes, one line. Callers pass it `without_url()`:
+/// the URL (it may carry a query) is in reqwest's own text.
 fn causes(e: &reqwest::Error) -> String {
     let mut out = e.to_string();
     let mut next = std::error::Error::source(e);
@@ -256,7 +283,14 @@ fn tokens(v: &Value) -> Option<Tokens> {
     Some(Tokens {
         access_token: access_token.to_string(),
         refresh_token,
-        expires_in: v.get("expires_in").and_then(Value::as_u64).unwrap_or(3600),
+        // A service's word for how long its token lives is believed up to a
+        // day: the broker hands the token out until then, a revocation at
+        // the service unseen.
+        expires_in: v
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(3600)
+            .min(MAX_LIFE_S),
     })
 }
 
@@ -284,6 +318,61 @@ mod tests {
         ] {
             assert!(tokens(&bad).is_none(), "{bad}");
         }
+    }
+
+    /// A service whose metadata is `iss_supported` and whose token
+    /// endpoint is `token_endpoint`, without fetching it.
+    async fn known(iss_supported: bool, token_endpoint: &str) -> Upstream {
+        let up = Upstream::new(
+            "saas".into(),
+            "https://saas.test".into(),
+            "broker".into(),
+            "CANARY-CLIENT-SECRET".into(),
+            vec![],
+        )
+        .unwrap();
+        *up.discovery.lock().await = Some(Arc::new(Discovery {
+            issuer: "https://saas.test".into(),
+            authorization_endpoint: "https://saas.test/authorize".into(),
+            token_endpoint: token_endpoint.into(),
+            authorization_response_iss_parameter_supported: iss_supported,
+        }));
+        up
+    }
+
+    #[tokio::test]
+    async fn a_mix_up_answer_with_iss_stripped_is_refused_when_the_service_promises_iss() {
+        let promises = known(true, "https://saas.test/token").await;
+        assert!(promises.iss_ok(Some("https://saas.test")).await.unwrap());
+        assert!(!promises.iss_ok(None).await.unwrap());
+        assert!(!promises.iss_ok(Some("https://evil.test")).await.unwrap());
+        let silent = known(false, "https://saas.test/token").await;
+        assert!(silent.iss_ok(None).await.unwrap());
+        assert!(!silent.iss_ok(Some("https://saas.test/")).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_token_endpoint_url_with_a_secret_in_its_query_stays_out_of_errors() {
+        // Nothing listens on port 9: the request fails, and reqwest's text
+        // names the URL.
+        let up = known(false, "http://127.0.0.1:9/token?key=CANARY-IN-URL").await;
+        let Err(RefreshError::Unavailable(e)) = up.refresh("CANARY-REFRESH").await else {
+            panic!("refreshed against nothing");
+        };
+        assert!(e.contains("token endpoint"), "{e}");
+        assert!(!e.contains("CANARY"), "{e}");
+        let Err(e) = up.redeem("CANARY-CODE", "v", "http://x/cb").await else {
+            panic!("redeemed against nothing");
+        };
+        assert!(!e.contains("CANARY"), "{e}");
+    }
+
+    #[test]
+    fn a_service_saying_its_token_lives_for_ever_is_believed_for_a_day() {
+        let t = tokens(&json!({"access_token": "a", "token_type": "bearer",
+                               "expires_in": u64::MAX}))
+        .unwrap();
+        assert_eq!(t.expires_in, 86_400);
     }
 
     #[test]
