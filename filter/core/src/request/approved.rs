@@ -205,19 +205,14 @@ impl Configured {
             return self.finish(w, host, id, trail, carried, reserved, t0, result, rpc);
         };
         let mut decision = Decision {
-            id,
-            state: crate::outcome::State::Pending,
-            agent: Some(admitted.principal.identity.id.clone()),
-            record: None,
-            request_id: trail.request_id.clone(),
-            timing: None,
             reserved,
             rpc: rpc.clone(),
-            list: None,
-            held: Default::default(),
-            session: None,
-            response_headers: Vec::new(),
-            wait: Default::default(),
+            ..Decision::new(
+                id,
+                crate::outcome::State::Pending,
+                Some(admitted.principal.identity.id.clone()),
+                trail.request_id.clone(),
+            )
         };
         decision.wait = super::Wait::approval(Approving {
             admitted,

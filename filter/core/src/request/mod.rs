@@ -337,40 +337,19 @@ impl Configured {
             Ok(Admission::Answer(served)) => {
                 let reply = served.reply();
                 host.send_reply(reply.status, &reply.header_refs(), &reply.body);
-                let d = Decision {
-                    id,
-                    state: State::Allowed,
-                    agent: None,
-                    record: None,
-                    request_id: trail.request_id,
-                    timing: None,
-                    reserved: false,
-                    rpc: None,
-                    list: None,
-                    held: Default::default(),
-                    session: None,
-                    response_headers: Vec::new(),
-                    wait: Wait::default(),
-                };
+                let d = Decision::new(id, State::Allowed, None, trail.request_id);
                 return (Flow::Replied, d);
             }
             Ok(Admission::Decide(admitted)) if admitted.needs_body(&self.config) => {
-                let waiting = Decision {
-                    id: id.clone(),
-                    state: State::Pending,
-                    agent: Some(admitted.principal.identity.id.clone()),
-                    record: None,
-                    request_id: trail.request_id.clone(),
-                    timing: None,
+                let mut waiting = Decision {
                     reserved,
-                    rpc: None,
-                    list: None,
-                    held: Default::default(),
-                    session: None,
-                    response_headers: Vec::new(),
-                    wait: Wait::default(),
+                    ..Decision::new(
+                        id.clone(),
+                        State::Pending,
+                        Some(admitted.principal.identity.id.clone()),
+                        trail.request_id.clone(),
+                    )
                 };
-                let mut waiting = waiting;
                 waiting.wait = Wait::on(Awaiting {
                     admitted,
                     trail,

@@ -3,7 +3,7 @@
 //! with the final status when the stream logs (linked into the VM's
 //! record chain), and the chain's checkpoints.
 
-use super::{Carried, Configured, Decision, Flow, Paused, Refused, Wait, Worker};
+use super::{Carried, Configured, Decision, Flow, Paused, Refused, Worker};
 use crate::audit::{self, Trail};
 use crate::config::Sink;
 use crate::host::{Host, LogLevel};
@@ -39,19 +39,11 @@ impl Configured {
             Err((denial, agent)) => (State::Denied(denial), agent, Flow::Replied),
         };
         let mut decision = Decision {
-            id,
-            state,
-            agent,
-            record: None,
-            request_id: trail.request_id.clone(),
             timing,
             reserved,
             rpc,
-            list: None,
             held: carried.held,
-            session: None,
-            response_headers: Vec::new(),
-            wait: Wait::default(),
+            ..Decision::new(id, state, agent, trail.request_id.clone())
         };
         // A request that waits for its secrets keeps its list job: its
         // response is filtered alike when it resumes.

@@ -127,6 +127,31 @@ impl PartialEq for Wait {
 }
 
 impl Decision {
+    /// A decision with nothing carried yet (no record, list job, leases,
+    /// session or headers): each phase sets what it establishes.
+    pub(super) fn new(
+        id: String,
+        state: State,
+        agent: Option<String>,
+        request_id: String,
+    ) -> Decision {
+        Decision {
+            id,
+            state,
+            agent,
+            record: None,
+            request_id,
+            timing: None,
+            reserved: false,
+            rpc: None,
+            list: None,
+            held: Default::default(),
+            session: None,
+            response_headers: Vec::new(),
+            wait: Wait::default(),
+        }
+    }
+
     /// Not refused (forwarded, or waiting for secrets).
     pub fn allowed(&self) -> bool {
         !matches!(self.state, State::Denied(_))
