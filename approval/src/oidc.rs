@@ -283,7 +283,8 @@ struct Actor {
 }
 
 /// Verifies an access token: RS256 by the key its `kid` names (or the only
-/// key), `iss` exactly `issuer`, an `exp` after `now`, a non-empty `sub`.
+/// key), `iss` exactly `issuer`, an `exp` after `now`, an `nbf` (if any)
+/// not after it, a non-empty `sub`.
 /// Returns `sub` and `act.sub`.
 pub fn verify_access_token(
     token: &str,
@@ -314,8 +315,14 @@ pub fn verify_access_token(
         .expiration
         .map(|e| e.timestamp())
         .ok_or_else(|| "subject token: no exp".to_string())?;
-    if i64::try_from(now).unwrap_or(i64::MAX) >= exp {
+    let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+    if now_i >= exp {
         return Err("subject token: expired".into());
+    }
+    // jwt-compact's validator checks the signature only. A token minted
+    // to be used later is not a token now.
+    if claims.not_before.is_some_and(|n| n.timestamp() > now_i) {
+        return Err("subject token: not valid yet".into());
     }
     if claims.custom.sub.is_empty() {
         return Err("subject token: empty sub".into());
@@ -506,6 +513,8 @@ mod tests {
             ("iss", json!("http://evil.test")),
             ("exp", json!(1000)),
             ("sub", json!("")),
+            ("sub", json!(7)),
+            ("nbf", json!(1001)),
         ] {
             let mut c = good.clone();
             c[k] = bad;
@@ -513,6 +522,30 @@ mod tests {
         }
         let t = token(good, Some("k2"));
         assert!(verify_access_token(&t, &keys, "http://idp.test", 1000).is_err());
+    }
+
+    #[test]
+    fn a_subject_token_not_valid_yet_or_of_another_alg_is_refused() {
+        let keys = parse_jwks(&jwks());
+        let v = |t: &str| verify_access_token(t, &keys, "http://idp.test", 1000);
+        let good = json!({"iss": "http://idp.test", "sub": "alice", "exp": 5000});
+        let mut later = good.clone();
+        later["nbf"] = json!(1500);
+        assert!(v(&token(later, Some("k1")))
+            .unwrap_err()
+            .contains("not valid yet"));
+        let mut now = good.clone();
+        now["nbf"] = json!(1000);
+        assert_eq!(v(&token(now, Some("k1"))).unwrap().0, "alice");
+        // HS256 keyed with anything (the public key's bytes, say), and none.
+        for alg in ["HS256", "none", "PS256"] {
+            let t = format!(
+                "{}.{}.c2ln",
+                URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","kid":"k1"}}"#)),
+                URL_SAFE_NO_PAD.encode(good.to_string())
+            );
+            assert!(v(&t).unwrap_err().contains("not RS256"), "{alg}");
+        }
     }
 
     #[test]
