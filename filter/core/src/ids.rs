@@ -1,5 +1,7 @@
 //! Decision ids: unique per decision, cheap, and formatted like UUIDv4 so
 //! log pipelines accept them. Not secrets: uniqueness, not unpredictability.
+//! Also what is done with ids and digests everywhere: one hex encoder, and
+//! one test of whether an id falls in a sample (decision log, shadow).
 
 /// Lower-case hex of `bytes`: the one encoder for digests, MACs and keys
 /// (session and tool digests, approval bindings, exchange keys).
@@ -75,4 +77,29 @@ mod tests {
         }
         assert_ne!(DecisionIds::new(1).next_id(), DecisionIds::new(2).next_id());
     }
+}
+
+/// Whether `id` falls in a sample of `rate` (0 to 1): FNV-1a of the id
+/// from `salt` (samples with different salts are independent), mixed by a
+/// splitmix64 finalizer (FNV's high bits move little between ids that
+/// differ only at the end), compared with the rate. The same id always
+/// decides alike.
+pub fn in_sample(rate: f64, salt: u64, id: &str) -> bool {
+    if rate >= 1.0 {
+        return true;
+    }
+    if rate <= 0.0 {
+        return false;
+    }
+    let mut h = salt;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h as f64 / u64::MAX as f64) < rate
 }

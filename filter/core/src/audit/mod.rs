@@ -97,19 +97,7 @@ pub struct Shadowed {
 
 /// Whether an allowed decision with this id falls in the sample.
 pub fn sampled(cfg: &DecisionLogConfig, decision_id: &str) -> bool {
-    if cfg.sample_allowed >= 1.0 {
-        return true;
-    }
-    if cfg.sample_allowed <= 0.0 {
-        return false;
-    }
-    // FNV-1a of the id: uniform enough, and the same id always decides alike.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in decision_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h as f64 / u64::MAX as f64) < cfg.sample_allowed
+    crate::ids::in_sample(cfg.sample_allowed, 0xcbf2_9ce4_8422_2325, decision_id)
 }
 
 /// Inputs of [`record`].

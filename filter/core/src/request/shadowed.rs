@@ -29,25 +29,10 @@ pub(super) fn load(config: &Config) -> Result<Option<Policy>, ConfigError> {
     }
 }
 
-/// Whether decision `id` is in the shadow's sample (FNV-1a of the id,
-/// salted so that it is not the decision log's sample, then mixed).
+/// Whether decision `id` is in the shadow's sample (salted so that it is
+/// not the decision log's sample).
 fn sampled(rate: f64, id: &str) -> bool {
-    if rate >= 1.0 {
-        return true;
-    }
-    let mut h: u64 = 0x6c62_272e_07bb_0142;
-    for b in id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // FNV's high bits move little between ids that differ at the end:
-    // a splitmix64 finalizer spreads them before the comparison.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    (h as f64 / u64::MAX as f64) < rate
+    crate::ids::in_sample(rate, 0x6c62_272e_07bb_0142, id)
 }
 
 /// The entry points where `shadow` disagrees with the enforced `outcome`.
