@@ -58,27 +58,6 @@ impl DecisionIds {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashSet;
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    #[test]
-    fn unique_and_uuid_shaped() {
-        let mut g = DecisionIds::new(42);
-        let mut seen = HashSet::new();
-        for _ in 0..10_000 {
-            let id = g.next_id();
-            assert_eq!(id.len(), 36);
-            assert_eq!(id.as_bytes()[14], b'4');
-            assert!(seen.insert(id));
-        }
-        assert_ne!(DecisionIds::new(1).next_id(), DecisionIds::new(2).next_id());
-    }
-}
-
 /// Whether `id` falls in a sample of `rate` (0 to 1): FNV-1a of the id
 /// from `salt` (samples with different salts are independent), mixed by a
 /// splitmix64 finalizer (FNV's high bits move little between ids that
@@ -102,4 +81,25 @@ pub fn in_sample(rate: f64, salt: u64, id: &str) -> bool {
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^= h >> 31;
     (h as f64 / u64::MAX as f64) < rate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn unique_and_uuid_shaped() {
+        let mut g = DecisionIds::new(42);
+        let mut seen = HashSet::new();
+        for _ in 0..10_000 {
+            let id = g.next_id();
+            assert_eq!(id.len(), 36);
+            assert_eq!(id.as_bytes()[14], b'4');
+            assert!(seen.insert(id));
+        }
+        assert_ne!(DecisionIds::new(1).next_id(), DecisionIds::new(2).next_id());
+    }
 }
