@@ -355,11 +355,11 @@ run_tests() {
   log "opa-envoy-plugin compatibility: a policy written for it decided alike by OPA and the filter"
   cargo build -q -p agentplane-core --example envoy_compat
   python3 tests/opa/envoy_compat.py "$TOOLS/opa" "$ROOT/target/debug/examples/envoy_compat"
-  log "benchmark smoke run (1 s per arm: proves ./build.sh bench still works, measures nothing)"
+  log "benchmark smoke run (1 s per arm, 1 s warm-up: proves ./build.sh bench still works, measures nothing)"
   ensure_wrk
   cargo build -q --release -p agentplane-e2e --bin agentplane-bench
   cargo build -q --release -p agentplane-noop --target wasm32-wasip1
-  AGENTPLANE_BENCH_SOAK=3000 ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
+  AGENTPLANE_BENCH_SOAK=3000 AGENTPLANE_BENCH_WARMUP=1 ENVOY_BIN="$VENV/bin/envoy" BAO_BIN="$VENV/bin/bao" AGENTPLANE_WASM="$WASM" \
     "$ROOT/target/release/agentplane-bench" 1 1
   core_benches 20
   # The embedded engine in release: the core's release build is the
