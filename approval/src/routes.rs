@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "agentplane_approval_session";
-/// The cookie binding a login to the browser that started it.
+/// The cookie holding a login in progress (sealed), in the browser that
+/// started it.
 pub const LOGIN_COOKIE: &str = "agentplane_approval_login";
 
 /// Everything a handler may use.
@@ -246,9 +247,8 @@ async fn record_page(
     };
     let not_found = || message(StatusCode::NOT_FOUND, "Not found", "no such approval");
     let Some(session) = session else {
-        // Only an approval that exists starts a login: a login in progress
-        // keeps the id it returns to, and made-up ids (a URI long each)
-        // would fill memory and push approvers' own logins out.
+        // Only an approval that exists starts a login: a made-up id (a URI
+        // long) would return to a 404, in a cookie as long.
         let known = match lock(&app.store) {
             Ok(s) => s.get(&id).is_some(),
             Err(p) => return p.into_response(),
@@ -292,13 +292,12 @@ pub(crate) async fn start_login(app: &App, return_to: String) -> Response {
             );
         }
     };
-    let browser = random_b64(32);
     let now = (app.clock)();
-    match lock(&app.sessions) {
-        Ok(mut s) => s.start_login(login, browser.clone(), return_to, now),
+    let sealed = match lock(&app.sessions) {
+        Ok(s) => s.seal_login(&login, &return_to, now),
         Err(p) => return p.into_response(),
-    }
-    let c = app.cookie(LOGIN_COOKIE, &browser, Some(LOGIN_S));
+    };
+    let c = app.cookie(LOGIN_COOKIE, &sealed, Some(LOGIN_S));
     redirect(StatusCode::FOUND, &url, &[c])
 }
 
@@ -321,18 +320,22 @@ async fn callback(
 ) -> Response {
     let again = "open the approval link again";
     let now = (app.clock)();
+    // The browser that started this login (its cookie holds it), not one
+    // handed its callback.
     let pending = match lock(&app.sessions) {
-        Ok(mut s) => p.state.as_deref().and_then(|st| s.take_login(st, now)),
+        Ok(s) => match (cookie(&headers, LOGIN_COOKIE), p.state.as_deref()) {
+            (Some(c), Some(st)) => s.open_login(&c, st, now),
+            _ => None,
+        },
         Err(p) => return p.into_response(),
     };
     let Some(pending) = pending else {
-        return message(StatusCode::BAD_REQUEST, "Sign-in expired", again);
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Sign-in expired or not started here",
+            again,
+        );
     };
-    // The browser that started this login, not one handed its link.
-    let same_browser = cookie(&headers, LOGIN_COOKIE).is_some_and(|b| ct_eq(&b, &pending.browser));
-    if !same_browser {
-        return message(StatusCode::BAD_REQUEST, "Sign-in not started here", again);
-    }
     let Some(code) = p.code.filter(|_| p.error.is_none()) else {
         return message(StatusCode::FORBIDDEN, "Sign-in refused", again);
     };

@@ -258,7 +258,41 @@ async fn flooding_the_page_with_made_up_ids_starts_no_login() {
         assert!(g.headers.get("location").is_none());
         assert!(g.headers.get("set-cookie").is_none());
     }
-    assert_eq!(app.sessions.lock().unwrap().logins(), 0);
+}
+
+#[tokio::test]
+async fn a_login_callback_in_a_browser_that_did_not_start_it_is_refused() {
+    // Login CSRF: the attacker's own callback (their code, their state)
+    // opened in the victim's browser, which holds no login or another.
+    let app = app();
+    let (mine, other) = (crate::oidc::Login::new(), crate::oidc::Login::new());
+    let sealed = app
+        .sessions
+        .lock()
+        .unwrap()
+        .seal_login(&mine, "/a/x", clock());
+    for (cookie, state) in [
+        (String::new(), mine.state.clone()),
+        (format!("{LOGIN_COOKIE}={sealed}"), other.state.clone()),
+        (format!("{LOGIN_COOKIE}=forged.mac"), mine.state.clone()),
+    ] {
+        let req = Request::get(format!("/callback?code=c&state={state}"))
+            .header("cookie", cookie)
+            .body(Body::empty())
+            .unwrap();
+        let g = send(&app, req).await;
+        assert_eq!(g.status, 400);
+        assert!(g.body.contains("not started here"), "{}", g.body);
+        assert!(g.headers.get("set-cookie").is_none());
+    }
+    // Its own browser gets on to the provider (unreachable here: 403).
+    let req = Request::get(format!("/callback?code=c&state={}", mine.state))
+        .header("cookie", format!("{LOGIN_COOKIE}={sealed}"))
+        .body(Body::empty())
+        .unwrap();
+    let g = send(&app, req).await;
+    assert_eq!(g.status, 403, "{}", g.body);
+    assert!(g.body.contains("Sign-in failed"), "{}", g.body);
 }
 
 #[tokio::test]

@@ -1,25 +1,25 @@
 //! Who is signed in: approver sessions (a random id in a cookie, the
-//! subject the ID token named, a CSRF token for the forms) and logins in
-//! progress (keyed by the OAuth `state`, bound to a random cookie of the
-//! browser that started them, so a callback from another browser is
-//! refused). Both are bounded; time comes in as an argument.
+//! subject the ID token named, a CSRF token for the forms; bounded) and
+//! logins in progress. A login is kept by the browser that started it, in
+//! a cookie sealed with this process's key (HMAC-SHA256), and its
+//! callback must carry the same `state`: a callback in another browser is
+//! refused, and none is kept here. Kept here, the logins of a page anyone
+//! may open (a link page) would be pushed out by anyone opening it in a
+//! loop. Time comes in as an argument.
 
 use crate::oidc::Login;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::RngCore as _;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 /// How long a session lasts: an hour, as the provider's own.
 pub const SESSION_S: u64 = 3600;
 /// How long a login may take at the provider.
 pub const LOGIN_S: u64 = 600;
-/// At most this many of each.
+/// At most this many sessions.
 pub const MAX_ENTRIES: usize = 10_000;
-/// At most this many logins in progress return to one page: a page
-/// opened again and again (anyone may open one whose id it knows) then
-/// replaces its own oldest login, never another page's.
-pub const MAX_PER_PAGE: usize = 16;
 
 /// `bytes` random bytes from the OS, base64url without padding.
 pub fn random_b64(bytes: usize) -> String {
@@ -41,8 +41,6 @@ pub struct Session {
 /// A login started by a browser.
 #[derive(Debug, Clone)]
 pub struct PendingLogin {
-    /// The value of the browser's login cookie.
-    pub browser: String,
     pub login: Login,
     /// The path (on this service) the person wanted: an approval's page
     /// or a link page.
@@ -50,11 +48,42 @@ pub struct PendingLogin {
     pub expires_at: u64,
 }
 
-/// Sessions and logins in progress.
-#[derive(Debug, Default)]
+/// Sessions, and the key sealing logins in progress.
+#[derive(Default)]
 pub struct Sessions {
     sessions: HashMap<String, Session>,
-    logins: HashMap<String, PendingLogin>,
+    key: LoginKey,
+}
+
+/// A random key of this process. Not `Debug`.
+struct LoginKey([u8; 32]);
+
+impl Default for LoginKey {
+    fn default() -> LoginKey {
+        let mut k = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        LoginKey(k)
+    }
+}
+
+/// RFC 2104 HMAC-SHA256.
+fn hmac(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
+    let pad = |b: u8| {
+        let mut p = [b; 64];
+        for (p, k) in p.iter_mut().zip(key) {
+            *p ^= k;
+        }
+        p
+    };
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(msg)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 /// Makes room for one more entry: the lapsed go, then the soonest to
@@ -100,44 +129,42 @@ impl Sessions {
             .cloned()
     }
 
-    /// Remembers a login until its callback (or [`LOGIN_S`]).
-    pub fn start_login(&mut self, login: Login, browser: String, return_to: String, now: u64) {
-        let same: Vec<(&String, u64)> = self
-            .logins
-            .iter()
-            .filter(|(_, l)| l.return_to == return_to)
-            .map(|(k, l)| (k, l.expires_at))
-            .collect();
-        if same.len() >= MAX_PER_PAGE {
-            let oldest = same
-                .iter()
-                .min_by_key(|(_, e)| *e)
-                .map(|(k, _)| (*k).clone());
-            if let Some(k) = oldest {
-                self.logins.remove(&k);
-            }
+    /// A login, sealed for the browser's cookie until [`LOGIN_S`] from
+    /// `now` (its values are secrets of that browser, as the session id).
+    pub fn seal_login(&self, login: &Login, return_to: &str, now: u64) -> String {
+        let fields = serde_json::json!([
+            login.state,
+            login.nonce,
+            login.verifier,
+            return_to,
+            now.saturating_add(LOGIN_S),
+        ]);
+        let body = URL_SAFE_NO_PAD.encode(fields.to_string());
+        let mac = URL_SAFE_NO_PAD.encode(hmac(&self.key.0, body.as_bytes()));
+        format!("{body}.{mac}")
+    }
+
+    /// The login a browser's cookie holds, if this process sealed it, it
+    /// is fresh and it is the one the callback's `state` names.
+    pub fn open_login(&self, cookie: &str, state: &str, now: u64) -> Option<PendingLogin> {
+        let (body, mac) = cookie.split_once('.')?;
+        let want = URL_SAFE_NO_PAD.encode(hmac(&self.key.0, body.as_bytes()));
+        if !crate::pages::ct_eq(mac, &want) {
+            return None;
         }
-        make_room(&mut self.logins, now, |l| l.expires_at);
-        self.logins.insert(
-            login.state.clone(),
-            PendingLogin {
-                browser,
-                login,
-                return_to,
-                expires_at: now.saturating_add(LOGIN_S),
+        let v: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
+        let text = |i: usize| v.get(i)?.as_str().map(str::to_string);
+        let l = PendingLogin {
+            login: Login {
+                state: text(0)?,
+                nonce: text(1)?,
+                verifier: text(2)?,
             },
-        );
-    }
-
-    /// How many logins are in progress.
-    #[cfg(test)]
-    pub fn logins(&self) -> usize {
-        self.logins.len()
-    }
-
-    /// The login for `state`, once, while it is fresh.
-    pub fn take_login(&mut self, state: &str, now: u64) -> Option<PendingLogin> {
-        self.logins.remove(state).filter(|l| l.expires_at > now)
+            return_to: text(3)?,
+            expires_at: v.get(4)?.as_u64()?,
+        };
+        (l.expires_at > now && crate::pages::ct_eq(&l.login.state, state)).then_some(l)
     }
 }
 
@@ -162,21 +189,33 @@ mod tests {
     }
 
     #[test]
-    fn a_login_is_taken_once_and_lapses() {
-        let mut s = Sessions::default();
+    fn a_login_opens_only_with_its_state_its_seal_and_in_time() {
+        let s = Sessions::default();
         let l = Login::new();
-        let state = l.state.clone();
-        s.start_login(l.clone(), "b1".into(), "r1".into(), 100);
-        let got = s.take_login(&state, 101).unwrap();
-        assert_eq!(got.return_to, "r1");
-        assert_eq!(got.login.nonce, l.nonce);
-        assert!(s.take_login(&state, 101).is_none());
-        s.start_login(l, "b1".into(), "r1".into(), 100);
-        assert!(s.take_login(&state, 100 + LOGIN_S).is_none());
+        let c = s.seal_login(&l, "/link/saas", 100);
+        let got = s.open_login(&c, &l.state, 101).unwrap();
+        assert_eq!(got.return_to, "/link/saas");
+        assert_eq!(
+            (got.login.nonce, got.login.verifier),
+            (l.nonce.clone(), l.verifier.clone())
+        );
+        // Another login's state (a callback handed to this browser).
+        assert!(s.open_login(&c, &Login::new().state, 101).is_none());
+        assert!(s.open_login(&c, &l.state, 100 + LOGIN_S).is_none());
+        // Sealed by another process, or altered (another return_to).
+        assert!(Sessions::default().open_login(&c, &l.state, 101).is_none());
+        let (body, mac) = c.split_once('.').unwrap();
+        let forged = serde_json::json!([l.state, l.nonce, l.verifier, "@evil.test", 10_000]);
+        let forged = URL_SAFE_NO_PAD.encode(forged.to_string());
+        assert!(s
+            .open_login(&format!("{forged}.{mac}"), &l.state, 101)
+            .is_none());
+        assert!(s.open_login(body, &l.state, 101).is_none());
+        assert!(s.open_login("", &l.state, 101).is_none());
     }
 
     #[test]
-    fn both_are_bounded_and_the_lapsed_go_first() {
+    fn sessions_are_bounded_and_the_lapsed_go_first() {
         let mut s = Sessions::default();
         let first = s.create("u0".into(), 0);
         for n in 1..MAX_ENTRIES + 5 {
@@ -188,25 +227,36 @@ mod tests {
         // Once they have lapsed, they all go at once.
         s.create("late".into(), 1 + SESSION_S);
         assert_eq!(s.sessions.len(), 1);
-        for n in 0..MAX_ENTRIES + 5 {
-            s.start_login(Login::new(), "b".into(), format!("r{n}"), 0);
-        }
-        assert_eq!(s.logins.len(), MAX_ENTRIES);
     }
 
     #[test]
-    fn reloading_one_approvals_page_cannot_push_out_other_approvers_logins() {
-        // Anyone may open a page it knows the id of (an agent knows its
-        // own call's) and each visit starts a login: a flood of them must
-        // not push out an approver's login in progress on another page.
-        let mut s = Sessions::default();
+    fn opening_a_link_page_in_a_loop_cannot_push_out_a_persons_login() {
+        // Anyone may open a link page, and each visit starts a login:
+        // kept here, a flood pushed out a person's login in progress.
+        let s = Sessions::default();
         let mine = Login::new();
-        let state = mine.state.clone();
-        s.start_login(mine, "b1".into(), "r-legit".into(), 0);
-        for _ in 0..MAX_ENTRIES + 5 {
-            s.start_login(Login::new(), "b2".into(), "r-flood".into(), 1);
-        }
-        assert!(s.logins.len() <= MAX_PER_PAGE + 1, "{}", s.logins.len());
-        assert_eq!(s.take_login(&state, 2).unwrap().return_to, "r-legit");
+        let c = s.seal_login(&mine, "/link/saas", 0);
+        let flood: Vec<String> = (0..MAX_ENTRIES + 5)
+            .map(|_| s.seal_login(&Login::new(), "/link/saas", 1))
+            .collect();
+        assert_eq!(flood.len(), MAX_ENTRIES + 5);
+        assert_eq!(
+            s.open_login(&c, &mine.state, 2).unwrap().return_to,
+            "/link/saas"
+        );
+    }
+
+    #[test]
+    fn hmac_is_rfc_4231() {
+        // RFC 4231 test case 2 needs a 4-byte key; case 1's 20 bytes of
+        // 0x0b, zero-padded to 32, is the same HMAC (keys are padded).
+        let mut key = [0u8; 32];
+        key[..20].copy_from_slice(&[0x0b; 20]);
+        let mac = hmac(&key, b"Hi There");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
     }
 }
