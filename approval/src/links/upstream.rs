@@ -57,6 +57,9 @@ pub struct Upstream {
 /// The longest an access token is handed out for, whatever the service says.
 const MAX_LIFE_S: u64 = 86_400;
 
+/// The longest token endpoint answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+
 /// The longest access token passed on (the filter takes 8 KiB at most).
 const MAX_TOKEN: usize = 8 * 1024;
 
@@ -188,9 +191,23 @@ impl Upstream {
                 )
             })?;
         let status = r.status().as_u16();
-        let body = r.bytes().await.unwrap_or_default();
-        if body.len() > 64 * 1024 {
-            return Err(format!("{}: token endpoint answer too large", self.name));
+        // Read up to the bound, not all then measured: an endless answer
+        // would fill memory for the whole timeout.
+        let mut r = r;
+        let mut body = Vec::new();
+        loop {
+            let chunk = r.chunk().await.map_err(|e| {
+                format!(
+                    "{}: token endpoint: {}",
+                    self.name,
+                    causes(&e.without_url())
+                )
+            })?;
+            let Some(c) = chunk else { break };
+            if body.len().saturating_add(c.len()) > MAX_ANSWER {
+                return Err(format!("{}: token endpoint answer too large", self.name));
+            }
+            body.extend_from_slice(&c);
         }
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
@@ -365,6 +382,37 @@ mod tests {
             panic!("redeemed against nothing");
         };
         assert!(!e.contains("CANARY"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_endless_token_answer_is_cut_at_the_bound_not_read_whole() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+            if s.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+            // 16 KiB at a time until the client hangs up.
+            while s.write_all(chunk.as_bytes()).is_ok() {}
+        });
+        let up = known(false, &format!("http://127.0.0.1:{port}/token")).await;
+        let started = std::time::Instant::now();
+        let Err(RefreshError::Unavailable(e)) = up.refresh("r").await else {
+            panic!("an endless answer was usable");
+        };
+        assert!(e.contains("too large"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
