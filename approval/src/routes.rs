@@ -168,16 +168,25 @@ impl App {
     }
 }
 
-/// A cookie's value from the request's `Cookie` headers.
+/// A cookie's value from the request's `Cookie` headers; none when the
+/// name comes twice. This service sets each of its cookies once, at one
+/// path: a second of the name was set by someone else (a sibling
+/// subdomain tossing its own session in at a longer path, which the
+/// browser sends first), and reading it would sign the person in as that
+/// someone (whose page they might link their account on).
 pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
+    let mut found = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string());
+    match (found.next(), found.next()) {
+        (Some(v), None) => Some(v),
+        _ => None,
+    }
 }
 
 async fn jwks(State(app): State<Arc<App>>) -> Response {

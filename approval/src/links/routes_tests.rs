@@ -125,3 +125,30 @@ async fn a_second_scope_parameter_does_not_skip_the_scope_check() {
     let (s, e) = token(&auth, &format!("{base}&scope=openid")).await;
     assert_eq!((s, e.as_str()), (StatusCode::BAD_REQUEST, "invalid_grant"));
 }
+
+#[tokio::test]
+async fn a_session_cookie_tossed_in_beside_the_persons_signs_no_one_in() {
+    // A sibling subdomain sets mallory's session at /link/saas (sent
+    // before alice's, at /): read first, alice's "Link my account" would
+    // link her account to mallory.
+    let app = app();
+    let (mallory, csrf) = {
+        let mut s = app.sessions.lock().unwrap();
+        let id = s.create("mallory".into(), 1_000);
+        let csrf = s.get(&id, 1_000).unwrap().csrf;
+        (id, csrf)
+    };
+    let alice = app.sessions.lock().unwrap().create("alice".into(), 1_000);
+    let cookie = format!(
+        "{SESSION_COOKIE}={mallory}; {SESSION_COOKIE}={alice}",
+        SESSION_COOKIE = crate::routes::SESSION_COOKIE
+    );
+    let req = Request::post("/link/saas/start")
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(format!("csrf={csrf}")))
+        .unwrap();
+    let r = crate::routes::router(app).oneshot(req).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get("location").is_none());
+}
