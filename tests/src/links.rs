@@ -22,6 +22,19 @@ impl Saas {
     /// Starts it with one confidential client (the broker) sending people
     /// back to `redirect_uri`, access tokens living `ttl_s`.
     pub fn start(client_id: &str, redirect_uri: &str, ttl_s: u64) -> Saas {
+        // Started again, once, when it does not come up (as the identity
+        // provider once stayed silent in a full run: `IdProvider::spawn`).
+        match Saas::try_start(client_id, redirect_uri, ttl_s) {
+            Ok(s) => s,
+            Err(first) => {
+                eprintln!("the SaaS did not come up, starting it again: {first}");
+                Saas::try_start(client_id, redirect_uri, ttl_s)
+                    .unwrap_or_else(|e| panic!("the SaaS did not start: {first}; then {e}"))
+            }
+        }
+    }
+
+    fn try_start(client_id: &str, redirect_uri: &str, ttl_s: u64) -> Result<Saas, String> {
         let secret = format!("saas-secret-{:032x}", rand::random::<u128>());
         let dir = crate::repo_root().join("idp");
         let log = std::env::temp_dir().join(format!(
@@ -55,18 +68,17 @@ impl Saas {
         else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "the SaaS did not start: {line:?} {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            let printed = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_file(&log);
+            return Err(format!("{line:?} {printed}"));
         };
-        Saas {
+        Ok(Saas {
             child,
             log,
             port,
             client_id: client_id.into(),
             client_secret: secret,
-        }
+        })
     }
 
     /// What it wrote on stderr (oidc-provider's warnings, a crash).

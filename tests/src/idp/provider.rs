@@ -184,6 +184,29 @@ impl IdProvider {
     /// Starts it with exactly these variables besides `PORT` and
     /// `AUDIENCE`; `Err` with what it printed when it does not start.
     pub fn spawn(env: &[(&str, &str)]) -> Result<IdProvider, String> {
+        // A provider that stays silent (alive, no `listening` line within
+        // the bound) was seen once in a full CI run and never reproduced:
+        // it is started again, once, and what it was doing is printed.
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            match IdProvider::spawn_once(env) {
+                Ok(p) => return Ok(p),
+                Err(Start::Exited(e)) => return Err(e),
+                Err(Start::Silent(what)) => {
+                    eprintln!(
+                        "the identity provider said nothing in time, starting it again: {what}"
+                    );
+                    silent.push(what);
+                }
+            }
+        }
+        Err(format!(
+            "the identity provider said nothing within {:?}, twice: {silent:?}",
+            crate::START_WITHIN
+        ))
+    }
+
+    fn spawn_once(env: &[(&str, &str)]) -> Result<IdProvider, Start> {
         let var = |k: &str| {
             env.iter()
                 .find(|(n, _)| *n == k)
@@ -191,6 +214,12 @@ impl IdProvider {
                 .unwrap_or_default()
         };
         let dir = idp_dir();
+        let log = std::env::temp_dir().join(format!(
+            "agentplane-idp-{}-{:016x}.log",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let stderr = std::fs::File::create(&log).unwrap();
         let mut child = Command::new("node")
             .arg(dir.join("server.mjs"))
             .current_dir(&dir)
@@ -211,7 +240,7 @@ impl IdProvider {
             .env("AUDIENCE", crate::AUDIENCE)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("node {}: {e}", dir.display()));
         let out = child.stdout.take().expect("stdout");
@@ -227,12 +256,25 @@ impl IdProvider {
             .strip_prefix("listening ")
             .and_then(|p| p.trim().parse().ok())
         else {
+            let alive = matches!(child.try_wait(), Ok(None));
+            let what = alive.then(|| process_state(child.id()));
             let _ = child.kill();
             let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            return Err(format!(
-                "the identity provider did not start ({status}): {line:?}"
-            ));
+            let printed = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_file(&log);
+            let tail: String = printed
+                .lines()
+                .filter(|l| !l.contains("WARNING"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(match what {
+                Some(w) => Start::Silent(format!("{w}; stderr: {tail:?}")),
+                None => Start::Exited(format!(
+                    "the identity provider did not start ({status}): {line:?} {tail}"
+                )),
+            });
         };
+        let _ = std::fs::remove_file(&log);
         Ok(IdProvider {
             child,
             port,
@@ -449,6 +491,37 @@ pub fn agent_metadata(
         "agent_type": agent_type, "team": team, "environment": env,
         "permissions": perms,
     })
+}
+
+/// Why a provider did not start.
+enum Start {
+    /// It exited (a bad variable, say): what it said.
+    Exited(String),
+    /// It ran on without saying it listens: what it was doing.
+    Silent(String),
+}
+
+/// A process's scheduler state, CPU time and kernel wait channel, from
+/// /proc: whether a silent child spins, sleeps or waits in the kernel.
+fn process_state(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: state is the first,
+    // utime and stime the 12th and 13th.
+    let after: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| after.get(i).copied().unwrap_or("?");
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    format!(
+        "pid {pid} state {} utime {} stime {} ticks, {threads} threads, wchan {wchan:?}",
+        field(0),
+        field(11),
+        field(12)
+    )
 }
 
 impl Drop for IdProvider {
