@@ -89,6 +89,73 @@ struct IdClaims {
     azp: Option<String>,
 }
 
+/// The service's HTTP client for one peer: answers within `timeout_s`,
+/// redirects never followed (a provider, a service or OpenBao answers
+/// directly; a redirect would be a request to somewhere not configured).
+pub fn http_client(timeout_s: u64) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(timeout_s))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// `cache`, fetched again from `jwks_uri` with `http` when `kid` is not
+/// among the keys it holds (a rotation, or the first use).
+pub async fn keys_for(
+    http: &reqwest::Client,
+    jwks_uri: &str,
+    cache: &Mutex<Vec<Key>>,
+    kid: Option<&str>,
+) -> Result<Vec<Key>, String> {
+    let mut keys = cache.lock().await;
+    let known = keys
+        .iter()
+        .any(|k| kid.is_none() || k.kid.as_deref() == kid);
+    if !known {
+        *keys = parse_jwks(&get_json(http, jwks_uri).await?);
+    }
+    Ok(keys.clone())
+}
+
+/// GETs a JSON document. Errors name the URL without its query (a query
+/// may carry a secret) and the status or failure.
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let shown = url.split(['?', '#']).next().unwrap_or_default();
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {shown}: {}", e.without_url()))?;
+    if !r.status().is_success() {
+        return Err(format!("GET {shown}: status {}", r.status()));
+    }
+    r.json()
+        .await
+        .map_err(|e| format!("GET {shown}: {}", e.without_url()))
+}
+
+/// The key `untrusted` names by its `kid` (or the only key when it names
+/// none), once its algorithm is RS256: `what` names the token in errors.
+fn signing_key<'k, T>(
+    untrusted: &UntrustedToken<'_, T>,
+    keys: &'k [Key],
+    what: &str,
+) -> Result<&'k Key, String> {
+    if untrusted.algorithm() != "RS256" {
+        return Err(format!(
+            "{what}: algorithm {:?}, not RS256",
+            untrusted.algorithm()
+        ));
+    }
+    match untrusted.header().key_id.as_deref() {
+        Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+        None if keys.len() == 1 => keys.first(),
+        None => None,
+    }
+    .ok_or_else(|| format!("{what}: signed by a key the provider does not publish"))
+}
+
 impl Oidc {
     /// A client for `issuer` (exactly as the ID tokens' `iss`) that comes
     /// back to `redirect_uri`.
@@ -98,11 +165,7 @@ impl Oidc {
         client_secret: String,
         redirect_uri: String,
     ) -> Result<Oidc, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let http = http_client(10)?;
         Ok(Oidc {
             issuer,
             client_id,
@@ -112,19 +175,6 @@ impl Oidc {
             discovery: Mutex::new(None),
             keys: Mutex::new(Vec::new()),
         })
-    }
-
-    async fn get_json(&self, url: &str) -> Result<Value, String> {
-        let r = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if !r.status().is_success() {
-            return Err(format!("GET {url}: status {}", r.status()));
-        }
-        r.json().await.map_err(|e| format!("GET {url}: {e}"))
     }
 
     /// The discovery document, fetched once (a failure is retried on the
@@ -138,7 +188,7 @@ impl Oidc {
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
-        let d: Discovery = serde_json::from_value(self.get_json(&url).await?)
+        let d: Discovery = serde_json::from_value(get_json(&self.http, &url).await?)
             .map_err(|e| format!("discovery document: {e}"))?;
         // OIDC Discovery 1.0 §4.3: the document names the issuer it is for.
         if d.issuer != self.issuer {
@@ -204,7 +254,7 @@ impl Oidc {
             .header()
             .key_id
             .clone();
-        let keys = self.keys_for(&d, kid.as_deref()).await?;
+        let keys = keys_for(&self.http, &d.jwks_uri, &self.keys, kid.as_deref()).await?;
         verify_id_token(
             &t.id_token,
             &keys,
@@ -231,21 +281,8 @@ impl Oidc {
             .header()
             .key_id
             .clone();
-        let keys = self.keys_for(&d, kid.as_deref()).await?;
+        let keys = keys_for(&self.http, &d.jwks_uri, &self.keys, kid.as_deref()).await?;
         verify_access_token(token, &keys, &self.issuer, now)
-    }
-
-    /// The provider's keys, fetched again when `kid` is not among those
-    /// known (a rotation).
-    async fn keys_for(&self, d: &Discovery, kid: Option<&str>) -> Result<Vec<Key>, String> {
-        let mut keys = self.keys.lock().await;
-        let known = keys
-            .iter()
-            .any(|k| kid.is_none() || k.kid.as_deref() == kid);
-        if !known {
-            *keys = parse_jwks(&self.get_json(&d.jwks_uri).await?);
-        }
-        Ok(keys.clone())
     }
 }
 
@@ -294,15 +331,7 @@ pub fn verify_access_token(
 ) -> Result<(String, Option<String>), String> {
     let untrusted =
         UntrustedToken::new(token).map_err(|_| "subject token: unreadable".to_string())?;
-    if untrusted.algorithm() != "RS256" {
-        return Err("subject token: not RS256".into());
-    }
-    let key = match untrusted.header().key_id.as_deref() {
-        Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-        None if keys.len() == 1 => keys.first(),
-        None => None,
-    }
-    .ok_or_else(|| "subject token: signed by a key the provider does not publish".to_string())?;
+    let key = signing_key(&untrusted, keys, "subject token")?;
     let token = Rsa::rs256()
         .validator::<AccessClaims>(&key.key)
         .validate(&untrusted)
@@ -344,18 +373,7 @@ pub fn verify_id_token(
     now: u64,
 ) -> Result<String, String> {
     let untrusted = UntrustedToken::new(token).map_err(|_| "id token: unreadable".to_string())?;
-    if untrusted.algorithm() != "RS256" {
-        return Err(format!(
-            "id token: algorithm {:?}, not RS256",
-            untrusted.algorithm()
-        ));
-    }
-    let key = match untrusted.header().key_id.as_deref() {
-        Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-        None if keys.len() == 1 => keys.first(),
-        None => None,
-    }
-    .ok_or_else(|| "id token: signed by a key the provider does not publish".to_string())?;
+    let key = signing_key(&untrusted, keys, "id token")?;
     let token = Rsa::rs256()
         .validator::<IdClaims>(&key.key)
         .validate(&untrusted)

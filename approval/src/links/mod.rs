@@ -111,26 +111,8 @@ impl Subjects {
             .header()
             .key_id
             .clone();
-        let keys = {
-            let mut keys = self.keys.lock().await;
-            if !keys.iter().any(|k| kid.is_none() || k.kid == kid) {
-                let r = self
-                    .http
-                    .get(&self.jwks_uri)
-                    .send()
-                    .await
-                    .map_err(|e| format!("subject JWKS: {}", e.without_url()))?;
-                if !r.status().is_success() {
-                    return Err(format!("subject JWKS: status {}", r.status().as_u16()));
-                }
-                let doc: serde_json::Value = r
-                    .json()
-                    .await
-                    .map_err(|_| "subject JWKS: not JSON".to_string())?;
-                *keys = crate::oidc::parse_jwks(&doc);
-            }
-            keys.clone()
-        };
+        let keys =
+            crate::oidc::keys_for(&self.http, &self.jwks_uri, &self.keys, kid.as_deref()).await?;
         crate::oidc::verify_access_token(token, &keys, &self.issuer, now)
     }
 }
@@ -242,11 +224,7 @@ impl Links {
                         "--links-file {path}: subject_tokens needs an issuer and a jwks_uri URL"
                     ));
                 }
-                let http = reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(5))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .map_err(|e| format!("HTTP client: {e}"))?;
+                let http = crate::oidc::http_client(5)?;
                 Some(Subjects {
                     issuer: s.issuer,
                     jwks_uri: s.jwks_uri,

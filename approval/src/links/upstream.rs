@@ -10,7 +10,6 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// The service's endpoints.
@@ -71,11 +70,7 @@ impl Upstream {
         client_secret: String,
         scopes: Vec<String>,
     ) -> Result<Upstream, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let http = crate::oidc::http_client(10)?;
         Ok(Upstream {
             name,
             issuer,
@@ -409,7 +404,7 @@ mod tests {
         };
         assert!(e.contains("too large"), "{e}");
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < std::time::Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );

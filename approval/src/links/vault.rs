@@ -8,7 +8,6 @@
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 
 /// The KV store and the broker's token for it. Not `Debug`: it holds it.
 pub struct Vault {
@@ -33,11 +32,7 @@ impl Vault {
         mount: String,
         prefix: String,
     ) -> Result<Vault, String> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let http = crate::oidc::http_client(5)?;
         Ok(Vault {
             addr: addr.trim_end_matches('/').to_string(),
             token,
