@@ -4,7 +4,7 @@
 //! reads. The state machine itself lives in `store`; signing in `grant`.
 
 use crate::grant::Signer;
-use crate::store::{Answer, Pending};
+use crate::store::{Answer, Call, CheckInput, Pending};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -13,41 +13,6 @@ use sha2::{Digest, Sha256};
 pub const MAX_BODY: usize = 64 * 1024;
 /// The longest an approval may live (a day).
 pub const MAX_TTL_S: u64 = 86_400;
-
-/// The call an approver is asked about, as the filter bound it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Call {
-    /// The agent's id.
-    pub agent: String,
-    /// The subjects the agent acts for, outermost first.
-    pub chain: Vec<String>,
-    /// The service named by the policy.
-    pub service: String,
-    /// The path and query the call goes to upstream, when the filter
-    /// binds them (it does: a server can read them).
-    pub endpoint: Option<String>,
-    /// The tool's name.
-    pub tool: String,
-    /// The call's arguments (`{}` when absent).
-    pub arguments: Value,
-}
-
-/// A checked `/v1/check` body.
-#[derive(Debug, Clone)]
-pub struct CheckInput {
-    /// `sha256:<hex>` of the call's canonical text (verified).
-    pub binding: String,
-    /// The call, parsed.
-    pub call: Call,
-    /// The canonical text's length: what the record costs in memory.
-    pub size: usize,
-    /// Who may approve (identity provider subjects), deduplicated.
-    pub approvers: Vec<String>,
-    /// How long a pending, approved or rejected record lives.
-    pub ttl_s: u64,
-    /// The filter's decision id, for the logs.
-    pub decision_id: String,
-}
 
 #[derive(Deserialize)]
 struct Body {

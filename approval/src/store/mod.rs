@@ -9,11 +9,46 @@
 //! Nothing here signs, renders or logs: `check` renders, `grant` signs,
 //! `routes` logs.
 
-use crate::check::{Call, CheckInput};
+use serde_json::Value;
 use std::collections::HashMap;
 
 #[cfg(test)]
 mod tests;
+
+/// The call an approver is asked about, as the filter bound it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// The agent's id.
+    pub agent: String,
+    /// The subjects the agent acts for, outermost first.
+    pub chain: Vec<String>,
+    /// The service named by the policy.
+    pub service: String,
+    /// The path and query the call goes to upstream, when the filter
+    /// binds them (it does: a server can read them).
+    pub endpoint: Option<String>,
+    /// The tool's name.
+    pub tool: String,
+    /// The call's arguments (`{}` when absent).
+    pub arguments: Value,
+}
+
+/// A checked `/v1/check` body (`crate::check::parse` makes one).
+#[derive(Debug, Clone)]
+pub struct CheckInput {
+    /// `sha256:<hex>` of the call's canonical text (verified).
+    pub binding: String,
+    /// The call, parsed.
+    pub call: Call,
+    /// The canonical text's length: what the record costs in memory.
+    pub size: usize,
+    /// Who may approve (identity provider subjects), deduplicated.
+    pub approvers: Vec<String>,
+    /// How long a pending, approved or rejected record lives.
+    pub ttl_s: u64,
+    /// The filter's decision id, for the logs.
+    pub decision_id: String,
+}
 
 /// How much the store may hold.
 #[derive(Debug, Clone, Copy)]
