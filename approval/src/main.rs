@@ -105,13 +105,21 @@ async fn run(cfg: config::Config) -> ExitCode {
         links,
     });
     say(false, &format!("listening on http://{addr}"));
-    let served = axum::serve(listener, routes::router(app))
+    let served = axum::serve(listener, router(app))
         .with_graceful_shutdown(stopped())
         .await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format!("serving: {e}")),
     }
+}
+
+/// Every route over `app`: the approvals' and the link broker's (404s
+/// when no `--links-file` turned it on).
+pub fn router(app: Arc<routes::App>) -> axum::Router {
+    routes::routes()
+        .merge(links::routes::router())
+        .with_state(app)
 }
 
 /// Resolves on SIGTERM or SIGINT.

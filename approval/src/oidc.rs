@@ -9,6 +9,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use jwt_compact::alg::Rsa;
 use jwt_compact::{AlgorithmExt as _, UntrustedToken};
+use rand::RngCore as _;
 use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
 use serde_json::Value;
@@ -45,11 +46,20 @@ impl Login {
     /// Fresh random values (256 bits each).
     pub fn new() -> Login {
         Login {
-            state: crate::sessions::random_b64(32),
-            nonce: crate::sessions::random_b64(32),
-            verifier: crate::sessions::random_b64(32),
+            state: random_b64(32),
+            nonce: random_b64(32),
+            verifier: random_b64(32),
         }
     }
+}
+
+/// `bytes` random bytes from the OS, base64url without padding: the
+/// values of a login (state, nonce, verifier) and of sessions, links and
+/// CSRF tokens.
+pub fn random_b64(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
 }
 
 /// The PKCE S256 challenge of a verifier.

@@ -8,9 +8,10 @@
 
 use crate::check::{self, MAX_BODY};
 use crate::grant::Signer;
+use crate::oidc::random_b64;
 use crate::oidc::{Login, Oidc};
 use crate::pages::{self, ct_eq};
-use crate::sessions::{random_b64, Session, Sessions, LOGIN_S};
+use crate::sessions::{Session, Sessions, LOGIN_S};
 use crate::store::{Answer, DecideError, Shown, Store};
 use axum::body::Body;
 use axum::extract::{Form, Path, Query, State};
@@ -57,8 +58,9 @@ pub fn system_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The routes over `app`.
-pub fn router(app: Arc<App>) -> Router {
+/// The approval routes (the service's router, `crate::router`, adds the
+/// link broker's and the state).
+pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/jwks.json", get(jwks))
@@ -67,8 +69,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/a/{id}/approve", post(approve))
         .route("/a/{id}/reject", post(reject))
         .route("/callback", get(callback))
-        .merge(crate::links::routes::router())
-        .with_state(app)
 }
 
 /// One decision log line on stdout. A closed stdout loses the line but

@@ -60,7 +60,7 @@ impl Got {
 }
 
 async fn send(app: &Arc<App>, req: Request<Body>) -> Got {
-    let r = router(app.clone()).oneshot(req).await.unwrap();
+    let r = crate::router(app.clone()).oneshot(req).await.unwrap();
     let status = r.status();
     let headers = r.headers().clone();
     let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();

@@ -7,7 +7,7 @@
 //! may open (a link page) would be pushed out by anyone opening it in a
 //! loop. Time comes in as an argument.
 
-use crate::oidc::Login;
+use crate::oidc::{random_b64, Login};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use rand::RngCore as _;
@@ -20,13 +20,6 @@ pub const SESSION_S: u64 = 3600;
 pub const LOGIN_S: u64 = 600;
 /// At most this many sessions.
 pub const MAX_ENTRIES: usize = 10_000;
-
-/// `bytes` random bytes from the OS, base64url without padding.
-pub fn random_b64(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut buf);
-    URL_SAFE_NO_PAD.encode(buf)
-}
 
 /// A signed-in approver.
 #[derive(Debug, Clone)]

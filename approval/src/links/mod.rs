@@ -22,7 +22,7 @@ pub mod routes;
 pub mod upstream;
 pub mod vault;
 
-use crate::sessions::random_b64;
+use crate::oidc::random_b64;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Mutex;

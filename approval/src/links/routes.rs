@@ -10,11 +10,12 @@
 #![allow(clippy::result_large_err)]
 
 use super::{Issued, Links, PENDING_S};
+use crate::oidc::random_b64;
 use crate::pages::{self, ct_eq, escape};
 use crate::routes::{
     cookie, eprintln_safe, html, json_error, log, message, redirect, start_login, App,
 };
-use crate::sessions::{random_b64, Session};
+use crate::sessions::Session;
 use axum::body::Body;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL};

@@ -44,7 +44,7 @@ async fn token(authorization: &str, form: &str) -> (StatusCode, String) {
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Body::from(form.to_string()))
         .unwrap();
-    let r = crate::routes::router(app()).oneshot(req).await.unwrap();
+    let r = crate::router(app()).oneshot(req).await.unwrap();
     let status = r.status();
     let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -148,7 +148,7 @@ async fn a_session_cookie_tossed_in_beside_the_persons_signs_no_one_in() {
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Body::from(format!("csrf={csrf}")))
         .unwrap();
-    let r = crate::routes::router(app).oneshot(req).await.unwrap();
+    let r = crate::router(app).oneshot(req).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(r.headers().get("location").is_none());
 }
