@@ -18,6 +18,10 @@ use std::{env, fs};
 // reads at run time, so the build-time program is the runtime one.
 #[path = "src/policy/entry.rs"]
 mod entry;
+#[path = "src/policy/native/gen_body.rs"]
+mod native_expr;
+#[path = "src/policy/native/gen.rs"]
+mod native_gen;
 #[path = "src/reads.rs"]
 mod reads;
 
@@ -65,7 +69,12 @@ fn run() -> Result<(), String> {
         .canonicalize()
         .map_err(|e| format!("policy directory {}: {e}", dir.display()))?;
     println!("cargo::rerun-if-changed={}", dir.display());
-    for shared in ["src/policy/entry.rs", "src/reads.rs"] {
+    for shared in [
+        "src/policy/entry.rs",
+        "src/reads.rs",
+        "src/policy/native/gen.rs",
+        "src/policy/native/gen_body.rs",
+    ] {
         println!("cargo::rerun-if-changed={shared}");
     }
 
@@ -135,9 +144,33 @@ fn run() -> Result<(), String> {
     let out_dir = env::var("OUT_DIR").map_err(|e| e.to_string())?;
     let out_dir = Path::new(&out_dir);
     out.push_str(&compiled(&sources, &data_json, out_dir)?);
+    native(&sources, out_dir)?;
     out.push_str(&shadow(out_dir)?);
     fs::write(out_dir.join("bundle.rs"), out).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The package entrypoint compiled to Rust (`src/policy/native/gen.rs`)
+/// into `native_policy.rs`. A policy the generator does not translate
+/// gets a stub that says why (`AVAILABLE` false), the build prints the
+/// reason, and the filter evaluates the RVM program instead.
+fn native(sources: &[(String, String)], out_dir: &Path) -> Result<(), String> {
+    let named: Vec<(&str, &str)> = sources
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let entry = entrypoint();
+    let package = entry.strip_prefix("data.").unwrap_or(&entry);
+    let code = match native_gen::generate(&named, package, &entry::OPTIONAL) {
+        Ok(code) => format!("{code}\n/// The policy was compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = None;\n"),
+        Err(why) => {
+            println!("cargo::warning=agentplane: {entry} is not compiled to Rust ({why}); the filter evaluates its RVM program");
+            format!(
+                "pub(super) static BUILTINS: [&str; 0] = [];\npub(super) const RULES: usize = 0;\n/// Why the policy was not compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = Some({why:?});\nimpl Eval<'_> {{\n    pub(super) fn decision(&mut self) -> R {{\n        Err(AVAILABLE.unwrap_or_default().to_string())\n    }}\n}}\n"
+            )
+        }
+    };
+    fs::write(out_dir.join("native_policy.rs"), code).map_err(|e| e.to_string())
 }
 
 /// The shadow revision (`AGENTPLANE_SHADOW_POLICY_DIR`), compiled for the

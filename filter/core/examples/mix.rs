@@ -43,6 +43,10 @@ fn main() {
     let cache = args.next().unwrap_or_else(|| "on".into()) == "on";
     let mut cfg: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
     cfg["decision_cache"] = json!({ "enabled": cache });
+    // AGENTPLANE_MIX_ENGINE=rvm|native|interpreter (default: the config's).
+    if let Ok(engine) = std::env::var("AGENTPLANE_MIX_ENGINE") {
+        cfg["policy"]["engine"] = json!(engine);
+    }
     let mut filter = Filter::new(cfg.to_string().as_bytes(), 1).unwrap();
     let metas: Vec<Vec<u8>> = (0..agents).map(metadata).collect();
     let paths = [

@@ -494,3 +494,60 @@ fn the_comparison_catches_a_program_that_decides_otherwise() {
         println!("{to:?}: caught by {}", case.origin);
     }
 }
+
+/// The policy compiled to Rust (`policy/native`) against the RVM program
+/// it replaces, on the kata inputs, their variants and the generated
+/// corpus: the same verdict everywhere (an evaluation error on both sides
+/// counts as the same: both deny).
+#[test]
+fn the_policy_compiled_to_rust_decides_like_the_rvm() {
+    let mut native = Policy::embedded(ENTRY, EngineChoice::Native).unwrap();
+    assert_eq!(
+        native.backend(),
+        "native",
+        "the shipped policy compiles to Rust"
+    );
+    let mut rvm = Policy::embedded(ENTRY, EngineChoice::Rvm).unwrap();
+    assert_eq!(rvm.backend(), "rvm");
+    let mut inputs: Vec<(String, Value)> = Vec::new();
+    for (i, input) in kata_inputs().iter().enumerate() {
+        for v in variants(input) {
+            inputs.push((format!("kata variant of input {i}"), v));
+        }
+    }
+    for case in corpus() {
+        inputs.push((case.origin.clone(), case.input.clone()));
+    }
+    let (mut allowed, mut errors) = (0, 0);
+    for (origin, input) in &inputs {
+        let (a, b) = (native.evaluate_json(input), rvm.evaluate_json(input));
+        match (&a, &b) {
+            (Ok(x), Ok(y)) => {
+                assert_eq!(x, y, "{origin}\ninput {}", brief(input));
+                allowed += usize::from(x.allowed);
+            }
+            (Err(_), Err(_)) => errors += 1,
+            _ => {
+                let shrunk = gen::shrink(input.clone(), |i| {
+                    native.evaluate_json(i).is_ok() != rvm.evaluate_json(i).is_ok()
+                });
+                panic!(
+                    "{origin}\ninput {}\nnative {a:?}\nrvm {b:?}\nshrunk {}\nnative {:?}\nrvm {:?}",
+                    brief(input),
+                    brief(&shrunk),
+                    native.evaluate_json(&shrunk),
+                    rvm.evaluate_json(&shrunk)
+                )
+            }
+        }
+    }
+    println!(
+        "{} inputs, {allowed} allowed, {errors} errors on both",
+        inputs.len()
+    );
+    assert!(
+        allowed > 100 && allowed < inputs.len(),
+        "{allowed} of {}",
+        inputs.len()
+    );
+}

@@ -11,7 +11,7 @@ pub struct PolicyConfig {
     /// A package (`data.mcp.authz`: its `allow` and `deny` rules decide) or a
     /// rule whose value is a boolean or a response object.
     pub entrypoint: String,
-    /// `"rvm"` (default) or `"interpreter"`.
+    /// `"native"` (default), `"rvm"` or `"interpreter"`.
     pub engine: EngineChoice,
     /// `"agentplane"` (default) or `"envoy"`: opa-envoy-plugin's input
     /// members too (`attributes`, `parsed_path`, ...: [`crate::ext_authz`]).
@@ -36,7 +36,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             entrypoint: "data.mcp.authz".into(),
-            engine: EngineChoice::Rvm,
+            engine: EngineChoice::Native,
             input: InputShape::Agentplane,
             shadow_sample: 0.0,
         }
@@ -47,12 +47,17 @@ impl Default for PolicyConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineChoice {
+    /// The policy compiled to Rust when the filter was built
+    /// (`policy/native`): the build's entrypoint only, and only a package
+    /// the generator translates; otherwise the RVM, as `"rvm"`. A complete
+    /// rule with conflicting values is an error (and denies), as in OPA.
+    #[default]
+    Native,
     /// The register VM (bytecode compiled once at configure time), falling
     /// back to the interpreter for bundles it cannot compile. Like OPA
     /// without strict builtin errors, builtin errors are undefined; unlike
     /// OPA, a complete rule with conflicting values is undefined rather
     /// than an error.
-    #[default]
     Rvm,
     /// The tree interpreter: conflicting complete-rule values are errors
     /// (and deny), as in OPA. Slower.

@@ -12,8 +12,10 @@ use regorus::rvm::program::DeserializationResult;
 use regorus::rvm::{Program, RegoVM};
 use std::sync::Arc;
 
-/// A VM with `compiled`'s program and data loaded, as a [`Policy`].
-pub(super) fn load(compiled: &Compiled) -> Result<Policy, PolicyError> {
+/// A VM with `compiled`'s program and data loaded, as a [`Policy`]; with
+/// `native`, the package compiled to Rust instead when this build has it
+/// (the program is still checked, so both stay loadable).
+pub(super) fn load(compiled: &Compiled, native: bool) -> Result<Policy, PolicyError> {
     let program = complete(compiled.program, "program")?;
     // Only the format number is checked by regorus itself: a program from
     // another regorus may mean other instructions under the same number.
@@ -32,12 +34,18 @@ pub(super) fn load(compiled: &Compiled) -> Result<Policy, PolicyError> {
     }
     let data = complete(compiled.data, "data")?.rule_tree;
     let pins = crate::mcp::pins::Pins::from_data(&data).map_err(PolicyError::Compile)?;
-    let mut vm = RegoVM::new();
-    vm.load_program(Arc::new(program));
-    vm.set_data(data)
-        .map_err(|e| PolicyError::Compile(format!("compiled policy data: {e}")))?;
+    let backend = if native && compiled.package && super::native::AVAILABLE.is_none() {
+        let builtins = super::native::Builtins::resolve().map_err(PolicyError::Compile)?;
+        Backend::Native(data, builtins)
+    } else {
+        let mut vm = RegoVM::new();
+        vm.load_program(Arc::new(program));
+        vm.set_data(data)
+            .map_err(|e| PolicyError::Compile(format!("compiled policy data: {e}")))?;
+        Backend::Rvm(vm)
+    };
     Ok(Policy {
-        backend: Backend::Rvm(vm),
+        backend,
         mode: if compiled.package {
             Mode::Package
         } else {
@@ -82,7 +90,7 @@ mod tests {
 
     #[test]
     fn shipped_program_loads() {
-        let p = load(shipped()).unwrap();
+        let p = load(shipped(), false).unwrap();
         assert_eq!(p.backend(), "rvm");
         assert!(p.compiled_at_build());
         assert_eq!(
@@ -121,7 +129,10 @@ mod tests {
             ("data", c.program, &b"REGO"[..]),
         ] {
             assert!(
-                matches!(load(&with(program, data)), Err(PolicyError::Compile(_))),
+                matches!(
+                    load(&with(program, data), false),
+                    Err(PolicyError::Compile(_))
+                ),
                 "{name}"
             );
         }
@@ -133,6 +144,6 @@ mod tests {
             rule: "data.nope.__agentplane_decision",
             ..*shipped()
         };
-        assert!(matches!(load(&c), Err(PolicyError::Compile(_))));
+        assert!(matches!(load(&c, false), Err(PolicyError::Compile(_))));
     }
 }

@@ -12,7 +12,7 @@ const ENTRY_MODULE: &str = "__agentplane_entry.rego";
 
 /// The rules a package may declare besides `allow`: (rule, the decision
 /// object's key, its value when the rule is undefined or not declared).
-const OPTIONAL: [(&str, &str, &str); 7] = [
+pub(super) const OPTIONAL: [(&str, &str, &str); 7] = [
     ("deny", "deny", "[]"),
     // 0: "do not reuse".
     ("valid_until_ns", "valid_until_ns", "0"),

@@ -26,6 +26,7 @@ use std::fmt;
 mod compiled;
 #[cfg(feature = "rego-compiler")]
 mod entry;
+pub(crate) mod native;
 #[cfg(feature = "rego-compiler")]
 mod runtime;
 mod verdict;
@@ -43,10 +44,15 @@ enum Mode {
     Rule,
 }
 
-/// How the compiled bundle runs.
+/// How the compiled bundle runs. One per worker, so its size is not
+/// worth an indirection on every evaluation.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     /// regorus' register VM: the entry rule compiled to bytecode once.
     Rvm(regorus::rvm::RegoVM),
+    /// The package compiled to Rust at build time, with its data and the
+    /// builtins it calls.
+    Native(regorus::Value, native::Builtins),
     /// regorus' tree interpreter and the rule it evaluates, for policies
     /// the RVM cannot compile yet.
     #[cfg(feature = "rego-compiler")]
@@ -63,6 +69,7 @@ impl Backend {
     fn name(&self) -> &'static str {
         match self {
             Backend::Rvm(_) => "rvm",
+            Backend::Native(..) => "native",
             #[cfg(feature = "rego-compiler")]
             Backend::Interpreter(..) => "interpreter",
         }
@@ -77,6 +84,9 @@ impl Backend {
             Backend::Rvm(vm) => {
                 vm.set_input(input);
                 vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))
+            }
+            Backend::Native(data, builtins) => {
+                native::Eval::decide(&input, data, builtins).map_err(PolicyError::Eval)
             }
             #[cfg(feature = "rego-compiler")]
             Backend::Interpreter(engine, rule) => {
@@ -124,7 +134,8 @@ impl Policy {
         self.limits
     }
 
-    /// Which backend evaluates requests: `"rvm"` or `"interpreter"`.
+    /// Which backend evaluates requests: `"native"`, `"rvm"` or
+    /// `"interpreter"`.
     pub fn backend(&self) -> &'static str {
         self.backend.name()
     }
@@ -151,7 +162,7 @@ impl Policy {
     pub fn shadow(entrypoint: &str) -> Option<Result<Policy, PolicyError>> {
         let s = crate::bundle::SHADOW.as_ref()?;
         Some(if s.entrypoint == entrypoint {
-            compiled::load(s)
+            compiled::load(s, false)
         } else {
             Err(PolicyError::Compile(format!(
                 "the shadow revision was compiled for {}, the configuration names {entrypoint}",
@@ -168,7 +179,7 @@ impl Policy {
     /// that cannot.
     pub fn embedded(entrypoint: &str, choice: EngineChoice) -> Result<Policy, PolicyError> {
         match built_for(entrypoint, choice, crate::bundle::COMPILED.as_ref()) {
-            Some(c) => compiled::load(c),
+            Some(c) => compiled::load(c, choice == EngineChoice::Native),
             None => Policy::compile_now(entrypoint, choice),
         }
     }
@@ -210,7 +221,9 @@ fn built_for<'a>(
     choice: EngineChoice,
     compiled: Option<&'a crate::bundle::Compiled>,
 ) -> Option<&'a crate::bundle::Compiled> {
-    compiled.filter(|c| choice == EngineChoice::Rvm && c.entrypoint == entrypoint)
+    compiled.filter(|c| {
+        matches!(choice, EngineChoice::Rvm | EngineChoice::Native) && c.entrypoint == entrypoint
+    })
 }
 
 /// Why a build without the Rego compiler cannot run this configuration.
@@ -225,7 +238,7 @@ fn not_built(
         None => "no compiled policy".to_string(),
     };
     let asked = match choice {
-        EngineChoice::Rvm => format!("entrypoint {entrypoint}"),
+        EngineChoice::Rvm | EngineChoice::Native => format!("entrypoint {entrypoint}"),
         EngineChoice::Interpreter => format!("entrypoint {entrypoint} on the interpreter"),
     };
     PolicyError::Compile(format!(

@@ -1,0 +1,488 @@
+//! The policy compiled to Rust when the filter is built (`build.rs` runs
+//! this; nothing here is in the filter). One Rego package becomes one
+//! `impl` of rules over regorus' values, run by `rt.rs`:
+//!
+//! - a complete rule is a memoized method, evaluated at most once per
+//!   decision (definitions must agree, as in OPA: a conflict is an error);
+//! - a partial set rule is a memoized method collecting every solution;
+//! - a function is a method with one parameter per argument;
+//! - a body is nested Rust blocks: `some x in c` a `for` loop, a failed
+//!   expression a `continue` (or a `break` out of the body), `every` and
+//!   comprehensions labelled blocks of their own;
+//! - builtins are regorus' own implementations, called as its VM calls
+//!   them (an undefined argument is undefined; an error is undefined),
+//!   with the type tests and `object.get` done in place.
+//!
+//! What it does not translate (`with`, `some x` declarations, unification
+//! patterns, implicit iteration over unbound variables, references into
+//! the package other than a rule by name, ...) it refuses with a reason:
+//! the build then prints the reason and the filter keeps the RVM program.
+
+use super::native_expr::{path_of, var_name};
+use regorus::unstable::{AssignOp, Expr, Parser, Rule, RuleHead};
+use regorus::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+pub(crate) type Res<T> = Result<T, String>;
+
+/// One rule of the package, all its definitions.
+#[derive(Default)]
+pub(crate) struct RuleDefs<'m> {
+    pub(crate) kind: Option<Kind>,
+    pub(crate) specs: Vec<&'m Rule>,
+    pub(crate) default: Option<&'m Expr>,
+    pub(crate) index: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Complete,
+    Set,
+    Func(usize),
+}
+
+/// Generates Rust for package `package` (`mcp.authz`) of `modules`,
+/// with a `decision` method building the object the entry module's
+/// `__agentplane_decision` rule builds: `allow` and every `(rule, key,
+/// default)` of `optional` the package declares.
+pub fn generate(
+    modules: &[(&str, &str)],
+    package: &str,
+    optional: &[(&str, &str, &str)],
+) -> Res<String> {
+    let mut parsed = Vec::new();
+    for (name, text) in modules {
+        let source =
+            regorus::unstable::Source::from_contents((*name).to_string(), (*text).to_string())
+                .map_err(|e| format!("{name}: {e}"))?;
+        let mut parser = Parser::new(&source).map_err(|e| format!("{name}: {e}"))?;
+        parser
+            .enable_rego_v1()
+            .map_err(|e| format!("{name}: {e}"))?;
+        let module = parser.parse().map_err(|e| format!("{name}: {e}"))?;
+        parsed.push((name.to_string(), module));
+    }
+    let mut rules: BTreeMap<String, RuleDefs> = BTreeMap::new();
+    let pkg_path: Vec<String> = package.split('.').map(str::to_string).collect();
+    for (name, module) in &parsed {
+        let p = path_of(&module.package.refr).ok_or_else(|| format!("{name}: package"))?;
+        if p != pkg_path {
+            // Other packages are not reachable from this one unless it
+            // names them; a reference to one is refused below.
+            continue;
+        }
+        if !module.imports.is_empty() {
+            return Err(format!("{name}: imports"));
+        }
+        for rule in &module.policy {
+            let rule: &Rule = rule;
+            match rule {
+                Rule::Spec { head, .. } => {
+                    let (refr, kind) = match head {
+                        RuleHead::Compr { refr, .. } => (refr, Kind::Complete),
+                        RuleHead::Set { refr, key, .. } => {
+                            if key.is_none() {
+                                return Err(format!("{name}: a set rule without a key"));
+                            }
+                            (refr, Kind::Set)
+                        }
+                        RuleHead::Func { refr, args, .. } => (refr, Kind::Func(args.len())),
+                    };
+                    let rname =
+                        var_name(refr).ok_or_else(|| format!("{name}: a rule head with a path"))?;
+                    let defs = rules.entry(rname.clone()).or_default();
+                    if defs.kind.is_some_and(|k| k != kind) {
+                        return Err(format!("rule {rname}: mixed kinds"));
+                    }
+                    defs.kind = Some(kind);
+                    defs.specs.push(rule);
+                }
+                Rule::Default {
+                    refr, args, value, ..
+                } => {
+                    if !args.is_empty() {
+                        return Err(format!("{name}: a default function"));
+                    }
+                    let rname =
+                        var_name(refr).ok_or_else(|| format!("{name}: a default with a path"))?;
+                    let defs = rules.entry(rname.clone()).or_default();
+                    defs.default = Some(value);
+                }
+            }
+        }
+    }
+    for (i, (name, d)) in rules.iter_mut().enumerate() {
+        d.index = i;
+        if d.kind.is_none() {
+            // Only a default: a complete rule with that value.
+            d.kind = Some(Kind::Complete);
+        }
+        if d.default.is_some() && d.kind != Some(Kind::Complete) {
+            return Err(format!("rule {name}: a default on a set or a function"));
+        }
+    }
+    if !rules.contains_key("allow") {
+        return Err(format!("package {package} declares no `allow` rule"));
+    }
+    let mut g = Gen {
+        rules: &rules,
+        pkg: pkg_path,
+        builtins: Vec::new(),
+        n: 0,
+        err: String::new(),
+    };
+    let mut methods = String::new();
+    for (name, d) in &rules {
+        methods.push_str(&g.rule(name, d)?);
+    }
+    // The decision object.
+    let mut decision = String::from(
+        "    /// The package's decision: what the entry module's decision rule gathers.\n    pub(super) fn decision(&mut self) -> R {\n        let mut o = rt::Obj::new();\n",
+    );
+    let _ = writeln!(
+        decision,
+        "        let a = self.{}()?;\n        o.put(\"allow\", if a.is_undefined() {{ Value::Bool(false) }} else {{ a }});",
+        g.method("allow")
+    );
+    for (rule, key, default) in optional {
+        let dflt = match *default {
+            "[]" => "Value::new_array()",
+            "0" => "Value::from(0u64)",
+            "null" => "Value::Null",
+            other => return Err(format!("default {other}")),
+        };
+        if let Some(d) = rules.get(*rule) {
+            if !matches!(d.kind, Some(Kind::Complete) | Some(Kind::Set)) {
+                return Err(format!("{rule} is a function"));
+            }
+            let _ = writeln!(
+                decision,
+                "        let v = self.{}()?;\n        o.put({key:?}, if v.is_undefined() {{ {dflt} }} else {{ v }});",
+                g.method(rule)
+            );
+        } else {
+            let _ = writeln!(decision, "        o.put({key:?}, {dflt});");
+        }
+    }
+    decision.push_str("        Ok(o.done())\n    }\n");
+
+    let mut out = String::new();
+    let n = rules.len();
+    let _ = writeln!(
+        out,
+        "// Generated by build.rs from the package `{package}` (policy/native/gen.rs). Do not edit.\n"
+    );
+    let _ = writeln!(out, "/// Builtins the policy calls, by regorus name.");
+    let _ = writeln!(
+        out,
+        "pub(super) static BUILTINS: [&str; {}] = [{}];",
+        g.builtins.len(),
+        g.builtins
+            .iter()
+            .map(|b| format!("{b:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "/// How many rules are memoized per decision.\npub(super) const RULES: usize = {n};"
+    );
+    let _ = writeln!(
+        out,
+        "#[allow(dead_code, unused_labels, unused_variables, unused_mut, unreachable_code, clippy::all, clippy::pedantic, clippy::nursery, clippy::restriction)]\nimpl Eval<'_> {{"
+    );
+    out.push_str(&decision);
+    out.push_str(&methods);
+    out.push_str("}\n");
+    Ok(out)
+}
+
+/// Variables in scope: Rego name to Rust local.
+#[derive(Clone, Default)]
+pub(crate) struct Scope {
+    pub(crate) vars: BTreeMap<String, String>,
+}
+
+/// How a query ends a solution.
+#[derive(Clone)]
+pub(crate) enum Emit {
+    /// A rule or function value: settle it and leave the definition.
+    Value {
+        value: String,
+        def_label: String,
+        set_to: &'static str,
+    },
+    /// A set rule's key: insert and go on.
+    SetKey,
+    /// A comprehension's term: push or insert, and go on.
+    Push { into: String, set: bool },
+    /// An `every` body or a negation: leave the label with `true`.
+    Holds(String),
+}
+
+pub(crate) struct Gen<'r, 'm> {
+    pub(crate) rules: &'r BTreeMap<String, RuleDefs<'m>>,
+    pub(crate) pkg: Vec<String>,
+    pub(crate) builtins: Vec<String>,
+    pub(crate) n: usize,
+    /// The label an evaluation error in the body being generated breaks
+    /// out of (the body fails, as on regorus' VM); empty: none, so the
+    /// error ends the decision.
+    pub(crate) err: String,
+}
+
+impl Gen<'_, '_> {
+    /// `call`, a `Result<Value, rt::E>`, unwrapped: a body error fails the
+    /// current body, a fatal one ends the decision.
+    pub(crate) fn tri(&self, call: String) -> String {
+        let body = if self.err.is_empty() {
+            "return Err(rt::E::Body.message())".to_string()
+        } else {
+            format!("break {}", self.err)
+        };
+        format!("match {call} {{ Ok(v) => v, Err(rt::E::Fatal(m)) => return Err(m), Err(rt::E::Body) => {body} }}")
+    }
+
+    pub(crate) fn fresh(&mut self, stem: &str) -> String {
+        self.n += 1;
+        format!("{stem}{}", self.n)
+    }
+
+    pub(crate) fn method(&self, rule: &str) -> String {
+        format!("r_{}", ident(rule))
+    }
+
+    fn rule(&mut self, name: &str, d: &RuleDefs) -> Res<String> {
+        let kind = d.kind.unwrap_or(Kind::Complete);
+        let m = self.method(name);
+        let mut out = String::new();
+        match kind {
+            Kind::Complete | Kind::Set => {
+                let _ = writeln!(
+                    out,
+                    "    /// `{name}`\n    fn {m}(&mut self) -> R {{\n        if let Some(v) = &self.memo[{i}] {{ return Ok(v.clone()); }}\n        let v = self.c_{m}()?;\n        self.memo[{i}] = Some(v.clone());\n        Ok(v)\n    }}\n    fn c_{m}(&mut self) -> R {{",
+                    i = d.index
+                );
+            }
+            Kind::Func(n) => {
+                let params: Vec<String> = (0..n).map(|i| format!("p{i}: Value")).collect();
+                let _ = writeln!(
+                    out,
+                    "    /// `{name}` (function)\n    fn {m}(&mut self, {}) -> R {{",
+                    params.join(", ")
+                );
+                for i in 0..n {
+                    let _ = writeln!(
+                        out,
+                        "        if p{i}.is_undefined() {{ return Ok(Value::Undefined); }}"
+                    );
+                }
+            }
+        }
+        match kind {
+            Kind::Set => {
+                out.push_str("        let mut set = rt::SetBuf::new();\n");
+                for spec in &d.specs {
+                    let Rule::Spec {
+                        head: RuleHead::Set { key: Some(key), .. },
+                        bodies,
+                        ..
+                    } = spec
+                    else {
+                        return Err(format!("{name}: set rule shape"));
+                    };
+                    if bodies.len() > 1 {
+                        return Err(format!("{name}: a set rule with else"));
+                    }
+                    let scope = Scope::default();
+                    let label = self.fresh("'q");
+                    self.err = label.clone();
+                    let emit = Emit::SetKey;
+                    let code = match bodies.first() {
+                        Some(b) => self.query(
+                            &b.query.stmts,
+                            0,
+                            &scope,
+                            &format!("break {label};"),
+                            &emit,
+                            Some(key),
+                        )?,
+                        None => self.finish(&scope, &emit, Some(key))?,
+                    };
+                    let _ = writeln!(out, "        {label}: {{\n{code}\n        }}");
+                }
+                out.push_str("        Ok(set.done())\n    }\n");
+            }
+            Kind::Complete | Kind::Func(_) => {
+                // Rules whose every definition can only be `true` stop at the
+                // first success; others settle every definition.
+                let only_true = d.specs.iter().all(|s| spec_is_true(s))
+                    && d.default.is_none_or(|v| {
+                        matches!(
+                            v,
+                            Expr::Bool {
+                                value: Value::Bool(false),
+                                ..
+                            }
+                        )
+                    });
+                out.push_str("        let mut res: Option<Value> = None;\n");
+                for spec in &d.specs {
+                    let Rule::Spec { head, bodies, .. } = spec else {
+                        continue;
+                    };
+                    let mut scope = Scope::default();
+                    let mut prologue = String::new();
+                    let head_value = match head {
+                        RuleHead::Compr { assign, .. } => assign.as_ref().map(|a| {
+                            if a.op == AssignOp::Eq {
+                                // `=` in a head is `:=` there.
+                            }
+                            a.value.clone()
+                        }),
+                        RuleHead::Func { args, assign, .. } => {
+                            for (i, a) in args.iter().enumerate() {
+                                match a.as_ref() {
+                                    Expr::Var { value, .. } => {
+                                        let v = value
+                                            .as_string()
+                                            .map_err(|e| e.to_string())?
+                                            .to_string();
+                                        if v == "_" {
+                                            continue;
+                                        }
+                                        if let Some(prev) = scope.vars.get(&v) {
+                                            let _ = writeln!(prologue, "            if p{i} != {prev} {{ break {{DEF}}; }}");
+                                        } else {
+                                            let local = self.fresh(&format!("v_{}_", ident(&v)));
+                                            let _ = writeln!(
+                                                prologue,
+                                                "            let {local} = p{i}.clone();"
+                                            );
+                                            scope.vars.insert(v, local);
+                                        }
+                                    }
+                                    other => {
+                                        let e = self.expr(other, &scope)?;
+                                        let _ = writeln!(
+                                            prologue,
+                                            "            if p{i} != {e} {{ break {{DEF}}; }}"
+                                        );
+                                    }
+                                }
+                            }
+                            assign.as_ref().map(|a| a.value.clone())
+                        }
+                        RuleHead::Set { .. } => return Err(format!("{name}: kinds")),
+                    };
+                    let def_label = self.fresh("'d");
+                    let prologue = prologue.replace("{DEF}", &def_label);
+                    let mut code = String::new();
+                    let set_to = if only_true { "first" } else { "settle" };
+                    if bodies.is_empty() {
+                        self.err = def_label.clone();
+                        let value = match &head_value {
+                            Some(v) => self.expr(v, &scope)?,
+                            None => "Value::Bool(true)".to_string(),
+                        };
+                        let _ = writeln!(code, "{}", emit_value(&value, &def_label, set_to));
+                    } else {
+                        for (bi, body) in bodies.iter().enumerate() {
+                            if bi > 0 && !body.is_else {
+                                return Err(format!("{name}: several bodies in one definition"));
+                            }
+                            let value_expr = if bi == 0 {
+                                head_value.clone()
+                            } else {
+                                body.assign.as_ref().map(|a| a.value.clone())
+                            };
+                            let label = self.fresh("'q");
+                            self.err = label.clone();
+                            let value_marker = match &value_expr {
+                                Some(_) => "VALUE".to_string(),
+                                None => "Value::Bool(true)".to_string(),
+                            };
+                            let emit = Emit::Value {
+                                value: value_marker,
+                                def_label: def_label.clone(),
+                                set_to,
+                            };
+                            let body_code = self.query_with_value(
+                                &body.query.stmts,
+                                &scope,
+                                &label,
+                                &emit,
+                                value_expr.as_deref(),
+                            )?;
+                            let _ = writeln!(
+                                code,
+                                "            {label}: {{\n{body_code}\n            }}"
+                            );
+                        }
+                    }
+                    let _ = writeln!(out, "        {def_label}: {{\n{prologue}{code}        }}");
+                }
+                self.err = String::new();
+                match d.default {
+                    Some(v) => {
+                        let e = self.expr(v, &Scope::default())?;
+                        let _ = writeln!(
+                            out,
+                            "        Ok(match res {{ Some(v) => v, None => {e} }})\n    }}"
+                        );
+                    }
+                    None => out.push_str("        Ok(res.unwrap_or(Value::Undefined))\n    }\n"),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn emit_value(value: &str, def_label: &str, set_to: &str) -> String {
+    if set_to == "first" {
+        format!("{{ let v = {value}; if !v.is_undefined() {{ return Ok(v); }} }}")
+    } else {
+        format!("{{ let v = {value}; if !v.is_undefined() {{ rt::settle(&mut res, v)?; break {def_label}; }} }}")
+    }
+}
+
+/// A definition that can only give `true`.
+fn spec_is_true(r: &Rule) -> bool {
+    let Rule::Spec { head, bodies, .. } = r else {
+        return false;
+    };
+    let head_true = match head {
+        RuleHead::Compr { assign, .. } | RuleHead::Func { assign, .. } => {
+            assign.as_ref().is_none_or(|a| {
+                matches!(
+                    a.value.as_ref(),
+                    Expr::Bool {
+                        value: Value::Bool(true),
+                        ..
+                    }
+                )
+            })
+        }
+        RuleHead::Set { .. } => false,
+    };
+    head_true
+        && bodies.iter().skip(1).all(|b| {
+            b.assign.as_ref().is_none_or(|a| {
+                matches!(
+                    a.value.as_ref(),
+                    Expr::Bool {
+                        value: Value::Bool(true),
+                        ..
+                    }
+                )
+            })
+        })
+}
+
+pub(crate) fn ident(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
