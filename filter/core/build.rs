@@ -152,7 +152,7 @@ fn run() -> Result<(), String> {
 
 /// The package entrypoint compiled to Rust (`src/policy/native/gen.rs`)
 /// into `native_policy.rs`. A policy the generator does not translate
-/// gets a stub that says why (`AVAILABLE` false), the build prints the
+/// gets a stub that says why (`AVAILABLE`), the build prints the
 /// reason, and the filter evaluates the RVM program instead.
 fn native(sources: &[(String, String)], out_dir: &Path) -> Result<(), String> {
     let named: Vec<(&str, &str)> = sources
@@ -166,7 +166,7 @@ fn native(sources: &[(String, String)], out_dir: &Path) -> Result<(), String> {
         Err(why) => {
             println!("cargo::warning=agentplane: {entry} is not compiled to Rust ({why}); the filter evaluates its RVM program");
             format!(
-                "pub(super) static BUILTINS: [&str; 0] = [];\npub(super) const RULES: usize = 0;\n/// Why the policy was not compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = Some({why:?});\nimpl Eval<'_> {{\n    pub(super) fn decision(&mut self) -> R {{\n        Err(AVAILABLE.unwrap_or_default().to_string())\n    }}\n}}\n"
+                "pub(super) static BUILTINS: [&str; 0] = [];\npub(super) const RULES: usize = 0;\npub(super) fn constants() -> Vec<Value> {{ Vec::new() }}\n/// Why the policy was not compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = Some({why:?});\nimpl Eval<'_> {{\n    pub(super) fn decision(&mut self) -> R {{\n        Err(AVAILABLE.unwrap_or_default().to_string())\n    }}\n}}\n"
             )
         }
     };

@@ -27,8 +27,23 @@ fn main() -> ExitCode {
     let entry = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "data.mcp.authz".into());
-    let mut policy = match Policy::embedded(&entry, agentplane_core::policy::EngineChoice::Rvm) {
-        Ok(p) => p,
+    // The shipped default engine; AGENTPLANE_EVAL_ENGINE=rvm|native|interpreter picks another.
+    let engine: agentplane_core::policy::EngineChoice =
+        match std::env::var("AGENTPLANE_EVAL_ENGINE") {
+            Ok(e) => match serde_json::from_value(serde_json::Value::String(e.clone())) {
+                Ok(c) => c,
+                Err(_) => {
+                    eprintln!("eval: unknown engine {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(_) => agentplane_core::policy::EngineChoice::default(),
+        };
+    let mut policy = match Policy::embedded(&entry, engine) {
+        Ok(p) => {
+            eprintln!("eval: engine {}", p.backend());
+            p
+        }
         Err(e) => {
             eprintln!("eval: {e}");
             return ExitCode::FAILURE;

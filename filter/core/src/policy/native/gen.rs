@@ -131,6 +131,7 @@ pub fn generate(
         builtins: Vec::new(),
         n: 0,
         err: String::new(),
+        consts: Vec::new(),
     };
     let mut methods = String::new();
     for (name, d) in &rules {
@@ -186,6 +187,15 @@ pub fn generate(
     );
     let _ = writeln!(
         out,
+        "/// The policy's constants, built once per VM.\n#[allow(clippy::all, clippy::pedantic, clippy::restriction)]\npub(super) fn constants() -> Vec<Value> {{\n    let mut k: Vec<Value> = Vec::with_capacity({});",
+        g.consts.len()
+    );
+    for c in &g.consts {
+        let _ = writeln!(out, "    let v = {c};\n    k.push(v);");
+    }
+    out.push_str("    k\n}\n");
+    let _ = writeln!(
+        out,
         "/// How many rules are memoized per decision.\npub(super) const RULES: usize = {n};"
     );
     let _ = writeln!(
@@ -230,6 +240,9 @@ pub(crate) struct Gen<'r, 'm> {
     /// out of (the body fails, as on regorus' VM); empty: none, so the
     /// error ends the decision.
     pub(crate) err: String,
+    /// Constants built once per VM (`constants()`): how each is built,
+    /// from the ones before it (`k`).
+    pub(crate) consts: Vec<String>,
 }
 
 impl Gen<'_, '_> {
@@ -242,6 +255,18 @@ impl Gen<'_, '_> {
             format!("break {}", self.err)
         };
         format!("match {call} {{ Ok(v) => v, Err(rt::E::Fatal(m)) => return Err(m), Err(rt::E::Body) => {body} }}")
+    }
+
+    /// The constant built by `code` (deduplicated), as `self.k(i)`.
+    pub(crate) fn constant(&mut self, code: String) -> String {
+        let i = match self.consts.iter().position(|c| *c == code) {
+            Some(i) => i,
+            None => {
+                self.consts.push(code);
+                self.consts.len() - 1
+            }
+        };
+        format!("self.k({i})")
     }
 
     pub(crate) fn fresh(&mut self, stem: &str) -> String {

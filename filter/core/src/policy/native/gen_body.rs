@@ -206,20 +206,32 @@ impl Gen<'_, '_> {
         Ok(self.builtins.len() - 1)
     }
 
+    /// `f(vec![parts])`, a constant when every part is one.
+    fn maybe_constant(&mut self, f: &str, parts: &[String]) -> String {
+        let ks: Option<Vec<String>> = parts
+            .iter()
+            .map(|p| {
+                p.strip_prefix("self.k(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .map(|i| format!("rt::kc(&k, {i})"))
+            })
+            .collect();
+        match ks {
+            Some(ks) => self.constant(format!("{f}(vec![{}])", ks.join(", "))),
+            None => format!("{f}(vec![{}])", parts.join(", ")),
+        }
+    }
+
     /// A Rust expression of type `Value` (may use `?` and `self`).
     pub(crate) fn expr(&mut self, e: &Expr, scope: &Scope) -> Res<String> {
         Ok(match e {
             Expr::String { value, .. } | Expr::RawString { value, .. } => {
                 let s = value.as_string().map_err(|e| e.to_string())?;
-                format!("Value::from({:?})", s.as_ref())
+                self.constant(format!("Value::from({:?})", s.as_ref()))
             }
             Expr::Number { value, .. } => {
                 let l = literal(value)?;
-                if l.starts_with("rt::number") {
-                    self.tri(l)
-                } else {
-                    l
-                }
+                self.constant(l)
             }
             Expr::Bool { value, .. } => format!("Value::Bool({})", value == &Value::Bool(true)),
             Expr::Null { .. } => "Value::Null".into(),
@@ -231,14 +243,14 @@ impl Gen<'_, '_> {
                     .iter()
                     .map(|i| self.expr(i, scope))
                     .collect::<Res<Vec<_>>>()?;
-                format!("rt::array(vec![{}])", parts.join(", "))
+                self.maybe_constant("rt::array", &parts)
             }
             Expr::Set { items, .. } => {
                 let parts = items
                     .iter()
                     .map(|i| self.expr(i, scope))
                     .collect::<Res<Vec<_>>>()?;
-                format!("rt::set(vec![{}])", parts.join(", "))
+                self.maybe_constant("rt::set", &parts)
             }
             Expr::Object { fields, .. } => {
                 let mut parts = Vec::new();
@@ -461,7 +473,18 @@ impl Gen<'_, '_> {
         } else {
             return Err(format!("an unbound name {root} (implicit iteration)"));
         };
-        let steps_code = rest.iter().map(Step::code).collect::<Vec<_>>().join(", ");
+        let mut codes = Vec::new();
+        for s in rest {
+            codes.push(match s {
+                Step::Field(f) => {
+                    let k = self.constant(format!("Value::from({f:?})"));
+                    let i = k.trim_start_matches("self.k(").trim_end_matches(')');
+                    format!("rt::K::R(self.kr({i}))")
+                }
+                Step::Dyn(e) => format!("rt::K::V({e})"),
+            });
+        }
+        let steps_code = codes.join(", ");
         if base.starts_with("self.r_") {
             if rest.is_empty() {
                 return Ok(base);
@@ -499,15 +522,6 @@ enum Step {
     Dyn(String),
 }
 
-impl Step {
-    fn code(&self) -> String {
-        match self {
-            Step::Field(f) => format!("rt::K::F({f:?})"),
-            Step::Dyn(e) => format!("rt::K::V({e})"),
-        }
-    }
-}
-
 fn literal(v: &Value) -> Res<String> {
     if let Ok(i) = v.as_i64() {
         return Ok(format!("Value::from({i}i64)"));
@@ -516,7 +530,9 @@ fn literal(v: &Value) -> Res<String> {
         return Ok(format!("Value::from({u}u64)"));
     }
     let json = v.to_json_str().map_err(|e| e.to_string())?;
-    Ok(format!("rt::number({json:?})"))
+    // Checked here, so the constant cannot fail to build at run time.
+    Value::from_json_str(&json).map_err(|e| format!("number {json}: {e}"))?;
+    Ok(format!("rt::number({json:?}).unwrap_or(Value::Undefined)"))
 }
 
 pub(crate) fn var_name(e: &Expr) -> Option<String> {

@@ -25,6 +25,8 @@ pub(crate) struct Builtins {
     fns: Vec<BuiltinFcn>,
     span: Span,
     exprs: Vec<Ref<Expr>>,
+    /// The policy's constants (strings, numbers, literal collections).
+    k: Vec<Value>,
 }
 
 impl Builtins {
@@ -56,7 +58,12 @@ impl Builtins {
                 })
             })
             .collect();
-        Ok(Builtins { fns, span, exprs })
+        Ok(Builtins {
+            fns,
+            span,
+            exprs,
+            k: generated::constants(),
+        })
     }
 }
 
@@ -80,6 +87,18 @@ impl<'a> Eval<'a> {
             memo: std::array::from_fn(|_| None),
         };
         e.decision()
+    }
+
+    /// Constant `i`.
+    #[inline]
+    fn k(&self, i: usize) -> Value {
+        self.kr(i).clone()
+    }
+
+    /// Constant `i`, borrowed.
+    #[inline]
+    fn kr(&self, i: usize) -> &'a Value {
+        self.builtins.k.get(i).unwrap_or(&Value::Undefined)
     }
 
     /// Builtin `i` of [`generated::BUILTINS`] on `args`: undefined if an

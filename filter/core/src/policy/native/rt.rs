@@ -58,9 +58,16 @@ pub fn truthy(v: &Value) -> bool {
 }
 
 /// One step of a reference: a field name or a computed key.
-pub enum K {
-    F(&'static str),
+pub enum K<'k> {
+    /// A constant key (a field name).
+    R(&'k Value),
+    /// A computed one.
     V(Value),
+}
+
+/// Constant `i` while the constants are built.
+pub fn kc(k: &[Value], i: usize) -> Value {
+    k.get(i).cloned().unwrap_or(Value::Undefined)
 }
 
 /// `base.a[k]...`: undefined as soon as a step is missing.
@@ -68,11 +75,11 @@ pub fn at(base: &Value, steps: &[K]) -> Value {
     let mut cur = base;
     for s in steps {
         cur = match (s, cur) {
-            (K::F(f), Value::Object(o)) => match o.get(&Value::from(*f)) {
+            (K::R(f), Value::Object(o)) => match o.get(f) {
                 Some(v) => v,
                 None => return Value::Undefined,
             },
-            (K::F(_), _) => return Value::Undefined,
+            (K::R(_), _) => return Value::Undefined,
             (K::V(k), c) => {
                 if k.is_undefined() {
                     return Value::Undefined;
