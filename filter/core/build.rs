@@ -161,12 +161,18 @@ fn native(sources: &[(String, String)], out_dir: &Path) -> Result<(), String> {
         .collect();
     let entry = entrypoint();
     let package = entry.strip_prefix("data.").unwrap_or(&entry);
-    let code = match native_gen::generate(&named, package, &entry::OPTIONAL) {
+    println!("cargo::rerun-if-env-changed=AGENTPLANE_NATIVE");
+    let generated = if env::var("AGENTPLANE_NATIVE").is_ok_and(|v| v == "0") {
+        Err("AGENTPLANE_NATIVE=0".to_string())
+    } else {
+        native_gen::generate(&named, package, &entry::OPTIONAL)
+    };
+    let code = match generated {
         Ok(code) => format!("{code}\n/// The policy was compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = None;\n"),
         Err(why) => {
             println!("cargo::warning=agentplane: {entry} is not compiled to Rust ({why}); the filter evaluates its RVM program");
             format!(
-                "pub(super) static BUILTINS: [&str; 0] = [];\npub(super) const RULES: usize = 0;\npub(super) fn constants() -> Vec<Value> {{ Vec::new() }}\n/// Why the policy was not compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = Some({why:?});\nimpl Eval<'_> {{\n    pub(super) fn decision(&mut self) -> R {{\n        Err(AVAILABLE.unwrap_or_default().to_string())\n    }}\n}}\n"
+                "pub(super) static BUILTINS: [&str; 0] = [];\npub(super) const RULES: usize = 0;\npub(super) const INPUTS: usize = 0;\npub(super) fn constants() -> Vec<Value> {{ Vec::new() }}\n/// Why the policy was not compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = Some({why:?});\nimpl Eval<'_> {{\n    pub(super) fn decision(&mut self) -> R {{\n        Err(AVAILABLE.unwrap_or_default().to_string())\n    }}\n}}\n"
             )
         }
     };

@@ -36,7 +36,7 @@ pub(super) fn load(compiled: &Compiled, native: bool) -> Result<Policy, PolicyEr
     let pins = crate::mcp::pins::Pins::from_data(&data).map_err(PolicyError::Compile)?;
     let backend = if native && compiled.package && super::native::AVAILABLE.is_none() {
         let builtins = super::native::Builtins::resolve().map_err(PolicyError::Compile)?;
-        Backend::Native(data, builtins)
+        Backend::Native(data, builtins, super::native::memo())
     } else {
         let mut vm = RegoVM::new();
         vm.load_program(Arc::new(program));

@@ -52,7 +52,7 @@ enum Backend {
     Rvm(regorus::rvm::RegoVM),
     /// The package compiled to Rust at build time, with its data and the
     /// builtins it calls.
-    Native(regorus::Value, native::Builtins),
+    Native(regorus::Value, native::Builtins, Box<native::Memo>),
     /// regorus' tree interpreter and the rule it evaluates, for policies
     /// the RVM cannot compile yet.
     #[cfg(feature = "rego-compiler")]
@@ -85,8 +85,8 @@ impl Backend {
                 vm.set_input(input);
                 vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))
             }
-            Backend::Native(data, builtins) => {
-                native::Eval::decide(&input, data, builtins).map_err(PolicyError::Eval)
+            Backend::Native(data, builtins, vm) => {
+                native::Eval::decide(&input, data, builtins, vm).map_err(PolicyError::Eval)
             }
             #[cfg(feature = "rego-compiler")]
             Backend::Interpreter(engine, rule) => {

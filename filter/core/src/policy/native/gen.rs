@@ -132,10 +132,67 @@ pub fn generate(
         n: 0,
         err: String::new(),
         consts: Vec::new(),
+        inputs: Vec::new(),
     };
-    let mut methods = String::new();
+    let mut codes: Vec<(String, String)> = Vec::new();
     for (name, d) in &rules {
-        methods.push_str(&g.rule(name, d)?);
+        codes.push((name.clone(), g.rule(name, d)?));
+    }
+    // Rules that read no input, directly or through the rules they use,
+    // depend on the data alone: their values are kept for the VM's life
+    // (`self.vm`), not one decision's.
+    let uses: BTreeMap<&str, (bool, Vec<String>)> = codes
+        .iter()
+        .map(|(name, code)| {
+            let direct = code.contains("self.input") || code.contains("self.ip_");
+            let deps = code
+                .split("self.r_")
+                .skip(1)
+                .filter_map(|rest| rest.split('(').next())
+                .map(str::to_string)
+                .collect();
+            (name.as_str(), (direct, deps))
+        })
+        .collect();
+    let mut data_only: BTreeMap<&str, bool> = uses.keys().map(|k| (*k, true)).collect();
+    loop {
+        let mut changed = false;
+        for (name, (direct, deps)) in &uses {
+            if !data_only.get(name).copied().unwrap_or(false) {
+                continue;
+            }
+            let by_input = *direct
+                || deps
+                    .iter()
+                    .any(|d| !data_only.get(ident_of(&rules, d)).copied().unwrap_or(false));
+            if by_input {
+                data_only.insert(name, false);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut methods = String::new();
+    for (name, code) in &codes {
+        let keep = data_only.get(name.as_str()).copied().unwrap_or(false)
+            && matches!(
+                rules.get(name).and_then(|d| d.kind),
+                Some(Kind::Complete | Kind::Set)
+            );
+        if keep {
+            let i = rules.get(name).map_or(0, |d| d.index);
+            methods.push_str(&code.replace(&format!("self.memo[{i}]"), &format!("self.vm[{i}]")));
+        } else {
+            methods.push_str(code);
+        }
+    }
+    for (j, read) in g.inputs.iter().enumerate() {
+        let _ = writeln!(
+            methods,
+            "    fn ip_{j}(&mut self) -> Value {{\n        if let Some(v) = &self.ipm[{j}] {{ return v.clone(); }}\n        let v = {read};\n        self.ipm[{j}] = Some(v.clone());\n        v\n    }}"
+        );
     }
     // The decision object.
     let mut decision = String::from(
@@ -196,7 +253,8 @@ pub fn generate(
     out.push_str("    k\n}\n");
     let _ = writeln!(
         out,
-        "/// How many rules are memoized per decision.\npub(super) const RULES: usize = {n};"
+        "/// How many rules are memoized per decision.\npub(super) const RULES: usize = {n};\n/// How many static input paths are read once per decision.\npub(super) const INPUTS: usize = {};",
+        g.inputs.len()
     );
     let _ = writeln!(
         out,
@@ -243,6 +301,9 @@ pub(crate) struct Gen<'r, 'm> {
     /// Constants built once per VM (`constants()`): how each is built,
     /// from the ones before it (`k`).
     pub(crate) consts: Vec<String>,
+    /// The static input paths read (`self.ip_N()`), each read once per
+    /// decision: how each is read.
+    pub(crate) inputs: Vec<String>,
 }
 
 impl Gen<'_, '_> {
@@ -504,6 +565,14 @@ fn spec_is_true(r: &Rule) -> bool {
                 )
             })
         })
+}
+
+/// The rule whose method name (`r_<ident>`) is `method`.
+fn ident_of<'n>(rules: &'n BTreeMap<String, RuleDefs>, method: &'n str) -> &'n str {
+    rules
+        .keys()
+        .find(|k| ident(k) == method)
+        .map_or(method, String::as_str)
 }
 
 pub(crate) fn ident(name: &str) -> String {

@@ -494,6 +494,18 @@ impl Gen<'_, '_> {
                 "{{ let {t} = {base}; rt::at(&{t}, &[{steps_code}]) }}"
             ));
         }
+        // A static path into the input: read once per decision.
+        if base == "*self.input" && !rest.is_empty() && !steps_code.contains("rt::K::V") {
+            let read = format!("rt::at(self.input, &[{steps_code}])");
+            let j = match self.inputs.iter().position(|r| *r == read) {
+                Some(j) => j,
+                None => {
+                    self.inputs.push(read);
+                    self.inputs.len() - 1
+                }
+            };
+            return Ok(format!("self.ip_{j}()"));
+        }
         // `self.input`, `self.data` (references) or a local (a value).
         let b = match base.strip_prefix('*') {
             Some(r) => r.to_string(),

@@ -73,18 +73,38 @@ pub(crate) struct Eval<'a> {
     input: &'a Value,
     data: &'a Value,
     builtins: &'a Builtins,
+    /// Rules evaluated in this decision.
     memo: [Option<Value>; generated::RULES],
+    /// Rules that read only the data, kept for the VM's life.
+    vm: &'a mut Memo,
+    /// The static input paths read so far.
+    ipm: [Option<Value>; generated::INPUTS],
+}
+
+/// The values of the rules that read only the data (see `gen.rs`).
+pub(crate) type Memo = [Option<Value>; generated::RULES];
+
+/// A fresh [`Memo`].
+pub(crate) fn memo() -> Box<Memo> {
+    Box::new(std::array::from_fn(|_| None))
 }
 
 impl<'a> Eval<'a> {
     /// The decision object for `input` (what the entry module's decision
     /// rule returns).
-    pub(crate) fn decide(input: &'a Value, data: &'a Value, builtins: &'a Builtins) -> R {
+    pub(crate) fn decide(
+        input: &'a Value,
+        data: &'a Value,
+        builtins: &'a Builtins,
+        vm: &'a mut Memo,
+    ) -> R {
         let mut e = Eval {
             input,
             data,
             builtins,
             memo: std::array::from_fn(|_| None),
+            vm,
+            ipm: std::array::from_fn(|_| None),
         };
         e.decision()
     }
