@@ -404,7 +404,7 @@ fleet() {
 # Native figures: decision cost as the layered data grows to 100k agents,
 # and per-evaluation cost against the real OPA engine. $1: iterations.
 core_benches() {
-  log "policy cost with 10, 1k and 100k agents in the data (native, regorus RVM)"
+  log "policy cost with 10, 1k and 100k agents in the data (native, the policy compiled to Rust)"
   cargo run -q --release -p agentplane-core --example scale -- "$1"
   log "policy evaluation: OPA engine vs agentplane (native), same policies and inputs"
   cargo build -q --release -p agentplane-core --example eval

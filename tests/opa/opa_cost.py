@@ -49,7 +49,7 @@ def main():
         [eval_bin], input=json.dumps(inputs), capture_output=True, text=True, check=True,
         env={**os.environ, "AGENTPLANE_EVAL_REPEAT": str(n * 5)},
     ).stdout)
-    print(f"| case | OPA µs/eval (decision - trivial) | agentplane µs/eval (regorus RVM, native) | ratio |")
+    print(f"| case | OPA µs/eval (decision - trivial) | agentplane µs/eval (the policy compiled to Rust, native) | ratio |")
     print("|---|---|---|---|")
     ratios = []
     for case, inp, mine in zip(cases, inputs, ours):
@@ -59,7 +59,7 @@ def main():
         ratios.append(opa / mine)
         print(f"| {case.name} | {opa:.1f} | {mine:.1f} | {opa / mine:.1f}x |")
     ratios.sort()
-    print(f"\nregorus is {ratios[len(ratios) // 2]:.1f}x faster than OPA per evaluation (median over {len(cases)} cases; min {ratios[0]:.1f}x)")
+    print(f"\nagentplane is {ratios[len(ratios) // 2]:.1f}x faster than OPA per evaluation (median over {len(cases)} cases; min {ratios[0]:.1f}x)")
 
 
 if __name__ == "__main__":

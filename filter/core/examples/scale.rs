@@ -66,12 +66,18 @@ fn one(n: usize, iters: u32) {
         std::fs::read_to_string(std::env::temp_dir().join(format!("agentplane-scale-{n}.json")))
             .unwrap();
     let before = rss();
-    let mut policy = Policy::compile_for(
-        agentplane_core::bundle::MODULES,
-        &json,
-        "data.mcp.authz",
-        EngineChoice::Rvm,
-    )
+    // The shipped engine (the policy compiled to Rust);
+    // AGENTPLANE_SCALE_ENGINE=rvm measures regorus' VM instead.
+    let mut policy = if std::env::var("AGENTPLANE_SCALE_ENGINE").as_deref() == Ok("rvm") {
+        Policy::compile_for(
+            agentplane_core::bundle::MODULES,
+            &json,
+            "data.mcp.authz",
+            EngineChoice::Rvm,
+        )
+    } else {
+        Policy::native_with_data(&json)
+    }
     .expect("policy compiles");
     drop(json);
     let grown = rss().saturating_sub(before);

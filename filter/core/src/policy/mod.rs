@@ -198,6 +198,29 @@ impl Policy {
         ))
     }
 
+    /// The embedded package compiled to Rust, over another `data.json`
+    /// (tools: the scale example). An error when this build did not
+    /// compile the policy to Rust.
+    pub fn native_with_data(data_json: &str) -> Result<Policy, PolicyError> {
+        let mut p = Policy::embedded(
+            &crate::config::PolicyConfig::default().entrypoint,
+            EngineChoice::Native,
+        )?;
+        let Backend::Native(data, _, vm) = &mut p.backend else {
+            return Err(PolicyError::Compile(format!(
+                "the policy is not compiled to Rust: {}",
+                native::AVAILABLE.unwrap_or("another entrypoint")
+            )));
+        };
+        *data = regorus::Value::from_json_str(data_json)
+            .map_err(|e| PolicyError::Compile(format!("data: {e}")))?;
+        *vm = native::memo();
+        p.pins = std::rc::Rc::new(
+            crate::mcp::pins::Pins::from_data(data).map_err(PolicyError::Compile)?,
+        );
+        Ok(p)
+    }
+
     /// [`Policy::evaluate`] for a JSON input (tests, tools).
     pub fn evaluate_json(&mut self, input: &Value) -> Result<Verdict, PolicyError> {
         self.evaluate(crate::value::to_rego(input))
