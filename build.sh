@@ -157,7 +157,10 @@ build() {
   ensure_rust_targets
   ensure_binaryen
   log "building agentplane.wasm (release, wasm32-wasip1, then wasm-opt -O3)"
-  cargo build -q --release -p agentplane-filter --target wasm32-wasip1
+  # AGENTPLANE_FILTER_FEATURES=rvm adds regorus' VM (`"engine": "rvm"`, a
+  # shadow revision, a policy the Rust generator declines).
+  cargo build -q --release -p agentplane-filter --target wasm32-wasip1 \
+    ${AGENTPLANE_FILTER_FEATURES:+--features "$AGENTPLANE_FILTER_FEATURES"}
   if [ ! -f "$WASM" ] || [ "$RAW_WASM" -nt "$WASM" ]; then
     "$TOOLS/binaryen/node_modules/binaryen/bin/wasm-opt" -O3 \
       --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \

@@ -172,14 +172,31 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn dir() -> PathBuf {
+    /// A fresh directory, removed (with the keys written in it) when
+    /// the test ends, passed or not.
+    struct Tmp(PathBuf);
+
+    impl std::ops::Deref for Tmp {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir() -> Tmp {
         let d = std::env::temp_dir().join(format!(
             "agentplane-approval-config-{}-{}",
             std::process::id(),
             rand::random::<u64>()
         ));
         std::fs::create_dir_all(&d).unwrap();
-        d
+        Tmp(d)
     }
 
     fn args(d: &std::path::Path, extra: &[&str]) -> Vec<String> {

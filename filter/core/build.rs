@@ -169,6 +169,11 @@ fn native(sources: &[(String, String)], out_dir: &Path) -> Result<(), String> {
     };
     let code = match generated {
         Ok(code) => format!("{code}\n/// The policy was compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = None;\n"),
+        Err(why) if env::var_os("CARGO_FEATURE_RVM").is_none() => {
+            return Err(format!(
+                "{entry} is not compiled to Rust ({why}), and this build (without the rvm feature) has no VM to run it: build with --features rvm"
+            ));
+        }
         Err(why) => {
             println!("cargo::warning=agentplane: {entry} is not compiled to Rust ({why}); the filter evaluates its RVM program");
             format!(
@@ -189,6 +194,9 @@ fn shadow(out_dir: &Path) -> Result<String, String> {
             return Ok("/// No shadow revision in this build.\npub static SHADOW: Option<Compiled> = None;\n/// The shadow revision's content hash (none).\npub static SHADOW_REVISION: &str = \"\";\n".into())
         }
     };
+    if env::var_os("CARGO_FEATURE_RVM").is_none() {
+        return Err("a shadow revision runs on the RVM: build with --features rvm".into());
+    }
     let dir = dir
         .canonicalize()
         .map_err(|e| format!("shadow policy directory {}: {e}", dir.display()))?;
@@ -390,6 +398,16 @@ fn compile(
 
     fs::write(out_dir.join(format!("{stem}.rvm")), &bytes).map_err(|e| e.to_string())?;
     fs::write(out_dir.join(format!("{stem}_data.rvm")), &data_bytes).map_err(|e| e.to_string())?;
+    // A build without the VM carries neither blob (the Rust-compiled
+    // policy reads the data from `DATA_JSON`).
+    let (program_item, data_item) = if env::var_os("CARGO_FEATURE_RVM").is_some() {
+        (
+            format!("include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.rvm\"))"),
+            format!("include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}_data.rvm\"))"),
+        )
+    } else {
+        ("&[]".to_string(), "&[]".to_string())
+    };
     Ok(Ok(format!(
         "/// {entrypoint} compiled to RVM bytecode at build time.\n\
          pub static {item}: Option<Compiled> = Some(Compiled {{\n\
@@ -397,8 +415,8 @@ fn compile(
          \x20   rule: {rule:?},\n\
          \x20   package: {package},\n\
          \x20   limits: {limits},\n\
-         \x20   program: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.rvm\")),\n\
-         \x20   data: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}_data.rvm\")),\n\
+         \x20   program: {program_item},\n\
+         \x20   data: {data_item},\n\
          }});\n"
     )))
 }

@@ -131,3 +131,42 @@ fn the_shipped_filter_refuses_an_entrypoint_it_was_not_built_for() {
         "the listener came up"
     );
 }
+
+/// The shipped filter evaluates the policy compiled to Rust and carries
+/// no RVM: it says which engine runs when it is configured, and a
+/// configuration asking for the RVM is refused with what to rebuild,
+/// instead of silently running another engine.
+#[test]
+fn the_shipped_filter_runs_the_rust_policy_and_refuses_the_rvm_it_does_not_carry() {
+    let idp = Idp::new();
+    let up = Upstream::start();
+    let wait_for = |e: &mut Envoy, what: &str| {
+        let t0 = std::time::Instant::now();
+        while !e.log().contains(what) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no {what:?} in the log:\n{}",
+                e.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut shipped = Envoy::spawn(&EnvoySetup::without_vault(&idp, up.port, "{}".into()));
+    wait_for(&mut shipped, "engine native");
+    drop(shipped);
+    let mut e = Envoy::spawn(&EnvoySetup::without_vault(
+        &idp,
+        up.port,
+        r#"{"policy": {"engine": "rvm"}}"#.into(),
+    ));
+    wait_for(&mut e, "agentplane: refusing configuration");
+    let log = e.log();
+    assert!(
+        log.contains("no RVM") && log.contains("rvm feature"),
+        "log does not explain the problem:\n{log}"
+    );
+    assert!(
+        e.wait_ready(Duration::from_secs(3)).is_err(),
+        "the listener came up"
+    );
+}

@@ -36,7 +36,11 @@ fn load(upstreams: serde_json::Value) -> Result<Links, String> {
         "upstreams": ups,
     });
     std::fs::write(d.join("links.json"), file.to_string()).unwrap();
-    Links::load(&d.join("links.json").display().to_string())
+    let links = Links::load(&d.join("links.json").display().to_string());
+    // Everything is read at load: the directory (a canary secret in it)
+    // goes now, not left behind in /tmp.
+    let _ = std::fs::remove_dir_all(&d);
+    links
 }
 
 pub(crate) fn links() -> Links {

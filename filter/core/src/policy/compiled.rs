@@ -8,41 +8,23 @@
 
 use super::{Backend, Mode, Policy, PolicyError};
 use crate::bundle::Compiled;
+#[cfg(feature = "rvm")]
 use regorus::rvm::program::DeserializationResult;
+#[cfg(feature = "rvm")]
 use regorus::rvm::{Program, RegoVM};
+#[cfg(feature = "rvm")]
 use std::sync::Arc;
 
-/// A VM with `compiled`'s program and data loaded, as a [`Policy`]; with
-/// `native`, the package compiled to Rust instead when this build has it
-/// (the program is still checked, so both stay loadable).
+/// `compiled` as a [`Policy`]: with `native`, the package compiled to Rust
+/// when this build has it; otherwise its program loaded into a VM.
 pub(super) fn load(compiled: &Compiled, native: bool) -> Result<Policy, PolicyError> {
-    let program = complete(compiled.program, "program")?;
-    // Only the format number is checked by regorus itself: a program from
-    // another regorus may mean other instructions under the same number.
-    let ours = Program::new().metadata.compiler_version;
-    if program.metadata.compiler_version != ours {
-        return Err(PolicyError::Compile(format!(
-            "compiled policy: built by regorus {}, this is {ours}",
-            program.metadata.compiler_version
-        )));
-    }
-    if program.get_entry_point(compiled.rule).is_none() {
-        return Err(PolicyError::Compile(format!(
-            "compiled policy: no entry point {}",
-            compiled.rule
-        )));
-    }
-    let data = complete(compiled.data, "data")?.rule_tree;
-    let pins = crate::mcp::pins::Pins::from_data(&data).map_err(PolicyError::Compile)?;
-    let backend = if native && compiled.package && super::native::AVAILABLE.is_none() {
+    let (backend, pins) = if native && compiled.package && super::native::AVAILABLE.is_none() {
+        let data = native_data(compiled)?;
+        let pins = crate::mcp::pins::Pins::from_data(&data).map_err(PolicyError::Compile)?;
         let builtins = super::native::Builtins::resolve().map_err(PolicyError::Compile)?;
-        Backend::Native(data, builtins, super::native::memo())
+        (Backend::Native(data, builtins, super::native::memo()), pins)
     } else {
-        let mut vm = RegoVM::new();
-        vm.load_program(Arc::new(program));
-        vm.set_data(data)
-            .map_err(|e| PolicyError::Compile(format!("compiled policy data: {e}")))?;
-        Backend::Rvm(vm)
+        rvm(compiled)?
     };
     Ok(Policy {
         backend,
@@ -64,7 +46,60 @@ pub(super) fn load(compiled: &Compiled, native: bool) -> Result<Policy, PolicyEr
     })
 }
 
+/// The data for the Rust-compiled policy: the program's copy where the
+/// build carries the VM, else the bundle's `data.json`.
+fn native_data(compiled: &Compiled) -> Result<regorus::Value, PolicyError> {
+    #[cfg(feature = "rvm")]
+    {
+        Ok(complete(compiled.data, "data")?.rule_tree)
+    }
+    #[cfg(not(feature = "rvm"))]
+    {
+        let _ = compiled;
+        regorus::Value::from_json_str(crate::bundle::DATA_JSON)
+            .map_err(|e| PolicyError::Compile(format!("compiled policy data: {e}")))
+    }
+}
+
+/// A build without the VM cannot run the program.
+#[cfg(not(feature = "rvm"))]
+fn rvm(_: &Compiled) -> Result<(Backend, crate::mcp::pins::Pins), PolicyError> {
+    Err(PolicyError::Compile(
+        "this filter carries the policy compiled to Rust and no RVM: use \"engine\": \"native\" (the default), or rebuild the filter with the rvm feature".into(),
+    ))
+}
+
+/// The program loaded into a VM, checked first: a program another regorus
+/// wrote, or without its entry point, is refused.
+#[cfg(feature = "rvm")]
+fn rvm(compiled: &Compiled) -> Result<(Backend, crate::mcp::pins::Pins), PolicyError> {
+    let program = complete(compiled.program, "program")?;
+    // Only the format number is checked by regorus itself: a program from
+    // another regorus may mean other instructions under the same number.
+    let ours = Program::new().metadata.compiler_version;
+    if program.metadata.compiler_version != ours {
+        return Err(PolicyError::Compile(format!(
+            "compiled policy: built by regorus {}, this is {ours}",
+            program.metadata.compiler_version
+        )));
+    }
+    if program.get_entry_point(compiled.rule).is_none() {
+        return Err(PolicyError::Compile(format!(
+            "compiled policy: no entry point {}",
+            compiled.rule
+        )));
+    }
+    let data = complete(compiled.data, "data")?.rule_tree;
+    let pins = crate::mcp::pins::Pins::from_data(&data).map_err(PolicyError::Compile)?;
+    let mut vm = RegoVM::new();
+    vm.load_program(Arc::new(program));
+    vm.set_data(data)
+        .map_err(|e| PolicyError::Compile(format!("compiled policy data: {e}")))?;
+    Ok((Backend::Rvm(vm), pins))
+}
+
 /// The program in `bytes`, only if it loads complete.
+#[cfg(feature = "rvm")]
 fn complete(bytes: &[u8], what: &str) -> Result<Program, PolicyError> {
     match Program::deserialize_binary(bytes) {
         Ok(DeserializationResult::Complete(p)) => Ok(p),
@@ -75,7 +110,7 @@ fn complete(bytes: &[u8], what: &str) -> Result<Program, PolicyError> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "rvm"))]
 #[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;

@@ -49,6 +49,7 @@ enum Mode {
 #[allow(clippy::large_enum_variant)]
 enum Backend {
     /// regorus' register VM: the entry rule compiled to bytecode once.
+    #[cfg(feature = "rvm")]
     Rvm(regorus::rvm::RegoVM),
     /// The package compiled to Rust at build time, with its data and the
     /// builtins it calls.
@@ -68,6 +69,7 @@ impl fmt::Debug for Backend {
 impl Backend {
     fn name(&self) -> &'static str {
         match self {
+            #[cfg(feature = "rvm")]
             Backend::Rvm(_) => "rvm",
             Backend::Native(..) => "native",
             #[cfg(feature = "rego-compiler")]
@@ -81,6 +83,7 @@ impl Backend {
     /// runs one evaluation at a time.
     fn eval(&mut self, input: regorus::Value) -> Result<regorus::Value, PolicyError> {
         match self {
+            #[cfg(feature = "rvm")]
             Backend::Rvm(vm) => {
                 vm.set_input(input);
                 vm.execute().map_err(|e| PolicyError::Eval(e.to_string()))
@@ -206,7 +209,10 @@ impl Policy {
             &crate::config::PolicyConfig::default().entrypoint,
             EngineChoice::Native,
         )?;
-        let Backend::Native(data, _, vm) = &mut p.backend else {
+        // The only backend of a build without the VM.
+        #[allow(irrefutable_let_patterns)]
+        let Backend::Native(data, _, vm) = &mut p.backend
+        else {
             return Err(PolicyError::Compile(format!(
                 "the policy is not compiled to Rust: {}",
                 native::AVAILABLE.unwrap_or("another entrypoint")
@@ -238,7 +244,7 @@ impl Policy {
 }
 
 /// The build-time program, when it is the one this configuration asks
-/// for: the same entrypoint, on the RVM.
+/// for: the same entrypoint, on the Rust-compiled policy or the RVM.
 fn built_for<'a>(
     entrypoint: &str,
     choice: EngineChoice,
@@ -257,7 +263,7 @@ fn not_built(
     compiled: Option<&crate::bundle::Compiled>,
 ) -> PolicyError {
     let built = match compiled {
-        Some(c) => format!("the policy compiled for {} on the RVM", c.entrypoint),
+        Some(c) => format!("the policy compiled for {}", c.entrypoint),
         None => "no compiled policy".to_string(),
     };
     let asked = match choice {
