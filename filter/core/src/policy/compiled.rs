@@ -111,7 +111,12 @@ fn complete(bytes: &[u8], what: &str) -> Result<Program, PolicyError> {
 }
 
 #[cfg(all(test, feature = "rvm"))]
-#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 mod tests {
     use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
