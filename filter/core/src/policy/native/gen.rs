@@ -19,7 +19,7 @@
 //! the build then prints the reason and the filter keeps the RVM program.
 
 use super::native_expr::{path_of, var_name};
-use regorus::unstable::{AssignOp, Expr, Parser, Rule, RuleHead};
+use regorus::unstable::{Expr, Parser, Rule, RuleHead};
 use regorus::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -275,12 +275,10 @@ pub(crate) struct Scope {
 /// How a query ends a solution.
 #[derive(Clone)]
 pub(crate) enum Emit {
-    /// A rule or function value: settle it and leave the definition.
-    Value {
-        value: String,
-        def_label: String,
-        set_to: &'static str,
-    },
+    /// A rule or function value (the term; `true` without one): return it
+    /// when the rule can only be `true` (`first`), else settle it and leave
+    /// the definition.
+    Value { def_label: String, first: bool },
     /// A set rule's key: insert and go on.
     SetKey,
     /// A comprehension's term: push or insert, and go on.
@@ -421,12 +419,7 @@ impl Gen<'_, '_> {
                     let mut scope = Scope::default();
                     let mut prologue = String::new();
                     let head_value = match head {
-                        RuleHead::Compr { assign, .. } => assign.as_ref().map(|a| {
-                            if a.op == AssignOp::Eq {
-                                // `=` in a head is `:=` there.
-                            }
-                            a.value.clone()
-                        }),
+                        RuleHead::Compr { assign, .. } => assign.as_ref().map(|a| a.value.clone()),
                         RuleHead::Func { args, assign, .. } => {
                             for (i, a) in args.iter().enumerate() {
                                 match a.as_ref() {
@@ -465,14 +458,13 @@ impl Gen<'_, '_> {
                     let def_label = self.fresh("'d");
                     let prologue = prologue.replace("{DEF}", &def_label);
                     let mut code = String::new();
-                    let set_to = if only_true { "first" } else { "settle" };
                     if bodies.is_empty() {
                         self.err = def_label.clone();
                         let value = match &head_value {
                             Some(v) => self.expr(v, &scope)?,
                             None => "Value::Bool(true)".to_string(),
                         };
-                        let _ = writeln!(code, "{}", emit_value(&value, &def_label, set_to));
+                        let _ = writeln!(code, "{}", emit_value(&value, &def_label, only_true));
                     } else {
                         for (bi, body) in bodies.iter().enumerate() {
                             if bi > 0 && !body.is_else {
@@ -485,19 +477,15 @@ impl Gen<'_, '_> {
                             };
                             let label = self.fresh("'q");
                             self.err = label.clone();
-                            let value_marker = match &value_expr {
-                                Some(_) => "VALUE".to_string(),
-                                None => "Value::Bool(true)".to_string(),
-                            };
                             let emit = Emit::Value {
-                                value: value_marker,
                                 def_label: def_label.clone(),
-                                set_to,
+                                first: only_true,
                             };
-                            let body_code = self.query_with_value(
+                            let body_code = self.query(
                                 &body.query.stmts,
+                                0,
                                 &scope,
-                                &label,
+                                &format!("break {label};"),
                                 &emit,
                                 value_expr.as_deref(),
                             )?;
@@ -526,8 +514,8 @@ impl Gen<'_, '_> {
     }
 }
 
-pub(crate) fn emit_value(value: &str, def_label: &str, set_to: &str) -> String {
-    if set_to == "first" {
+pub(crate) fn emit_value(value: &str, def_label: &str, first: bool) -> String {
+    if first {
         format!("{{ let v = {value}; if !v.is_undefined() {{ return Ok(v); }} }}")
     } else {
         format!("{{ let v = {value}; if !v.is_undefined() {{ rt::settle(&mut res, v)?; break {def_label}; }} }}")

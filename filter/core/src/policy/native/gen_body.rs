@@ -9,18 +9,6 @@ use regorus::Value;
 use std::fmt::Write as _;
 
 impl Gen<'_, '_> {
-    /// A body whose solution's value is `value` (`None`: `true`).
-    pub(crate) fn query_with_value(
-        &mut self,
-        stmts: &[LiteralStmt],
-        scope: &Scope,
-        label: &str,
-        emit: &Emit,
-        value: Option<&Expr>,
-    ) -> Res<String> {
-        self.query(stmts, 0, scope, &format!("break {label};"), emit, value)
-    }
-
     /// The statements `stmts[i..]`, then the emit; `fail` leaves this
     /// solution.
     pub(crate) fn query(
@@ -162,20 +150,12 @@ impl Gen<'_, '_> {
         term: Option<&Expr>,
     ) -> Res<String> {
         Ok(match emit {
-            Emit::Value {
-                value,
-                def_label,
-                set_to,
-            } => {
-                let value = if value == "VALUE" {
-                    match term {
-                        Some(t) => self.expr(t, scope)?,
-                        None => "Value::Bool(true)".into(),
-                    }
-                } else {
-                    value.clone()
+            Emit::Value { def_label, first } => {
+                let value = match term {
+                    Some(t) => self.expr(t, scope)?,
+                    None => "Value::Bool(true)".into(),
                 };
-                emit_value(&value, def_label, set_to)
+                emit_value(&value, def_label, *first)
             }
             Emit::SetKey => {
                 let t = term.ok_or("a set rule without a key")?;
