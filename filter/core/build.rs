@@ -177,7 +177,7 @@ fn native(sources: &[(String, String)], out_dir: &Path) -> Result<(), String> {
         Err(why) => {
             println!("cargo::warning=agentplane: {entry} is not compiled to Rust ({why}); the filter evaluates its RVM program");
             format!(
-                "pub(super) static BUILTINS: [&str; 0] = [];\npub(super) const RULES: usize = 0;\npub(super) const INPUTS: usize = 0;\npub(super) fn constants() -> Vec<Value> {{ Vec::new() }}\n/// Why the policy was not compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = Some({why:?});\nimpl Eval<'_> {{\n    pub(super) fn decision(&mut self) -> R {{\n        Err(AVAILABLE.unwrap_or_default().to_string())\n    }}\n}}\n"
+                "pub(super) const BUILTIN_ARGS: usize = 0;\npub(super) static BUILTINS: [&str; 0] = [];\npub(super) const RULES: usize = 0;\npub(super) const INPUTS: usize = 0;\npub(super) fn constants() -> Vec<Value> {{ Vec::new() }}\n/// Why the policy was not compiled to Rust.\npub(super) const AVAILABLE: Option<&str> = Some({why:?});\nimpl Eval<'_> {{\n    pub(super) fn decision(&mut self) -> R {{\n        Err(AVAILABLE.unwrap_or_default().to_string())\n    }}\n}}\n"
             )
         }
     };

@@ -133,6 +133,7 @@ pub fn generate(
         err: String::new(),
         consts: Vec::new(),
         inputs: Vec::new(),
+        builtin_args: 0,
     };
     let mut codes: Vec<(String, String)> = Vec::new();
     for (name, d) in &rules {
@@ -144,7 +145,14 @@ pub fn generate(
     let uses: BTreeMap<&str, (bool, Vec<String>)> = codes
         .iter()
         .map(|(name, code)| {
-            let direct = code.contains("self.input") || code.contains("self.ip_");
+            // A builtin whose answer changes between calls (the clock, a
+            // random number, ...) counts as reading the input.
+            let varies = g
+                .builtins
+                .iter()
+                .enumerate()
+                .any(|(i, name)| varying(name) && code.contains(&format!("self.call({i},")));
+            let direct = code.contains("self.input") || code.contains("self.ip_") || varies;
             let deps = code
                 .split("self.r_")
                 .skip(1)
@@ -234,6 +242,11 @@ pub fn generate(
     let _ = writeln!(out, "/// Builtins the policy calls, by regorus name.");
     let _ = writeln!(
         out,
+        "/// The most arguments a builtin call passes.\npub(super) const BUILTIN_ARGS: usize = {};",
+        g.builtin_args
+    );
+    let _ = writeln!(
+        out,
         "pub(super) static BUILTINS: [&str; {}] = [{}];",
         g.builtins.len(),
         g.builtins
@@ -302,6 +315,9 @@ pub(crate) struct Gen<'r, 'm> {
     /// The static input paths read (`self.ip_N()`), each read once per
     /// decision: how each is read.
     pub(crate) inputs: Vec<String>,
+    /// The most arguments a builtin call passes (regorus' builtins take a
+    /// placeholder expression per argument).
+    pub(crate) builtin_args: usize,
 }
 
 impl Gen<'_, '_> {
@@ -553,6 +569,16 @@ fn spec_is_true(r: &Rule) -> bool {
                 )
             })
         })
+}
+
+/// Whether builtin `name`'s answer is not a function of its arguments:
+/// those regorus caches within one evaluation (the clock, random numbers,
+/// ...) and the ones that ask the network. A rule calling one is never
+/// kept beyond its decision.
+fn varying(name: &str) -> bool {
+    regorus::unstable::must_cache(name).is_some()
+        || name.starts_with("http.")
+        || name.starts_with("net.")
 }
 
 /// The rule whose method name (`r_<ident>`) is `method`.

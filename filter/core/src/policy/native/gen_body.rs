@@ -309,6 +309,7 @@ impl Gen<'_, '_> {
                         }
                         _ => {
                             let i = self.builtin(&name)?;
+                            self.builtin_args = self.builtin_args.max(args.len());
                             let (binds, names) = bind_args(&args);
                             format!("{{ {binds}self.call({i}, &[{}])? }}", names.join(", "))
                         }

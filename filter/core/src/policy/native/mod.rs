@@ -49,7 +49,7 @@ impl Builtins {
             start: 0,
             end: 0,
         };
-        let exprs = (0..4)
+        let exprs = (0..generated::BUILTIN_ARGS)
             .map(|_| {
                 Ref::new(Expr::Null {
                     span: span.clone(),
